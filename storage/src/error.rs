@@ -1,3 +1,5 @@
+use std::path::PathBuf;
+
 use thiserror::Error;
 
 /// Why a value could not be encoded or decoded.
@@ -24,4 +26,75 @@ pub enum CodecError {
     /// The value could not be encoded (for example it exceeds the limit).
     #[error("cannot encode: {0}")]
     Encode(String),
+}
+
+/// Why the store could not be opened, read or written. Every variant names
+/// the file, so an operator knows which disk to look at.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The file exists but is not a usable redb database (empty, truncated,
+    /// overwritten or otherwise damaged).
+    #[error("{path}: corrupt store: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The file is a redb database but not one that bulwark wrote.
+    #[error("{path}: not a bulwark store ({reason})")]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// What was missing or different.
+        reason: String,
+    },
+    /// The file belongs to another facility.
+    #[error("{path}: store belongs to facility {found:?}, not {expected:?}")]
+    WrongFacility {
+        /// The file.
+        path: PathBuf,
+        /// The facility that tried to open it.
+        expected: String,
+        /// The facility recorded in it.
+        found: String,
+    },
+    /// Another process (or this one) already has the file open.
+    #[error("{path}: store is already open")]
+    AlreadyOpen {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file system refused.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// redb reported an error during a transaction.
+    #[error("{path}: {source}")]
+    Redb {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// A stored value did not decode.
+    #[error("{path}: value at {table}/{key} does not decode: {source}")]
+    Codec {
+        /// The file.
+        path: PathBuf,
+        /// The table.
+        table: &'static str,
+        /// The key, rendered for humans.
+        key: String,
+        /// The codec's complaint.
+        #[source]
+        source: CodecError,
+    },
 }

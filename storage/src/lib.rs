@@ -1,4 +1,5 @@
-//! bulwark-storage: the one place bytes become values.
+//! bulwark-storage: the one place bytes become values, and the one redb file
+//! per facility where they rest.
 //!
 //! Every byte that crosses a facility boundary or lands on disk goes through
 //! [`codec`]: bincode 2 (serde), one configuration chosen once, a hard cap on
@@ -11,8 +12,15 @@
 //! let back: (u32, String) = codec::decode(&bytes).unwrap();
 //! assert_eq!(back, (7, "ward".to_string()));
 //! ```
+//!
+//! [`Store`] wraps the facility's redb file: the tables are in [`schema`],
+//! every write commits durably, and a damaged, foreign or other facility's
+//! file is refused with an error that names it.
 
 pub mod codec;
 mod error;
+pub mod schema;
+mod store;
 
-pub use error::CodecError;
+pub use error::{CodecError, StorageError};
+pub use store::{Opened, Store};

@@ -1,0 +1,28 @@
+//! The tables of a facility's redb file. Every table is declared here, once,
+//! so the whole on-disk layout can be read in one place.
+//!
+//! Values are bytes produced by [`crate::codec`]; keys are plain redb types.
+
+use redb::TableDefinition;
+
+/// File metadata: format version and owning facility.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Durable per-actor state, keyed by a name the actor chooses.
+pub const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+/// Raft log entries by index.
+pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Raft hard state, conf state and snapshot metadata.
+pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// The hash-chained ledger, by height.
+pub const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
+/// Provisional (AP) changes made during a partition, by local sequence.
+pub const PROVISIONAL: TableDefinition<u64, &[u8]> = TableDefinition::new("provisional");
+/// Idempotency keys already applied, with their outcome and expiry.
+pub const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
+
+/// The format this build writes and accepts.
+pub const FORMAT_VERSION: u32 = 1;
+/// Key in [`META`] holding the format version.
+pub const META_FORMAT: &str = "format";
+/// Key in [`META`] holding the owning facility id.
+pub const META_FACILITY: &str = "facility";

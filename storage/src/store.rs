@@ -1,0 +1,284 @@
+//! The facility's redb file.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, TableDefinition, TableError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::schema::{self, FORMAT_VERSION, META, META_FACILITY, META_FORMAT};
+use crate::{codec, StorageError};
+
+/// A facility's durable store: one redb file, cheap to clone, safe to share.
+///
+/// Every write commits with [`Durability::Immediate`]: when a write method
+/// returns `Ok`, the data is on disk. The calls block the calling thread for
+/// the length of one redb transaction; actors call them from their handlers,
+/// which is the point (the reply leaves only after the fsync).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    facility: String,
+}
+
+/// The result of [`Store::open`].
+#[derive(Debug)]
+pub struct Opened {
+    /// The open store.
+    pub store: Store,
+    /// `true` when the file did not exist and was created by this call.
+    /// A facility that expected history and finds a fresh store must not
+    /// rejoin consensus as a voter on its own say-so.
+    pub fresh: bool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("facility", &self.inner.facility)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens the store at `path` for `facility`, creating it only if no file
+    /// is there.
+    ///
+    /// An existing file that is empty, truncated, damaged, written by
+    /// something other than bulwark, or owned by another facility is refused
+    /// with a [`StorageError`] that names it; nothing is written to it.
+    pub fn open(path: &Path, facility: &str) -> Result<Opened, StorageError> {
+        let path_buf = path.to_path_buf();
+        match std::fs::metadata(path) {
+            Ok(meta) => {
+                if meta.len() == 0 {
+                    return Err(StorageError::Corrupt {
+                        path: path_buf,
+                        reason: "the file is empty".into(),
+                    });
+                }
+                // The integrity check reads the whole file once: a file altered
+                // behind redb's back is refused as corrupt instead of trusted
+                // (a plain open may panic on such a file).
+                let db = Database::builder()
+                    .set_check_integrity_on_open(true)
+                    .open(path)
+                    .map_err(|e| open_error(path, e))?;
+                let store = Store::wrap(db, path_buf, facility);
+                store.check_meta()?;
+                Ok(Opened { store, fresh: false })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let db = Database::create(path).map_err(|e| open_error(path, e))?;
+                let store = Store::wrap(db, path_buf, facility);
+                store.init_meta()?;
+                Ok(Opened { store, fresh: true })
+            }
+            Err(source) => Err(StorageError::Io { path: path_buf, source }),
+        }
+    }
+
+    fn wrap(db: Database, path: PathBuf, facility: &str) -> Store {
+        Store {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                facility: facility.to_string(),
+            }),
+        }
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The facility that owns this store.
+    pub fn facility(&self) -> &str {
+        &self.inner.facility
+    }
+
+    /// The underlying database, for crates that keep their own tables from
+    /// [`schema`]. Commit with [`Store::begin_write`] so durability is uniform.
+    pub fn database(&self) -> &Database {
+        &self.inner.db
+    }
+
+    /// Begins a write transaction that commits durably.
+    pub fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
+        let mut tx = self.inner.db.begin_write().map_err(|e| self.redb(e))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| self.redb(redb::Error::from(e)))?;
+        Ok(tx)
+    }
+
+    /// Wraps a redb error with this store's path.
+    pub fn redb(&self, e: impl Into<redb::Error>) -> StorageError {
+        StorageError::Redb {
+            path: self.inner.path.clone(),
+            source: Box::new(e.into()),
+        }
+    }
+
+    /// Durably stores `value` under `key` in the state table.
+    pub fn put_state<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
+        let bytes = codec::encode(value).map_err(|source| self.codec_error("state", key, source))?;
+        let tx = self.begin_write()?;
+        {
+            let mut table = tx.open_table(schema::STATE).map_err(|e| self.redb(e))?;
+            table.insert(key, bytes.as_slice()).map_err(|e| self.redb(e))?;
+        }
+        tx.commit().map_err(|e| self.redb(e))
+    }
+
+    /// Reads the value under `key` in the state table, if any.
+    pub fn get_state<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self.read_bytes(schema::STATE, key)? else {
+            return Ok(None);
+        };
+        codec::decode(&bytes)
+            .map(Some)
+            .map_err(|source| self.codec_error("state", key, source))
+    }
+
+    /// Durably removes `key` from the state table. Returns whether it was there.
+    pub fn delete_state(&self, key: &str) -> Result<bool, StorageError> {
+        let tx = self.begin_write()?;
+        let existed = {
+            let mut table = tx.open_table(schema::STATE).map_err(|e| self.redb(e))?;
+            let removed = table.remove(key).map_err(|e| self.redb(e))?;
+            removed.is_some()
+        };
+        tx.commit().map_err(|e| self.redb(e))?;
+        Ok(existed)
+    }
+
+    /// Reads raw bytes from a `&str`-keyed table; a missing table reads as empty.
+    fn read_bytes(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let tx = self.inner.db.begin_read().map_err(|e| self.redb(e))?;
+        let table = match tx.open_table(table) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.redb(e)),
+        };
+        let value = table.get(key).map_err(|e| self.redb(e))?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Builds a codec error for a value at `table/key` in this file.
+    pub fn codec_error(
+        &self,
+        table: &'static str,
+        key: impl Display,
+        source: crate::CodecError,
+    ) -> StorageError {
+        StorageError::Codec {
+            path: self.inner.path.clone(),
+            table,
+            key: key.to_string(),
+            source,
+        }
+    }
+
+    fn init_meta(&self) -> Result<(), StorageError> {
+        let format = codec::encode(&FORMAT_VERSION)
+            .map_err(|source| self.codec_error("meta", META_FORMAT, source))?;
+        let tx = self.begin_write()?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.redb(e))?;
+            meta.insert(META_FORMAT, format.as_slice())
+                .map_err(|e| self.redb(e))?;
+            meta.insert(META_FACILITY, self.inner.facility.as_bytes())
+                .map_err(|e| self.redb(e))?;
+            // Create every table up front, so a bulwark file always has them all.
+            tx.open_table(schema::STATE).map_err(|e| self.redb(e))?;
+            tx.open_table(schema::RAFT_LOG).map_err(|e| self.redb(e))?;
+            tx.open_table(schema::RAFT_META).map_err(|e| self.redb(e))?;
+            tx.open_table(schema::LEDGER).map_err(|e| self.redb(e))?;
+            tx.open_table(schema::PROVISIONAL).map_err(|e| self.redb(e))?;
+            tx.open_table(schema::IDEMPOTENCY).map_err(|e| self.redb(e))?;
+        }
+        tx.commit().map_err(|e| self.redb(e))
+    }
+
+    fn check_meta(&self) -> Result<(), StorageError> {
+        let foreign = |reason: &str| StorageError::Foreign {
+            path: self.inner.path.clone(),
+            reason: reason.to_string(),
+        };
+        let tx = self.inner.db.begin_read().map_err(|e| self.redb(e))?;
+        let meta = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Err(foreign("no meta table")),
+            Err(TableError::TableTypeMismatch { .. }) => {
+                return Err(foreign("meta table has another type"))
+            }
+            Err(e) => return Err(self.redb(e)),
+        };
+        let format = meta
+            .get(META_FORMAT)
+            .map_err(|e| self.redb(e))?
+            .ok_or_else(|| foreign("no format version"))?;
+        let format: u32 = codec::decode(format.value())
+            .map_err(|source| self.codec_error("meta", META_FORMAT, source))?;
+        if format != FORMAT_VERSION {
+            return Err(foreign(&format!(
+                "format version {format}, this build reads {FORMAT_VERSION}"
+            )));
+        }
+        let owner = meta
+            .get(META_FACILITY)
+            .map_err(|e| self.redb(e))?
+            .ok_or_else(|| foreign("no owning facility"))?;
+        let owner = String::from_utf8_lossy(owner.value()).into_owned();
+        if owner != self.inner.facility {
+            return Err(StorageError::WrongFacility {
+                path: self.inner.path.clone(),
+                expected: self.inner.facility.clone(),
+                found: owner,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Maps an error from opening or creating the file to a typed error naming it.
+fn open_error(path: &Path, e: redb::DatabaseError) -> StorageError {
+    let path = path.to_path_buf();
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StorageError::AlreadyOpen { path },
+        redb::DatabaseError::Storage(redb::StorageError::Io(source))
+            if source.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            StorageError::Corrupt {
+                path,
+                reason: source.to_string(),
+            }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(source)) => {
+            StorageError::Io { path, source }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
+            StorageError::Corrupt { path, reason }
+        }
+        other => StorageError::Redb {
+            path,
+            source: Box::new(other.into()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

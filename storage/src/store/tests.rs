@@ -1,0 +1,155 @@
+use std::io::Write;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn fresh(dir: &tempfile::TempDir) -> (PathBuf, Store) {
+    let path = dir.path().join("alpha.redb");
+    let opened = Store::open(&path, "alpha").unwrap();
+    assert!(opened.fresh);
+    (path, opened.store)
+}
+
+#[test]
+fn state_round_trips_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, store) = fresh(&dir);
+    store.put_state("tally", &41u64).unwrap();
+    store.put_state("tally", &42u64).unwrap();
+    assert_eq!(store.get_state::<u64>("tally").unwrap(), Some(42));
+    assert_eq!(store.get_state::<u64>("absent").unwrap(), None);
+    drop(store);
+
+    let opened = Store::open(&path, "alpha").unwrap();
+    assert!(!opened.fresh, "an existing file is not fresh");
+    assert_eq!(opened.store.get_state::<u64>("tally").unwrap(), Some(42));
+    assert!(opened.store.delete_state("tally").unwrap());
+    assert!(!opened.store.delete_state("tally").unwrap());
+    assert_eq!(opened.store.get_state::<u64>("tally").unwrap(), None);
+}
+
+#[test]
+fn empty_file_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.redb");
+    std::fs::File::create(&path).unwrap();
+    let err = Store::open(&path, "alpha").unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("empty.redb"), "{err}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "nothing written");
+}
+
+#[test]
+fn garbage_file_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garbage.redb");
+    std::fs::write(&path, b"this is a text file, not a database\n").unwrap();
+    let err = Store::open(&path, "alpha").unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("garbage.redb"), "{err}");
+}
+
+#[test]
+fn truncated_file_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, store) = fresh(&dir);
+    for i in 0..64u64 {
+        store.put_state(&format!("k{i}"), &vec![i as u8; 512]).unwrap();
+    }
+    drop(store);
+    let len = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len / 3).unwrap();
+    drop(f);
+    match Store::open(&path, "alpha") {
+        Err(err) => assert!(err.to_string().contains("alpha.redb"), "{err}"),
+        Ok(opened) => {
+            // redb may recover an older consistent state; it must still be ours
+            // and never silently empty of its metadata.
+            assert!(!opened.fresh);
+        }
+    }
+}
+
+#[test]
+fn foreign_redb_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("foreign.redb");
+    {
+        let db = Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let def: TableDefinition<&str, u64> = TableDefinition::new("stuff");
+            let mut t = tx.open_table(def).unwrap();
+            t.insert("x", 1).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let err = Store::open(&path, "alpha").unwrap_err();
+    assert!(matches!(err, StorageError::Foreign { .. }), "{err:?}");
+    assert!(err.to_string().contains("foreign.redb"), "{err}");
+}
+
+#[test]
+fn other_facilitys_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, store) = fresh(&dir);
+    drop(store);
+    let err = Store::open(&path, "bravo").unwrap_err();
+    match &err {
+        StorageError::WrongFacility { expected, found, .. } => {
+            assert_eq!(expected, "bravo");
+            assert_eq!(found, "alpha");
+        }
+        other => panic!("expected WrongFacility, got {other:?}"),
+    }
+}
+
+#[test]
+fn second_open_in_one_process_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _store) = fresh(&dir);
+    let err = Store::open(&path, "alpha").unwrap_err();
+    assert!(matches!(err, StorageError::AlreadyOpen { .. }), "{err:?}");
+}
+
+#[test]
+fn undecodable_state_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_path, store) = fresh(&dir);
+    store.put_state("s", &"a string".to_string()).unwrap();
+    let err = store.get_state::<u64>("s").unwrap_err();
+    assert!(matches!(err, StorageError::Codec { table: "state", .. }), "{err:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes on disk never panic the opener and never open as a store.
+    #[test]
+    fn random_bytes_are_refused(bytes in proptest::collection::vec(any::<u8>(), 1..8192)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("random.redb");
+        std::fs::File::create(&path).unwrap().write_all(&bytes).unwrap();
+        prop_assert!(Store::open(&path, "alpha").is_err());
+    }
+
+    /// A real store with bytes flipped at a random place either refuses to open
+    /// with a typed error or opens as the same facility's store; never a panic.
+    #[test]
+    fn flipped_bytes_never_panic(at in any::<prop::sample::Index>(), xor in 1u8..=255) {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, store) = fresh(&dir);
+        store.put_state("k", &7u64).unwrap();
+        drop(store);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let i = at.index(bytes.len());
+        bytes[i] ^= xor;
+        std::fs::write(&path, &bytes).unwrap();
+        if let Ok(opened) = Store::open(&path, "alpha") {
+            prop_assert_eq!(opened.store.facility(), "alpha");
+            let _ = opened.store.get_state::<u64>("k");
+        }
+    }
+}
