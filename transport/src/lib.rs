@@ -37,6 +37,8 @@ mod error;
 pub mod fault;
 pub mod frame;
 mod id;
+pub mod identity;
+pub mod quic;
 pub mod simnet;
 
 pub use error::{FrameError, SendError, SendErrorKind};
