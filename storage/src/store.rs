@@ -74,7 +74,10 @@ impl Store {
                     .map_err(|e| open_error(path, e))?;
                 let store = Store::wrap(db, path_buf, facility);
                 store.check_meta()?;
-                Ok(Opened { store, fresh: false })
+                Ok(Opened {
+                    store,
+                    fresh: false,
+                })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let db = Database::create(path).map_err(|e| open_error(path, e))?;
@@ -82,7 +85,10 @@ impl Store {
                 store.init_meta()?;
                 Ok(Opened { store, fresh: true })
             }
-            Err(source) => Err(StorageError::Io { path: path_buf, source }),
+            Err(source) => Err(StorageError::Io {
+                path: path_buf,
+                source,
+            }),
         }
     }
 
@@ -130,11 +136,14 @@ impl Store {
 
     /// Durably stores `value` under `key` in the state table.
     pub fn put_state<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
-        let bytes = codec::encode(value).map_err(|source| self.codec_error("state", key, source))?;
+        let bytes =
+            codec::encode(value).map_err(|source| self.codec_error("state", key, source))?;
         let tx = self.begin_write()?;
         {
             let mut table = tx.open_table(schema::STATE).map_err(|e| self.redb(e))?;
-            table.insert(key, bytes.as_slice()).map_err(|e| self.redb(e))?;
+            table
+                .insert(key, bytes.as_slice())
+                .map_err(|e| self.redb(e))?;
         }
         tx.commit().map_err(|e| self.redb(e))
     }
@@ -207,8 +216,10 @@ impl Store {
             tx.open_table(schema::RAFT_LOG).map_err(|e| self.redb(e))?;
             tx.open_table(schema::RAFT_META).map_err(|e| self.redb(e))?;
             tx.open_table(schema::LEDGER).map_err(|e| self.redb(e))?;
-            tx.open_table(schema::PROVISIONAL).map_err(|e| self.redb(e))?;
-            tx.open_table(schema::IDEMPOTENCY).map_err(|e| self.redb(e))?;
+            tx.open_table(schema::PROVISIONAL)
+                .map_err(|e| self.redb(e))?;
+            tx.open_table(schema::IDEMPOTENCY)
+                .map_err(|e| self.redb(e))?;
         }
         tx.commit().map_err(|e| self.redb(e))
     }

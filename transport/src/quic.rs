@@ -294,6 +294,7 @@ struct Peer {
 
 struct Inner {
     id: FacilityId,
+    pin: Pin,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     peers: BTreeMap<FacilityId, Peer>,
@@ -391,6 +392,7 @@ impl QuicTransport {
         let seed = config.seed.unwrap_or_else(|| rand::rng().random());
         let inner = Inner {
             id: identity.id.clone(),
+            pin: identity.pin(),
             endpoint,
             client,
             peers,
@@ -413,6 +415,11 @@ impl QuicTransport {
     /// The address the endpoint listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.inner.endpoint.local_addr()
+    }
+
+    /// This facility's pin (what its peers list).
+    pub fn pin(&self) -> Pin {
+        self.inner.pin
     }
 
     /// The transport's counters.
@@ -663,6 +670,15 @@ async fn run_link(inner: Arc<Inner>, peer_id: FacilityId) {
         return;
     };
     let mut queue = peer.rx.lock().await;
+    // Whatever ends this incarnation (an error, or the PeerLink actor being
+    // killed and this future dropped), the link reads Down until a new hello.
+    struct DownOnDrop<'a>(&'a watch::Sender<LinkStatus>);
+    impl Drop for DownOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.send_replace(LinkStatus::Down);
+        }
+    }
+    let _down = DownOnDrop(&peer.status);
     let label = peer_id.to_string();
     let mut attempt: u32 = 0;
     loop {

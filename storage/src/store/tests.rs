@@ -37,7 +37,11 @@ fn empty_file_is_refused_naming_it() {
     let err = Store::open(&path, "alpha").unwrap_err();
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
     assert!(err.to_string().contains("empty.redb"), "{err}");
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "nothing written");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        0,
+        "nothing written"
+    );
 }
 
 #[test]
@@ -55,7 +59,9 @@ fn truncated_file_is_refused_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let (path, store) = fresh(&dir);
     for i in 0..64u64 {
-        store.put_state(&format!("k{i}"), &vec![i as u8; 512]).unwrap();
+        store
+            .put_state(&format!("k{i}"), &vec![i as u8; 512])
+            .unwrap();
     }
     drop(store);
     let len = std::fs::metadata(&path).unwrap().len();
@@ -98,7 +104,9 @@ fn other_facilitys_file_is_refused() {
     drop(store);
     let err = Store::open(&path, "bravo").unwrap_err();
     match &err {
-        StorageError::WrongFacility { expected, found, .. } => {
+        StorageError::WrongFacility {
+            expected, found, ..
+        } => {
             assert_eq!(expected, "bravo");
             assert_eq!(found, "alpha");
         }
@@ -120,7 +128,10 @@ fn undecodable_state_is_a_typed_error() {
     let (_path, store) = fresh(&dir);
     store.put_state("s", &"a string".to_string()).unwrap();
     let err = store.get_state::<u64>("s").unwrap_err();
-    assert!(matches!(err, StorageError::Codec { table: "state", .. }), "{err:?}");
+    assert!(
+        matches!(err, StorageError::Codec { table: "state", .. }),
+        "{err:?}"
+    );
 }
 
 proptest! {
