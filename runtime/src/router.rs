@@ -318,7 +318,16 @@ impl Router {
             return self.refuse(&env, Refusal::Overloaded);
         }
         let label = env.to.actor.clone();
-        let refusal = env.clone();
+        // Enough of the envelope to refuse it if the actor has gone; the
+        // body is not copied.
+        let refusal = Envelope {
+            from: env.from.clone(),
+            to: env.to.clone(),
+            trace_id: env.trace_id,
+            deadline_unix_ms: env.deadline_unix_ms,
+            kind: env.kind,
+            body: Vec::new(),
+        };
         let ok = (mailbox.deliver)(Delivery {
             envelope: env,
             _permit: permit,
@@ -326,8 +335,13 @@ impl Router {
         .is_ok();
         drop(actors);
         if ok {
+            let facility = self.inner.local.to_string();
+            // Remote and routed messages held by this actor, at this arrival.
+            metrics::gauge!("bulwark_actor_mailbox_depth",
+                "facility" => facility.clone(), "actor" => label.clone())
+            .set((held + 1) as f64);
             metrics::counter!("bulwark_actor_messages_in_total",
-                "facility" => self.inner.local.to_string(), "actor" => label)
+                "facility" => facility, "actor" => label)
             .increment(1);
         } else {
             self.count_drop(&refusal.from, "actor_stopped");

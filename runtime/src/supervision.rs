@@ -107,6 +107,7 @@ impl ZoneConfig {
 #[serde(deny_unknown_fields)]
 pub struct SupervisionConfig {
     /// The root supervisor: restarts a zone that escalated.
+    #[serde(default = "SupervisionConfig::root_default")]
     pub root: ZoneConfig,
     /// Per zone; a zone missing here uses [`SupervisionConfig::zone_default`].
     #[serde(default)]
@@ -114,39 +115,40 @@ pub struct SupervisionConfig {
 }
 
 impl Default for SupervisionConfig {
-    /// Links restart independently; consensus restarts as a unit because
-    /// its actors share durable state; everything else is one-for-one.
     fn default() -> Self {
-        let zones = BTreeMap::from([
-            (
-                Zone::Transport,
-                ZoneConfig::new(Strategy::OneForOne, 10, 10_000),
-            ),
-            (
-                Zone::Consensus,
-                ZoneConfig::new(Strategy::OneForAll, 3, 10_000),
-            ),
-            (Zone::Chaos, ZoneConfig::new(Strategy::OneForOne, 3, 60_000)),
-        ]);
         SupervisionConfig {
-            root: ZoneConfig::new(Strategy::OneForOne, 3, 60_000),
-            zones,
+            root: Self::root_default(),
+            zones: BTreeMap::new(),
         }
     }
 }
 
 impl SupervisionConfig {
-    /// The setting of a zone not listed.
-    pub fn zone_default() -> ZoneConfig {
-        ZoneConfig::new(Strategy::OneForOne, 5, 10_000)
+    /// The root's default: it absorbs 3 zone escalations a minute.
+    pub fn root_default() -> ZoneConfig {
+        ZoneConfig::new(Strategy::OneForOne, 3, 60_000)
     }
 
-    /// The setting in force for `zone`.
+    /// The default of `zone` when the config does not list it. Links restart
+    /// independently and often (10 in 10 s); consensus restarts as a unit
+    /// because its actors share durable state; chaos gets a long window so a
+    /// misbehaving experiment is stopped, not retried forever; everything
+    /// else is one-for-one, 5 in 10 s.
+    pub fn zone_default(zone: Zone) -> ZoneConfig {
+        match zone {
+            Zone::Transport => ZoneConfig::new(Strategy::OneForOne, 10, 10_000),
+            Zone::Consensus => ZoneConfig::new(Strategy::OneForAll, 3, 10_000),
+            Zone::Chaos => ZoneConfig::new(Strategy::OneForOne, 3, 60_000),
+            _ => ZoneConfig::new(Strategy::OneForOne, 5, 10_000),
+        }
+    }
+
+    /// The setting in force for `zone`: the config's, else the zone default.
     pub fn zone(&self, zone: Zone) -> ZoneConfig {
         self.zones
             .get(&zone)
             .copied()
-            .unwrap_or_else(Self::zone_default)
+            .unwrap_or_else(|| Self::zone_default(zone))
     }
 
     /// Checks that every window is positive.

@@ -1,0 +1,220 @@
+//! The facility config file (TOML), validated at start.
+//!
+//! Every error names the file and, where it can, the key. Unknown keys are
+//! errors: a typo must not silently fall back to a default.
+
+use bulwark_runtime::SupervisionConfig;
+use bulwark_transport::identity::Pin;
+use bulwark_transport::FacilityId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// One facility's whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FacilityConfig {
+    /// This facility.
+    pub facility: FacilitySection,
+    /// Every other facility.
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerSection>,
+    /// Supervision strategies and restart intensities.
+    #[serde(default)]
+    pub supervision: SupervisionConfig,
+}
+
+/// `[facility]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FacilitySection {
+    /// The facility id.
+    pub id: FacilityId,
+    /// Directory of the redb file; relative paths are relative to the config file.
+    pub data_dir: PathBuf,
+    /// UDP address QUIC listens on.
+    pub quic_listen: SocketAddr,
+    /// TCP address of the HTTP API (health, metrics); localhost by default.
+    pub http_listen: SocketAddr,
+    /// PEM private key (PKCS#8 ed25519), written by `bulwark keygen`.
+    pub key: PathBuf,
+    /// PEM self-signed certificate, written by `bulwark keygen`.
+    pub cert: PathBuf,
+}
+
+/// `[[peer]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// The peer's facility id.
+    pub id: FacilityId,
+    /// The peer's QUIC address.
+    pub addr: SocketAddr,
+    /// blake3 hash of the peer's certificate (`bulwark keygen` prints it).
+    pub pin: Pin,
+}
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, or a key is unknown, missing or of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, which names the key and line.
+        message: String,
+    },
+    /// The values are inconsistent.
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The offending key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl FacilityConfig {
+    /// Reads, parses and validates `path`; relative paths inside are
+    /// resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.facility.data_dir,
+            &mut cfg.facility.key,
+            &mut cfg.facility.cert,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates TOML text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: FacilityConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        let mut seen = BTreeSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.id == self.facility.id {
+                return Err(invalid(
+                    &format!("peer[{i}].id"),
+                    "a facility cannot be its own peer".into(),
+                ));
+            }
+            if !seen.insert(p.id.clone()) {
+                return Err(invalid(
+                    &format!("peer[{i}].id"),
+                    format!("{} is listed twice", p.id),
+                ));
+            }
+        }
+        self.supervision
+            .validate()
+            .map_err(|m| invalid("supervision", m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIN: &str = "blake3:0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn text(extra: &str) -> String {
+        format!(
+            r#"
+[facility]
+id = "alpha"
+data_dir = "alpha"
+quic_listen = "127.0.0.1:7401"
+http_listen = "127.0.0.1:8401"
+key = "alpha/facility.key"
+cert = "alpha/facility.crt"
+
+[[peer]]
+id = "bravo"
+addr = "127.0.0.1:7402"
+pin = "{PIN}"
+{extra}"#
+        )
+    }
+
+    #[test]
+    fn parses_a_valid_config() {
+        let cfg = FacilityConfig::parse(&text(""), Path::new("a.toml")).unwrap();
+        assert_eq!(cfg.facility.id.as_str(), "alpha");
+        assert_eq!(cfg.peers.len(), 1);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_file() {
+        let err = FacilityConfig::parse(&text("colour = 1\n"), Path::new("a.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("a.toml") && msg.contains("colour"), "{msg}");
+    }
+
+    #[test]
+    fn self_as_peer_and_duplicates_are_refused() {
+        let dup = format!("[[peer]]\nid = \"bravo\"\naddr = \"127.0.0.1:1\"\npin = \"{PIN}\"\n");
+        let err = FacilityConfig::parse(&text(&dup), Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("peer[1].id"), "{err}");
+        let me = format!("[[peer]]\nid = \"alpha\"\naddr = \"127.0.0.1:1\"\npin = \"{PIN}\"\n");
+        let err = FacilityConfig::parse(&text(&me), Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("own peer"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors_not_defaults() {
+        let bad = text("").replace("127.0.0.1:7402", "not-an-address");
+        assert!(FacilityConfig::parse(&bad, Path::new("a.toml")).is_err());
+        let bad = text("").replace("id = \"alpha\"", "id = \"Alpha!\"");
+        assert!(FacilityConfig::parse(&bad, Path::new("a.toml")).is_err());
+    }
+
+    #[test]
+    fn a_partial_supervision_section_keeps_the_other_defaults() {
+        use bulwark_runtime::{Strategy, Zone};
+        let extra = "[supervision.zones.service]\nstrategy = \"one-for-all\"\nmax_restarts = 1\nwindow_ms = 500\n";
+        let cfg = FacilityConfig::parse(&text(extra), Path::new("a.toml")).unwrap();
+        let sup = &cfg.supervision;
+        assert_eq!(sup.zone(Zone::Service).strategy, Strategy::OneForAll);
+        assert_eq!(sup.zone(Zone::Transport).max_restarts, 10);
+        assert_eq!(sup.zone(Zone::Consensus).strategy, Strategy::OneForAll);
+        assert_eq!(sup.root.max_restarts, 3);
+        let zero = extra.replace("500", "0");
+        let err = FacilityConfig::parse(&text(&zero), Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("service.window_ms"), "{err}");
+    }
+}

@@ -1,0 +1,136 @@
+//! Assembles one facility on real QUIC: identity, transport, node.
+
+use bulwark_runtime::{
+    ChildDef, Clock, Node, NodeConfig, NodeError, RouterConfig, SupervisionConfig, Zone,
+};
+use bulwark_transport::identity::Identity;
+use bulwark_transport::quic::{PeerSpec, QuicConfig, QuicError, QuicTransport};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Everything needed to start one facility on QUIC.
+pub struct FacilitySpec {
+    /// Certificate and key; the id inside is the facility's.
+    pub identity: Identity,
+    /// Where the redb file lives.
+    pub data_dir: PathBuf,
+    /// Address to listen on (ignored when `socket` is given).
+    pub listen: SocketAddr,
+    /// A pre-bound socket (demos and tests pick ports first).
+    pub socket: Option<UdpSocket>,
+    /// Every other facility.
+    pub peers: Vec<PeerSpec>,
+    /// Strategies and intensities.
+    pub supervision: SupervisionConfig,
+    /// Actors added to the built-in tree.
+    pub extra: Vec<(Zone, ChildDef)>,
+}
+
+/// Why a facility did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FacilityError {
+    /// The QUIC endpoint could not be set up.
+    #[error(transparent)]
+    Quic(#[from] QuicError),
+    /// The node could not be started.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// A running facility on QUIC.
+pub struct Facility {
+    /// The supervision tree.
+    pub node: Node,
+    /// The QUIC transport it uses.
+    pub transport: QuicTransport,
+}
+
+/// Binds QUIC and starts the node.
+pub async fn start(spec: FacilitySpec, clock: Arc<dyn Clock>) -> Result<Facility, FacilityError> {
+    let facility = spec.identity.id.clone();
+    let quic = QuicConfig {
+        listen: spec.listen,
+        peers: spec.peers,
+        ..QuicConfig::default()
+    };
+    let (transport, inbound) = QuicTransport::bind(spec.identity, quic, spec.socket)?;
+    let config = NodeConfig {
+        facility,
+        data_dir: spec.data_dir,
+        supervision: spec.supervision,
+        router: RouterConfig::default(),
+    };
+    let node = Node::start(
+        config,
+        Arc::new(transport.clone()),
+        inbound,
+        clock,
+        spec.extra,
+    )
+    .await?;
+    Ok(Facility { node, transport })
+}
+
+/// Starts one facility per name on loopback QUIC, each pinning all the
+/// others, each with its store under `dir/<name>`. For the demo and tests.
+pub async fn start_loopback_cluster(
+    dir: &std::path::Path,
+    names: &[&str],
+    supervision: SupervisionConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<Vec<Facility>, Box<dyn std::error::Error + Send + Sync>> {
+    let ids: Vec<bulwark_transport::FacilityId> =
+        names.iter().map(|n| n.parse()).collect::<Result<_, _>>()?;
+    let identities: Vec<Identity> = ids
+        .iter()
+        .map(|id| Identity::generate(id.clone()))
+        .collect::<Result<_, _>>()?;
+    let sockets = (0..names.len())
+        .map(|_| bulwark_transport::quic::loopback_socket())
+        .collect::<Result<Vec<_>, _>>()?;
+    let addrs = sockets
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let peers = (0..names.len())
+            .filter(|&j| j != i)
+            .map(|j| PeerSpec {
+                id: ids[j].clone(),
+                addr: addrs[j],
+                pin: identities[j].pin(),
+            })
+            .collect();
+        let spec = FacilitySpec {
+            identity: identities[i].clone(),
+            data_dir: dir.join(ids[i].as_str()),
+            listen: addrs[i],
+            socket: Some(socket),
+            peers,
+            supervision: supervision.clone(),
+            extra: Vec::new(),
+        };
+        out.push(start(spec, clock.clone()).await?);
+    }
+    Ok(out)
+}
+
+impl Facility {
+    /// Waits until every link of this facility is up (hello received), or
+    /// `timeout` passes; returns whether all came up.
+    pub async fn wait_links_up(&self, timeout: std::time::Duration) -> bool {
+        use bulwark_transport::{LinkStatus, Transport};
+        let all = async {
+            for peer in self.transport.peers() {
+                if !self.transport.wait_link(&peer, LinkStatus::Up).await {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(timeout, all).await.unwrap_or(false)
+    }
+}
