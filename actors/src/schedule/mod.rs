@@ -1,0 +1,960 @@
+//! The replicated schedule: the state machine that Raft orders commands for.
+//!
+//! - **Data:** people (residents and faculty), blocks (a day, a start time, a
+//!   duration and a rotation pool, staffed by `required` people) and the
+//!   assignments of people to blocks; leave days; how far the schedule is
+//!   finally approved.
+//! - **Commands** ([`Op`]): add a person or a block, assign, unassign, swap,
+//!   leave, emergency coverage and final approval. Each carries an
+//!   [`IdempotencyKey`]: a retried command applies once and answers with its
+//!   first outcome.
+//! - **Rules**, checked at apply time from the command and the state alone,
+//!   so every facility reaches the same verdict (see [`rules`]):
+//!   nobody in two places at once ([`Rule::DoubleBooking`]), at most 80 duty
+//!   hours in any rolling 7 days ([`Rule::DutyHours80`]), a day off in every
+//!   7 ([`Rule::DayOffIn7`]), no shift over 24 h + 4 h of handover
+//!   ([`Rule::ShiftTooLong`]). The limits bind every person, faculty too.
+//! - A rejected command changes nothing but the record of rejections.
+//! - [`ScheduleState::snapshot`] / [`ScheduleState::restore`] round-trip
+//!   exactly (the bytes of a restored state's snapshot are the same).
+//!
+//! Only `BTreeMap`/`BTreeSet` hold state, so iteration order, and with it
+//! every verdict and every snapshot, is the same on every facility.
+
+pub mod rules;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+
+use bulwark_storage::{codec, CodecError};
+use bulwark_transport::FacilityId;
+use serde::{Deserialize, Serialize};
+
+pub use rules::{Interval, Rule};
+
+/// Minutes in a day.
+pub const DAY_MIN: u64 = 1440;
+/// Longest block, in minutes: 24 h of duty plus 4 h of handover.
+pub const BLOCK_MIN_MAX: u16 = rules::SHIFT_MIN_MAX as u16;
+/// Most people one block may require.
+pub const BLOCK_REQUIRED_MAX: u8 = 32;
+/// Longest leave granted by one command, in days.
+pub const LEAVE_DAYS_MAX: u32 = 366;
+/// Idempotency keys remembered; beyond this the oldest (by log index) is
+/// forgotten, so a retry older than the last 16,384 commands applies anew.
+pub const IDEMPOTENCY_KEYS_MAX: usize = 16_384;
+/// Rejections kept in the record (the total is counted beyond it).
+pub const REJECTIONS_KEPT: usize = 1024;
+
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidInput;
+
+            fn from_str(s: &str) -> Result<Self, InvalidInput> {
+                if valid_id(s) {
+                    Ok($name(s.to_string()))
+                } else {
+                    Err(InvalidInput {
+                        field: $what,
+                        reason: "use 1-64 chars of [A-Za-z0-9._:-]".into(),
+                    })
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+fn valid_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+text_id!(
+    /// A person's id: 1 to 64 chars of `[A-Za-z0-9._:-]`.
+    PersonId,
+    "person"
+);
+text_id!(
+    /// A block's id: 1 to 64 chars of `[A-Za-z0-9._:-]`.
+    BlockId,
+    "block"
+);
+
+/// A field that is not valid, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidInput {
+    /// The field.
+    pub field: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// Residents and faculty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A resident in a postgraduate year.
+    Resident {
+        /// Postgraduate year, 1 to 7.
+        pgy: u8,
+    },
+    /// Faculty.
+    Faculty,
+}
+
+/// A person who can be assigned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    /// Id.
+    pub id: PersonId,
+    /// Display name, 1 to 128 chars, no control characters.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// Rotation pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Pool {
+    /// Intensive care.
+    Icu,
+    /// Clinic.
+    Clinic,
+    /// Procedures.
+    Procedures,
+    /// Call.
+    Call,
+}
+
+/// A block: one shift on one day in one pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    /// Id.
+    pub id: BlockId,
+    /// Day number (days since the schedule's epoch).
+    pub day: u32,
+    /// Start, in minutes after midnight (0..1440).
+    pub start_min: u16,
+    /// Length in minutes, 1 to [`BLOCK_MIN_MAX`].
+    pub duration_min: u16,
+    /// Rotation pool.
+    pub pool: Pool,
+    /// People the block needs, 1 to [`BLOCK_REQUIRED_MAX`].
+    pub required: u8,
+}
+
+impl Block {
+    /// The block's time, in minutes since the epoch.
+    pub fn interval(&self) -> Interval {
+        let start = u64::from(self.day) * DAY_MIN + u64::from(self.start_min);
+        Interval {
+            start,
+            end: start + u64::from(self.duration_min),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if u64::from(self.start_min) >= DAY_MIN {
+            return Err(format!("start_min {} is not in 0..1440", self.start_min));
+        }
+        if self.duration_min == 0 || self.duration_min > BLOCK_MIN_MAX {
+            return Err(format!(
+                "duration_min {} is not in 1..={BLOCK_MIN_MAX}",
+                self.duration_min
+            ));
+        }
+        if self.required == 0 || self.required > BLOCK_REQUIRED_MAX {
+            return Err(format!(
+                "required {} is not in 1..={BLOCK_REQUIRED_MAX}",
+                self.required
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A client's idempotency key: a retry carries the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct IdempotencyKey(pub [u8; 16]);
+
+/// One schedule command, as proposed to Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The client's idempotency key.
+    pub key: IdempotencyKey,
+    /// The facility that accepted it from its client.
+    pub issued_by: FacilityId,
+    /// When it was issued (the issuer's clock; informative, never used by
+    /// the rules, which must not depend on clocks).
+    pub at_unix_ms: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// What a command does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Add a person.
+    AddPerson(Person),
+    /// Add a block.
+    AddBlock(Block),
+    /// Put a person on a block.
+    Assign {
+        /// Who.
+        person: PersonId,
+        /// Where.
+        block: BlockId,
+    },
+    /// Take a person off a block.
+    Unassign {
+        /// Who.
+        person: PersonId,
+        /// Where.
+        block: BlockId,
+    },
+    /// Exchange: `a` takes `b_block` and `b` takes `a_block`, both or neither.
+    Swap {
+        /// First person, now on `a_block`.
+        a: PersonId,
+        /// `a`'s block.
+        a_block: BlockId,
+        /// Second person, now on `b_block`.
+        b: PersonId,
+        /// `b`'s block.
+        b_block: BlockId,
+    },
+    /// Leave for days `from_day..=to_day`: the person's blocks that touch
+    /// those days are vacated, and no block touching them can be assigned.
+    Leave {
+        /// Who.
+        person: PersonId,
+        /// First day.
+        from_day: u32,
+        /// Last day.
+        to_day: u32,
+    },
+    /// Fill an open slot of a block, even one already finally approved.
+    EmergencyCoverage {
+        /// Where.
+        block: BlockId,
+        /// Who covers.
+        person: PersonId,
+    },
+    /// Final approval of every day up to `through_day`: each block in it must
+    /// be fully staffed; afterwards only leave and emergency coverage change
+    /// them.
+    Approve {
+        /// Last approved day.
+        through_day: u32,
+    },
+}
+
+impl Op {
+    /// The command's name, for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::AddPerson(_) => "add_person",
+            Op::AddBlock(_) => "add_block",
+            Op::Assign { .. } => "assign",
+            Op::Unassign { .. } => "unassign",
+            Op::Swap { .. } => "swap",
+            Op::Leave { .. } => "leave",
+            Op::EmergencyCoverage { .. } => "emergency_coverage",
+            Op::Approve { .. } => "approve",
+        }
+    }
+}
+
+/// What an applied command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// A person was added.
+    PersonAdded,
+    /// A block was added.
+    BlockAdded,
+    /// A person was assigned.
+    Assigned,
+    /// A person was unassigned.
+    Unassigned,
+    /// Two people swapped blocks.
+    Swapped,
+    /// Leave granted; these blocks lost the person.
+    LeaveGranted {
+        /// Blocks vacated.
+        vacated: Vec<BlockId>,
+    },
+    /// An open slot was covered.
+    Covered,
+    /// Days up to `through_day` are final.
+    Approved {
+        /// Last approved day.
+        through_day: u32,
+    },
+}
+
+/// Why a command was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// The rule.
+    pub rule: Rule,
+    /// What broke it, for people.
+    pub detail: String,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.rule.code(), self.detail)
+    }
+}
+
+/// The verdict on one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// It changed the schedule.
+    Applied(Effect),
+    /// It broke a rule and changed nothing.
+    Rejected(Rejection),
+}
+
+/// What [`ScheduleState::apply`] did with a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// First time this key was seen.
+    Fresh(Outcome),
+    /// The key was applied before, at `first_index`; nothing changed and the
+    /// first outcome is repeated.
+    Duplicate {
+        /// Where it first applied.
+        first_index: u64,
+        /// Its first outcome.
+        outcome: Outcome,
+    },
+}
+
+/// A rejection as recorded in the state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectionRecord {
+    /// Log index of the command.
+    pub index: u64,
+    /// Its idempotency key.
+    pub key: IdempotencyKey,
+    /// Its name ([`Op::name`]).
+    pub op: String,
+    /// Who issued it.
+    pub issued_by: FacilityId,
+    /// The rejection.
+    pub rejection: Rejection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct KeyRecord {
+    index: u64,
+    op_hash: [u8; 32],
+    outcome: Outcome,
+}
+
+/// An assignment of a person to a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Log index of the command that made it.
+    pub index: u64,
+    /// Made by emergency coverage.
+    pub emergency: bool,
+}
+
+/// Why a snapshot does not restore.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The bytes do not decode.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The decoded state breaks an invariant.
+    #[error("snapshot breaks an invariant: {0}")]
+    Invalid(String),
+}
+
+/// The schedule. See the module docs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ScheduleState {
+    last_index: u64,
+    people: BTreeMap<PersonId, Person>,
+    blocks: BTreeMap<BlockId, Block>,
+    assignments: BTreeMap<BlockId, BTreeMap<PersonId, Assignment>>,
+    leave: BTreeMap<PersonId, BTreeSet<u32>>,
+    approved_through: Option<u32>,
+    keys: BTreeMap<IdempotencyKey, KeyRecord>,
+    rejections: VecDeque<RejectionRecord>,
+    rejected_total: u64,
+    /// Derived: each person's blocks by start time. Rebuilt on restore.
+    #[serde(skip)]
+    by_person: BTreeMap<PersonId, BTreeMap<(u64, BlockId), Interval>>,
+    /// Derived: idempotency keys by the index they applied at.
+    #[serde(skip)]
+    key_order: BTreeMap<u64, IdempotencyKey>,
+}
+
+impl ScheduleState {
+    /// An empty schedule.
+    pub fn new() -> ScheduleState {
+        ScheduleState::default()
+    }
+
+    /// Applies the command committed at `index`. Deterministic: the same
+    /// commands in the same order give the same state on every facility.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Applied {
+        self.last_index = self.last_index.max(index);
+        let op_hash = op_hash(&cmd.op);
+        if let Some(rec) = self.keys.get(&cmd.key) {
+            if rec.op_hash == op_hash {
+                return Applied::Duplicate {
+                    first_index: rec.index,
+                    outcome: rec.outcome.clone(),
+                };
+            }
+            let rejection = Rejection {
+                rule: Rule::KeyReused,
+                detail: format!("key already applied at {} to another command", rec.index),
+            };
+            self.record_rejection(index, cmd, &rejection);
+            return Applied::Fresh(Outcome::Rejected(rejection));
+        }
+        let outcome = match self.execute(index, &cmd.op) {
+            Ok(effect) => Outcome::Applied(effect),
+            Err(rejection) => {
+                self.record_rejection(index, cmd, &rejection);
+                Outcome::Rejected(rejection)
+            }
+        };
+        self.remember_key(index, cmd.key, op_hash, outcome.clone());
+        Applied::Fresh(outcome)
+    }
+
+    fn remember_key(
+        &mut self,
+        index: u64,
+        key: IdempotencyKey,
+        op_hash: [u8; 32],
+        outcome: Outcome,
+    ) {
+        self.keys.insert(
+            key,
+            KeyRecord {
+                index,
+                op_hash,
+                outcome,
+            },
+        );
+        self.key_order.insert(index, key);
+        while self.keys.len() > IDEMPOTENCY_KEYS_MAX {
+            let Some((_, oldest)) = self.key_order.pop_first() else {
+                break;
+            };
+            self.keys.remove(&oldest);
+        }
+    }
+
+    fn record_rejection(&mut self, index: u64, cmd: &Command, rejection: &Rejection) {
+        self.rejected_total += 1;
+        self.rejections.push_back(RejectionRecord {
+            index,
+            key: cmd.key,
+            op: cmd.op.name().to_string(),
+            issued_by: cmd.issued_by.clone(),
+            rejection: rejection.clone(),
+        });
+        while self.rejections.len() > REJECTIONS_KEPT {
+            self.rejections.pop_front();
+        }
+    }
+
+    /// Runs `op`: on `Err` nothing has changed.
+    fn execute(&mut self, index: u64, op: &Op) -> Result<Effect, Rejection> {
+        match op {
+            Op::AddPerson(p) => {
+                validate_name(&p.name).map_err(|d| reject(Rule::InvalidInput, d))?;
+                if let Role::Resident { pgy } = p.role {
+                    if !(1..=7).contains(&pgy) {
+                        return Err(reject(
+                            Rule::InvalidInput,
+                            format!("pgy {pgy} is not in 1..=7"),
+                        ));
+                    }
+                }
+                if self.people.contains_key(&p.id) {
+                    return Err(reject(
+                        Rule::AlreadyExists,
+                        format!("person {} exists", p.id),
+                    ));
+                }
+                self.people.insert(p.id.clone(), p.clone());
+                Ok(Effect::PersonAdded)
+            }
+            Op::AddBlock(b) => {
+                b.validate().map_err(|d| reject(Rule::InvalidInput, d))?;
+                if self.blocks.contains_key(&b.id) {
+                    return Err(reject(
+                        Rule::AlreadyExists,
+                        format!("block {} exists", b.id),
+                    ));
+                }
+                self.blocks.insert(b.id.clone(), b.clone());
+                Ok(Effect::BlockAdded)
+            }
+            Op::Assign { person, block } => {
+                self.check_open(person, block, false)?;
+                self.check_person_with(person, &[], &[block])?;
+                self.insert_assignment(index, person, block, false);
+                Ok(Effect::Assigned)
+            }
+            Op::EmergencyCoverage { block, person } => {
+                self.check_open(person, block, true)?;
+                self.check_person_with(person, &[], &[block])?;
+                self.insert_assignment(index, person, block, true);
+                Ok(Effect::Covered)
+            }
+            Op::Unassign { person, block } => {
+                self.check_assigned(person, block)?;
+                self.check_not_frozen(block)?;
+                self.remove_assignment(person, block);
+                Ok(Effect::Unassigned)
+            }
+            Op::Swap {
+                a,
+                a_block,
+                b,
+                b_block,
+            } => {
+                if a == b || a_block == b_block {
+                    return Err(reject(
+                        Rule::InvalidInput,
+                        "a swap needs two people and two blocks".into(),
+                    ));
+                }
+                self.check_assigned(a, a_block)?;
+                self.check_assigned(b, b_block)?;
+                self.check_not_frozen(a_block)?;
+                self.check_not_frozen(b_block)?;
+                for (p, blk) in [(a, b_block), (b, a_block)] {
+                    if self.is_assigned(p, blk) {
+                        return Err(reject(
+                            Rule::DoubleBooking,
+                            format!("{p} is already on {blk}"),
+                        ));
+                    }
+                }
+                self.check_person_with(a, &[a_block], &[b_block])?;
+                self.check_person_with(b, &[b_block], &[a_block])?;
+                let ia = self.assignments[a_block][a];
+                let ib = self.assignments[b_block][b];
+                self.remove_assignment(a, a_block);
+                self.remove_assignment(b, b_block);
+                self.insert_assignment(index, a, b_block, ia.emergency);
+                self.insert_assignment(index, b, a_block, ib.emergency);
+                Ok(Effect::Swapped)
+            }
+            Op::Leave {
+                person,
+                from_day,
+                to_day,
+            } => {
+                self.person(person)?;
+                if from_day > to_day || to_day - from_day >= LEAVE_DAYS_MAX {
+                    return Err(reject(
+                        Rule::InvalidInput,
+                        format!("leave {from_day}..={to_day} must be 1 to {LEAVE_DAYS_MAX} days"),
+                    ));
+                }
+                let vacated: Vec<BlockId> = self
+                    .by_person
+                    .get(person)
+                    .into_iter()
+                    .flat_map(|m| m.iter())
+                    .filter(|(_, iv)| iv.days().any(|d| (*from_day..=*to_day).contains(&d)))
+                    .map(|((_, blk), _)| blk.clone())
+                    .collect();
+                for blk in &vacated {
+                    self.remove_assignment(person, blk);
+                }
+                self.leave
+                    .entry(person.clone())
+                    .or_default()
+                    .extend(*from_day..=*to_day);
+                Ok(Effect::LeaveGranted { vacated })
+            }
+            Op::Approve { through_day } => {
+                if self.approved_through.is_some_and(|d| d >= *through_day) {
+                    return Err(reject(
+                        Rule::AlreadyApproved,
+                        format!(
+                            "days through {} are already approved",
+                            self.approved_through.unwrap_or(0)
+                        ),
+                    ));
+                }
+                let short: Vec<String> = self
+                    .blocks
+                    .values()
+                    .filter(|b| b.day <= *through_day)
+                    .filter(|b| self.staffed(&b.id) < usize::from(b.required))
+                    .take(8)
+                    .map(|b| format!("{} ({}/{})", b.id, self.staffed(&b.id), b.required))
+                    .collect();
+                if !short.is_empty() {
+                    return Err(reject(
+                        Rule::Understaffed,
+                        format!("blocks not fully staffed: {}", short.join(", ")),
+                    ));
+                }
+                self.approved_through = Some(*through_day);
+                Ok(Effect::Approved {
+                    through_day: *through_day,
+                })
+            }
+        }
+    }
+
+    fn person(&self, id: &PersonId) -> Result<&Person, Rejection> {
+        self.people
+            .get(id)
+            .ok_or_else(|| reject(Rule::UnknownPerson, format!("no person {id}")))
+    }
+
+    fn block(&self, id: &BlockId) -> Result<&Block, Rejection> {
+        self.blocks
+            .get(id)
+            .ok_or_else(|| reject(Rule::UnknownBlock, format!("no block {id}")))
+    }
+
+    fn is_assigned(&self, person: &PersonId, block: &BlockId) -> bool {
+        self.assignments
+            .get(block)
+            .is_some_and(|m| m.contains_key(person))
+    }
+
+    fn staffed(&self, block: &BlockId) -> usize {
+        self.assignments.get(block).map_or(0, BTreeMap::len)
+    }
+
+    fn check_assigned(&self, person: &PersonId, block: &BlockId) -> Result<(), Rejection> {
+        self.person(person)?;
+        self.block(block)?;
+        if !self.is_assigned(person, block) {
+            return Err(reject(
+                Rule::NotAssigned,
+                format!("{person} is not on {block}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_not_frozen(&self, block: &BlockId) -> Result<(), Rejection> {
+        let b = self.block(block)?;
+        if self.approved_through.is_some_and(|d| b.day <= d) {
+            return Err(reject(
+                Rule::Frozen,
+                format!("{block} is finally approved; only leave and emergency coverage change it"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Person and block exist, the person is not on it, it has a free slot,
+    /// and (unless an emergency) it is not finally approved.
+    fn check_open(
+        &self,
+        person: &PersonId,
+        block: &BlockId,
+        emergency: bool,
+    ) -> Result<(), Rejection> {
+        self.person(person)?;
+        let b = self.block(block)?;
+        if self.is_assigned(person, block) {
+            return Err(reject(
+                Rule::DoubleBooking,
+                format!("{person} is already on {block}"),
+            ));
+        }
+        if self.staffed(block) >= usize::from(b.required) {
+            return Err(reject(
+                Rule::BlockFull,
+                format!("{block} has its {} people", b.required),
+            ));
+        }
+        if !emergency {
+            self.check_not_frozen(block)?;
+        }
+        Ok(())
+    }
+
+    /// Checks every rule for `person`'s duty after leaving `drop` and
+    /// taking `add`.
+    fn check_person_with(
+        &self,
+        person: &PersonId,
+        drop: &[&BlockId],
+        add: &[&BlockId],
+    ) -> Result<(), Rejection> {
+        let mut duty: Vec<Interval> = self
+            .by_person
+            .get(person)
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .filter(|((_, blk), _)| !drop.contains(&blk))
+            .map(|(_, iv)| *iv)
+            .collect();
+        let leave = self.leave.get(person);
+        for blk in add {
+            let iv = self.block(blk)?.interval();
+            if let Some(day) = leave.and_then(|l| iv.days().find(|d| l.contains(d))) {
+                return Err(reject(
+                    Rule::OnLeave,
+                    format!("{person} is on leave on day {day}"),
+                ));
+            }
+            duty.push(iv);
+        }
+        duty.sort_unstable();
+        rules::check(&duty).map_err(|(rule, detail)| reject(rule, format!("{person}: {detail}")))
+    }
+
+    fn insert_assignment(
+        &mut self,
+        index: u64,
+        person: &PersonId,
+        block: &BlockId,
+        emergency: bool,
+    ) {
+        let iv = self.blocks[block].interval();
+        self.assignments
+            .entry(block.clone())
+            .or_default()
+            .insert(person.clone(), Assignment { index, emergency });
+        self.by_person
+            .entry(person.clone())
+            .or_default()
+            .insert((iv.start, block.clone()), iv);
+    }
+
+    fn remove_assignment(&mut self, person: &PersonId, block: &BlockId) {
+        let iv = self.blocks[block].interval();
+        if let Some(m) = self.assignments.get_mut(block) {
+            m.remove(person);
+            if m.is_empty() {
+                self.assignments.remove(block);
+            }
+        }
+        if let Some(m) = self.by_person.get_mut(person) {
+            m.remove(&(iv.start, block.clone()));
+            if m.is_empty() {
+                self.by_person.remove(person);
+            }
+        }
+    }
+
+    /// The exact bytes of the state (the derived indices are rebuilt on
+    /// restore, not stored).
+    pub fn snapshot(&self) -> Result<Vec<u8>, CodecError> {
+        codec::encode(self)
+    }
+
+    /// The state from [`ScheduleState::snapshot`] bytes. The decoded state is
+    /// checked against every invariant before it is trusted.
+    pub fn restore(bytes: &[u8]) -> Result<ScheduleState, SnapshotError> {
+        let mut st: ScheduleState = codec::decode(bytes)?;
+        st.rebuild()?;
+        st.check_invariants().map_err(SnapshotError::Invalid)?;
+        Ok(st)
+    }
+
+    fn rebuild(&mut self) -> Result<(), SnapshotError> {
+        self.by_person.clear();
+        for (blk, people) in &self.assignments {
+            let iv = self
+                .blocks
+                .get(blk)
+                .ok_or_else(|| {
+                    SnapshotError::Invalid(format!("assignment to unknown block {blk}"))
+                })?
+                .interval();
+            for p in people.keys() {
+                self.by_person
+                    .entry(p.clone())
+                    .or_default()
+                    .insert((iv.start, blk.clone()), iv);
+            }
+        }
+        self.key_order = self.keys.iter().map(|(k, r)| (r.index, *k)).collect();
+        if self.key_order.len() != self.keys.len() {
+            return Err(SnapshotError::Invalid(
+                "two idempotency keys at one index".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks every invariant of the state: references resolve, no block is
+    /// over-staffed, nobody works on leave, every person's duty keeps every
+    /// rule, the derived indices agree, the bounded records are in bounds.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (blk, people) in &self.assignments {
+            let b = self
+                .blocks
+                .get(blk)
+                .ok_or(format!("assignment to unknown block {blk}"))?;
+            if people.is_empty() || people.len() > usize::from(b.required) {
+                return Err(format!(
+                    "{blk} has {} of {} people",
+                    people.len(),
+                    b.required
+                ));
+            }
+            for p in people.keys() {
+                if !self.people.contains_key(p) {
+                    return Err(format!("unknown person {p} on {blk}"));
+                }
+                let on_leave = self
+                    .leave
+                    .get(p)
+                    .and_then(|l| b.interval().days().find(|d| l.contains(d)));
+                if let Some(day) = on_leave {
+                    return Err(format!("{p} works {blk} while on leave on day {day}"));
+                }
+            }
+        }
+        let mut derived = 0usize;
+        for (p, duty) in &self.by_person {
+            derived += duty.len();
+            let ivs: Vec<Interval> = duty.values().copied().collect();
+            rules::check(&ivs).map_err(|(rule, d)| format!("{p} breaks {}: {d}", rule.code()))?;
+            for (_, blk) in duty.keys() {
+                if !self.is_assigned(p, blk) {
+                    return Err(format!("index has {p} on {blk}, assignments do not"));
+                }
+            }
+        }
+        let direct: usize = self.assignments.values().map(BTreeMap::len).sum();
+        if derived != direct {
+            return Err(format!("index holds {derived} assignments, state {direct}"));
+        }
+        if self.keys.len() > IDEMPOTENCY_KEYS_MAX || self.rejections.len() > REJECTIONS_KEPT {
+            return Err("a bounded record is over its bound".into());
+        }
+        if self.rejected_total < self.rejections.len() as u64 {
+            return Err("fewer rejections counted than kept".into());
+        }
+        Ok(())
+    }
+
+    /// The last log index applied.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Every person.
+    pub fn people(&self) -> impl Iterator<Item = &Person> {
+        self.people.values()
+    }
+
+    /// Every block.
+    pub fn blocks(&self) -> impl Iterator<Item = &Block> {
+        self.blocks.values()
+    }
+
+    /// The people on `block`.
+    pub fn assignees(&self, block: &BlockId) -> Vec<PersonId> {
+        self.assignments
+            .get(block)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every assignment as (block, person, assignment).
+    pub fn assignments(&self) -> impl Iterator<Item = (&BlockId, &PersonId, &Assignment)> {
+        self.assignments
+            .iter()
+            .flat_map(|(b, m)| m.iter().map(move |(p, a)| (b, p, a)))
+    }
+
+    /// The blocks `person` works, by start time.
+    pub fn duty_of(&self, person: &PersonId) -> Vec<BlockId> {
+        self.by_person
+            .get(person)
+            .map(|m| m.keys().map(|(_, b)| b.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The last approved day, if any.
+    pub fn approved_through(&self) -> Option<u32> {
+        self.approved_through
+    }
+
+    /// The rejections kept, oldest first.
+    pub fn rejections(&self) -> impl Iterator<Item = &RejectionRecord> {
+        self.rejections.iter()
+    }
+
+    /// Rejections ever recorded.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected_total
+    }
+
+    /// The first outcome recorded for `key`, with its index.
+    pub fn outcome_of(&self, key: &IdempotencyKey) -> Option<(u64, &Outcome)> {
+        self.keys.get(key).map(|r| (r.index, &r.outcome))
+    }
+
+    /// blake3 of the snapshot: equal digests, equal schedules.
+    pub fn digest(&self) -> Result<[u8; 32], CodecError> {
+        Ok(*blake3::hash(&self.snapshot()?).as_bytes())
+    }
+}
+
+fn reject(rule: Rule, detail: String) -> Rejection {
+    Rejection { rule, detail }
+}
+
+fn validate_name(name: &str) -> Result<(), String> {
+    let n = name.chars().count();
+    if n == 0 || n > 128 || name.chars().any(char::is_control) {
+        return Err("name must be 1-128 chars without control characters".into());
+    }
+    Ok(())
+}
+
+fn op_hash(op: &Op) -> [u8; 32] {
+    // An op that arrived in a bounded entry always re-encodes; should it not,
+    // hashing the debug text keeps the key check deterministic.
+    match codec::encode(op) {
+        Ok(bytes) => *blake3::hash(&bytes).as_bytes(),
+        Err(_) => *blake3::hash(format!("{op:?}").as_bytes()).as_bytes(),
+    }
+}
