@@ -24,6 +24,7 @@ pub mod builtin;
 mod clock;
 pub mod envelope;
 pub mod harness;
+pub mod lincheck;
 pub mod node;
 pub mod router;
 pub mod supervision;

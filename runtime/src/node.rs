@@ -37,6 +37,9 @@ pub struct NodeCtx {
     pub store: Store,
     /// Spawn counts of every supervised actor.
     pub spawns: SpawnLedger,
+    /// True if the store was created by this node start (no earlier state
+    /// on disk). Consensus bootstraps a new cluster only from a fresh store.
+    pub fresh_store: bool,
     /// Prefix of every registry name of this node: the facility and a
     /// process-wide start counter (`alpha.3`), because ractor's registry is
     /// global to the process and a test process runs many nodes.
@@ -172,6 +175,7 @@ impl Node {
             clock,
             store: opened.store,
             spawns: SpawnLedger::default(),
+            fresh_store: opened.fresh,
             scope: format!(
                 "{}.{}",
                 config.facility,

@@ -1,0 +1,555 @@
+//! RaftPeer: raft-rs (`raft = "=0.7.0"`, the sans-IO core TiKV runs) inside a
+//! supervised actor, ordering every schedule change across facilities.
+//!
+//! - The actor is the only owner of the `RawNode` (in [`core::RaftCore`]).
+//!   A tick from the clock calls `tick()`, a peer's message calls `step()`,
+//!   and each Ready is persisted to redb (durable commits), then sent, then
+//!   applied, then advanced.
+//! - Raft messages cross the wire as [`wire`] mirror types in bulwark's
+//!   codec; protobuf is never parsed from the network.
+//! - Pre-vote and check-quorum are on. Reads are linearizable through
+//!   read-index. Followers forward proposals to the leader; the proposer's
+//!   origin is bound to the authenticated sender.
+//! - A proposal ends in a typed [`ProposeOutcome`]: committed at an index
+//!   (with the schedule's verdict), not leader (with a hint), timed out, or
+//!   rejected with a reason.
+//! - Proposals are batched: they are handed to raft-rs as they arrive and
+//!   the Ready that carries them is handled once the mailbox has no more
+//!   queued before it, so one redb commit covers the batch.
+//! - Snapshots every [`RaftConfig::snapshot_every_entries`] applied entries
+//!   compact the log.
+//! - raft-rs logs through slog; [`tracing_logger`] bridges it to `tracing`.
+//!
+//! Guards for raft-rs 0.7.0 (fixes that are only on master):
+//! - tikv/raft-rs#557: a stale rejection could move a follower's `next` to
+//!   or below its `match`; the core clamps the rejection hint.
+//! - tikv/raft-rs#543 and #561 fix applying entries before they are
+//!   persisted (a master-only feature). bulwark never enables it: entries
+//!   are applied only from a Ready, after the redb commit, and the core
+//!   asserts that nothing past the commit index is applied.
+
+pub mod core;
+mod storage;
+pub mod wire;
+
+pub use self::core::{AppliedEntry, EntryPayload, Output, RaftCore, RaftCoreError};
+pub use self::storage::RaftStore;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bulwark_runtime::{Address, ChildDef, Delivery, Node, NodeCtx, Zone};
+use bulwark_storage::codec;
+use bulwark_transport::FacilityId;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::{Command, Outcome, ScheduleState};
+use wire::WireMessage;
+
+/// The RaftPeer's registered name.
+pub const RAFT: &str = "raft";
+
+/// The raft id of a facility: the first 8 bytes of blake3 of its id, never 0.
+pub fn raft_id(f: &FacilityId) -> u64 {
+    let h = blake3::hash(f.as_str().as_bytes());
+    let id = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+    id.max(1)
+}
+
+/// Settings of a RaftPeer. [`Default`] gives the embedded defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// Length of one Raft tick, in ms.
+    pub tick_ms: u64,
+    /// The election timeout in ticks: a follower that heard from a leader
+    /// within it refuses to (pre-)vote (check-quorum's lease), and a leader
+    /// that has not heard from a quorum within it steps down.
+    pub election_ticks: usize,
+    /// Fewest ticks without a leader before campaigning (at least
+    /// `election_ticks`).
+    pub election_ticks_min: usize,
+    /// Exclusive upper bound of the election timeout, in ticks. raft-rs draws
+    /// it from `thread_rng` in `[min, max)`; the harness sets `max = min + 1`
+    /// with `min` from the seed, so it is fixed per facility.
+    pub election_ticks_max: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Largest append message, in bytes.
+    pub max_size_per_msg: u64,
+    /// Append messages in flight per follower.
+    pub max_inflight_msgs: usize,
+    /// Uncommitted bytes a leader accepts before dropping proposals.
+    pub max_uncommitted_size: u64,
+    /// Largest encoded proposal, in bytes.
+    pub entry_len_max: u64,
+    /// Applied entries between snapshots (log compaction).
+    pub snapshot_every_entries: u64,
+    /// Ticks a proposal or read may wait for its outcome.
+    pub proposal_timeout_ticks: u64,
+    /// Proposals in flight at once, beyond which new ones are rejected.
+    pub pending_proposals_max: usize,
+    /// Ready rounds handled per input, at most.
+    pub ready_rounds_max: usize,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            tick_ms: 50,
+            election_ticks: 10,
+            election_ticks_min: 10,
+            election_ticks_max: 20,
+            heartbeat_ticks: 2,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            max_uncommitted_size: 16 * 1024 * 1024,
+            entry_len_max: 64 * 1024,
+            snapshot_every_entries: 1000,
+            proposal_timeout_ticks: 100,
+            pending_proposals_max: 4096,
+            ready_rounds_max: 16,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// Checks the relations between the settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tick_ms == 0 {
+            return Err("tick_ms must be > 0".into());
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
+            return Err("heartbeat_ticks must be in 1..election_ticks".into());
+        }
+        if self.election_ticks_min < self.election_ticks {
+            return Err("election_ticks_min must be at least election_ticks".into());
+        }
+        if self.election_ticks_max <= self.election_ticks_min {
+            return Err("election_ticks_max must exceed election_ticks_min".into());
+        }
+        if self.entry_len_max == 0
+            || self.entry_len_max > bulwark_storage::codec::MESSAGE_LEN_MAX as u64 / 4
+        {
+            return Err("entry_len_max must be in 1..=MESSAGE_LEN_MAX/4".into());
+        }
+        if self.snapshot_every_entries == 0 || self.ready_rounds_max == 0 {
+            return Err("snapshot_every_entries and ready_rounds_max must be > 0".into());
+        }
+        Ok(())
+    }
+
+    fn to_raft(&self, id: u64, applied: u64) -> raft::Config {
+        raft::Config {
+            id,
+            election_tick: self.election_ticks,
+            heartbeat_tick: self.heartbeat_ticks,
+            applied,
+            max_size_per_msg: self.max_size_per_msg,
+            max_inflight_msgs: self.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            min_election_tick: self.election_ticks_min,
+            max_election_tick: self.election_ticks_max,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            max_uncommitted_size: self.max_uncommitted_size,
+            ..raft::Config::default()
+        }
+    }
+}
+
+/// How a proposal ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProposeOutcome {
+    /// Committed at `index` and applied; `outcome` is the schedule's verdict
+    /// (applied, or rejected with the rule). `duplicate` when the idempotency
+    /// key had already been applied (the first outcome is repeated).
+    Committed {
+        /// Log index.
+        index: u64,
+        /// The schedule's verdict.
+        outcome: Outcome,
+        /// A retry of an already applied command.
+        duplicate: bool,
+    },
+    /// No leader could take it; `hint` is the leader as last known.
+    NotLeader {
+        /// The leader, if known.
+        hint: Option<FacilityId>,
+    },
+    /// No outcome in time. The command may still commit later; retry with
+    /// the same idempotency key.
+    TimedOut,
+    /// Refused before reaching the log.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How a linearizable read ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// The local state has applied everything committed when the read
+    /// started; it may be served.
+    Ready {
+        /// The read index confirmed by a quorum.
+        read_index: u64,
+    },
+    /// No leader is known.
+    NotLeader {
+        /// The leader, if known.
+        hint: Option<FacilityId>,
+    },
+    /// No quorum confirmed it in time.
+    TimedOut,
+}
+
+/// What RaftPeers say to each other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftWire {
+    /// A raft-rs message, mirrored.
+    Raft(Box<WireMessage>),
+    /// A follower forwards a proposal (an encoded [`EntryPayload`]) to the
+    /// leader.
+    Forward {
+        /// The encoded payload.
+        payload: Vec<u8>,
+    },
+    /// The leader could not take a forwarded proposal.
+    ForwardRefused {
+        /// The follower's sequence number.
+        seq: u64,
+        /// Why.
+        outcome: ProposeOutcome,
+    },
+}
+
+/// A snapshot of a RaftPeer's view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// This facility.
+    pub facility: FacilityId,
+    /// The leader as known here.
+    pub leader: Option<FacilityId>,
+    /// Whether this facility leads.
+    pub is_leader: bool,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Voters.
+    pub voters: Vec<FacilityId>,
+}
+
+/// Messages of the [`RaftPeer`].
+pub enum RaftMsg {
+    /// One Raft tick.
+    Tick,
+    /// A message from a peer's RaftPeer, through the Router.
+    Remote(Delivery),
+    /// Propose a schedule command.
+    Propose {
+        /// The command.
+        command: Command,
+        /// Where the outcome goes.
+        reply: RpcReplyPort<ProposeOutcome>,
+    },
+    /// Wait until a linearizable read may be served locally.
+    Read {
+        /// Where the outcome goes.
+        reply: RpcReplyPort<ReadOutcome>,
+    },
+    /// Run `f` on the applied schedule (reads, tests).
+    Inspect(Box<dyn FnOnce(&ScheduleState) + Send>),
+    /// The peer's view.
+    Status(RpcReplyPort<RaftStatus>),
+    /// Hand leadership to another facility.
+    TransferLeader(FacilityId),
+    /// Handle the pending Ready (self-sent, so queued proposals batch).
+    Flush,
+}
+
+/// How a facility with no Raft state joins (etcd's `initial-cluster-state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    /// A new cluster: a store created by this start bootstraps with every
+    /// member as a voter.
+    #[default]
+    New,
+    /// An existing cluster: start empty and wait for the leader to add this
+    /// facility (joint consensus) and send it a snapshot.
+    Existing,
+}
+
+/// Sees every entry a RaftPeer applies (tests, and the validators that
+/// attest to committed entries). Called on the RaftPeer's task: keep it
+/// short. After a restart, entries past the last snapshot are applied, and
+/// seen, again.
+pub type AppliedTap = Arc<dyn Fn(&FacilityId, &AppliedEntry) + Send + Sync>;
+
+/// How to make a facility's RaftPeer.
+#[derive(Clone)]
+pub struct RaftSetup {
+    /// Every member facility, including this one.
+    pub members: Vec<FacilityId>,
+    /// How to start from a store with no Raft state.
+    pub start: ClusterState,
+    /// Settings.
+    pub config: RaftConfig,
+    /// Optional applied-entry tap.
+    pub tap: Option<AppliedTap>,
+}
+
+impl RaftSetup {
+    /// A new cluster of `members` with the default settings.
+    pub fn new(members: Vec<FacilityId>) -> RaftSetup {
+        RaftSetup {
+            members,
+            start: ClusterState::New,
+            config: RaftConfig::default(),
+            tap: None,
+        }
+    }
+}
+
+/// Arguments of a [`RaftPeer`].
+#[derive(Clone)]
+pub struct RaftPeerArgs {
+    /// The node's context.
+    pub ctx: NodeCtx,
+    /// The setup.
+    pub setup: RaftSetup,
+}
+
+/// The RaftPeer actor. See the module docs.
+pub struct RaftPeer;
+
+/// The RaftPeer's state.
+pub struct RaftPeerState {
+    core: RaftCore,
+    ctx: NodeCtx,
+    proposals: BTreeMap<u64, RpcReplyPort<ProposeOutcome>>,
+    reads: BTreeMap<u64, RpcReplyPort<ReadOutcome>>,
+    flush_queued: bool,
+    ticker: ractor::concurrency::JoinHandle<()>,
+    tap: Option<AppliedTap>,
+}
+
+/// The RaftPeer as a child of the consensus zone.
+pub fn raft_child(setup: RaftSetup) -> (Zone, ChildDef) {
+    let def = ChildDef::new(RAFT, move |ctx: &NodeCtx| {
+        (
+            RaftPeer,
+            RaftPeerArgs {
+                ctx: ctx.clone(),
+                setup: setup.clone(),
+            },
+        )
+    });
+    (Zone::Consensus, def)
+}
+
+/// The running RaftPeer of `node`, if any.
+pub fn raft_peer(node: &Node) -> Option<ActorRef<RaftMsg>> {
+    ractor::registry::where_is(node.ctx().actor_name(Zone::Consensus, RAFT)).map(Into::into)
+}
+
+impl Actor for RaftPeer {
+    type Msg = RaftMsg;
+    type State = RaftPeerState;
+    type Arguments = RaftPeerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RaftMsg>,
+        args: RaftPeerArgs,
+    ) -> Result<RaftPeerState, ActorProcessingErr> {
+        let setup = args.setup;
+        setup.config.validate()?;
+        let logger = tracing_logger(&args.ctx.facility);
+        let mut core = RaftCore::open(
+            args.ctx.store.clone(),
+            args.ctx.facility.clone(),
+            &setup.members,
+            setup.start,
+            args.ctx.fresh_store,
+            setup.config.clone(),
+            &logger,
+        )?;
+        core.emit_applied(setup.tap.is_some());
+        args.ctx
+            .router
+            .register(RAFT, myself.clone(), RaftMsg::Remote);
+        let tick = std::time::Duration::from_millis(setup.config.tick_ms);
+        let ticker = myself.send_interval(tick, || RaftMsg::Tick);
+        Ok(RaftPeerState {
+            core,
+            ctx: args.ctx,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            flush_queued: false,
+            ticker,
+            tap: setup.tap,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RaftMsg>,
+        msg: RaftMsg,
+        st: &mut RaftPeerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RaftMsg::Tick => st.core.tick()?,
+            RaftMsg::Remote(d) => {
+                let from = d.envelope.from.clone();
+                match codec::decode::<RaftWire>(&d.envelope.body) {
+                    Ok(w) => st.core.on_peer(&from, w)?,
+                    Err(e) => {
+                        metrics::counter!("bulwark_raft_malformed_total").increment(1);
+                        tracing::warn!(%from, error = %e, "malformed raft wire message dropped");
+                    }
+                }
+            }
+            RaftMsg::Propose { command, reply } => match st.core.propose(command) {
+                Ok(seq) => {
+                    st.proposals.insert(seq, reply);
+                    if !st.flush_queued {
+                        st.flush_queued = true;
+                        myself.cast(RaftMsg::Flush)?;
+                    }
+                }
+                Err(outcome) => {
+                    let _ = reply.send(outcome);
+                }
+            },
+            RaftMsg::Read { reply } => match st.core.read() {
+                Ok(seq) => {
+                    st.reads.insert(seq, reply);
+                    st.core.on_ready()?;
+                }
+                Err(outcome) => {
+                    let _ = reply.send(outcome);
+                }
+            },
+            RaftMsg::Inspect(f) => f(st.core.schedule()),
+            RaftMsg::Status(reply) => {
+                let _ = reply.send(RaftStatus {
+                    facility: st.core.facility().clone(),
+                    leader: st.core.leader(),
+                    is_leader: st.core.is_leader(),
+                    term: st.core.term(),
+                    commit: st.core.commit_index(),
+                    applied: st.core.applied_index(),
+                    voters: st.core.voters(),
+                });
+            }
+            RaftMsg::TransferLeader(to) => st.core.transfer_leader(&to)?,
+            RaftMsg::Flush => {
+                st.flush_queued = false;
+                st.core.on_ready()?;
+            }
+        }
+        flush_outputs(st);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<RaftMsg>,
+        st: &mut RaftPeerState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.ticker.abort();
+        st.ctx.router.unregister(RAFT, myself.get_id());
+        Ok(())
+    }
+}
+
+fn flush_outputs(st: &mut RaftPeerState) {
+    for out in st.core.drain() {
+        match out {
+            Output::Send { to, msg } => {
+                let body = match codec::encode(&msg) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(error = %e, "raft message does not encode");
+                        continue;
+                    }
+                };
+                if let Err(e) = st.ctx.router.send(Address::new(to, RAFT), body, None) {
+                    metrics::counter!("bulwark_raft_send_failed_total").increment(1);
+                    tracing::debug!(error = %e, "raft send failed");
+                }
+            }
+            Output::Proposed { seq, outcome } => {
+                if let Some(reply) = st.proposals.remove(&seq) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Output::ReadReady { seq, outcome } => {
+                if let Some(reply) = st.reads.remove(&seq) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Output::Applied(entry) => {
+                if let Some(tap) = &st.tap {
+                    tap(st.core.facility(), &entry);
+                }
+            }
+        }
+    }
+}
+
+/// A slog logger whose records go to `tracing` (target `raft`). raft-rs's
+/// chatty info-level records (elections, state changes) become debug events.
+pub fn tracing_logger(facility: &FacilityId) -> slog::Logger {
+    use slog::Drain;
+    slog::Logger::root(
+        TracingDrain.fuse(),
+        slog::o!("facility" => facility.to_string()),
+    )
+}
+
+struct TracingDrain;
+
+struct KvText(String);
+
+impl slog::Serializer for KvText {
+    fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments<'_>) -> slog::Result {
+        let _ = write!(self.0, " {key}={val}");
+        Ok(())
+    }
+}
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
+        use slog::KV;
+        let mut kv = KvText(String::new());
+        let _ = record.kv().serialize(record, &mut kv);
+        let _ = values.serialize(record, &mut kv);
+        let msg = record.msg();
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{msg}{}", kv.0)
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{msg}{}", kv.0),
+            slog::Level::Info => tracing::debug!(target: "raft", "{msg}{}", kv.0),
+            slog::Level::Debug | slog::Level::Trace => {
+                tracing::trace!(target: "raft", "{msg}{}", kv.0)
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,693 @@
+//! The RaftPeer's core: raft-rs's `RawNode` over the redb [`RaftStore`],
+//! the schedule it applies to, and the proposals waiting for an outcome.
+//! No tokio and no ractor here: the actor feeds ticks, peer messages and
+//! proposals in, and drains [`Output`]s.
+//!
+//! Every Ready is handled in the order the consensus issue fixes: persist
+//! (snapshot, entries, hard state) durably, then send, then apply committed
+//! entries, then advance.
+
+use std::collections::BTreeMap;
+
+use bulwark_storage::{codec, StorageError, Store};
+use bulwark_transport::FacilityId;
+use raft::eraftpb::{ConfChangeV2, EntryType, MessageType};
+use raft::{RawNode, StateRole, Storage};
+use serde::{Deserialize, Serialize};
+
+use super::storage::RaftStore;
+use super::wire::WireMessage;
+use super::{raft_id, ClusterState, ProposeOutcome, RaftConfig, RaftWire, ReadOutcome};
+use crate::schedule::{Applied, Command, ScheduleState};
+
+/// What one entry of the log carries: the command and who proposed it, so
+/// the proposer can answer its client when the entry applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryPayload {
+    /// Raft id of the facility whose client proposed it.
+    pub origin: u64,
+    /// The proposer's sequence number for this proposal.
+    pub seq: u64,
+    /// The command.
+    pub command: Command,
+}
+
+/// Something the actor must do after a call into the core.
+#[derive(Debug)]
+pub enum Output {
+    /// Send to a peer's RaftPeer.
+    Send {
+        /// The peer.
+        to: FacilityId,
+        /// The message.
+        msg: RaftWire,
+    },
+    /// A proposal of ours has its outcome.
+    Proposed {
+        /// The proposal's sequence number.
+        seq: u64,
+        /// Its outcome.
+        outcome: ProposeOutcome,
+    },
+    /// An entry was applied (only when [`RaftCore::emit_applied`] is on).
+    Applied(AppliedEntry),
+    /// A linearizable read may now be served from the local state.
+    ReadReady {
+        /// The read's sequence number.
+        seq: u64,
+        /// Its outcome.
+        outcome: ReadOutcome,
+    },
+}
+
+/// One applied log entry, as the applied-entry tap sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedEntry {
+    /// Log index.
+    pub index: u64,
+    /// Term it was proposed in.
+    pub term: u64,
+    /// blake3 of the entry's type and data.
+    pub hash: [u8; 32],
+    /// The decoded payload of a normal, non-empty entry.
+    pub payload: Option<EntryPayload>,
+}
+
+struct Pending {
+    deadline_tick: u64,
+    /// When the request last went to raft-rs (reads only).
+    issued_tick: u64,
+}
+
+/// The core. See the module docs.
+pub struct RaftCore {
+    node: RawNode<RaftStore>,
+    me: FacilityId,
+    my_id: u64,
+    members: BTreeMap<u64, FacilityId>,
+    schedule: ScheduleState,
+    config: RaftConfig,
+    ticks: u64,
+    next_seq: u64,
+    proposals: BTreeMap<u64, Pending>,
+    /// Reads waiting for their read index, then for it to be applied.
+    reads: BTreeMap<u64, (Pending, Option<u64>)>,
+    out: Vec<Output>,
+    emit_applied: bool,
+}
+
+/// Why the core could not start or continue.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RaftCoreError {
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// raft-rs refused.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// The stored snapshot does not restore.
+    #[error("snapshot does not restore: {0}")]
+    Snapshot(String),
+    /// An existing store holds no Raft state while the config says to start
+    /// a new cluster.
+    #[error(
+        "{} existed but holds no Raft state; refusing to bootstrap a voter from it \
+         (to rejoin, set initial_cluster_state = \"existing\" and add the facility from the leader)",
+        path.display()
+    )]
+    UnexpectedlyEmpty {
+        /// The store's file.
+        path: std::path::PathBuf,
+    },
+}
+
+impl RaftCore {
+    /// Opens the Raft state in `store` for `me` among `members` (every
+    /// facility, including `me`).
+    ///
+    /// A store with Raft state resumes from it. A store without any:
+    /// - with [`ClusterState::New`] and a store created by this start
+    ///   (`fresh_store`), the members become the initial voters;
+    /// - with [`ClusterState::New`] and a store that existed before, it is
+    ///   refused: an old store that lost its Raft state must not vote as if
+    ///   it had never voted;
+    /// - with [`ClusterState::Existing`], it starts with no configuration and
+    ///   waits for a leader to add it (and send it a snapshot).
+    pub fn open(
+        store: Store,
+        me: FacilityId,
+        members: &[FacilityId],
+        start: ClusterState,
+        fresh_store: bool,
+        config: RaftConfig,
+        logger: &slog::Logger,
+    ) -> Result<RaftCore, RaftCoreError> {
+        let members: BTreeMap<u64, FacilityId> =
+            members.iter().map(|f| (raft_id(f), f.clone())).collect();
+        let voters: Vec<u64> = members.keys().copied().collect();
+        let bootstrap = start == ClusterState::New && fresh_store;
+        let path = store.path().to_path_buf();
+        let (rs, empty) = RaftStore::open(store, bootstrap.then_some(voters.as_slice()))?;
+        if empty && start == ClusterState::New && !fresh_store {
+            return Err(RaftCoreError::UnexpectedlyEmpty { path });
+        }
+        let snap = rs.latest_snapshot().clone();
+        let schedule = if snap.get_metadata().index == 0 {
+            ScheduleState::new()
+        } else {
+            ScheduleState::restore(&snap.data)
+                .map_err(|e| RaftCoreError::Snapshot(e.to_string()))?
+        };
+        let my_id = raft_id(&me);
+        let cfg = config.to_raft(my_id, snap.get_metadata().index);
+        let node = RawNode::new(&cfg, rs, logger)?;
+        Ok(RaftCore {
+            node,
+            me,
+            my_id,
+            members,
+            schedule,
+            config,
+            ticks: 0,
+            next_seq: 1,
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            out: Vec::new(),
+            emit_applied: false,
+        })
+    }
+
+    /// Also report every applied entry as [`Output::Applied`].
+    pub fn emit_applied(&mut self, on: bool) {
+        self.emit_applied = on;
+    }
+
+    /// Takes what the actor must do now.
+    pub fn drain(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The applied schedule.
+    pub fn schedule(&self) -> &ScheduleState {
+        &self.schedule
+    }
+
+    /// The leader as this facility knows it.
+    pub fn leader(&self) -> Option<FacilityId> {
+        self.members.get(&self.node.raft.leader_id).cloned()
+    }
+
+    /// Whether this facility leads.
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    /// The commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+
+    /// The applied index.
+    pub fn applied_index(&self) -> u64 {
+        self.node.raft.raft_log.applied
+    }
+
+    /// The current voters.
+    pub fn voters(&self) -> Vec<FacilityId> {
+        self.node
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter_map(|id| self.members.get(&id).cloned())
+            .collect()
+    }
+
+    /// One clock tick.
+    pub fn tick(&mut self) -> Result<(), RaftCoreError> {
+        self.ticks += 1;
+        self.node.tick();
+        let now = self.ticks;
+        let expired: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, p)| p.deadline_tick <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in expired {
+            self.proposals.remove(&seq);
+            self.out.push(Output::Proposed {
+                seq,
+                outcome: ProposeOutcome::TimedOut,
+            });
+        }
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, (p, _))| p.deadline_tick <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in expired {
+            self.reads.remove(&seq);
+            self.out.push(Output::ReadReady {
+                seq,
+                outcome: ReadOutcome::TimedOut,
+            });
+        }
+        self.retry_reads();
+        self.on_ready()
+    }
+
+    /// raft-rs drops a read-index request silently when the leader has not
+    /// yet committed an entry in its term, or when it is lost on the way
+    /// to the leader. A read with no read state after two heartbeats is
+    /// asked again (raft-rs ignores a context it already holds).
+    fn retry_reads(&mut self) {
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let now = self.ticks;
+        let every = 2 * self.config.heartbeat_ticks as u64;
+        let mut again = Vec::new();
+        for (seq, (p, at)) in self.reads.iter_mut() {
+            if at.is_none() && now >= p.issued_tick + every {
+                p.issued_tick = now;
+                again.push(*seq);
+            }
+        }
+        for seq in again {
+            self.node.read_index(self.read_ctx(seq));
+        }
+    }
+
+    fn deadline(&self) -> u64 {
+        self.ticks + self.config.proposal_timeout_ticks
+    }
+
+    /// A message from a peer's RaftPeer. `from` is the authenticated sender.
+    pub fn on_peer(&mut self, from: &FacilityId, msg: RaftWire) -> Result<(), RaftCoreError> {
+        let from_id = raft_id(from);
+        if !self.members.contains_key(&from_id) {
+            tracing::warn!(%from, "raft message from a non-member dropped");
+            return Ok(());
+        }
+        match msg {
+            RaftWire::Raft(w) => {
+                if w.from != from_id || w.to != self.my_id {
+                    tracing::warn!(%from, "raft message with forged from/to dropped");
+                    return Ok(());
+                }
+                let mut m = match w.to_raft() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(%from, error = %e, "malformed raft message dropped");
+                        return Ok(());
+                    }
+                };
+                self.guard_reject_hint(&mut m);
+                match self.node.step(m) {
+                    Ok(())
+                    | Err(raft::Error::StepPeerNotFound)
+                    | Err(raft::Error::StepLocalMsg) => {}
+                    Err(e) => tracing::debug!(%from, error = %e, "step refused"),
+                }
+            }
+            RaftWire::Forward { payload } => {
+                let outcome = self.propose_forwarded(from_id, payload);
+                if let Err((seq, outcome)) = outcome {
+                    self.out.push(Output::Send {
+                        to: from.clone(),
+                        msg: RaftWire::ForwardRefused { seq, outcome },
+                    });
+                }
+            }
+            RaftWire::ForwardRefused { seq, outcome } => {
+                if self.proposals.remove(&seq).is_some() {
+                    self.out.push(Output::Proposed { seq, outcome });
+                }
+            }
+        }
+        self.on_ready()
+    }
+
+    /// raft-rs 0.7.0 lacks tikv/raft-rs#557: in probe state a stale or
+    /// reordered rejection whose hint is below the follower's match index
+    /// can move `next` to or below `match`. Clamp the hint, as the fix does.
+    fn guard_reject_hint(&self, m: &mut raft::eraftpb::Message) {
+        if m.msg_type == MessageType::MsgAppendResponse && m.reject && self.is_leader() {
+            if let Some(pr) = self.node.raft.prs().get(m.from) {
+                if m.reject_hint < pr.matched {
+                    m.reject_hint = pr.matched;
+                }
+            }
+        }
+    }
+
+    fn payload_bytes(&self, seq: u64, command: Command) -> Result<Vec<u8>, ProposeOutcome> {
+        let payload = EntryPayload {
+            origin: self.my_id,
+            seq,
+            command,
+        };
+        let bytes = codec::encode(&payload).map_err(|e| ProposeOutcome::Rejected {
+            reason: format!("cannot encode: {e}"),
+        })?;
+        if bytes.len() as u64 > self.config.entry_len_max {
+            return Err(ProposeOutcome::Rejected {
+                reason: format!(
+                    "command of {} bytes exceeds {}",
+                    bytes.len(),
+                    self.config.entry_len_max
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Proposes `command`. The outcome comes later as [`Output::Proposed`]
+    /// with the returned sequence number, or at once as `Err`.
+    pub fn propose(&mut self, command: Command) -> Result<u64, ProposeOutcome> {
+        if self.proposals.len() >= self.config.pending_proposals_max {
+            return Err(ProposeOutcome::Rejected {
+                reason: "too many proposals in flight".into(),
+            });
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let bytes = self.payload_bytes(seq, command)?;
+        if self.is_leader() {
+            self.node
+                .propose(Vec::new(), bytes)
+                .map_err(|e| ProposeOutcome::Rejected {
+                    reason: format!("leader dropped the proposal: {e}"),
+                })?;
+        } else {
+            let Some(leader) = self.leader() else {
+                return Err(ProposeOutcome::NotLeader { hint: None });
+            };
+            self.out.push(Output::Send {
+                to: leader,
+                msg: RaftWire::Forward { payload: bytes },
+            });
+        }
+        let deadline_tick = self.deadline();
+        self.proposals.insert(
+            seq,
+            Pending {
+                deadline_tick,
+                issued_tick: self.ticks,
+            },
+        );
+        Ok(seq)
+    }
+
+    fn propose_forwarded(
+        &mut self,
+        from_id: u64,
+        payload: Vec<u8>,
+    ) -> Result<(), (u64, ProposeOutcome)> {
+        let decoded: EntryPayload =
+            match codec::decode_limited(&payload, self.config.entry_len_max as usize) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed forwarded proposal dropped");
+                    return Ok(());
+                }
+            };
+        // The origin is bound to the authenticated sender.
+        if decoded.origin != from_id {
+            tracing::warn!(
+                origin = decoded.origin,
+                from_id,
+                "forwarded proposal with a forged origin dropped"
+            );
+            return Ok(());
+        }
+        if !self.is_leader() {
+            return Err((
+                decoded.seq,
+                ProposeOutcome::NotLeader {
+                    hint: self.leader(),
+                },
+            ));
+        }
+        self.node.propose(Vec::new(), payload).map_err(|e| {
+            (
+                decoded.seq,
+                ProposeOutcome::Rejected {
+                    reason: format!("leader dropped the proposal: {e}"),
+                },
+            )
+        })
+    }
+
+    /// Starts a linearizable read (read-index). [`Output::ReadReady`] with
+    /// the returned sequence number says when the local state may serve it.
+    pub fn read(&mut self) -> Result<u64, ReadOutcome> {
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            return Err(ReadOutcome::NotLeader { hint: None });
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.node.read_index(self.read_ctx(seq));
+        let deadline_tick = self.deadline();
+        self.reads.insert(
+            seq,
+            (
+                Pending {
+                    deadline_tick,
+                    issued_tick: self.ticks,
+                },
+                None,
+            ),
+        );
+        Ok(seq)
+    }
+
+    /// Asks raft-rs to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, to: &FacilityId) -> Result<(), RaftCoreError> {
+        self.node.transfer_leader(raft_id(to));
+        self.on_ready()
+    }
+
+    /// Proposes a joint-consensus configuration change.
+    pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> Result<(), RaftCoreError> {
+        self.node.propose_conf_change(Vec::new(), cc)?;
+        self.on_ready()
+    }
+
+    /// Handles every pending Ready.
+    pub fn on_ready(&mut self) -> Result<(), RaftCoreError> {
+        // Bounded: each round consumes a Ready; raft-rs produces a new one
+        // only for new input, so a handful of rounds drains it.
+        for _ in 0..self.config.ready_rounds_max {
+            if !self.node.has_ready() {
+                return Ok(());
+            }
+            let mut rd = self.node.ready();
+            // 1. Persist: snapshot, entries, hard state (durable redb commits).
+            if !rd.snapshot().is_empty() {
+                let snap = rd.snapshot().clone();
+                self.node.mut_store().apply_snapshot(&snap)?;
+                self.schedule = ScheduleState::restore(&snap.data)
+                    .map_err(|e| RaftCoreError::Snapshot(e.to_string()))?;
+            }
+            if !rd.entries().is_empty() || rd.hs().is_some() {
+                let hs = rd.hs().cloned();
+                self.node.mut_store().persist(rd.entries(), hs.as_ref())?;
+            }
+            // 2. Send.
+            let msgs = rd.take_messages();
+            self.send_all(msgs);
+            let msgs = rd.take_persisted_messages();
+            self.send_all(msgs);
+            // 3. Apply.
+            let committed = rd.take_committed_entries();
+            self.apply(committed)?;
+            for rs in rd.take_read_states() {
+                self.on_read_state(&rs.request_ctx, rs.index);
+            }
+            // 4. Advance.
+            let mut light = self.node.advance(rd);
+            if let Some(commit) = light.commit_index() {
+                self.node.mut_store().set_commit(commit)?;
+            }
+            let msgs = light.take_messages();
+            self.send_all(msgs);
+            let committed = light.take_committed_entries();
+            self.apply(committed)?;
+            self.node.advance_apply();
+            self.serve_reads();
+            self.maybe_compact()?;
+        }
+        Ok(())
+    }
+
+    fn send_all(&mut self, msgs: Vec<raft::eraftpb::Message>) {
+        for m in msgs {
+            let Some(to) = self.members.get(&m.to).cloned() else {
+                continue;
+            };
+            match WireMessage::from_raft(&m) {
+                Ok(w) => self.out.push(Output::Send {
+                    to,
+                    msg: RaftWire::Raft(Box::new(w)),
+                }),
+                Err(e) => tracing::error!(error = %e, "raft message does not mirror; not sent"),
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<raft::eraftpb::Entry>) -> Result<(), RaftCoreError> {
+        for e in entries {
+            // Guard for tikv/raft-rs#543/#561: nothing beyond the commit index
+            // (and, in 0.7.0, beyond what is persisted) is ever applied.
+            assert!(
+                e.index <= self.commit_index(),
+                "applying {} beyond commit {}",
+                e.index,
+                self.commit_index()
+            );
+            let decoded = self.emit_applied.then(|| self.applied_entry(&e));
+            match e.entry_type {
+                EntryType::EntryNormal => self.apply_normal(e.index, &e.data),
+                EntryType::EntryConfChangeV2 => {
+                    let cc: ConfChangeV2 =
+                        protobuf::Message::parse_from_bytes(&e.data).map_err(|err| {
+                            RaftCoreError::Snapshot(format!("conf change at {}: {err}", e.index))
+                        })?;
+                    let cs = self.node.apply_conf_change(&cc)?;
+                    self.node.mut_store().set_conf_state(&cs)?;
+                }
+                EntryType::EntryConfChange => {
+                    tracing::error!(index = e.index, "v1 conf change ignored");
+                }
+            }
+            if let Some(applied) = decoded {
+                self.out.push(Output::Applied(applied));
+            }
+        }
+        Ok(())
+    }
+
+    fn applied_entry(&self, e: &raft::eraftpb::Entry) -> AppliedEntry {
+        let mut h = blake3::Hasher::new();
+        h.update(&[e.entry_type as u8]);
+        h.update(&e.data);
+        let payload = (e.entry_type == EntryType::EntryNormal && !e.data.is_empty())
+            .then(|| codec::decode::<EntryPayload>(&e.data).ok())
+            .flatten();
+        AppliedEntry {
+            index: e.index,
+            term: e.term,
+            hash: *h.finalize().as_bytes(),
+            payload,
+        }
+    }
+
+    fn apply_normal(&mut self, index: u64, data: &[u8]) {
+        if data.is_empty() {
+            return; // the leader's no-op at the start of its term
+        }
+        let payload: EntryPayload = match codec::decode(data) {
+            Ok(p) => p,
+            Err(e) => {
+                // Committed, so every facility skips it identically.
+                tracing::error!(index, error = %e, "committed entry does not decode; skipped");
+                return;
+            }
+        };
+        let applied = self.schedule.apply(index, &payload.command);
+        if payload.origin == self.my_id && self.proposals.remove(&payload.seq).is_some() {
+            let outcome = match applied {
+                Applied::Fresh(outcome) => ProposeOutcome::Committed {
+                    index,
+                    outcome,
+                    duplicate: false,
+                },
+                Applied::Duplicate { outcome, .. } => ProposeOutcome::Committed {
+                    index,
+                    outcome,
+                    duplicate: true,
+                },
+            };
+            self.out.push(Output::Proposed {
+                seq: payload.seq,
+                outcome,
+            });
+        }
+    }
+
+    /// A read's context: this facility's raft id and the read's sequence
+    /// number, so reads from different facilities never share a context at
+    /// the leader (raft-rs keys pending reads by context alone).
+    fn read_ctx(&self, seq: u64) -> Vec<u8> {
+        let mut ctx = self.my_id.to_be_bytes().to_vec();
+        ctx.extend_from_slice(&seq.to_be_bytes());
+        ctx
+    }
+
+    fn on_read_state(&mut self, ctx: &[u8], index: u64) {
+        let Ok(bytes) = <[u8; 16]>::try_from(ctx) else {
+            return;
+        };
+        let (id, seq) = bytes.split_at(8);
+        if id != self.my_id.to_be_bytes() {
+            return;
+        }
+        let seq = u64::from_be_bytes(seq.try_into().expect("8 bytes"));
+        if let Some((_, at)) = self.reads.get_mut(&seq) {
+            *at = Some(index);
+        }
+    }
+
+    fn serve_reads(&mut self) {
+        let applied = self.applied_index();
+        let ready: Vec<(u64, u64)> = self
+            .reads
+            .iter()
+            .filter_map(|(seq, (_, at))| at.filter(|i| *i <= applied).map(|i| (*seq, i)))
+            .collect();
+        for (seq, index) in ready {
+            self.reads.remove(&seq);
+            self.out.push(Output::ReadReady {
+                seq,
+                outcome: ReadOutcome::Ready { read_index: index },
+            });
+        }
+    }
+
+    fn maybe_compact(&mut self) -> Result<(), RaftCoreError> {
+        let applied = self.applied_index();
+        let snap_index = self.node.store().latest_snapshot().get_metadata().index;
+        if applied < snap_index + self.config.snapshot_every_entries {
+            return Ok(());
+        }
+        let data = self
+            .schedule
+            .snapshot()
+            .map_err(|e| RaftCoreError::Snapshot(e.to_string()))?;
+        let cs = self.node.store().conf_state().clone();
+        self.node.mut_store().compact_to(applied, data, &cs)?;
+        Ok(())
+    }
+
+    /// The store's first and last log indices (for tests and status).
+    pub fn log_bounds(&self) -> (u64, u64) {
+        let s = self.node.store();
+        (s.first_index().unwrap_or(0), s.last_index().unwrap_or(0))
+    }
+
+    /// This facility.
+    pub fn facility(&self) -> &FacilityId {
+        &self.me
+    }
+}

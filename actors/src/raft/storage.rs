@@ -1,0 +1,475 @@
+//! raft-rs `Storage` over the facility's redb file.
+//!
+//! Layout: `RAFT_LOG` holds entries by index (as [`WireEntry`]), `RAFT_META`
+//! holds the hard state, the conf state and the latest snapshot (metadata and
+//! the state machine's bytes). Every write is one durable redb transaction:
+//! when a method returns `Ok`, what it wrote survives a crash, and a crash in
+//! the middle leaves the previous state (redb commits atomically).
+//!
+//! The log after the snapshot is also kept in memory, since raft-rs reads it
+//! on every Ready; compaction (a new snapshot) bounds both.
+
+// raft-rs's protobuf structs have private fields: they are built with
+// `default()` and field writes.
+#![allow(clippy::field_reassign_with_default)]
+
+use bulwark_storage::schema::{RAFT_LOG, RAFT_META};
+use bulwark_storage::{codec, StorageError, Store};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState};
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::wire::{WireConfState, WireEntry, WireHardState, WireSnapshot};
+
+const KEY_HARD_STATE: &str = "hard_state";
+const KEY_CONF_STATE: &str = "conf_state";
+const KEY_SNAPSHOT: &str = "snapshot";
+
+/// The Raft log and state of one facility, durable in redb.
+pub struct RaftStore {
+    store: Store,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot: Snapshot,
+    /// Entries after the snapshot, contiguous: `entries[i].index ==
+    /// snapshot index + 1 + i`.
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for RaftStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftStore")
+            .field("path", &self.store.path())
+            .field("hard_state", &self.hard_state)
+            .field("snapshot_index", &self.snapshot_index())
+            .field("entries", &self.entries.len())
+            .finish()
+    }
+}
+
+impl RaftStore {
+    /// Loads the Raft state from `store`. When the store holds no Raft state
+    /// at all and `bootstrap_voters` is given, writes that initial
+    /// configuration (a new cluster). Returns whether the store was empty.
+    pub fn open(
+        store: Store,
+        bootstrap_voters: Option<&[u64]>,
+    ) -> Result<(RaftStore, bool), StorageError> {
+        let corrupt = |reason: String| StorageError::Corrupt {
+            path: store.path().to_path_buf(),
+            reason,
+        };
+        let (hs, cs, snap, log) = {
+            let tx = store.database().begin_read().map_err(|e| store.redb(e))?;
+            let meta = tx.open_table(RAFT_META).map_err(|e| store.redb(e))?;
+            let read = |key: &'static str| -> Result<Option<Vec<u8>>, StorageError> {
+                Ok(meta
+                    .get(key)
+                    .map_err(|e| store.redb(e))?
+                    .map(|v| v.value().to_vec()))
+            };
+            let hs: Option<WireHardState> = read(KEY_HARD_STATE)?
+                .map(|b| {
+                    codec::decode(&b).map_err(|e| store.codec_error("raft_meta", KEY_HARD_STATE, e))
+                })
+                .transpose()?;
+            let cs: Option<WireConfState> = read(KEY_CONF_STATE)?
+                .map(|b| {
+                    codec::decode(&b).map_err(|e| store.codec_error("raft_meta", KEY_CONF_STATE, e))
+                })
+                .transpose()?;
+            let snap: Option<WireSnapshot> = read(KEY_SNAPSHOT)?
+                .map(|b| {
+                    codec::decode(&b).map_err(|e| store.codec_error("raft_meta", KEY_SNAPSHOT, e))
+                })
+                .transpose()?;
+            let table = tx.open_table(RAFT_LOG).map_err(|e| store.redb(e))?;
+            let mut log = Vec::new();
+            for row in table.iter().map_err(|e| store.redb(e))? {
+                let (k, v) = row.map_err(|e| store.redb(e))?;
+                let w: WireEntry = codec::decode(v.value())
+                    .map_err(|e| store.codec_error("raft_log", k.value(), e))?;
+                if w.index != k.value() {
+                    return Err(corrupt(format!(
+                        "raft_log key {} holds entry {}",
+                        k.value(),
+                        w.index
+                    )));
+                }
+                log.push(w);
+            }
+            (hs, cs, snap, log)
+        };
+        let empty = hs.is_none() && cs.is_none() && snap.is_none() && log.is_empty();
+        let snapshot = match &snap {
+            Some(s) => s.to_raft().map_err(|e| corrupt(format!("snapshot: {e}")))?,
+            None => Snapshot::default(),
+        };
+        let snap_index = snapshot.get_metadata().index;
+        let mut entries = Vec::with_capacity(log.len());
+        for w in log {
+            if w.index <= snap_index {
+                continue; // compacted but not yet deleted: harmless
+            }
+            let expected = snap_index + 1 + entries.len() as u64;
+            if w.index != expected {
+                return Err(corrupt(format!(
+                    "raft_log has a gap: expected {expected}, found {}",
+                    w.index
+                )));
+            }
+            entries.push(
+                w.to_raft()
+                    .map_err(|e| corrupt(format!("entry {}: {e}", w.index)))?,
+            );
+        }
+        let mut rs = RaftStore {
+            hard_state: hs.map(WireHardState::to_raft).unwrap_or_default(),
+            conf_state: match cs {
+                Some(c) => c
+                    .to_raft()
+                    .map_err(|e| corrupt(format!("conf state: {e}")))?,
+                None => snapshot.get_metadata().get_conf_state().clone(),
+            },
+            snapshot,
+            entries,
+            store,
+        };
+        if empty {
+            if let Some(voters) = bootstrap_voters {
+                let mut cs = ConfState::default();
+                cs.voters = voters.to_vec();
+                rs.set_conf_state(&cs)?;
+            }
+        }
+        rs.check()?;
+        Ok((rs, empty))
+    }
+
+    /// Checks the loaded state against Raft's invariants; a violation means
+    /// the file is damaged.
+    fn check(&self) -> Result<(), StorageError> {
+        let last = self.last();
+        let commit = self.hard_state.commit;
+        if commit > last {
+            return Err(StorageError::Corrupt {
+                path: self.store.path().to_path_buf(),
+                reason: format!("commit index {commit} beyond the last entry {last}"),
+            });
+        }
+        Ok(())
+    }
+
+    fn snapshot_index(&self) -> u64 {
+        self.snapshot.get_metadata().index
+    }
+
+    fn first(&self) -> u64 {
+        self.snapshot_index() + 1
+    }
+
+    fn last(&self) -> u64 {
+        self.snapshot_index() + self.entries.len() as u64
+    }
+
+    /// The persisted hard state.
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// The persisted configuration.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The latest snapshot (index 0 when none).
+    pub fn latest_snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Durably appends `entries` (replacing any conflicting suffix) and, if
+    /// given, the hard state, in one transaction.
+    pub fn persist(
+        &mut self,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        if let Some(first) = entries.first() {
+            assert!(
+                first.index >= self.first() && first.index <= self.last() + 1,
+                "append at {} outside [{}, {}]",
+                first.index,
+                self.first(),
+                self.last() + 1
+            );
+            for pair in entries.windows(2) {
+                assert_eq!(
+                    pair[1].index,
+                    pair[0].index + 1,
+                    "entries to append are not contiguous"
+                );
+            }
+        }
+        let s = &self.store;
+        let tx = s.begin_write()?;
+        {
+            let mut log = tx.open_table(RAFT_LOG).map_err(|e| s.redb(e))?;
+            if let Some(first) = entries.first() {
+                log.retain_in(first.index.., |_, _| false)
+                    .map_err(|e| s.redb(e))?;
+                for e in entries {
+                    let w = WireEntry::from_raft(e).map_err(|err| StorageError::Corrupt {
+                        path: s.path().to_path_buf(),
+                        reason: format!("entry {} does not mirror: {err}", e.index),
+                    })?;
+                    let bytes =
+                        codec::encode(&w).map_err(|err| s.codec_error("raft_log", e.index, err))?;
+                    log.insert(e.index, bytes.as_slice())
+                        .map_err(|e| s.redb(e))?;
+                }
+            }
+            if let Some(hs) = hs {
+                let mut meta = tx.open_table(RAFT_META).map_err(|e| s.redb(e))?;
+                let bytes = codec::encode(&WireHardState::from_raft(hs))
+                    .map_err(|err| s.codec_error("raft_meta", KEY_HARD_STATE, err))?;
+                meta.insert(KEY_HARD_STATE, bytes.as_slice())
+                    .map_err(|e| s.redb(e))?;
+            }
+        }
+        tx.commit().map_err(|e| s.redb(e))?;
+        if let Some(first) = entries.first() {
+            let keep = (first.index - self.first()) as usize;
+            self.entries.truncate(keep);
+            self.entries.extend_from_slice(entries);
+        }
+        if let Some(hs) = hs {
+            self.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Durably records a new commit index (from a `LightReady`).
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.persist(&[], Some(&hs))
+    }
+
+    /// Durably records the configuration.
+    pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StorageError> {
+        let s = &self.store;
+        let bytes = codec::encode(&WireConfState::from_raft(cs))
+            .map_err(|err| s.codec_error("raft_meta", KEY_CONF_STATE, err))?;
+        let tx = s.begin_write()?;
+        {
+            let mut meta = tx.open_table(RAFT_META).map_err(|e| s.redb(e))?;
+            meta.insert(KEY_CONF_STATE, bytes.as_slice())
+                .map_err(|e| s.redb(e))?;
+        }
+        tx.commit().map_err(|e| s.redb(e))?;
+        self.conf_state = cs.clone();
+        Ok(())
+    }
+
+    /// Durably installs a snapshot received from the leader: the log is
+    /// replaced by it, and the configuration and commit follow it.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<(), StorageError> {
+        let m = snap.get_metadata();
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(m.index);
+        hs.term = hs.term.max(m.term);
+        self.write_snapshot(snap, .., &hs)?;
+        self.entries.clear();
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    /// Durably records a snapshot of the state machine at `index` (which
+    /// must be applied, so committed and in the log) and compacts the log up
+    /// to it.
+    pub fn compact_to(
+        &mut self,
+        index: u64,
+        data: Vec<u8>,
+        cs: &ConfState,
+    ) -> Result<(), StorageError> {
+        assert!(
+            index > self.snapshot_index() && index <= self.last(),
+            "snapshot at {index} outside ({}, {}]",
+            self.snapshot_index(),
+            self.last()
+        );
+        assert!(
+            index <= self.hard_state.commit,
+            "snapshot of an uncommitted index"
+        );
+        let term = self.entries[(index - self.first()) as usize].term;
+        let mut snap = Snapshot::default();
+        snap.data = data.into();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(cs.clone());
+        let hs = self.hard_state.clone();
+        // Counted before the snapshot moves `first()`.
+        let drop_n = (index + 1 - self.first()) as usize;
+        self.write_snapshot(&snap, ..=index, &hs)?;
+        self.entries.drain(..drop_n);
+        Ok(())
+    }
+
+    fn write_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        delete: impl std::ops::RangeBounds<u64> + 'static,
+        hs: &HardState,
+    ) -> Result<(), StorageError> {
+        let s = &self.store;
+        let wire = WireSnapshot::from_raft(snap);
+        let snap_bytes =
+            codec::encode(&wire).map_err(|err| s.codec_error("raft_meta", KEY_SNAPSHOT, err))?;
+        let cs_bytes = codec::encode(&wire.conf_state)
+            .map_err(|err| s.codec_error("raft_meta", KEY_CONF_STATE, err))?;
+        let hs_bytes = codec::encode(&WireHardState::from_raft(hs))
+            .map_err(|err| s.codec_error("raft_meta", KEY_HARD_STATE, err))?;
+        let tx = s.begin_write()?;
+        {
+            let mut log = tx.open_table(RAFT_LOG).map_err(|e| s.redb(e))?;
+            log.retain_in::<u64, _>(delete, |_, _| false)
+                .map_err(|e| s.redb(e))?;
+            let mut meta = tx.open_table(RAFT_META).map_err(|e| s.redb(e))?;
+            meta.insert(KEY_SNAPSHOT, snap_bytes.as_slice())
+                .map_err(|e| s.redb(e))?;
+            meta.insert(KEY_CONF_STATE, cs_bytes.as_slice())
+                .map_err(|e| s.redb(e))?;
+            meta.insert(KEY_HARD_STATE, hs_bytes.as_slice())
+                .map_err(|e| s.redb(e))?;
+        }
+        tx.commit().map_err(|e| s.redb(e))?;
+        self.snapshot = snap.clone();
+        self.conf_state = snap.get_metadata().get_conf_state().clone();
+        Ok(())
+    }
+}
+
+impl raft::Storage for RaftStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState {
+            hard_state: self.hard_state.clone(),
+            conf_state: self.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first() {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let from = (low - self.first()) as usize;
+        let to = (high - self.first()) as usize;
+        let mut ents = self.entries[from..to].to_vec();
+        raft::util::limit_size(&mut ents, max_size.into());
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let snap = self.snapshot.get_metadata();
+        if idx == snap.index {
+            return Ok(snap.term);
+        }
+        if idx < self.first() {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        Ok(self.entries[(idx - self.first()) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot_index() < request_index {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(self.snapshot.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage as _;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = format!("e{index}").into_bytes().into();
+        e
+    }
+
+    fn open(dir: &std::path::Path) -> (RaftStore, bool) {
+        let opened = Store::open(&dir.join("f.redb"), "alpha").unwrap();
+        RaftStore::open(opened.store, Some(&[1, 2, 3])).unwrap()
+    }
+
+    #[test]
+    fn compaction_and_suffix_replacement_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut rs, empty) = open(dir.path());
+        assert!(empty);
+        assert_eq!(rs.conf_state().voters, vec![1, 2, 3]);
+        let ents: Vec<Entry> = (1..=80).map(|i| entry(i, 1)).collect();
+        let mut hs = HardState::default();
+        hs.term = 1;
+        rs.persist(&ents, Some(&hs)).unwrap();
+        rs.set_commit(70).unwrap();
+        let cs = rs.conf_state().clone();
+        rs.compact_to(40, b"state@40".to_vec(), &cs).unwrap();
+        // A new leader replaces entries from 71 on.
+        let tail: Vec<Entry> = (71..=75).map(|i| entry(i, 2)).collect();
+        rs.persist(&tail, None).unwrap();
+        let check = |rs: &RaftStore| {
+            assert_eq!(rs.first_index().unwrap(), 41);
+            assert_eq!(rs.last_index().unwrap(), 75);
+            assert_eq!(rs.term(40).unwrap(), 1);
+            assert_eq!(rs.term(71).unwrap(), 2);
+            assert!(rs.term(39).is_err());
+            let got = rs
+                .entries(41, 76, None, GetEntriesContext::empty(false))
+                .unwrap();
+            assert_eq!(got.len(), 35);
+            assert_eq!(&got[0].data[..], b"e41");
+            assert_eq!(rs.latest_snapshot().get_metadata().index, 40);
+            assert_eq!(&rs.latest_snapshot().data[..], b"state@40");
+        };
+        check(&rs);
+        drop(rs);
+        let (rs, empty) = open(dir.path());
+        assert!(!empty);
+        check(&rs);
+        assert_eq!(rs.hard_state().commit, 70);
+    }
+}

@@ -1,0 +1,273 @@
+//! Consensus in the harness: three facilities over SimNet, on virtual time,
+//! each running the real RaftPeer over its own redb file.
+
+mod support;
+
+use std::time::Duration;
+
+use bulwark_actors::raft::ProposeOutcome;
+use bulwark_actors::schedule::{Effect, Op, Outcome};
+use support::{block, committed, person, Cluster};
+
+const SEEDS: [u64; 3] = [1, 7, 42];
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_leader_is_elected_and_commits() {
+    for seed in SEEDS {
+        let mut c = Cluster::start(3, seed).await;
+        let (leader, term, took) = c
+            .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+            .await
+            .expect("a leader");
+        // The first election completes within the longest campaign timeout
+        // plus a few round trips.
+        let slowest = (0..3).map(|i| c.election_timeout(i)).max().unwrap();
+        assert!(
+            took <= slowest * 2,
+            "seed {seed}: first leader after {took:?}"
+        );
+        // Every facility agrees on the leader.
+        for i in 0..3 {
+            let s = c.status(i).await.unwrap();
+            assert_eq!(s.leader, Some(c.h.id(leader)), "seed {seed}");
+            assert_eq!(s.term, term);
+        }
+        // Proposals from the leader and from a follower (forwarded) commit.
+        c.seed_schedule(leader, 2, 2).await;
+        let follower = (leader + 1) % 3;
+        let cmd = c.command(
+            follower,
+            Op::Assign {
+                person: person(0),
+                block: block(0),
+            },
+        );
+        match c.propose(follower, cmd).await {
+            ProposeOutcome::Committed {
+                outcome, duplicate, ..
+            } => {
+                assert_eq!(outcome, Outcome::Applied(Effect::Assigned));
+                assert!(!duplicate);
+            }
+            other => panic!("seed {seed}: {other:?}"),
+        }
+        // Everyone applies it; a linearizable read on any facility sees it.
+        for i in 0..3 {
+            let on = c.read(i, |s| s.assignees(&block(0))).await.unwrap();
+            assert_eq!(on, vec![person(0)], "seed {seed} facility {i}");
+        }
+        assert_eq!(c.violations(), Vec::<String>::new(), "seed {seed}");
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_retried_command_applies_once() {
+    let mut c = Cluster::start(3, 3).await;
+    let (leader, _, _) = c
+        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    c.seed_schedule(leader, 1, 1).await;
+    let cmd = c.command(
+        leader,
+        Op::Assign {
+            person: person(0),
+            block: block(0),
+        },
+    );
+    let first = committed(&c.propose(leader, cmd.clone()).await);
+    match c.propose((leader + 1) % 3, cmd).await {
+        ProposeOutcome::Committed {
+            index,
+            duplicate,
+            outcome,
+        } => {
+            assert!(duplicate);
+            assert!(index > first);
+            assert_eq!(outcome, Outcome::Applied(Effect::Assigned));
+        }
+        other => panic!("{other:?}"),
+    }
+    let on = c.read(leader, |s| s.assignees(&block(0))).await.unwrap();
+    assert_eq!(on, vec![person(0)]);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn killing_the_leader_elects_a_new_one_within_the_election_timeout() {
+    for seed in SEEDS {
+        let mut c = Cluster::start(3, seed).await;
+        let (old, old_term, _) = c
+            .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+            .await
+            .unwrap();
+        c.seed_schedule(old, 1, 1).await;
+        // Let heartbeats settle, then crash the leader.
+        c.h.step(Duration::from_millis(500)).await;
+        c.crash(old).await;
+        let rest: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+        let (new, term, took) = c
+            .wait_leader(&rest, old_term, Duration::from_secs(10))
+            .await
+            .expect("a new leader");
+        assert_ne!(new, old);
+        assert!(term > old_term);
+        // A follower campaigns once its own timeout passes without word from
+        // the leader; the election then takes two round trips (pre-vote,
+        // vote), a few ms here.
+        let bound = rest.iter().map(|&i| c.election_timeout(i)).max().unwrap() + c.tick() * 2;
+        assert!(
+            took <= bound,
+            "seed {seed}: new leader after {took:?}, bound {bound:?}"
+        );
+        eprintln!("seed {seed}: new leader {new} after {took:?} (bound {bound:?})");
+        // The survivors commit.
+        let cmd = c.command(
+            new,
+            Op::Assign {
+                person: person(0),
+                block: block(0),
+            },
+        );
+        committed(&c.propose(new, cmd).await);
+        assert_eq!(c.violations(), Vec::<String>::new(), "seed {seed}");
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_leader_cut_off_in_a_minority_cannot_commit_and_is_overwritten_on_heal() {
+    for seed in SEEDS {
+        let mut c = Cluster::start(3, seed).await;
+        let (old, old_term, _) = c
+            .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+            .await
+            .unwrap();
+        c.seed_schedule(old, 3, 3).await;
+        let rest: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+        c.h.partition(&[old], &rest).unwrap();
+        // The old leader still takes a proposal into its log, but it can
+        // never commit it: it times out, or fails once the leader steps down.
+        let stranded = c.command(
+            old,
+            Op::Assign {
+                person: person(1),
+                block: block(1),
+            },
+        );
+        let stranded_key = stranded.key;
+        let outcome = c.propose(old, stranded).await;
+        assert!(
+            matches!(
+                outcome,
+                ProposeOutcome::TimedOut | ProposeOutcome::NotLeader { .. }
+            ),
+            "seed {seed}: minority leader answered {outcome:?}"
+        );
+        // The majority elects a leader and commits.
+        let (new, _, _) = c
+            .wait_leader(&rest, old_term, Duration::from_secs(10))
+            .await
+            .expect("majority leader");
+        let cmd = c.command(
+            new,
+            Op::Assign {
+                person: person(2),
+                block: block(1),
+            },
+        );
+        let at = committed(&c.propose(new, cmd).await);
+        let old_commit = c.status(old).await.unwrap().commit;
+        assert!(
+            old_commit < at,
+            "seed {seed}: the cut-off facility committed {old_commit} >= {at}"
+        );
+        // Heal: the old leader's uncommitted entry is replaced by the
+        // majority's log.
+        c.h.heal();
+        let mut caught_up = false;
+        for _ in 0..200 {
+            c.h.step(Duration::from_millis(50)).await;
+            if c.status(old).await.unwrap().applied >= at {
+                caught_up = true;
+                break;
+            }
+        }
+        assert!(caught_up, "seed {seed}: the old leader never caught up");
+        for i in 0..3 {
+            let (on, stranded_seen) = c
+                .local_read(i, move |s| {
+                    (
+                        s.assignees(&block(1)),
+                        s.outcome_of(&stranded_key).is_some(),
+                    )
+                })
+                .await
+                .unwrap();
+            assert_eq!(on, vec![person(2)], "seed {seed} facility {i}");
+            assert!(
+                !stranded_seen,
+                "seed {seed}: the stranded command applied on {i}"
+            );
+        }
+        assert_eq!(c.violations(), Vec::<String>::new(), "seed {seed}");
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn every_acknowledged_command_survives_a_restart_of_every_facility() {
+    for seed in SEEDS {
+        let mut c = Cluster::start(3, seed).await;
+        let (leader, _, _) = c
+            .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+            .await
+            .unwrap();
+        c.seed_schedule(leader, 4, 30).await;
+        let mut acked = Vec::new();
+        for b in 0..30 {
+            let via = b % 3;
+            let cmd = c.command(
+                via,
+                Op::Assign {
+                    person: person(b % 4),
+                    block: block(b),
+                },
+            );
+            let key = cmd.key;
+            if let ProposeOutcome::Committed { index, outcome, .. } = c.propose(via, cmd).await {
+                acked.push((key, index, outcome));
+            }
+        }
+        assert!(acked.len() >= 25, "seed {seed}: only {} acked", acked.len());
+        for i in 0..3 {
+            c.crash(i).await;
+        }
+        for i in 0..3 {
+            c.restart(i).await;
+        }
+        c.wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+            .await
+            .expect("leader after restart");
+        for i in 0..3 {
+            let acked = acked.clone();
+            let missing = c
+                .read(i, move |s| {
+                    acked
+                        .iter()
+                        .filter(|(k, index, outcome)| s.outcome_of(k) != Some((*index, outcome)))
+                        .count()
+                })
+                .await
+                .expect("read after restart");
+            assert_eq!(
+                missing, 0,
+                "seed {seed}: facility {i} lost acknowledged commands"
+            );
+        }
+        // Compaction ran (snapshots every 40 entries in the harness).
+        assert_eq!(c.violations(), Vec::<String>::new(), "seed {seed}");
+        c.shutdown().await;
+    }
+}
