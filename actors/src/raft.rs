@@ -241,8 +241,10 @@ pub struct RaftStatus {
     pub commit: u64,
     /// Applied index.
     pub applied: u64,
-    /// Voters.
+    /// Voters (both sides while a joint configuration is in force).
     pub voters: Vec<FacilityId>,
+    /// A joint configuration is in force.
+    pub joint: bool,
 }
 
 /// Messages of the [`RaftPeer`].
@@ -269,6 +271,17 @@ pub enum RaftMsg {
     Status(RpcReplyPort<RaftStatus>),
     /// Hand leadership to another facility.
     TransferLeader(FacilityId),
+    /// Add and remove voters in one change (joint consensus for more than
+    /// one). Answers when the leader has taken the change into its log; the
+    /// status shows when it is in force.
+    ChangeVoters {
+        /// Facilities to make voters.
+        add: Vec<FacilityId>,
+        /// Voters to remove.
+        remove: Vec<FacilityId>,
+        /// `Err` names why the change was refused.
+        reply: RpcReplyPort<Result<(), String>>,
+    },
     /// Handle the pending Ready (self-sent, so queued proposals batch).
     Flush,
 }
@@ -295,8 +308,11 @@ pub type AppliedTap = Arc<dyn Fn(&FacilityId, &AppliedEntry) + Send + Sync>;
 /// How to make a facility's RaftPeer.
 #[derive(Clone)]
 pub struct RaftSetup {
-    /// Every member facility, including this one.
+    /// Every member facility, including this one: the address book of
+    /// facilities that may be voters now or later.
     pub members: Vec<FacilityId>,
+    /// The voters a new cluster starts with; `None`: every member.
+    pub initial_voters: Option<Vec<FacilityId>>,
     /// How to start from a store with no Raft state.
     pub start: ClusterState,
     /// Settings.
@@ -310,6 +326,7 @@ impl RaftSetup {
     pub fn new(members: Vec<FacilityId>) -> RaftSetup {
         RaftSetup {
             members,
+            initial_voters: None,
             start: ClusterState::New,
             config: RaftConfig::default(),
             tap: None,
@@ -375,10 +392,8 @@ impl Actor for RaftPeer {
         let mut core = RaftCore::open(
             args.ctx.store.clone(),
             args.ctx.facility.clone(),
-            &setup.members,
-            setup.start,
+            &setup,
             args.ctx.fresh_store,
-            setup.config.clone(),
             &logger,
         )?;
         core.emit_applied(setup.tap.is_some());
@@ -447,9 +462,13 @@ impl Actor for RaftPeer {
                     commit: st.core.commit_index(),
                     applied: st.core.applied_index(),
                     voters: st.core.voters(),
+                    joint: st.core.in_joint(),
                 });
             }
             RaftMsg::TransferLeader(to) => st.core.transfer_leader(&to)?,
+            RaftMsg::ChangeVoters { add, remove, reply } => {
+                let _ = reply.send(st.core.change_voters(&add, &remove));
+            }
             RaftMsg::Flush => {
                 st.flush_queued = false;
                 st.core.on_ready()?;

@@ -271,3 +271,109 @@ async fn every_acknowledged_command_survives_a_restart_of_every_facility() {
         c.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn joint_consensus_swaps_a_facility_and_the_newcomer_catches_up() {
+    use bulwark_actors::raft::{raft_peer, ClusterState, RaftMsg};
+    let four: Vec<_> = (0..4).map(support::harness_id).collect();
+    let voters = four[..3].to_vec();
+    let mut c = Cluster::start_custom(4, 5, support::configs_for(4, 5), move |i, mut s| {
+        s.initial_voters = Some(voters.clone());
+        if i == 3 {
+            // delta joins an existing cluster: it waits to be added.
+            s.start = ClusterState::Existing;
+        }
+        s
+    })
+    .await;
+    let (leader, _, _) = c
+        .wait_leader(&[0, 1, 2, 3], 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_ne!(leader, 3, "a facility that is no voter cannot lead");
+    // Enough entries that the log is compacted: delta needs a snapshot.
+    c.seed_schedule(leader, 4, 60).await;
+    let out = (0..3).find(|&i| i != leader).unwrap();
+    let peer = raft_peer(c.h.node(leader)).unwrap();
+    let (add, remove) = (vec![c.h.id(3)], vec![c.h.id(out)]);
+    peer.call(
+        |reply| RaftMsg::ChangeVoters { add, remove, reply },
+        Some(support::CALL_TIMEOUT),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .expect("the leader takes the change");
+    // The change passes through the joint configuration to the new one.
+    let mut want: Vec<_> = (0..4).filter(|&i| i != out).map(|i| c.h.id(i)).collect();
+    want.sort();
+    let mut seen_joint = false;
+    let mut done = false;
+    for _ in 0..400 {
+        let s = c.status(leader).await.unwrap();
+        seen_joint |= s.joint;
+        let mut v = s.voters.clone();
+        v.sort();
+        if !s.joint && v == want {
+            done = true;
+            break;
+        }
+        c.h.step(Duration::from_millis(5)).await;
+    }
+    assert!(done, "the configuration never settled on {want:?}");
+    assert!(
+        seen_joint,
+        "the change did not pass through joint consensus"
+    );
+    // Without the removed facility, the new configuration commits, and
+    // delta serves a linearizable read with the whole schedule.
+    c.crash(out).await;
+    let cmd = c.command(
+        leader,
+        Op::Assign {
+            person: person(3),
+            block: block(59),
+        },
+    );
+    committed(&c.propose(leader, cmd).await);
+    let on = c
+        .read(3, |s| (s.blocks().count(), s.assignees(&block(59))))
+        .await
+        .unwrap();
+    assert_eq!(on, (60, vec![person(3)]));
+    assert_eq!(c.violations(), Vec::<String>::new());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn leadership_moves_to_the_facility_asked_for() {
+    use bulwark_actors::raft::{raft_peer, RaftMsg};
+    let mut c = Cluster::start(3, 9).await;
+    let (leader, term, _) = c
+        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    c.seed_schedule(leader, 1, 1).await;
+    let target = (leader + 2) % 3;
+    raft_peer(c.h.node(leader))
+        .unwrap()
+        .cast(RaftMsg::TransferLeader(c.h.id(target)))
+        .unwrap();
+    let (now, new_term, took) = c
+        .wait_leader(&[0, 1, 2], term, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(now, target);
+    assert!(new_term > term);
+    // A transfer needs no election timeout: the target campaigns at once.
+    assert!(took < c.election_timeout(target), "transfer took {took:?}");
+    let cmd = c.command(
+        target,
+        Op::Assign {
+            person: person(0),
+            block: block(0),
+        },
+    );
+    committed(&c.propose(target, cmd).await);
+    c.shutdown().await;
+}

@@ -13,7 +13,9 @@ mod support;
 
 use std::time::Duration;
 
-use bulwark_actors::raft::{raft_peer, AppliedEntry, ProposeOutcome, RaftMsg, RaftStatus, ReadOutcome};
+use bulwark_actors::raft::{
+    raft_peer, AppliedEntry, ProposeOutcome, RaftMsg, RaftStatus, ReadOutcome,
+};
 use bulwark_actors::schedule::{Command, IdempotencyKey, Op, Outcome, ScheduleState};
 use bulwark_runtime::lincheck::{check, Operation, SlotModel, SlotOp, SlotOut, Verdict};
 use bulwark_transport::simnet::LinkParams;
@@ -80,7 +82,10 @@ fn spawn_op(
             Some(command) => {
                 let key = command.key;
                 let outcome = peer
-                    .call(|reply| RaftMsg::Propose { command, reply }, Some(CALL_TIMEOUT))
+                    .call(
+                        |reply| RaftMsg::Propose { command, reply },
+                        Some(CALL_TIMEOUT),
+                    )
                     .await
                     .ok()
                     .and_then(|r| r.success_or(()).ok());
@@ -109,7 +114,10 @@ fn spawn_op(
                 }
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 peer.cast(RaftMsg::Inspect(Box::new(move |s: &ScheduleState| {
-                    let v = s.assignees(&block(0)).first().map(|p| p.as_str()[1..].parse::<u32>().unwrap());
+                    let v = s
+                        .assignees(&block(0))
+                        .first()
+                        .map(|p| p.as_str()[1..].parse::<u32>().unwrap());
                     let _ = tx.send(v);
                 })))
                 .ok()?;
@@ -121,7 +129,11 @@ fn spawn_op(
     });
 }
 
-fn collect(done: Option<Done>, history: &mut History, acked: &mut Vec<(IdempotencyKey, u64, Outcome)>) {
+fn collect(
+    done: Option<Done>,
+    history: &mut History,
+    acked: &mut Vec<(IdempotencyKey, u64, Outcome)>,
+) {
     if let Some(d) = done {
         // A read that never answered did nothing: leave it out.
         if d.op.input != SlotOp::Read || d.op.ret.is_some() {
@@ -187,7 +199,8 @@ async fn run_seed(seed: u64, steps: usize) -> Result<(), String> {
             }),
             _ => {}
         }
-        c.h.step(Duration::from_millis(rng.random_range(10..600))).await;
+        c.h.step(Duration::from_millis(rng.random_range(10..600)))
+            .await;
         while let Some(done) = set.try_join_next() {
             collect(done.map_err(|e| e.to_string())?, &mut history, &mut acked);
         }
@@ -306,12 +319,18 @@ async fn randomized_runs_full() {
 async fn the_linearizability_check_catches_stale_local_reads() {
     for (local_reads, expect_linearizable) in [(true, false), (false, true)] {
         let mut c = Cluster::start(3, 11).await;
-        let (old, old_term, _) = c.wait_leader(&[0, 1, 2], 0, Duration::from_secs(10)).await.unwrap();
+        let (old, old_term, _) = c
+            .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+            .await
+            .unwrap();
         c.seed_schedule(old, 2, 1).await;
         let start = Instant::now();
         let rest: Vec<usize> = (0..3).filter(|&i| i != old).collect();
         c.h.partition(&[old], &rest).unwrap();
-        let (new, _, _) = c.wait_leader(&rest, old_term, Duration::from_secs(10)).await.unwrap();
+        let (new, _, _) = c
+            .wait_leader(&rest, old_term, Duration::from_secs(10))
+            .await
+            .unwrap();
         let mut set = JoinSet::new();
         let mut history = Vec::new();
         let mut acked = Vec::new();
@@ -350,6 +369,7 @@ fn the_step_checkers_catch_planted_violations() {
         commit: 0,
         applied: 0,
         voters: vec![],
+        joint: false,
     };
     let mut o = Observed::default();
     o.on_status(&status("alpha", 3));

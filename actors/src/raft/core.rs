@@ -11,13 +11,15 @@ use std::collections::BTreeMap;
 
 use bulwark_storage::{codec, StorageError, Store};
 use bulwark_transport::FacilityId;
-use raft::eraftpb::{ConfChangeV2, EntryType, MessageType};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, EntryType, MessageType,
+};
 use raft::{RawNode, StateRole, Storage};
 use serde::{Deserialize, Serialize};
 
 use super::storage::RaftStore;
 use super::wire::WireMessage;
-use super::{raft_id, ClusterState, ProposeOutcome, RaftConfig, RaftWire, ReadOutcome};
+use super::{raft_id, ClusterState, ProposeOutcome, RaftConfig, RaftSetup, RaftWire, ReadOutcome};
 use crate::schedule::{Applied, Command, ScheduleState};
 
 /// What one entry of the log carries: the command and who proposed it, so
@@ -94,6 +96,9 @@ pub struct RaftCore {
     reads: BTreeMap<u64, (Pending, Option<u64>)>,
     out: Vec<Output>,
     emit_applied: bool,
+    /// A configuration change applied: the next snapshot must carry it, or
+    /// a facility it added would refuse the older one.
+    snapshot_due: bool,
 }
 
 /// Why the core could not start or continue.
@@ -123,12 +128,11 @@ pub enum RaftCoreError {
 }
 
 impl RaftCore {
-    /// Opens the Raft state in `store` for `me` among `members` (every
-    /// facility, including `me`).
+    /// Opens the Raft state in `store` for `me` as `setup` describes.
     ///
     /// A store with Raft state resumes from it. A store without any:
     /// - with [`ClusterState::New`] and a store created by this start
-    ///   (`fresh_store`), the members become the initial voters;
+    ///   (`fresh_store`), the initial voters are written;
     /// - with [`ClusterState::New`] and a store that existed before, it is
     ///   refused: an old store that lost its Raft state must not vote as if
     ///   it had never voted;
@@ -137,15 +141,19 @@ impl RaftCore {
     pub fn open(
         store: Store,
         me: FacilityId,
-        members: &[FacilityId],
-        start: ClusterState,
+        setup: &RaftSetup,
         fresh_store: bool,
-        config: RaftConfig,
         logger: &slog::Logger,
     ) -> Result<RaftCore, RaftCoreError> {
-        let members: BTreeMap<u64, FacilityId> =
-            members.iter().map(|f| (raft_id(f), f.clone())).collect();
-        let voters: Vec<u64> = members.keys().copied().collect();
+        let start = setup.start;
+        let config = setup.config.clone();
+        let members: BTreeMap<u64, FacilityId> = setup
+            .members
+            .iter()
+            .map(|f| (raft_id(f), f.clone()))
+            .collect();
+        let initial = setup.initial_voters.as_ref().unwrap_or(&setup.members);
+        let voters: Vec<u64> = initial.iter().map(raft_id).collect();
         let bootstrap = start == ClusterState::New && fresh_store;
         let path = store.path().to_path_buf();
         let (rs, empty) = RaftStore::open(store, bootstrap.then_some(voters.as_slice()))?;
@@ -175,6 +183,7 @@ impl RaftCore {
             reads: BTreeMap::new(),
             out: Vec::new(),
             emit_applied: false,
+            snapshot_due: false,
         })
     }
 
@@ -478,10 +487,51 @@ impl RaftCore {
         self.on_ready()
     }
 
-    /// Proposes a joint-consensus configuration change.
-    pub fn propose_conf_change(&mut self, cc: ConfChangeV2) -> Result<(), RaftCoreError> {
-        self.node.propose_conf_change(Vec::new(), cc)?;
-        self.on_ready()
+    /// Proposes adding and removing voters in one configuration change.
+    /// More than one change goes through joint consensus (C_old,new, then
+    /// C_new, which the leader proposes by itself once the joint
+    /// configuration applies). Only the leader takes it, one at a time.
+    pub fn change_voters(
+        &mut self,
+        add: &[FacilityId],
+        remove: &[FacilityId],
+    ) -> Result<(), String> {
+        if !self.is_leader() {
+            return Err(format!("not the leader; the leader is {:?}", self.leader()));
+        }
+        let mut changes = Vec::new();
+        for (list, kind) in [
+            (add, ConfChangeType::AddNode),
+            (remove, ConfChangeType::RemoveNode),
+        ] {
+            for f in list {
+                let id = raft_id(f);
+                if !self.members.contains_key(&id) {
+                    return Err(format!(
+                        "{f} is not a known member (add it to the peers first)"
+                    ));
+                }
+                let mut c = ConfChangeSingle::default();
+                c.set_change_type(kind);
+                c.node_id = id;
+                changes.push(c);
+            }
+        }
+        if changes.is_empty() {
+            return Err("no change".into());
+        }
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(changes.into());
+        cc.set_transition(ConfChangeTransition::Auto);
+        self.node
+            .propose_conf_change(Vec::new(), cc)
+            .map_err(|e| format!("refused: {e}"))?;
+        self.on_ready().map_err(|e| e.to_string())
+    }
+
+    /// True while a joint configuration is in force.
+    pub fn in_joint(&self) -> bool {
+        !self.node.store().conf_state().voters_outgoing.is_empty()
     }
 
     /// Handles every pending Ready.
@@ -566,6 +616,7 @@ impl RaftCore {
                         })?;
                     let cs = self.node.apply_conf_change(&cc)?;
                     self.node.mut_store().set_conf_state(&cs)?;
+                    self.snapshot_due = true;
                 }
                 EntryType::EntryConfChange => {
                     tracing::error!(index = e.index, "v1 conf change ignored");
@@ -668,9 +719,11 @@ impl RaftCore {
     fn maybe_compact(&mut self) -> Result<(), RaftCoreError> {
         let applied = self.applied_index();
         let snap_index = self.node.store().latest_snapshot().get_metadata().index;
-        if applied < snap_index + self.config.snapshot_every_entries {
+        let due = self.snapshot_due && applied > snap_index;
+        if !due && applied < snap_index + self.config.snapshot_every_entries {
             return Ok(());
         }
+        self.snapshot_due = false;
         let data = self
             .schedule
             .snapshot()
@@ -689,5 +742,55 @@ impl RaftCore {
     /// This facility.
     pub fn facility(&self) -> &FacilityId {
         &self.me
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path, start: ClusterState) -> (Result<RaftCore, RaftCoreError>, bool) {
+        let me: FacilityId = "alpha".parse().unwrap();
+        let members: Vec<FacilityId> = ["alpha", "bravo", "charlie"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let opened = Store::open(&dir.join("f.redb"), "alpha").unwrap();
+        let fresh = opened.fresh;
+        let logger = super::super::tracing_logger(&me);
+        let mut setup = RaftSetup::new(members);
+        setup.start = start;
+        let core = RaftCore::open(opened.store, me, &setup, fresh, &logger);
+        (core, fresh)
+    }
+
+    #[test]
+    fn an_old_store_without_raft_state_is_refused_as_a_new_voter() {
+        let dir = tempfile::tempdir().unwrap();
+        // Create the store but no Raft state, as a crash right after
+        // creating the file would leave it.
+        drop(Store::open(&dir.path().join("f.redb"), "alpha").unwrap());
+        let (core, fresh) = open(dir.path(), ClusterState::New);
+        assert!(!fresh);
+        match core {
+            Err(RaftCoreError::UnexpectedlyEmpty { path }) => assert!(path.ends_with("f.redb")),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("an old, empty store bootstrapped a voter"),
+        }
+        // Joining an existing cluster is allowed: it starts with no voters.
+        let (core, _) = open(dir.path(), ClusterState::Existing);
+        let core = core.unwrap();
+        assert!(core.voters().is_empty());
+    }
+
+    #[test]
+    fn a_fresh_store_bootstraps_and_a_reopen_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (core, fresh) = open(dir.path(), ClusterState::New);
+        assert!(fresh);
+        assert_eq!(core.unwrap().voters().len(), 3);
+        let (core, fresh) = open(dir.path(), ClusterState::New);
+        assert!(!fresh);
+        assert_eq!(core.unwrap().voters().len(), 3);
     }
 }

@@ -120,6 +120,17 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, seed: u64, configs: Vec<RaftConfig>) -> Cluster {
+        Self::start_custom(n, seed, configs, |_, s| s).await
+    }
+
+    /// Like [`Cluster::start_with`], with `custom` adjusting each
+    /// facility's setup.
+    pub async fn start_custom(
+        n: usize,
+        seed: u64,
+        configs: Vec<RaftConfig>,
+        custom: impl Fn(usize, RaftSetup) -> RaftSetup + Send + Sync + 'static,
+    ) -> Cluster {
         let observed = Arc::new(Mutex::new(Observed::default()));
         let obs = observed.clone();
         let cfgs = configs.clone();
@@ -132,7 +143,7 @@ impl Cluster {
                 setup.tap = Some(Arc::new(move |f: &FacilityId, e: &AppliedEntry| {
                     obs.lock().unwrap().on_applied(f, e)
                 }));
-                vec![raft_child(setup)]
+                vec![raft_child(custom(i, setup))]
             })
             .start()
             .await
