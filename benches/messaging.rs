@@ -74,6 +74,7 @@ async fn two_facilities(dir: &std::path::Path) -> Vec<Facility> {
         dir,
         &["alpha", "bravo"],
         SupervisionConfig::default(),
+        None,
         Arc::new(RealClock),
     )
     .await

@@ -3,6 +3,7 @@
 //! Every error names the file and, where it can, the key. Unknown keys are
 //! errors: a typo must not silently fall back to a default.
 
+use bulwark_actors::raft::{ClusterState, RaftConfig};
 use bulwark_runtime::SupervisionConfig;
 use bulwark_transport::identity::Pin;
 use bulwark_transport::FacilityId;
@@ -23,6 +24,64 @@ pub struct FacilityConfig {
     /// Supervision strategies and restart intensities.
     #[serde(default)]
     pub supervision: SupervisionConfig,
+    /// Raft settings.
+    #[serde(default)]
+    pub consensus: ConsensusSection,
+}
+
+/// `[consensus]`: every key optional; the defaults are the embedded ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsensusSection {
+    /// `"new"`: a facility with a new (just created) store starts a cluster
+    /// with every listed facility as a voter. `"existing"`: it waits to be
+    /// added by the leader. An old store with no Raft state is refused
+    /// with `"new"`.
+    pub initial_cluster_state: ClusterState,
+    /// One Raft tick, in ms.
+    pub tick_ms: u64,
+    /// The election timeout (check-quorum's lease), in ticks.
+    pub election_ticks: usize,
+    /// A follower campaigns after a random number of ticks in
+    /// `[election_ticks, election_ticks_max)` without a leader.
+    pub election_ticks_max: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Applied entries between snapshots (log compaction).
+    pub snapshot_every_entries: u64,
+    /// Ticks a proposal or read waits for its outcome.
+    pub proposal_timeout_ticks: u64,
+}
+
+impl Default for ConsensusSection {
+    fn default() -> Self {
+        let r = RaftConfig::default();
+        ConsensusSection {
+            initial_cluster_state: ClusterState::New,
+            tick_ms: r.tick_ms,
+            election_ticks: r.election_ticks,
+            election_ticks_max: r.election_ticks_max,
+            heartbeat_ticks: r.heartbeat_ticks,
+            snapshot_every_entries: r.snapshot_every_entries,
+            proposal_timeout_ticks: r.proposal_timeout_ticks,
+        }
+    }
+}
+
+impl ConsensusSection {
+    /// The RaftPeer's settings.
+    pub fn raft_config(&self) -> RaftConfig {
+        RaftConfig {
+            tick_ms: self.tick_ms,
+            election_ticks: self.election_ticks,
+            election_ticks_min: self.election_ticks,
+            election_ticks_max: self.election_ticks_max,
+            heartbeat_ticks: self.heartbeat_ticks,
+            snapshot_every_entries: self.snapshot_every_entries,
+            proposal_timeout_ticks: self.proposal_timeout_ticks,
+            ..RaftConfig::default()
+        }
+    }
 }
 
 /// `[facility]`.
@@ -140,6 +199,10 @@ impl FacilityConfig {
                 ));
             }
         }
+        self.consensus
+            .raft_config()
+            .validate()
+            .map_err(|m| invalid("consensus", m))?;
         self.supervision
             .validate()
             .map_err(|m| invalid("supervision", m))
@@ -201,6 +264,21 @@ pin = "{PIN}"
         assert!(FacilityConfig::parse(&bad, Path::new("a.toml")).is_err());
         let bad = text("").replace("id = \"alpha\"", "id = \"Alpha!\"");
         assert!(FacilityConfig::parse(&bad, Path::new("a.toml")).is_err());
+    }
+
+    #[test]
+    fn consensus_settings_are_checked() {
+        let cfg = FacilityConfig::parse(&text(""), Path::new("a.toml")).unwrap();
+        assert_eq!(cfg.consensus, ConsensusSection::default());
+        let ok = "[consensus]\ninitial_cluster_state = \"existing\"\ntick_ms = 20\n";
+        let cfg = FacilityConfig::parse(&text(ok), Path::new("a.toml")).unwrap();
+        assert_eq!(cfg.consensus.initial_cluster_state, ClusterState::Existing);
+        assert_eq!(cfg.consensus.raft_config().tick_ms, 20);
+        let bad = "[consensus]\nheartbeat_ticks = 10\n";
+        let err = FacilityConfig::parse(&text(bad), Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("`consensus`"), "{err}");
+        let bad = "[consensus]\ninitial_cluster_state = \"maybe\"\n";
+        assert!(FacilityConfig::parse(&text(bad), Path::new("a.toml")).is_err());
     }
 
     #[test]

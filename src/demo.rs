@@ -2,8 +2,17 @@
 //!
 //! Prints the supervision tree, the peers connected, one round trip per
 //! ordered pair, and a supervised restart after a deliberate actor crash.
+//! Then consensus: a leader is elected, schedule commands commit (and one
+//! that breaks a rule is rejected), the leader's RaftPeer is killed, its
+//! supervisor restarts it from redb, a leader is elected again and the
+//! schedule reads the same, linearizably, on every facility.
 
 use crate::facility::{self, Facility};
+use bulwark_actors::raft::{ProposeOutcome, RaftMsg, ReadOutcome, RAFT};
+use bulwark_actors::schedule::{
+    Block, BlockId, Command, IdempotencyKey, Op, Outcome, Person, PersonId, Pool, Role,
+    ScheduleState,
+};
 use bulwark_runtime::builtin::{ping, PROBE};
 use bulwark_runtime::{RealClock, SupervisionConfig, Zone};
 use bulwark_transport::{LinkStatus, Transport};
@@ -23,6 +32,7 @@ pub async fn run() -> DemoResult<()> {
         tmp.path(),
         &NAMES,
         SupervisionConfig::default(),
+        Some(bulwark_actors::raft::RaftConfig::default()),
         Arc::new(RealClock),
     )
     .await?;
@@ -41,6 +51,7 @@ pub async fn run() -> DemoResult<()> {
     connect_all(&facilities).await?;
     round_trips(&facilities).await?;
     supervised_restart(&facilities).await?;
+    consensus(&facilities).await?;
     for f in facilities {
         f.transport.close();
         f.node.stop().await;
@@ -111,6 +122,187 @@ async fn supervised_restart(fs: &[Facility]) -> DemoResult<()> {
     println!("  restarts elsewhere in alpha's tree: {others}");
     if others != 0 {
         return Err("a restart spread beyond the crashed actor".into());
+    }
+    Ok(())
+}
+
+fn command(f: &Facility, n: u64, op: Op) -> Command {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&n.to_le_bytes());
+    key[8..].copy_from_slice(b"demo-key");
+    Command {
+        key: IdempotencyKey(key),
+        issued_by: f.node.facility().clone(),
+        at_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        op,
+    }
+}
+
+async fn commit(fs: &[Facility], via: usize, n: u64, op: Op) -> DemoResult<ProposeOutcome> {
+    let f = &fs[via];
+    let what = format!("{op:?}");
+    let outcome = f
+        .propose(command(f, n, op), STEP_TIMEOUT)
+        .await
+        .ok_or("the RaftPeer did not answer")?;
+    match &outcome {
+        ProposeOutcome::Committed { index, outcome, .. } => {
+            println!(
+                "  via {}: {what}\n    -> committed at {index}: {outcome:?}",
+                f.node.facility()
+            )
+        }
+        other => return Err(format!("{what}: {other:?}").into()),
+    }
+    Ok(outcome)
+}
+
+async fn consensus(fs: &[Facility]) -> DemoResult<()> {
+    println!("== consensus: raft-rs in each facility's RaftPeer, log in redb ==");
+    let started = std::time::Instant::now();
+    let (leader, term) = facility::wait_leader(fs, 0, STEP_TIMEOUT)
+        .await
+        .ok_or("no leader was elected")?;
+    println!(
+        "  leader: {} (term {term}), elected {:.0} ms after start-up",
+        fs[leader].node.facility(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let follower = (leader + 1) % fs.len();
+    let pid = |s: &str| s.parse::<PersonId>().map_err(|e| e.to_string());
+    let bid = |s: &str| s.parse::<BlockId>().map_err(|e| e.to_string());
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    for (id, name) in [("ana", "Dr Ana"), ("ben", "Dr Ben")] {
+        let person = Person {
+            id: pid(id)?,
+            name: name.into(),
+            role: Role::Resident { pgy: 2 },
+        };
+        commit(fs, leader, next(), Op::AddPerson(person)).await?;
+    }
+    for (id, day) in [("icu-mon", 0), ("icu-tue", 1), ("clinic-mon", 0)] {
+        let block = Block {
+            id: bid(id)?,
+            day,
+            start_min: 7 * 60,
+            duration_min: 12 * 60,
+            pool: if id.starts_with("icu") {
+                Pool::Icu
+            } else {
+                Pool::Clinic
+            },
+            required: 1,
+        };
+        commit(fs, leader, next(), Op::AddBlock(block)).await?;
+    }
+    println!("  (a follower forwards its proposals to the leader)");
+    commit(
+        fs,
+        follower,
+        next(),
+        Op::Assign {
+            person: pid("ana")?,
+            block: bid("icu-mon")?,
+        },
+    )
+    .await?;
+    commit(
+        fs,
+        follower,
+        next(),
+        Op::Assign {
+            person: pid("ben")?,
+            block: bid("icu-tue")?,
+        },
+    )
+    .await?;
+    println!("  (the rules are checked at apply time, identically everywhere)");
+    let clash = Op::Assign {
+        person: pid("ana")?,
+        block: bid("clinic-mon")?,
+    };
+    let out = commit(fs, leader, next(), clash).await?;
+    if !matches!(
+        out,
+        ProposeOutcome::Committed {
+            outcome: Outcome::Rejected(_),
+            ..
+        }
+    ) {
+        return Err("a double booking was not rejected".into());
+    }
+
+    println!("== kill the leader's RaftPeer: supervised restart and re-election ==");
+    let old = &fs[leader].node;
+    let name = old.ctx().actor_name(Zone::Consensus, RAFT);
+    let cell =
+        ractor::registry::where_is(name.clone()).ok_or("the leader's RaftPeer is not running")?;
+    let t0 = std::time::Instant::now();
+    println!("  killing {name}");
+    cell.kill();
+    let spawns = &old.ctx().spawns;
+    tokio::time::timeout(STEP_TIMEOUT, spawns.wait_spawns("consensus/raft", 2))
+        .await
+        .map_err(|_| "the RaftPeer was not restarted")?;
+    println!(
+        "  consensus supervisor restarted it from redb after {:.1} ms (spawns: {})",
+        t0.elapsed().as_secs_f64() * 1e3,
+        spawns.spawns("consensus/raft")
+    );
+    let (new_leader, new_term) = facility::wait_leader(fs, term, STEP_TIMEOUT)
+        .await
+        .ok_or("no leader after the kill")?;
+    println!(
+        "  new leader: {} (term {new_term}), {:.0} ms after the kill",
+        fs[new_leader].node.facility(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    let via = (new_leader + 1) % fs.len();
+    commit(
+        fs,
+        via,
+        next(),
+        Op::Assign {
+            person: pid("ben")?,
+            block: bid("clinic-mon")?,
+        },
+    )
+    .await?;
+    println!("== linearizable reads (read-index) on every facility ==");
+    let mut views = Vec::new();
+    for f in fs {
+        let peer = f.raft().ok_or("no RaftPeer")?;
+        let ready = peer
+            .call(|reply| RaftMsg::Read { reply }, Some(STEP_TIMEOUT))
+            .await?
+            .success_or("read timed out")?;
+        if !matches!(ready, ReadOutcome::Ready { .. }) {
+            return Err(format!("{}: read {ready:?}", f.node.facility()).into());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        peer.cast(RaftMsg::Inspect(Box::new(move |s: &ScheduleState| {
+            let view: Vec<String> = s
+                .assignments()
+                .map(|(b, p, _)| format!("{b}={p}"))
+                .collect();
+            let _ = tx.send((view, s.rejected_total()));
+        })))?;
+        let (view, rejected) = rx.await?;
+        println!(
+            "  {}: {} (rejections recorded: {rejected})",
+            f.node.facility(),
+            view.join(", ")
+        );
+        views.push(view);
+    }
+    if views.windows(2).any(|w| w[0] != w[1]) {
+        return Err("facilities disagree on the schedule".into());
     }
     Ok(())
 }

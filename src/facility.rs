@@ -1,5 +1,9 @@
 //! Assembles one facility on real QUIC: identity, transport, node.
 
+use bulwark_actors::raft::{
+    raft_child, raft_peer, ProposeOutcome, RaftConfig, RaftMsg, RaftSetup, RaftStatus,
+};
+use bulwark_actors::schedule::Command;
 use bulwark_runtime::{
     ChildDef, Clock, Node, NodeConfig, NodeError, RouterConfig, SupervisionConfig, Zone,
 };
@@ -25,6 +29,8 @@ pub struct FacilitySpec {
     pub supervision: SupervisionConfig,
     /// Actors added to the built-in tree.
     pub extra: Vec<(Zone, ChildDef)>,
+    /// The RaftPeer's setup; `None` runs no consensus (transport-only tests).
+    pub raft: Option<RaftSetup>,
 }
 
 /// Why a facility did not start.
@@ -56,20 +62,17 @@ pub async fn start(spec: FacilitySpec, clock: Arc<dyn Clock>) -> Result<Facility
         ..QuicConfig::default()
     };
     let (transport, inbound) = QuicTransport::bind(spec.identity, quic, spec.socket)?;
+    let mut extra = spec.extra;
+    if let Some(setup) = spec.raft {
+        extra.push(raft_child(setup));
+    }
     let config = NodeConfig {
         facility,
         data_dir: spec.data_dir,
         supervision: spec.supervision,
         router: RouterConfig::default(),
     };
-    let node = Node::start(
-        config,
-        Arc::new(transport.clone()),
-        inbound,
-        clock,
-        spec.extra,
-    )
-    .await?;
+    let node = Node::start(config, Arc::new(transport.clone()), inbound, clock, extra).await?;
     Ok(Facility { node, transport })
 }
 
@@ -79,6 +82,7 @@ pub async fn start_loopback_cluster(
     dir: &std::path::Path,
     names: &[&str],
     supervision: SupervisionConfig,
+    raft: Option<RaftConfig>,
     clock: Arc<dyn Clock>,
 ) -> Result<Vec<Facility>, Box<dyn std::error::Error + Send + Sync>> {
     let ids: Vec<bulwark_transport::FacilityId> =
@@ -112,6 +116,10 @@ pub async fn start_loopback_cluster(
             peers,
             supervision: supervision.clone(),
             extra: Vec::new(),
+            raft: raft.clone().map(|config| RaftSetup {
+                config,
+                ..RaftSetup::new(ids.clone())
+            }),
         };
         out.push(start(spec, clock.clone()).await?);
     }
@@ -133,4 +141,58 @@ impl Facility {
         };
         tokio::time::timeout(timeout, all).await.unwrap_or(false)
     }
+}
+
+impl Facility {
+    /// This facility's RaftPeer, if it runs.
+    pub fn raft(&self) -> Option<ractor::ActorRef<RaftMsg>> {
+        raft_peer(&self.node)
+    }
+
+    /// The RaftPeer's view, or `None` if it does not answer in `timeout`.
+    pub async fn raft_status(&self, timeout: std::time::Duration) -> Option<RaftStatus> {
+        let peer = self.raft()?;
+        peer.call(RaftMsg::Status, Some(timeout))
+            .await
+            .ok()?
+            .success_or(())
+            .ok()
+    }
+
+    /// Proposes `command` here (a follower forwards it to the leader) and
+    /// waits for its outcome; `None` if the RaftPeer does not answer.
+    pub async fn propose(
+        &self,
+        command: Command,
+        timeout: std::time::Duration,
+    ) -> Option<ProposeOutcome> {
+        let peer = self.raft()?;
+        peer.call(|reply| RaftMsg::Propose { command, reply }, Some(timeout))
+            .await
+            .ok()?
+            .success_or(())
+            .ok()
+    }
+}
+
+/// Polls every facility until one leads in a term above `after_term`;
+/// returns its position and term, or `None` after `timeout`.
+pub async fn wait_leader(
+    fs: &[Facility],
+    after_term: u64,
+    timeout: std::time::Duration,
+) -> Option<(usize, u64)> {
+    let poll = std::time::Duration::from_millis(10);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        for (i, f) in fs.iter().enumerate() {
+            if let Some(s) = f.raft_status(poll * 10).await {
+                if s.is_leader && s.term > after_term {
+                    return Some((i, s.term));
+                }
+            }
+        }
+        tokio::time::sleep(poll).await;
+    }
+    None
 }

@@ -3,6 +3,7 @@
 use bulwark::config::FacilityConfig;
 use bulwark::facility::{self, FacilitySpec};
 use bulwark::http::{self, ApiState};
+use bulwark_actors::raft::RaftSetup;
 use bulwark_runtime::RealClock;
 use bulwark_transport::identity::Identity;
 use bulwark_transport::quic::PeerSpec;
@@ -110,6 +111,15 @@ async fn node(path: PathBuf) -> AnyResult {
         peers,
         supervision: cfg.supervision.clone(),
         extra: Vec::new(),
+        raft: Some(RaftSetup {
+            start: cfg.consensus.initial_cluster_state,
+            config: cfg.consensus.raft_config(),
+            ..RaftSetup::new(
+                std::iter::once(cfg.facility.id.clone())
+                    .chain(cfg.peers.iter().map(|p| p.id.clone()))
+                    .collect(),
+            )
+        }),
     };
     let mut f = facility::start(spec, Arc::new(RealClock)).await?;
     let running = Arc::new(AtomicBool::new(true));

@@ -14,7 +14,7 @@ const T: Duration = Duration::from_secs(10);
 const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
 
 async fn cluster(dir: &std::path::Path, sup: SupervisionConfig) -> Vec<Facility> {
-    let fs = start_loopback_cluster(dir, &NAMES, sup, Arc::new(RealClock))
+    let fs = start_loopback_cluster(dir, &NAMES, sup, None, Arc::new(RealClock))
         .await
         .expect("cluster starts");
     for f in &fs {

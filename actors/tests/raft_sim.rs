@@ -7,7 +7,9 @@
 //!
 //! `cargo test` runs a fixed set of seeds. The full run:
 //! `cargo test --release -p bulwark-actors --test raft_sim -- --ignored`
-//! (`BULWARK_SIM_SEEDS=N` sets the count, default 1000).
+//! (`BULWARK_SIM_SEEDS=N` sets the count, default 1000; `BULWARK_SIM_FIRST=S`
+//! the first seed, so `BULWARK_SIM_FIRST=179 BULWARK_SIM_SEEDS=1` replays
+//! seed 179).
 
 mod support;
 
@@ -300,8 +302,12 @@ async fn randomized_runs_full() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
+    let first: u64 = std::env::var("BULWARK_SIM_FIRST")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut failed = Vec::new();
-    for seed in 0..n {
+    for seed in first..first + n {
         if let Err(e) = run_seed(seed, 40).await {
             eprintln!("SEED={seed} FAILED: {e}");
             failed.push(seed);

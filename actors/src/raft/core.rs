@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::storage::RaftStore;
 use super::wire::WireMessage;
 use super::{raft_id, ClusterState, ProposeOutcome, RaftConfig, RaftSetup, RaftWire, ReadOutcome};
-use crate::schedule::{Applied, Command, ScheduleState};
+use crate::schedule::{Applied, Command, IdempotencyKey, ScheduleState};
 
 /// What one entry of the log carries: the command and who proposed it, so
 /// the proposer can answer its client when the entry applies.
@@ -77,6 +77,8 @@ pub struct AppliedEntry {
 
 struct Pending {
     deadline_tick: u64,
+    /// The proposal's idempotency key (none for reads).
+    key: Option<IdempotencyKey>,
     /// When the request last went to raft-rs (reads only).
     issued_tick: u64,
 }
@@ -157,6 +159,7 @@ impl RaftCore {
         let bootstrap = start == ClusterState::New && fresh_store;
         let path = store.path().to_path_buf();
         let (rs, empty) = RaftStore::open(store, bootstrap.then_some(voters.as_slice()))?;
+        let incarnation = rs.incarnation();
         if empty && start == ClusterState::New && !fresh_store {
             return Err(RaftCoreError::UnexpectedlyEmpty { path });
         }
@@ -178,7 +181,9 @@ impl RaftCore {
             schedule,
             config,
             ticks: 0,
-            next_seq: 1,
+            // Sequence numbers never repeat across restarts: the high half
+            // is the store's incarnation.
+            next_seq: (incarnation << 32) | 1,
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             out: Vec::new(),
@@ -391,6 +396,7 @@ impl RaftCore {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        let key = command.key;
         let bytes = self.payload_bytes(seq, command)?;
         if self.is_leader() {
             self.node
@@ -412,6 +418,7 @@ impl RaftCore {
             seq,
             Pending {
                 deadline_tick,
+                key: Some(key),
                 issued_tick: self.ticks,
             },
         );
@@ -473,6 +480,7 @@ impl RaftCore {
             (
                 Pending {
                     deadline_tick,
+                    key: None,
                     issued_tick: self.ticks,
                 },
                 None,
@@ -657,7 +665,14 @@ impl RaftCore {
             }
         };
         let applied = self.schedule.apply(index, &payload.command);
-        if payload.origin == self.my_id && self.proposals.remove(&payload.seq).is_some() {
+        // Ours if the origin, the sequence number and the key all match: an
+        // entry re-applied after a restart never answers a new proposal.
+        let ours = payload.origin == self.my_id
+            && self
+                .proposals
+                .get(&payload.seq)
+                .is_some_and(|p| p.key == Some(payload.command.key));
+        if ours && self.proposals.remove(&payload.seq).is_some() {
             let outcome = match applied {
                 Applied::Fresh(outcome) => ProposeOutcome::Committed {
                     index,

@@ -24,6 +24,7 @@ use super::wire::{WireConfState, WireEntry, WireHardState, WireSnapshot};
 const KEY_HARD_STATE: &str = "hard_state";
 const KEY_CONF_STATE: &str = "conf_state";
 const KEY_SNAPSHOT: &str = "snapshot";
+const KEY_INCARNATION: &str = "incarnation";
 
 /// The Raft log and state of one facility, durable in redb.
 pub struct RaftStore {
@@ -34,6 +35,8 @@ pub struct RaftStore {
     /// Entries after the snapshot, contiguous: `entries[i].index ==
     /// snapshot index + 1 + i`.
     entries: Vec<Entry>,
+    /// How many times this store has been opened for Raft.
+    incarnation: u64,
 }
 
 impl std::fmt::Debug for RaftStore {
@@ -134,7 +137,9 @@ impl RaftStore {
             snapshot,
             entries,
             store,
+            incarnation: 0,
         };
+        rs.bump_incarnation()?;
         if empty {
             if let Some(voters) = bootstrap_voters {
                 let mut cs = ConfState::default();
@@ -158,6 +163,37 @@ impl RaftStore {
             });
         }
         Ok(())
+    }
+
+    /// Reads, increments and durably writes the open counter.
+    fn bump_incarnation(&mut self) -> Result<(), StorageError> {
+        let s = &self.store;
+        let tx = s.begin_write()?;
+        let next = {
+            let mut meta = tx.open_table(RAFT_META).map_err(|e| s.redb(e))?;
+            let now = match meta.get(KEY_INCARNATION).map_err(|e| s.redb(e))? {
+                Some(v) => codec::decode::<u64>(v.value())
+                    .map_err(|err| s.codec_error("raft_meta", KEY_INCARNATION, err))?,
+                None => 0,
+            };
+            let next = now.checked_add(1).ok_or_else(|| StorageError::Corrupt {
+                path: s.path().to_path_buf(),
+                reason: "incarnation counter overflow".into(),
+            })?;
+            let bytes = codec::encode(&next)
+                .map_err(|err| s.codec_error("raft_meta", KEY_INCARNATION, err))?;
+            meta.insert(KEY_INCARNATION, bytes.as_slice())
+                .map_err(|e| s.redb(e))?;
+            next
+        };
+        tx.commit().map_err(|e| s.redb(e))?;
+        self.incarnation = next;
+        Ok(())
+    }
+
+    /// How many times the store has been opened for Raft (from 1).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     fn snapshot_index(&self) -> u64 {
@@ -471,5 +507,6 @@ mod tests {
         assert!(!empty);
         check(&rs);
         assert_eq!(rs.hard_state().commit, 70);
+        assert_eq!(rs.incarnation(), 2);
     }
 }
