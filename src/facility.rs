@@ -51,10 +51,29 @@ pub struct Facility {
     pub node: Node,
     /// The QUIC transport it uses.
     pub transport: QuicTransport,
+    /// How it was started (without the socket), to start it again.
+    pub spec: FacilitySpec,
+}
+
+impl FacilitySpec {
+    /// The same spec, to bind its listen address afresh.
+    pub fn relaunch(&self) -> FacilitySpec {
+        FacilitySpec {
+            identity: self.identity.clone(),
+            data_dir: self.data_dir.clone(),
+            listen: self.listen,
+            socket: None,
+            peers: self.peers.clone(),
+            supervision: self.supervision.clone(),
+            extra: self.extra.clone(),
+            raft: self.raft.clone(),
+        }
+    }
 }
 
 /// Binds QUIC and starts the node.
 pub async fn start(spec: FacilitySpec, clock: Arc<dyn Clock>) -> Result<Facility, FacilityError> {
+    let kept = spec.relaunch();
     let facility = spec.identity.id.clone();
     let quic = QuicConfig {
         listen: spec.listen,
@@ -73,7 +92,11 @@ pub async fn start(spec: FacilitySpec, clock: Arc<dyn Clock>) -> Result<Facility
         router: RouterConfig::default(),
     };
     let node = Node::start(config, Arc::new(transport.clone()), inbound, clock, extra).await?;
-    Ok(Facility { node, transport })
+    Ok(Facility {
+        node,
+        transport,
+        spec: kept,
+    })
 }
 
 /// Starts one facility per name on loopback QUIC, each pinning all the
@@ -195,4 +218,30 @@ pub async fn wait_leader(
         tokio::time::sleep(poll).await;
     }
     None
+}
+
+impl Facility {
+    /// Stops the facility as a crash would: the tree stops, the endpoint
+    /// closes, nothing is flushed beyond what was already durable.
+    pub async fn stop(self) -> FacilitySpec {
+        self.transport.close();
+        self.node.stop().await;
+        self.spec
+    }
+}
+
+/// Starts a facility again from `spec` (its data dir and listen address),
+/// retrying the bind while the old endpoint lets go of the port (bounded).
+pub async fn restart(spec: FacilitySpec, clock: Arc<dyn Clock>) -> Result<Facility, FacilityError> {
+    let mut attempt = 0;
+    loop {
+        match start(spec.relaunch(), clock.clone()).await {
+            Err(FacilityError::Quic(e)) if attempt < 50 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "rebinding");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
 }

@@ -26,9 +26,19 @@ pub enum DriverMsg {
     Ended,
 }
 
+/// The driven task; dropping it aborts the task, so a Driver that is
+/// killed (no `post_stop`) does not leave its future running.
+pub struct DriverTask(tokio::task::JoinHandle<()>);
+
+impl Drop for DriverTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Actor for Driver {
     type Msg = DriverMsg;
-    type State = tokio::task::JoinHandle<()>;
+    type State = DriverTask;
     type Arguments = MakeFuture;
 
     async fn pre_start(
@@ -37,10 +47,10 @@ impl Actor for Driver {
         make: MakeFuture,
     ) -> Result<Self::State, ActorProcessingErr> {
         let fut = make();
-        Ok(tokio::spawn(async move {
+        Ok(DriverTask(tokio::spawn(async move {
             fut.await;
             let _ = myself.cast(DriverMsg::Ended);
-        }))
+        })))
     }
 
     async fn handle(
@@ -59,7 +69,7 @@ impl Actor for Driver {
         _: ActorRef<DriverMsg>,
         task: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        task.abort();
+        task.0.abort();
         Ok(())
     }
 }

@@ -305,6 +305,8 @@ struct Inner {
     rng: Mutex<ChaCha8Rng>,
     stats: Arc<QuicStats>,
     accepted: Mutex<HashMap<FacilityId, quinn::Connection>>,
+    /// Set by [`QuicTransport::close`]: links stop redialling.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The QUIC [`Transport`]. Cheap to clone; clones share one endpoint.
@@ -403,6 +405,7 @@ impl QuicTransport {
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
             stats,
             accepted: Mutex::new(HashMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         };
         Ok((
             QuicTransport {
@@ -453,6 +456,9 @@ impl QuicTransport {
 
     /// Closes every connection and the endpoint.
     pub fn close(&self) {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.inner
             .endpoint
             .close(VarInt::from_u32(CLOSE_SHUTDOWN), b"shutdown");
@@ -682,6 +688,9 @@ async fn run_link(inner: Arc<Inner>, peer_id: FacilityId) {
     let label = peer_id.to_string();
     let mut attempt: u32 = 0;
     loop {
+        if inner.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         match inner.dial(&peer.spec).await {
             Ok(conn) => {
                 attempt = 0;

@@ -1,0 +1,228 @@
+//! Consensus on real QUIC over loopback, with durable redb commits: the
+//! leader-kill and full-restart scenarios of the harness, on the real
+//! transport. Waits are bounded and poll the facilities' own state; no
+//! test asserts a wall-clock speed.
+
+use bulwark::facility::{self, start_loopback_cluster, Facility, FacilitySpec};
+use bulwark_actors::raft::{ProposeOutcome, RaftConfig, RaftMsg, ReadOutcome};
+use bulwark_actors::schedule::{
+    Block, BlockId, Command, IdempotencyKey, Op, Outcome, Person, PersonId, Pool, Role,
+    ScheduleState,
+};
+use bulwark_runtime::{RealClock, SupervisionConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
+
+async fn cluster(dir: &std::path::Path) -> Vec<Facility> {
+    let fs = start_loopback_cluster(
+        dir,
+        &NAMES,
+        SupervisionConfig::default(),
+        Some(RaftConfig::default()),
+        Arc::new(RealClock),
+    )
+    .await
+    .expect("cluster starts");
+    for f in &fs {
+        assert!(f.wait_links_up(T).await, "{}: links up", f.node.facility());
+    }
+    fs
+}
+
+fn command(n: u64, op: Op) -> Command {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&n.to_le_bytes());
+    Command {
+        key: IdempotencyKey(key),
+        issued_by: "alpha".parse().unwrap(),
+        at_unix_ms: 0,
+        op,
+    }
+}
+
+fn pid(i: usize) -> PersonId {
+    format!("p{i}").parse().unwrap()
+}
+
+fn bid(i: usize) -> BlockId {
+    format!("b{i}").parse().unwrap()
+}
+
+/// Proposes through `f`, retrying (same key) while there is no leader.
+async fn commit(f: &Facility, cmd: Command) -> (u64, Outcome) {
+    for _ in 0..100 {
+        match f.propose(cmd.clone(), T).await {
+            Some(ProposeOutcome::Committed { index, outcome, .. }) => return (index, outcome),
+            Some(ProposeOutcome::NotLeader { .. } | ProposeOutcome::TimedOut) | None => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Some(other) => panic!("{other:?}"),
+        }
+    }
+    panic!("{:?} never committed", cmd.op);
+}
+
+async fn setup(f: &Facility, people: usize, blocks: usize) -> u64 {
+    let mut n = 1_000_000;
+    for p in 0..people {
+        n += 1;
+        let op = Op::AddPerson(Person {
+            id: pid(p),
+            name: format!("P{p}"),
+            role: Role::Faculty,
+        });
+        commit(f, command(n, op)).await;
+    }
+    for b in 0..blocks {
+        n += 1;
+        let op = Op::AddBlock(Block {
+            id: bid(b),
+            day: 2 * b as u32,
+            start_min: 480,
+            duration_min: 480,
+            pool: Pool::Icu,
+            required: 1,
+        });
+        commit(f, command(n, op)).await;
+    }
+    n
+}
+
+/// A linearizable read of `f`'s schedule through `g`.
+async fn read<T: Send + 'static>(
+    f: &Facility,
+    g: impl FnOnce(&ScheduleState) -> T + Send + 'static,
+) -> T {
+    let peer = f.raft().expect("RaftPeer runs");
+    for _ in 0..50 {
+        let ready = peer
+            .call(|reply| RaftMsg::Read { reply }, Some(T))
+            .await
+            .unwrap()
+            .unwrap();
+        if matches!(ready, ReadOutcome::Ready { .. }) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            peer.cast(RaftMsg::Inspect(Box::new(move |s: &ScheduleState| {
+                let _ = tx.send(g(s));
+            })))
+            .unwrap();
+            return rx.await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{}: no linearizable read", f.node.facility());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_elects_another_and_it_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fs: Vec<Option<Facility>> = cluster(dir.path()).await.into_iter().map(Some).collect();
+    let live = |fs: &[Option<Facility>]| -> Vec<usize> {
+        (0..fs.len()).filter(|&i| fs[i].is_some()).collect()
+    };
+    let all: Vec<Facility> = fs.iter_mut().map(|f| f.take().unwrap()).collect();
+    let (leader, term) = facility::wait_leader(&all, 0, T).await.expect("a leader");
+    setup(&all[leader], 2, 4).await;
+    commit(
+        &all[leader],
+        command(
+            1,
+            Op::Assign {
+                person: pid(0),
+                block: bid(0),
+            },
+        ),
+    )
+    .await;
+    let mut fs: Vec<Option<Facility>> = all.into_iter().map(Some).collect();
+    // Crash the leader: its process-like unit stops; its store stays.
+    let spec: FacilitySpec = fs[leader].take().unwrap().stop().await;
+    let rest: Vec<Facility> = live(&fs)
+        .into_iter()
+        .map(|i| fs[i].take().unwrap())
+        .collect();
+    let (new, new_term) = facility::wait_leader(&rest, term, T)
+        .await
+        .expect("a new leader");
+    assert!(new_term > term);
+    commit(
+        &rest[new],
+        command(
+            2,
+            Op::Assign {
+                person: pid(1),
+                block: bid(1),
+            },
+        ),
+    )
+    .await;
+    // The old leader restarts from its redb file and catches up.
+    let back = facility::restart(spec, Arc::new(RealClock))
+        .await
+        .expect("restart");
+    assert!(!back.node.fresh_store());
+    let on = read(&back, |s| (s.assignees(&bid(0)), s.assignees(&bid(1)))).await;
+    assert_eq!(on, (vec![pid(0)], vec![pid(1)]));
+    back.stop().await;
+    for f in rest {
+        f.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_command_survives_a_restart_of_every_facility() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = cluster(dir.path()).await;
+    let (leader, _) = facility::wait_leader(&fs, 0, T).await.expect("a leader");
+    setup(&fs[leader], 3, 12).await;
+    let mut acked = Vec::new();
+    for b in 0..12 {
+        let cmd = command(
+            10 + b as u64,
+            Op::Assign {
+                person: pid(b % 3),
+                block: bid(b),
+            },
+        );
+        let key = cmd.key;
+        let (index, outcome) = commit(&fs[b % 3], cmd).await;
+        acked.push((key, index, outcome));
+    }
+    let mut specs = Vec::new();
+    for f in fs {
+        specs.push(f.stop().await);
+    }
+    let mut fs = Vec::new();
+    for spec in specs {
+        fs.push(
+            facility::restart(spec, Arc::new(RealClock))
+                .await
+                .expect("restart"),
+        );
+    }
+    facility::wait_leader(&fs, 0, T)
+        .await
+        .expect("a leader after the restart");
+    for f in &fs {
+        let acked = acked.clone();
+        let missing = read(f, move |s| {
+            acked
+                .iter()
+                .filter(|(k, i, o)| s.outcome_of(k) != Some((*i, o)))
+                .count()
+        })
+        .await;
+        assert_eq!(
+            missing,
+            0,
+            "{} lost acknowledged commands",
+            f.node.facility()
+        );
+    }
+    for f in fs {
+        f.stop().await;
+    }
+}
