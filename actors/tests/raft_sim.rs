@@ -262,17 +262,28 @@ async fn run_seed(seed: u64, steps: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Commits one more command and waits until every facility applied it.
+/// Commits one more command and waits until every facility applied it. A
+/// leader found by polling may already be deposed, so the client retries
+/// with the same idempotency key, as a real client would.
 async fn converge(c: &mut Cluster) -> Result<(), String> {
-    let (leader, _, _) = c
-        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(30))
-        .await
-        .ok_or("no leader after heal")?;
-    let cmd = c.command(leader, Op::Approve { through_day: 0 });
-    let at = match c.propose(leader, cmd).await {
-        ProposeOutcome::Committed { index, .. } => index,
-        other => return Err(format!("final command: {other:?}")),
-    };
+    let mut cmd = None;
+    let mut at = None;
+    let mut last = None;
+    for _ in 0..10 {
+        let (leader, _, _) = c
+            .wait_leader(&[0, 1, 2], 0, Duration::from_secs(30))
+            .await
+            .ok_or("no leader after heal")?;
+        let command = cmd.get_or_insert_with(|| c.command(leader, Op::Approve { through_day: 0 })).clone();
+        match c.propose(leader, command).await {
+            ProposeOutcome::Committed { index, .. } => {
+                at = Some(index);
+                break;
+            }
+            other => last = Some(other),
+        }
+    }
+    let at = at.ok_or(format!("final command: {last:?}"))?;
     for _ in 0..600 {
         let mut all = true;
         for i in 0..3 {
