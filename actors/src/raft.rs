@@ -13,9 +13,10 @@
 //! - A proposal ends in a typed [`ProposeOutcome`]: committed at an index
 //!   (with the schedule's verdict), not leader (with a hint), timed out, or
 //!   rejected with a reason.
-//! - Proposals are batched: they are handed to raft-rs as they arrive and
-//!   the Ready that carries them is handled once the mailbox has no more
-//!   queued before it, so one redb commit covers the batch.
+//! - Proposals and peer messages are batched: they are handed to raft-rs as
+//!   they arrive, and the Ready they make is handled by one Flush queued
+//!   behind them in the mailbox, so one redb commit (and one message per
+//!   peer) covers the batch, on the leader and on the followers.
 //! - Snapshots every [`RaftConfig::snapshot_every_entries`] applied entries
 //!   compact the log.
 //! - raft-rs logs through slog; [`tracing_logger`] bridges it to `tracing`.
@@ -424,7 +425,10 @@ impl Actor for RaftPeer {
             RaftMsg::Remote(d) => {
                 let from = d.envelope.from.clone();
                 match codec::decode::<RaftWire>(&d.envelope.body) {
-                    Ok(w) => st.core.on_peer(&from, w)?,
+                    Ok(w) => {
+                        st.core.on_peer(&from, w)?;
+                        queue_flush(&myself, st)?;
+                    }
                     Err(e) => {
                         metrics::counter!("bulwark_raft_malformed_total").increment(1);
                         tracing::warn!(%from, error = %e, "malformed raft wire message dropped");
@@ -434,10 +438,7 @@ impl Actor for RaftPeer {
             RaftMsg::Propose { command, reply } => match st.core.propose(command) {
                 Ok(seq) => {
                     st.proposals.insert(seq, reply);
-                    if !st.flush_queued {
-                        st.flush_queued = true;
-                        myself.cast(RaftMsg::Flush)?;
-                    }
+                    queue_flush(&myself, st)?;
                 }
                 Err(outcome) => {
                     let _ = reply.send(outcome);
@@ -487,6 +488,19 @@ impl Actor for RaftPeer {
         st.ctx.router.unregister(RAFT, myself.get_id());
         Ok(())
     }
+}
+
+/// Queues one Flush behind what the mailbox already holds, so proposals and
+/// peer messages that arrive together are persisted by one redb commit.
+fn queue_flush(
+    myself: &ActorRef<RaftMsg>,
+    st: &mut RaftPeerState,
+) -> Result<(), ActorProcessingErr> {
+    if !st.flush_queued {
+        st.flush_queued = true;
+        myself.cast(RaftMsg::Flush)?;
+    }
+    Ok(())
 }
 
 fn flush_outputs(st: &mut RaftPeerState) {

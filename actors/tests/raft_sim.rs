@@ -274,7 +274,9 @@ async fn converge(c: &mut Cluster) -> Result<(), String> {
             .wait_leader(&[0, 1, 2], 0, Duration::from_secs(30))
             .await
             .ok_or("no leader after heal")?;
-        let command = cmd.get_or_insert_with(|| c.command(leader, Op::Approve { through_day: 0 })).clone();
+        let command = cmd
+            .get_or_insert_with(|| c.command(leader, Op::Approve { through_day: 0 }))
+            .clone();
         match c.propose(leader, command).await {
             ProposeOutcome::Committed { index, .. } => {
                 at = Some(index);

@@ -101,7 +101,13 @@ pub struct RaftCore {
     /// A configuration change applied: the next snapshot must carry it, or
     /// a facility it added would refuse the older one.
     snapshot_due: bool,
+    /// After a snapshot that was too large, no new try before this index.
+    compact_retry_at: u64,
 }
+
+/// Largest schedule snapshot: it travels in one Raft message, which also
+/// carries the snapshot's metadata.
+pub const SNAPSHOT_DATA_LEN_MAX: usize = codec::MESSAGE_LEN_MAX - 64 * 1024;
 
 /// Why the core could not start or continue.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +195,7 @@ impl RaftCore {
             out: Vec::new(),
             emit_applied: false,
             snapshot_due: false,
+            compact_retry_at: 0,
         })
     }
 
@@ -307,6 +314,9 @@ impl RaftCore {
     }
 
     /// A message from a peer's RaftPeer. `from` is the authenticated sender.
+    /// It is stepped into raft-rs; the Ready it makes is handled by the next
+    /// [`RaftCore::on_ready`], so messages that arrive together share one
+    /// redb commit.
     pub fn on_peer(&mut self, from: &FacilityId, msg: RaftWire) -> Result<(), RaftCoreError> {
         let from_id = raft_id(from);
         if !self.members.contains_key(&from_id) {
@@ -349,7 +359,7 @@ impl RaftCore {
                 }
             }
         }
-        self.on_ready()
+        Ok(())
     }
 
     /// raft-rs 0.7.0 lacks tikv/raft-rs#557: in probe state a stale or
@@ -738,11 +748,28 @@ impl RaftCore {
         if !due && applied < snap_index + self.config.snapshot_every_entries {
             return Ok(());
         }
+        if !due && applied < self.compact_retry_at {
+            return Ok(());
+        }
         self.snapshot_due = false;
-        let data = self
-            .schedule
-            .snapshot()
-            .map_err(|e| RaftCoreError::Snapshot(e.to_string()))?;
+        let data = match self.schedule.snapshot() {
+            Ok(d) if d.len() <= SNAPSHOT_DATA_LEN_MAX => d,
+            too_large => {
+                // The snapshot must fit one message to reach a follower.
+                // Chunked transfer is not built: keep serving, keep the log,
+                // and say so loudly; try again after another interval.
+                let len = too_large.as_ref().map_or(0, Vec::len);
+                metrics::counter!("bulwark_raft_snapshot_too_large_total").increment(1);
+                tracing::error!(
+                    applied,
+                    len,
+                    limit = SNAPSHOT_DATA_LEN_MAX,
+                    "schedule snapshot too large; log not compacted"
+                );
+                self.compact_retry_at = applied + self.config.snapshot_every_entries;
+                return Ok(());
+            }
+        };
         let cs = self.node.store().conf_state().clone();
         self.node.mut_store().compact_to(applied, data, &cs)?;
         Ok(())
