@@ -798,7 +798,16 @@ async fn run_accept(inner: Arc<Inner>) {
     loop {
         tokio::select! {
             incoming = inner.endpoint.accept() => {
-                let Some(incoming) = incoming else { return };
+                let Some(incoming) = incoming else {
+                    if inner.closed.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Closed on purpose: nothing to restart. Let go of
+                        // the endpoint (and its port) and wait to be stopped.
+                        drop(conns);
+                        drop(inner);
+                        std::future::pending::<()>().await;
+                    }
+                    return;
+                };
                 conns.spawn(serve_incoming(inner.clone(), incoming));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
