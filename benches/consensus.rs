@@ -68,25 +68,9 @@ async fn three(dir: &std::path::Path) -> Vec<Facility> {
 }
 
 async fn leader(fs: &[Facility], after_term: u64) -> (usize, u64) {
-    let deadline = Instant::now() + T;
-    while Instant::now() < deadline {
-        for (i, f) in fs.iter().enumerate() {
-            if let Some(s) = f.raft_status(Duration::from_secs(1)).await {
-                if s.is_leader && s.term > after_term {
-                    return (i, s.term);
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    for f in fs {
-        eprintln!(
-            "{}: {:?}",
-            f.node.facility(),
-            f.raft_status(Duration::from_secs(1)).await
-        );
-    }
-    panic!("no leader");
+    facility::wait_leader(fs, after_term, T)
+        .await
+        .expect("a leader")
 }
 
 async fn propose(f: &Facility) {

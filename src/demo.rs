@@ -8,7 +8,7 @@
 //! schedule reads the same, linearizably, on every facility.
 
 use crate::facility::{self, Facility};
-use bulwark_actors::raft::{ProposeOutcome, RaftMsg, ReadOutcome, RAFT};
+use bulwark_actors::raft::{inspect, ProposeOutcome, RaftMsg, ReadOutcome, RAFT};
 use bulwark_actors::schedule::{
     Block, BlockId, Command, IdempotencyKey, Op, Outcome, Person, PersonId, Pool, Role,
     ScheduleState,
@@ -285,15 +285,15 @@ async fn consensus(fs: &[Facility]) -> DemoResult<()> {
         if !matches!(ready, ReadOutcome::Ready { .. }) {
             return Err(format!("{}: read {ready:?}", f.node.facility()).into());
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        peer.cast(RaftMsg::Inspect(Box::new(move |s: &ScheduleState| {
+        let (view, rejected) = inspect(&peer, |s: &ScheduleState| {
             let view: Vec<String> = s
                 .assignments()
                 .map(|(b, p, _)| format!("{b}={p}"))
                 .collect();
-            let _ = tx.send((view, s.rejected_total()));
-        })))?;
-        let (view, rejected) = rx.await?;
+            (view, s.rejected_total())
+        })
+        .await
+        .ok_or("the RaftPeer stopped")?;
         println!(
             "  {}: {} (rejections recorded: {rejected})",
             f.node.facility(),

@@ -4,7 +4,7 @@
 //! test asserts a wall-clock speed.
 
 use bulwark::facility::{self, start_loopback_cluster, Facility, FacilitySpec};
-use bulwark_actors::raft::{ProposeOutcome, RaftConfig, RaftMsg, ReadOutcome};
+use bulwark_actors::raft::{inspect, ProposeOutcome, RaftConfig, RaftMsg, ReadOutcome};
 use bulwark_actors::schedule::{
     Block, BlockId, Command, IdempotencyKey, Op, Outcome, Person, PersonId, Pool, Role,
     ScheduleState,
@@ -104,12 +104,7 @@ async fn read<T: Send + 'static>(
             .unwrap()
             .unwrap();
         if matches!(ready, ReadOutcome::Ready { .. }) {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            peer.cast(RaftMsg::Inspect(Box::new(move |s: &ScheduleState| {
-                let _ = tx.send(g(s));
-            })))
-            .unwrap();
-            return rx.await.unwrap();
+            return inspect(&peer, g).await.expect("RaftPeer answers");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

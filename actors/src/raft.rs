@@ -538,6 +538,21 @@ fn flush_outputs(st: &mut RaftPeerState) {
     }
 }
 
+/// Runs `f` on `peer`'s applied schedule and returns its result; `None` if
+/// the RaftPeer is gone. Not linearizable by itself: send
+/// [`RaftMsg::Read`] first and wait for [`ReadOutcome::Ready`].
+pub async fn inspect<T: Send + 'static>(
+    peer: &ActorRef<RaftMsg>,
+    f: impl FnOnce(&ScheduleState) -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    peer.cast(RaftMsg::Inspect(Box::new(move |s: &ScheduleState| {
+        let _ = tx.send(f(s));
+    })))
+    .ok()?;
+    rx.await.ok()
+}
+
 /// A slog logger whose records go to `tracing` (target `raft`). raft-rs's
 /// chatty info-level records (elections, state changes) become debug events.
 pub fn tracing_logger(facility: &FacilityId) -> slog::Logger {

@@ -16,7 +16,7 @@ mod support;
 use std::time::Duration;
 
 use bulwark_actors::raft::{
-    raft_peer, AppliedEntry, ProposeOutcome, RaftMsg, RaftStatus, ReadOutcome,
+    inspect, raft_peer, AppliedEntry, ProposeOutcome, RaftMsg, RaftStatus, ReadOutcome,
 };
 use bulwark_actors::schedule::{Command, IdempotencyKey, Op, Outcome, ScheduleState};
 use bulwark_runtime::lincheck::{check, Operation, SlotModel, SlotOp, SlotOut, Verdict};
@@ -114,16 +114,12 @@ fn spawn_op(
                         return None;
                     }
                 }
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                peer.cast(RaftMsg::Inspect(Box::new(move |s: &ScheduleState| {
-                    let v = s
-                        .assignees(&block(0))
+                let v = inspect(&peer, |s: &ScheduleState| {
+                    s.assignees(&block(0))
                         .first()
-                        .map(|p| p.as_str()[1..].parse::<u32>().unwrap());
-                    let _ = tx.send(v);
-                })))
-                .ok()?;
-                let v = rx.await.ok()?;
+                        .map(|p| p.as_str()[1..].parse::<u32>().unwrap())
+                })
+                .await?;
                 op.ret = Some((millis(start), SlotOut::Value(v)));
                 Some(Done { op, acked: None })
             }

@@ -14,7 +14,7 @@ use bulwark_transport::FacilityId;
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, EntryType, MessageType,
 };
-use raft::{RawNode, StateRole, Storage};
+use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 
 use super::storage::RaftStore;
@@ -256,33 +256,27 @@ impl RaftCore {
     pub fn tick(&mut self) -> Result<(), RaftCoreError> {
         self.ticks += 1;
         self.node.tick();
-        let now = self.ticks;
-        let expired: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(_, p)| p.deadline_tick <= now)
-            .map(|(s, _)| *s)
-            .collect();
-        for seq in expired {
-            self.proposals.remove(&seq);
-            self.out.push(Output::Proposed {
-                seq,
-                outcome: ProposeOutcome::TimedOut,
-            });
-        }
-        let expired: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, (p, _))| p.deadline_tick <= now)
-            .map(|(s, _)| *s)
-            .collect();
-        for seq in expired {
-            self.reads.remove(&seq);
-            self.out.push(Output::ReadReady {
-                seq,
-                outcome: ReadOutcome::TimedOut,
-            });
-        }
+        let (now, out) = (self.ticks, &mut self.out);
+        self.proposals.retain(|&seq, p| {
+            let live = p.deadline_tick > now;
+            if !live {
+                out.push(Output::Proposed {
+                    seq,
+                    outcome: ProposeOutcome::TimedOut,
+                });
+            }
+            live
+        });
+        self.reads.retain(|&seq, (p, _)| {
+            let live = p.deadline_tick > now;
+            if !live {
+                out.push(Output::ReadReady {
+                    seq,
+                    outcome: ReadOutcome::TimedOut,
+                });
+            }
+            live
+        });
         self.retry_reads();
         self.on_ready()
     }
@@ -624,9 +618,13 @@ impl RaftCore {
                 e.index,
                 self.commit_index()
             );
-            let decoded = self.emit_applied.then(|| self.applied_entry(&e));
+            let payload = self.decode_payload(&e);
             match e.entry_type {
-                EntryType::EntryNormal => self.apply_normal(e.index, &e.data),
+                EntryType::EntryNormal => {
+                    if let Some(p) = &payload {
+                        self.apply_normal(e.index, p);
+                    }
+                }
                 EntryType::EntryConfChangeV2 => {
                     let cc: ConfChangeV2 =
                         protobuf::Message::parse_from_bytes(&e.data).map_err(|err| {
@@ -640,40 +638,36 @@ impl RaftCore {
                     tracing::error!(index = e.index, "v1 conf change ignored");
                 }
             }
-            if let Some(applied) = decoded {
-                self.out.push(Output::Applied(applied));
+            if self.emit_applied {
+                let mut h = blake3::Hasher::new();
+                h.update(&[e.entry_type as u8]);
+                h.update(&e.data);
+                self.out.push(Output::Applied(AppliedEntry {
+                    index: e.index,
+                    term: e.term,
+                    hash: *h.finalize().as_bytes(),
+                    payload,
+                }));
             }
         }
         Ok(())
     }
 
-    fn applied_entry(&self, e: &raft::eraftpb::Entry) -> AppliedEntry {
-        let mut h = blake3::Hasher::new();
-        h.update(&[e.entry_type as u8]);
-        h.update(&e.data);
-        let payload = (e.entry_type == EntryType::EntryNormal && !e.data.is_empty())
-            .then(|| codec::decode::<EntryPayload>(&e.data).ok())
-            .flatten();
-        AppliedEntry {
-            index: e.index,
-            term: e.term,
-            hash: *h.finalize().as_bytes(),
-            payload,
+    /// The payload of a normal entry; `None` for the leader's empty entry at
+    /// the start of its term, for other entry types, and for a committed
+    /// entry that does not decode (every facility skips it identically).
+    fn decode_payload(&self, e: &raft::eraftpb::Entry) -> Option<EntryPayload> {
+        if e.entry_type != EntryType::EntryNormal || e.data.is_empty() {
+            return None;
         }
+        codec::decode(&e.data)
+            .inspect_err(|err| {
+                tracing::error!(index = e.index, error = %err, "committed entry does not decode; skipped")
+            })
+            .ok()
     }
 
-    fn apply_normal(&mut self, index: u64, data: &[u8]) {
-        if data.is_empty() {
-            return; // the leader's no-op at the start of its term
-        }
-        let payload: EntryPayload = match codec::decode(data) {
-            Ok(p) => p,
-            Err(e) => {
-                // Committed, so every facility skips it identically.
-                tracing::error!(index, error = %e, "committed entry does not decode; skipped");
-                return;
-            }
-        };
+    fn apply_normal(&mut self, index: u64, payload: &EntryPayload) {
         let applied = self.schedule.apply(index, &payload.command);
         // Ours if the origin, the sequence number and the key all match: an
         // entry re-applied after a restart never answers a new proposal.
@@ -682,24 +676,22 @@ impl RaftCore {
                 .proposals
                 .get(&payload.seq)
                 .is_some_and(|p| p.key == Some(payload.command.key));
-        if ours && self.proposals.remove(&payload.seq).is_some() {
-            let outcome = match applied {
-                Applied::Fresh(outcome) => ProposeOutcome::Committed {
-                    index,
-                    outcome,
-                    duplicate: false,
-                },
-                Applied::Duplicate { outcome, .. } => ProposeOutcome::Committed {
-                    index,
-                    outcome,
-                    duplicate: true,
-                },
-            };
-            self.out.push(Output::Proposed {
-                seq: payload.seq,
-                outcome,
-            });
+        if !ours {
+            return;
         }
+        self.proposals.remove(&payload.seq);
+        let (outcome, duplicate) = match applied {
+            Applied::Fresh(outcome) => (outcome, false),
+            Applied::Duplicate { outcome, .. } => (outcome, true),
+        };
+        self.out.push(Output::Proposed {
+            seq: payload.seq,
+            outcome: ProposeOutcome::Committed {
+                index,
+                outcome,
+                duplicate,
+            },
+        });
     }
 
     /// A read's context: this facility's raft id and the read's sequence
@@ -773,12 +765,6 @@ impl RaftCore {
         let cs = self.node.store().conf_state().clone();
         self.node.mut_store().compact_to(applied, data, &cs)?;
         Ok(())
-    }
-
-    /// The store's first and last log indices (for tests and status).
-    pub fn log_bounds(&self) -> (u64, u64) {
-        let s = self.node.store();
-        (s.first_index().unwrap_or(0), s.last_index().unwrap_or(0))
     }
 
     /// This facility.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulwark_actors::raft::{
-    raft_child, raft_peer, AppliedEntry, ProposeOutcome, RaftConfig, RaftMsg, RaftSetup,
+    inspect, raft_child, raft_peer, AppliedEntry, ProposeOutcome, RaftConfig, RaftMsg, RaftSetup,
     RaftStatus, ReadOutcome,
 };
 use bulwark_actors::schedule::{
@@ -294,12 +294,7 @@ impl Cluster {
             .is_up(i)
             .then(|| raft_peer(self.h.node(i)))
             .flatten()?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        peer.cast(RaftMsg::Inspect(Box::new(move |s: &ScheduleState| {
-            let _ = tx.send(f(s));
-        })))
-        .ok()?;
-        rx.await.ok()
+        inspect(&peer, f).await
     }
 
     pub async fn crash(&mut self, i: usize) {
