@@ -141,6 +141,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             supervision: SupervisionConfig::default(),
             extra: vec![tally_child()],
             raft: None,
+            bft: None,
         };
         fs.push(facility::start(spec, Arc::new(RealClock)).await?);
     }

@@ -3,6 +3,7 @@
 //! Every error names the file and, where it can, the key. Unknown keys are
 //! errors: a typo must not silently fall back to a default.
 
+use bulwark_actors::keys::{self, Keyring, PublicKeys};
 use bulwark_actors::raft::{ClusterState, RaftConfig};
 use bulwark_runtime::SupervisionConfig;
 use bulwark_transport::identity::Pin;
@@ -100,6 +101,9 @@ pub struct FacilitySection {
     pub key: PathBuf,
     /// PEM self-signed certificate, written by `bulwark keygen`.
     pub cert: PathBuf,
+    /// The vote-signing secret key (64 hex digits), written by `bulwark
+    /// keygen` as `vote.key`. Separate from the TLS key (docs/DECISIONS.md).
+    pub vote_key: PathBuf,
 }
 
 /// `[[peer]]`.
@@ -112,6 +116,9 @@ pub struct PeerSection {
     pub addr: SocketAddr,
     /// blake3 hash of the peer's certificate (`bulwark keygen` prints it).
     pub pin: Pin,
+    /// The peer's vote-signing public key, `ed25519:<64 hex digits>`
+    /// (`bulwark keygen` prints it).
+    pub vote_key: String,
 }
 
 /// Why a config was refused.
@@ -147,6 +154,33 @@ pub enum ConfigError {
 }
 
 impl FacilityConfig {
+    /// Every facility's vote public key: the peers' from the config, this
+    /// facility's from its secret key file.
+    pub fn public_keys(&self, own: &ed25519_dalek::VerifyingKey) -> PublicKeys {
+        let peers = self.peers.iter().map(|p| {
+            let k = keys::parse_public(&p.vote_key).expect("validated at load");
+            (p.id.clone(), k)
+        });
+        PublicKeys::new(std::iter::once((self.facility.id.clone(), *own)).chain(peers))
+    }
+
+    /// Reads this facility's vote key and builds its keyring.
+    pub fn keyring(&self) -> Result<Keyring, ConfigError> {
+        let path = &self.facility.vote_key;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.clone(),
+            key: "facility.vote_key".into(),
+            message,
+        };
+        let secret = keys::parse_secret(&text).map_err(|e| invalid(e.to_string()))?;
+        let public = self.public_keys(&secret.verifying_key());
+        Keyring::new(self.facility.id.clone(), secret, public).map_err(|e| invalid(e.to_string()))
+    }
+
     /// Reads, parses and validates `path`; relative paths inside are
     /// resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -160,6 +194,7 @@ impl FacilityConfig {
             &mut cfg.facility.data_dir,
             &mut cfg.facility.key,
             &mut cfg.facility.cert,
+            &mut cfg.facility.vote_key,
         ] {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -198,6 +233,8 @@ impl FacilityConfig {
                     format!("{} is listed twice", p.id),
                 ));
             }
+            keys::parse_public(&p.vote_key)
+                .map_err(|e| invalid(&format!("peer[{i}].vote_key"), e.to_string()))?;
         }
         self.consensus
             .raft_config()
@@ -214,6 +251,7 @@ mod tests {
     use super::*;
 
     const PIN: &str = "blake3:0000000000000000000000000000000000000000000000000000000000000000";
+    const VOTE: &str = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 
     fn text(extra: &str) -> String {
         format!(
@@ -225,11 +263,13 @@ quic_listen = "127.0.0.1:7401"
 http_listen = "127.0.0.1:8401"
 key = "alpha/facility.key"
 cert = "alpha/facility.crt"
+vote_key = "alpha/vote.key"
 
 [[peer]]
 id = "bravo"
 addr = "127.0.0.1:7402"
 pin = "{PIN}"
+vote_key = "{VOTE}"
 {extra}"#
         )
     }
@@ -250,10 +290,10 @@ pin = "{PIN}"
 
     #[test]
     fn self_as_peer_and_duplicates_are_refused() {
-        let dup = format!("[[peer]]\nid = \"bravo\"\naddr = \"127.0.0.1:1\"\npin = \"{PIN}\"\n");
+        let dup = format!("[[peer]]\nid = \"bravo\"\naddr = \"127.0.0.1:1\"\npin = \"{PIN}\"\nvote_key = \"{VOTE}\"\n");
         let err = FacilityConfig::parse(&text(&dup), Path::new("a.toml")).unwrap_err();
         assert!(err.to_string().contains("peer[1].id"), "{err}");
-        let me = format!("[[peer]]\nid = \"alpha\"\naddr = \"127.0.0.1:1\"\npin = \"{PIN}\"\n");
+        let me = format!("[[peer]]\nid = \"alpha\"\naddr = \"127.0.0.1:1\"\npin = \"{PIN}\"\nvote_key = \"{VOTE}\"\n");
         let err = FacilityConfig::parse(&text(&me), Path::new("a.toml")).unwrap_err();
         assert!(err.to_string().contains("own peer"), "{err}");
     }
@@ -264,6 +304,13 @@ pin = "{PIN}"
         assert!(FacilityConfig::parse(&bad, Path::new("a.toml")).is_err());
         let bad = text("").replace("id = \"alpha\"", "id = \"Alpha!\"");
         assert!(FacilityConfig::parse(&bad, Path::new("a.toml")).is_err());
+    }
+
+    #[test]
+    fn a_bad_peer_vote_key_is_named() {
+        let bad = text("").replace(VOTE, "ed25519:00");
+        let err = FacilityConfig::parse(&bad, Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("peer[0].vote_key"), "{err}");
     }
 
     #[test]

@@ -304,5 +304,45 @@ async fn consensus(fs: &[Facility]) -> DemoResult<()> {
     if views.windows(2).any(|w| w[0] != w[1]) {
         return Err("facilities disagree on the schedule".into());
     }
+    finality(fs).await
+}
+
+/// Waits until every validator has made final every entry its replica
+/// admitted, and shows the ledger heads (one chain, everywhere).
+async fn finality(fs: &[Facility]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    println!("== BFT: signed votes, quorum certificates, one hash-chained ledger ==");
+    let target = inspect(&fs[0].raft().ok_or("no RaftPeer")?, |s: &ScheduleState| {
+        s.chain().height()
+    })
+    .await
+    .ok_or("the RaftPeer stopped")?;
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    let mut heads = Vec::new();
+    loop {
+        heads.clear();
+        for f in fs {
+            heads.push(f.bft_status().await.ok_or("no validator")?);
+        }
+        if heads.iter().all(|s| s.final_height >= target) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("entries not final in time: {heads:?}").into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for s in &heads {
+        let head: String = s.final_hash[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        println!(
+            "  {}: {} final entries, head {head}…, quorum {} of {}",
+            s.facility, s.final_height, s.quorum, s.signers
+        );
+    }
+    if heads.windows(2).any(|w| w[0].final_hash != w[1].final_hash) {
+        return Err("ledgers disagree".into());
+    }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! Assembles one facility on real QUIC: identity, transport, node.
 
+use bulwark_actors::bft::{self, bft_child, AppliedFeed, BftConfig, BftMsg, BftSetup, BftStatus};
+use bulwark_actors::keys::{self, Keyring, PublicKeys};
 use bulwark_actors::raft::{
     raft_child, raft_peer, ProposeOutcome, RaftConfig, RaftMsg, RaftSetup, RaftStatus,
 };
@@ -31,6 +33,8 @@ pub struct FacilitySpec {
     pub extra: Vec<(Zone, ChildDef)>,
     /// The RaftPeer's setup; `None` runs no consensus (transport-only tests).
     pub raft: Option<RaftSetup>,
+    /// The BftValidator's setup (needs `raft`); `None` runs no validator.
+    pub bft: Option<BftSetup>,
 }
 
 /// Why a facility did not start.
@@ -67,6 +71,11 @@ impl FacilitySpec {
             supervision: self.supervision.clone(),
             extra: self.extra.clone(),
             raft: self.raft.clone(),
+            // A new process starts with an empty feed of applied entries.
+            bft: self.bft.clone().map(|b| BftSetup {
+                feed: AppliedFeed::new(b.config.feed_len_max),
+                ..b
+            }),
         }
     }
 }
@@ -82,8 +91,14 @@ pub async fn start(spec: FacilitySpec, clock: Arc<dyn Clock>) -> Result<Facility
     };
     let (transport, inbound) = QuicTransport::bind(spec.identity, quic, spec.socket)?;
     let mut extra = spec.extra;
-    if let Some(setup) = spec.raft {
+    if let Some(mut setup) = spec.raft {
+        if let Some(b) = &spec.bft {
+            setup.tap = Some(b.feed.tap(setup.tap.take()));
+        }
         extra.push(raft_child(setup));
+        if let Some(b) = spec.bft {
+            extra.push(bft_child(b));
+        }
     }
     let config = NodeConfig {
         facility,
@@ -114,6 +129,12 @@ pub async fn start_loopback_cluster(
         .iter()
         .map(|id| Identity::generate(id.clone()))
         .collect::<Result<_, _>>()?;
+    let secrets: Vec<_> = ids.iter().map(|_| keys::generate_secret()).collect();
+    let public = PublicKeys::new(
+        ids.iter()
+            .cloned()
+            .zip(secrets.iter().map(|s| s.verifying_key())),
+    );
     let sockets = (0..names.len())
         .map(|_| bulwark_transport::quic::loopback_socket())
         .collect::<Result<Vec<_>, _>>()?;
@@ -139,14 +160,38 @@ pub async fn start_loopback_cluster(
             peers,
             supervision: supervision.clone(),
             extra: Vec::new(),
-            raft: raft.clone().map(|config| RaftSetup {
-                config,
-                ..RaftSetup::new(ids.clone())
-            }),
+            raft: None,
+            bft: None,
         };
+        let ring = Keyring::new(ids[i].clone(), secrets[i].clone(), public.clone())?;
+        let spec = with_consensus(spec, ids.clone(), ring, raft.clone());
         out.push(start(spec, clock.clone()).await?);
     }
     Ok(out)
+}
+
+/// Adds consensus to `spec`: a RaftPeer with `raft` settings (none: no
+/// consensus) and a BftValidator beside it, both signing with `ring`.
+pub fn with_consensus(
+    mut spec: FacilitySpec,
+    members: Vec<bulwark_transport::FacilityId>,
+    ring: Keyring,
+    raft: Option<RaftConfig>,
+) -> FacilitySpec {
+    if let Some(config) = raft {
+        spec.raft = Some(RaftSetup {
+            config,
+            ..RaftSetup::new(members, ring.clone())
+        });
+        let config = BftConfig::default();
+        spec.bft = Some(BftSetup {
+            keyring: ring,
+            feed: AppliedFeed::new(config.feed_len_max),
+            config,
+            behaviour: Default::default(),
+        });
+    }
+    spec
 }
 
 impl Facility {
@@ -180,6 +225,16 @@ impl Facility {
             .ok()?
             .success_or(())
             .ok()
+    }
+
+    /// This facility's BftValidator, if it runs.
+    pub fn validator(&self) -> Option<ractor::ActorRef<BftMsg>> {
+        bft::validator(&self.node)
+    }
+
+    /// The validator's view, if it answers.
+    pub async fn bft_status(&self) -> Option<BftStatus> {
+        bft::status(&self.validator()?).await
     }
 
     /// Proposes `command` here (a follower forwards it to the leader) and

@@ -3,7 +3,7 @@
 use bulwark::config::FacilityConfig;
 use bulwark::facility::{self, FacilitySpec};
 use bulwark::http::{self, ApiState};
-use bulwark_actors::raft::RaftSetup;
+use bulwark_actors::keys;
 use bulwark_runtime::RealClock;
 use bulwark_transport::identity::Identity;
 use bulwark_transport::quic::PeerSpec;
@@ -23,14 +23,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Write a facility's ed25519 key and self-signed certificate, print its pin.
+    /// Write a facility's TLS key and self-signed certificate and its vote
+    /// key; print its pin and vote public key.
     Keygen {
         /// The facility id.
         #[arg(long)]
         id: FacilityId,
-        /// Directory for facility.key and facility.crt.
+        /// Directory for facility.key, facility.crt and vote.key.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// The hash-chained ledger.
+    Ledger {
+        #[command(subcommand)]
+        cmd: LedgerCmd,
     },
     /// Run one facility from its config file.
     Node {
@@ -40,6 +46,22 @@ enum Cmd {
     },
     /// Three facilities on loopback QUIC, on embedded defaults; exits 0 on success.
     Demo,
+}
+
+#[derive(Subcommand)]
+enum LedgerCmd {
+    /// Re-check the whole chain and every certificate in a facility's redb
+    /// file from the facilities' public keys alone; exits 1 naming the first
+    /// bad height.
+    Verify {
+        /// The facility's redb file (`<data_dir>/bulwark.redb`); opened
+        /// read-only (stop the node first: redb locks the file).
+        #[arg(long)]
+        db: PathBuf,
+        /// A facility config listing every facility's vote key.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +84,9 @@ fn main() -> ExitCode {
             Cmd::Keygen { id, out } => keygen(id, out),
             Cmd::Node { config } => node(config).await,
             Cmd::Demo => bulwark::demo::run().await,
+            Cmd::Ledger {
+                cmd: LedgerCmd::Verify { db, config },
+            } => ledger_verify(db, config),
         }
     });
     match result {
@@ -80,9 +105,48 @@ type AnyResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 fn keygen(id: FacilityId, out: PathBuf) -> AnyResult {
     let identity = Identity::generate(id)?;
     identity.write_pem(&out)?;
-    println!("wrote {}/facility.key and facility.crt", out.display());
+    let vote = keys::generate_secret();
+    let vote_path = out.join("vote.key");
+    write_secret(&vote_path, &keys::format_secret(&vote))?;
+    println!(
+        "wrote {}/facility.key, facility.crt and vote.key",
+        out.display()
+    );
     println!("pin = \"{}\"", identity.pin());
+    println!(
+        "vote_key = \"{}\"",
+        keys::format_public(&vote.verifying_key())
+    );
     Ok(())
+}
+
+/// Writes a secret file readable by its owner only (refuses to overwrite).
+fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(text.as_bytes())
+}
+
+fn ledger_verify(db: PathBuf, config: PathBuf) -> AnyResult {
+    let cfg = FacilityConfig::load(&config)?;
+    let ring = cfg.keyring()?;
+    match bulwark_actors::bft::verify_file(&db, ring.public()) {
+        Ok(report) => {
+            let head: String = report.head.iter().map(|b| format!("{b:02x}")).collect();
+            println!(
+                "ok: {} final entries, every link, certificate and signature verified; head {head}",
+                report.entries
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn node(path: PathBuf) -> AnyResult {
@@ -111,16 +175,21 @@ async fn node(path: PathBuf) -> AnyResult {
         peers,
         supervision: cfg.supervision.clone(),
         extra: Vec::new(),
-        raft: Some(RaftSetup {
-            start: cfg.consensus.initial_cluster_state,
-            config: cfg.consensus.raft_config(),
-            ..RaftSetup::new(
-                std::iter::once(cfg.facility.id.clone())
-                    .chain(cfg.peers.iter().map(|p| p.id.clone()))
-                    .collect(),
-            )
-        }),
+        raft: None,
+        bft: None,
     };
+    let members: Vec<FacilityId> = std::iter::once(cfg.facility.id.clone())
+        .chain(cfg.peers.iter().map(|p| p.id.clone()))
+        .collect();
+    let mut spec = facility::with_consensus(
+        spec,
+        members,
+        cfg.keyring()?,
+        Some(cfg.consensus.raft_config()),
+    );
+    if let Some(raft) = &mut spec.raft {
+        raft.start = cfg.consensus.initial_cluster_state;
+    }
     let mut f = facility::start(spec, Arc::new(RealClock)).await?;
     let running = Arc::new(AtomicBool::new(true));
     let state = ApiState {

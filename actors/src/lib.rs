@@ -1,5 +1,8 @@
 //! bulwark-actors: one module per concern, each a sans-IO core (pure,
 //! deterministic, unit-tested without tokio) plus a thin actor.
 
+pub mod bft;
+pub mod keys;
+pub mod ledger;
 pub mod raft;
 pub mod schedule;

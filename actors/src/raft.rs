@@ -46,6 +46,7 @@ use bulwark_transport::FacilityId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
+use crate::keys::Keyring;
 use crate::schedule::{Command, Outcome, ScheduleState};
 use wire::WireMessage;
 
@@ -93,6 +94,10 @@ pub struct RaftConfig {
     pub pending_proposals_max: usize,
     /// Ready rounds handled per input, at most.
     pub ready_rounds_max: usize,
+    /// The allowed clock skew between facilities, in ms: a leader refuses a
+    /// forwarded proposal whose timestamp is further than this from its own
+    /// clock (TIME_TRAVEL).
+    pub clock_skew_max_ms: u64,
 }
 
 impl Default for RaftConfig {
@@ -111,6 +116,7 @@ impl Default for RaftConfig {
             proposal_timeout_ticks: 100,
             pending_proposals_max: 4096,
             ready_rounds_max: 16,
+            clock_skew_max_ms: 10_000,
         }
     }
 }
@@ -320,17 +326,21 @@ pub struct RaftSetup {
     pub config: RaftConfig,
     /// Optional applied-entry tap.
     pub tap: Option<AppliedTap>,
+    /// This facility's signing key and every member's public key: proposals
+    /// are signed, and every committed proposal's signature is checked.
+    pub keyring: Keyring,
 }
 
 impl RaftSetup {
     /// A new cluster of `members` with the default settings.
-    pub fn new(members: Vec<FacilityId>) -> RaftSetup {
+    pub fn new(members: Vec<FacilityId>, keyring: Keyring) -> RaftSetup {
         RaftSetup {
             members,
             initial_voters: None,
             start: ClusterState::New,
             config: RaftConfig::default(),
             tap: None,
+            keyring,
         }
     }
 }
@@ -426,7 +436,7 @@ impl Actor for RaftPeer {
                 let from = d.envelope.from.clone();
                 match codec::decode::<RaftWire>(&d.envelope.body) {
                     Ok(w) => {
-                        st.core.on_peer(&from, w)?;
+                        st.core.on_peer(&from, w, st.ctx.clock.unix_ms())?;
                         queue_flush(&myself, st)?;
                     }
                     Err(e) => {
@@ -435,15 +445,17 @@ impl Actor for RaftPeer {
                     }
                 }
             }
-            RaftMsg::Propose { command, reply } => match st.core.propose(command) {
-                Ok(seq) => {
-                    st.proposals.insert(seq, reply);
-                    queue_flush(&myself, st)?;
+            RaftMsg::Propose { command, reply } => {
+                match st.core.propose(command, st.ctx.clock.unix_ms()) {
+                    Ok(seq) => {
+                        st.proposals.insert(seq, reply);
+                        queue_flush(&myself, st)?;
+                    }
+                    Err(outcome) => {
+                        let _ = reply.send(outcome);
+                    }
                 }
-                Err(outcome) => {
-                    let _ = reply.send(outcome);
-                }
-            },
+            }
             RaftMsg::Read { reply } => match st.core.read() {
                 Ok(seq) => {
                     st.reads.insert(seq, reply);

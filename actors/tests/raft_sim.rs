@@ -398,6 +398,8 @@ fn the_step_checkers_catch_planted_violations() {
         term,
         hash: [byte; 32],
         payload: None,
+        verdict: bulwark_actors::ledger::Verdict::Skipped,
+        leader: None,
     };
     let mut o = Observed::default();
     o.on_applied(&f("alpha"), &entry(1, 1, 1));

@@ -13,8 +13,22 @@ pub const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Raft hard state, conf state and snapshot metadata.
 pub const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-/// The hash-chained ledger, by height.
+/// The hash-chained ledger, by height: each final entry's bytes (its hash
+/// is blake3 of them; it names the previous entry's hash).
 pub const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
+/// The quorum certificate of each final entry, by height. Any quorum of
+/// valid votes certifies an entry, so two honest facilities may hold
+/// different (equally valid) certificates for one entry: they are kept
+/// beside the chain, which is byte-identical everywhere.
+pub const LEDGER_CERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger_certs");
+/// This validator's own votes by height (written before a vote leaves):
+/// an honest validator never signs two entries at one height, even across
+/// restarts.
+pub const BFT_VOTES: TableDefinition<u64, &[u8]> = TableDefinition::new("bft_votes");
+/// Entries this validator voted for that are not final yet, by height.
+pub const BFT_PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("bft_pending");
+/// Evidence of misbehaviour, by local sequence.
+pub const EVIDENCE: TableDefinition<u64, &[u8]> = TableDefinition::new("evidence");
 /// Provisional (AP) changes made during a partition, by local sequence.
 pub const PROVISIONAL: TableDefinition<u64, &[u8]> = TableDefinition::new("provisional");
 /// Idempotency keys already applied, with their outcome and expiry.

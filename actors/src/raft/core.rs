@@ -20,16 +20,20 @@ use serde::{Deserialize, Serialize};
 use super::storage::RaftStore;
 use super::wire::WireMessage;
 use super::{raft_id, ClusterState, ProposeOutcome, RaftConfig, RaftSetup, RaftWire, ReadOutcome};
+use crate::keys::{Domain, Keyring};
+use crate::ledger::{self, Anchor, SignedProposal, Verdict};
 use crate::schedule::{Applied, Command, IdempotencyKey, ScheduleState};
 
 /// What one entry of the log carries: the command and who proposed it, so
 /// the proposer can answer its client when the entry applies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryPayload {
-    /// Raft id of the facility whose client proposed it.
-    pub origin: u64,
+    /// The facility that proposed (and signed) it.
+    pub proposer: FacilityId,
     /// The proposer's sequence number for this proposal.
     pub seq: u64,
+    /// The ledger head the proposer had seen.
+    pub anchor: Anchor,
     /// The command.
     pub command: Command,
 }
@@ -52,7 +56,7 @@ pub enum Output {
         outcome: ProposeOutcome,
     },
     /// An entry was applied (only when [`RaftCore::emit_applied`] is on).
-    Applied(AppliedEntry),
+    Applied(Box<AppliedEntry>),
     /// A linearizable read may now be served from the local state.
     ReadReady {
         /// The read's sequence number.
@@ -73,6 +77,10 @@ pub struct AppliedEntry {
     pub hash: [u8; 32],
     /// The decoded payload of a normal, non-empty entry.
     pub payload: Option<EntryPayload>,
+    /// The ledger's verdict on it.
+    pub verdict: Verdict,
+    /// The leader of `term`, as far as this facility saw it.
+    pub leader: Option<FacilityId>,
 }
 
 struct Pending {
@@ -103,7 +111,14 @@ pub struct RaftCore {
     snapshot_due: bool,
     /// After a snapshot that was too large, no new try before this index.
     compact_retry_at: u64,
+    /// Signs proposals; checks every proposer's signature.
+    keyring: Keyring,
+    /// The leader of each recent term, as seen here.
+    term_leaders: BTreeMap<u64, u64>,
 }
+
+/// Terms whose leader is remembered.
+const TERM_LEADERS_KEPT: usize = 256;
 
 /// Largest schedule snapshot: it travels in one Raft message, which also
 /// carries the snapshot's metadata.
@@ -196,6 +211,8 @@ impl RaftCore {
             emit_applied: false,
             snapshot_due: false,
             compact_retry_at: 0,
+            keyring: setup.keyring.clone(),
+            term_leaders: BTreeMap::new(),
         })
     }
 
@@ -311,7 +328,14 @@ impl RaftCore {
     /// It is stepped into raft-rs; the Ready it makes is handled by the next
     /// [`RaftCore::on_ready`], so messages that arrive together share one
     /// redb commit.
-    pub fn on_peer(&mut self, from: &FacilityId, msg: RaftWire) -> Result<(), RaftCoreError> {
+    /// `now_unix_ms` is this facility's wall clock, to check a forwarded
+    /// proposal's timestamp.
+    pub fn on_peer(
+        &mut self,
+        from: &FacilityId,
+        msg: RaftWire,
+        now_unix_ms: u64,
+    ) -> Result<(), RaftCoreError> {
         let from_id = raft_id(from);
         if !self.members.contains_key(&from_id) {
             tracing::warn!(%from, "raft message from a non-member dropped");
@@ -339,7 +363,7 @@ impl RaftCore {
                 }
             }
             RaftWire::Forward { payload } => {
-                let outcome = self.propose_forwarded(from_id, payload);
+                let outcome = self.propose_forwarded(from, payload, now_unix_ms);
                 if let Err((seq, outcome)) = outcome {
                     self.out.push(Output::Send {
                         to: from.clone(),
@@ -371,13 +395,17 @@ impl RaftCore {
 
     fn payload_bytes(&self, seq: u64, command: Command) -> Result<Vec<u8>, ProposeOutcome> {
         let payload = EntryPayload {
-            origin: self.my_id,
+            proposer: self.me.clone(),
             seq,
+            anchor: self.schedule.chain().anchor(),
             command,
         };
-        let bytes = codec::encode(&payload).map_err(|e| ProposeOutcome::Rejected {
+        let encode_err = |e: bulwark_storage::CodecError| ProposeOutcome::Rejected {
             reason: format!("cannot encode: {e}"),
-        })?;
+        };
+        let body = codec::encode(&payload).map_err(encode_err)?;
+        let sig = self.keyring.sign(Domain::Proposal, &body);
+        let bytes = codec::encode(&SignedProposal { body, sig }).map_err(encode_err)?;
         if bytes.len() as u64 > self.config.entry_len_max {
             return Err(ProposeOutcome::Rejected {
                 reason: format!(
@@ -390,9 +418,20 @@ impl RaftCore {
         Ok(bytes)
     }
 
-    /// Proposes `command`. The outcome comes later as [`Output::Proposed`]
-    /// with the returned sequence number, or at once as `Err`.
-    pub fn propose(&mut self, command: Command) -> Result<u64, ProposeOutcome> {
+    /// Proposes `command`, issued and signed by this facility and stamped
+    /// with `now_unix_ms` (the proposer's clock). The outcome comes later as
+    /// [`Output::Proposed`] with the returned sequence number, or at once as
+    /// `Err`.
+    pub fn propose(
+        &mut self,
+        mut command: Command,
+        now_unix_ms: u64,
+    ) -> Result<u64, ProposeOutcome> {
+        // This facility accepted it from its client: it is the issuer, and
+        // its clock stamps it (a retry through another facility is issued
+        // again there; the idempotency key still makes it apply once).
+        command.at_unix_ms = now_unix_ms;
+        command.issued_by = self.me.clone();
         if self.proposals.len() >= self.config.pending_proposals_max {
             return Err(ProposeOutcome::Rejected {
                 reason: "too many proposals in flight".into(),
@@ -431,25 +470,45 @@ impl RaftCore {
 
     fn propose_forwarded(
         &mut self,
-        from_id: u64,
+        from: &FacilityId,
         payload: Vec<u8>,
+        now_unix_ms: u64,
     ) -> Result<(), (u64, ProposeOutcome)> {
-        let decoded: EntryPayload =
-            match codec::decode_limited(&payload, self.config.entry_len_max as usize) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "malformed forwarded proposal dropped");
-                    return Ok(());
-                }
-            };
-        // The origin is bound to the authenticated sender.
-        if decoded.origin != from_id {
-            tracing::warn!(
-                origin = decoded.origin,
-                from_id,
-                "forwarded proposal with a forged origin dropped"
-            );
+        let limit = self.config.entry_len_max as usize;
+        let decoded = codec::decode_limited::<SignedProposal>(&payload, limit)
+            .and_then(|sp| codec::decode_limited::<EntryPayload>(&sp.body, limit).map(|p| (sp, p)));
+        let (signed, decoded) = match decoded {
+            Ok(d) => d,
+            Err(e) => {
+                metrics::counter!("bulwark_raft_forward_refused_total", "reason" => "malformed")
+                    .increment(1);
+                tracing::warn!(error = %e, "malformed forwarded proposal dropped");
+                return Ok(());
+            }
+        };
+        // The proposer is bound to the authenticated sender, and signed it.
+        let signed_ok = self
+            .keyring
+            .public()
+            .verify(from, Domain::Proposal, &signed.body, &signed.sig)
+            .is_ok();
+        if decoded.proposer != *from || decoded.command.issued_by != *from || !signed_ok {
+            metrics::counter!("bulwark_raft_forward_refused_total", "reason" => "forged")
+                .increment(1);
+            tracing::warn!(%from, "forwarded proposal with a forged proposer or signature dropped");
             return Ok(());
+        }
+        let skew = self.config.clock_skew_max_ms;
+        if decoded.command.at_unix_ms.abs_diff(now_unix_ms) > skew {
+            return Err((
+                decoded.seq,
+                ProposeOutcome::Rejected {
+                    reason: format!(
+                        "TIME_TRAVEL: timestamp {} is more than {skew} ms from the leader's clock {now_unix_ms}",
+                        decoded.command.at_unix_ms
+                    ),
+                },
+            ));
         }
         if !self.is_leader() {
             return Err((
@@ -554,6 +613,7 @@ impl RaftCore {
             if !self.node.has_ready() {
                 return Ok(());
             }
+            self.note_leader();
             let mut rd = self.node.ready();
             // 1. Persist: snapshot, entries, hard state (durable redb commits).
             if !rd.snapshot().is_empty() {
@@ -593,6 +653,16 @@ impl RaftCore {
         Ok(())
     }
 
+    fn note_leader(&mut self) {
+        let (term, leader) = (self.node.raft.term, self.node.raft.leader_id);
+        if leader != raft::INVALID_ID && self.term_leaders.get(&term) != Some(&leader) {
+            self.term_leaders.insert(term, leader);
+            while self.term_leaders.len() > TERM_LEADERS_KEPT {
+                self.term_leaders.pop_first();
+            }
+        }
+    }
+
     fn send_all(&mut self, msgs: Vec<raft::eraftpb::Message>) {
         for m in msgs {
             let Some(to) = self.members.get(&m.to).cloned() else {
@@ -618,12 +688,26 @@ impl RaftCore {
                 e.index,
                 self.commit_index()
             );
-            let payload = self.decode_payload(&e);
+            let mut payload = None;
+            let mut verdict = Verdict::Skipped;
             match e.entry_type {
                 EntryType::EntryNormal => {
-                    if let Some(p) = &payload {
-                        self.apply_normal(e.index, p);
+                    let adm = ledger::admit(
+                        &mut self.schedule,
+                        self.keyring.public(),
+                        e.index,
+                        e.term,
+                        &e.data,
+                    );
+                    if let (Some(p), Some(applied)) = (&adm.payload, adm.applied) {
+                        self.answer(e.index, p, applied);
+                    } else if let (Some(p), Verdict::Rejected { reason, .. }) =
+                        (&adm.payload, &adm.verdict)
+                    {
+                        self.answer_refused(p, reason.code());
                     }
+                    payload = adm.payload;
+                    verdict = adm.verdict;
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc: ConfChangeV2 =
@@ -642,36 +726,48 @@ impl RaftCore {
                 let mut h = blake3::Hasher::new();
                 h.update(&[e.entry_type as u8]);
                 h.update(&e.data);
-                self.out.push(Output::Applied(AppliedEntry {
+                let leader = self
+                    .term_leaders
+                    .get(&e.term)
+                    .and_then(|id| self.members.get(id))
+                    .cloned();
+                self.out.push(Output::Applied(Box::new(AppliedEntry {
                     index: e.index,
                     term: e.term,
                     hash: *h.finalize().as_bytes(),
                     payload,
-                }));
+                    verdict,
+                    leader,
+                })));
             }
         }
         Ok(())
     }
 
-    /// The payload of a normal entry; `None` for the leader's empty entry at
-    /// the start of its term, for other entry types, and for a committed
-    /// entry that does not decode (every facility skips it identically).
-    fn decode_payload(&self, e: &raft::eraftpb::Entry) -> Option<EntryPayload> {
-        if e.entry_type != EntryType::EntryNormal || e.data.is_empty() {
-            return None;
+    /// Answers our own proposal whose entry was refused before the schedule
+    /// saw it (a forged signature cannot be ours, but a rejection is
+    /// answered all the same).
+    fn answer_refused(&mut self, payload: &EntryPayload, code: &str) {
+        if payload.proposer != self.me {
+            return;
         }
-        codec::decode(&e.data)
-            .inspect_err(|err| {
-                tracing::error!(index = e.index, error = %err, "committed entry does not decode; skipped")
-            })
-            .ok()
+        if let Some(p) = self.proposals.get(&payload.seq) {
+            if p.key == Some(payload.command.key) {
+                self.proposals.remove(&payload.seq);
+                self.out.push(Output::Proposed {
+                    seq: payload.seq,
+                    outcome: ProposeOutcome::Rejected {
+                        reason: format!("{code}: refused by the ledger's checks"),
+                    },
+                });
+            }
+        }
     }
 
-    fn apply_normal(&mut self, index: u64, payload: &EntryPayload) {
-        let applied = self.schedule.apply(index, &payload.command);
+    fn answer(&mut self, index: u64, payload: &EntryPayload, applied: Applied) {
         // Ours if the origin, the sequence number and the key all match: an
         // entry re-applied after a restart never answers a new proposal.
-        let ours = payload.origin == self.my_id
+        let ours = payload.proposer == self.me
             && self
                 .proposals
                 .get(&payload.seq)
@@ -786,7 +882,8 @@ mod tests {
         let opened = Store::open(&dir.join("f.redb"), "alpha").unwrap();
         let fresh = opened.fresh;
         let logger = super::super::tracing_logger(&me);
-        let mut setup = RaftSetup::new(members);
+        let rings = Keyring::deterministic(&members, 1);
+        let mut setup = RaftSetup::new(members, rings[&me].clone());
         setup.start = start;
         let core = RaftCore::open(opened.store, me, &setup, fresh, &logger);
         (core, fresh)

@@ -33,6 +33,7 @@ use bulwark_storage::{codec, CodecError};
 use bulwark_transport::FacilityId;
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::ChainHead;
 pub use rules::{Interval, Rule};
 
 /// Minutes in a day.
@@ -210,10 +211,12 @@ pub struct IdempotencyKey(pub [u8; 16]);
 pub struct Command {
     /// The client's idempotency key.
     pub key: IdempotencyKey,
-    /// The facility that accepted it from its client.
+    /// The facility that accepted it from its client (set by the proposing
+    /// facility, which signs it).
     pub issued_by: FacilityId,
-    /// When it was issued (the issuer's clock; informative, never used by
-    /// the rules, which must not depend on clocks).
+    /// When it was issued, by the proposing facility's clock (set when it
+    /// is proposed). The schedule's rules never read it; the ledger checks
+    /// it (TIME_TRAVEL).
     pub at_unix_ms: u64,
     /// What to do.
     pub op: Op,
@@ -414,6 +417,9 @@ pub struct ScheduleState {
     keys: BTreeMap<IdempotencyKey, KeyRecord>,
     rejections: VecDeque<RejectionRecord>,
     rejected_total: u64,
+    /// The ledger chain's head: which committed commands joined the chain
+    /// (see [`crate::ledger::admit`]).
+    chain: ChainHead,
     /// Derived: each person's blocks by start time. Rebuilt on restore.
     #[serde(skip)]
     by_person: BTreeMap<PersonId, BTreeMap<(u64, BlockId), Interval>>,
@@ -456,6 +462,34 @@ impl ScheduleState {
         };
         self.remember_key(index, cmd.key, op_hash, outcome.clone());
         Applied::Fresh(outcome)
+    }
+
+    /// Whether `key` was applied before to the same `op` (a retry).
+    pub fn is_duplicate(&self, key: &IdempotencyKey, op: &Op) -> bool {
+        self.keys.get(key).is_some_and(|r| r.op_hash == op_hash(op))
+    }
+
+    /// Records `cmd` as refused for `rejection` (decided outside the
+    /// schedule's own rules, e.g. by the ledger's checks): it changes
+    /// nothing but the rejection log and the key, as a rule would.
+    pub fn reject(&mut self, index: u64, cmd: &Command, rejection: Rejection) -> Applied {
+        self.last_index = self.last_index.max(index);
+        if self.keys.contains_key(&cmd.key) {
+            return self.apply(index, cmd);
+        }
+        self.record_rejection(index, cmd, &rejection);
+        let outcome = Outcome::Rejected(rejection);
+        self.remember_key(index, cmd.key, op_hash(&cmd.op), outcome.clone());
+        Applied::Fresh(outcome)
+    }
+
+    /// The ledger chain's head.
+    pub fn chain(&self) -> &ChainHead {
+        &self.chain
+    }
+
+    pub(crate) fn chain_mut(&mut self) -> &mut ChainHead {
+        &mut self.chain
     }
 
     fn remember_key(
@@ -825,6 +859,7 @@ impl ScheduleState {
     /// over-staffed, nobody works on leave, every person's duty keeps every
     /// rule, the derived indices agree, the bounded records are in bounds.
     pub fn check_invariants(&self) -> Result<(), String> {
+        self.chain.check()?;
         for (blk, people) in &self.assignments {
             let b = self
                 .blocks

@@ -72,6 +72,11 @@ pub enum Rule {
     InvalidInput,
     /// The idempotency key was used for a different command.
     KeyReused,
+    /// The proposal's anchor is not a recent entry of the ledger chain.
+    ChainBreak,
+    /// The proposal's timestamp steps back past its proposer's previous one
+    /// by more than the allowed skew.
+    TimeTravel,
 }
 
 impl Rule {
@@ -93,6 +98,8 @@ impl Rule {
             Rule::AlreadyExists => "ALREADY_EXISTS",
             Rule::InvalidInput => "INVALID_INPUT",
             Rule::KeyReused => "KEY_REUSED",
+            Rule::ChainBreak => "CHAIN_BREAK",
+            Rule::TimeTravel => "TIME_TRAVEL",
         }
     }
 

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bulwark_actors::bft::{bft_child, validator, AppliedFeed, Behaviour, BftConfig, BftSetup};
+use bulwark_actors::keys::Keyring;
 use bulwark_actors::raft::{
     inspect, raft_child, raft_peer, AppliedEntry, ProposeOutcome, RaftConfig, RaftMsg, RaftSetup,
     RaftStatus, ReadOutcome,
@@ -90,7 +92,17 @@ pub struct Cluster {
     pub h: Harness,
     pub observed: Arc<Mutex<Observed>>,
     pub configs: Vec<RaftConfig>,
+    /// Each facility's keyring (deterministic from the seed).
+    pub rings: Vec<Keyring>,
     next_key: u64,
+}
+
+/// Validators to run beside the RaftPeers: settings and each facility's
+/// behaviour.
+#[derive(Clone)]
+pub struct BftPlan {
+    pub config: BftConfig,
+    pub behaviours: Vec<Behaviour>,
 }
 
 /// Per-facility settings for `seed`: the same check-quorum lease for all,
@@ -131,19 +143,56 @@ impl Cluster {
         configs: Vec<RaftConfig>,
         custom: impl Fn(usize, RaftSetup) -> RaftSetup + Send + Sync + 'static,
     ) -> Cluster {
+        Self::start_full(n, seed, configs, custom, None).await
+    }
+
+    /// A cluster whose facilities also run BftValidators.
+    pub async fn start_bft(n: usize, seed: u64, plan: BftPlan) -> Cluster {
+        Self::start_full(n, seed, configs_for(n, seed), |_, s| s, Some(plan)).await
+    }
+
+    pub async fn start_full(
+        n: usize,
+        seed: u64,
+        configs: Vec<RaftConfig>,
+        custom: impl Fn(usize, RaftSetup) -> RaftSetup + Send + Sync + 'static,
+        bft: Option<BftPlan>,
+    ) -> Cluster {
         let observed = Arc::new(Mutex::new(Observed::default()));
         let obs = observed.clone();
         let cfgs = configs.clone();
         let members: Vec<FacilityId> = (0..n).map(harness_id).collect();
+        let by_id = Keyring::deterministic(&members, seed);
+        let rings: Vec<Keyring> = members.iter().map(|f| by_id[f].clone()).collect();
+        let rings2 = rings.clone();
+        // Feeds outlive restarts of the actors (as in the binary).
+        let feeds: Vec<AppliedFeed> = (0..n)
+            .map(|_| AppliedFeed::new(BftConfig::default().feed_len_max))
+            .collect();
         let h = Harness::builder(n, seed)
             .children(move |i| {
                 let obs = obs.clone();
-                let mut setup = RaftSetup::new(members.clone());
+                let mut setup = RaftSetup::new(members.clone(), rings2[i].clone());
                 setup.config = cfgs[i].clone();
-                setup.tap = Some(Arc::new(move |f: &FacilityId, e: &AppliedEntry| {
-                    obs.lock().unwrap().on_applied(f, e)
-                }));
-                vec![raft_child(custom(i, setup))]
+                let tap: bulwark_actors::raft::AppliedTap =
+                    Arc::new(move |f: &FacilityId, e: &AppliedEntry| {
+                        obs.lock().unwrap().on_applied(f, e)
+                    });
+                let mut children = Vec::new();
+                match &bft {
+                    Some(plan) => {
+                        setup.tap = Some(feeds[i].tap(Some(tap)));
+                        children.push(bft_child(BftSetup {
+                            keyring: rings2[i].clone(),
+                            config: plan.config.clone(),
+                            behaviour: plan.behaviours[i],
+                            feed: feeds[i].clone(),
+                        }));
+                    }
+                    None => setup.tap = Some(tap),
+                }
+                children.insert(0, raft_child(custom(i, setup)));
+                children
             })
             .start()
             .await
@@ -152,8 +201,17 @@ impl Cluster {
             h,
             observed,
             configs,
+            rings,
             next_key: 1,
         }
+    }
+
+    /// Facility `i`'s validator status, if it runs.
+    pub async fn bft_status(&self, i: usize) -> Option<bulwark_actors::bft::BftStatus> {
+        if !self.h.is_up(i) {
+            return None;
+        }
+        bulwark_actors::bft::status(&validator(self.h.node(i))?).await
     }
 
     pub fn n(&self) -> usize {

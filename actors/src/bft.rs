@@ -1,0 +1,442 @@
+//! BftValidator: attests to every entry Raft commits, makes entries final
+//! with quorum certificates, and keeps the hash-chained ledger.
+//!
+//! - Raft orders; the validator attests. Each committed entry is judged by
+//!   [`crate::ledger::admit`] on the facility's replica (proposer signature,
+//!   chain anchor, timestamp, schedule rules). An admitted entry has a
+//!   height and a link to the entry before it.
+//! - The validator signs a vote over (height, entry hash, previous hash),
+//!   stores it durably, then sends it to every peer. It never signs two
+//!   entries at one height, across restarts too.
+//! - ⌈(n+f+1)/2⌉ distinct valid votes (f = ⌊(n−1)/3⌋) make a certificate;
+//!   the entry and its certificate are appended to the ledger table, in
+//!   height order.
+//! - Votes that arrive together are verified with one ed25519 batch
+//!   verification; if the batch fails, one by one, to name the bad ones.
+//! - Evidence: equivocation (two votes by one signer at one height, with
+//!   both votes), a forged vote (bad signature, received from the
+//!   offender), a committed proposal that breaks the chain or the rules,
+//!   a vote for an entry the replica refused, votes replayed for final
+//!   heights, and withholding (a heuristic). Trust scores and the pattern
+//!   detectors (favoritism, duty-hour evasion, timestamp manipulation)
+//!   come from it.
+//! - Catch-up: validators announce their final height; one that is behind
+//!   fetches final entries with certificates and verifies each (link,
+//!   certificate, proposal signature) before appending it.
+//!
+//! What it does not do: a lying Raft leader can stall or censor (it decides
+//! what enters the log), but cannot make an entry final without a quorum of
+//! honest votes. With 3 facilities f = 0: a lying facility cannot finalize
+//! alone, but a lying leader that also votes could get two conflicting
+//! entries certified by the two honest sites; that is detected (its double
+//! vote is evidence), not prevented. 4 facilities tolerate one liar, 7 two.
+
+mod core;
+pub mod evidence;
+mod store;
+pub mod wire;
+
+pub use self::core::{BftStatus, Core, Output, Restored};
+pub use self::store::{verify_file, LedgerStore, VerifyError, EVIDENCE_ROWS_MAX};
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use bulwark_runtime::{Address, ChildDef, Delivery, Node, NodeCtx, Zone};
+use bulwark_storage::codec;
+use bulwark_transport::FacilityId;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::keys::Keyring;
+use crate::raft::{AppliedEntry, AppliedTap};
+use evidence::Evidence;
+use wire::BftWire;
+
+/// The BftValidator's registered name.
+pub const BFT: &str = "bft";
+
+/// Settings of a BftValidator. [`Default`] gives the embedded defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BftConfig {
+    /// Length of one validator tick, in ms.
+    pub tick_ms: u64,
+    /// Ticks between re-sends of own votes for entries not yet final (votes
+    /// lost on the way are sent again).
+    pub rebroadcast_ticks: u64,
+    /// Ticks between announcements of the final height (and fetches when
+    /// behind).
+    pub head_ticks: u64,
+    /// A validator this many heights behind a peer fetches, even if it has
+    /// the next entry.
+    pub fetch_lag_heights: u64,
+    /// Final entries asked for per fetch.
+    pub fetch_max: u32,
+    /// The allowed clock skew, in ms: a proposal further ahead of this
+    /// validator's clock is evidence against its proposer (the vote is not
+    /// withheld: finality must not depend on one facility's clock).
+    pub clock_skew_max_ms: u64,
+    /// Votes for heights further above the final one are dropped (bounds
+    /// memory).
+    pub pending_heights_max: u64,
+    /// Evidence kept in memory.
+    pub evidence_kept: usize,
+    /// Final heights in a row without a reachable signer's vote before it
+    /// is suspected of withholding.
+    pub withhold_heights: u64,
+    /// Times a signer is sent the certificate for a final height it votes
+    /// for before more such votes count as stale replays.
+    pub stale_repeats: u32,
+    /// Final heights whose votes are kept (to catch equivocation after
+    /// finality).
+    pub final_votes_kept: u64,
+    /// Applied entries the feed keeps for a validator that is restarting.
+    pub feed_len_max: usize,
+}
+
+impl Default for BftConfig {
+    fn default() -> Self {
+        BftConfig {
+            tick_ms: 100,
+            rebroadcast_ticks: 5,
+            head_ticks: 10,
+            fetch_lag_heights: 64,
+            fetch_max: 256,
+            clock_skew_max_ms: 10_000,
+            pending_heights_max: 65_536,
+            evidence_kept: 10_000,
+            withhold_heights: 16,
+            stale_repeats: 3,
+            final_votes_kept: 1024,
+            feed_len_max: 16_384,
+        }
+    }
+}
+
+impl BftConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tick_ms == 0
+            || self.rebroadcast_ticks == 0
+            || self.head_ticks == 0
+            || self.withhold_heights == 0
+            || self.fetch_max == 0
+            || self.final_votes_kept == 0
+            || self.feed_len_max == 0
+        {
+            return Err("bft tick_ms, rebroadcast_ticks, head_ticks, withhold_heights, fetch_max, final_votes_kept and feed_len_max must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// How a validator behaves. Everything but [`Behaviour::Honest`] is a lie,
+/// for tests that put a Byzantine facility in a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Behaviour {
+    /// Follows the protocol.
+    #[default]
+    Honest,
+    /// Signs a second, different vote at every height and sends each vote
+    /// to half of the peers.
+    Equivocate,
+    /// Also sends votes in another facility's name, signed with its own key.
+    ForgeVotes,
+    /// Votes for entries its replica refused (a double booking, a duty-hour
+    /// violation) at their would-be heights.
+    VoteForInvalid,
+    /// Keeps re-sending its votes for heights that are already final.
+    ReplayStale,
+    /// Never sends its votes.
+    Withhold,
+}
+
+/// Applied entries from the RaftPeer to the validator: a bounded buffer
+/// that outlives restarts of either actor, so a restarting validator picks
+/// up where it left off (or, past the buffer, catches up from peers).
+#[derive(Clone, Default)]
+pub struct AppliedFeed {
+    inner: Arc<Mutex<FeedInner>>,
+}
+
+#[derive(Default)]
+struct FeedInner {
+    entries: VecDeque<AppliedEntry>,
+    cap: usize,
+    subscriber: Option<ActorRef<BftMsg>>,
+    wake_queued: bool,
+}
+
+impl AppliedFeed {
+    /// A feed that keeps the last `cap` entries.
+    pub fn new(cap: usize) -> AppliedFeed {
+        AppliedFeed {
+            inner: Arc::new(Mutex::new(FeedInner {
+                cap: cap.max(1),
+                ..FeedInner::default()
+            })),
+        }
+    }
+
+    /// The tap to give the RaftPeer ([`crate::raft::RaftSetup::tap`]).
+    /// `also` sees every entry too (tests).
+    pub fn tap(&self, also: Option<AppliedTap>) -> AppliedTap {
+        let feed = self.clone();
+        Arc::new(move |f: &FacilityId, e: &AppliedEntry| {
+            if let Some(t) = &also {
+                t(f, e);
+            }
+            feed.push(e);
+        })
+    }
+
+    fn push(&self, e: &AppliedEntry) {
+        let mut g = self.inner.lock().expect("feed lock");
+        // A restarted RaftPeer applies entries past its snapshot again:
+        // they are the same entries, already here.
+        if g.entries.back().is_some_and(|last| e.index <= last.index) {
+            return;
+        }
+        g.entries.push_back(e.clone());
+        while g.entries.len() > g.cap {
+            g.entries.pop_front();
+        }
+        if !g.wake_queued {
+            if let Some(s) = &g.subscriber {
+                if s.cast(BftMsg::Wake).is_ok() {
+                    g.wake_queued = true;
+                }
+            }
+        }
+    }
+
+    fn subscribe(&self, who: ActorRef<BftMsg>) {
+        let mut g = self.inner.lock().expect("feed lock");
+        g.subscriber = Some(who);
+        g.wake_queued = false;
+    }
+
+    fn since(&self, cursor: u64, max: usize) -> Vec<AppliedEntry> {
+        let mut g = self.inner.lock().expect("feed lock");
+        g.wake_queued = false;
+        g.entries
+            .iter()
+            .filter(|e| e.index > cursor)
+            .take(max)
+            .cloned()
+            .collect()
+    }
+}
+
+/// How to make a facility's BftValidator.
+#[derive(Clone)]
+pub struct BftSetup {
+    /// This facility's key and every signer's public key.
+    pub keyring: Keyring,
+    /// Settings.
+    pub config: BftConfig,
+    /// Honest, or a lie (tests).
+    pub behaviour: Behaviour,
+    /// Applied entries from this facility's RaftPeer.
+    pub feed: AppliedFeed,
+}
+
+/// Messages of the [`BftValidator`].
+pub enum BftMsg {
+    /// New applied entries are in the feed.
+    Wake,
+    /// One validator tick.
+    Tick,
+    /// A message from a peer's validator, through the Router.
+    Remote(Delivery),
+    /// The validator's view.
+    Status(RpcReplyPort<BftStatus>),
+    /// Every piece of evidence recorded.
+    Evidence(RpcReplyPort<Vec<Evidence>>),
+    /// Every facility's trust score now.
+    Trust(RpcReplyPort<BTreeMap<FacilityId, f64>>),
+}
+
+/// The BftValidator actor. See the module docs.
+pub struct BftValidator;
+
+/// Its state.
+pub struct BftState {
+    core: Core,
+    store: LedgerStore,
+    ctx: NodeCtx,
+    feed: AppliedFeed,
+    ticker: ractor::concurrency::JoinHandle<()>,
+}
+
+/// Applied entries handled per wake, at most (the rest on the next).
+const FEED_BATCH_MAX: usize = 4096;
+
+/// The BftValidator as a child of the consensus zone.
+pub fn bft_child(setup: BftSetup) -> (Zone, ChildDef) {
+    let def = ChildDef::new(BFT, move |ctx: &NodeCtx| {
+        (
+            BftValidator,
+            BftArgs {
+                ctx: ctx.clone(),
+                setup: setup.clone(),
+            },
+        )
+    });
+    (Zone::Consensus, def)
+}
+
+/// Arguments of a [`BftValidator`].
+#[derive(Clone)]
+pub struct BftArgs {
+    /// The node's context.
+    pub ctx: NodeCtx,
+    /// The setup.
+    pub setup: BftSetup,
+}
+
+/// The running BftValidator of `node`, if any.
+pub fn validator(node: &Node) -> Option<ActorRef<BftMsg>> {
+    ractor::registry::where_is(node.ctx().actor_name(Zone::Consensus, BFT)).map(Into::into)
+}
+
+impl Actor for BftValidator {
+    type Msg = BftMsg;
+    type State = BftState;
+    type Arguments = BftArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<BftMsg>,
+        args: BftArgs,
+    ) -> Result<BftState, ActorProcessingErr> {
+        let setup = args.setup;
+        setup.config.validate()?;
+        let store = LedgerStore::new(args.ctx.store.clone());
+        let restored = store.restore()?;
+        let core = Core::new(
+            setup.keyring,
+            setup.config.clone(),
+            setup.behaviour,
+            restored,
+        );
+        args.ctx
+            .router
+            .register(BFT, myself.clone(), BftMsg::Remote);
+        setup.feed.subscribe(myself.clone());
+        myself.cast(BftMsg::Wake)?;
+        let tick = std::time::Duration::from_millis(setup.config.tick_ms);
+        let ticker = myself.send_interval(tick, || BftMsg::Tick);
+        Ok(BftState {
+            core,
+            store,
+            ctx: args.ctx,
+            feed: setup.feed,
+            ticker,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<BftMsg>,
+        msg: BftMsg,
+        st: &mut BftState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = st.ctx.clock.unix_ms();
+        match msg {
+            BftMsg::Wake => {
+                let batch = st.feed.since(st.core.cursor(), FEED_BATCH_MAX);
+                let more = batch.len() == FEED_BATCH_MAX;
+                for e in &batch {
+                    st.core.on_applied(e, now);
+                }
+                if more {
+                    myself.cast(BftMsg::Wake)?;
+                }
+            }
+            BftMsg::Tick => st.core.on_tick(now),
+            BftMsg::Remote(d) => {
+                let from = d.envelope.from.clone();
+                match codec::decode::<BftWire>(&d.envelope.body) {
+                    Ok(w) => st.core.on_wire(&from, w, now),
+                    Err(e) => {
+                        metrics::counter!("bulwark_bft_malformed_total").increment(1);
+                        tracing::warn!(%from, error = %e, "malformed bft message dropped");
+                    }
+                }
+            }
+            BftMsg::Status(reply) => {
+                let _ = reply.send(st.core.status());
+            }
+            BftMsg::Evidence(reply) => {
+                let _ = reply.send(st.core.evidence().to_vec());
+            }
+            BftMsg::Trust(reply) => {
+                let _ = reply.send(st.core.trust(now));
+            }
+        }
+        carry_out(st)?;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<BftMsg>,
+        st: &mut BftState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.ticker.abort();
+        st.ctx.router.unregister(BFT, myself.get_id());
+        Ok(())
+    }
+}
+
+/// Carries out the core's outputs in order: persistence before the sends
+/// that follow it. A storage failure stops the actor (its supervisor
+/// restarts it from redb).
+fn carry_out(st: &mut BftState) -> Result<(), ActorProcessingErr> {
+    let mut evidence = Vec::new();
+    for out in st.core.drain() {
+        match out {
+            Output::PersistVotes(v) => st.store.persist_votes(&v)?,
+            Output::Final(f) => st.store.append_finals(&f)?,
+            Output::Evidence(e) => evidence.push(e),
+            Output::Send { to, msg } => send(st, to, &msg),
+            Output::ServeFinals { to, from, max } => {
+                let finals = st.store.finals(from, max)?;
+                if !finals.is_empty() {
+                    send(st, to, &BftWire::Finals(finals));
+                }
+            }
+        }
+    }
+    if !evidence.is_empty() {
+        st.store.add_evidence(&evidence)?;
+    }
+    Ok(())
+}
+
+fn send(st: &BftState, to: FacilityId, msg: &BftWire) {
+    match codec::encode(msg) {
+        Ok(body) => {
+            if let Err(e) = st.ctx.router.send(Address::new(to, BFT), body, None) {
+                metrics::counter!("bulwark_bft_send_failed_total").increment(1);
+                tracing::debug!(error = %e, "bft send failed");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "bft message does not encode"),
+    }
+}
+
+/// Asks `v` for its status; `None` if it is gone.
+pub async fn status(v: &ActorRef<BftMsg>) -> Option<BftStatus> {
+    ractor::call!(v, BftMsg::Status).ok()
+}
+
+/// Asks `v` for its evidence; `None` if it is gone.
+pub async fn evidence_of(v: &ActorRef<BftMsg>) -> Option<Vec<Evidence>> {
+    ractor::call!(v, BftMsg::Evidence).ok()
+}
+
+/// Asks `v` for the trust scores; `None` if it is gone.
+pub async fn trust_of(v: &ActorRef<BftMsg>) -> Option<BTreeMap<FacilityId, f64>> {
+    ractor::call!(v, BftMsg::Trust).ok()
+}

@@ -1,0 +1,953 @@
+//! The BftValidator's core: votes, certificates, evidence. No tokio, no
+//! redb: the actor feeds applied entries, peer messages and ticks in, and
+//! carries out the [`Output`]s in order (a vote is persisted before it is
+//! sent).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bulwark_storage::codec;
+use bulwark_transport::FacilityId;
+
+use super::evidence::{trust_score, Evidence, Kind, Patterns};
+use super::wire::{BftWire, FINALS_PER_MSG_MAX, VOTES_PER_MSG_MAX};
+use super::{Behaviour, BftConfig};
+use crate::keys::{Domain, Keyring};
+use crate::ledger::{
+    quorum, verify_final, Certificate, FinalEntry, Hash, Link, Reason, Verdict, Vote, VoteBody,
+    GENESIS,
+};
+use crate::raft::AppliedEntry;
+use crate::schedule::Op;
+
+/// Something the actor must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Persist these own votes and the entries they are for, durably,
+    /// before any later output is carried out.
+    PersistVotes(Vec<(Link, Vote)>),
+    /// Send to a peer.
+    Send {
+        /// The peer.
+        to: FacilityId,
+        /// The message.
+        msg: BftWire,
+    },
+    /// These entries became final, in height order: append to the ledger.
+    Final(Vec<(u64, FinalEntry)>),
+    /// New evidence: persist it.
+    Evidence(Evidence),
+    /// Send `to` the stored final entries from height `from`.
+    ServeFinals {
+        /// The peer.
+        to: FacilityId,
+        /// First height.
+        from: u64,
+        /// How many at most.
+        max: u32,
+    },
+}
+
+/// What the core restores from on start.
+#[derive(Debug, Default, Clone)]
+pub struct Restored {
+    /// The last final height and its hash.
+    pub final_head: (u64, Hash),
+    /// Entries voted for, not final, with this validator's vote.
+    pub pending: Vec<(Link, Vote)>,
+    /// Evidence recorded so far.
+    pub evidence: Vec<Evidence>,
+}
+
+/// A validator's view, for status queries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BftStatus {
+    /// This facility.
+    pub facility: FacilityId,
+    /// Last final height.
+    pub final_height: u64,
+    /// Its hash.
+    pub final_hash: Hash,
+    /// Heights voted for, not yet final.
+    pub pending: usize,
+    /// The validator set's size.
+    pub signers: usize,
+    /// Votes needed.
+    pub quorum: usize,
+    /// Evidence recorded.
+    pub evidence: usize,
+    /// The highest raft index seen.
+    pub cursor: u64,
+}
+
+/// Votes seen for one height, by signer: the hash voted for and the vote.
+type VotesBySigner = BTreeMap<FacilityId, (Hash, Vote)>;
+
+struct Pending {
+    link: Link,
+    my_vote: Option<Vote>,
+}
+
+/// The core. See the module docs.
+pub struct Core {
+    ring: Keyring,
+    config: BftConfig,
+    behaviour: Behaviour,
+    peers: Vec<FacilityId>,
+    quorum: usize,
+    final_height: u64,
+    final_hash: Hash,
+    /// Recent final heights: hash and every vote seen for the height.
+    recent_finals: BTreeMap<u64, (Hash, VotesBySigner)>,
+    pending: BTreeMap<u64, Pending>,
+    /// Votes for heights above the final one, by signer.
+    votes: BTreeMap<u64, VotesBySigner>,
+    my_votes: BTreeMap<u64, Hash>,
+    shadows: BTreeMap<Hash, (u64, &'static str)>,
+    shadow_order: VecDeque<Hash>,
+    relayed: BTreeSet<(u64, FacilityId, Hash)>,
+    stale: BTreeMap<(FacilityId, u64), u32>,
+    evidence: Vec<Evidence>,
+    evidence_seen: BTreeSet<(FacilityId, &'static str, u64, Hash)>,
+    patterns: Patterns,
+    /// Per peer: the first final height of its current streak without a
+    /// vote, and the streak's length.
+    missed: BTreeMap<FacilityId, (u64, u64)>,
+    heard: BTreeMap<FacilityId, u64>,
+    fetch_tick: u64,
+    cursor: u64,
+    ticks: u64,
+    outbox: Vec<(Option<FacilityId>, Vote)>,
+    persist: Vec<(Link, Vote)>,
+    out: Vec<Output>,
+    /// The liar's own final votes, to replay.
+    replay: VecDeque<Vote>,
+}
+
+const SHADOWS_KEPT: usize = 4096;
+
+impl Core {
+    /// A core for `ring`'s facility, resuming from `restored`.
+    pub fn new(ring: Keyring, config: BftConfig, behaviour: Behaviour, restored: Restored) -> Core {
+        let peers: Vec<FacilityId> = ring
+            .public()
+            .facilities()
+            .filter(|f| *f != ring.me())
+            .cloned()
+            .collect();
+        let quorum = quorum(ring.public().len());
+        let mut core = Core {
+            ring,
+            config,
+            behaviour,
+            peers,
+            quorum,
+            final_height: restored.final_head.0,
+            final_hash: restored.final_head.1,
+            recent_finals: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            my_votes: BTreeMap::new(),
+            shadows: BTreeMap::new(),
+            shadow_order: VecDeque::new(),
+            relayed: BTreeSet::new(),
+            stale: BTreeMap::new(),
+            evidence: Vec::new(),
+            evidence_seen: BTreeSet::new(),
+            patterns: Patterns::default(),
+            missed: BTreeMap::new(),
+            heard: BTreeMap::new(),
+            fetch_tick: 0,
+            cursor: 0,
+            ticks: 0,
+            outbox: Vec::new(),
+            persist: Vec::new(),
+            out: Vec::new(),
+            replay: VecDeque::new(),
+        };
+        for e in restored.evidence {
+            if core.evidence_seen.insert(e.dedup_key()) {
+                core.evidence.push(e);
+            }
+        }
+        for (link, vote) in restored.pending {
+            let h = link.entry.height;
+            if h <= core.final_height {
+                continue;
+            }
+            core.cursor = core.cursor.max(link.entry.raft_index);
+            core.my_votes.insert(h, link.hash);
+            core.votes
+                .entry(h)
+                .or_default()
+                .insert(core.ring.me().clone(), (link.hash, vote.clone()));
+            core.pending.insert(
+                h,
+                Pending {
+                    link,
+                    my_vote: Some(vote),
+                },
+            );
+        }
+        core
+    }
+
+    /// Takes what the actor must do now, in order.
+    pub fn drain(&mut self) -> Vec<Output> {
+        self.flush_votes();
+        std::mem::take(&mut self.out)
+    }
+
+    fn flush_votes(&mut self) {
+        if !self.persist.is_empty() {
+            let p = std::mem::take(&mut self.persist);
+            self.out.push(Output::PersistVotes(p));
+        }
+        if self.outbox.is_empty() {
+            return;
+        }
+        let mut per: BTreeMap<FacilityId, Vec<Vote>> = BTreeMap::new();
+        for (to, vote) in std::mem::take(&mut self.outbox) {
+            match to {
+                Some(t) => per.entry(t).or_default().push(vote),
+                None => {
+                    for p in &self.peers {
+                        per.entry(p.clone()).or_default().push(vote.clone());
+                    }
+                }
+            }
+        }
+        for (to, votes) in per {
+            for chunk in votes.chunks(VOTES_PER_MSG_MAX) {
+                self.out.push(Output::Send {
+                    to: to.clone(),
+                    msg: BftWire::Votes(chunk.to_vec()),
+                });
+            }
+        }
+    }
+
+    /// The highest raft index seen (applied entries at or below it are not
+    /// new).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The status.
+    pub fn status(&self) -> BftStatus {
+        BftStatus {
+            facility: self.ring.me().clone(),
+            final_height: self.final_height,
+            final_hash: self.final_hash,
+            pending: self.pending.len(),
+            signers: self.ring.public().len(),
+            quorum: self.quorum,
+            evidence: self.evidence.len(),
+            cursor: self.cursor,
+        }
+    }
+
+    /// Every piece of evidence recorded.
+    pub fn evidence(&self) -> &[Evidence] {
+        &self.evidence
+    }
+
+    /// Every facility's trust score at `now_unix_ms`.
+    pub fn trust(&self, now_unix_ms: u64) -> BTreeMap<FacilityId, f64> {
+        self.ring
+            .public()
+            .facilities()
+            .map(|f| (f.clone(), trust_score(f, &self.evidence, now_unix_ms)))
+            .collect()
+    }
+
+    fn record(&mut self, offender: FacilityId, kind: Kind, now_unix_ms: u64) {
+        if offender == *self.ring.me() {
+            return;
+        }
+        let e = Evidence {
+            offender,
+            at_unix_ms: now_unix_ms,
+            kind,
+        };
+        if !self.evidence_seen.insert(e.dedup_key()) {
+            return;
+        }
+        metrics::counter!("bulwark_bft_evidence_total", "kind" => e.kind.code()).increment(1);
+        tracing::warn!(offender = %e.offender, kind = e.kind.code(), "evidence recorded");
+        if self.evidence.len() >= self.config.evidence_kept {
+            self.evidence.remove(0);
+        }
+        self.evidence.push(e.clone());
+        self.out.push(Output::Evidence(e));
+    }
+
+    /// One entry the facility's RaftPeer applied.
+    pub fn on_applied(&mut self, e: &AppliedEntry, now_unix_ms: u64) {
+        if e.index <= self.cursor {
+            return;
+        }
+        self.cursor = e.index;
+        let assigned = e
+            .payload
+            .as_ref()
+            .map(|p| assigned_people(&p.command.op))
+            .unwrap_or_default();
+        match &e.verdict {
+            Verdict::Admitted(link) => {
+                self.patterns_note(&link.entry.proposer, false, &assigned, now_unix_ms);
+                let ahead = link.entry.at_unix_ms.saturating_sub(now_unix_ms);
+                if ahead > self.config.clock_skew_max_ms {
+                    self.record(
+                        link.entry.proposer.clone(),
+                        Kind::FutureTimestamp {
+                            raft_index: e.index,
+                            ahead_ms: ahead,
+                        },
+                        now_unix_ms,
+                    );
+                }
+                self.on_admitted(link.clone(), now_unix_ms);
+            }
+            Verdict::Rejected {
+                reason,
+                proposer,
+                shadow,
+            } => {
+                let proof = shadow
+                    .as_ref()
+                    .map(|s| s.entry.proposal.clone())
+                    .unwrap_or_default();
+                match reason {
+                    Reason::ForgedSignature => {
+                        // Not signed by its claimed proposer: the term's
+                        // leader put it in the log.
+                        if let Some(leader) = &e.leader {
+                            self.record(
+                                leader.clone(),
+                                Kind::BadProposal {
+                                    reason: reason.code().into(),
+                                    raft_index: e.index,
+                                    proposal: proof,
+                                },
+                                now_unix_ms,
+                            );
+                        }
+                        return;
+                    }
+                    Reason::TimeTravel => self.record(
+                        proposer.clone(),
+                        Kind::TimestampManipulation {
+                            raft_index: e.index,
+                        },
+                        now_unix_ms,
+                    ),
+                    r if r.is_violation() => self.record(
+                        proposer.clone(),
+                        Kind::BadProposal {
+                            reason: r.code().into(),
+                            raft_index: e.index,
+                            proposal: proof,
+                        },
+                        now_unix_ms,
+                    ),
+                    _ => {}
+                }
+                let violation = matches!(reason, Reason::DoubleAssign | Reason::AcgmeViolation);
+                self.patterns_note(proposer, violation, &assigned, now_unix_ms);
+                if let Some(s) = shadow {
+                    if reason.is_violation() {
+                        self.note_shadow(s, reason.code());
+                    }
+                }
+            }
+            Verdict::Duplicate | Verdict::Skipped => {}
+        }
+    }
+
+    fn patterns_note(
+        &mut self,
+        proposer: &FacilityId,
+        violation: bool,
+        assigned: &[String],
+        now_unix_ms: u64,
+    ) {
+        for kind in self.patterns.note(proposer, violation, assigned) {
+            self.record(proposer.clone(), kind, now_unix_ms);
+        }
+    }
+
+    fn note_shadow(&mut self, s: &Link, code: &'static str) {
+        self.shadows.insert(s.hash, (s.entry.height, code));
+        self.shadow_order.push_back(s.hash);
+        while self.shadow_order.len() > SHADOWS_KEPT {
+            if let Some(old) = self.shadow_order.pop_front() {
+                self.shadows.remove(&old);
+            }
+        }
+        if self.behaviour == Behaviour::VoteForInvalid {
+            let body = VoteBody {
+                signer: self.ring.me().clone(),
+                height: s.entry.height,
+                hash: s.hash,
+                prev: s.entry.prev,
+            };
+            if let Ok(v) = Vote::sign(&self.ring, &body) {
+                self.my_votes.insert(s.entry.height, s.hash);
+                self.outbox.push((None, v));
+            }
+        }
+    }
+
+    fn on_admitted(&mut self, link: Link, now_unix_ms: u64) {
+        let h = link.entry.height;
+        if h <= self.final_height {
+            return;
+        }
+        if let Some(p) = self.pending.get(&h) {
+            if p.link.hash != link.hash {
+                metrics::counter!("bulwark_bft_divergence_total").increment(1);
+                tracing::error!(
+                    height = h,
+                    "replica gave another entry for a height already voted"
+                );
+            }
+            return;
+        }
+        // CHAIN_BREAK: the entry must link to the one before it, as far as
+        // this validator knows it.
+        let known_prev = if h == self.final_height + 1 {
+            Some(self.final_hash)
+        } else {
+            self.pending.get(&(h - 1)).map(|p| p.link.hash)
+        };
+        if known_prev.is_some_and(|p| p != link.entry.prev) {
+            metrics::counter!("bulwark_bft_divergence_total").increment(1);
+            tracing::error!(
+                height = h,
+                "CHAIN_BREAK: entry does not link to the ledger head; no vote"
+            );
+            return;
+        }
+        let my_vote = match self.my_votes.get(&h) {
+            Some(hash) if *hash != link.hash => None, // never sign two entries at one height
+            _ => self.sign_vote(&link),
+        };
+        if let Some(v) = &my_vote {
+            self.my_votes.insert(h, link.hash);
+            self.persist.push((link.clone(), v.clone()));
+            self.votes
+                .entry(h)
+                .or_default()
+                .insert(self.ring.me().clone(), (link.hash, v.clone()));
+            self.send_own(h, v, &link);
+        }
+        self.pending.insert(
+            h,
+            Pending {
+                link: link.clone(),
+                my_vote,
+            },
+        );
+        // Votes that arrived before the entry: check them against it.
+        let early: Vec<(FacilityId, Hash, Vote)> = self
+            .votes
+            .get(&h)
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, (hash, _))| *hash != link.hash)
+                    .map(|(s, (hash, v))| (s.clone(), *hash, v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (signer, hash, vote) in early {
+            self.conflicting(None, &signer, h, &hash, &vote, now_unix_ms);
+        }
+        self.try_finalize(now_unix_ms);
+    }
+
+    fn sign_vote(&self, link: &Link) -> Option<Vote> {
+        let body = VoteBody {
+            signer: self.ring.me().clone(),
+            height: link.entry.height,
+            hash: link.hash,
+            prev: link.entry.prev,
+        };
+        Vote::sign(&self.ring, &body).ok()
+    }
+
+    /// Sends this validator's vote the way its behaviour says.
+    fn send_own(&mut self, h: u64, v: &Vote, link: &Link) {
+        match self.behaviour {
+            Behaviour::Honest | Behaviour::ReplayStale | Behaviour::VoteForInvalid => {
+                self.outbox.push((None, v.clone()))
+            }
+            Behaviour::Withhold => {}
+            Behaviour::Equivocate => {
+                let mut evil = *blake3::hash(&link.hash).as_bytes();
+                evil[0] ^= 0xff;
+                let body = VoteBody {
+                    signer: self.ring.me().clone(),
+                    height: h,
+                    hash: evil,
+                    prev: link.entry.prev,
+                };
+                let Ok(other) = Vote::sign(&self.ring, &body) else {
+                    return;
+                };
+                let half = self.peers.len() / 2;
+                for (i, p) in self.peers.clone().into_iter().enumerate() {
+                    let vote = if i < half { v.clone() } else { other.clone() };
+                    self.outbox.push((Some(p), vote));
+                }
+            }
+            Behaviour::ForgeVotes => {
+                self.outbox.push((None, v.clone()));
+                // A vote in a victim's name, signed with the liar's own key.
+                if let Some(victim) = self.peers.first().cloned() {
+                    let body = VoteBody {
+                        signer: victim.clone(),
+                        height: h,
+                        hash: link.hash,
+                        prev: link.entry.prev,
+                    };
+                    if let Ok(bytes) = codec::encode(&body) {
+                        let sig = self.ring.sign(Domain::Vote, &bytes);
+                        let forged = Vote { body: bytes, sig };
+                        for p in self.peers.clone() {
+                            if p != victim {
+                                self.outbox.push((Some(p), forged.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message from a peer's validator. `from` is the authenticated
+    /// sender.
+    pub fn on_wire(&mut self, from: &FacilityId, msg: BftWire, now_unix_ms: u64) {
+        if !self.peers.contains(from) {
+            metrics::counter!("bulwark_bft_unknown_peer_total").increment(1);
+            return;
+        }
+        match msg {
+            BftWire::Votes(votes) => self.on_votes(from, votes, now_unix_ms),
+            BftWire::Head { height } => {
+                self.heard.insert(from.clone(), self.ticks);
+                if height > self.final_height && self.ticks >= self.fetch_tick {
+                    // Behind a peer and not finalizing by ourselves: ask.
+                    let stuck = !self.pending.contains_key(&(self.final_height + 1))
+                        || height >= self.final_height + self.config.fetch_lag_heights;
+                    if stuck {
+                        self.fetch_tick = self.ticks + self.config.head_ticks;
+                        self.out.push(Output::Send {
+                            to: from.clone(),
+                            msg: BftWire::Fetch {
+                                from: self.final_height + 1,
+                                max: self.config.fetch_max.min(FINALS_PER_MSG_MAX),
+                            },
+                        });
+                    }
+                }
+            }
+            BftWire::Fetch { from: h, max } => {
+                if h <= self.final_height && h > 0 {
+                    self.out.push(Output::ServeFinals {
+                        to: from.clone(),
+                        from: h,
+                        max: max.min(FINALS_PER_MSG_MAX),
+                    });
+                }
+            }
+            BftWire::Finals(finals) => self.on_finals(from, finals, now_unix_ms),
+        }
+    }
+
+    fn on_votes(&mut self, from: &FacilityId, votes: Vec<Vote>, now_unix_ms: u64) {
+        if votes.len() > VOTES_PER_MSG_MAX {
+            metrics::counter!("bulwark_bft_oversized_total").increment(1);
+            return;
+        }
+        let mut decoded = Vec::with_capacity(votes.len());
+        for v in votes {
+            match v.decode() {
+                Ok(b) if self.ring.public().get(&b.signer).is_some() => decoded.push((b, v)),
+                _ => metrics::counter!("bulwark_bft_malformed_total").increment(1),
+            }
+        }
+        if decoded.is_empty() {
+            return;
+        }
+        let items: Vec<(&FacilityId, &[u8], &crate::keys::Sig)> = decoded
+            .iter()
+            .map(|(b, v)| (&b.signer, v.body.as_slice(), &v.sig))
+            .collect();
+        metrics::counter!("bulwark_bft_votes_verified_total").increment(items.len() as u64);
+        let all_good = self
+            .ring
+            .public()
+            .verify_batch(Domain::Vote, &items)
+            .is_ok();
+        for (body, vote) in decoded {
+            let good = all_good
+                || self
+                    .ring
+                    .public()
+                    .verify(&body.signer, Domain::Vote, &vote.body, &vote.sig)
+                    .is_ok();
+            if !good {
+                self.record(
+                    from.clone(),
+                    Kind::BadVoteSignature {
+                        claimed: body.signer.clone(),
+                        vote,
+                    },
+                    now_unix_ms,
+                );
+                continue;
+            }
+            self.accept_vote(from, body, vote, now_unix_ms);
+        }
+        self.try_finalize(now_unix_ms);
+    }
+
+    fn accept_vote(&mut self, from: &FacilityId, body: VoteBody, vote: Vote, now_unix_ms: u64) {
+        let h = body.height;
+        if h <= self.final_height {
+            self.on_late_vote(from, body, vote, now_unix_ms);
+            return;
+        }
+        if h > self.final_height + self.config.pending_heights_max {
+            return;
+        }
+        let slot = self.votes.entry(h).or_default();
+        if let Some((hash, first)) = slot.get(&body.signer) {
+            if *hash != body.hash {
+                let first = first.clone();
+                self.record(
+                    body.signer.clone(),
+                    Kind::Equivocation {
+                        height: h,
+                        first: first.clone(),
+                        second: vote.clone(),
+                    },
+                    now_unix_ms,
+                );
+                // Both votes travel on, so every peer can see the pair.
+                self.relay(from, &body, &vote);
+                if let Ok(first_body) = first.decode() {
+                    self.relay(from, &first_body, &first);
+                }
+            }
+            return;
+        }
+        slot.insert(body.signer.clone(), (body.hash, vote.clone()));
+        if let Some(p) = self.pending.get(&h) {
+            if p.link.hash != body.hash {
+                self.conflicting(Some(from), &body.signer, h, &body.hash, &vote, now_unix_ms);
+            }
+        }
+    }
+
+    /// A valid vote for another entry than ours at `h`: relay it (so peers
+    /// holding the signer's other vote see the equivocation) and, if it is
+    /// for an entry our replica refused, record it.
+    fn conflicting(
+        &mut self,
+        from: Option<&FacilityId>,
+        signer: &FacilityId,
+        h: u64,
+        hash: &Hash,
+        vote: &Vote,
+        now_unix_ms: u64,
+    ) {
+        if let Some((_, code)) = self.shadows.get(hash) {
+            self.record(
+                signer.clone(),
+                Kind::VoteForInvalid {
+                    reason: (*code).into(),
+                    vote: vote.clone(),
+                },
+                now_unix_ms,
+            );
+        }
+        let body = VoteBody {
+            signer: signer.clone(),
+            height: h,
+            hash: *hash,
+            prev: GENESIS,
+        };
+        let me = self.ring.me().clone();
+        self.relay(from.unwrap_or(&me), &body, vote);
+    }
+
+    fn relay(&mut self, from: &FacilityId, body: &VoteBody, vote: &Vote) {
+        if !self
+            .relayed
+            .insert((body.height, body.signer.clone(), body.hash))
+        {
+            return;
+        }
+        for p in self.peers.clone() {
+            if p != *from && p != body.signer {
+                self.outbox.push((Some(p), vote.clone()));
+            }
+        }
+    }
+
+    fn on_late_vote(&mut self, from: &FacilityId, body: VoteBody, vote: Vote, now_unix_ms: u64) {
+        let h = body.height;
+        if let Some((hash, seen)) = self.recent_finals.get(&h) {
+            if *hash != body.hash {
+                if let Some((_, first)) = seen.get(&body.signer) {
+                    if first.body != vote.body {
+                        let first = first.clone();
+                        self.record(
+                            body.signer.clone(),
+                            Kind::Equivocation {
+                                height: h,
+                                first,
+                                second: vote.clone(),
+                            },
+                            now_unix_ms,
+                        );
+                    }
+                } else if let Some((_, code)) = self.shadows.get(&body.hash) {
+                    self.record(
+                        body.signer.clone(),
+                        Kind::VoteForInvalid {
+                            reason: (*code).into(),
+                            vote: vote.clone(),
+                        },
+                        now_unix_ms,
+                    );
+                }
+                self.relay(from, &body, &vote);
+                return;
+            }
+        }
+        // A vote for a final entry: a late voter is no withholder.
+        if self
+            .recent_finals
+            .get(&h)
+            .is_some_and(|(hash, _)| *hash == body.hash)
+        {
+            if let Some(m) = self.missed.get_mut(&body.signer) {
+                *m = (self.final_height + 1, 0);
+            }
+        }
+        // From its own signer: send it the certificate a few times; after
+        // that it is a replay.
+        if *from != body.signer {
+            return;
+        }
+        let n = self.stale.entry((body.signer.clone(), h)).or_default();
+        *n += 1;
+        let n = *n;
+        if n <= self.config.stale_repeats {
+            self.out.push(Output::ServeFinals {
+                to: from.clone(),
+                from: h,
+                max: 1,
+            });
+        } else {
+            self.record(
+                body.signer.clone(),
+                Kind::StaleVote {
+                    height: h,
+                    repeats: n - self.config.stale_repeats,
+                    vote,
+                },
+                now_unix_ms,
+            );
+        }
+        while self.stale.len() > 65_536 {
+            self.stale.pop_first();
+        }
+    }
+
+    /// Appends every final entry that is now certified, in height order.
+    fn try_finalize(&mut self, now_unix_ms: u64) {
+        let mut finals = Vec::new();
+        loop {
+            let h = self.final_height + 1;
+            let Some(p) = self.pending.get(&h) else { break };
+            if p.link.entry.prev != self.final_hash {
+                metrics::counter!("bulwark_bft_divergence_total").increment(1);
+                tracing::error!(height = h, "pending entry does not link to the final head");
+                break;
+            }
+            let hash = p.link.hash;
+            let slot = self.votes.get(&h);
+            let for_it: Vec<Vote> = slot
+                .map(|m| {
+                    m.values()
+                        .filter(|(vh, _)| *vh == hash)
+                        .map(|(_, v)| v.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if for_it.len() < self.quorum {
+                break;
+            }
+            let cert = Certificate {
+                height: h,
+                hash,
+                prev: p.link.entry.prev,
+                votes: for_it,
+            };
+            let fin = FinalEntry {
+                entry: p.link.bytes.clone(),
+                cert,
+            };
+            finals.push((h, fin));
+            self.advance(h, hash, now_unix_ms);
+        }
+        if !finals.is_empty() {
+            metrics::counter!("bulwark_bft_final_total").increment(finals.len() as u64);
+            self.out.push(Output::Final(finals));
+        }
+    }
+
+    fn advance(&mut self, h: u64, hash: Hash, now_unix_ms: u64) {
+        let seen = self.votes.remove(&h).unwrap_or_default();
+        for peer in &self.peers {
+            let voted = seen.get(peer).is_some_and(|(vh, _)| *vh == hash);
+            let m = self.missed.entry(peer.clone()).or_insert((h, 0));
+            *m = if voted { (h + 1, 0) } else { (m.0, m.1 + 1) };
+        }
+        let _ = now_unix_ms;
+        if self.behaviour == Behaviour::ReplayStale {
+            if let Some((_, v)) = seen.get(self.ring.me()) {
+                self.replay.push_back(v.clone());
+                while self.replay.len() > 64 {
+                    self.replay.pop_front();
+                }
+            }
+        }
+        self.recent_finals.insert(h, (hash, seen));
+        while self.recent_finals.len() as u64 > self.config.final_votes_kept {
+            self.recent_finals.pop_first();
+        }
+        self.pending.remove(&h);
+        self.my_votes.remove(&h);
+        self.final_height = h;
+        self.final_hash = hash;
+        let floor = h.saturating_sub(self.config.final_votes_kept);
+        self.relayed.retain(|(rh, _, _)| *rh > floor);
+    }
+
+    /// Final entries from a peer (catch-up): each is verified (certificate,
+    /// link, proposal signature) before it is trusted.
+    fn on_finals(&mut self, from: &FacilityId, finals: Vec<FinalEntry>, now_unix_ms: u64) {
+        if finals.len() > FINALS_PER_MSG_MAX as usize {
+            metrics::counter!("bulwark_bft_oversized_total").increment(1);
+            return;
+        }
+        let mut adopted = Vec::new();
+        for fin in finals {
+            let h = self.final_height + 1;
+            if fin.cert.height < h {
+                continue;
+            }
+            match verify_final(&fin, h, &self.final_hash, self.ring.public()) {
+                Ok((_, hash, _)) => {
+                    if let Some(p) = self.pending.get(&h) {
+                        if p.link.hash != hash {
+                            metrics::counter!("bulwark_bft_divergence_total").increment(1);
+                            tracing::error!(
+                                height = h,
+                                "a certified entry differs from this replica's"
+                            );
+                        }
+                    }
+                    // Remember the certificate's votes for equivocation checks.
+                    for v in &fin.cert.votes {
+                        if let Ok(b) = v.decode() {
+                            self.votes
+                                .entry(h)
+                                .or_default()
+                                .entry(b.signer)
+                                .or_insert((hash, v.clone()));
+                        }
+                    }
+                    self.advance(h, hash, now_unix_ms);
+                    adopted.push((h, fin));
+                }
+                Err(fault) => {
+                    metrics::counter!("bulwark_bft_catchup_refused_total").increment(1);
+                    tracing::warn!(%from, %fault, "final entry from a peer refused");
+                    break;
+                }
+            }
+        }
+        if !adopted.is_empty() {
+            metrics::counter!("bulwark_bft_caught_up_total").increment(adopted.len() as u64);
+            self.out.push(Output::Final(adopted));
+        }
+        self.try_finalize(now_unix_ms);
+    }
+
+    /// One tick: re-send own votes for heights not yet final, announce the
+    /// head.
+    pub fn on_tick(&mut self, now_unix_ms: u64) {
+        self.ticks += 1;
+        if self.ticks % self.config.rebroadcast_ticks == 0 && self.behaviour != Behaviour::Withhold
+        {
+            let mine: Vec<Vote> = self
+                .pending
+                .values()
+                .filter_map(|p| p.my_vote.clone())
+                .take(VOTES_PER_MSG_MAX)
+                .collect();
+            for v in mine {
+                self.outbox.push((None, v));
+            }
+        }
+        if self.ticks % self.config.head_ticks == 0 {
+            for p in self.peers.clone() {
+                self.out.push(Output::Send {
+                    to: p,
+                    msg: BftWire::Head {
+                        height: self.final_height,
+                    },
+                });
+            }
+        }
+        // A peer in touch (its heads arrive) whose votes are missing from
+        // many final heights in a row.
+        let suspects: Vec<(FacilityId, u64, u64)> = self
+            .missed
+            .iter()
+            .filter(|(p, (_, n))| {
+                *n >= self.config.withhold_heights
+                    && self
+                        .heard
+                        .get(*p)
+                        .is_some_and(|t| self.ticks <= t + 3 * self.config.head_ticks)
+            })
+            .map(|(p, (since, n))| (p.clone(), *since, *n))
+            .collect();
+        for (peer, since, missed) in suspects {
+            self.record(peer, Kind::Withholding { since, missed }, now_unix_ms);
+        }
+        if self.behaviour == Behaviour::ReplayStale {
+            let old: Vec<Vote> = self.replay.iter().cloned().collect();
+            for v in old {
+                self.outbox.push((None, v));
+            }
+        }
+    }
+}
+
+/// The people a command puts on blocks (for the favoritism detector).
+fn assigned_people(op: &Op) -> Vec<String> {
+    match op {
+        Op::Assign { person, .. } | Op::EmergencyCoverage { person, .. } => {
+            vec![person.as_str().to_string()]
+        }
+        Op::Swap { a, b, .. } => vec![a.as_str().to_string(), b.as_str().to_string()],
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,264 @@
+//! The validator's tables in the facility's redb file: the ledger of final
+//! entries, its own votes and the entries they are for, and evidence.
+//! Every write is one durable transaction.
+
+use std::path::Path;
+
+use bulwark_storage::schema::{BFT_PENDING, BFT_VOTES, EVIDENCE, LEDGER, LEDGER_CERTS};
+use bulwark_storage::{codec, StorageError, Store};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableError};
+
+use super::core::Restored;
+use super::evidence::Evidence;
+use crate::keys::PublicKeys;
+use crate::ledger::{
+    verify_chain, Certificate, FinalEntry, LedgerEntry, LedgerFault, Link, VerifyReport, Vote,
+    CERTIFICATE_LEN_MAX, ENTRY_LEN_MAX, GENESIS,
+};
+
+/// Evidence rows kept in the table.
+pub const EVIDENCE_ROWS_MAX: u64 = 10_000;
+
+/// The validator's view of the store.
+#[derive(Clone, Debug)]
+pub struct LedgerStore {
+    store: Store,
+}
+
+impl LedgerStore {
+    /// Wraps `store`.
+    pub fn new(store: Store) -> LedgerStore {
+        LedgerStore { store }
+    }
+
+    /// Loads what the core resumes from.
+    pub fn restore(&self) -> Result<Restored, StorageError> {
+        let s = &self.store;
+        let tx = s.database().begin_read().map_err(|e| s.redb(e))?;
+        let mut r = Restored {
+            final_head: (0, GENESIS),
+            ..Restored::default()
+        };
+        match tx.open_table(LEDGER) {
+            Ok(t) => {
+                if let Some((k, v)) = t.last().map_err(|e| s.redb(e))? {
+                    r.final_head = (k.value(), *blake3::hash(v.value()).as_bytes());
+                }
+            }
+            Err(TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(s.redb(e)),
+        }
+        let votes = match tx.open_table(BFT_VOTES) {
+            Ok(t) => Some(t),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(s.redb(e)),
+        };
+        match tx.open_table(BFT_PENDING) {
+            Ok(t) => {
+                for row in t.range(r.final_head.0 + 1..).map_err(|e| s.redb(e))? {
+                    let (k, v) = row.map_err(|e| s.redb(e))?;
+                    let h = k.value();
+                    let bytes = v.value().to_vec();
+                    let entry: LedgerEntry = codec::decode_limited(&bytes, ENTRY_LEN_MAX)
+                        .map_err(|e| s.codec_error("bft_pending", h, e))?;
+                    let Some(vt) = &votes else { continue };
+                    let Some(vb) = vt.get(h).map_err(|e| s.redb(e))? else {
+                        continue;
+                    };
+                    let vote: Vote =
+                        codec::decode(vb.value()).map_err(|e| s.codec_error("bft_votes", h, e))?;
+                    let hash = *blake3::hash(&bytes).as_bytes();
+                    r.pending.push((Link { entry, bytes, hash }, vote));
+                }
+            }
+            Err(TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(s.redb(e)),
+        }
+        match tx.open_table(EVIDENCE) {
+            Ok(t) => {
+                for row in t.iter().map_err(|e| s.redb(e))? {
+                    let (k, v) = row.map_err(|e| s.redb(e))?;
+                    let e: Evidence = codec::decode(v.value())
+                        .map_err(|e| s.codec_error("evidence", k.value(), e))?;
+                    r.evidence.push(e);
+                }
+            }
+            Err(TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(s.redb(e)),
+        }
+        Ok(r)
+    }
+
+    /// Stores own votes and the entries they are for (before they leave).
+    pub fn persist_votes(&self, votes: &[(Link, Vote)]) -> Result<(), StorageError> {
+        let s = &self.store;
+        let tx = s.begin_write()?;
+        {
+            let mut vt = tx.open_table(BFT_VOTES).map_err(|e| s.redb(e))?;
+            let mut pt = tx.open_table(BFT_PENDING).map_err(|e| s.redb(e))?;
+            for (link, vote) in votes {
+                let h = link.entry.height;
+                let vb = codec::encode(vote).map_err(|e| s.codec_error("bft_votes", h, e))?;
+                vt.insert(h, vb.as_slice()).map_err(|e| s.redb(e))?;
+                pt.insert(h, link.bytes.as_slice()).map_err(|e| s.redb(e))?;
+            }
+        }
+        tx.commit().map_err(|e| s.redb(e))
+    }
+
+    /// Appends final entries (in height order) and drops the votes and
+    /// pending entries they settle.
+    pub fn append_finals(&self, finals: &[(u64, FinalEntry)]) -> Result<(), StorageError> {
+        let s = &self.store;
+        let Some(last) = finals.last().map(|f| f.0) else {
+            return Ok(());
+        };
+        let tx = s.begin_write()?;
+        {
+            let mut lt = tx.open_table(LEDGER).map_err(|e| s.redb(e))?;
+            let mut ct = tx.open_table(LEDGER_CERTS).map_err(|e| s.redb(e))?;
+            if let Some((k, _)) = lt.last().map_err(|e| s.redb(e))? {
+                let head = k.value();
+                assert_eq!(head + 1, finals[0].0, "ledger appends must be contiguous");
+            } else {
+                assert_eq!(finals[0].0, 1, "the ledger starts at height 1");
+            }
+            for (h, fin) in finals {
+                let cert =
+                    codec::encode(&fin.cert).map_err(|e| s.codec_error("ledger_certs", h, e))?;
+                lt.insert(*h, fin.entry.as_slice()).map_err(|e| s.redb(e))?;
+                ct.insert(*h, cert.as_slice()).map_err(|e| s.redb(e))?;
+            }
+            let mut vt = tx.open_table(BFT_VOTES).map_err(|e| s.redb(e))?;
+            vt.retain_in(..=last, |_, _| false).map_err(|e| s.redb(e))?;
+            let mut pt = tx.open_table(BFT_PENDING).map_err(|e| s.redb(e))?;
+            pt.retain_in(..=last, |_, _| false).map_err(|e| s.redb(e))?;
+        }
+        tx.commit().map_err(|e| s.redb(e))
+    }
+
+    /// Records evidence (the oldest rows go past [`EVIDENCE_ROWS_MAX`]).
+    pub fn add_evidence(&self, evidence: &[Evidence]) -> Result<(), StorageError> {
+        let s = &self.store;
+        let tx = s.begin_write()?;
+        {
+            let mut t = tx.open_table(EVIDENCE).map_err(|e| s.redb(e))?;
+            let mut next = t
+                .last()
+                .map_err(|e| s.redb(e))?
+                .map_or(0, |(k, _)| k.value() + 1);
+            for e in evidence {
+                let b = codec::encode(e).map_err(|err| s.codec_error("evidence", next, err))?;
+                t.insert(next, b.as_slice()).map_err(|e| s.redb(e))?;
+                next += 1;
+            }
+            if t.len().map_err(|e| s.redb(e))? > EVIDENCE_ROWS_MAX {
+                let keep_from = next.saturating_sub(EVIDENCE_ROWS_MAX);
+                t.retain_in(..keep_from, |_, _| false)
+                    .map_err(|e| s.redb(e))?;
+            }
+        }
+        tx.commit().map_err(|e| s.redb(e))
+    }
+
+    /// Final entries from `from`, at most `max`.
+    pub fn finals(&self, from: u64, max: u32) -> Result<Vec<FinalEntry>, StorageError> {
+        let s = &self.store;
+        let tx = s.database().begin_read().map_err(|e| s.redb(e))?;
+        let (t, ct) = match (tx.open_table(LEDGER), tx.open_table(LEDGER_CERTS)) {
+            (Ok(t), Ok(ct)) => (t, ct),
+            (Err(TableError::TableDoesNotExist(_)), _)
+            | (_, Err(TableError::TableDoesNotExist(_))) => return Ok(Vec::new()),
+            (Err(e), _) | (_, Err(e)) => return Err(s.redb(e)),
+        };
+        let mut out = Vec::new();
+        for row in t.range(from..).map_err(|e| s.redb(e))?.take(max as usize) {
+            let (k, v) = row.map_err(|e| s.redb(e))?;
+            let h = k.value();
+            let c = ct.get(h).map_err(|e| s.redb(e))?.ok_or_else(|| {
+                s.codec_error(
+                    "ledger_certs",
+                    h,
+                    bulwark_storage::CodecError::Malformed("missing".into()),
+                )
+            })?;
+            let cert: Certificate = codec::decode_limited(c.value(), CERTIFICATE_LEN_MAX)
+                .map_err(|e| s.codec_error("ledger_certs", h, e))?;
+            out.push(FinalEntry {
+                entry: v.value().to_vec(),
+                cert,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every final entry's stored bytes (the chain, without certificates),
+    /// in height order, for comparing ledgers byte for byte.
+    pub fn raw_finals(&self) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let s = &self.store;
+        let tx = s.database().begin_read().map_err(|e| s.redb(e))?;
+        let t = match tx.open_table(LEDGER) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(s.redb(e)),
+        };
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| s.redb(e))? {
+            let (k, v) = row.map_err(|e| s.redb(e))?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// Why `ledger verify` could not give a verdict on the chain.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The file could not be opened or read.
+    #[error("{0}")]
+    Open(String),
+    /// The chain is bad at a height.
+    #[error("ledger verify failed at {0}")]
+    Fault(#[from] LedgerFault),
+}
+
+/// Verifies the ledger in the redb file at `path` (opened read-only) from
+/// the facilities' public keys alone: every link, certificate, proposal
+/// signature and rule, from height 1. Names the first bad height.
+pub fn verify_file(path: &Path, keys: &PublicKeys) -> Result<VerifyReport, VerifyError> {
+    let open = |e: String| VerifyError::Open(format!("{}: {e}", path.display()));
+    let db = redb::ReadOnlyDatabase::open(path).map_err(|e| open(e.to_string()))?;
+    let tx = db.begin_read().map_err(|e| open(e.to_string()))?;
+    let (table, certs) = match (tx.open_table(LEDGER), tx.open_table(LEDGER_CERTS)) {
+        (Ok(t), Ok(c)) => (t, c),
+        (Err(TableError::TableDoesNotExist(_)), Err(TableError::TableDoesNotExist(_))) => {
+            return Ok(VerifyReport {
+                entries: 0,
+                head: GENESIS,
+            })
+        }
+        (Err(e), _) | (_, Err(e)) => return Err(open(e.to_string())),
+    };
+    let iter = table.iter().map_err(|e| open(e.to_string()))?;
+    let rows = iter.map(|row| match row {
+        Ok((k, v)) => {
+            let h = k.value();
+            let cert = match certs.get(h) {
+                Ok(Some(c)) => codec::decode_limited::<Certificate>(c.value(), CERTIFICATE_LEN_MAX)
+                    .map_err(|e| format!("stored certificate does not decode: {e}")),
+                Ok(None) => Err("no certificate stored".to_string()),
+                Err(e) => Err(format!("read failed: {e}")),
+            };
+            (
+                h,
+                cert.map(|cert| FinalEntry {
+                    entry: v.value().to_vec(),
+                    cert,
+                }),
+            )
+        }
+        Err(e) => (u64::MAX, Err(format!("read failed: {e}"))),
+    });
+    Ok(verify_chain(rows, keys)?)
+}

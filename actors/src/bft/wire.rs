@@ -1,0 +1,34 @@
+//! What BftValidators say to each other.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::{FinalEntry, Vote};
+
+/// Most votes in one message.
+pub const VOTES_PER_MSG_MAX: usize = 4096;
+
+/// Most final entries asked for or sent in one message.
+pub const FINALS_PER_MSG_MAX: u32 = 256;
+
+/// A validator's message to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BftWire {
+    /// Signed votes: the sender's own, or another signer's relayed because
+    /// they conflict with the sender's entry.
+    Votes(Vec<Vote>),
+    /// The sender's final height (a heartbeat; a peer that is behind asks
+    /// for the entries it lacks).
+    Head {
+        /// Final height.
+        height: u64,
+    },
+    /// Asks for final entries from `from` on.
+    Fetch {
+        /// First height wanted.
+        from: u64,
+        /// How many at most.
+        max: u32,
+    },
+    /// Final entries with their certificates, in height order.
+    Finals(Vec<FinalEntry>),
+}

@@ -1,0 +1,660 @@
+//! The hash-chained ledger: which committed entries it holds, how each is
+//! linked to the one before, the votes and certificates that make an entry
+//! final, and how a ledger file is verified from the public keys alone.
+//!
+//! - Every Raft entry carries a [`SignedProposal`]: the proposer's
+//!   [`EntryPayload`] bytes and its signature over them.
+//! - [`admit`] decides, deterministically from the log, whether a committed
+//!   entry joins the chain: the proposer's signature (FORGED_SIGNATURE), the
+//!   proposal's anchor against the chain (CHAIN_BREAK), its timestamp
+//!   against its proposer's previous one (TIME_TRAVEL), then the schedule's
+//!   rules (DOUBLE_ASSIGN, ACGME_VIOLATION, other rules). An admitted entry
+//!   gets the next height and links to the previous entry's hash. Every
+//!   facility computes the same chain, so the chain's head is part of the
+//!   replicated state (and of Raft snapshots).
+//! - A validator votes over (height, entry hash, previous hash). A
+//!   [`Certificate`] of [`quorum`]`(n)` distinct valid votes makes the entry
+//!   final.
+//!
+//! Why the anchor and not "the previous hash" in a proposal: proposals are
+//! pipelined, so a proposer cannot know which entry will precede its own.
+//! It signs the ledger head it has seen (its anchor); the entry's real
+//! predecessor is fixed by the log order. An anchor that is not one of the
+//! chain's last [`ANCHOR_WINDOW`] entries breaks the chain.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bulwark_storage::{codec, CodecError};
+use bulwark_transport::FacilityId;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{Domain, KeyError, PublicKeys, Sig};
+use crate::raft::EntryPayload;
+use crate::schedule::{Applied, Outcome, Rejection, Rule, ScheduleState};
+
+/// A blake3 hash.
+pub type Hash = [u8; 32];
+
+/// The previous hash of the first entry.
+pub const GENESIS: Hash = [0; 32];
+
+/// How many recent chain entries a proposal may anchor to.
+pub const ANCHOR_WINDOW: u64 = 1024;
+
+/// How far a proposer's timestamp may step back from its previous admitted
+/// one (its own clock stepping back, or its own proposals reordered).
+pub const CLOCK_STEP_BACK_MAX_MS: u64 = 5_000;
+
+/// Largest encoded ledger entry (a proposal is at most
+/// [`crate::raft::RaftConfig::entry_len_max`], 64 KiB by default).
+pub const ENTRY_LEN_MAX: usize = 256 * 1024;
+
+/// Largest encoded certificate (7 votes take about 1 KiB).
+pub const CERTIFICATE_LEN_MAX: usize = 64 * 1024;
+
+/// Largest number of signers in a validator set.
+pub const SIGNERS_MAX: usize = 64;
+
+/// The ledger position a proposer has seen; signed with its proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Anchor {
+    /// Height (0: the empty chain).
+    pub height: u64,
+    /// Hash of the entry at `height` ([`GENESIS`] at 0).
+    pub hash: Hash,
+}
+
+/// A Raft entry's data: the proposer's payload bytes and its signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedProposal {
+    /// An encoded [`EntryPayload`].
+    pub body: Vec<u8>,
+    /// The proposer's signature over `body` (domain [`Domain::Proposal`]).
+    pub sig: Sig,
+}
+
+/// One entry of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// Position in the chain, from 1.
+    pub height: u64,
+    /// Hash of the entry at `height - 1` ([`GENESIS`] for the first).
+    pub prev: Hash,
+    /// The Raft log index it was committed at.
+    pub raft_index: u64,
+    /// The Raft term it was proposed in.
+    pub raft_term: u64,
+    /// Who proposed and signed it.
+    pub proposer: FacilityId,
+    /// The proposer's timestamp.
+    pub at_unix_ms: u64,
+    /// The encoded [`SignedProposal`], exactly as committed.
+    pub proposal: Vec<u8>,
+}
+
+impl LedgerEntry {
+    /// The entry's bytes and their blake3 hash.
+    pub fn encode(&self) -> Result<(Vec<u8>, Hash), CodecError> {
+        let bytes = codec::encode(self)?;
+        let hash = *blake3::hash(&bytes).as_bytes();
+        Ok((bytes, hash))
+    }
+
+    /// The proposal's payload, after checking its signature over the bytes
+    /// stored.
+    pub fn verified_payload(&self, keys: &PublicKeys) -> Result<EntryPayload, String> {
+        let signed: SignedProposal = codec::decode_limited(&self.proposal, ENTRY_LEN_MAX)
+            .map_err(|e| format!("proposal does not decode: {e}"))?;
+        keys.verify(&self.proposer, Domain::Proposal, &signed.body, &signed.sig)
+            .map_err(|e| format!("FORGED_SIGNATURE: {e}"))?;
+        let payload: EntryPayload = codec::decode_limited(&signed.body, ENTRY_LEN_MAX)
+            .map_err(|e| format!("payload does not decode: {e}"))?;
+        if payload.proposer != self.proposer || payload.command.at_unix_ms != self.at_unix_ms {
+            return Err("entry fields disagree with the signed proposal".into());
+        }
+        Ok(payload)
+    }
+}
+
+/// A chain entry as [`admit`] made it: the entry, its bytes and its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The entry.
+    pub entry: LedgerEntry,
+    /// Its encoding (what the hash is over).
+    pub bytes: Vec<u8>,
+    /// blake3 of `bytes`.
+    pub hash: Hash,
+}
+
+/// The chain's head as the replicated state knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ChainHead {
+    height: u64,
+    /// Hashes of the last entries, oldest first; the last is the head.
+    recent: VecDeque<Hash>,
+    /// Each proposer's latest admitted timestamp.
+    last_at: BTreeMap<FacilityId, u64>,
+}
+
+impl ChainHead {
+    /// The head's height (0: empty).
+    pub fn height(&self) -> u64 {
+        self.height
+    }
+
+    /// The head's hash ([`GENESIS`] when empty).
+    pub fn hash(&self) -> Hash {
+        self.recent.back().copied().unwrap_or(GENESIS)
+    }
+
+    /// The anchor a proposer signs now.
+    pub fn anchor(&self) -> Anchor {
+        Anchor {
+            height: self.height,
+            hash: self.hash(),
+        }
+    }
+
+    /// The hash at `height`, if it is among the recent ones.
+    fn hash_at(&self, height: u64) -> Option<Hash> {
+        if height == 0 {
+            return (self.height < ANCHOR_WINDOW).then_some(GENESIS);
+        }
+        let back = self.height.checked_sub(height)?;
+        let pos = (self.recent.len() as u64).checked_sub(back + 1)?;
+        self.recent.get(pos as usize).copied()
+    }
+
+    fn check_anchor(&self, a: &Anchor) -> Result<(), String> {
+        match self.hash_at(a.height) {
+            Some(h) if h == a.hash => Ok(()),
+            Some(_) => Err(format!("anchor at height {} has another hash", a.height)),
+            None => Err(format!(
+                "anchor height {} is not among the chain's last {ANCHOR_WINDOW} (head {})",
+                a.height, self.height
+            )),
+        }
+    }
+
+    fn push(&mut self, link: &Link) {
+        self.height = link.entry.height;
+        self.recent.push_back(link.hash);
+        while self.recent.len() as u64 > ANCHOR_WINDOW {
+            self.recent.pop_front();
+        }
+        let last = self.last_at.entry(link.entry.proposer.clone()).or_default();
+        *last = (*last).max(link.entry.at_unix_ms);
+    }
+
+    /// Checks the head's own consistency (after a restore).
+    pub fn check(&self) -> Result<(), String> {
+        if self.recent.len() as u64 > ANCHOR_WINDOW || self.recent.len() as u64 > self.height {
+            return Err("chain head keeps more hashes than entries".into());
+        }
+        if self.height > 0 && self.recent.is_empty() {
+            return Err("chain head at height > 0 without a hash".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a committed entry is not in the chain. [`Reason::code`] names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reason {
+    /// The proposer's signature does not verify, or the command names
+    /// another issuer than the signer.
+    ForgedSignature,
+    /// The anchor is not a recent entry of the chain.
+    ChainBreak,
+    /// The timestamp steps back past the proposer's previous one.
+    TimeTravel,
+    /// The command would put somebody in two places at once.
+    DoubleAssign,
+    /// The command breaks a duty-hour rule (80 hours, day off in 7, shift
+    /// length).
+    AcgmeViolation,
+    /// Another rule of the schedule.
+    Rule(Rule),
+}
+
+impl Reason {
+    /// The stable name.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reason::ForgedSignature => "FORGED_SIGNATURE",
+            Reason::ChainBreak => "CHAIN_BREAK",
+            Reason::TimeTravel => "TIME_TRAVEL",
+            Reason::DoubleAssign => "DOUBLE_ASSIGN",
+            Reason::AcgmeViolation => "ACGME_VIOLATION",
+            Reason::Rule(r) => r.code(),
+        }
+    }
+
+    /// The reason for a schedule rule.
+    pub fn of_rule(rule: Rule) -> Reason {
+        match rule {
+            Rule::DoubleBooking => Reason::DoubleAssign,
+            Rule::DutyHours80 | Rule::DayOffIn7 | Rule::ShiftTooLong => Reason::AcgmeViolation,
+            Rule::ChainBreak => Reason::ChainBreak,
+            Rule::TimeTravel => Reason::TimeTravel,
+            other => Reason::Rule(other),
+        }
+    }
+
+    /// Whether it breaks the chain or the duty rules (evidence against the
+    /// proposer), rather than being an ordinary refused request.
+    pub fn is_violation(&self) -> bool {
+        matches!(
+            self,
+            Reason::ForgedSignature
+                | Reason::ChainBreak
+                | Reason::TimeTravel
+                | Reason::DoubleAssign
+                | Reason::AcgmeViolation
+        )
+    }
+}
+
+/// What [`admit`] decided about one committed entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Applied to the schedule and appended to the chain.
+    Admitted(Link),
+    /// Not in the chain. `shadow` is the link it would have had (so a vote
+    /// for it can be recognised as a vote for an invalid entry).
+    Rejected {
+        /// Why.
+        reason: Reason,
+        /// Who proposed it (as claimed, for a forged signature).
+        proposer: FacilityId,
+        /// The entry as it would have been admitted.
+        shadow: Option<Link>,
+    },
+    /// A retry of a command already decided; nothing changed.
+    Duplicate,
+    /// Not a proposal (the leader's empty entry, a configuration change) or
+    /// bytes that do not decode; nothing changed.
+    Skipped,
+}
+
+/// [`admit`]'s result.
+#[derive(Debug)]
+pub struct Admission {
+    /// The decoded payload, if it decoded.
+    pub payload: Option<EntryPayload>,
+    /// The schedule's answer to the proposer (for a payload that decoded and
+    /// was signed by its proposer).
+    pub applied: Option<Applied>,
+    /// The ledger's verdict.
+    pub verdict: Verdict,
+}
+
+/// Decides one committed normal entry: checks it, applies it to `state`
+/// and extends the chain. Deterministic: the same log gives the same state
+/// and the same chain on every facility.
+pub fn admit(
+    state: &mut ScheduleState,
+    keys: &PublicKeys,
+    index: u64,
+    term: u64,
+    data: &[u8],
+) -> Admission {
+    let skipped = |payload| Admission {
+        payload,
+        applied: None,
+        verdict: Verdict::Skipped,
+    };
+    if data.is_empty() {
+        return skipped(None);
+    }
+    let Ok(signed) = codec::decode_limited::<SignedProposal>(data, ENTRY_LEN_MAX) else {
+        tracing::error!(index, "committed entry does not decode; skipped");
+        return skipped(None);
+    };
+    let Ok(payload) = codec::decode_limited::<EntryPayload>(&signed.body, ENTRY_LEN_MAX) else {
+        tracing::error!(index, "committed payload does not decode; skipped");
+        return skipped(None);
+    };
+    let proposer = payload.proposer.clone();
+    let entry = LedgerEntry {
+        height: state.chain().height + 1,
+        prev: state.chain().hash(),
+        raft_index: index,
+        raft_term: term,
+        proposer: proposer.clone(),
+        at_unix_ms: payload.command.at_unix_ms,
+        proposal: data.to_vec(),
+    };
+    let link = |entry: LedgerEntry| -> Option<Link> {
+        let (bytes, hash) = entry.encode().ok()?;
+        Some(Link { entry, bytes, hash })
+    };
+    let signed_ok = keys
+        .verify(&proposer, Domain::Proposal, &signed.body, &signed.sig)
+        .is_ok()
+        && payload.command.issued_by == proposer;
+    if !signed_ok {
+        return Admission {
+            payload: Some(payload),
+            applied: None,
+            verdict: Verdict::Rejected {
+                reason: Reason::ForgedSignature,
+                proposer,
+                shadow: link(entry),
+            },
+        };
+    }
+    let cmd = &payload.command;
+    let pre = if state.is_duplicate(&cmd.key, &cmd.op) {
+        None
+    } else if let Err(detail) = state.chain().check_anchor(&payload.anchor) {
+        Some(Rejection {
+            rule: Rule::ChainBreak,
+            detail,
+        })
+    } else {
+        state
+            .chain()
+            .last_at
+            .get(&proposer)
+            .filter(|&&last| cmd.at_unix_ms.saturating_add(CLOCK_STEP_BACK_MAX_MS) < last)
+            .map(|last| Rejection {
+                rule: Rule::TimeTravel,
+                detail: format!(
+                    "timestamp {} is {} ms before {proposer}'s previous {last}",
+                    cmd.at_unix_ms,
+                    last - cmd.at_unix_ms
+                ),
+            })
+    };
+    let applied = match pre {
+        Some(rejection) => state.reject(index, cmd, rejection),
+        None => state.apply(index, cmd),
+    };
+    let verdict = match &applied {
+        Applied::Duplicate { .. } => Verdict::Duplicate,
+        Applied::Fresh(Outcome::Rejected(r)) => Verdict::Rejected {
+            reason: Reason::of_rule(r.rule),
+            proposer: proposer.clone(),
+            shadow: link(entry),
+        },
+        Applied::Fresh(Outcome::Applied(_)) => match link(entry) {
+            Some(l) => {
+                state.chain_mut().push(&l);
+                Verdict::Admitted(l)
+            }
+            None => {
+                // An entry that fits a Raft entry always encodes; if not, the
+                // chain would differ between facilities.
+                panic!("ledger entry at raft index {index} does not encode")
+            }
+        },
+    };
+    Admission {
+        payload: Some(payload),
+        applied: Some(applied),
+        verdict,
+    }
+}
+
+/// The votes needed to make an entry final among `n` signers:
+/// ⌈(n+f+1)/2⌉ with f = ⌊(n−1)/3⌋ (2 of 3, 3 of 4, 5 of 7).
+pub const fn quorum(n: usize) -> usize {
+    if n == 0 {
+        return 1;
+    }
+    let f = (n - 1) / 3;
+    (n + f + 1).div_ceil(2)
+}
+
+/// What a validator signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteBody {
+    /// The signer.
+    pub signer: FacilityId,
+    /// The entry's height.
+    pub height: u64,
+    /// The entry's hash.
+    pub hash: Hash,
+    /// The previous entry's hash.
+    pub prev: Hash,
+}
+
+/// A signed vote: the body's bytes as signed, and the signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    /// An encoded [`VoteBody`].
+    pub body: Vec<u8>,
+    /// The signer's signature over `body` (domain [`Domain::Vote`]).
+    pub sig: Sig,
+}
+
+/// Largest encoded vote body.
+pub const VOTE_BODY_LEN_MAX: usize = 256;
+
+impl Vote {
+    /// Signs `body` with `ring` (whose facility must be `body.signer`).
+    pub fn sign(ring: &crate::keys::Keyring, body: &VoteBody) -> Result<Vote, CodecError> {
+        let bytes = codec::encode(body)?;
+        let sig = ring.sign(Domain::Vote, &bytes);
+        Ok(Vote { body: bytes, sig })
+    }
+
+    /// The body, decoded (signature not checked).
+    pub fn decode(&self) -> Result<VoteBody, CodecError> {
+        codec::decode_limited(&self.body, VOTE_BODY_LEN_MAX)
+    }
+
+    /// The body, after checking the signature over the bytes received.
+    pub fn verify(&self, keys: &PublicKeys) -> Result<VoteBody, CertError> {
+        let body = self
+            .decode()
+            .map_err(|e| CertError::Malformed(e.to_string()))?;
+        keys.verify(&body.signer, Domain::Vote, &self.body, &self.sig)?;
+        Ok(body)
+    }
+}
+
+/// A quorum of votes for one (height, hash, prev).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    /// Height.
+    pub height: u64,
+    /// Entry hash.
+    pub hash: Hash,
+    /// Previous hash.
+    pub prev: Hash,
+    /// The votes, one per signer, ordered by signer.
+    pub votes: Vec<Vote>,
+}
+
+/// Why a certificate (or a vote in it) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    /// A vote's body does not decode.
+    #[error("malformed vote: {0}")]
+    Malformed(String),
+    /// A signature is bad or its signer unknown.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A vote is for other (height, hash, prev) than the certificate.
+    #[error("a vote by {0} is for another entry")]
+    Mismatch(FacilityId),
+    /// One signer counted twice.
+    #[error("{0} signed twice")]
+    DuplicateSigner(FacilityId),
+    /// Fewer distinct valid signers than the quorum.
+    #[error("{have} distinct signers, quorum is {need}")]
+    NoQuorum {
+        /// Distinct valid signers.
+        have: usize,
+        /// Needed.
+        need: usize,
+    },
+}
+
+impl Certificate {
+    /// Checks every vote (signature over the bytes in the certificate,
+    /// signer known and counted once, same entry) and the quorum of
+    /// `keys.len()`.
+    pub fn verify(&self, keys: &PublicKeys) -> Result<(), CertError> {
+        self.verify_with(keys, false)
+    }
+
+    /// [`Certificate::verify`]; with `planted_bug_count_duplicates`, a test
+    /// variant that counts a signer twice (it must be caught by the tests
+    /// that guard the checker).
+    #[doc(hidden)]
+    pub fn verify_with(
+        &self,
+        keys: &PublicKeys,
+        planted_bug_count_duplicates: bool,
+    ) -> Result<(), CertError> {
+        if self.votes.len() > SIGNERS_MAX {
+            return Err(CertError::Malformed(format!(
+                "{} votes exceed {SIGNERS_MAX}",
+                self.votes.len()
+            )));
+        }
+        let mut signers = BTreeSet::new();
+        let mut counted = 0;
+        for v in &self.votes {
+            let body = v.verify(keys)?;
+            if (body.height, body.hash, body.prev) != (self.height, self.hash, self.prev) {
+                return Err(CertError::Mismatch(body.signer));
+            }
+            if !signers.insert(body.signer.clone()) && !planted_bug_count_duplicates {
+                return Err(CertError::DuplicateSigner(body.signer));
+            }
+            counted += 1;
+        }
+        let have = if planted_bug_count_duplicates {
+            counted
+        } else {
+            signers.len()
+        };
+        let need = quorum(keys.len());
+        if have < need {
+            return Err(CertError::NoQuorum { have, need });
+        }
+        Ok(())
+    }
+}
+
+/// A final entry as the ledger table stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalEntry {
+    /// The encoded [`LedgerEntry`] (its hash is the certificate's).
+    pub entry: Vec<u8>,
+    /// Its certificate.
+    pub cert: Certificate,
+}
+
+/// Why a final entry does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("height {height}: {reason}")]
+pub struct LedgerFault {
+    /// The first bad height.
+    pub height: u64,
+    /// What is wrong there.
+    pub reason: String,
+}
+
+/// Checks one final entry against its expected height and previous hash:
+/// the entry decodes, its hash is the certificate's, its height and link
+/// are right, its proposal is signed by its proposer, and the certificate
+/// holds a quorum of valid votes. Returns the entry, its hash and its
+/// verified payload.
+pub fn verify_final(
+    fin: &FinalEntry,
+    height: u64,
+    prev: &Hash,
+    keys: &PublicKeys,
+) -> Result<(LedgerEntry, Hash, EntryPayload), LedgerFault> {
+    let fault = |reason: String| LedgerFault { height, reason };
+    let entry: LedgerEntry = codec::decode_limited(&fin.entry, ENTRY_LEN_MAX)
+        .map_err(|e| fault(format!("entry does not decode: {e}")))?;
+    let hash = *blake3::hash(&fin.entry).as_bytes();
+    if entry.height != height || fin.cert.height != height {
+        return Err(fault(format!(
+            "entry says height {}, certificate {}",
+            entry.height, fin.cert.height
+        )));
+    }
+    if entry.prev != *prev {
+        return Err(fault(
+            "CHAIN_BREAK: previous hash is not the entry before".into(),
+        ));
+    }
+    if fin.cert.hash != hash || fin.cert.prev != entry.prev {
+        return Err(fault("certificate is for another entry".into()));
+    }
+    fin.cert
+        .verify(keys)
+        .map_err(|e| fault(format!("certificate: {e}")))?;
+    let payload = entry.verified_payload(keys).map_err(fault)?;
+    Ok((entry, hash, payload))
+}
+
+/// What [`verify_chain`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Final entries checked.
+    pub entries: u64,
+    /// The head's hash.
+    pub head: Hash,
+}
+
+/// Checks a whole chain of final entries, from height 1, in order: every
+/// link, certificate and proposal signature, and the schedule's rules by
+/// replaying every command (each must apply; an idempotency-key repeat is
+/// not a violation). Stops at the first bad height.
+pub fn verify_chain(
+    finals: impl IntoIterator<Item = (u64, Result<FinalEntry, String>)>,
+    keys: &PublicKeys,
+) -> Result<VerifyReport, LedgerFault> {
+    let mut prev = GENESIS;
+    let mut expected = 1u64;
+    let mut replay = ScheduleState::new();
+    for (height, fin) in finals {
+        if height != expected {
+            return Err(LedgerFault {
+                height: expected,
+                reason: format!("missing (next stored height is {height})"),
+            });
+        }
+        let fin = fin.map_err(|reason| LedgerFault { height, reason })?;
+        let (entry, hash, payload) = verify_final(&fin, height, &prev, keys)?;
+        match replay.apply(entry.raft_index, &payload.command) {
+            Applied::Fresh(Outcome::Rejected(r)) if r.rule != Rule::KeyReused => {
+                return Err(LedgerFault {
+                    height,
+                    reason: format!("{}: {}", Reason::of_rule(r.rule).code(), r.detail),
+                })
+            }
+            _ => {}
+        }
+        prev = hash;
+        expected += 1;
+    }
+    Ok(VerifyReport {
+        entries: expected - 1,
+        head: prev,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_sizes() {
+        assert_eq!(quorum(1), 1);
+        assert_eq!(quorum(3), 2);
+        assert_eq!(quorum(4), 3);
+        assert_eq!(quorum(7), 5);
+        assert_eq!(quorum(10), 7);
+    }
+}
