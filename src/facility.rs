@@ -237,6 +237,21 @@ impl Facility {
         bft::status(&self.validator()?).await
     }
 
+    /// Waits until the ledger entry at `height` is final here; `None` if the
+    /// validator does not answer within `timeout`.
+    pub async fn await_final(
+        &self,
+        height: u64,
+        timeout: std::time::Duration,
+    ) -> Option<bft::FinalNotice> {
+        let v = self.validator()?;
+        v.call(|reply| BftMsg::AwaitFinal { height, reply }, Some(timeout))
+            .await
+            .ok()?
+            .success_or(())
+            .ok()
+    }
+
     /// Proposes `command` here (a follower forwards it to the leader) and
     /// waits for its outcome; `None` if the RaftPeer does not answer.
     pub async fn propose(

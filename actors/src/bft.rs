@@ -254,7 +254,43 @@ pub enum BftMsg {
     Evidence(RpcReplyPort<Vec<Evidence>>),
     /// Every facility's trust score now.
     Trust(RpcReplyPort<BTreeMap<FacilityId, f64>>),
+    /// Carry out what the core asked for (self-sent behind the messages
+    /// already queued, so they share one redb commit).
+    Flush,
+    /// Answers when the entry at `height` is final here.
+    AwaitFinal {
+        /// The ledger height.
+        height: u64,
+        /// Gets the entry's hash and its certificate's.
+        reply: RpcReplyPort<FinalNotice>,
+    },
 }
+
+/// An entry became final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinalNotice {
+    /// Its height.
+    pub height: u64,
+    /// blake3 of the entry.
+    pub entry_hash: crate::ledger::Hash,
+    /// blake3 of the certificate this facility stored.
+    pub cert_hash: crate::ledger::Hash,
+}
+
+impl FinalNotice {
+    fn of(height: u64, fin: &crate::ledger::FinalEntry) -> FinalNotice {
+        let cert = codec::encode(&fin.cert).unwrap_or_default();
+        FinalNotice {
+            height,
+            entry_hash: fin.cert.hash,
+            cert_hash: *blake3::hash(&cert).as_bytes(),
+        }
+    }
+}
+
+/// Waiters for finality kept at most (more are refused by dropping the
+/// reply port).
+pub const FINAL_WAITERS_MAX: usize = 65_536;
 
 /// The BftValidator actor. See the module docs.
 pub struct BftValidator;
@@ -266,6 +302,11 @@ pub struct BftState {
     ctx: NodeCtx,
     feed: AppliedFeed,
     ticker: ractor::concurrency::JoinHandle<()>,
+    waiters: BTreeMap<u64, Vec<RpcReplyPort<FinalNotice>>>,
+    waiting: usize,
+    /// Outputs waiting for the next Flush.
+    outputs: Vec<Output>,
+    flush_queued: bool,
 }
 
 /// Applied entries handled per wake, at most (the rest on the next).
@@ -332,6 +373,10 @@ impl Actor for BftValidator {
             ctx: args.ctx,
             feed: setup.feed,
             ticker,
+            waiters: BTreeMap::new(),
+            waiting: 0,
+            outputs: Vec::new(),
+            flush_queued: false,
         })
     }
 
@@ -342,7 +387,9 @@ impl Actor for BftValidator {
         st: &mut BftState,
     ) -> Result<(), ActorProcessingErr> {
         let now = st.ctx.clock.unix_ms();
+        let flush = matches!(msg, BftMsg::Flush);
         match msg {
+            BftMsg::Flush => {}
             BftMsg::Wake => {
                 let batch = st.feed.since(st.core.cursor(), FEED_BATCH_MAX);
                 let more = batch.len() == FEED_BATCH_MAX;
@@ -373,8 +420,30 @@ impl Actor for BftValidator {
             BftMsg::Trust(reply) => {
                 let _ = reply.send(st.core.trust(now));
             }
+            BftMsg::AwaitFinal { height, reply } => {
+                // Final and already written: answer now. Final but still in
+                // the outputs of the next flush, or not final yet: wait.
+                let stored = if height <= st.core.status().final_height {
+                    st.store.finals(height, 1)?.into_iter().next()
+                } else {
+                    None
+                };
+                if let Some(fin) = stored {
+                    let _ = reply.send(FinalNotice::of(height, &fin));
+                } else if st.waiting < FINAL_WAITERS_MAX {
+                    st.waiters.entry(height).or_default().push(reply);
+                    st.waiting += 1;
+                }
+            }
         }
-        carry_out(st)?;
+        st.outputs.extend(st.core.drain());
+        if flush {
+            st.flush_queued = false;
+            carry_out(st)?;
+        } else if !st.outputs.is_empty() && !st.flush_queued {
+            st.flush_queued = true;
+            myself.cast(BftMsg::Flush)?;
+        }
         Ok(())
     }
 
@@ -389,16 +458,35 @@ impl Actor for BftValidator {
     }
 }
 
-/// Carries out the core's outputs in order: persistence before the sends
-/// that follow it. A storage failure stops the actor (its supervisor
-/// restarts it from redb).
+/// Carries out the outputs gathered since the last flush: every write
+/// (own votes, final entries, evidence) in one durable redb commit, then
+/// the sends, so a vote is on disk before it leaves. A storage failure
+/// stops the actor (its supervisor restarts it from redb).
 fn carry_out(st: &mut BftState) -> Result<(), ActorProcessingErr> {
+    let outputs = std::mem::take(&mut st.outputs);
+    let mut votes = Vec::new();
+    let mut finals = Vec::new();
     let mut evidence = Vec::new();
-    for out in st.core.drain() {
+    let mut sends = Vec::new();
+    for out in outputs {
         match out {
-            Output::PersistVotes(v) => st.store.persist_votes(&v)?,
-            Output::Final(f) => st.store.append_finals(&f)?,
+            Output::PersistVotes(v) => votes.extend(v),
+            Output::Final(f) => finals.extend(f),
             Output::Evidence(e) => evidence.push(e),
+            other => sends.push(other),
+        }
+    }
+    st.store.write_batch(&votes, &finals, &evidence)?;
+    for (h, fin) in &finals {
+        if let Some(ws) = st.waiters.remove(h) {
+            st.waiting -= ws.len();
+            for w in ws {
+                let _ = w.send(FinalNotice::of(*h, fin));
+            }
+        }
+    }
+    for out in sends {
+        match out {
             Output::Send { to, msg } => send(st, to, &msg),
             Output::ServeFinals { to, from, max } => {
                 let finals = st.store.finals(from, max)?;
@@ -406,10 +494,8 @@ fn carry_out(st: &mut BftState) -> Result<(), ActorProcessingErr> {
                     send(st, to, &BftWire::Finals(finals));
                 }
             }
+            _ => {}
         }
-    }
-    if !evidence.is_empty() {
-        st.store.add_evidence(&evidence)?;
     }
     Ok(())
 }
@@ -440,3 +526,6 @@ pub async fn evidence_of(v: &ActorRef<BftMsg>) -> Option<Vec<Evidence>> {
 pub async fn trust_of(v: &ActorRef<BftMsg>) -> Option<BTreeMap<FacilityId, f64>> {
     ractor::call!(v, BftMsg::Trust).ok()
 }
+
+#[cfg(test)]
+mod tests;

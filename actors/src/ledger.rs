@@ -648,6 +648,194 @@ pub fn verify_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::Keyring;
+    use crate::schedule::{
+        Block, BlockId, Command, IdempotencyKey, Op, Person, PersonId, Pool, Role,
+    };
+
+    fn ids() -> Vec<FacilityId> {
+        ["alpha", "bravo", "charlie"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect()
+    }
+
+    struct Chain {
+        rings: BTreeMap<FacilityId, Keyring>,
+        state: ScheduleState,
+        index: u64,
+    }
+
+    impl Chain {
+        fn new() -> Chain {
+            Chain {
+                rings: Keyring::deterministic(&ids(), 3),
+                state: ScheduleState::new(),
+                index: 0,
+            }
+        }
+
+        /// Proposes `op` as facility `by` at `at`, signed by `signer`, with
+        /// `anchor` (the current head if `None`), and admits it.
+        fn admit_as(
+            &mut self,
+            by: usize,
+            signer: usize,
+            at: u64,
+            anchor: Option<Anchor>,
+            op: Op,
+        ) -> Verdict {
+            self.index += 1;
+            let payload = EntryPayload {
+                proposer: ids()[by].clone(),
+                seq: self.index,
+                anchor: anchor.unwrap_or_else(|| self.state.chain().anchor()),
+                command: Command {
+                    key: IdempotencyKey([self.index as u8; 16]),
+                    issued_by: ids()[by].clone(),
+                    at_unix_ms: at,
+                    op,
+                },
+            };
+            let body = codec::encode(&payload).unwrap();
+            let sig = self.rings[&ids()[signer]].sign(Domain::Proposal, &body);
+            let data = codec::encode(&SignedProposal { body, sig }).unwrap();
+            let keys = self.rings[&ids()[0]].public().clone();
+            admit(&mut self.state, &keys, self.index, 1, &data).verdict
+        }
+
+        fn admit(&mut self, op: Op) -> Verdict {
+            self.admit_as(0, 0, 10_000 + self.index, None, op)
+        }
+    }
+
+    fn reason(v: &Verdict) -> &'static str {
+        match v {
+            Verdict::Admitted(_) => "ADMITTED",
+            Verdict::Rejected { reason, .. } => reason.code(),
+            Verdict::Duplicate => "DUPLICATE",
+            Verdict::Skipped => "SKIPPED",
+        }
+    }
+
+    fn person(p: &str) -> Op {
+        Op::AddPerson(Person {
+            id: p.parse::<PersonId>().unwrap(),
+            name: p.into(),
+            role: Role::Faculty,
+        })
+    }
+
+    fn block(b: &str, day: u32, start_min: u16, duration_min: u16) -> Op {
+        Op::AddBlock(Block {
+            id: b.parse::<BlockId>().unwrap(),
+            day,
+            start_min,
+            duration_min,
+            pool: Pool::Icu,
+            required: 1,
+        })
+    }
+
+    fn assign(p: &str, b: &str) -> Op {
+        Op::Assign {
+            person: p.parse().unwrap(),
+            block: b.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn admitted_entries_link_by_hash_and_heights_count_admissions_only() {
+        let mut c = Chain::new();
+        let Verdict::Admitted(a) = c.admit(person("p0")) else {
+            panic!()
+        };
+        assert_eq!((a.entry.height, a.entry.prev), (1, GENESIS));
+        // A refused command gets no height.
+        assert_eq!(reason(&c.admit(assign("p0", "nope"))), "UNKNOWN_BLOCK");
+        let Verdict::Admitted(b) = c.admit(block("b0", 0, 0, 60)) else {
+            panic!()
+        };
+        assert_eq!((b.entry.height, b.entry.prev), (2, a.hash));
+        assert_eq!(c.state.chain().hash(), b.hash);
+    }
+
+    #[test]
+    fn each_check_refuses_with_its_reason() {
+        let mut c = Chain::new();
+        c.admit(person("p0"));
+        c.admit(block("b0", 0, 8 * 60, 8 * 60));
+        c.admit(block("x0", 0, 8 * 60, 8 * 60));
+        c.admit(block("l0", 1, 0, 16 * 60));
+        c.admit(block("l1", 1, 16 * 60, 16 * 60));
+        c.admit(assign("p0", "b0"));
+        // Signed by bravo's key while naming alpha: forged.
+        let v = c.admit_as(0, 1, 20_000, None, person("p9"));
+        assert_eq!(reason(&v), "FORGED_SIGNATURE");
+        // An anchor that is not in the chain.
+        let bad = Anchor {
+            height: 1,
+            hash: [7; 32],
+        };
+        assert_eq!(
+            reason(&c.admit_as(0, 0, 20_000, Some(bad), person("p8"))),
+            "CHAIN_BREAK"
+        );
+        let future = Anchor {
+            height: 99,
+            hash: [0; 32],
+        };
+        assert_eq!(
+            reason(&c.admit_as(0, 0, 20_000, Some(future), person("p8"))),
+            "CHAIN_BREAK"
+        );
+        // Alpha's clock steps back more than the allowance: time travel.
+        assert_eq!(
+            reason(&c.admit_as(0, 0, 1, None, person("p7"))),
+            "TIME_TRAVEL"
+        );
+        // Bravo's first proposal may be earlier than alpha's: per proposer.
+        assert_eq!(reason(&c.admit_as(1, 1, 1, None, person("p6"))), "ADMITTED");
+        assert_eq!(reason(&c.admit(assign("p0", "x0"))), "DOUBLE_ASSIGN");
+        // 32 hours of continuous duty: over 24 + 4.
+        c.admit(assign("p0", "l0"));
+        assert_eq!(reason(&c.admit(assign("p0", "l1"))), "ACGME_VIOLATION");
+        assert!(c.state.check_invariants().is_ok());
+    }
+
+    #[test]
+    fn a_refused_proposal_has_the_shadow_it_would_have_had() {
+        let mut c = Chain::new();
+        c.admit(person("p0"));
+        let head = c.state.chain().anchor();
+        match c.admit(assign("p0", "nope")) {
+            Verdict::Rejected {
+                shadow: Some(s), ..
+            } => {
+                assert_eq!((s.entry.height, s.entry.prev), (head.height + 1, head.hash));
+                assert_eq!(c.state.chain().anchor(), head, "the chain did not move");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_retry_is_a_duplicate_whatever_its_anchor() {
+        let mut c = Chain::new();
+        c.admit(person("p0"));
+        for k in 0..3 {
+            c.admit(block(&format!("b{k}"), k, 0, 60));
+        }
+        // The first command's key and op again, with an anchor that would
+        // break the chain: the retry is answered, not judged again.
+        c.index = 0;
+        let bad = Anchor {
+            height: 1,
+            hash: [7; 32],
+        };
+        let v = c.admit_as(0, 0, 10_001, Some(bad), person("p0"));
+        assert_eq!(reason(&v), "DUPLICATE");
+    }
 
     #[test]
     fn quorum_sizes() {

@@ -179,6 +179,10 @@ pub enum ProposeOutcome {
         outcome: Outcome,
         /// A retry of an already applied command.
         duplicate: bool,
+        /// The ledger height it was given (`None` when the command changed
+        /// nothing: refused by a rule, or a retry). It is final once the
+        /// validators certify it ([`crate::bft::BftMsg::AwaitFinal`]).
+        height: Option<u64>,
     },
     /// No leader could take it; `hint` is the leader as last known.
     NotLeader {

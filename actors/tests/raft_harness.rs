@@ -82,6 +82,7 @@ async fn a_retried_command_applies_once() {
             index,
             duplicate,
             outcome,
+            ..
         } => {
             assert!(duplicate);
             assert!(index > first);

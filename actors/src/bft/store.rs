@@ -91,6 +91,32 @@ impl LedgerStore {
 
     /// Stores own votes and the entries they are for (before they leave).
     pub fn persist_votes(&self, votes: &[(Link, Vote)]) -> Result<(), StorageError> {
+        self.write_batch(votes, &[], &[])
+    }
+
+    /// Appends final entries (in height order) and drops the votes and
+    /// pending entries they settle.
+    pub fn append_finals(&self, finals: &[(u64, FinalEntry)]) -> Result<(), StorageError> {
+        self.write_batch(&[], finals, &[])
+    }
+
+    /// Records evidence (the oldest rows go past [`EVIDENCE_ROWS_MAX`]).
+    pub fn add_evidence(&self, evidence: &[Evidence]) -> Result<(), StorageError> {
+        self.write_batch(&[], &[], evidence)
+    }
+
+    /// Own votes, final entries (in height order) and evidence in one
+    /// durable transaction: the validator's writes for a batch of messages
+    /// cost one fsync.
+    pub fn write_batch(
+        &self,
+        votes: &[(Link, Vote)],
+        finals: &[(u64, FinalEntry)],
+        evidence: &[Evidence],
+    ) -> Result<(), StorageError> {
+        if votes.is_empty() && finals.is_empty() && evidence.is_empty() {
+            return Ok(());
+        }
         let s = &self.store;
         let tx = s.begin_write()?;
         {
@@ -102,60 +128,39 @@ impl LedgerStore {
                 vt.insert(h, vb.as_slice()).map_err(|e| s.redb(e))?;
                 pt.insert(h, link.bytes.as_slice()).map_err(|e| s.redb(e))?;
             }
-        }
-        tx.commit().map_err(|e| s.redb(e))
-    }
-
-    /// Appends final entries (in height order) and drops the votes and
-    /// pending entries they settle.
-    pub fn append_finals(&self, finals: &[(u64, FinalEntry)]) -> Result<(), StorageError> {
-        let s = &self.store;
-        let Some(last) = finals.last().map(|f| f.0) else {
-            return Ok(());
-        };
-        let tx = s.begin_write()?;
-        {
-            let mut lt = tx.open_table(LEDGER).map_err(|e| s.redb(e))?;
-            let mut ct = tx.open_table(LEDGER_CERTS).map_err(|e| s.redb(e))?;
-            if let Some((k, _)) = lt.last().map_err(|e| s.redb(e))? {
-                let head = k.value();
+            if let Some(last) = finals.last().map(|f| f.0) {
+                let mut lt = tx.open_table(LEDGER).map_err(|e| s.redb(e))?;
+                let mut ct = tx.open_table(LEDGER_CERTS).map_err(|e| s.redb(e))?;
+                let head = lt
+                    .last()
+                    .map_err(|e| s.redb(e))?
+                    .map_or(0, |(k, _)| k.value());
                 assert_eq!(head + 1, finals[0].0, "ledger appends must be contiguous");
-            } else {
-                assert_eq!(finals[0].0, 1, "the ledger starts at height 1");
+                for (h, fin) in finals {
+                    let cert = codec::encode(&fin.cert)
+                        .map_err(|e| s.codec_error("ledger_certs", h, e))?;
+                    lt.insert(*h, fin.entry.as_slice()).map_err(|e| s.redb(e))?;
+                    ct.insert(*h, cert.as_slice()).map_err(|e| s.redb(e))?;
+                }
+                vt.retain_in(..=last, |_, _| false).map_err(|e| s.redb(e))?;
+                pt.retain_in(..=last, |_, _| false).map_err(|e| s.redb(e))?;
             }
-            for (h, fin) in finals {
-                let cert =
-                    codec::encode(&fin.cert).map_err(|e| s.codec_error("ledger_certs", h, e))?;
-                lt.insert(*h, fin.entry.as_slice()).map_err(|e| s.redb(e))?;
-                ct.insert(*h, cert.as_slice()).map_err(|e| s.redb(e))?;
-            }
-            let mut vt = tx.open_table(BFT_VOTES).map_err(|e| s.redb(e))?;
-            vt.retain_in(..=last, |_, _| false).map_err(|e| s.redb(e))?;
-            let mut pt = tx.open_table(BFT_PENDING).map_err(|e| s.redb(e))?;
-            pt.retain_in(..=last, |_, _| false).map_err(|e| s.redb(e))?;
-        }
-        tx.commit().map_err(|e| s.redb(e))
-    }
-
-    /// Records evidence (the oldest rows go past [`EVIDENCE_ROWS_MAX`]).
-    pub fn add_evidence(&self, evidence: &[Evidence]) -> Result<(), StorageError> {
-        let s = &self.store;
-        let tx = s.begin_write()?;
-        {
-            let mut t = tx.open_table(EVIDENCE).map_err(|e| s.redb(e))?;
-            let mut next = t
-                .last()
-                .map_err(|e| s.redb(e))?
-                .map_or(0, |(k, _)| k.value() + 1);
-            for e in evidence {
-                let b = codec::encode(e).map_err(|err| s.codec_error("evidence", next, err))?;
-                t.insert(next, b.as_slice()).map_err(|e| s.redb(e))?;
-                next += 1;
-            }
-            if t.len().map_err(|e| s.redb(e))? > EVIDENCE_ROWS_MAX {
-                let keep_from = next.saturating_sub(EVIDENCE_ROWS_MAX);
-                t.retain_in(..keep_from, |_, _| false)
-                    .map_err(|e| s.redb(e))?;
+            if !evidence.is_empty() {
+                let mut t = tx.open_table(EVIDENCE).map_err(|e| s.redb(e))?;
+                let mut next = t
+                    .last()
+                    .map_err(|e| s.redb(e))?
+                    .map_or(0, |(k, _)| k.value() + 1);
+                for e in evidence {
+                    let b = codec::encode(e).map_err(|err| s.codec_error("evidence", next, err))?;
+                    t.insert(next, b.as_slice()).map_err(|e| s.redb(e))?;
+                    next += 1;
+                }
+                if t.len().map_err(|e| s.redb(e))? > EVIDENCE_ROWS_MAX {
+                    let keep_from = next.saturating_sub(EVIDENCE_ROWS_MAX);
+                    t.retain_in(..keep_from, |_, _| false)
+                        .map_err(|e| s.redb(e))?;
+                }
             }
         }
         tx.commit().map_err(|e| s.redb(e))

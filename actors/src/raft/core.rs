@@ -699,8 +699,12 @@ impl RaftCore {
                         e.term,
                         &e.data,
                     );
+                    let height = match &adm.verdict {
+                        Verdict::Admitted(link) => Some(link.entry.height),
+                        _ => None,
+                    };
                     if let (Some(p), Some(applied)) = (&adm.payload, adm.applied) {
-                        self.answer(e.index, p, applied);
+                        self.answer(e.index, p, applied, height);
                     } else if let (Some(p), Verdict::Rejected { reason, .. }) =
                         (&adm.payload, &adm.verdict)
                     {
@@ -764,7 +768,13 @@ impl RaftCore {
         }
     }
 
-    fn answer(&mut self, index: u64, payload: &EntryPayload, applied: Applied) {
+    fn answer(
+        &mut self,
+        index: u64,
+        payload: &EntryPayload,
+        applied: Applied,
+        height: Option<u64>,
+    ) {
         // Ours if the origin, the sequence number and the key all match: an
         // entry re-applied after a restart never answers a new proposal.
         let ours = payload.proposer == self.me
@@ -786,6 +796,7 @@ impl RaftCore {
                 index,
                 outcome,
                 duplicate,
+                height,
             },
         });
     }

@@ -1,0 +1,274 @@
+//! Core tests: no runtime, outputs inspected directly.
+
+use std::collections::BTreeMap;
+
+use bulwark_storage::codec;
+use bulwark_transport::FacilityId;
+
+use super::core::{Core, Output, Restored};
+use super::evidence::Kind;
+use super::wire::BftWire;
+use super::{Behaviour, BftConfig};
+use crate::keys::{Domain, Keyring};
+use crate::ledger::{
+    admit, Certificate, FinalEntry, Link, SignedProposal, Verdict, Vote, VoteBody, GENESIS,
+};
+use crate::raft::{AppliedEntry, EntryPayload};
+use crate::schedule::{Command, IdempotencyKey, Op, ScheduleState};
+
+const NOW: u64 = 1_000_000;
+
+fn ids() -> Vec<FacilityId> {
+    ["alpha", "bravo", "charlie", "delta"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+fn rings() -> BTreeMap<FacilityId, Keyring> {
+    Keyring::deterministic(&ids(), 5)
+}
+
+/// `len` admitted entries (approvals), proposed by alpha.
+fn entries(len: u64) -> Vec<AppliedEntry> {
+    let rings = rings();
+    let alpha = &rings[&ids()[0]];
+    let mut state = ScheduleState::new();
+    (1..=len)
+        .map(|i| {
+            let payload = EntryPayload {
+                proposer: ids()[0].clone(),
+                seq: i,
+                anchor: state.chain().anchor(),
+                command: Command {
+                    key: IdempotencyKey([i as u8; 16]),
+                    issued_by: ids()[0].clone(),
+                    at_unix_ms: NOW,
+                    op: Op::Approve {
+                        through_day: i as u32,
+                    },
+                },
+            };
+            let body = codec::encode(&payload).unwrap();
+            let sig = alpha.sign(Domain::Proposal, &body);
+            let data = codec::encode(&SignedProposal { body, sig }).unwrap();
+            let adm = admit(&mut state, alpha.public(), i, 1, &data);
+            assert!(matches!(adm.verdict, Verdict::Admitted(_)));
+            AppliedEntry {
+                index: i,
+                term: 1,
+                hash: [0; 32],
+                payload: adm.payload,
+                verdict: adm.verdict,
+                leader: Some(ids()[0].clone()),
+            }
+        })
+        .collect()
+}
+
+fn link(e: &AppliedEntry) -> Link {
+    match &e.verdict {
+        Verdict::Admitted(l) => l.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn vote(signer: usize, l: &Link) -> Vote {
+    let body = VoteBody {
+        signer: ids()[signer].clone(),
+        height: l.entry.height,
+        hash: l.hash,
+        prev: l.entry.prev,
+    };
+    Vote::sign(&rings()[&ids()[signer]], &body).unwrap()
+}
+
+fn core(i: usize) -> Core {
+    Core::new(
+        rings()[&ids()[i]].clone(),
+        BftConfig::default(),
+        Behaviour::Honest,
+        Restored {
+            final_head: (0, GENESIS),
+            ..Restored::default()
+        },
+    )
+}
+
+fn finals(out: &[Output]) -> Vec<u64> {
+    out.iter()
+        .flat_map(|o| match o {
+            Output::Final(f) => f.iter().map(|(h, _)| *h).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+fn evidence(out: &[Output]) -> Vec<(FacilityId, Kind)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Evidence(e) => Some((e.offender.clone(), e.kind.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_vote_is_persisted_before_it_is_sent() {
+    let mut c = core(0);
+    let e = entries(1);
+    c.on_applied(&e[0], NOW);
+    let out = c.drain();
+    let persist = out
+        .iter()
+        .position(|o| matches!(o, Output::PersistVotes(_)))
+        .expect("persisted");
+    let first_send = out
+        .iter()
+        .position(|o| matches!(o, Output::Send { .. }))
+        .expect("sent");
+    assert!(persist < first_send, "{out:?}");
+}
+
+#[test]
+fn an_entry_is_final_with_a_quorum_of_distinct_votes_only() {
+    let mut c = core(0);
+    let e = entries(1);
+    let l = link(&e[0]);
+    c.on_applied(&e[0], NOW);
+    c.drain();
+    // Own vote + bravo: 2 of the 3 needed among 4.
+    c.on_wire(&ids()[1], BftWire::Votes(vec![vote(1, &l)]), NOW);
+    assert!(finals(&c.drain()).is_empty());
+    // Bravo again (a duplicate, also relayed by charlie): still 2.
+    c.on_wire(&ids()[2], BftWire::Votes(vec![vote(1, &l)]), NOW);
+    assert!(finals(&c.drain()).is_empty());
+    c.on_wire(&ids()[2], BftWire::Votes(vec![vote(2, &l)]), NOW);
+    assert_eq!(finals(&c.drain()), vec![1]);
+    assert_eq!(c.status().final_height, 1);
+}
+
+#[test]
+fn a_validator_never_signs_two_entries_at_one_height() {
+    let e = entries(1);
+    let l = link(&e[0]);
+    // Restored with a vote at height 1 for another hash.
+    let mut other = l.clone();
+    other.hash = [9; 32];
+    let mine = vote(0, &other);
+    let mut c = Core::new(
+        rings()[&ids()[0]].clone(),
+        BftConfig::default(),
+        Behaviour::Honest,
+        Restored {
+            final_head: (0, GENESIS),
+            pending: vec![(other, mine)],
+            evidence: Vec::new(),
+        },
+    );
+    c.on_applied(&e[0], NOW);
+    let out = c.drain();
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::PersistVotes(_))),
+        "signed a second entry at height 1: {out:?}"
+    );
+}
+
+#[test]
+fn equivocation_is_recorded_with_both_votes() {
+    let mut c = core(0);
+    let e = entries(1);
+    let l = link(&e[0]);
+    c.on_applied(&e[0], NOW);
+    c.drain();
+    let mut evil = l.clone();
+    evil.hash = [7; 32];
+    c.on_wire(&ids()[1], BftWire::Votes(vec![vote(1, &l)]), NOW);
+    c.on_wire(&ids()[1], BftWire::Votes(vec![vote(1, &evil)]), NOW);
+    let ev = evidence(&c.drain());
+    assert!(
+        matches!(&ev[..], [(who, Kind::Equivocation { height: 1, first, second })]
+            if *who == ids()[1] && *first == vote(1, &l) && *second == vote(1, &evil)),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn a_forged_vote_is_blamed_on_the_facility_that_sent_it() {
+    let mut c = core(0);
+    let e = entries(1);
+    let l = link(&e[0]);
+    c.on_applied(&e[0], NOW);
+    c.drain();
+    // Bravo signs a vote that names charlie as its signer.
+    let body = VoteBody {
+        signer: ids()[2].clone(),
+        height: 1,
+        hash: l.hash,
+        prev: l.entry.prev,
+    };
+    let bytes = codec::encode(&body).unwrap();
+    let forged = Vote {
+        sig: rings()[&ids()[1]].sign(Domain::Vote, &bytes),
+        body: bytes,
+    };
+    // In a batch with a good vote: the batch fails, the bad one is found.
+    c.on_wire(&ids()[1], BftWire::Votes(vec![vote(1, &l), forged]), NOW);
+    let out = c.drain();
+    let ev = evidence(&out);
+    assert!(
+        matches!(&ev[..], [(who, Kind::BadVoteSignature { claimed, .. })]
+            if *who == ids()[1] && *claimed == ids()[2]),
+        "{ev:?}"
+    );
+    // The forged vote did not count for charlie: own + bravo = 2 < 3.
+    assert!(finals(&out).is_empty());
+}
+
+#[test]
+fn catch_up_adopts_only_certified_linked_entries() {
+    let e = entries(2);
+    let (l1, l2) = (link(&e[0]), link(&e[1]));
+    let cert = |l: &Link, signers: &[usize]| FinalEntry {
+        entry: l.bytes.clone(),
+        cert: Certificate {
+            height: l.entry.height,
+            hash: l.hash,
+            prev: l.entry.prev,
+            votes: signers.iter().map(|&s| vote(s, l)).collect(),
+        },
+    };
+    let mut c = core(3);
+    // Two votes are not a quorum of four: refused.
+    c.on_wire(&ids()[0], BftWire::Finals(vec![cert(&l1, &[0, 1])]), NOW);
+    assert!(finals(&c.drain()).is_empty());
+    // Height 2 before height 1: it does not link to the head; refused.
+    c.on_wire(&ids()[0], BftWire::Finals(vec![cert(&l2, &[0, 1, 2])]), NOW);
+    assert!(finals(&c.drain()).is_empty());
+    c.on_wire(
+        &ids()[0],
+        BftWire::Finals(vec![cert(&l1, &[0, 1, 2]), cert(&l2, &[0, 1, 2])]),
+        NOW,
+    );
+    assert_eq!(finals(&c.drain()), vec![1, 2]);
+}
+
+#[test]
+fn messages_from_unknown_facilities_are_ignored() {
+    let mut c = core(0);
+    let e = entries(1);
+    let l = link(&e[0]);
+    c.on_applied(&e[0], NOW);
+    c.drain();
+    let stranger: FacilityId = "mallory".parse().unwrap();
+    c.on_wire(
+        &stranger,
+        BftWire::Votes(vec![vote(1, &l), vote(2, &l)]),
+        NOW,
+    );
+    let out = c.drain();
+    assert!(
+        finals(&out).is_empty() && evidence(&out).is_empty(),
+        "{out:?}"
+    );
+}
