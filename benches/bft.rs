@@ -11,38 +11,22 @@
 //!
 //! Run: `cargo bench --bench bft`. Results: docs/BENCHMARKS.md.
 
+mod common;
+
 use bulwark::facility::{self, Facility};
 use bulwark_actors::keys::{Domain, Keyring};
 use bulwark_actors::ledger::{Vote, VoteBody};
-use bulwark_actors::raft::{ProposeOutcome, RaftConfig};
-use bulwark_actors::schedule::{Command, IdempotencyKey, Op};
-use bulwark_runtime::{RealClock, SupervisionConfig};
+use bulwark_actors::raft::ProposeOutcome;
 use bulwark_transport::FacilityId;
+use common::{command, runtime, T};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hdrhistogram::Histogram;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const T: Duration = Duration::from_secs(20);
 const NAMES: [&str; 7] = [
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf",
 ];
-static NEXT: AtomicU64 = AtomicU64::new(1);
-
-fn command() -> Command {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&n.to_le_bytes());
-    Command {
-        key: IdempotencyKey(key),
-        issued_by: "alpha".parse().unwrap(),
-        at_unix_ms: 0,
-        op: Op::Approve {
-            through_day: n as u32,
-        },
-    }
-}
 
 fn votes_verify(c: &mut Criterion) {
     let ids: Vec<FacilityId> = NAMES.iter().map(|s| s.parse().unwrap()).collect();
@@ -81,28 +65,8 @@ fn votes_verify(c: &mut Criterion) {
     g.finish();
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 async fn cluster(dir: &std::path::Path, n: usize) -> Vec<Facility> {
-    let fs = facility::start_loopback_cluster(
-        dir,
-        &NAMES[..n],
-        SupervisionConfig::default(),
-        Some(RaftConfig::default()),
-        Arc::new(RealClock),
-    )
-    .await
-    .unwrap();
-    for f in &fs {
-        assert!(f.wait_links_up(T).await, "links up");
-    }
-    fs
+    common::cluster(dir, &NAMES[..n]).await
 }
 
 /// Proposes through `f` and returns the time from its commit outcome until

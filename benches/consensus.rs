@@ -14,57 +14,19 @@
 //!
 //! Run: `cargo bench --bench consensus`. Results: docs/BENCHMARKS.md.
 
+mod common;
+
 use bulwark::facility::{self, Facility};
-use bulwark_actors::raft::{ProposeOutcome, RaftConfig, RaftMsg, RAFT};
-use bulwark_actors::schedule::{Command, IdempotencyKey, Op};
-use bulwark_runtime::{RealClock, SupervisionConfig, Zone};
+use bulwark_actors::raft::{ProposeOutcome, RaftMsg, RAFT};
+use bulwark_runtime::Zone;
+use common::{command, runtime, T};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use hdrhistogram::Histogram;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const T: Duration = Duration::from_secs(20);
-static NEXT: AtomicU64 = AtomicU64::new(1);
-
-fn command() -> Command {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&n.to_le_bytes());
-    Command {
-        key: IdempotencyKey(key),
-        issued_by: "alpha".parse().unwrap(),
-        at_unix_ms: 0,
-        // Applied, and the state stays bounded (a growing schedule would
-        // soon outgrow the 4 MiB snapshot limit).
-        op: Op::Approve {
-            through_day: n as u32,
-        },
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 async fn three(dir: &std::path::Path) -> Vec<Facility> {
-    let fs = facility::start_loopback_cluster(
-        dir,
-        &["alpha", "bravo", "charlie"],
-        SupervisionConfig::default(),
-        Some(RaftConfig::default()),
-        Arc::new(RealClock),
-    )
-    .await
-    .unwrap();
-    for f in &fs {
-        assert!(f.wait_links_up(T).await, "links up");
-    }
-    fs
+    common::cluster(dir, &["alpha", "bravo", "charlie"]).await
 }
 
 async fn leader(fs: &[Facility], after_term: u64) -> (usize, u64) {

@@ -11,8 +11,11 @@
 //! - ⌈(n+f+1)/2⌉ distinct valid votes (f = ⌊(n−1)/3⌋) make a certificate;
 //!   the entry and its certificate are appended to the ledger table, in
 //!   height order.
-//! - Votes that arrive together are verified with one ed25519 batch
-//!   verification; if the batch fails, one by one, to name the bad ones.
+//! - A certificate's votes are verified with one ed25519 batch
+//!   verification when they reach a quorum (the same rule as every other
+//!   certificate check); if the batch fails, the unchecked votes are checked
+//!   one by one and the bad ones dropped and blamed. Votes off the common
+//!   path (conflicts, late votes, relays) are checked strictly at once.
 //! - Evidence: equivocation (two votes by one signer at one height, with
 //!   both votes), a forged vote (bad signature, received from the
 //!   offender), a committed proposal that breaks the chain or the rules,

@@ -307,16 +307,10 @@ async fn randomized_runs_keep_every_invariant() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 #[ignore = "the full randomized run; see the module docs"]
 async fn randomized_runs_full() {
-    let n: u64 = std::env::var("BULWARK_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
-    let first: u64 = std::env::var("BULWARK_SIM_FIRST")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let seeds = support::sim_seeds(1000);
+    let n = seeds.end - seeds.start;
     let mut failed = Vec::new();
-    for seed in first..first + n {
+    for seed in seeds {
         if let Err(e) = run_seed(seed, 40).await {
             eprintln!("SEED={seed} FAILED: {e}");
             failed.push(seed);

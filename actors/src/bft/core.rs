@@ -105,6 +105,9 @@ pub struct Core {
     shadows: BTreeMap<Hash, (u64, &'static str)>,
     shadow_order: VecDeque<Hash>,
     relayed: BTreeSet<(u64, FacilityId, Hash)>,
+    /// Votes taken in without a signature check yet, with who delivered
+    /// them: checked in one batch when they complete a certificate.
+    unverified: BTreeMap<(u64, FacilityId), FacilityId>,
     stale: BTreeMap<(FacilityId, u64), u32>,
     evidence: Vec<Evidence>,
     evidence_seen: BTreeSet<(FacilityId, &'static str, u64, Hash)>,
@@ -150,6 +153,7 @@ impl Core {
             shadows: BTreeMap::new(),
             shadow_order: VecDeque::new(),
             relayed: BTreeSet::new(),
+            unverified: BTreeMap::new(),
             stale: BTreeMap::new(),
             evidence: Vec::new(),
             evidence_seen: BTreeSet::new(),
@@ -569,83 +573,119 @@ impl Core {
             metrics::counter!("bulwark_bft_oversized_total").increment(1);
             return;
         }
-        let mut decoded = Vec::with_capacity(votes.len());
         for v in votes {
             match v.decode() {
-                Ok(b) if self.ring.public().get(&b.signer).is_some() => decoded.push((b, v)),
+                Ok(b) if self.ring.public().get(&b.signer).is_some() => {
+                    self.accept_vote(from, b, v, now_unix_ms)
+                }
                 _ => metrics::counter!("bulwark_bft_malformed_total").increment(1),
             }
-        }
-        if decoded.is_empty() {
-            return;
-        }
-        let items: Vec<(&FacilityId, &[u8], &crate::keys::Sig)> = decoded
-            .iter()
-            .map(|(b, v)| (&b.signer, v.body.as_slice(), &v.sig))
-            .collect();
-        metrics::counter!("bulwark_bft_votes_verified_total").increment(items.len() as u64);
-        let all_good = self
-            .ring
-            .public()
-            .verify_batch(Domain::Vote, &items)
-            .is_ok();
-        for (body, vote) in decoded {
-            let good = all_good
-                || self
-                    .ring
-                    .public()
-                    .verify(&body.signer, Domain::Vote, &vote.body, &vote.sig)
-                    .is_ok();
-            if !good {
-                self.record(
-                    from.clone(),
-                    Kind::BadVoteSignature {
-                        claimed: body.signer.clone(),
-                        vote,
-                    },
-                    now_unix_ms,
-                );
-                continue;
-            }
-            self.accept_vote(from, body, vote, now_unix_ms);
         }
         self.try_finalize(now_unix_ms);
     }
 
+    /// `verify_strict` over the bytes received.
+    fn strict(&self, body: &VoteBody, vote: &Vote) -> bool {
+        metrics::counter!("bulwark_bft_votes_verified_total", "how" => "strict").increment(1);
+        self.ring
+            .public()
+            .verify(&body.signer, Domain::Vote, &vote.body, &vote.sig)
+            .is_ok()
+    }
+
+    fn bad_signature(&mut self, from: &FacilityId, body: &VoteBody, vote: Vote, now_unix_ms: u64) {
+        self.record(
+            from.clone(),
+            Kind::BadVoteSignature {
+                claimed: body.signer.clone(),
+                vote,
+            },
+            now_unix_ms,
+        );
+    }
+
+    /// Takes a vote in. The common one (first from its signer, for the entry
+    /// this replica has) waits unverified until a quorum is there, and the
+    /// certificate's votes are checked in one batch. Anything else (a
+    /// conflict, a late vote, an entry not known yet) is checked at once.
     fn accept_vote(&mut self, from: &FacilityId, body: VoteBody, vote: Vote, now_unix_ms: u64) {
         let h = body.height;
         if h <= self.final_height {
+            if !self.strict(&body, &vote) {
+                self.bad_signature(from, &body, vote, now_unix_ms);
+                return;
+            }
             self.on_late_vote(from, body, vote, now_unix_ms);
             return;
         }
         if h > self.final_height + self.config.pending_heights_max {
             return;
         }
-        let slot = self.votes.entry(h).or_default();
-        if let Some((hash, first)) = slot.get(&body.signer) {
-            if *hash != body.hash {
-                let first = first.clone();
-                self.record(
-                    body.signer.clone(),
-                    Kind::Equivocation {
-                        height: h,
-                        first: first.clone(),
-                        second: vote.clone(),
-                    },
-                    now_unix_ms,
-                );
-                // Both votes travel on, so every peer can see the pair.
-                self.relay(from, &body, &vote);
-                if let Ok(first_body) = first.decode() {
-                    self.relay(from, &first_body, &first);
-                }
+        let ours = self.pending.get(&h).map(|p| p.link.hash);
+        let existing = self
+            .votes
+            .get(&h)
+            .and_then(|m| m.get(&body.signer))
+            .cloned();
+        let Some((old_hash, old)) = existing else {
+            if ours == Some(body.hash) {
+                self.votes
+                    .entry(h)
+                    .or_default()
+                    .insert(body.signer.clone(), (body.hash, vote));
+                self.unverified.insert((h, body.signer), from.clone());
+                return;
+            }
+            if !self.strict(&body, &vote) {
+                self.bad_signature(from, &body, vote, now_unix_ms);
+                return;
+            }
+            self.votes
+                .entry(h)
+                .or_default()
+                .insert(body.signer.clone(), (body.hash, vote.clone()));
+            if ours.is_some() {
+                self.conflicting(Some(from), &body.signer, h, &body.hash, &vote, now_unix_ms);
             }
             return;
+        };
+        if old == vote {
+            return;
         }
-        slot.insert(body.signer.clone(), (body.hash, vote.clone()));
-        if let Some(p) = self.pending.get(&h) {
-            if p.link.hash != body.hash {
-                self.conflicting(Some(from), &body.signer, h, &body.hash, &vote, now_unix_ms);
+        if !self.strict(&body, &vote) {
+            self.bad_signature(from, &body, vote, now_unix_ms);
+            return;
+        }
+        let key = (h, body.signer.clone());
+        if let Some(deliverer) = self.unverified.remove(&key) {
+            let old_body = old.decode().expect("decoded when it arrived");
+            if !self.strict(&old_body, &old) {
+                // The slot held a forgery: the valid vote takes its place.
+                self.bad_signature(&deliverer, &old_body, old, now_unix_ms);
+                self.votes
+                    .entry(h)
+                    .or_default()
+                    .insert(body.signer.clone(), (body.hash, vote.clone()));
+                if ours.is_some_and(|o| o != body.hash) {
+                    self.conflicting(Some(from), &body.signer, h, &body.hash, &vote, now_unix_ms);
+                }
+                return;
+            }
+        }
+        if old_hash != body.hash {
+            self.record(
+                body.signer.clone(),
+                Kind::Equivocation {
+                    height: h,
+                    first: old.clone(),
+                    second: vote.clone(),
+                },
+                now_unix_ms,
+            );
+            // Both votes travel on, so every peer can see the pair.
+            self.relay(from, &body, &vote);
+            if let Ok(first_body) = old.decode() {
+                self.relay(from, &first_body, &old);
             }
         }
     }
@@ -797,6 +837,18 @@ impl Core {
                 prev: p.link.entry.prev,
                 votes: for_it,
             };
+            metrics::counter!("bulwark_bft_votes_verified_total", "how" => "batch")
+                .increment(cert.votes.len() as u64);
+            if cert.verify(self.ring.public()).is_err() {
+                // Some vote is bad: check the unverified ones one by one,
+                // drop the bad, and try again with what is left.
+                if self.evict_bad_votes(h, now_unix_ms) == 0 {
+                    tracing::error!(height = h, "a certificate of checked votes does not verify");
+                    break;
+                }
+                continue;
+            }
+            self.unverified.retain(|(vh, _), _| *vh != h);
             let fin = FinalEntry {
                 entry: p.link.bytes.clone(),
                 cert,
@@ -808,6 +860,34 @@ impl Core {
             metrics::counter!("bulwark_bft_final_total").increment(finals.len() as u64);
             self.out.push(Output::Final(finals));
         }
+    }
+
+    /// Checks every unverified vote at `h` with `verify_strict`; removes the
+    /// bad ones (evidence against whoever delivered them). Returns how many
+    /// were removed.
+    fn evict_bad_votes(&mut self, h: u64, now_unix_ms: u64) -> usize {
+        let keys: Vec<(u64, FacilityId)> = self
+            .unverified
+            .keys()
+            .filter(|(vh, _)| *vh == h)
+            .cloned()
+            .collect();
+        let mut removed = 0;
+        for key in keys {
+            let deliverer = self.unverified.remove(&key).expect("listed");
+            let Some((_, vote)) = self.votes.get(&h).and_then(|m| m.get(&key.1)).cloned() else {
+                continue;
+            };
+            let body = vote.decode().expect("decoded when it arrived");
+            if !self.strict(&body, &vote) {
+                if let Some(m) = self.votes.get_mut(&h) {
+                    m.remove(&key.1);
+                }
+                self.bad_signature(&deliverer, &body, vote, now_unix_ms);
+                removed += 1;
+            }
+        }
+        removed
     }
 
     fn advance(&mut self, h: u64, hash: Hash, now_unix_ms: u64) {
@@ -832,6 +912,7 @@ impl Core {
         }
         self.pending.remove(&h);
         self.my_votes.remove(&h);
+        self.unverified.retain(|(vh, _), _| *vh > h);
         self.final_height = h;
         self.final_hash = hash;
         let floor = h.saturating_sub(self.config.final_votes_kept);

@@ -395,6 +395,15 @@ impl Cluster {
     }
 }
 
+/// The seeds of a full randomized run: `BULWARK_SIM_SEEDS` of them
+/// (default `default_n`) from `BULWARK_SIM_FIRST` (default 0).
+pub fn sim_seeds(default_n: u64) -> std::ops::Range<u64> {
+    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
+    let n = env("BULWARK_SIM_SEEDS").unwrap_or(default_n);
+    let first = env("BULWARK_SIM_FIRST").unwrap_or(0);
+    first..first + n
+}
+
 pub fn harness_id(i: usize) -> FacilityId {
     [
         "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf",
