@@ -86,8 +86,10 @@ pub struct BftConfig {
     /// Final heights in a row without a reachable signer's vote before it
     /// is suspected of withholding.
     pub withhold_heights: u64,
-    /// Times a signer is sent the certificate for a final height it votes
-    /// for before more such votes count as stale replays.
+    /// Votes a signer may send for a height it has itself announced final
+    /// (a late re-send in flight) before more count as stale replays. A
+    /// signer that has not announced the height final is behind: it is sent
+    /// the final entries it lacks instead.
     pub stale_repeats: u32,
     /// Final heights whose votes are kept (to catch equivocation after
     /// finality).

@@ -178,7 +178,14 @@ async fn run_seed(seed: u64, steps: usize) -> Result<(), String> {
             }
             c.h.step(Duration::from_millis(200)).await;
         }
-        target = target.max(height.ok_or(format!("no linearizable read on {i}"))?);
+        if height.is_none() {
+            let mut views = Vec::new();
+            for j in 0..4 {
+                views.push(format!("{j}: {:?}", c.status(j).await));
+            }
+            return Err(format!("no linearizable read on {i}: {}", views.join("; ")));
+        }
+        target = target.max(height.unwrap_or_default());
     }
     let mut reached = false;
     for _ in 0..600 {
@@ -196,7 +203,20 @@ async fn run_seed(seed: u64, steps: usize) -> Result<(), String> {
         c.h.step(Duration::from_millis(50)).await;
     }
     if !reached {
-        return Err(format!("honest validators did not finalize up to {target}"));
+        let mut views = Vec::new();
+        for i in 0..4 {
+            views.push(format!(
+                "{i}: {:?} raft {:?}",
+                c.bft_status(i).await,
+                c.status(i)
+                    .await
+                    .map(|s| (s.term, s.commit, s.applied, s.leader))
+            ));
+        }
+        return Err(format!(
+            "honest validators did not finalize up to {target}: {}",
+            views.join("; ")
+        ));
     }
     check_step(&c, &honest, true)?;
     let first = ledger(&c, honest[0]);

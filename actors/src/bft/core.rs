@@ -13,8 +13,8 @@ use super::wire::{BftWire, FINALS_PER_MSG_MAX, VOTES_PER_MSG_MAX};
 use super::{Behaviour, BftConfig};
 use crate::keys::{Domain, Keyring};
 use crate::ledger::{
-    quorum, verify_final, Certificate, FinalEntry, Hash, Link, Reason, Verdict, Vote, VoteBody,
-    GENESIS,
+    quorum, verify_final, Certificate, FinalEntry, Hash, LedgerEntry, Link, Reason, Verdict, Vote,
+    VoteBody, ENTRY_LEN_MAX, GENESIS,
 };
 use crate::raft::AppliedEntry;
 use crate::schedule::Op;
@@ -109,6 +109,12 @@ pub struct Core {
     /// them: checked in one batch when they complete a certificate.
     unverified: BTreeMap<(u64, FacilityId), FacilityId>,
     stale: BTreeMap<(FacilityId, u64), u32>,
+    /// Each peer's announced final height.
+    peer_final: BTreeMap<FacilityId, u64>,
+    /// When final entries were last served to each peer (ticks).
+    served: BTreeMap<FacilityId, u64>,
+    /// When the final height last moved (ticks).
+    advanced_tick: u64,
     evidence: Vec<Evidence>,
     evidence_seen: BTreeSet<(FacilityId, &'static str, u64, Hash)>,
     patterns: Patterns,
@@ -155,6 +161,9 @@ impl Core {
             relayed: BTreeSet::new(),
             unverified: BTreeMap::new(),
             stale: BTreeMap::new(),
+            peer_final: BTreeMap::new(),
+            served: BTreeMap::new(),
+            advanced_tick: 0,
             evidence: Vec::new(),
             evidence_seen: BTreeSet::new(),
             patterns: Patterns::default(),
@@ -539,10 +548,15 @@ impl Core {
             BftWire::Votes(votes) => self.on_votes(from, votes, now_unix_ms),
             BftWire::Head { height } => {
                 self.heard.insert(from.clone(), self.ticks);
+                self.peer_final.insert(from.clone(), height);
                 if height > self.final_height && self.ticks >= self.fetch_tick {
-                    // Behind a peer and not finalizing by ourselves: ask.
+                    // Behind a peer and not finalizing by ourselves (no entry
+                    // to finalize next, far behind, or no progress for a
+                    // while: the peers stopped re-sending votes for what
+                    // they finalized): ask.
                     let stuck = !self.pending.contains_key(&(self.final_height + 1))
-                        || height >= self.final_height + self.config.fetch_lag_heights;
+                        || height >= self.final_height + self.config.fetch_lag_heights
+                        || self.ticks >= self.advanced_tick + self.config.head_ticks;
                     if stuck {
                         self.fetch_tick = self.ticks + self.config.head_ticks;
                         self.out.push(Output::Send {
@@ -565,6 +579,15 @@ impl Core {
                 }
             }
             BftWire::Finals(finals) => self.on_finals(from, finals, now_unix_ms),
+            BftWire::FetchEntry { height } => {
+                if let Some(p) = self.pending.get(&height) {
+                    self.out.push(Output::Send {
+                        to: from.clone(),
+                        msg: BftWire::Entry(p.link.bytes.clone()),
+                    });
+                }
+            }
+            BftWire::Entry(bytes) => self.on_entry(bytes, now_unix_ms),
         }
     }
 
@@ -777,21 +800,28 @@ impl Core {
                 *m = (self.final_height + 1, 0);
             }
         }
-        // From its own signer: send it the certificate a few times; after
-        // that it is a replay.
         if *from != body.signer {
+            return;
+        }
+        // From its own signer. One that has not announced `h` final is
+        // behind: send it what it lacks (from its announced head). One that
+        // announced `h` final and still sends votes for it replays them.
+        let head = self.peer_final.get(from).copied();
+        if head.is_none_or(|f| f < h) {
+            if self.served.get(from).is_none_or(|t| self.ticks >= t + 2) {
+                self.served.insert(from.clone(), self.ticks);
+                self.out.push(Output::ServeFinals {
+                    to: from.clone(),
+                    from: head.map_or(h, |f| f + 1),
+                    max: self.config.fetch_max.min(FINALS_PER_MSG_MAX),
+                });
+            }
             return;
         }
         let n = self.stale.entry((body.signer.clone(), h)).or_default();
         *n += 1;
         let n = *n;
-        if n <= self.config.stale_repeats {
-            self.out.push(Output::ServeFinals {
-                to: from.clone(),
-                from: h,
-                max: 1,
-            });
-        } else {
+        if n > self.config.stale_repeats {
             self.record(
                 body.signer.clone(),
                 Kind::StaleVote {
@@ -915,6 +945,7 @@ impl Core {
         self.unverified.retain(|(vh, _), _| *vh > h);
         self.final_height = h;
         self.final_hash = hash;
+        self.advanced_tick = self.ticks;
         let floor = h.saturating_sub(self.config.final_votes_kept);
         self.relayed.retain(|(rh, _, _)| *rh > floor);
     }
@@ -970,6 +1001,57 @@ impl Core {
         self.try_finalize(now_unix_ms);
     }
 
+    /// An entry fetched from a peer, taken only if it is authentic: its
+    /// hash is the previous hash of this replica's next entry, or f+1
+    /// distinct signers (so at least one honest) voted for it.
+    fn on_entry(&mut self, bytes: Vec<u8>, now_unix_ms: u64) {
+        let Ok(entry) = codec::decode_limited::<LedgerEntry>(&bytes, ENTRY_LEN_MAX) else {
+            metrics::counter!("bulwark_bft_malformed_total").increment(1);
+            return;
+        };
+        let h = entry.height;
+        if h <= self.final_height || self.pending.contains_key(&h) {
+            return;
+        }
+        let hash = *blake3::hash(&bytes).as_bytes();
+        let linked = self
+            .pending
+            .get(&(h + 1))
+            .is_some_and(|next| next.link.entry.prev == hash);
+        let f = (self.ring.public().len().saturating_sub(1)) / 3;
+        let voted = self.votes.get(&h).map_or(0, |m| {
+            m.iter()
+                .filter(|(s, (vh, _))| {
+                    *vh == hash && !self.unverified.contains_key(&(h, (*s).clone()))
+                })
+                .count()
+        });
+        if !linked && voted < f + 1 {
+            return;
+        }
+        if entry.verified_payload(self.ring.public()).is_err() {
+            return;
+        }
+        metrics::counter!("bulwark_bft_entries_fetched_total").increment(1);
+        self.on_admitted(Link { entry, bytes, hash }, now_unix_ms);
+    }
+
+    /// Heights above the final one this validator has no entry for, but
+    /// knows exist (a later entry, or votes for them).
+    fn missing_heights(&self) -> Vec<u64> {
+        let top = self
+            .pending
+            .keys()
+            .next_back()
+            .copied()
+            .max(self.votes.keys().next_back().copied())
+            .unwrap_or(0);
+        (self.final_height + 1..=top)
+            .filter(|h| !self.pending.contains_key(h))
+            .take(FINALS_PER_MSG_MAX as usize)
+            .collect()
+    }
+
     /// One tick: re-send own votes for heights not yet final, announce the
     /// head.
     pub fn on_tick(&mut self, now_unix_ms: u64) {
@@ -987,6 +1069,21 @@ impl Core {
             }
         }
         if self.ticks % self.config.head_ticks == 0 {
+            // Stalled a while: ask for entries this replica never saw.
+            let stalled = self.ticks >= self.advanced_tick + self.config.head_ticks;
+            let missing = if stalled {
+                self.missing_heights()
+            } else {
+                Vec::new()
+            };
+            for height in missing {
+                for p in self.peers.clone() {
+                    self.out.push(Output::Send {
+                        to: p,
+                        msg: BftWire::FetchEntry { height },
+                    });
+                }
+            }
             for p in self.peers.clone() {
                 self.out.push(Output::Send {
                     to: p,

@@ -31,4 +31,15 @@ pub enum BftWire {
     },
     /// Final entries with their certificates, in height order.
     Finals(Vec<FinalEntry>),
+    /// Asks for the (not yet final) entry at `height`: a facility that
+    /// missed it (its replica was restored from a snapshot) cannot vote
+    /// for it otherwise.
+    FetchEntry {
+        /// The height.
+        height: u64,
+    },
+    /// An encoded ledger entry, answering [`BftWire::FetchEntry`]. Taken
+    /// only if its hash is the previous hash of the receiver's next entry,
+    /// or the hash f+1 signers voted for.
+    Entry(Vec<u8>),
 }
