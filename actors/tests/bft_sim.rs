@@ -34,7 +34,10 @@ const LIES: [Behaviour; 6] = [
     Behaviour::Withhold,
 ];
 
-fn ledger(c: &Cluster, i: usize) -> Vec<(u64, Vec<u8>)> {
+/// A ledger's rows: height and entry bytes.
+type Rows = Vec<(u64, Vec<u8>)>;
+
+fn ledger(c: &Cluster, i: usize) -> Rows {
     LedgerStore::new(c.h.node(i).ctx().store.clone())
         .raw_finals()
         .expect("ledger reads")
@@ -42,7 +45,7 @@ fn ledger(c: &Cluster, i: usize) -> Vec<(u64, Vec<u8>)> {
 
 /// Every running honest ledger is a prefix of the longest, and verifies.
 fn check_step(c: &Cluster, honest: &[usize], full: bool) -> Result<(), String> {
-    let ledgers: Vec<(usize, Vec<(u64, Vec<u8>)>)> = honest
+    let ledgers: Vec<(usize, Rows)> = honest
         .iter()
         .filter(|&&i| c.h.is_up(i))
         .map(|&i| (i, ledger(c, i)))
