@@ -10,13 +10,19 @@
 //! - [`bulkhead`]: resource pools with reserves and a shared flex pool.
 //! - [`retry`]: backoff with jitter and a cap, transient-only retries, a
 //!   retry budget.
+//! - [`admission`]: the BackpressureController's core: token bucket,
+//!   adaptive (AIMD) concurrency limit, bounded queue with a timeout,
+//!   retry-after on every refusal, a pressure signal for upstream.
+//! - [`timeout`]: adaptive timeouts (P95 × 1.5, clamped, from an HDR
+//!   histogram) and deadlines that only shrink along a call chain.
 //!
 //! Built so far: these cores. Not built yet (the flow issue stays open):
-//! the actors around them, the concurrency bulkhead, the adaptive
-//! admission controller, adaptive timeouts, hedging, fallbacks, health
+//! the actors around them, the concurrency bulkhead, hedging, fallbacks, health
 //! checks, SLO budgets, metrics and the load tests.
 
+pub mod admission;
 pub mod breaker;
 pub mod bulkhead;
 pub mod rate;
 pub mod retry;
+pub mod timeout;

@@ -178,6 +178,10 @@ pub struct Breaker {
     /// are not counted.
     epoch: u64,
     window: VecDeque<Call>,
+    /// Failed and slow calls in `window` (kept as the window moves, so a
+    /// verdict is O(1)).
+    window_failed: u64,
+    window_slow: u64,
     probes_issued: usize,
     probes: Vec<Call>,
     stats: Stats,
@@ -192,6 +196,8 @@ impl Breaker {
             state: State::Closed,
             epoch: 0,
             window: VecDeque::new(),
+            window_failed: 0,
+            window_slow: 0,
             probes_issued: 0,
             probes: Vec::new(),
             stats: Stats::default(),
@@ -230,6 +236,8 @@ impl Breaker {
         self.state = to;
         self.epoch += 1;
         self.window.clear();
+        self.window_failed = 0;
+        self.window_slow = 0;
         self.probes.clear();
         self.probes_issued = 0;
     }
@@ -300,15 +308,23 @@ impl Breaker {
         match self.state {
             State::Closed => {
                 self.window.push_back(call);
+                self.window_failed += u64::from(call.failed);
+                self.window_slow += u64::from(call.slow);
                 self.trim(now_ms);
-                if self.window.len() >= self.config.min_calls && self.tripped(self.window.iter()) {
+                let n = self.window.len() as u64;
+                if self.window.len() >= self.config.min_calls
+                    && self.over_thresholds(n, self.window_failed, self.window_slow)
+                {
                     self.open(now_ms);
                 }
             }
             State::HalfOpen => {
                 self.probes.push(call);
                 if self.probes.len() >= self.config.half_open_probes {
-                    if self.tripped(self.probes.iter()) {
+                    let n = self.probes.len() as u64;
+                    let failed = self.probes.iter().filter(|c| c.failed).count() as u64;
+                    let slow = self.probes.iter().filter(|c| c.slow).count() as u64;
+                    if self.over_thresholds(n, failed, slow) {
                         self.open(now_ms);
                     } else {
                         self.go(State::Closed, now_ms);
@@ -320,29 +336,25 @@ impl Breaker {
     }
 
     fn trim(&mut self, now_ms: u64) {
-        match self.config.window {
-            Window::Count(n) => {
-                while self.window.len() > n {
-                    self.window.pop_front();
+        loop {
+            let drop = match self.config.window {
+                Window::Count(n) => self.window.len() > n,
+                Window::Time(ms) => {
+                    self.window.front().is_some_and(|c| c.at_ms + ms <= now_ms)
+                        || self.window.len() > WINDOW_CALLS_MAX
                 }
+            };
+            if !drop {
+                break;
             }
-            Window::Time(ms) => {
-                while self.window.front().is_some_and(|c| c.at_ms + ms <= now_ms)
-                    || self.window.len() > WINDOW_CALLS_MAX
-                {
-                    self.window.pop_front();
-                }
+            if let Some(c) = self.window.pop_front() {
+                self.window_failed -= u64::from(c.failed);
+                self.window_slow -= u64::from(c.slow);
             }
         }
     }
 
-    fn tripped<'a>(&self, calls: impl Iterator<Item = &'a Call>) -> bool {
-        let (mut n, mut failed, mut slow) = (0u64, 0u64, 0u64);
-        for c in calls {
-            n += 1;
-            failed += u64::from(c.failed);
-            slow += u64::from(c.slow);
-        }
+    fn over_thresholds(&self, n: u64, failed: u64, slow: u64) -> bool {
         n > 0
             && (failed * 100 >= u64::from(self.config.failure_rate_pct) * n
                 || slow * 100 >= u64::from(self.config.slow_call_rate_pct) * n)

@@ -59,6 +59,17 @@ impl TokenBucket {
         })
     }
 
+    /// How long until `n` tokens are there (0 if they are), without
+    /// taking any.
+    pub fn wait_ms(&mut self, n: u64, now_ms: u64) -> u64 {
+        self.refill(now_ms);
+        let want = n.saturating_mul(1000);
+        if self.tokens_milli >= want {
+            return 0;
+        }
+        (want - self.tokens_milli).div_ceil(self.rate_per_s)
+    }
+
     /// Whole tokens available now.
     pub fn available(&mut self, now_ms: u64) -> u64 {
         self.refill(now_ms);

@@ -1,0 +1,305 @@
+//! The admission controller (the BackpressureController's core): a token
+//! bucket for the rate, an adaptive concurrency limit (AIMD on observed
+//! latency against a target), and a bounded queue with a timeout. Every
+//! refusal carries a retry-after computed from the queue and the rate;
+//! [`Admission::pressure`] is the signal a slow consumer sends upstream.
+//! Sans-IO.
+
+use std::collections::VecDeque;
+
+use super::rate::TokenBucket;
+
+/// Settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmissionConfig {
+    /// Requests admitted per second, sustained.
+    pub rate_per_s: u64,
+    /// Requests admitted at once after a quiet spell.
+    pub burst: u64,
+    /// Requests waiting at most; more are refused.
+    pub queue_len_max: usize,
+    /// A request waits in the queue at most this long.
+    pub queue_timeout_ms: u64,
+    /// Latency the adaptive limit aims for.
+    pub target_latency_ms: u64,
+    /// The concurrency limit's floor, start and ceiling.
+    pub limit_min: u32,
+    /// Start.
+    pub limit_initial: u32,
+    /// Ceiling.
+    pub limit_max: u32,
+    /// Multiplicative decrease on a slow completion (0.9 = −10%).
+    pub decrease: f64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            rate_per_s: 200,
+            burst: 50,
+            queue_len_max: 256,
+            queue_timeout_ms: 1_000,
+            target_latency_ms: 100,
+            limit_min: 4,
+            limit_initial: 32,
+            limit_max: 256,
+            decrease: 0.9,
+        }
+    }
+}
+
+/// A refusal, with when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("overloaded ({reason}); retry after {retry_after_ms} ms")]
+pub struct Rejected {
+    /// Why: `queue_full` or `queue_timeout`.
+    pub reason: &'static str,
+    /// When to try again, in ms (at least 1).
+    pub retry_after_ms: u64,
+}
+
+/// What happened to a request that arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Go ahead; report the completion.
+    Admitted(u64),
+    /// Wait: it is in the queue under this id.
+    Queued(u64),
+}
+
+/// Something for the caller to act on after a call into the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A queued request may go ahead now.
+    Admitted(u64),
+    /// A queued request waited too long: refuse it.
+    TimedOut(u64, Rejected),
+}
+
+/// The controller. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    config: AdmissionConfig,
+    bucket: TokenBucket,
+    limit: f64,
+    in_flight: u32,
+    queue: VecDeque<(u64, u64)>,
+    next_id: u64,
+}
+
+impl Admission {
+    /// A controller at `now_ms`.
+    pub fn new(config: AdmissionConfig, now_ms: u64) -> Admission {
+        let bucket = TokenBucket::new(config.rate_per_s, config.burst, now_ms);
+        let limit = f64::from(config.limit_initial);
+        Admission {
+            config,
+            bucket,
+            limit,
+            in_flight: 0,
+            queue: VecDeque::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The concurrency limit now.
+    pub fn limit(&self) -> u32 {
+        self.limit as u32
+    }
+
+    /// Requests in the queue.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Requests admitted and not completed.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// How full the queue is, 0.0 to 1.0: what a slow consumer tells the
+    /// stage before it.
+    pub fn pressure(&self) -> f64 {
+        self.queue.len() as f64 / self.config.queue_len_max.max(1) as f64
+    }
+
+    fn retry_after(&mut self, now_ms: u64) -> u64 {
+        // The queue ahead drains at the rate; a token may also be missing.
+        let ahead = self.queue.len() as u64 + 1;
+        let drain = ahead * 1000 / self.config.rate_per_s.max(1);
+        let token = self.bucket.wait_ms(1, now_ms);
+        drain.max(token).max(1)
+    }
+
+    fn can_start(&mut self, now_ms: u64) -> bool {
+        f64::from(self.in_flight) < self.limit.floor() && self.bucket.try_acquire(1, now_ms).is_ok()
+    }
+
+    /// A request arrives.
+    pub fn arrive(&mut self, now_ms: u64) -> Result<Arrival, Rejected> {
+        let id = self.next_id;
+        self.next_id += 1;
+        if self.queue.is_empty() && self.can_start(now_ms) {
+            self.in_flight += 1;
+            return Ok(Arrival::Admitted(id));
+        }
+        if self.queue.len() >= self.config.queue_len_max {
+            return Err(Rejected {
+                reason: "queue_full",
+                retry_after_ms: self.retry_after(now_ms),
+            });
+        }
+        self.queue.push_back((id, now_ms));
+        Ok(Arrival::Queued(id))
+    }
+
+    /// An admitted request completed after `latency_ms`: the limit adapts
+    /// (additive increase when on target, multiplicative decrease when
+    /// slow), and queued requests may start.
+    pub fn complete(&mut self, latency_ms: u64, now_ms: u64) -> Vec<Event> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if latency_ms <= self.config.target_latency_ms {
+            self.limit += 1.0 / self.limit.max(1.0);
+        } else {
+            self.limit *= self.config.decrease;
+        }
+        self.limit = self.limit.clamp(
+            f64::from(self.config.limit_min),
+            f64::from(self.config.limit_max),
+        );
+        self.poll(now_ms)
+    }
+
+    /// Starts queued requests that may start, and times out those that
+    /// waited too long. Call it on every tick too.
+    pub fn poll(&mut self, now_ms: u64) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(&(id, at)) = self.queue.front() {
+            if at + self.config.queue_timeout_ms <= now_ms {
+                self.queue.pop_front();
+                let r = Rejected {
+                    reason: "queue_timeout",
+                    retry_after_ms: self.retry_after(now_ms),
+                };
+                out.push(Event::TimedOut(id, r));
+                continue;
+            }
+            if !self.can_start(now_ms) {
+                break;
+            }
+            self.queue.pop_front();
+            self.in_flight += 1;
+            out.push(Event::Admitted(id));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// 10× the configured rate for 60 virtual seconds: the admitted rate
+    /// stays within ±10% of the rate, every refusal has a retry-after, the
+    /// queue stays bounded, and admitted requests wait a bounded time.
+    #[test]
+    fn ten_times_the_capacity_for_a_minute() {
+        let cfg = AdmissionConfig {
+            rate_per_s: 100,
+            burst: 20,
+            queue_len_max: 50,
+            queue_timeout_ms: 500,
+            ..AdmissionConfig::default()
+        };
+        let mut a = Admission::new(cfg.clone(), 0);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut admitted = 0u64;
+        let mut rejected = 0u64;
+        let mut queued_at = std::collections::BTreeMap::new();
+        let mut waits = Vec::new();
+        let mut running: Vec<u64> = Vec::new(); // completion times
+        let service_ms = 20;
+        for now in 0..60_000u64 {
+            // Completions due now.
+            running.sort_unstable();
+            while running.first().is_some_and(|&t| t <= now) {
+                running.remove(0);
+                for e in a.complete(service_ms, now) {
+                    match e {
+                        Event::Admitted(id) => {
+                            admitted += 1;
+                            waits.push(now - queued_at.remove(&id).unwrap());
+                            running.push(now + service_ms);
+                        }
+                        Event::TimedOut(id, r) => {
+                            queued_at.remove(&id);
+                            assert!(r.retry_after_ms >= 1);
+                            rejected += 1;
+                        }
+                    }
+                }
+            }
+            for e in a.poll(now) {
+                match e {
+                    Event::Admitted(id) => {
+                        admitted += 1;
+                        waits.push(now - queued_at.remove(&id).unwrap());
+                        running.push(now + service_ms);
+                    }
+                    Event::TimedOut(id, r) => {
+                        queued_at.remove(&id);
+                        assert!(r.retry_after_ms >= 1);
+                        rejected += 1;
+                    }
+                }
+            }
+            // 1,000 requests/s offered: one per ms on average.
+            let arrivals = if rng.random_bool(0.5) { 2 } else { 0 };
+            for _ in 0..arrivals {
+                match a.arrive(now) {
+                    Ok(Arrival::Admitted(_)) => {
+                        admitted += 1;
+                        waits.push(0);
+                        running.push(now + service_ms);
+                    }
+                    Ok(Arrival::Queued(id)) => {
+                        queued_at.insert(id, now);
+                    }
+                    Err(r) => {
+                        assert!(r.retry_after_ms >= 1, "{r:?}");
+                        rejected += 1;
+                    }
+                }
+            }
+            assert!(a.queued() <= cfg.queue_len_max);
+        }
+        let rate = admitted as f64 / 60.0;
+        assert!(
+            (90.0..=110.0).contains(&rate),
+            "admitted {rate:.1}/s against a rate of 100/s"
+        );
+        assert!(rejected > 50_000, "{rejected}");
+        waits.sort_unstable();
+        let p99 = waits[waits.len() * 99 / 100];
+        assert!(p99 <= cfg.queue_timeout_ms, "p99 wait {p99} ms");
+    }
+
+    #[test]
+    fn the_limit_backs_off_when_slow_and_grows_when_fast() {
+        let mut a = Admission::new(AdmissionConfig::default(), 0);
+        let start = a.limit();
+        for _ in 0..20 {
+            a.arrive(0).unwrap();
+            a.complete(1_000, 0);
+        }
+        assert!(a.limit() < start);
+        let low = a.limit();
+        for t in 0..2_000 {
+            if let Ok(Arrival::Admitted(_)) = a.arrive(t * 10) {
+                a.complete(10, t * 10);
+            }
+        }
+        assert!(a.limit() > low);
+    }
+}
