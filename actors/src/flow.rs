@@ -15,14 +15,23 @@
 //!   retry-after on every refusal, a pressure signal for upstream.
 //! - [`timeout`]: adaptive timeouts (P95 × 1.5, clamped, from an HDR
 //!   histogram) and deadlines that only shrink along a call chain.
+//! - [`concurrency`]: the concurrency bulkhead (N at once, a bounded queue
+//!   with a timeout, priorities), one per dependency.
+//! - [`fallback`]: fallback chains (level used, degraded flag) and hedged
+//!   idempotent requests within the retry budget.
+//! - [`health`]: liveness, readiness and deep checks with a grace period;
+//!   error and latency budgets with burn rates and exhaustion events.
 //!
 //! Built so far: these cores. Not built yet (the flow issue stays open):
-//! the actors around them, the concurrency bulkhead, hedging, fallbacks, health
-//! checks, SLO budgets, metrics and the load tests.
+//! the actors around them, metrics, the durable idempotency store with a
+//! TTL, and the load, isolation and retry-storm tests in the harness.
 
 pub mod admission;
 pub mod breaker;
 pub mod bulkhead;
+pub mod concurrency;
+pub mod fallback;
+pub mod health;
 pub mod rate;
 pub mod retry;
 pub mod timeout;
