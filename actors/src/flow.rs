@@ -21,10 +21,13 @@
 //!   idempotent requests within the retry budget.
 //! - [`health`]: liveness, readiness and deep checks with a grace period;
 //!   error and latency budgets with burn rates and exhaustion events.
+//! - [`idempotency`]: the durable idempotency store (redb, with a TTL):
+//!   a retried request gets its first answer; a key reused for another
+//!   body is refused.
 //!
 //! Built so far: these cores. Not built yet (the flow issue stays open):
-//! the actors around them, metrics, the durable idempotency store with a
-//! TTL, and the load, isolation and retry-storm tests in the harness.
+//! the actors around them, metrics, and the load, isolation and
+//! retry-storm tests in the harness.
 
 pub mod admission;
 pub mod breaker;
@@ -32,6 +35,7 @@ pub mod bulkhead;
 pub mod concurrency;
 pub mod fallback;
 pub mod health;
+pub mod idempotency;
 pub mod rate;
 pub mod retry;
 pub mod timeout;
