@@ -21,6 +21,8 @@
 //!   idempotent requests within the retry budget.
 //! - [`health`]: liveness, readiness and deep checks with a grace period;
 //!   error and latency budgets with burn rates and exhaustion events.
+//! - [`guard`]: the layer around calls to one dependency: breaker,
+//!   bulkhead, adaptive timeout and budgeted retries together.
 //! - [`idempotency`]: the durable idempotency store (redb, with a TTL):
 //!   a retried request gets its first answer; a key reused for another
 //!   body is refused.
@@ -34,6 +36,7 @@ pub mod breaker;
 pub mod bulkhead;
 pub mod concurrency;
 pub mod fallback;
+pub mod guard;
 pub mod health;
 pub mod idempotency;
 pub mod rate;
