@@ -1,16 +1,36 @@
-//! The facility's HTTP surface: `/health/live`, `/health/ready`, `/metrics`.
+//! The facility's HTTP surface: `/health/live`, `/health/ready`,
+//! `/health/deep`, `/metrics`, and the `/v1` API (so far `/v1/status`).
 //!
-//! Bound to localhost by default (the config's `http_listen`). Liveness is
-//! "the process answers"; readiness is "the supervision tree runs and at
-//! least a majority of the cluster (counting this facility) is linked".
+//! Bound to localhost by default (the config's `http_listen`).
+//! - Health comes from the flow kit's [`Health`] registry, which a
+//!   background task fills ([`run_checks`]): `live` is "the supervision tree
+//!   runs"; `ready` adds "a majority of the cluster is linked" and "the
+//!   store answers"; `deep` adds "a Raft leader is known". A check fails
+//!   only after 3 consecutive failures (the grace).
+//! - Every `/v1` request passes the BackpressureController first: a
+//!   refusal is `429 Too Many Requests` with `Retry-After` (seconds,
+//!   rounded up) and a JSON body with the code `OVERLOADED`.
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Json;
+use bulwark_actors::flow::actors::{BackpressureMsg, BackpressureStatus};
+use bulwark_actors::flow::admission::Rejected;
+use bulwark_actors::flow::health::{CheckStatus, Health, Kind};
 use bulwark_transport::{LinkStatus, Transport};
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use ractor::ActorRef;
+use serde::Serialize;
+
+/// Consecutive failures before a check counts as failed.
+pub const HEALTH_GRACE: u32 = 3;
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -21,32 +41,243 @@ pub struct ApiState {
     pub transport: Arc<dyn Transport>,
     /// False once the supervision tree has stopped.
     pub running: Arc<AtomicBool>,
+    /// The health checks, filled by [`run_checks`].
+    pub health: Arc<Mutex<Health>>,
+    /// The BackpressureController every `/v1` request passes; `None` admits
+    /// everything.
+    pub admission: Option<ActorRef<BackpressureMsg>>,
+}
+
+impl ApiState {
+    /// A state with the standard checks registered (all healthy until they
+    /// fail).
+    pub fn new(
+        prometheus: PrometheusHandle,
+        transport: Arc<dyn Transport>,
+        running: Arc<AtomicBool>,
+        admission: Option<ActorRef<BackpressureMsg>>,
+    ) -> ApiState {
+        let mut h = Health::new(HEALTH_GRACE);
+        h.register("tree", Kind::Live);
+        h.register("links", Kind::Ready);
+        h.register("store", Kind::Ready);
+        h.register("leader", Kind::Deep);
+        ApiState {
+            prometheus,
+            transport,
+            running,
+            health: Arc::new(Mutex::new(h)),
+            admission,
+        }
+    }
 }
 
 /// The router of the API.
 pub fn app(state: ApiState) -> axum::Router {
+    let v1 = axum::Router::new()
+        .route("/status", get(status))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admit));
     axum::Router::new()
-        .route("/health/live", get(|| async { "live\n" }))
-        .route("/health/ready", get(ready))
+        .route("/health/live", get(|s| health(s, Kind::Live)))
+        .route("/health/ready", get(|s| health(s, Kind::Ready)))
+        .route("/health/deep", get(|s| health(s, Kind::Deep)))
         .route("/metrics", get(render_metrics))
+        .nest("/v1", v1)
         .with_state(state)
 }
 
-async fn ready(State(s): State<ApiState>) -> (StatusCode, String) {
-    let peers = s.transport.peers();
+#[derive(Serialize)]
+struct Check {
+    name: String,
+    kind: &'static str,
+    healthy: bool,
+    consecutive_failures: u32,
+    last_error: Option<String>,
+}
+
+fn checks(h: &Health) -> Vec<Check> {
+    h.status()
+        .into_iter()
+        .map(|c: CheckStatus| Check {
+            name: c.name,
+            kind: match c.kind {
+                Kind::Live => "live",
+                Kind::Ready => "ready",
+                Kind::Deep => "deep",
+            },
+            healthy: c.healthy,
+            consecutive_failures: c.consecutive_failures,
+            last_error: c.last_error,
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct HealthBody {
+    healthy: bool,
+    checks: Vec<Check>,
+}
+
+async fn health(State(s): State<ApiState>, kind: Kind) -> (StatusCode, Json<HealthBody>) {
+    let h = s.health.lock().expect("health lock");
+    let healthy = h.healthy(kind);
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(HealthBody {
+            healthy,
+            checks: checks(&h),
+        }),
+    )
+}
+
+/// What one round of this facility's own probes found.
+#[derive(Debug, Clone)]
+pub struct Probes {
+    /// The store answers a read.
+    pub store: Result<(), String>,
+    /// A Raft leader is known.
+    pub leader: Result<(), String>,
+}
+
+/// Runs the standard checks every `every` until `running` turns false:
+/// the tree (the running flag), the links (a majority linked), and the
+/// store and leader from `probe`.
+pub async fn run_checks<F, Fut>(state: ApiState, every: Duration, probe: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Probes>,
+{
+    while state.running.load(Ordering::Relaxed) {
+        let (linked, cluster) = links(state.transport.as_ref());
+        let p = probe().await;
+        {
+            let mut h = state.health.lock().expect("health lock");
+            h.report("tree", Ok(()));
+            h.report(
+                "links",
+                if linked * 2 > cluster {
+                    Ok(())
+                } else {
+                    Err(format!("{linked} of {cluster} linked"))
+                },
+            );
+            h.report("store", p.store);
+            h.report("leader", p.leader);
+        }
+        tokio::time::sleep(every).await;
+    }
+    let mut h = state.health.lock().expect("health lock");
+    for _ in 0..HEALTH_GRACE {
+        h.report("tree", Err("the supervision tree stopped".into()));
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    code: &'static str,
+    reason: &'static str,
+    retry_after_ms: u64,
+}
+
+/// 429 with `Retry-After` for a refusal from the admission controller.
+pub fn overloaded(r: Rejected) -> Response {
+    let secs = r.retry_after_ms.div_ceil(1000).max(1);
+    let mut resp = (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(ErrorBody {
+            code: "OVERLOADED",
+            reason: r.reason,
+            retry_after_ms: r.retry_after_ms,
+        }),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&secs.to_string()).expect("digits"),
+    );
+    resp
+}
+
+async fn admit(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let Some(bp) = &s.admission else {
+        return next.run(req).await;
+    };
+    let answer = bp
+        .call(BackpressureMsg::Arrive, Some(Duration::from_secs(30)))
+        .await;
+    match answer {
+        Ok(ractor::rpc::CallResult::Success(Ok(_))) => {}
+        Ok(ractor::rpc::CallResult::Success(Err(r))) => return overloaded(r),
+        _ => {
+            return overloaded(Rejected {
+                reason: "admission_unavailable",
+                retry_after_ms: 1_000,
+            })
+        }
+    }
+    let t = tokio::time::Instant::now();
+    let resp = next.run(req).await;
+    let latency_ms = t.elapsed().as_millis() as u64;
+    let _ = bp.cast(BackpressureMsg::Complete { latency_ms });
+    resp
+}
+
+#[derive(Serialize)]
+struct StatusBody {
+    running: bool,
+    linked: usize,
+    cluster: usize,
+    healthy_ready: bool,
+    admission: Option<Admission>,
+}
+
+#[derive(Serialize)]
+struct Admission {
+    limit: u32,
+    in_flight: u32,
+    queued: usize,
+    pressure: f64,
+}
+
+async fn status(State(s): State<ApiState>) -> Json<StatusBody> {
+    let (linked, cluster) = links(s.transport.as_ref());
+    let admission = match &s.admission {
+        Some(bp) => bp
+            .call(BackpressureMsg::Status, Some(Duration::from_secs(5)))
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+            .map(|b: BackpressureStatus| Admission {
+                limit: b.limit,
+                in_flight: b.in_flight,
+                queued: b.queued,
+                pressure: b.pressure,
+            }),
+        None => None,
+    };
+    let healthy_ready = s.health.lock().expect("health lock").healthy(Kind::Ready);
+    Json(StatusBody {
+        running: s.running.load(Ordering::Relaxed),
+        linked,
+        cluster,
+        healthy_ready,
+        admission,
+    })
+}
+
+/// Links up (counting this facility) and the cluster's size.
+pub fn links(t: &dyn Transport) -> (usize, usize) {
+    let peers = t.peers();
     let up = peers
         .iter()
-        .filter(|p| s.transport.link_status(p) == LinkStatus::Up)
+        .filter(|p| t.link_status(p) == LinkStatus::Up)
         .count();
-    let cluster = peers.len() + 1;
-    let linked = up + 1;
-    let running = s.running.load(Ordering::Relaxed);
-    let body = format!("running={running} linked={linked}/{cluster}\n");
-    if running && linked * 2 > cluster {
-        (StatusCode::OK, body)
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, body)
-    }
+    (up + 1, peers.len() + 1)
 }
 
 async fn render_metrics(State(s): State<ApiState>) -> String {

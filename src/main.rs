@@ -3,12 +3,17 @@
 use bulwark::config::FacilityConfig;
 use bulwark::facility::{self, FacilitySpec};
 use bulwark::http::{self, ApiState};
+use bulwark_actors::flow::actors::{backpressure, backpressure_child};
+use bulwark_actors::flow::admission::AdmissionConfig;
 use bulwark_actors::keys;
+use bulwark_actors::raft::{RaftMsg, RAFT};
 use bulwark_runtime::RealClock;
+use bulwark_runtime::Zone;
 use bulwark_transport::identity::Identity;
 use bulwark_transport::quic::PeerSpec;
 use bulwark_transport::FacilityId;
 use clap::{Parser, Subcommand};
+use ractor::ActorRef;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -167,6 +172,8 @@ async fn node(path: PathBuf) -> AnyResult {
             pin: p.pin,
         })
         .collect();
+    // Every /v1 request passes the admission controller (flow zone).
+    let flow = vec![backpressure_child(AdmissionConfig::default(), 10)];
     let spec = FacilitySpec {
         identity,
         data_dir: cfg.facility.data_dir.clone(),
@@ -174,7 +181,7 @@ async fn node(path: PathBuf) -> AnyResult {
         socket: None,
         peers,
         supervision: cfg.supervision.clone(),
-        extra: Vec::new(),
+        extra: flow,
         raft: None,
         bft: None,
     };
@@ -192,11 +199,41 @@ async fn node(path: PathBuf) -> AnyResult {
     }
     let mut f = facility::start(spec, Arc::new(RealClock)).await?;
     let running = Arc::new(AtomicBool::new(true));
-    let state = ApiState {
+    let state = ApiState::new(
         prometheus,
-        transport: Arc::new(f.transport.clone()),
-        running: running.clone(),
-    };
+        Arc::new(f.transport.clone()),
+        running.clone(),
+        backpressure(&f.node),
+    );
+    let ctx = f.node.ctx().clone();
+    tokio::spawn(http::run_checks(
+        state.clone(),
+        std::time::Duration::from_secs(1),
+        move || {
+            let ctx = ctx.clone();
+            async move {
+                let store = ctx
+                    .store
+                    .get_state::<u64>("health.probe")
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                let peer = ractor::registry::where_is(ctx.actor_name(Zone::Consensus, RAFT))
+                    .map(ActorRef::<RaftMsg>::from);
+                let leader = match peer {
+                    Some(p) => match p
+                        .call(RaftMsg::Status, Some(std::time::Duration::from_secs(1)))
+                        .await
+                    {
+                        Ok(ractor::rpc::CallResult::Success(s)) if s.leader.is_some() => Ok(()),
+                        Ok(_) => Err("no leader known".to_string()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    None => Err("the RaftPeer is not running".to_string()),
+                };
+                http::Probes { store, leader }
+            }
+        },
+    ));
     let listener = tokio::net::TcpListener::bind(cfg.facility.http_listen).await?;
     eprintln!(
         "bulwark: {} serving quic {} http {}",

@@ -327,3 +327,40 @@ fn the_property_catches_a_checker_that_counts_a_signer_twice() {
     let e = found.expect("the planted bug was not caught");
     assert!(e.contains("distinct"), "{e}");
 }
+
+/// A file copied while its store was open looks like one left by a crash
+/// (redb must repair it, which a read-only open cannot): `ledger verify`
+/// repairs a copy and verifies it, and leaves the file as it was.
+#[test]
+fn a_file_left_by_a_crash_is_verified_from_a_repaired_copy() {
+    let (finals, public) = chain(3);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bulwark.redb");
+    let crashed = dir.path().join("crashed.redb");
+    let store = Store::open(&path, "alpha").unwrap().store;
+    let numbered: Vec<(u64, FinalEntry)> = finals
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (i as u64 + 1, f.clone()))
+        .collect();
+    LedgerStore::new(store.clone())
+        .append_finals(&numbered)
+        .unwrap();
+    std::fs::copy(&path, &crashed).unwrap();
+    drop(store);
+    assert!(
+        matches!(
+            redb::ReadOnlyDatabase::open(&crashed),
+            Err(redb::DatabaseError::RepairAborted)
+        ),
+        "the copy needs a repair"
+    );
+    let before = std::fs::read(&crashed).unwrap();
+    let report = verify_file(&crashed, &public).expect("verified from a repaired copy");
+    assert_eq!(report.entries, 3);
+    assert_eq!(
+        std::fs::read(&crashed).unwrap(),
+        before,
+        "the file itself is untouched"
+    );
+}

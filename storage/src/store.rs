@@ -216,6 +216,12 @@ impl Store {
             tx.open_table(schema::RAFT_LOG).map_err(|e| self.redb(e))?;
             tx.open_table(schema::RAFT_META).map_err(|e| self.redb(e))?;
             tx.open_table(schema::LEDGER).map_err(|e| self.redb(e))?;
+            tx.open_table(schema::LEDGER_CERTS)
+                .map_err(|e| self.redb(e))?;
+            tx.open_table(schema::BFT_VOTES).map_err(|e| self.redb(e))?;
+            tx.open_table(schema::BFT_PENDING)
+                .map_err(|e| self.redb(e))?;
+            tx.open_table(schema::EVIDENCE).map_err(|e| self.redb(e))?;
             tx.open_table(schema::PROVISIONAL)
                 .map_err(|e| self.redb(e))?;
             tx.open_table(schema::IDEMPOTENCY)

@@ -231,29 +231,60 @@ pub enum VerifyError {
 /// Verifies the ledger in the redb file at `path` (opened read-only) from
 /// the facilities' public keys alone: every link, certificate, proposal
 /// signature and rule, from height 1. Names the first bad height.
+///
+/// A file left by a crash needs redb's repair, which a read-only open
+/// cannot do: then a copy is repaired and verified, and the file itself is
+/// never written.
 pub fn verify_file(path: &Path, keys: &PublicKeys) -> Result<VerifyReport, VerifyError> {
+    match redb::ReadOnlyDatabase::open(path) {
+        Err(redb::DatabaseError::RepairAborted) => {
+            let open = |e: String| VerifyError::Open(format!("{}: {e}", path.display()));
+            let copy = std::env::temp_dir().join(format!(
+                "bulwark-verify-{}-{}.redb",
+                std::process::id(),
+                blake3::hash(path.as_os_str().as_encoded_bytes()).to_hex()
+            ));
+            std::fs::copy(path, &copy).map_err(|e| open(format!("copy for repair: {e}")))?;
+            let repaired = redb::Database::create(&copy)
+                .map(drop)
+                .map_err(|e| open(format!("repair of a copy: {e}")))
+                .and_then(|()| verify_open(&copy, keys));
+            let _ = std::fs::remove_file(&copy);
+            repaired
+        }
+        _ => verify_open(path, keys),
+    }
+}
+
+fn verify_open(path: &Path, keys: &PublicKeys) -> Result<VerifyReport, VerifyError> {
     let open = |e: String| VerifyError::Open(format!("{}: {e}", path.display()));
     let db = redb::ReadOnlyDatabase::open(path).map_err(|e| open(e.to_string()))?;
     let tx = db.begin_read().map_err(|e| open(e.to_string()))?;
-    let (table, certs) = match (tx.open_table(LEDGER), tx.open_table(LEDGER_CERTS)) {
-        (Ok(t), Ok(c)) => (t, c),
-        (Err(TableError::TableDoesNotExist(_)), Err(TableError::TableDoesNotExist(_))) => {
-            return Ok(VerifyReport {
-                entries: 0,
-                head: GENESIS,
-            })
-        }
-        (Err(e), _) | (_, Err(e)) => return Err(open(e.to_string())),
+    let empty = VerifyReport {
+        entries: 0,
+        head: GENESIS,
+    };
+    let table = match tx.open_table(LEDGER) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(empty),
+        Err(e) => return Err(open(e.to_string())),
+    };
+    let certs = match tx.open_table(LEDGER_CERTS) {
+        Ok(c) => Some(c),
+        Err(TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(open(e.to_string())),
     };
     let iter = table.iter().map_err(|e| open(e.to_string()))?;
     let rows = iter.map(|row| match row {
         Ok((k, v)) => {
             let h = k.value();
-            let cert = match certs.get(h) {
-                Ok(Some(c)) => codec::decode_limited::<Certificate>(c.value(), CERTIFICATE_LEN_MAX)
-                    .map_err(|e| format!("stored certificate does not decode: {e}")),
-                Ok(None) => Err("no certificate stored".to_string()),
-                Err(e) => Err(format!("read failed: {e}")),
+            let cert = match certs.as_ref().map(|c| c.get(h)) {
+                Some(Ok(Some(c))) => {
+                    codec::decode_limited::<Certificate>(c.value(), CERTIFICATE_LEN_MAX)
+                        .map_err(|e| format!("stored certificate does not decode: {e}"))
+                }
+                Some(Ok(None)) | None => Err("no certificate stored".to_string()),
+                Some(Err(e)) => Err(format!("read failed: {e}")),
             };
             (
                 h,
