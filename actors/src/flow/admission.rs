@@ -85,6 +85,9 @@ pub struct Admission {
     in_flight: u32,
     queue: VecDeque<(u64, u64)>,
     next_id: u64,
+    /// When the limit was last cut: at most once per target latency, so
+    /// one slow round trip cuts it once, not once per completion.
+    last_decrease_ms: Option<u64>,
 }
 
 impl Admission {
@@ -99,6 +102,7 @@ impl Admission {
             in_flight: 0,
             queue: VecDeque::new(),
             next_id: 1,
+            last_decrease_ms: None,
         }
     }
 
@@ -160,8 +164,12 @@ impl Admission {
         self.in_flight = self.in_flight.saturating_sub(1);
         if latency_ms <= self.config.target_latency_ms {
             self.limit += 1.0 / self.limit.max(1.0);
-        } else {
+        } else if self
+            .last_decrease_ms
+            .is_none_or(|t| now_ms >= t + self.config.target_latency_ms)
+        {
             self.limit *= self.config.decrease;
+            self.last_decrease_ms = Some(now_ms);
         }
         self.limit = self.limit.clamp(
             f64::from(self.config.limit_min),
@@ -283,6 +291,73 @@ mod tests {
         waits.sort_unstable();
         let p99 = waits[waits.len() * 99 / 100];
         assert!(p99 <= cfg.queue_timeout_ms, "p99 wait {p99} ms");
+    }
+
+    /// A consumer that serves 8 requests at once in 10 ms, slower when
+    /// more are in flight (latency 10 ms × in-flight / 8 above 8). With a
+    /// 12 ms latency target the AIMD limit settles near 8 × 12 / 10 ≈ 10:
+    /// the target utilization. When the consumer slows down (its base
+    /// latency goes to 40 ms) the limit falls and fewer requests are
+    /// admitted: the slow consumer's signal reaches the callers as 429s.
+    #[test]
+    fn the_limit_converges_near_the_target_and_a_slow_consumer_pushes_back() {
+        let cfg = AdmissionConfig {
+            rate_per_s: 100_000,
+            burst: 1_000,
+            queue_len_max: 100,
+            queue_timeout_ms: 200,
+            target_latency_ms: 12,
+            limit_min: 1,
+            limit_initial: 32,
+            limit_max: 1_000,
+            decrease: 0.9,
+        };
+        let mut a = Admission::new(cfg, 0);
+        let mut running: Vec<(u64, u64)> = Vec::new(); // (done at, latency)
+        let mut limits = Vec::new();
+        let mut admitted = [0u64; 2];
+        for now in 0..60_000u64 {
+            let base = if now < 30_000 { 10 } else { 40 };
+            running.sort_unstable();
+            let mut started = 0;
+            while running.first().is_some_and(|&(t, _)| t <= now) {
+                let (_, lat) = running.remove(0);
+                started += a
+                    .complete(lat, now)
+                    .iter()
+                    .filter(|e| matches!(e, Event::Admitted(_)))
+                    .count();
+            }
+            started += a
+                .poll(now)
+                .iter()
+                .filter(|e| matches!(e, Event::Admitted(_)))
+                .count();
+            for _ in 0..2 {
+                if let Ok(Arrival::Admitted(_)) = a.arrive(now) {
+                    started += 1;
+                }
+            }
+            for _ in 0..started {
+                let load = u64::from(a.in_flight()).max(8);
+                let lat = base * load / 8;
+                running.push((now + lat, lat));
+            }
+            admitted[usize::from(now >= 30_000)] += started as u64;
+            if (20_000..30_000).contains(&now) {
+                limits.push(a.limit());
+            }
+        }
+        let mean = limits.iter().map(|&l| f64::from(l)).sum::<f64>() / limits.len() as f64;
+        eprintln!("limit settled at {mean:.1}; admitted {admitted:?} (fast half, slow half)");
+        assert!(
+            (8.0..=12.0).contains(&mean),
+            "limit settled at {mean:.1}, not near 9.6"
+        );
+        assert!(
+            admitted[1] * 2 < admitted[0],
+            "a slower consumer admits fewer: {admitted:?}"
+        );
     }
 
     #[test]

@@ -179,11 +179,19 @@ impl Guard {
         let permit = {
             let now = self.now_ms();
             let mut g = self.lock();
-            match g.breaker.as_mut().map(|b| b.try_acquire(now)) {
+            let acquired = g.breaker.as_mut().map(|b| b.try_acquire(now));
+            if let Some(b) = g.breaker.as_mut() {
+                for t in b.drain_events() {
+                    metrics::counter!("bulwark_flow_breaker_transitions_total", "to" => t.to)
+                        .increment(1);
+                }
+            }
+            match acquired {
                 Some(Err(r)) => {
+                    metrics::counter!("bulwark_flow_breaker_refused_total").increment(1);
                     return Err(GuardError::Open {
                         retry_after_ms: r.retry_after_ms,
-                    })
+                    });
                 }
                 Some(Ok(p)) => Some(p),
                 None => None,
@@ -226,6 +234,13 @@ impl Guard {
         }
         if let (Some(b), Some(p)) = (g.breaker.as_mut(), permit) {
             b.on_result(p, outcome, took, now);
+        }
+        if let Some(b) = g.breaker.as_mut() {
+            for t in b.drain_events() {
+                metrics::counter!("bulwark_flow_breaker_transitions_total", "to" => t.to)
+                    .increment(1);
+                tracing::info!(from = t.from, to = t.to, "circuit breaker transition");
+            }
         }
         result
     }
