@@ -23,7 +23,9 @@ use axum::routing::get;
 use axum::Json;
 use bulwark_actors::flow::actors::{BackpressureMsg, BackpressureStatus};
 use bulwark_actors::flow::admission::Rejected;
-use bulwark_actors::flow::health::{CheckStatus, Health, Kind};
+use bulwark_actors::flow::health::{
+    BudgetEvent, CheckStatus, ErrorBudget, Health, Kind, LatencyBudget,
+};
 use bulwark_transport::{LinkStatus, Transport};
 use metrics_exporter_prometheus::PrometheusHandle;
 use ractor::ActorRef;
@@ -46,6 +48,58 @@ pub struct ApiState {
     /// The BackpressureController every `/v1` request passes; `None` admits
     /// everything.
     pub admission: Option<ActorRef<BackpressureMsg>>,
+    /// The `/v1` SLOs: availability (no 5xx, no 429) and latency.
+    pub slo: Arc<Mutex<Slo>>,
+}
+
+/// The API's service-level objectives, over a 30-day window: 99.9% of
+/// `/v1` requests answered without a 5xx or a 429, and 99% within 1 s.
+/// Exhaustion is logged and counted (`bulwark_slo_exhausted_total`).
+#[derive(Debug)]
+pub struct Slo {
+    /// Availability.
+    pub errors: ErrorBudget,
+    /// Latency.
+    pub latency: LatencyBudget,
+    start: tokio::time::Instant,
+}
+
+/// The SLO window: 30 days.
+pub const SLO_WINDOW_S: u64 = 30 * 24 * 3600;
+
+impl Default for Slo {
+    fn default() -> Self {
+        Slo {
+            errors: ErrorBudget::new(999_000, SLO_WINDOW_S),
+            latency: LatencyBudget::new(1_000, 990_000, SLO_WINDOW_S),
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Slo {
+    /// Records one `/v1` answer.
+    pub fn record(&mut self, status: StatusCode, latency_ms: u64) {
+        let now = self.start.elapsed().as_millis() as u64;
+        let good = !status.is_server_error() && status != StatusCode::TOO_MANY_REQUESTS;
+        for (slo, event) in [
+            ("availability", self.errors.record(good, now)),
+            ("latency", self.latency.record(latency_ms, now)),
+        ] {
+            match event {
+                Some(BudgetEvent::Exhausted) => {
+                    metrics::counter!("bulwark_slo_exhausted_total", "slo" => slo).increment(1);
+                    tracing::warn!(slo, "error budget exhausted");
+                }
+                Some(BudgetEvent::Restored) => tracing::info!(slo, "error budget restored"),
+                None => {}
+            }
+        }
+        metrics::gauge!("bulwark_slo_budget_remaining_ppm", "slo" => "availability")
+            .set(self.errors.remaining_ppm() as f64);
+        metrics::gauge!("bulwark_slo_budget_remaining_ppm", "slo" => "latency")
+            .set(self.latency.budget().remaining_ppm() as f64);
+    }
 }
 
 impl ApiState {
@@ -68,6 +122,7 @@ impl ApiState {
             running,
             health: Arc::new(Mutex::new(h)),
             admission,
+            slo: Arc::new(Mutex::new(Slo::default())),
         }
     }
 }
@@ -204,6 +259,17 @@ pub fn overloaded(r: Rejected) -> Response {
 }
 
 async fn admit(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let t = tokio::time::Instant::now();
+    let resp = admitted(&s, req, next).await;
+    let latency_ms = t.elapsed().as_millis() as u64;
+    s.slo
+        .lock()
+        .expect("slo lock")
+        .record(resp.status(), latency_ms);
+    resp
+}
+
+async fn admitted(s: &ApiState, req: Request, next: Next) -> Response {
     let Some(bp) = &s.admission else {
         return next.run(req).await;
     };
@@ -234,6 +300,8 @@ struct StatusBody {
     cluster: usize,
     healthy_ready: bool,
     admission: Option<Admission>,
+    slo_availability_remaining_ppm: i64,
+    slo_latency_remaining_ppm: i64,
 }
 
 #[derive(Serialize)]
@@ -261,12 +329,21 @@ async fn status(State(s): State<ApiState>) -> Json<StatusBody> {
         None => None,
     };
     let healthy_ready = s.health.lock().expect("health lock").healthy(Kind::Ready);
+    let (avail, lat) = {
+        let slo = s.slo.lock().expect("slo lock");
+        (
+            slo.errors.remaining_ppm(),
+            slo.latency.budget().remaining_ppm(),
+        )
+    };
     Json(StatusBody {
         running: s.running.load(Ordering::Relaxed),
         linked,
         cluster,
         healthy_ready,
         admission,
+        slo_availability_remaining_ppm: avail,
+        slo_latency_remaining_ppm: lat,
     })
 }
 

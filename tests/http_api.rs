@@ -106,6 +106,9 @@ async fn health_and_admission_over_http() {
     assert!(resp.contains("\"code\":\"OVERLOADED\""), "{resp}");
     // Health is never behind the admission controller.
     assert_eq!(get(addr, "/health/live").await.0, 200);
+    // The availability SLO counted one good and one refused answer: half
+    // the requests failed, far past a 0.1% budget.
+    assert!(state.slo.lock().unwrap().errors.remaining_ppm() < 0);
 
     server.abort();
     bp.stop(None);
