@@ -28,10 +28,11 @@
 //!   body is refused.
 //!
 //! [`actors`] puts the admission core (the BackpressureController) and the
-//! pools (the BulkheadPool) behind mailboxes in the flow zone. Not built
-//! yet (the flow issue stays open): a breaker actor with the peer mesh
-//! (with the detection issue), the HTTP 429 mapping, and wiring the actors
-//! into the binary's request path (with the operator-surface issue).
+//! pools (the BulkheadPool) behind mailboxes in the flow zone; the node's
+//! HTTP layer sends every `/v1` request through the controller (429 +
+//! Retry-After) and serves the health registry at `/health/*`. The breaker
+//! is a layer inside [`guard`]; its peer mesh comes with the detection
+//! issue.
 
 pub mod actors;
 pub mod admission;
