@@ -2,6 +2,7 @@
 //! deterministic, unit-tested without tokio) plus a thin actor.
 
 pub mod bft;
+pub mod detect;
 pub mod flow;
 pub mod keys;
 pub mod ledger;
