@@ -13,7 +13,6 @@ use bulwark_transport::identity::Identity;
 use bulwark_transport::quic::PeerSpec;
 use bulwark_transport::FacilityId;
 use clap::{Parser, Subcommand};
-use ractor::ActorRef;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -217,8 +216,7 @@ async fn node(path: PathBuf) -> AnyResult {
                     .get_state::<u64>("health.probe")
                     .map(|_| ())
                     .map_err(|e| e.to_string());
-                let peer = ractor::registry::where_is(ctx.actor_name(Zone::Consensus, RAFT))
-                    .map(ActorRef::<RaftMsg>::from);
+                let peer = ctx.find::<RaftMsg>(Zone::Consensus, RAFT);
                 let leader = match peer {
                     Some(p) => match p
                         .call(RaftMsg::Status, Some(std::time::Duration::from_secs(1)))

@@ -342,7 +342,7 @@ pub struct BftArgs {
 
 /// The running BftValidator of `node`, if any.
 pub fn validator(node: &Node) -> Option<ActorRef<BftMsg>> {
-    ractor::registry::where_is(node.ctx().actor_name(Zone::Consensus, BFT)).map(Into::into)
+    node.ctx().find(Zone::Consensus, BFT)
 }
 
 impl Actor for BftValidator {

@@ -388,7 +388,7 @@ pub fn raft_child(setup: RaftSetup) -> (Zone, ChildDef) {
 
 /// The running RaftPeer of `node`, if any.
 pub fn raft_peer(node: &Node) -> Option<ActorRef<RaftMsg>> {
-    ractor::registry::where_is(node.ctx().actor_name(Zone::Consensus, RAFT)).map(Into::into)
+    node.ctx().find(Zone::Consensus, RAFT)
 }
 
 impl Actor for RaftPeer {

@@ -54,6 +54,12 @@ impl NodeCtx {
     pub fn actor_name(&self, zone: Zone, actor: &str) -> String {
         format!("{}/{}/{}", self.scope, zone.as_str(), actor)
     }
+
+    /// The running actor `actor` of `zone` on this node, if any (its
+    /// current incarnation: a restarted actor is found again).
+    pub fn find<M: ractor::Message>(&self, zone: Zone, actor: &str) -> Option<ractor::ActorRef<M>> {
+        ractor::registry::where_is(self.actor_name(zone, actor)).map(Into::into)
+    }
 }
 
 type Make = Arc<dyn Fn(NodeCtx, ActorCell, String) -> ractor_supervisor::SpawnFuture + Send + Sync>;

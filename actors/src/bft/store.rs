@@ -89,20 +89,10 @@ impl LedgerStore {
         Ok(r)
     }
 
-    /// Stores own votes and the entries they are for (before they leave).
-    pub fn persist_votes(&self, votes: &[(Link, Vote)]) -> Result<(), StorageError> {
-        self.write_batch(votes, &[], &[])
-    }
-
     /// Appends final entries (in height order) and drops the votes and
     /// pending entries they settle.
     pub fn append_finals(&self, finals: &[(u64, FinalEntry)]) -> Result<(), StorageError> {
         self.write_batch(&[], finals, &[])
-    }
-
-    /// Records evidence (the oldest rows go past [`EVIDENCE_ROWS_MAX`]).
-    pub fn add_evidence(&self, evidence: &[Evidence]) -> Result<(), StorageError> {
-        self.write_batch(&[], &[], evidence)
     }
 
     /// Own votes, final entries (in height order) and evidence in one

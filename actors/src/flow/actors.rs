@@ -113,7 +113,7 @@ pub fn backpressure_child(config: AdmissionConfig, tick_ms: u64) -> (Zone, Child
 
 /// The running BackpressureController of `node`.
 pub fn backpressure(node: &Node) -> Option<ActorRef<BackpressureMsg>> {
-    ractor::registry::where_is(node.ctx().actor_name(Zone::Flow, BACKPRESSURE)).map(Into::into)
+    node.ctx().find(Zone::Flow, BACKPRESSURE)
 }
 
 impl Actor for Backpressure {
@@ -230,7 +230,7 @@ pub fn bulkhead_child(total: u32) -> (Zone, ChildDef) {
 
 /// The running BulkheadPool of `node`.
 pub fn bulkheads(node: &Node) -> Option<ActorRef<BulkheadMsg>> {
-    ractor::registry::where_is(node.ctx().actor_name(Zone::Flow, BULKHEADS)).map(Into::into)
+    node.ctx().find(Zone::Flow, BULKHEADS)
 }
 
 impl Actor for BulkheadPool {
@@ -256,9 +256,11 @@ impl Actor for BulkheadPool {
         msg: BulkheadMsg,
         st: &mut BulkheadState,
     ) -> Result<(), ActorProcessingErr> {
+        let mut changed = false;
         match msg {
             BulkheadMsg::Acquire { pool, n, reply } => {
                 let out = st.pools.acquire(&pool, n).map(|lease| {
+                    changed = true;
                     let id = st.next;
                     st.next += 1;
                     st.leases.insert(id, lease);
@@ -273,15 +275,18 @@ impl Actor for BulkheadPool {
             BulkheadMsg::Release(id) => {
                 if let Some(lease) = st.leases.remove(&id) {
                     st.pools.release(lease);
+                    changed = true;
                 }
             }
             BulkheadMsg::Status(reply) => {
                 let _ = reply.send(st.pools.status());
             }
         }
-        for s in st.pools.status() {
-            metrics::gauge!("bulwark_flow_pool_allocated", "pool" => s.name.clone())
-                .set(f64::from(s.allocated));
+        if changed {
+            for s in st.pools.status() {
+                metrics::gauge!("bulwark_flow_pool_allocated", "pool" => s.name.clone())
+                    .set(f64::from(s.allocated));
+            }
         }
         Ok(())
     }

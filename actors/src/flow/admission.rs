@@ -228,17 +228,17 @@ mod tests {
         let mut waits = Vec::new();
         let mut running: Vec<u64> = Vec::new(); // completion times
         let service_ms = 20;
-        for now in 0..60_000u64 {
-            // Completions due now.
+        for t_ms in 0..60_000u64 {
+            // Completions due at this ms.
             running.sort_unstable();
-            while running.first().is_some_and(|&t| t <= now) {
+            while running.first().is_some_and(|&t| t <= t_ms) {
                 running.remove(0);
-                for e in a.complete(service_ms, now) {
+                for e in a.complete(service_ms, t_ms) {
                     match e {
                         Event::Admitted(id) => {
                             admitted += 1;
-                            waits.push(now - queued_at.remove(&id).unwrap());
-                            running.push(now + service_ms);
+                            waits.push(t_ms - queued_at.remove(&id).unwrap());
+                            running.push(t_ms + service_ms);
                         }
                         Event::TimedOut(id, r) => {
                             queued_at.remove(&id);
@@ -248,12 +248,12 @@ mod tests {
                     }
                 }
             }
-            for e in a.poll(now) {
+            for e in a.poll(t_ms) {
                 match e {
                     Event::Admitted(id) => {
                         admitted += 1;
-                        waits.push(now - queued_at.remove(&id).unwrap());
-                        running.push(now + service_ms);
+                        waits.push(t_ms - queued_at.remove(&id).unwrap());
+                        running.push(t_ms + service_ms);
                     }
                     Event::TimedOut(id, r) => {
                         queued_at.remove(&id);
@@ -265,14 +265,14 @@ mod tests {
             // 1,000 requests/s offered: one per ms on average.
             let arrivals = if rng.random_bool(0.5) { 2 } else { 0 };
             for _ in 0..arrivals {
-                match a.arrive(now) {
+                match a.arrive(t_ms) {
                     Ok(Arrival::Admitted(_)) => {
                         admitted += 1;
                         waits.push(0);
-                        running.push(now + service_ms);
+                        running.push(t_ms + service_ms);
                     }
                     Ok(Arrival::Queued(id)) => {
-                        queued_at.insert(id, now);
+                        queued_at.insert(id, t_ms);
                     }
                     Err(r) => {
                         assert!(r.retry_after_ms >= 1, "{r:?}");
@@ -316,35 +316,35 @@ mod tests {
         let mut running: Vec<(u64, u64)> = Vec::new(); // (done at, latency)
         let mut limits = Vec::new();
         let mut admitted = [0u64; 2];
-        for now in 0..60_000u64 {
-            let base = if now < 30_000 { 10 } else { 40 };
+        for t_ms in 0..60_000u64 {
+            let base = if t_ms < 30_000 { 10 } else { 40 };
             running.sort_unstable();
             let mut started = 0;
-            while running.first().is_some_and(|&(t, _)| t <= now) {
+            while running.first().is_some_and(|&(t, _)| t <= t_ms) {
                 let (_, lat) = running.remove(0);
                 started += a
-                    .complete(lat, now)
+                    .complete(lat, t_ms)
                     .iter()
                     .filter(|e| matches!(e, Event::Admitted(_)))
                     .count();
             }
             started += a
-                .poll(now)
+                .poll(t_ms)
                 .iter()
                 .filter(|e| matches!(e, Event::Admitted(_)))
                 .count();
             for _ in 0..2 {
-                if let Ok(Arrival::Admitted(_)) = a.arrive(now) {
+                if let Ok(Arrival::Admitted(_)) = a.arrive(t_ms) {
                     started += 1;
                 }
             }
             for _ in 0..started {
                 let load = u64::from(a.in_flight()).max(8);
                 let lat = base * load / 8;
-                running.push((now + lat, lat));
+                running.push((t_ms + lat, lat));
             }
-            admitted[usize::from(now >= 30_000)] += started as u64;
-            if (20_000..30_000).contains(&now) {
+            admitted[usize::from(t_ms >= 30_000)] += started as u64;
+            if (20_000..30_000).contains(&t_ms) {
                 limits.push(a.limit());
             }
         }

@@ -180,12 +180,7 @@ impl Guard {
             let now = self.now_ms();
             let mut g = self.lock();
             let acquired = g.breaker.as_mut().map(|b| b.try_acquire(now));
-            if let Some(b) = g.breaker.as_mut() {
-                for t in b.drain_events() {
-                    metrics::counter!("bulwark_flow_breaker_transitions_total", "to" => t.to)
-                        .increment(1);
-                }
-            }
+            report_transitions(g.breaker.as_mut());
             match acquired {
                 Some(Err(r)) => {
                     metrics::counter!("bulwark_flow_breaker_refused_total").increment(1);
@@ -235,14 +230,16 @@ impl Guard {
         if let (Some(b), Some(p)) = (g.breaker.as_mut(), permit) {
             b.on_result(p, outcome, took, now);
         }
-        if let Some(b) = g.breaker.as_mut() {
-            for t in b.drain_events() {
-                metrics::counter!("bulwark_flow_breaker_transitions_total", "to" => t.to)
-                    .increment(1);
-                tracing::info!(from = t.from, to = t.to, "circuit breaker transition");
-            }
-        }
+        report_transitions(g.breaker.as_mut());
         result
+    }
+}
+
+/// Turns the breaker's transitions into metrics and log lines.
+fn report_transitions(breaker: Option<&mut Breaker>) {
+    for t in breaker.map(Breaker::drain_events).unwrap_or_default() {
+        metrics::counter!("bulwark_flow_breaker_transitions_total", "to" => t.to).increment(1);
+        tracing::info!(from = t.from, to = t.to, "circuit breaker transition");
     }
 }
 

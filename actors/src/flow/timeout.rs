@@ -20,7 +20,9 @@ pub struct LatencyStats {
 }
 
 /// The adaptive timeout. Two histograms rotate every `window` samples, so
-/// the timeout follows the recent latency, not all history.
+/// the timeout follows the recent latency, not all history; a third holds
+/// their sum, kept as samples arrive and rotate out, so reading the timeout
+/// on every call merges nothing.
 #[derive(Debug, Clone)]
 pub struct AdaptiveTimeout {
     min_ms: u64,
@@ -30,6 +32,8 @@ pub struct AdaptiveTimeout {
     window: u64,
     current: Histogram<u64>,
     previous: Histogram<u64>,
+    /// `current` + `previous`.
+    both: Histogram<u64>,
 }
 
 /// Latencies above this are recorded as this (one hour).
@@ -48,28 +52,27 @@ impl AdaptiveTimeout {
             window,
             current: h(),
             previous: h(),
+            both: h(),
         }
     }
 
     /// Records one call's latency.
     pub fn record(&mut self, latency_ms: u64) {
         if self.current.len() >= self.window {
+            self.both
+                .subtract(&self.previous)
+                .expect("previous is part of both");
             std::mem::swap(&mut self.current, &mut self.previous);
             self.current.reset();
         }
-        self.current
-            .saturating_record(latency_ms.clamp(1, LATENCY_MAX_MS));
-    }
-
-    fn merged(&self) -> Histogram<u64> {
-        let mut h = self.current.clone();
-        h.add(&self.previous).expect("same bounds");
-        h
+        let v = latency_ms.clamp(1, LATENCY_MAX_MS);
+        self.current.saturating_record(v);
+        self.both.saturating_record(v);
     }
 
     /// The timeout for the next call.
     pub fn timeout_ms(&self) -> u64 {
-        let h = self.merged();
+        let h = &self.both;
         if h.is_empty() {
             return self.max_ms;
         }
@@ -79,7 +82,7 @@ impl AdaptiveTimeout {
 
     /// The percentiles now.
     pub fn stats(&self) -> LatencyStats {
-        let h = self.merged();
+        let h = &self.both;
         LatencyStats {
             count: h.len(),
             p50_ms: h.value_at_quantile(0.5),
