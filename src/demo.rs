@@ -136,6 +136,7 @@ fn command(f: &Facility, n: u64, op: Op) -> Command {
         at_unix_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
+        hlc: bulwark_actors::hlc::Hlc::ZERO,
         op,
     }
 }

@@ -39,6 +39,7 @@ fn command(n: u64, op: Op) -> Command {
         key: IdempotencyKey(key),
         issued_by: "alpha".parse().unwrap(),
         at_unix_ms: 0,
+        hlc: bulwark_actors::hlc::Hlc::ZERO,
         op,
     }
 }

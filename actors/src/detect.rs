@@ -9,10 +9,16 @@
 //! CDF uses the logistic approximation Akka's detector uses. φ = 8 means
 //! a one-in-10⁸ chance of a false suspicion per check.
 //!
-//! Built so far (the detection issue stays open): this core, the
-//! membership view and the detection-time and false-suspicion
-//! measurements. Not yet: the actor on QUIC datagrams, the partition
-//! monitor, the CAP gate, the healer, and their uses.
+//! [`actor`] runs it: the FailureDetector sends heartbeats as QUIC
+//! datagrams and publishes the membership view and its changes through
+//! the [`Detection`] handle.
+
+pub mod actor;
+
+pub use actor::{
+    detector_child, ClusterView, DetectConfig, DetectMsg, Detection, FailureDetector, Heartbeat,
+    MembershipEvent, PeerView, DETECTOR,
+};
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -41,7 +47,7 @@ impl Default for PhiConfig {
         PhiConfig {
             window: 200,
             min_std_ms: 100.0,
-            acceptable_pause_ms: 0.0,
+            acceptable_pause_ms: 1_000.0,
             first_interval_ms: 1_000.0,
             suspect_phi: 8.0,
             down_phi: 16.0,
@@ -181,6 +187,16 @@ impl Membership {
         }
     }
 
+    /// Presumes every peer heard at `now_ms` (a start): a peer that never
+    /// answers is then suspected like one that stopped.
+    pub fn started(&mut self, now_ms: u64) {
+        for (d, _) in self.peers.values_mut() {
+            if d.last_ms.is_none() {
+                d.last_ms = Some(now_ms);
+            }
+        }
+    }
+
     /// A heartbeat from `peer` (unknown peers are ignored).
     pub fn heartbeat(&mut self, peer: &FacilityId, now_ms: u64) -> Vec<Change> {
         if let Some((d, _)) = self.peers.get_mut(peer) {
@@ -246,6 +262,7 @@ mod tests {
     fn the_detector_learns_the_interval_and_adapts_to_jitter() {
         let cfg = PhiConfig {
             min_std_ms: 10.0,
+            acceptable_pause_ms: 0.0,
             ..PhiConfig::default()
         };
         let mut steady = PhiDetector::new(cfg.clone());
@@ -310,7 +327,10 @@ mod tests {
     /// healthy heartbeats (checked every 10 ms), then the time from the
     /// last heartbeat (a crash) until φ crosses `th`.
     fn measure(th: f64, harsh: bool, hours: u64) -> (u64, f64) {
-        let mut d = PhiDetector::new(PhiConfig::default());
+        let mut d = PhiDetector::new(PhiConfig {
+            acceptable_pause_ms: 0.0,
+            ..PhiConfig::default()
+        });
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
         let mut next = 0u64;
         let mut suspected = false;

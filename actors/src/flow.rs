@@ -31,8 +31,11 @@
 //! pools (the BulkheadPool) behind mailboxes in the flow zone; the node's
 //! HTTP layer sends every `/v1` request through the controller (429 +
 //! Retry-After) and serves the health registry at `/health/*`. The breaker
-//! is a layer inside [`guard`]; its peer mesh comes with the detection
-//! issue.
+//! is a layer inside [`guard`] for in-process callers; [`mesh`] holds a
+//! facility's named breakers in an actor that trips the ones depending on
+//! a peer the failure detector holds Down, tells peers of every
+//! transition, and raises the local capacity buffer when peers' breakers
+//! open.
 
 pub mod actors;
 pub mod admission;
@@ -43,6 +46,7 @@ pub mod fallback;
 pub mod guard;
 pub mod health;
 pub mod idempotency;
+pub mod mesh;
 pub mod rate;
 pub mod retry;
 pub mod timeout;

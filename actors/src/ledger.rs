@@ -723,6 +723,7 @@ mod tests {
                     key: IdempotencyKey([self.index as u8; 16]),
                     issued_by: ids()[by].clone(),
                     at_unix_ms: at,
+                    hlc: crate::hlc::Hlc::ZERO,
                     op,
                 },
             };

@@ -2,8 +2,10 @@
 //! deterministic, unit-tested without tokio) plus a thin actor.
 
 pub mod bft;
+pub mod cap;
 pub mod detect;
 pub mod flow;
+pub mod hlc;
 pub mod keys;
 pub mod ledger;
 pub mod raft;

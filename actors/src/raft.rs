@@ -333,6 +333,11 @@ pub struct RaftSetup {
     /// This facility's signing key and every member's public key: proposals
     /// are signed, and every committed proposal's signature is checked.
     pub keyring: Keyring,
+    /// The failure detector's view: while a majority of the peers suspect
+    /// this facility, it lowers its election priority (it is not
+    /// preferred as leader) and, leading, hands leadership to the
+    /// healthiest peer. `None`: leadership ignores the detector.
+    pub detection: Option<crate::detect::Detection>,
 }
 
 impl RaftSetup {
@@ -345,6 +350,7 @@ impl RaftSetup {
             config: RaftConfig::default(),
             tap: None,
             keyring,
+            detection: None,
         }
     }
 }
@@ -370,6 +376,45 @@ pub struct RaftPeerState {
     flush_queued: bool,
     ticker: ractor::concurrency::JoinHandle<()>,
     tap: Option<AppliedTap>,
+    detection: Option<crate::detect::Detection>,
+    /// The tick of the last leadership transfer this facility asked for.
+    transferred_at: Option<u64>,
+    /// Ticks between two transfers asked for.
+    transfer_cooldown: u64,
+}
+
+impl RaftPeerState {
+    /// Leadership follows the detector: a facility a majority of its
+    /// peers suspect is not preferred as leader, and hands leadership
+    /// away when it holds it.
+    fn follow_detector(&mut self) -> Result<(), ActorProcessingErr> {
+        let Some(d) = &self.detection else {
+            return Ok(());
+        };
+        let view = d.view();
+        let suspected = view.self_suspected();
+        let want = if suspected { -1 } else { 0 };
+        if self.core.priority() != want {
+            tracing::warn!(suspected, by = ?view.suspected_by, "election priority {want}");
+            self.core.set_priority(want);
+        }
+        let now = self.core.ticks();
+        let cooled = self
+            .transferred_at
+            .is_none_or(|t| now >= t + self.transfer_cooldown);
+        if suspected && self.core.is_leader() && cooled {
+            let voters = self.core.voters();
+            if let Some(to) = view.healthiest_peer().filter(|p| voters.contains(p)) {
+                tracing::warn!(%to, by = ?view.suspected_by, "suspected by the majority: handing leadership over");
+                metrics::counter!("bulwark_raft_leader_transfers_total",
+                    "facility" => self.ctx.facility.to_string(), "reason" => "suspected")
+                .increment(1);
+                self.transferred_at = Some(now);
+                self.core.transfer_leader(&to)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The RaftPeer as a child of the consensus zone.
@@ -425,6 +470,9 @@ impl Actor for RaftPeer {
             flush_queued: false,
             ticker,
             tap: setup.tap,
+            detection: setup.detection,
+            transferred_at: None,
+            transfer_cooldown: 2 * setup.config.election_ticks as u64,
         })
     }
 
@@ -435,7 +483,10 @@ impl Actor for RaftPeer {
         st: &mut RaftPeerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RaftMsg::Tick => st.core.tick()?,
+            RaftMsg::Tick => {
+                st.core.tick()?;
+                st.follow_detector()?;
+            }
             RaftMsg::Remote(d) => {
                 let from = d.envelope.from.clone();
                 match codec::decode::<RaftWire>(&d.envelope.body) {

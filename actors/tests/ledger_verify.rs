@@ -71,6 +71,7 @@ fn chain(len: usize) -> (Vec<FinalEntry>, PublicKeys) {
                 key: IdempotencyKey([i as u8; 16]),
                 issued_by: proposer.clone(),
                 at_unix_ms: 1_000 + i as u64,
+                hlc: bulwark_actors::hlc::Hlc::ZERO,
                 op,
             },
         };

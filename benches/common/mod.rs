@@ -25,6 +25,7 @@ pub fn command() -> Command {
         key: IdempotencyKey(key),
         issued_by: "alpha".parse().unwrap(),
         at_unix_ms: 0,
+        hlc: bulwark_actors::hlc::Hlc::ZERO,
         op: Op::Approve {
             through_day: n as u32,
         },

@@ -206,6 +206,14 @@ impl Router {
         self.dispatch(env)
     }
 
+    /// Sends a one-way message on the unreliable path (QUIC datagrams):
+    /// heartbeats. It may be lost and is never queued behind bulk data; the
+    /// encoded envelope must fit [`bulwark_transport::DATAGRAM_LEN_MAX`].
+    pub fn send_datagram(&self, to: Address, body: Vec<u8>) -> Result<(), RouteError> {
+        let env = self.envelope(to, Kind::OneWay, body, None, None)?;
+        self.dispatch_class(env, TrafficClass::Heartbeat)
+    }
+
     /// Sends a request and waits up to `timeout` for the reply's body.
     pub async fn request(
         &self,
@@ -391,6 +399,10 @@ impl Router {
     }
 
     fn dispatch(&self, env: Envelope) -> Result<(), RouteError> {
+        self.dispatch_class(env, TrafficClass::Control)
+    }
+
+    fn dispatch_class(&self, env: Envelope, class: TrafficClass) -> Result<(), RouteError> {
         if env.to.facility == self.inner.local {
             self.accept(env);
             return Ok(());
@@ -399,7 +411,7 @@ impl Router {
         let bytes = codec::encode(&env)?;
         self.inner
             .transport
-            .send(&to.facility, TrafficClass::Control, bytes)
+            .send(&to.facility, class, bytes)
             .map_err(|e| RouteError::Transport { to, kind: e.kind })?;
         metrics::counter!("bulwark_actor_messages_out_total",
             "facility" => self.inner.local.to_string(), "peer" => env.to.facility.to_string())

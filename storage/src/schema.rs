@@ -31,6 +31,8 @@ pub const BFT_PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("bft_p
 pub const EVIDENCE: TableDefinition<u64, &[u8]> = TableDefinition::new("evidence");
 /// Provisional (AP) changes made during a partition, by local sequence.
 pub const PROVISIONAL: TableDefinition<u64, &[u8]> = TableDefinition::new("provisional");
+/// The healer's reconciliation reports, by round.
+pub const RECONCILIATION: TableDefinition<u64, &[u8]> = TableDefinition::new("reconciliation");
 /// Idempotency keys already applied, with their outcome and expiry.
 pub const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
 

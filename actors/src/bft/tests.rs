@@ -44,6 +44,7 @@ fn entries(len: u64) -> Vec<AppliedEntry> {
                     key: IdempotencyKey([i as u8; 16]),
                     issued_by: ids()[0].clone(),
                     at_unix_ms: NOW,
+                    hlc: crate::hlc::Hlc::ZERO,
                     op: Op::Approve {
                         through_day: i as u32,
                     },

@@ -42,6 +42,8 @@ pub struct BackpressureStatus {
     pub queued: usize,
     /// Queue fill, 0.0 to 1.0 (the signal for upstream).
     pub pressure: f64,
+    /// Extra queue slots raised by the breaker mesh.
+    pub buffer: usize,
 }
 
 /// Messages of the [`Backpressure`] actor.
@@ -55,6 +57,8 @@ pub enum BackpressureMsg {
     },
     /// Start queued requests, time out stale ones (self-sent).
     Tick,
+    /// Set the capacity buffer: extra queue slots (the breaker mesh).
+    SetBuffer(usize),
     /// The view.
     Status(RpcReplyPort<BackpressureStatus>),
 }
@@ -172,12 +176,17 @@ impl Actor for Backpressure {
                 let events = st.core.poll(now);
                 st.carry_out(events, now);
             }
+            BackpressureMsg::SetBuffer(extra) => {
+                metrics::gauge!("bulwark_flow_buffer").set(extra as f64);
+                st.core.set_buffer(extra);
+            }
             BackpressureMsg::Status(reply) => {
                 let _ = reply.send(BackpressureStatus {
                     limit: st.core.limit(),
                     in_flight: st.core.in_flight(),
                     queued: st.core.queued(),
                     pressure: st.core.pressure(),
+                    buffer: st.core.buffer(),
                 });
             }
         }

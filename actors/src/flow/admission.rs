@@ -88,6 +88,9 @@ pub struct Admission {
     /// When the limit was last cut: at most once per target latency, so
     /// one slow round trip cuts it once, not once per completion.
     last_decrease_ms: Option<u64>,
+    /// Extra queue slots on top of `queue_len_max` (the capacity buffer
+    /// the breaker mesh raises when peers' breakers open).
+    buffer: usize,
 }
 
 impl Admission {
@@ -103,7 +106,24 @@ impl Admission {
             queue: VecDeque::new(),
             next_id: 1,
             last_decrease_ms: None,
+            buffer: 0,
         }
+    }
+
+    /// Sets the capacity buffer: `extra` queue slots beyond the
+    /// configured length, so load shifted here by a peer's open breaker
+    /// waits instead of being refused.
+    pub fn set_buffer(&mut self, extra: usize) {
+        self.buffer = extra;
+    }
+
+    /// The capacity buffer.
+    pub fn buffer(&self) -> usize {
+        self.buffer
+    }
+
+    fn queue_cap(&self) -> usize {
+        self.config.queue_len_max + self.buffer
     }
 
     /// The concurrency limit now.
@@ -124,7 +144,7 @@ impl Admission {
     /// How full the queue is, 0.0 to 1.0: what a slow consumer tells the
     /// stage before it.
     pub fn pressure(&self) -> f64 {
-        self.queue.len() as f64 / self.config.queue_len_max.max(1) as f64
+        self.queue.len() as f64 / self.queue_cap().max(1) as f64
     }
 
     fn retry_after(&mut self, now_ms: u64) -> u64 {
@@ -147,7 +167,7 @@ impl Admission {
             self.in_flight += 1;
             return Ok(Arrival::Admitted(id));
         }
-        if self.queue.len() >= self.config.queue_len_max {
+        if self.queue.len() >= self.queue_cap() {
             return Err(Rejected {
                 reason: "queue_full",
                 retry_after_ms: self.retry_after(now_ms),

@@ -552,6 +552,23 @@ impl RaftCore {
         Ok(seq)
     }
 
+    /// Sets this facility's election priority: a voter whose log is no
+    /// longer refuses its vote to a candidate of lower priority, so a
+    /// facility that lowers its own is not preferred as leader.
+    pub fn set_priority(&mut self, priority: i64) {
+        self.node.raft.set_priority(priority);
+    }
+
+    /// This facility's election priority.
+    pub fn priority(&self) -> i64 {
+        self.node.raft.priority
+    }
+
+    /// Ticks since this core opened.
+    pub fn ticks(&self) -> u64 {
+        self.ticks
+    }
+
     /// Asks raft-rs to hand leadership to `to`.
     pub fn transfer_leader(&mut self, to: &FacilityId) -> Result<(), RaftCoreError> {
         self.node.transfer_leader(raft_id(to));

@@ -33,6 +33,7 @@ use bulwark_storage::{codec, CodecError};
 use bulwark_transport::FacilityId;
 use serde::{Deserialize, Serialize};
 
+use crate::hlc::Hlc;
 use crate::ledger::ChainHead;
 pub use rules::{Interval, Rule};
 
@@ -218,8 +219,30 @@ pub struct Command {
     /// is proposed). The schedule's rules never read it; the ledger checks
     /// it (TIME_TRAVEL).
     pub at_unix_ms: u64,
+    /// Its hybrid-logical-clock timestamp: when it happened, for
+    /// last-write-wins after a partition. Stamped by the facility that
+    /// accepted it (a provisional change keeps the stamp it was made
+    /// with when it is replayed); [`Hlc::ZERO`] means unstamped, and
+    /// [`Command::stamp`] then falls back to `at_unix_ms`.
+    pub hlc: Hlc,
     /// What to do.
     pub op: Op,
+}
+
+impl Command {
+    /// The command's timestamp for last-write-wins: its HLC, or, when
+    /// unstamped, the proposer's clock and id.
+    pub fn stamp(&self) -> Hlc {
+        if self.hlc.is_zero() {
+            Hlc {
+                wall_ms: self.at_unix_ms,
+                logical: 0,
+                node: crate::raft::raft_id(&self.issued_by),
+            }
+        } else {
+            self.hlc
+        }
+    }
 }
 
 /// What a command does.
@@ -278,6 +301,17 @@ pub enum Op {
         /// Last approved day.
         through_day: u32,
     },
+    /// The healer's resolution of a partition conflict: take `remove` off
+    /// `block` and put `cover` on it as emergency coverage, all or
+    /// nothing (approved blocks too, as emergency coverage may).
+    Reconcile {
+        /// Where.
+        block: BlockId,
+        /// The assignments that lost (last-write-wins or a review).
+        remove: Vec<PersonId>,
+        /// The provisional change that won.
+        cover: PersonId,
+    },
 }
 
 impl Op {
@@ -292,6 +326,7 @@ impl Op {
             Op::Leave { .. } => "leave",
             Op::EmergencyCoverage { .. } => "emergency_coverage",
             Op::Approve { .. } => "approve",
+            Op::Reconcile { .. } => "reconcile",
         }
     }
 }
@@ -316,6 +351,12 @@ pub enum Effect {
     },
     /// An open slot was covered.
     Covered,
+    /// A partition conflict was resolved: these people lost the block to
+    /// the cover.
+    Reconciled {
+        /// Who was taken off.
+        removed: Vec<PersonId>,
+    },
     /// Days up to `through_day` are final.
     Approved {
         /// Last approved day.
@@ -391,6 +432,8 @@ pub struct Assignment {
     pub index: u64,
     /// Made by emergency coverage.
     pub emergency: bool,
+    /// The timestamp of the command that made it ([`Command::stamp`]).
+    pub stamp: Hlc,
 }
 
 /// Why a snapshot does not restore.
@@ -453,7 +496,7 @@ impl ScheduleState {
             self.record_rejection(index, cmd, &rejection);
             return Applied::Fresh(Outcome::Rejected(rejection));
         }
-        let outcome = match self.execute(index, &cmd.op) {
+        let outcome = match self.execute(index, cmd.stamp(), &cmd.op) {
             Ok(effect) => Outcome::Applied(effect),
             Err(rejection) => {
                 self.record_rejection(index, cmd, &rejection);
@@ -531,7 +574,7 @@ impl ScheduleState {
     }
 
     /// Runs `op`: on `Err` nothing has changed.
-    fn execute(&mut self, index: u64, op: &Op) -> Result<Effect, Rejection> {
+    fn execute(&mut self, index: u64, stamp: Hlc, op: &Op) -> Result<Effect, Rejection> {
         match op {
             Op::AddPerson(p) => {
                 validate_name(&p.name).map_err(|d| reject(Rule::InvalidInput, d))?;
@@ -566,13 +609,13 @@ impl ScheduleState {
             Op::Assign { person, block } => {
                 self.check_open(person, block, false)?;
                 self.check_person_with(person, &[], &[block])?;
-                self.insert_assignment(index, person, block, false);
+                self.insert_assignment(index, stamp, person, block, false);
                 Ok(Effect::Assigned)
             }
             Op::EmergencyCoverage { block, person } => {
                 self.check_open(person, block, true)?;
                 self.check_person_with(person, &[], &[block])?;
-                self.insert_assignment(index, person, block, true);
+                self.insert_assignment(index, stamp, person, block, true);
                 Ok(Effect::Covered)
             }
             Op::Unassign { person, block } => {
@@ -611,8 +654,8 @@ impl ScheduleState {
                 let ib = self.assignments[b_block][b];
                 self.remove_assignment(a, a_block);
                 self.remove_assignment(b, b_block);
-                self.insert_assignment(index, a, b_block, ia.emergency);
-                self.insert_assignment(index, b, a_block, ib.emergency);
+                self.insert_assignment(index, stamp, a, b_block, ia.emergency);
+                self.insert_assignment(index, stamp, b, a_block, ib.emergency);
                 Ok(Effect::Swapped)
             }
             Op::Leave {
@@ -671,6 +714,44 @@ impl ScheduleState {
                 self.approved_through = Some(*through_day);
                 Ok(Effect::Approved {
                     through_day: *through_day,
+                })
+            }
+            Op::Reconcile {
+                block,
+                remove,
+                cover,
+            } => {
+                let unique: BTreeSet<&PersonId> = remove.iter().collect();
+                if unique.len() != remove.len() || unique.contains(cover) {
+                    return Err(reject(
+                        Rule::InvalidInput,
+                        "reconcile removes distinct people other than the cover".into(),
+                    ));
+                }
+                self.person(cover)?;
+                let required = usize::from(self.block(block)?.required);
+                for p in remove {
+                    self.check_assigned(p, block)?;
+                }
+                if self.is_assigned(cover, block) {
+                    return Err(reject(
+                        Rule::DoubleBooking,
+                        format!("{cover} is already on {block}"),
+                    ));
+                }
+                if self.staffed(block) - remove.len() >= required {
+                    return Err(reject(
+                        Rule::BlockFull,
+                        format!("{block} keeps its {required} people"),
+                    ));
+                }
+                self.check_person_with(cover, &[], &[block])?;
+                for p in remove {
+                    self.remove_assignment(p, block);
+                }
+                self.insert_assignment(index, stamp, cover, block, true);
+                Ok(Effect::Reconciled {
+                    removed: remove.clone(),
                 })
             }
         }
@@ -783,15 +864,20 @@ impl ScheduleState {
     fn insert_assignment(
         &mut self,
         index: u64,
+        stamp: Hlc,
         person: &PersonId,
         block: &BlockId,
         emergency: bool,
     ) {
         let iv = self.blocks[block].interval();
-        self.assignments
-            .entry(block.clone())
-            .or_default()
-            .insert(person.clone(), Assignment { index, emergency });
+        self.assignments.entry(block.clone()).or_default().insert(
+            person.clone(),
+            Assignment {
+                index,
+                emergency,
+                stamp,
+            },
+        );
         self.by_person
             .entry(person.clone())
             .or_default()
@@ -930,6 +1016,19 @@ impl ScheduleState {
             .get(block)
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The assignments on `block`, by person.
+    pub fn assignments_on(&self, block: &BlockId) -> Vec<(PersonId, Assignment)> {
+        self.assignments
+            .get(block)
+            .map(|m| m.iter().map(|(p, a)| (p.clone(), *a)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The block `id`, if it exists.
+    pub fn block_of(&self, id: &BlockId) -> Option<&Block> {
+        self.blocks.get(id)
     }
 
     /// Every assignment as (block, person, assignment).

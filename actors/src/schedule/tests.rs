@@ -13,6 +13,7 @@ fn cmd(n: u64, op: Op) -> Command {
         key: IdempotencyKey(key),
         issued_by: fac(),
         at_unix_ms: 1_700_000_000_000 + n,
+        hlc: crate::hlc::Hlc::ZERO,
         op,
     }
 }
@@ -292,6 +293,44 @@ fn approval_needs_full_staff_then_freezes_but_allows_emergency_cover() {
 }
 
 #[test]
+fn reconcile_replaces_the_losers_all_or_nothing() {
+    let mut r = Run::new();
+    days_of_12h(&mut r, "ann", 2);
+    r.ok(person("bob"));
+    r.ok(person("cy"));
+    r.ok(assign("ann", "d0"));
+    r.ok(Op::Approve { through_day: 0 });
+    let rec = |remove: &[&str], cover: &str| Op::Reconcile {
+        block: bid("d0"),
+        remove: remove.iter().map(|p| pid(p)).collect(),
+        cover: pid(cover),
+    };
+    // The block keeps its one person unless she is removed.
+    r.rejected(rec(&[], "bob"), Rule::BlockFull);
+    r.rejected(rec(&["cy"], "bob"), Rule::NotAssigned);
+    r.rejected(rec(&["ann"], "ann"), Rule::InvalidInput);
+    r.rejected(rec(&["ann", "ann"], "bob"), Rule::InvalidInput);
+    r.rejected(rec(&["ann"], "nobody"), Rule::UnknownPerson);
+    // Even on an approved day, the winner takes the block.
+    r.ok(rec(&["ann"], "bob"));
+    assert_eq!(r.st.assignees(&bid("d0")), vec![pid("bob")]);
+    let on = r.st.assignments_on(&bid("d0"));
+    assert!(on[0].1.emergency);
+    assert_eq!(on[0].1.stamp.wall_ms, 1_700_000_000_000 + r.n);
+    // The winner's own rules still bind: bob on d1 as well is fine, but
+    // not twice in one place.
+    r.ok(assign("bob", "d1"));
+    r.rejected(
+        Op::Reconcile {
+            block: bid("d1"),
+            remove: vec![],
+            cover: pid("bob"),
+        },
+        Rule::DoubleBooking,
+    );
+}
+
+#[test]
 fn a_retry_applies_once_and_a_reused_key_is_refused() {
     let mut st = ScheduleState::new();
     let add = cmd(1, person("ann"));
@@ -385,6 +424,7 @@ fn restore_refuses_garbage_and_states_that_break_invariants() {
         Assignment {
             index: 9,
             emergency: false,
+            stamp: crate::hlc::Hlc::ZERO,
         },
     );
     let bytes = forged.snapshot().unwrap();
@@ -517,8 +557,15 @@ fn arb_op() -> impl Strategy<Value = Op> {
             from_day,
             to_day: from_day + len
         }),
-        (b, p).prop_map(|(block, person)| Op::EmergencyCoverage { block, person }),
+        (b.clone(), p.clone()).prop_map(|(block, person)| Op::EmergencyCoverage { block, person }),
         (0u32..10).prop_map(|through_day| Op::Approve { through_day }),
+        (b, prop::collection::vec(p.clone(), 0..3), p).prop_map(|(block, remove, cover)| {
+            Op::Reconcile {
+                block,
+                remove,
+                cover,
+            }
+        }),
     ]
 }
 

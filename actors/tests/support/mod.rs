@@ -8,6 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulwark_actors::bft::{bft_child, validator, AppliedFeed, Behaviour, BftConfig, BftSetup};
+use bulwark_actors::cap::gate::{
+    gate_child, GateMsg, GateOutcome, GateSetup, ReadError, Staleness, CAP_GATE,
+};
+use bulwark_actors::cap::heal::{
+    healer_child, ConflictPolicy, HealerMsg, HealerSetup, Report, HEALER,
+};
+use bulwark_actors::cap::Consistency;
+use bulwark_actors::detect::{detector_child, ClusterView, DetectConfig, Detection};
+use bulwark_actors::flow::mesh::{breakers_child, MeshSetup};
 use bulwark_actors::keys::Keyring;
 use bulwark_actors::raft::{
     inspect, raft_child, raft_peer, AppliedEntry, ProposeOutcome, RaftConfig, RaftMsg, RaftSetup,
@@ -17,6 +26,7 @@ use bulwark_actors::schedule::{
     Block, BlockId, Command, IdempotencyKey, Op, Person, PersonId, Pool, Role, ScheduleState,
 };
 use bulwark_runtime::Harness;
+use bulwark_runtime::Zone;
 use bulwark_transport::FacilityId;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -94,7 +104,18 @@ pub struct Cluster {
     pub configs: Vec<RaftConfig>,
     /// Each facility's keyring (deterministic from the seed).
     pub rings: Vec<Keyring>,
+    /// Each facility's detection handle, when the detection zone runs.
+    pub detections: Vec<Detection>,
     next_key: u64,
+}
+
+/// The detection zone and the healer beside the RaftPeers.
+#[derive(Clone)]
+pub struct CapPlan {
+    pub detect: DetectConfig,
+    pub policy: ConflictPolicy,
+    /// Leadership follows the detector.
+    pub leadership: bool,
 }
 
 /// Validators to run beside the RaftPeers: settings and each facility's
@@ -143,12 +164,18 @@ impl Cluster {
         configs: Vec<RaftConfig>,
         custom: impl Fn(usize, RaftSetup) -> RaftSetup + Send + Sync + 'static,
     ) -> Cluster {
-        Self::start_full(n, seed, configs, custom, None).await
+        Self::start_full(n, seed, configs, custom, None, None).await
+    }
+
+    /// A cluster whose facilities also run the failure detector, the
+    /// CapGate, the Healer and the breaker mesh.
+    pub async fn start_cap(n: usize, seed: u64, plan: CapPlan) -> Cluster {
+        Self::start_full(n, seed, configs_for(n, seed), |_, s| s, None, Some(plan)).await
     }
 
     /// A cluster whose facilities also run BftValidators.
     pub async fn start_bft(n: usize, seed: u64, plan: BftPlan) -> Cluster {
-        Self::start_full(n, seed, configs_for(n, seed), |_, s| s, Some(plan)).await
+        Self::start_full(n, seed, configs_for(n, seed), |_, s| s, Some(plan), None).await
     }
 
     pub async fn start_full(
@@ -157,6 +184,7 @@ impl Cluster {
         configs: Vec<RaftConfig>,
         custom: impl Fn(usize, RaftSetup) -> RaftSetup + Send + Sync + 'static,
         bft: Option<BftPlan>,
+        cap: Option<CapPlan>,
     ) -> Cluster {
         let observed = Arc::new(Mutex::new(Observed::default()));
         let obs = observed.clone();
@@ -169,6 +197,19 @@ impl Cluster {
         let feeds: Vec<AppliedFeed> = (0..n)
             .map(|_| AppliedFeed::new(BftConfig::default().feed_len_max))
             .collect();
+        // Detection handles outlive restarts of the actors, as in the binary.
+        let detections: Vec<Detection> = match &cap {
+            Some(plan) => members
+                .iter()
+                .map(|f| {
+                    let peers: Vec<FacilityId> =
+                        members.iter().filter(|p| *p != f).cloned().collect();
+                    Detection::new(f.clone(), &peers, plan.detect.clone())
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let dets = detections.clone();
         let h = Harness::builder(n, seed)
             .children(move |i| {
                 let obs = obs.clone();
@@ -191,6 +232,22 @@ impl Cluster {
                     }
                     None => setup.tap = Some(tap),
                 }
+                if let Some(plan) = &cap {
+                    let d = dets[i].clone();
+                    if plan.leadership {
+                        setup.detection = Some(d.clone());
+                    }
+                    children.push(detector_child(d.clone()));
+                    children.push(gate_child(GateSetup::new(d.clone())));
+                    children.push(healer_child(HealerSetup {
+                        policy: plan.policy,
+                        ..HealerSetup::new(d.clone())
+                    }));
+                    children.push(breakers_child(MeshSetup {
+                        detection: Some(d),
+                        ..MeshSetup::default()
+                    }));
+                }
                 children.insert(0, raft_child(custom(i, setup)));
                 children
             })
@@ -202,6 +259,7 @@ impl Cluster {
             observed,
             configs,
             rings,
+            detections,
             next_key: 1,
         }
     }
@@ -294,6 +352,7 @@ impl Cluster {
             key: self.key(),
             issued_by: self.h.id(i),
             at_unix_ms: 0,
+            hlc: bulwark_actors::hlc::Hlc::ZERO,
             op,
         }
     }
@@ -392,6 +451,67 @@ impl Cluster {
 
     pub async fn shutdown(self) {
         self.h.shutdown().await;
+    }
+
+    /// Facility `i`'s membership view.
+    pub fn view(&self, i: usize) -> ClusterView {
+        self.detections[i].view()
+    }
+
+    /// A write through facility `i`'s CapGate.
+    pub async fn submit(&self, i: usize, command: Command, emergency: bool) -> GateOutcome {
+        let gate = self
+            .h
+            .node(i)
+            .ctx()
+            .find::<GateMsg>(Zone::Detection, CAP_GATE)
+            .expect("gate runs");
+        ractor::call_t!(
+            gate,
+            |reply| GateMsg::Submit {
+                command,
+                emergency,
+                reply
+            },
+            CALL_TIMEOUT.as_millis() as u64
+        )
+        .expect("gate answers")
+    }
+
+    /// A read through facility `i`'s CapGate.
+    pub async fn gate_read<T: Send + 'static>(
+        &self,
+        i: usize,
+        consistency: Consistency,
+        f: impl FnOnce(&ScheduleState, &Staleness) -> T + Send + 'static,
+    ) -> Result<T, ReadError> {
+        let gate = self
+            .h
+            .node(i)
+            .ctx()
+            .find::<GateMsg>(Zone::Detection, CAP_GATE)
+            .expect("gate runs");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        gate.cast(GateMsg::Read {
+            consistency,
+            f: Box::new(move |r| {
+                let _ = tx.send(r.map(|(s, st)| f(s, &st)));
+            }),
+        })
+        .expect("gate runs");
+        rx.await.expect("read answered")
+    }
+
+    /// Facility `i`'s reconciliation reports.
+    pub async fn reports(&self, i: usize) -> Vec<Report> {
+        let healer = self
+            .h
+            .node(i)
+            .ctx()
+            .find::<HealerMsg>(Zone::Consensus, HEALER)
+            .expect("healer runs");
+        ractor::call_t!(healer, HealerMsg::Reports, CALL_TIMEOUT.as_millis() as u64)
+            .expect("healer answers")
     }
 }
 
