@@ -142,6 +142,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             extra: vec![tally_child()],
             raft: None,
             bft: None,
+            detection: None,
         };
         fs.push(facility::start(spec, Arc::new(RealClock)).await?);
     }

@@ -3,6 +3,9 @@
 //! Every error names the file and, where it can, the key. Unknown keys are
 //! errors: a typo must not silently fall back to a default.
 
+use crate::facility::DetectionSpec;
+use bulwark_actors::cap::heal::ConflictPolicy;
+use bulwark_actors::detect::{DetectConfig, PhiConfig};
 use bulwark_actors::keys::{self, Keyring, PublicKeys};
 use bulwark_actors::raft::{ClusterState, RaftConfig};
 use bulwark_runtime::SupervisionConfig;
@@ -28,6 +31,75 @@ pub struct FacilityConfig {
     /// Raft settings.
     #[serde(default)]
     pub consensus: ConsensusSection,
+    /// Failure detection and partition healing.
+    #[serde(default)]
+    pub detection: DetectionSection,
+}
+
+/// `[detection]`: every key optional; the defaults are the embedded ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectionSection {
+    /// Mean interval between heartbeats (QUIC datagrams), in ms.
+    pub heartbeat_ms: u64,
+    /// Each interval is drawn from `heartbeat_ms × (1 ± jitter)`.
+    pub heartbeat_jitter: f64,
+    /// Heartbeat intervals kept per peer.
+    pub window: usize,
+    /// Floor of the intervals' standard deviation, in ms.
+    pub min_std_ms: f64,
+    /// A pause always tolerated on top of the mean interval, in ms.
+    pub acceptable_pause_ms: f64,
+    /// A peer is Suspect at φ ≥ this.
+    pub suspect_phi: f64,
+    /// A peer is Down at φ ≥ this.
+    pub down_phi: f64,
+    /// `"last_write_wins"` (on the hybrid logical clock) or
+    /// `"manual_review"`.
+    pub conflict_policy: ConflictPolicy,
+    /// A facility its peers suspect is not preferred as leader.
+    pub leadership_follows_detector: bool,
+}
+
+impl Default for DetectionSection {
+    fn default() -> Self {
+        let d = DetectConfig::default();
+        DetectionSection {
+            heartbeat_ms: d.heartbeat_ms,
+            heartbeat_jitter: d.heartbeat_jitter,
+            window: d.phi.window,
+            min_std_ms: d.phi.min_std_ms,
+            acceptable_pause_ms: d.phi.acceptable_pause_ms,
+            suspect_phi: d.phi.suspect_phi,
+            down_phi: d.phi.down_phi,
+            conflict_policy: ConflictPolicy::default(),
+            leadership_follows_detector: true,
+        }
+    }
+}
+
+impl DetectionSection {
+    /// The detection zone's settings.
+    pub fn spec(&self) -> DetectionSpec {
+        let d = DetectConfig::default();
+        DetectionSpec {
+            detect: DetectConfig {
+                heartbeat_ms: self.heartbeat_ms,
+                heartbeat_jitter: self.heartbeat_jitter,
+                phi: PhiConfig {
+                    window: self.window,
+                    min_std_ms: self.min_std_ms,
+                    acceptable_pause_ms: self.acceptable_pause_ms,
+                    suspect_phi: self.suspect_phi,
+                    down_phi: self.down_phi,
+                    ..d.phi.clone()
+                },
+                ..d
+            },
+            policy: self.conflict_policy,
+            leadership_follows_detector: self.leadership_follows_detector,
+        }
+    }
 }
 
 /// `[consensus]`: every key optional; the defaults are the embedded ones.
@@ -240,6 +312,11 @@ impl FacilityConfig {
             .raft_config()
             .validate()
             .map_err(|m| invalid("consensus", m))?;
+        self.detection
+            .spec()
+            .detect
+            .validate()
+            .map_err(|m| invalid("detection", m))?;
         self.supervision
             .validate()
             .map_err(|m| invalid("supervision", m))
@@ -325,6 +402,20 @@ vote_key = "{VOTE}"
         let err = FacilityConfig::parse(&text(bad), Path::new("a.toml")).unwrap_err();
         assert!(err.to_string().contains("`consensus`"), "{err}");
         let bad = "[consensus]\ninitial_cluster_state = \"maybe\"\n";
+        assert!(FacilityConfig::parse(&text(bad), Path::new("a.toml")).is_err());
+    }
+
+    #[test]
+    fn detection_settings_are_checked() {
+        let ok = "[detection]\nsuspect_phi = 10.0\ndown_phi = 20.0\nconflict_policy = \"manual_review\"\n";
+        let cfg = FacilityConfig::parse(&text(ok), Path::new("a.toml")).unwrap();
+        let spec = cfg.detection.spec();
+        assert_eq!(spec.detect.phi.down_phi, 20.0);
+        assert_eq!(spec.policy, ConflictPolicy::ManualReview);
+        let bad = "[detection]\nsuspect_phi = 20.0\ndown_phi = 10.0\n";
+        let err = FacilityConfig::parse(&text(bad), Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("`detection`"), "{err}");
+        let bad = "[detection]\nconflict_policy = \"coin_flip\"\n";
         assert!(FacilityConfig::parse(&text(bad), Path::new("a.toml")).is_err());
     }
 

@@ -1,6 +1,10 @@
 //! Assembles one facility on real QUIC: identity, transport, node.
 
 use bulwark_actors::bft::{self, bft_child, AppliedFeed, BftConfig, BftMsg, BftSetup, BftStatus};
+use bulwark_actors::cap::gate::{gate_child, GateSetup};
+use bulwark_actors::cap::heal::{healer_child, ConflictPolicy, HealerSetup};
+use bulwark_actors::detect::{detector_child, DetectConfig, Detection};
+use bulwark_actors::flow::mesh::{breakers_child, MeshSetup};
 use bulwark_actors::keys::{self, Keyring, PublicKeys};
 use bulwark_actors::raft::{
     raft_child, raft_peer, ProposeOutcome, RaftConfig, RaftMsg, RaftSetup, RaftStatus,
@@ -35,6 +39,30 @@ pub struct FacilitySpec {
     pub raft: Option<RaftSetup>,
     /// The BftValidator's setup (needs `raft`); `None` runs no validator.
     pub bft: Option<BftSetup>,
+    /// The detection zone (FailureDetector, CapGate), the Healer and the
+    /// breaker mesh (need `raft`); `None` runs none of them.
+    pub detection: Option<DetectionSpec>,
+}
+
+/// Settings of the detection zone and the healer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectionSpec {
+    /// The failure detector.
+    pub detect: DetectConfig,
+    /// How the healer resolves conflicts.
+    pub policy: ConflictPolicy,
+    /// Whether leadership moves away from a facility its peers suspect.
+    pub leadership_follows_detector: bool,
+}
+
+impl Default for DetectionSpec {
+    fn default() -> Self {
+        DetectionSpec {
+            detect: DetectConfig::default(),
+            policy: ConflictPolicy::default(),
+            leadership_follows_detector: true,
+        }
+    }
 }
 
 /// Why a facility did not start.
@@ -57,6 +85,8 @@ pub struct Facility {
     pub transport: QuicTransport,
     /// How it was started (without the socket), to start it again.
     pub spec: FacilitySpec,
+    /// What the failure detector knows, when it runs.
+    pub detection: Option<Detection>,
 }
 
 impl FacilitySpec {
@@ -76,6 +106,7 @@ impl FacilitySpec {
                 feed: AppliedFeed::new(b.config.feed_len_max),
                 ..b
             }),
+            detection: self.detection.clone(),
         }
     }
 }
@@ -91,9 +122,33 @@ pub async fn start(spec: FacilitySpec, clock: Arc<dyn Clock>) -> Result<Facility
     };
     let (transport, inbound) = QuicTransport::bind(spec.identity, quic, spec.socket)?;
     let mut extra = spec.extra;
+    let mut detection = None;
     if let Some(mut setup) = spec.raft {
         if let Some(b) = &spec.bft {
             setup.tap = Some(b.feed.tap(setup.tap.take()));
+        }
+        if let Some(ds) = spec.detection {
+            let peers: Vec<_> = setup
+                .members
+                .iter()
+                .filter(|m| **m != facility)
+                .cloned()
+                .collect();
+            let d = Detection::new(facility.clone(), &peers, ds.detect);
+            if ds.leadership_follows_detector {
+                setup.detection = Some(d.clone());
+            }
+            extra.push(detector_child(d.clone()));
+            extra.push(gate_child(GateSetup::new(d.clone())));
+            extra.push(healer_child(HealerSetup {
+                policy: ds.policy,
+                ..HealerSetup::new(d.clone())
+            }));
+            extra.push(breakers_child(MeshSetup {
+                detection: Some(d.clone()),
+                ..MeshSetup::default()
+            }));
+            detection = Some(d);
         }
         extra.push(raft_child(setup));
         if let Some(b) = spec.bft {
@@ -111,6 +166,7 @@ pub async fn start(spec: FacilitySpec, clock: Arc<dyn Clock>) -> Result<Facility
         node,
         transport,
         spec: kept,
+        detection,
     })
 }
 
@@ -162,6 +218,7 @@ pub async fn start_loopback_cluster(
             extra: Vec::new(),
             raft: None,
             bft: None,
+            detection: None,
         };
         let ring = Keyring::new(ids[i].clone(), secrets[i].clone(), public.clone())?;
         let spec = with_consensus(spec, ids.clone(), ring, raft.clone());
@@ -171,7 +228,8 @@ pub async fn start_loopback_cluster(
 }
 
 /// Adds consensus to `spec`: a RaftPeer with `raft` settings (none: no
-/// consensus) and a BftValidator beside it, both signing with `ring`.
+/// consensus) and a BftValidator beside it, both signing with `ring`, and
+/// the detection zone and the healer on their embedded defaults.
 pub fn with_consensus(
     mut spec: FacilitySpec,
     members: Vec<bulwark_transport::FacilityId>,
@@ -190,6 +248,7 @@ pub fn with_consensus(
             config,
             behaviour: Default::default(),
         });
+        spec.detection = Some(DetectionSpec::default());
     }
     spec
 }

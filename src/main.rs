@@ -183,6 +183,7 @@ async fn node(path: PathBuf) -> AnyResult {
         extra: flow,
         raft: None,
         bft: None,
+        detection: None,
     };
     let members: Vec<FacilityId> = std::iter::once(cfg.facility.id.clone())
         .chain(cfg.peers.iter().map(|p| p.id.clone()))
@@ -196,6 +197,7 @@ async fn node(path: PathBuf) -> AnyResult {
     if let Some(raft) = &mut spec.raft {
         raft.start = cfg.consensus.initial_cluster_state;
     }
+    spec.detection = Some(cfg.detection.spec());
     let mut f = facility::start(spec, Arc::new(RealClock)).await?;
     let running = Arc::new(AtomicBool::new(true));
     let state = ApiState::new(

@@ -283,3 +283,48 @@ async fn entries_become_final_over_quic_and_every_stored_ledger_verifies() {
         "the ledgers differ"
     );
 }
+
+/// The failure detector on real QUIC datagrams: every peer Up while all
+/// run; a stopped facility is Down at the others, who stay a Majority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_detector_sees_a_stopped_facility_go_down_over_quic() {
+    use bulwark_actors::cap::PartitionState;
+    use bulwark_actors::detect::Liveness;
+    let dir = tempfile::tempdir().unwrap();
+    let mut fs = cluster(dir.path()).await;
+    // Heartbeats flow: each facility hears both peers (bounded poll).
+    let heard = |f: &Facility| {
+        let v = f.detection.as_ref().expect("detection runs").view();
+        v.peers.len() == 2
+            && v.peers
+                .iter()
+                .all(|p| p.liveness == Liveness::Up && p.phi < 1.0)
+    };
+    let mut ok = false;
+    for _ in 0..200 {
+        if fs.iter().all(heard) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "every facility hears every peer");
+    let gone = fs.pop().unwrap();
+    let gone_id = gone.node.facility().clone();
+    gone.stop().await;
+    let mut down = false;
+    for _ in 0..300 {
+        down = fs.iter().all(|f| {
+            let v = f.detection.as_ref().unwrap().view();
+            v.liveness(&gone_id) == Some(Liveness::Down) && v.partition == PartitionState::Majority
+        });
+        if down {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(down, "{gone_id} is Down at both others");
+    for f in fs {
+        f.stop().await;
+    }
+}
