@@ -4,7 +4,7 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, TableDefinition, TableError};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -168,6 +168,26 @@ impl Store {
         };
         tx.commit().map_err(|e| self.redb(e))?;
         Ok(existed)
+    }
+
+    /// Every row of a `u64`-keyed table, in key order; a missing table
+    /// reads as empty.
+    pub fn rows(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let tx = self.inner.db.begin_read().map_err(|e| self.redb(e))?;
+        let table = match tx.open_table(table) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.redb(e)),
+        };
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.redb(e))? {
+            let (k, v) = row.map_err(|e| self.redb(e))?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// Reads raw bytes from a `&str`-keyed table; a missing table reads as empty.

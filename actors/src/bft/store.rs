@@ -190,19 +190,7 @@ impl LedgerStore {
     /// Every final entry's stored bytes (the chain, without certificates),
     /// in height order, for comparing ledgers byte for byte.
     pub fn raw_finals(&self) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-        let s = &self.store;
-        let tx = s.database().begin_read().map_err(|e| s.redb(e))?;
-        let t = match tx.open_table(LEDGER) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(s.redb(e)),
-        };
-        let mut out = Vec::new();
-        for row in t.iter().map_err(|e| s.redb(e))? {
-            let (k, v) = row.map_err(|e| s.redb(e))?;
-            out.push((k.value(), v.value().to_vec()));
-        }
-        Ok(out)
+        self.store.rows(LEDGER)
     }
 }
 

@@ -5,7 +5,7 @@
 use bulwark_storage::schema::{PROVISIONAL, RECONCILIATION};
 use bulwark_storage::{codec, StorageError, Store};
 use bulwark_transport::FacilityId;
-use redb::{ReadableDatabase, ReadableTable, TableError};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::heal::Report;
@@ -61,21 +61,21 @@ impl ProvisionalStore {
 
     /// Every provisional change, by id.
     pub fn all(&self) -> Result<Vec<Provisional>, StorageError> {
+        self.decoded(PROVISIONAL, "provisional")
+    }
+
+    fn decoded<T: serde::de::DeserializeOwned>(
+        &self,
+        table: redb::TableDefinition<u64, &[u8]>,
+        name: &'static str,
+    ) -> Result<Vec<T>, StorageError> {
         let s = &self.store;
-        let tx = s.database().begin_read().map_err(|e| s.redb(e))?;
-        let t = match tx.open_table(PROVISIONAL) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(s.redb(e)),
-        };
-        let mut out = Vec::new();
-        for row in t.iter().map_err(|e| s.redb(e))? {
-            let (k, v) = row.map_err(|e| s.redb(e))?;
-            let p: Provisional = codec::decode_limited(v.value(), ROW_LEN_MAX)
-                .map_err(|e| s.codec_error("provisional", k.value(), e))?;
-            out.push(p);
-        }
-        Ok(out)
+        s.rows(table)?
+            .into_iter()
+            .map(|(k, v)| {
+                codec::decode_limited(&v, ROW_LEN_MAX).map_err(|e| s.codec_error(name, k, e))
+            })
+            .collect()
     }
 
     /// The changes with `status`, oldest stamp first.
@@ -143,21 +143,6 @@ impl ProvisionalStore {
 
     /// Every stored report, oldest first.
     pub fn reports(&self) -> Result<Vec<Report>, StorageError> {
-        let s = &self.store;
-        let tx = s.database().begin_read().map_err(|e| s.redb(e))?;
-        let t = match tx.open_table(RECONCILIATION) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(s.redb(e)),
-        };
-        let mut out = Vec::new();
-        for row in t.iter().map_err(|e| s.redb(e))? {
-            let (k, v) = row.map_err(|e| s.redb(e))?;
-            out.push(
-                codec::decode_limited(v.value(), ROW_LEN_MAX)
-                    .map_err(|e| s.codec_error("reconciliation", k.value(), e))?,
-            );
-        }
-        Ok(out)
+        self.decoded(RECONCILIATION, "reconciliation")
     }
 }
