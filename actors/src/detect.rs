@@ -232,6 +232,115 @@ impl Membership {
     }
 }
 
+/// The detector's whole sans-IO core: the membership view, the
+/// partition monitor, and what each peer last reported suspecting. The
+/// actor feeds it heartbeats and ticks and publishes what it returns.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    me: FacilityId,
+    membership: Membership,
+    monitor: crate::cap::PartitionMonitor,
+    reports: BTreeMap<FacilityId, (Vec<FacilityId>, u64)>,
+    report_fresh_ms: u64,
+}
+
+impl Detector {
+    /// The core of `me` watching `peers`, started at `now_ms`: every peer
+    /// is presumed heard then, so one that never answers is suspected like
+    /// one that stopped.
+    pub fn new(
+        me: FacilityId,
+        peers: &[FacilityId],
+        config: &DetectConfig,
+        now_ms: u64,
+    ) -> Detector {
+        let mut membership = Membership::new(peers.iter().cloned(), &config.phi);
+        membership.started(now_ms);
+        Detector {
+            me,
+            membership,
+            monitor: crate::cap::PartitionMonitor::new(peers.len() + 1, now_ms),
+            reports: BTreeMap::new(),
+            report_fresh_ms: config.report_fresh_ms,
+        }
+    }
+
+    /// A heartbeat from `peer`, which suspects `suspects`.
+    pub fn heartbeat(
+        &mut self,
+        peer: &FacilityId,
+        suspects: Vec<FacilityId>,
+        now_ms: u64,
+    ) -> Vec<Change> {
+        self.reports.insert(peer.clone(), (suspects, now_ms));
+        self.membership.heartbeat(peer, now_ms)
+    }
+
+    /// Re-evaluates every peer.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Change> {
+        self.membership.tick(now_ms)
+    }
+
+    /// The peers this facility holds Suspect or Down (what its heartbeats say).
+    pub fn suspects(&self) -> Vec<FacilityId> {
+        self.membership
+            .peers
+            .iter()
+            .filter(|(_, (_, l))| *l != Liveness::Up)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// The view at `now_ms` (wall clock `wall_ms`) after `changes`, and
+    /// the events to publish (peer changes, then a partition transition).
+    pub fn view(
+        &mut self,
+        changes: Vec<Change>,
+        now_ms: u64,
+        wall_ms: u64,
+    ) -> (ClusterView, Vec<MembershipEvent>) {
+        let view = self.membership.view(now_ms);
+        let reachable = view.iter().filter(|(_, _, l)| *l != Liveness::Down).count();
+        let transition = self.monitor.update(reachable, now_ms);
+        let fresh = |p: &FacilityId| -> Vec<FacilityId> {
+            self.reports
+                .get(p)
+                .filter(|(_, at)| now_ms.saturating_sub(*at) <= self.report_fresh_ms)
+                .map(|(s, _)| s.clone())
+                .unwrap_or_default()
+        };
+        let peers: Vec<PeerView> = view
+            .into_iter()
+            .map(|(peer, phi, liveness)| PeerView {
+                suspects: fresh(&peer),
+                peer,
+                phi,
+                liveness,
+            })
+            .collect();
+        let suspected_by = peers
+            .iter()
+            .filter(|p| p.suspects.contains(&self.me))
+            .map(|p| p.peer.clone())
+            .collect();
+        let since_ago = now_ms.saturating_sub(self.monitor.since_ms());
+        let out = ClusterView {
+            facility: self.me.clone(),
+            peers,
+            partition: self.monitor.state(),
+            partition_since_unix_ms: wall_ms.saturating_sub(since_ago),
+            stale_ms: self.monitor.stale_ms(now_ms),
+            suspected_by,
+        };
+        let mut events: Vec<MembershipEvent> =
+            changes.into_iter().map(MembershipEvent::Peer).collect();
+        if let Some((from, to)) = transition {
+            events.push(MembershipEvent::Partition { from, to });
+        }
+        (out, events)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +390,40 @@ mod tests {
         // jittery one.
         assert!(steady.phi(a + 1_400) > 16.0);
         assert!(jittery.phi(b + 1_400) < 8.0, "{}", jittery.phi(b + 1_400));
+    }
+
+    #[test]
+    fn the_core_names_who_suspects_whom_and_the_partition() {
+        let ids: Vec<FacilityId> = ["alpha", "bravo", "charlie"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let mut d = Detector::new(ids[0].clone(), &ids[1..], &DetectConfig::default(), 0);
+        for t in 1..=20u64 {
+            d.heartbeat(&ids[1], vec![ids[0].clone()], t * 1_000);
+            d.heartbeat(&ids[2], vec![ids[0].clone()], t * 1_000);
+        }
+        let (v, _) = d.view(Vec::new(), 20_000, 1_000_000);
+        assert!(v.self_suspected());
+        assert_eq!(v.partition, crate::cap::PartitionState::Connected);
+        // charlie goes quiet: Down, and alpha is left a majority with bravo.
+        let mut events = Vec::new();
+        for t in 20_001..40_000u64 {
+            if t % 1_000 == 0 {
+                d.heartbeat(&ids[1], Vec::new(), t);
+            }
+            let c = d.tick(t);
+            events.extend(d.view(c, t, 1_000_000 + t).1);
+        }
+        assert_eq!(d.suspects(), vec![ids[2].clone()]);
+        assert!(events.contains(&MembershipEvent::Partition {
+            from: crate::cap::PartitionState::Connected,
+            to: crate::cap::PartitionState::Majority,
+        }));
+        // Reports go stale: charlie's accusation no longer counts.
+        let (v, _) = d.view(Vec::new(), 40_000, 1_040_000);
+        assert_eq!(v.suspected_by, Vec::<FacilityId>::new());
+        assert_eq!(v.healthiest_peer(), Some(ids[1].clone()));
     }
 
     #[test]

@@ -15,7 +15,6 @@
 //! The handle outlives restarts of the actor; a restarted detector
 //! presumes every peer heard at its start and relearns the intervals.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,8 +26,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
-use super::{Change, Liveness, Membership, PhiConfig};
-use crate::cap::{PartitionMonitor, PartitionState};
+use super::{Change, Detector, Liveness, PhiConfig};
+use crate::cap::PartitionState;
 use crate::hlc::{Hlc, HlcClock};
 
 /// The FailureDetector's registered name.
@@ -275,9 +274,7 @@ pub struct FailureDetector;
 pub struct DetectorState {
     ctx: NodeCtx,
     detection: Detection,
-    membership: Membership,
-    monitor: PartitionMonitor,
-    reports: BTreeMap<FacilityId, (Vec<FacilityId>, u64)>,
+    core: Detector,
     peers: Vec<FacilityId>,
     start: tokio::time::Instant,
     seq: u64,
@@ -306,14 +303,7 @@ impl DetectorState {
         let hb = Heartbeat {
             seq: self.seq,
             hlc: self.detection.hlc().now(self.ctx.clock.unix_ms()),
-            suspects: self
-                .detection
-                .view()
-                .peers
-                .iter()
-                .filter(|p| p.liveness != Liveness::Up)
-                .map(|p| p.peer.clone())
-                .collect(),
+            suspects: self.core.suspects(),
         };
         let Ok(body) = codec::encode(&hb) else {
             return;
@@ -353,47 +343,12 @@ impl DetectorState {
                 .increment(1);
             tracing::warn!(%from, error = %e, "peer clock far ahead; not adopted");
         }
-        self.reports.insert(from.clone(), (hb.suspects, now));
-        let changes = self.membership.heartbeat(&from, now);
+        let changes = self.core.heartbeat(&from, hb.suspects, now);
         self.publish(changes, now);
     }
 
     fn publish(&mut self, changes: Vec<Change>, now: u64) {
-        let cfg_fresh = self.detection.config().report_fresh_ms;
-        let me = self.ctx.facility.clone();
-        let view = self.membership.view(now);
-        let reachable = view.iter().filter(|(_, _, l)| *l != Liveness::Down).count();
-        let transition = self.monitor.update(reachable, now);
-        let fresh = |p: &FacilityId| -> Vec<FacilityId> {
-            self.reports
-                .get(p)
-                .filter(|(_, at)| now.saturating_sub(*at) <= cfg_fresh)
-                .map(|(s, _)| s.clone())
-                .unwrap_or_default()
-        };
-        let peers: Vec<PeerView> = view
-            .iter()
-            .map(|(p, phi, l)| PeerView {
-                peer: p.clone(),
-                phi: *phi,
-                liveness: *l,
-                suspects: fresh(p),
-            })
-            .collect();
-        let suspected_by = peers
-            .iter()
-            .filter(|p| p.suspects.contains(&me))
-            .map(|p| p.peer.clone())
-            .collect();
-        let since_ago = now.saturating_sub(self.monitor.since_ms());
-        let out = ClusterView {
-            facility: me,
-            peers,
-            partition: self.monitor.state(),
-            partition_since_unix_ms: self.ctx.clock.unix_ms().saturating_sub(since_ago),
-            stale_ms: self.monitor.stale_ms(now),
-            suspected_by,
-        };
+        let (out, events) = self.core.view(changes, now, self.ctx.clock.unix_ms());
         for p in &out.peers {
             let peer = p.peer.to_string();
             metrics::gauge!("bulwark_detect_phi", "peer" => peer.clone()).set(p.phi.min(1e6));
@@ -404,19 +359,21 @@ impl DetectorState {
             });
         }
         self.detection.inner.view.send_replace(out);
-        let events = &self.detection.inner.events;
-        for c in changes {
-            metrics::counter!("bulwark_detect_transitions_total",
-                "peer" => c.peer.to_string(), "to" => format!("{:?}", c.to))
-            .increment(1);
-            tracing::info!(peer = %c.peer, from = ?c.from, to = ?c.to, "membership change");
-            let _ = events.send(MembershipEvent::Peer(c));
-        }
-        if let Some((from, to)) = transition {
-            metrics::counter!("bulwark_detect_partition_changes_total", "to" => to.code())
-                .increment(1);
-            tracing::warn!(%from, %to, "partition state changed");
-            let _ = events.send(MembershipEvent::Partition { from, to });
+        for e in events {
+            match &e {
+                MembershipEvent::Peer(c) => {
+                    metrics::counter!("bulwark_detect_transitions_total",
+                        "peer" => c.peer.to_string(), "to" => format!("{:?}", c.to))
+                    .increment(1);
+                    tracing::info!(peer = %c.peer, from = ?c.from, to = ?c.to, "membership change");
+                }
+                MembershipEvent::Partition { from, to } => {
+                    metrics::counter!("bulwark_detect_partition_changes_total", "to" => to.code())
+                        .increment(1);
+                    tracing::warn!(%from, %to, "partition state changed");
+                }
+            }
+            let _ = self.detection.inner.events.send(e);
         }
     }
 }
@@ -442,10 +399,7 @@ impl Actor for FailureDetector {
         let config = detection.config().clone();
         config.validate()?;
         let peers = detection.peers().to_vec();
-        let mut membership = Membership::new(peers.clone(), &config.phi);
-        // Presume every peer heard now: a peer that never answers is then
-        // suspected like one that stopped.
-        membership.started(0);
+        let core = Detector::new(ctx.facility.clone(), &peers, &config, 0);
         ctx.router
             .register(DETECTOR, myself.clone(), DetectMsg::Remote);
         let seed = u64::from_le_bytes(
@@ -457,12 +411,10 @@ impl Actor for FailureDetector {
             myself.send_interval(Duration::from_millis(config.tick_ms), || DetectMsg::Tick);
         let _ = myself.cast(DetectMsg::Beat);
         Ok(DetectorState {
-            monitor: PartitionMonitor::new(peers.len() + 1, 0),
             start: ctx.clock.now(),
             ctx,
             detection,
-            membership,
-            reports: BTreeMap::new(),
+            core,
             peers,
             seq: 0,
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
@@ -479,7 +431,7 @@ impl Actor for FailureDetector {
         match msg {
             DetectMsg::Tick => {
                 let now = st.now_ms();
-                let changes = st.membership.tick(now);
+                let changes = st.core.tick(now);
                 st.publish(changes, now);
             }
             DetectMsg::Beat => {
