@@ -34,6 +34,57 @@ pub struct FacilityConfig {
     /// Failure detection and partition healing.
     #[serde(default)]
     pub detection: DetectionSection,
+    /// The HTTP API.
+    #[serde(default)]
+    pub api: ApiSection,
+    /// Scheduled backups of the redb file.
+    #[serde(default)]
+    pub backup: BackupSection,
+}
+
+/// `[api]`: every key optional.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// The bearer token writes need (at least 16 characters). Without one,
+    /// writes are refused (403 WRITES_DISABLED). Prefer the environment:
+    /// `BULWARK_API__TOKEN`.
+    pub token: Option<String>,
+    /// Requests served at once, split into bulkhead pools: writes 40%,
+    /// reads 40%, operator endpoints 10% (reserved), flex 10%.
+    pub concurrency: u32,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            token: None,
+            concurrency: 64,
+        }
+    }
+}
+
+/// `[backup]`: every key optional; off unless `every_s` > 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupSection {
+    /// Where backups go; relative to the config file. Default
+    /// `<data_dir>/backups`.
+    pub dir: Option<PathBuf>,
+    /// Seconds between scheduled backups; 0: none.
+    pub every_s: u64,
+    /// Backups kept (the oldest are deleted).
+    pub keep: usize,
+}
+
+impl Default for BackupSection {
+    fn default() -> Self {
+        BackupSection {
+            dir: None,
+            every_s: 3600,
+            keep: 24,
+        }
+    }
 }
 
 /// `[detection]`: every key optional; the defaults are the embedded ones.
@@ -253,33 +304,87 @@ impl FacilityConfig {
         Keyring::new(self.facility.id.clone(), secret, public).map_err(|e| invalid(e.to_string()))
     }
 
-    /// Reads, parses and validates `path`; relative paths inside are
-    /// resolved against the file's directory.
+    /// Reads, parses and validates `path` with the process environment's
+    /// overrides ([`ENV_PREFIX`]); relative paths inside are resolved
+    /// against the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut cfg = Self::parse(&text, path)?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let mut cfg = Self::parse_with(&text, path, &env)?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let mut backup_dir = cfg.backup.dir.take();
         for p in [
             &mut cfg.facility.data_dir,
             &mut cfg.facility.key,
             &mut cfg.facility.cert,
             &mut cfg.facility.vote_key,
-        ] {
+        ]
+        .into_iter()
+        .chain(backup_dir.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
+        cfg.backup.dir = backup_dir;
         Ok(cfg)
+    }
+
+    /// Where backups go.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.facility.data_dir.join("backups"))
     }
 
     /// Parses and validates TOML text; `path` is only used in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: FacilityConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::parse_with(text, path, &[])
+    }
+
+    /// Parses TOML text, applies the overrides among `env` (variables
+    /// named [`ENV_PREFIX`]`SECTION__KEY`, e.g. `BULWARK_FACILITY__HTTP_LISTEN`;
+    /// others are ignored), and validates the result. An override's value
+    /// keeps the type of the key it replaces (a string stays a string);
+    /// for a key the file does not set, it is read as a TOML value, or as
+    /// a string if it is not one.
+    pub fn parse_with(
+        text: &str,
+        path: &Path,
+        env: &[(String, String)],
+    ) -> Result<Self, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message,
+        };
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        let mut applied = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if !rest.contains("__") {
+                continue;
+            }
+            let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            override_key(&mut table, &keys, value).map_err(|message| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: format!("{} (from ${name})", keys.join(".")),
+                message,
+            })?;
+            applied.push(name.clone());
+        }
+        let cfg: FacilityConfig = table.try_into().map_err(|e: toml::de::Error| {
+            if applied.is_empty() {
+                parse_error(e.to_string())
+            } else {
+                parse_error(format!("{e} (with overrides from {})", applied.join(", ")))
+            }
         })?;
         cfg.validate(path)?;
         Ok(cfg)
@@ -317,10 +422,59 @@ impl FacilityConfig {
             .detect
             .validate()
             .map_err(|m| invalid("detection", m))?;
+        if let Some(t) = &self.api.token {
+            if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    "api.token",
+                    "at least 16 characters, no whitespace".into(),
+                ));
+            }
+        }
+        if !(4..=65_536).contains(&self.api.concurrency) {
+            return Err(invalid("api.concurrency", "4 to 65536".into()));
+        }
+        if self.backup.every_s > 0 && self.backup.keep == 0 {
+            return Err(invalid("backup.keep", "keep at least one backup".into()));
+        }
         self.supervision
             .validate()
             .map_err(|m| invalid("supervision", m))
     }
+}
+
+/// Environment variables overriding config keys start with this, then
+/// the section and key joined by `__`: `BULWARK_API__TOKEN`,
+/// `BULWARK_DETECTION__SUSPECT_PHI`, `BULWARK_SUPERVISION__ROOT__MAX_RESTARTS`.
+pub const ENV_PREFIX: &str = "BULWARK_";
+
+fn override_key(table: &mut toml::Table, keys: &[String], value: &str) -> Result<(), String> {
+    let (last, parents) = keys.split_last().ok_or("no key named")?;
+    let mut t = table;
+    for k in parents {
+        if k == "peer" {
+            return Err("[[peer]] entries cannot be overridden from the environment".into());
+        }
+        let entry = t
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{k}` is not a section"))?;
+    }
+    let parsed = match t.get(last) {
+        Some(toml::Value::String(_)) => toml::Value::String(value.to_string()),
+        Some(toml::Value::Table(_)) | Some(toml::Value::Array(_)) => {
+            return Err("a section or list cannot be overridden".into())
+        }
+        _ => literal(value).unwrap_or_else(|| toml::Value::String(value.to_string())),
+    };
+    t.insert(last.clone(), parsed);
+    Ok(())
+}
+
+fn literal(value: &str) -> Option<toml::Value> {
+    let t: toml::Table = toml::from_str(&format!("v = {value}")).ok()?;
+    t.get("v").cloned()
 }
 
 #[cfg(test)]
@@ -417,6 +571,74 @@ vote_key = "{VOTE}"
         assert!(err.to_string().contains("`detection`"), "{err}");
         let bad = "[detection]\nconflict_policy = \"coin_flip\"\n";
         assert!(FacilityConfig::parse(&text(bad), Path::new("a.toml")).is_err());
+    }
+
+    #[test]
+    fn environment_overrides_keys_and_names_them() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let root = "[supervision.root]\nstrategy = \"one-for-one\"\nmax_restarts = 3\nwindow_ms = 1000\n";
+        let cfg = FacilityConfig::parse_with(
+            &text(root),
+            Path::new("a.toml"),
+            &env(&[
+                ("BULWARK_FACILITY__HTTP_LISTEN", "127.0.0.1:9999"),
+                ("BULWARK_API__TOKEN", "0123456789abcdef0123"),
+                ("BULWARK_DETECTION__SUSPECT_PHI", "9.5"),
+                ("BULWARK_SUPERVISION__ROOT__MAX_RESTARTS", "7"),
+                // Not overrides: no `__`, or another prefix.
+                ("BULWARK_SIM_SEEDS", "5"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.facility.http_listen.port(), 9999);
+        assert_eq!(cfg.api.token.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(cfg.detection.suspect_phi, 9.5);
+        assert_eq!(cfg.supervision.root.max_restarts, 7);
+        // A bad value names the key, the variable and the file.
+        let err = FacilityConfig::parse_with(
+            &text(""),
+            Path::new("a.toml"),
+            &env(&[("BULWARK_FACILITY__HTTP_LISTEN", "nowhere")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("a.toml") && err.contains("BULWARK_FACILITY__HTTP_LISTEN"),
+            "{err}"
+        );
+        let err = FacilityConfig::parse_with(
+            &text(""),
+            Path::new("a.toml"),
+            &env(&[("BULWARK_API__TOKEN", "short")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("api.token"), "{err}");
+        let err = FacilityConfig::parse_with(
+            &text(""),
+            Path::new("a.toml"),
+            &env(&[("BULWARK_PEER__ADDR", "127.0.0.1:1")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("$BULWARK_PEER__ADDR"), "{err}");
+        let err = FacilityConfig::parse_with(
+            &text(""),
+            Path::new("a.toml"),
+            &env(&[("BULWARK_API__COLOUR", "1")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("colour") && err.contains("BULWARK_API__COLOUR"),
+            "{err}"
+        );
     }
 
     #[test]

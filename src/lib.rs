@@ -1,6 +1,7 @@
 //! bulwark: the facility binary's library — config, HTTP surface, QUIC
 //! assembly and the demo. The `bulwark` binary is a thin CLI over it.
 
+pub mod backup;
 pub mod config;
 pub mod demo;
 pub mod facility;

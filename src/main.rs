@@ -1,14 +1,16 @@
 //! The bulwark facility binary. `bulwark --help` lists the commands.
 
+use bulwark::backup::{self, BackupPlan};
 use bulwark::config::FacilityConfig;
 use bulwark::facility::{self, FacilitySpec};
+use bulwark::http::api::Service;
 use bulwark::http::{self, ApiState};
-use bulwark_actors::flow::actors::{backpressure, backpressure_child};
+use bulwark_actors::flow::actors::{backpressure, backpressure_child, bulkhead_child_with};
 use bulwark_actors::flow::admission::AdmissionConfig;
 use bulwark_actors::keys;
 use bulwark_actors::raft::{RaftMsg, RAFT};
-use bulwark_runtime::RealClock;
 use bulwark_runtime::Zone;
+use bulwark_runtime::{Clock, RealClock};
 use bulwark_transport::identity::Identity;
 use bulwark_transport::quic::PeerSpec;
 use bulwark_transport::FacilityId;
@@ -50,6 +52,40 @@ enum Cmd {
     },
     /// Three facilities on loopback QUIC, on embedded defaults; exits 0 on success.
     Demo,
+    /// Print the cluster as a node sees it (from its HTTP API).
+    Status {
+        /// The node's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:8401")]
+        url: String,
+    },
+    /// Take a consistent backup: of a running node through its API (with
+    /// `--config`), or of a stopped node's file (with `--db` and `--out`).
+    Backup {
+        /// The facility's config: asks the running node (its http_listen,
+        /// its [api] token) to back up into its backup directory.
+        #[arg(long, conflicts_with_all = ["db", "out"])]
+        config: Option<PathBuf>,
+        /// A stopped node's redb file.
+        #[arg(long, requires = "out")]
+        db: Option<PathBuf>,
+        /// Where to write the backup of `--db`.
+        #[arg(long, requires = "db")]
+        out: Option<PathBuf>,
+    },
+    /// Put a backup in place of a stopped node's store; the old file is
+    /// moved aside. The node catches up from its peers when it starts.
+    Restore {
+        /// The facility's config (data_dir, [backup] dir).
+        #[arg(long)]
+        config: PathBuf,
+        /// A backup file to restore.
+        #[arg(long, conflicts_with = "at")]
+        from: Option<PathBuf>,
+        /// Point in time (unix ms): the newest backup taken at or before it.
+        /// Without `--from` or `--at`: the newest backup.
+        #[arg(long)]
+        at: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -91,6 +127,9 @@ fn main() -> ExitCode {
             Cmd::Ledger {
                 cmd: LedgerCmd::Verify { db, config },
             } => ledger_verify(db, config),
+            Cmd::Status { url } => status(url).await,
+            Cmd::Backup { config, db, out } => backup(config, db, out).await,
+            Cmd::Restore { config, from, at } => restore(config, from, at),
         }
     });
     match result {
@@ -171,8 +210,12 @@ async fn node(path: PathBuf) -> AnyResult {
             pin: p.pin,
         })
         .collect();
-    // Every /v1 request passes the admission controller (flow zone).
-    let flow = vec![backpressure_child(AdmissionConfig::default(), 10)];
+    // Every /v1 request passes the admission controller and the API's
+    // bulkheads (flow zone).
+    let flow = vec![
+        backpressure_child(AdmissionConfig::default(), 10),
+        bulkhead_child_with(http::api_pools(cfg.api.concurrency)),
+    ];
     let spec = FacilitySpec {
         identity,
         data_dir: cfg.facility.data_dir.clone(),
@@ -198,14 +241,53 @@ async fn node(path: PathBuf) -> AnyResult {
         raft.start = cfg.consensus.initial_cluster_state;
     }
     spec.detection = Some(cfg.detection.spec());
+    let public = cfg.keyring()?.public().clone();
     let mut f = facility::start(spec, Arc::new(RealClock)).await?;
     let running = Arc::new(AtomicBool::new(true));
+    let members: Vec<FacilityId> = std::iter::once(cfg.facility.id.clone())
+        .chain(cfg.peers.iter().map(|p| p.id.clone()))
+        .collect();
+    let plan = BackupPlan {
+        dir: cfg.backup_dir(),
+        keep: cfg.backup.keep,
+    };
+    let service = Service {
+        backup: Some(plan.clone()),
+        ..Service::new(
+            f.node.ctx().clone(),
+            members,
+            public,
+            f.detection.clone(),
+            cfg.api.token.as_deref(),
+        )
+    };
     let state = ApiState::new(
         prometheus,
         Arc::new(f.transport.clone()),
         running.clone(),
         backpressure(&f.node),
-    );
+    )
+    .with_service(service);
+    if cfg.backup.every_s > 0 {
+        let store = f.node.ctx().store.clone();
+        let every = std::time::Duration::from_secs(cfg.backup.every_s);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let (store, plan) = (store.clone(), plan.clone());
+                let now = RealClock.unix_ms();
+                match tokio::task::spawn_blocking(move || backup::take(&store, &plan, now)).await {
+                    Ok(Ok((b, info))) => {
+                        tracing::info!(path = %b.path.display(), rows = info.rows, "backup taken")
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "scheduled backup failed"),
+                    Err(e) => tracing::error!(error = %e, "scheduled backup task failed"),
+                }
+            }
+        });
+    }
     let ctx = f.node.ctx().clone();
     tokio::spawn(http::run_checks(
         state.clone(),
@@ -255,5 +337,76 @@ async fn node(path: PathBuf) -> AnyResult {
         return Err("supervision tree stopped: restart intensity exceeded at the root".into());
     }
     f.node.stop().await;
+    Ok(())
+}
+
+async fn status(url: String) -> AnyResult {
+    let base = url.trim_end_matches('/');
+    let c: bulwark::http::api::ClusterStatus = reqwest::get(format!("{base}/v1/cluster"))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    print!("{}", bulwark::http::render_status(&c));
+    Ok(())
+}
+
+async fn backup(config: Option<PathBuf>, db: Option<PathBuf>, out: Option<PathBuf>) -> AnyResult {
+    if let (Some(db), Some(out)) = (db, out) {
+        // A stopped node's file: opened as its owner (the meta table names it).
+        let facility = bulwark_storage::Store::owner(&db)?;
+        let store = bulwark_storage::Store::open(&db, &facility)?.store;
+        let info = store.backup_to(&out)?;
+        println!(
+            "wrote {} ({} rows, {} bytes)",
+            out.display(),
+            info.rows,
+            info.bytes
+        );
+        return Ok(());
+    }
+    let Some(config) = config else {
+        return Err("give --config (a running node) or --db and --out (a stopped one)".into());
+    };
+    let cfg = FacilityConfig::load(&config)?;
+    let token = cfg
+        .api
+        .token
+        .clone()
+        .ok_or("the config has no [api] token (or BULWARK_API__TOKEN)")?;
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/admin/backup",
+            cfg.facility.http_listen
+        ))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let status = resp.status();
+    let body = resp.text().await?;
+    if !status.is_success() {
+        return Err(format!("{status}: {body}").into());
+    }
+    let b: bulwark::http::api::BackupAnswer = serde_json::from_str(&body)?;
+    println!(
+        "wrote {} at {} ({} rows, {} bytes)",
+        b.path, b.at_unix_ms, b.rows, b.bytes
+    );
+    Ok(())
+}
+
+fn restore(config: PathBuf, from: Option<PathBuf>, at: Option<u64>) -> AnyResult {
+    let cfg = FacilityConfig::load(&config)?;
+    let chosen = match from {
+        Some(p) => p,
+        None => backup::pick(&cfg.backup_dir(), at)?.path,
+    };
+    let db = cfg.facility.data_dir.join(bulwark_runtime::STORE_FILE);
+    let aside = backup::restore(&chosen, &db, cfg.facility.id.as_str(), RealClock.unix_ms())?;
+    println!("restored {} from {}", db.display(), chosen.display());
+    if let Some(a) = aside {
+        println!("the previous file is kept as {}", a.display());
+    }
+    println!("start the node: it catches up from its peers");
     Ok(())
 }

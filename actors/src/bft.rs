@@ -342,7 +342,12 @@ pub struct BftArgs {
 
 /// The running BftValidator of `node`, if any.
 pub fn validator(node: &Node) -> Option<ActorRef<BftMsg>> {
-    node.ctx().find(Zone::Consensus, BFT)
+    validator_of(node.ctx())
+}
+
+/// The running BftValidator of the node `ctx` belongs to, if any.
+pub fn validator_of(ctx: &NodeCtx) -> Option<ActorRef<BftMsg>> {
+    ctx.find(Zone::Consensus, BFT)
 }
 
 impl Actor for BftValidator {

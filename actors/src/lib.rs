@@ -5,6 +5,7 @@ pub mod bft;
 pub mod cap;
 pub mod detect;
 pub mod flow;
+pub mod heatmap;
 pub mod hlc;
 pub mod keys;
 pub mod ledger;

@@ -32,6 +32,6 @@ pub mod supervision;
 pub use clock::{Clock, RealClock, VirtualClock, VIRTUAL_EPOCH_MS};
 pub use envelope::{Address, Envelope, Kind, Refusal};
 pub use harness::Harness;
-pub use node::{ChildDef, Node, NodeConfig, NodeCtx, NodeError};
+pub use node::{ChildDef, Node, NodeConfig, NodeCtx, NodeError, STORE_FILE};
 pub use router::{Delivery, RouteError, Router, RouterConfig};
 pub use supervision::{SpawnLedger, Strategy, SupervisionConfig, Zone, ZoneConfig};

@@ -98,6 +98,9 @@ impl ChildDef {
     }
 }
 
+/// The store's file name in a facility's data directory.
+pub const STORE_FILE: &str = "bulwark.redb";
+
 /// Everything a node needs besides its transport.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -114,7 +117,7 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// The store's path.
     pub fn db_path(&self) -> PathBuf {
-        self.data_dir.join("bulwark.redb")
+        self.data_dir.join(STORE_FILE)
     }
 }
 

@@ -36,6 +36,23 @@ pub const RECONCILIATION: TableDefinition<u64, &[u8]> = TableDefinition::new("re
 /// Idempotency keys already applied, with their outcome and expiry.
 pub const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
 
+/// Every `&str`-keyed table (backups copy these lists: a new table must
+/// join one).
+pub const STR_TABLES: [TableDefinition<&str, &[u8]>; 3] = [META, STATE, RAFT_META];
+/// Every `u64`-keyed table.
+pub const U64_TABLES: [TableDefinition<u64, &[u8]>; 8] = [
+    RAFT_LOG,
+    LEDGER,
+    LEDGER_CERTS,
+    BFT_VOTES,
+    BFT_PENDING,
+    EVIDENCE,
+    PROVISIONAL,
+    RECONCILIATION,
+];
+/// Every `&[u8]`-keyed table.
+pub const BYTES_TABLES: [TableDefinition<&[u8], &[u8]>; 1] = [IDEMPOTENCY];
+
 /// The format this build writes and accepts.
 pub const FORMAT_VERSION: u32 = 1;
 /// Key in [`META`] holding the format version.

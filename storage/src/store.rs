@@ -92,6 +92,26 @@ impl Store {
         }
     }
 
+    /// The facility that owns the existing store at `path` (checked as
+    /// [`Store::open`] checks it; nothing is created or written).
+    pub fn owner(path: &Path) -> Result<String, StorageError> {
+        if let Err(source) = std::fs::metadata(path) {
+            return Err(StorageError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+        // No facility id is empty: the check names the recorded owner.
+        match Store::open(path, "") {
+            Err(StorageError::WrongFacility { found, .. }) => Ok(found),
+            Err(e) => Err(e),
+            Ok(_) => Err(StorageError::Foreign {
+                path: path.to_path_buf(),
+                reason: "no owning facility".into(),
+            }),
+        }
+    }
+
     fn wrap(db: Database, path: PathBuf, facility: &str) -> Store {
         Store {
             inner: Arc::new(Inner {
@@ -188,6 +208,57 @@ impl Store {
             out.push((k.value(), v.value().to_vec()));
         }
         Ok(out)
+    }
+
+    /// Writes a consistent snapshot of every table to a new redb file at
+    /// `dest`: all tables are read in one read transaction (a point in
+    /// time; writers go on meanwhile) and written in one durable commit to
+    /// `dest` plus `.partial`, which is then renamed to `dest`, so `dest`
+    /// is either absent or complete. Refuses to overwrite `dest`.
+    pub fn backup_to(&self, dest: &Path) -> Result<BackupInfo, StorageError> {
+        let io = |source: std::io::Error| StorageError::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
+        if dest.exists() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a backup is already there",
+            )));
+        }
+        let mut partial = dest.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let _ = std::fs::remove_file(&partial);
+        let out = Database::create(&partial).map_err(|e| open_error(&partial, e))?;
+        let theirs = |e: redb::Error| StorageError::Redb {
+            path: partial.clone(),
+            source: Box::new(e),
+        };
+        let rx = self.inner.db.begin_read().map_err(|e| self.redb(e))?;
+        let mut tx = out.begin_write().map_err(|e| theirs(e.into()))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| theirs(redb::Error::from(e)))?;
+        let mut rows = 0u64;
+        for t in schema::STR_TABLES {
+            rows += copy_table(&rx, &tx, t).map_err(|e| self.redb(e))?;
+        }
+        for t in schema::U64_TABLES {
+            rows += copy_table(&rx, &tx, t).map_err(|e| self.redb(e))?;
+        }
+        for t in schema::BYTES_TABLES {
+            rows += copy_table(&rx, &tx, t).map_err(|e| self.redb(e))?;
+        }
+        tx.commit().map_err(|e| theirs(e.into()))?;
+        drop(out);
+        std::fs::rename(&partial, dest).map_err(io)?;
+        if let Some(dir) = dest.parent() {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        let bytes = std::fs::metadata(dest).map_err(io)?.len();
+        Ok(BackupInfo { rows, bytes })
     }
 
     /// Reads raw bytes from a `&str`-keyed table; a missing table reads as empty.
@@ -319,3 +390,34 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> StorageError {
 
 #[cfg(test)]
 mod tests;
+
+/// What [`Store::backup_to`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// Rows copied, over every table.
+    pub rows: u64,
+    /// The backup file's size.
+    pub bytes: u64,
+}
+
+/// Copies one table's rows from a read transaction into a write
+/// transaction; a table missing in the source is skipped.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    rx: &redb::ReadTransaction,
+    tx: &redb::WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<u64, redb::Error> {
+    let src = match rx.open_table(table) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut dst = tx.open_table(table)?;
+    let mut n = 0;
+    for row in src.iter()? {
+        let (k, v) = row?;
+        dst.insert(k.value(), v.value())?;
+        n += 1;
+    }
+    Ok(n)
+}

@@ -233,7 +233,14 @@ pub struct BulkheadState {
 /// The BulkheadPool as a child of the flow zone, with the default split of
 /// `total` faculty.
 pub fn bulkhead_child(total: u32) -> (Zone, ChildDef) {
-    let def = ChildDef::new(BULKHEADS, move |_ctx: &NodeCtx| (BulkheadPool, total));
+    bulkhead_child_with(Pools::default_split(total))
+}
+
+/// The BulkheadPool as a child of the flow zone, with `pools`.
+pub fn bulkhead_child_with(pools: Pools) -> (Zone, ChildDef) {
+    let def = ChildDef::new(BULKHEADS, move |_ctx: &NodeCtx| {
+        (BulkheadPool, pools.clone())
+    });
     (Zone::Flow, def)
 }
 
@@ -245,15 +252,15 @@ pub fn bulkheads(node: &Node) -> Option<ActorRef<BulkheadMsg>> {
 impl Actor for BulkheadPool {
     type Msg = BulkheadMsg;
     type State = BulkheadState;
-    type Arguments = u32;
+    type Arguments = Pools;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<BulkheadMsg>,
-        total: u32,
+        pools: Pools,
     ) -> Result<BulkheadState, ActorProcessingErr> {
         Ok(BulkheadState {
-            pools: Pools::default_split(total),
+            pools,
             leases: BTreeMap::new(),
             next: 1,
         })

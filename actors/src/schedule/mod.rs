@@ -1046,6 +1046,14 @@ impl ScheduleState {
             .unwrap_or_default()
     }
 
+    /// The days `person` is on leave, in order.
+    pub fn leave_of(&self, person: &PersonId) -> Vec<u32> {
+        self.leave
+            .get(person)
+            .map(|d| d.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// The last approved day, if any.
     pub fn approved_through(&self) -> Option<u32> {
         self.approved_through

@@ -1,5 +1,7 @@
 //! The facility's HTTP surface: `/health/live`, `/health/ready`,
-//! `/health/deep`, `/metrics`, and the `/v1` API (so far `/v1/status`).
+//! `/health/deep`, `/metrics`, the status page at `/`, and the `/v1` API
+//! ([`api`]: schedule writes and reads, the cluster view, the ledger,
+//! evidence; `/v1/status`, `/v1/heatmap`, `/v1/openapi.json`).
 //!
 //! Bound to localhost by default (the config's `http_listen`).
 //! - Health comes from the flow kit's [`Health`] registry, which a
@@ -11,12 +13,16 @@
 //!   refusal is `429 Too Many Requests` with `Retry-After` (seconds,
 //!   rounded up) and a JSON body with the code `OVERLOADED`.
 
+pub mod api;
+pub mod error;
+mod page;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -26,6 +32,7 @@ use bulwark_actors::flow::admission::Rejected;
 use bulwark_actors::flow::health::{
     BudgetEvent, CheckStatus, ErrorBudget, Health, Kind, LatencyBudget,
 };
+use bulwark_actors::heatmap::{Heatmap, Level};
 use bulwark_transport::{LinkStatus, Transport};
 use metrics_exporter_prometheus::PrometheusHandle;
 use ractor::ActorRef;
@@ -50,6 +57,11 @@ pub struct ApiState {
     pub admission: Option<ActorRef<BackpressureMsg>>,
     /// The `/v1` SLOs: availability (no 5xx, no 429) and latency.
     pub slo: Arc<Mutex<Slo>>,
+    /// The schedule API's access to the facility; `None` serves health,
+    /// metrics and status only.
+    pub service: Option<Arc<api::Service>>,
+    /// Each component's health over the last samples ([`run_checks`]).
+    pub heatmap: Arc<Mutex<Heatmap>>,
 }
 
 /// The API's service-level objectives, over a 30-day window: 99.9% of
@@ -123,16 +135,40 @@ impl ApiState {
             health: Arc::new(Mutex::new(h)),
             admission,
             slo: Arc::new(Mutex::new(Slo::default())),
+            service: None,
+            heatmap: Arc::new(Mutex::new(Heatmap::default())),
         }
+    }
+
+    /// The same state serving the schedule API through `service`.
+    pub fn with_service(mut self, service: api::Service) -> ApiState {
+        self.service = Some(Arc::new(service));
+        self
     }
 }
 
 /// The router of the API.
 pub fn app(state: ApiState) -> axum::Router {
-    let v1 = axum::Router::new()
+    let (v1, _) = api::routes().split_for_parts();
+    let v1 = v1
         .route("/status", get(status))
+        .route("/heatmap", get(heatmap_json))
+        .route("/heatmap.svg", get(heatmap_svg))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            bulkhead,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), admit));
+    let openapi = Arc::new(api::openapi());
     axum::Router::new()
+        .route("/", get(page::page))
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let doc = openapi.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
         .route("/health/live", get(|s| health(s, Kind::Live)))
         .route("/health/ready", get(|s| health(s, Kind::Ready)))
         .route("/health/deep", get(|s| health(s, Kind::Deep)))
@@ -224,6 +260,15 @@ where
             h.report("store", p.store);
             h.report("leader", p.leader);
         }
+        let levels = sample(&state).await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        state
+            .heatmap
+            .lock()
+            .expect("heatmap lock")
+            .record(now_ms, levels);
         tokio::time::sleep(every).await;
     }
     let mut h = state.health.lock().expect("health lock");
@@ -232,30 +277,15 @@ where
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
-    code: &'static str,
-    reason: &'static str,
-    retry_after_ms: u64,
-}
-
 /// 429 with `Retry-After` for a refusal from the admission controller.
 pub fn overloaded(r: Rejected) -> Response {
-    let secs = r.retry_after_ms.div_ceil(1000).max(1);
-    let mut resp = (
+    error::ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
-        Json(ErrorBody {
-            code: "OVERLOADED",
-            reason: r.reason,
-            retry_after_ms: r.retry_after_ms,
-        }),
+        "OVERLOADED",
+        format!("admission refused: {}", r.reason),
     )
-        .into_response();
-    resp.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from_str(&secs.to_string()).expect("digits"),
-    );
-    resp
+    .retry(r.retry_after_ms)
+    .into_response()
 }
 
 async fn admit(State(s): State<ApiState>, req: Request, next: Next) -> Response {
@@ -290,6 +320,92 @@ async fn admitted(s: &ApiState, req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let latency_ms = t.elapsed().as_millis() as u64;
     let _ = bp.cast(BackpressureMsg::Complete { latency_ms });
+    resp
+}
+
+/// The API's bulkhead pools for `concurrency` requests at once: writes
+/// 40%, reads 40% (each reserving half and borrowing up to half), the
+/// operator endpoints 10% (reserved and protected, so a flood of writes
+/// never hides the cluster view), and 10% flex.
+pub fn api_pools(concurrency: u32) -> bulwark_actors::flow::bulkhead::Pools {
+    use bulwark_actors::flow::bulkhead::{PoolSpec, Pools};
+    let part = |pct: u32| (concurrency * pct / 100).max(1);
+    let open = |capacity: u32| PoolSpec {
+        capacity,
+        reserved: capacity / 2,
+        borrow_limit: capacity / 2,
+        protected: false,
+    };
+    let operator = part(10);
+    let specs = std::collections::BTreeMap::from([
+        ("writes".to_string(), open(part(40))),
+        ("reads".to_string(), open(part(40))),
+        (
+            "operator".to_string(),
+            PoolSpec {
+                capacity: operator,
+                reserved: operator,
+                borrow_limit: 0,
+                protected: true,
+            },
+        ),
+    ]);
+    Pools::new(specs, part(10)).expect("the API split is valid")
+}
+
+/// The bulkhead pool a `/v1` request draws from.
+fn pool_of(method: &axum::http::Method, path: &str) -> &'static str {
+    if method == axum::http::Method::POST {
+        "writes"
+    } else if ["/schedule", "/ledger", "/evidence"]
+        .iter()
+        .any(|p| path.starts_with(p))
+    {
+        "reads"
+    } else {
+        "operator"
+    }
+}
+
+/// Takes one unit of the request's pool from the BulkheadPool for the
+/// request's length; a refusal is 429 naming the pool. Without a running
+/// BulkheadPool every request is let through.
+async fn bulkhead(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    use bulwark_actors::flow::actors::{BulkheadMsg, BULKHEADS};
+    use bulwark_runtime::Zone;
+    let Some(pools) = s
+        .service
+        .as_ref()
+        .and_then(|svc| svc.ctx.find::<BulkheadMsg>(Zone::Flow, BULKHEADS))
+    else {
+        return next.run(req).await;
+    };
+    let pool = pool_of(req.method(), req.uri().path());
+    let lease = pools
+        .call(
+            |reply| BulkheadMsg::Acquire {
+                pool: pool.to_string(),
+                n: 1,
+                reply,
+            },
+            Some(Duration::from_secs(5)),
+        )
+        .await;
+    let id = match lease {
+        Ok(ractor::rpc::CallResult::Success(Ok(id))) => id,
+        Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+            return error::ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "OVERLOADED",
+                format!("bulkhead {pool}: {e}"),
+            )
+            .retry(1_000)
+            .into_response()
+        }
+        _ => return next.run(req).await,
+    };
+    let resp = next.run(req).await;
+    let _ = pools.cast(BulkheadMsg::Release(id));
     resp
 }
 
@@ -359,4 +475,152 @@ pub fn links(t: &dyn Transport) -> (usize, usize) {
 
 async fn render_metrics(State(s): State<ApiState>) -> String {
     s.prometheus.render()
+}
+
+/// Each component's level now: the health checks (failing within the
+/// grace: degraded; failed: critical), the partition state, each peer's
+/// liveness, the breakers and the admission pressure.
+pub async fn sample(state: &ApiState) -> Vec<(String, Level)> {
+    let mut out: Vec<(String, Level)> = {
+        let h = state.health.lock().expect("health lock");
+        h.status()
+            .into_iter()
+            .map(|c| {
+                let l = match (c.healthy, c.consecutive_failures) {
+                    (true, 0) => Level::Healthy,
+                    (true, _) => Level::Degraded,
+                    (false, _) => Level::Critical,
+                };
+                (c.name, l)
+            })
+            .collect()
+    };
+    if let Ok(c) = api::cluster_status(state).await {
+        out.push((
+            "partition".into(),
+            match c.partition.as_str() {
+                "CONNECTED" => Level::Healthy,
+                "MAJORITY" => Level::Degraded,
+                "MINORITY" => Level::Warning,
+                _ => Level::Critical,
+            },
+        ));
+        for p in &c.peers {
+            let l = match p.liveness.as_str() {
+                "up" => Level::Healthy,
+                "suspect" => Level::Warning,
+                _ => Level::Critical,
+            };
+            out.push((format!("peer:{}", p.id), l));
+        }
+        let here: Vec<_> = c
+            .breakers
+            .iter()
+            .filter(|b| b.facility == c.facility)
+            .collect();
+        let breakers = if here
+            .iter()
+            .any(|b| b.state == "open" || b.state == "forced_open")
+        {
+            Level::Warning
+        } else if here.iter().any(|b| b.state != "closed") {
+            Level::Degraded
+        } else {
+            Level::Healthy
+        };
+        out.push(("breakers".into(), breakers));
+        if let Some(p) = c.admission_pressure {
+            let l = if p < 0.5 {
+                Level::Healthy
+            } else if p < 0.8 {
+                Level::Degraded
+            } else if p < 0.95 {
+                Level::Warning
+            } else {
+                Level::Critical
+            };
+            out.push(("admission".into(), l));
+        }
+    }
+    out
+}
+
+async fn heatmap_json(State(s): State<ApiState>) -> Json<Heatmap> {
+    Json(s.heatmap.lock().expect("heatmap lock").clone())
+}
+
+async fn heatmap_svg(State(s): State<ApiState>) -> Response {
+    let title = match &s.service {
+        Some(svc) => format!("{} health", svc.ctx.facility),
+        None => "health".to_string(),
+    };
+    let svg = s.heatmap.lock().expect("heatmap lock").render_svg(&title);
+    ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response()
+}
+
+/// The cluster view as text, for `bulwark status`.
+pub fn render_status(c: &api::ClusterStatus) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "facility {}  leader {}  term {}  commit {}  partition {}",
+        c.facility,
+        c.leader.as_deref().unwrap_or("none"),
+        c.term.map_or("-".into(), |t| t.to_string()),
+        c.commit.map_or("-".into(), |t| t.to_string()),
+        c.partition
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:<8} {:<10} {:<9} {:>8}",
+        "FACILITY", "ROLE", "LINK", "LIVENESS", "PHI"
+    );
+    let role = |id: &str| {
+        if c.leader.as_deref() == Some(id) {
+            "leader"
+        } else {
+            "follower"
+        }
+    };
+    let _ = writeln!(
+        out,
+        "{:<12} {:<8} {:<10} {:<9} {:>8}",
+        c.facility,
+        role(&c.facility),
+        "self",
+        "up",
+        "-"
+    );
+    for p in &c.peers {
+        let _ = writeln!(
+            out,
+            "{:<12} {:<8} {:<10} {:<9} {:>8.2}",
+            p.id,
+            role(&p.id),
+            p.link,
+            p.liveness,
+            p.phi
+        );
+    }
+    if let Some(l) = &c.ledger {
+        let _ = writeln!(
+            out,
+            "ledger height {}  head {}  evidence {}",
+            l.height,
+            &l.hash[..l.hash.len().min(16)],
+            l.evidence
+        );
+    }
+    for b in &c.breakers {
+        let _ = writeln!(out, "breaker {}:{} {}", b.facility, b.dependency, b.state);
+    }
+    for b in &c.bulkheads {
+        let _ = writeln!(
+            out,
+            "bulkhead {} {}/{} (reserved {}, refused {})",
+            b.name, b.allocated, b.capacity, b.reserved, b.rejections
+        );
+    }
+    out
 }

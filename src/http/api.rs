@@ -1,0 +1,1376 @@
+//! The schedule API under `/v1`: writes through the CapGate, reads with
+//! their staleness, the cluster view, the ledger with its certificates,
+//! evidence, and the OpenAPI document generated from these handlers'
+//! annotations (`/v1/openapi.json`), so it cannot drift from them.
+//!
+//! Writes:
+//! - need `Authorization: Bearer <token>` (the `[api] token`; without one
+//!   configured, writes are refused with 403 WRITES_DISABLED), an
+//!   `Idempotency-Key` header (1 to 128 visible ASCII characters) and a
+//!   JSON body of at most [`BODY_LEN_MAX`] bytes with no unknown field;
+//! - a retry with the same key and body gets the first answer again (from
+//!   the durable idempotency store, kept [`IDEMPOTENCY_TTL_MS`]); the same
+//!   key with another body is refused (422 KEY_REUSED); the key also
+//!   becomes the schedule command's key, so a retry at another facility
+//!   applies once too;
+//! - go through the CapGate: CP operations in a minority answer 503
+//!   PARTITIONED with the state and the mode; AP operations there answer
+//!   202 with the provisional change.
+//!
+//! Bad input changes nothing: every check runs before the gate sees the
+//! command, and nothing is remembered for a refused request.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulwark_actors::bft::{self, BftMsg, LedgerStore};
+use bulwark_actors::cap::gate::{GateMsg, GateOutcome, ReadError, Staleness, CAP_GATE};
+use bulwark_actors::cap::Consistency;
+use bulwark_actors::detect::Detection;
+use bulwark_actors::flow::actors::{BackpressureMsg, BulkheadMsg, BULKHEADS};
+use bulwark_actors::flow::idempotency::{IdempotencyStore, Lookup};
+use bulwark_actors::flow::mesh::{BreakerMsg, BREAKERS};
+use bulwark_actors::hlc::Hlc;
+use bulwark_actors::keys::PublicKeys;
+use bulwark_actors::ledger::{self, LedgerEntry, GENESIS};
+use bulwark_actors::raft::{ProposeOutcome, RaftMsg, RaftStatus, RAFT};
+use bulwark_actors::schedule::{
+    Block, Command, Effect, IdempotencyKey, Op, Outcome, Person, Pool, Role, ScheduleState,
+};
+use bulwark_runtime::{NodeCtx, Zone};
+use bulwark_storage::codec;
+use bulwark_transport::{FacilityId, LinkStatus};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{json_error, ApiError, ErrorBody};
+use super::ApiState;
+
+/// Largest request body, in bytes.
+pub const BODY_LEN_MAX: usize = 64 * 1024;
+/// Largest `Idempotency-Key`, in bytes.
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 128;
+/// How long an idempotency key's answer is kept: 24 h.
+pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+/// How long a write waits for its outcome.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read or a status call waits.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The header of replayed answers.
+pub const REPLAYED: &str = "idempotent-replayed";
+
+/// What the schedule API needs of the facility.
+#[derive(Clone)]
+pub struct Service {
+    /// The node's context: its actors, its store, its clock.
+    pub ctx: NodeCtx,
+    /// Every member, this facility included.
+    pub members: Vec<FacilityId>,
+    /// Every facility's vote key (ledger entries are verified before they
+    /// are served).
+    pub keys: PublicKeys,
+    /// What the failure detector knows.
+    pub detection: Option<Detection>,
+    /// blake3 of the bearer token writes need; `None`: writes disabled.
+    pub token: Option<blake3::Hash>,
+    /// Answers of writes by idempotency key.
+    pub idempotency: IdempotencyStore,
+    /// Where `POST /v1/admin/backup` writes; `None`: refused.
+    pub backup: Option<crate::backup::BackupPlan>,
+}
+
+impl Service {
+    /// A service over `ctx` with `token` (kept only as its hash).
+    pub fn new(
+        ctx: NodeCtx,
+        members: Vec<FacilityId>,
+        keys: PublicKeys,
+        detection: Option<Detection>,
+        token: Option<&str>,
+    ) -> Service {
+        let idempotency = IdempotencyStore::new(ctx.store.clone(), IDEMPOTENCY_TTL_MS);
+        Service {
+            ctx,
+            members,
+            keys,
+            detection,
+            token: token.map(|t| blake3::hash(t.as_bytes())),
+            idempotency,
+            backup: None,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.ctx.clock.unix_ms()
+    }
+}
+
+/// The `/v1` routes with their OpenAPI paths.
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(post_people))
+        .routes(routes!(post_blocks))
+        .routes(routes!(post_assignments))
+        .routes(routes!(post_unassignments))
+        .routes(routes!(post_swaps))
+        .routes(routes!(post_leave))
+        .routes(routes!(post_emergency))
+        .routes(routes!(post_approvals))
+        .routes(routes!(get_schedule))
+        .routes(routes!(get_cluster))
+        .routes(routes!(get_ledger))
+        .routes(routes!(get_evidence))
+        .routes(routes!(post_backup))
+}
+
+// ---------------------------------------------------------------- bodies
+
+/// A person to add.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PersonBody {
+    /// 1 to 64 chars of `[A-Za-z0-9._:-]`.
+    pub id: String,
+    /// Display name, 1 to 128 chars.
+    pub name: String,
+    /// `resident` or `faculty`.
+    pub role: String,
+    /// Postgraduate year 1 to 7 (residents only).
+    #[serde(default)]
+    pub pgy: Option<u8>,
+}
+
+/// A block to add.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlockBody {
+    /// 1 to 64 chars of `[A-Za-z0-9._:-]`.
+    pub id: String,
+    /// Days since the schedule's epoch.
+    pub day: u32,
+    /// Minutes after midnight, 0 to 1439.
+    pub start_min: u16,
+    /// Length in minutes, 1 to 1680.
+    pub duration_min: u16,
+    /// `icu`, `clinic`, `procedures` or `call`.
+    pub pool: String,
+    /// People needed, 1 to 32.
+    pub required: u8,
+}
+
+/// A person and a block.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignBody {
+    /// The person.
+    pub person: String,
+    /// The block.
+    pub block: String,
+}
+
+/// An exchange of blocks between two people.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwapBody {
+    /// First person, now on `a_block`.
+    pub a: String,
+    /// Their block.
+    pub a_block: String,
+    /// Second person, now on `b_block`.
+    pub b: String,
+    /// Their block.
+    pub b_block: String,
+    /// Made for emergency coverage: available (AP) during a partition.
+    #[serde(default)]
+    pub emergency: bool,
+}
+
+/// Leave for a range of days.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaveBody {
+    /// Who.
+    pub person: String,
+    /// First day.
+    pub from_day: u32,
+    /// Last day (at most 366 days).
+    pub to_day: u32,
+}
+
+/// Final approval of every day up to `through_day`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalBody {
+    /// Last approved day.
+    pub through_day: u32,
+}
+
+/// A write's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WriteAnswer {
+    /// `committed` (200) or `provisional` (202: accepted in a partition,
+    /// replayed through consensus on heal).
+    pub status: String,
+    /// The schedule's effect (`assigned`, `swapped`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+    /// Blocks vacated by leave.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vacated: Vec<String>,
+    /// Raft log index (committed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+    /// Ledger height (committed and changed the schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u64>,
+    /// The schedule had applied this key before; its first outcome.
+    #[serde(default)]
+    pub duplicate: bool,
+    /// The provisional change's id (provisional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisional_id: Option<u64>,
+    /// Its hybrid logical clock stamp (provisional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hlc: Option<String>,
+    /// The partition state it was accepted in (provisional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+}
+
+// ---------------------------------------------------------------- writes
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct WriteHeaders {
+    /// 1 to 128 visible ASCII characters; a retry carries the same key.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: String,
+}
+
+macro_rules! write_endpoint {
+    ($name:ident, $path:literal, $body:ty, $doc:literal, $op:expr) => {
+        #[doc = $doc]
+        #[utoipa::path(
+            post,
+            path = $path,
+            tag = "writes",
+            request_body = $body,
+            params(WriteHeaders),
+            security(("bearer" = [])),
+            responses(
+                (status = 200, description = "Committed", body = WriteAnswer),
+                (status = 202, description = "Accepted provisionally (AP, in a partition)", body = WriteAnswer),
+                (status = 400, description = "Bad input, naming the field", body = ErrorBody),
+                (status = 401, description = "Missing or bad bearer token", body = ErrorBody),
+                (status = 409, description = "A schedule rule, named", body = ErrorBody),
+                (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+                (status = 422, description = "Idempotency key reused with another body", body = ErrorBody),
+                (status = 429, description = "Overloaded; Retry-After", body = ErrorBody),
+                (status = 503, description = "PARTITIONED (CP in a minority), NO_LEADER, TIMED_OUT", body = ErrorBody),
+            )
+        )]
+        async fn $name(State(s): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+            write::<$body>(&s, &headers, body, $op).await
+        }
+    };
+}
+
+write_endpoint!(
+    post_people,
+    "/people",
+    PersonBody,
+    "Adds a person.",
+    |b: PersonBody| {
+        let role = match (b.role.as_str(), b.pgy) {
+            ("resident", Some(pgy)) if (1..=7).contains(&pgy) => Role::Resident { pgy },
+            ("resident", _) => return Err(ApiError::bad("pgy", "a resident needs pgy 1 to 7")),
+            ("faculty", None) => Role::Faculty,
+            ("faculty", Some(_)) => return Err(ApiError::bad("pgy", "faculty have no pgy")),
+            _ => return Err(ApiError::bad("role", "role is resident or faculty")),
+        };
+        if b.name.is_empty() || b.name.chars().count() > 128 || b.name.chars().any(char::is_control)
+        {
+            return Err(ApiError::bad(
+                "name",
+                "1 to 128 characters, no control characters",
+            ));
+        }
+        Ok((
+            Op::AddPerson(Person {
+                id: b.id.parse()?,
+                name: b.name,
+                role,
+            }),
+            false,
+        ))
+    }
+);
+
+write_endpoint!(
+    post_blocks,
+    "/blocks",
+    BlockBody,
+    "Adds a block (one shift on one day in one pool).",
+    |b: BlockBody| {
+        let pool = match b.pool.as_str() {
+            "icu" => Pool::Icu,
+            "clinic" => Pool::Clinic,
+            "procedures" => Pool::Procedures,
+            "call" => Pool::Call,
+            _ => return Err(ApiError::bad("pool", "icu, clinic, procedures or call")),
+        };
+        Ok((
+            Op::AddBlock(Block {
+                id: b.id.parse()?,
+                day: b.day,
+                start_min: b.start_min,
+                duration_min: b.duration_min,
+                pool,
+                required: b.required,
+            }),
+            false,
+        ))
+    }
+);
+
+write_endpoint!(
+    post_assignments,
+    "/assignments",
+    AssignBody,
+    "Puts a person on a block (CP: refused in a minority).",
+    |b: AssignBody| Ok((
+        Op::Assign {
+            person: b.person.parse()?,
+            block: b.block.parse()?,
+        },
+        false,
+    ))
+);
+
+write_endpoint!(
+    post_unassignments,
+    "/unassignments",
+    AssignBody,
+    "Takes a person off a block (CP).",
+    |b: AssignBody| Ok((
+        Op::Unassign {
+            person: b.person.parse()?,
+            block: b.block.parse()?,
+        },
+        false,
+    ))
+);
+
+write_endpoint!(
+    post_swaps,
+    "/swaps",
+    SwapBody,
+    "Exchanges two people's blocks, both or neither (CP; AP when marked emergency).",
+    |b: SwapBody| Ok((
+        Op::Swap {
+            a: b.a.parse()?,
+            a_block: b.a_block.parse()?,
+            b: b.b.parse()?,
+            b_block: b.b_block.parse()?,
+        },
+        b.emergency,
+    ))
+);
+
+write_endpoint!(
+    post_leave,
+    "/leave",
+    LeaveBody,
+    "Grants leave; the person's blocks on those days are vacated (CP).",
+    |b: LeaveBody| {
+        if b.to_day < b.from_day {
+            return Err(ApiError::bad("to_day", "to_day is before from_day"));
+        }
+        Ok((
+            Op::Leave {
+                person: b.person.parse()?,
+                from_day: b.from_day,
+                to_day: b.to_day,
+            },
+            false,
+        ))
+    }
+);
+
+write_endpoint!(
+    post_emergency,
+    "/emergency",
+    AssignBody,
+    "Fills an open slot, even on an approved day (AP: accepted provisionally in a partition).",
+    |b: AssignBody| Ok((
+        Op::EmergencyCoverage {
+            person: b.person.parse()?,
+            block: b.block.parse()?,
+        },
+        true,
+    ))
+);
+
+write_endpoint!(
+    post_approvals,
+    "/approvals",
+    ApprovalBody,
+    "Final approval of every day up to through_day (CP).",
+    |b: ApprovalBody| Ok((
+        Op::Approve {
+            through_day: b.through_day,
+        },
+        false,
+    ))
+);
+
+/// Checks the bearer token.
+fn authorize(svc: &Service, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(want) = &svc.token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "WRITES_DISABLED",
+            "no [api] token is configured on this facility; writes are disabled",
+        ));
+    };
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", m);
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(unauthorized("writes need Authorization: Bearer <token>"));
+    };
+    let given = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("Authorization is not a bearer token"))?;
+    // blake3::Hash compares in constant time.
+    if blake3::hash(given.trim().as_bytes()) != *want {
+        return Err(unauthorized("bad bearer token"));
+    }
+    Ok(())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let field = "Idempotency-Key";
+    let v = headers
+        .get("idempotency-key")
+        .ok_or_else(|| ApiError::bad(field, "writes need an Idempotency-Key header"))?;
+    let s = v
+        .to_str()
+        .ok()
+        .filter(|s| {
+            (1..=IDEMPOTENCY_KEY_LEN_MAX).contains(&s.len())
+                && s.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::bad(
+                field,
+                format!("1 to {IDEMPOTENCY_KEY_LEN_MAX} visible ASCII characters"),
+            )
+        })?;
+    Ok(s.to_string())
+}
+
+/// Reads at most [`BODY_LEN_MAX`] bytes of a JSON body.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
+        .unwrap_or(false);
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "the body must be Content-Type: application/json",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("the body exceeds {BODY_LEN_MAX} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LEN_MAX as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, BODY_LEN_MAX)
+        .await
+        .map_err(|_| too_large())
+}
+
+/// Decodes a JSON body: unknown fields, wrong types and trailing bytes are
+/// refused, naming the field.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
+    de.end()
+        .map_err(|e| ApiError::bad("body", format!("invalid JSON body: {e}")))?;
+    Ok(v)
+}
+
+/// The schedule command key of a client's idempotency key.
+pub fn command_key(key: &str) -> IdempotencyKey {
+    let h = blake3::hash(key.as_bytes());
+    let mut k = [0; 16];
+    k.copy_from_slice(&h.as_bytes()[..16]);
+    IdempotencyKey(k)
+}
+
+async fn write<B: DeserializeOwned>(
+    s: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+    op_of: impl FnOnce(B) -> Result<(Op, bool), ApiError>,
+) -> Response {
+    match write_inner(s, headers, body, op_of).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn write_inner<B: DeserializeOwned>(
+    s: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+    op_of: impl FnOnce(B) -> Result<(Op, bool), ApiError>,
+) -> Result<Response, ApiError> {
+    let svc = service(s)?;
+    authorize(svc, headers)?;
+    let key = idempotency_key(headers)?;
+    let bytes = read_body(headers, body).await?;
+    let (op, emergency) = op_of(decode_json::<B>(&bytes)?)?;
+    let now = svc.now_ms();
+    let store_failed = |e: bulwark_actors::flow::idempotency::IdempotencyError| {
+        ApiError::unavailable("UNAVAILABLE", format!("idempotency store: {e}"), 1_000)
+    };
+    match svc
+        .idempotency
+        .lookup(key.as_bytes(), &bytes, now)
+        .map_err(store_failed)?
+    {
+        Lookup::Replay(answer) => return Ok(replay(&answer)),
+        Lookup::KeyReused => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "KEY_REUSED",
+                "this Idempotency-Key was used with another body",
+            ))
+        }
+        Lookup::Miss => {}
+    }
+    let gate = svc
+        .ctx
+        .find::<GateMsg>(Zone::Detection, CAP_GATE)
+        .ok_or_else(|| {
+            ApiError::unavailable("UNAVAILABLE", "the CAP gate is not running", 1_000)
+        })?;
+    let command = Command {
+        key: command_key(&key),
+        issued_by: svc.ctx.facility.clone(),
+        at_unix_ms: now,
+        hlc: Hlc::ZERO,
+        op,
+    };
+    let outcome = match gate
+        .call(
+            |reply| GateMsg::Submit {
+                command,
+                emergency,
+                reply,
+            },
+            Some(WRITE_TIMEOUT),
+        )
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(o)) => o,
+        Ok(_) => {
+            return Err(ApiError::unavailable(
+                "TIMED_OUT",
+                "no outcome in time; retry with the same Idempotency-Key",
+                1_000,
+            ))
+        }
+        Err(e) => {
+            return Err(ApiError::unavailable(
+                "UNAVAILABLE",
+                format!("the CAP gate failed: {e}"),
+                1_000,
+            ))
+        }
+    };
+    let (status, answer) = match written(outcome) {
+        Ok((status, a)) => (status, serde_json::to_vec(&a)),
+        Err(e) if e.status == StatusCode::CONFLICT => (e.status, serde_json::to_vec(&e.body)),
+        // Not final (no quorum, no leader, timed out): not remembered, so a
+        // retry with the same key tries again.
+        Err(e) => return Err(e),
+    };
+    let answer = answer.map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 1_000))?;
+    // Remembered before it is sent: a client that saw this answer finds it
+    // again. A failure here only costs the replay (the schedule dedups).
+    let mut stored = status.as_u16().to_be_bytes().to_vec();
+    stored.extend_from_slice(&answer);
+    if let Err(e) = svc
+        .idempotency
+        .remember(key.as_bytes(), &bytes, &stored, now)
+    {
+        tracing::warn!(error = %e, "idempotency answer not stored");
+    }
+    Ok(json_response(status, answer))
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn replay(stored: &[u8]) -> Response {
+    let Some((code, body)) = stored.split_first_chunk::<2>() else {
+        return ApiError::unavailable("UNAVAILABLE", "a stored answer is damaged", 1_000)
+            .into_response();
+    };
+    let status = StatusCode::from_u16(u16::from_be_bytes(*code)).unwrap_or(StatusCode::OK);
+    let mut r = json_response(status, body.to_vec());
+    r.headers_mut()
+        .insert(REPLAYED, axum::http::HeaderValue::from_static("true"));
+    r
+}
+
+fn effect_name(e: &Effect) -> (&'static str, Vec<String>) {
+    match e {
+        Effect::PersonAdded => ("person_added", vec![]),
+        Effect::BlockAdded => ("block_added", vec![]),
+        Effect::Assigned => ("assigned", vec![]),
+        Effect::Unassigned => ("unassigned", vec![]),
+        Effect::Swapped => ("swapped", vec![]),
+        Effect::LeaveGranted { vacated } => (
+            "leave_granted",
+            vacated.iter().map(|b| b.to_string()).collect(),
+        ),
+        Effect::Covered => ("covered", vec![]),
+        Effect::Reconciled { .. } => ("reconciled", vec![]),
+        Effect::Approved { .. } => ("approved", vec![]),
+    }
+}
+
+/// The HTTP answer of a gate outcome.
+pub fn written(o: GateOutcome) -> Result<(StatusCode, WriteAnswer), ApiError> {
+    let blank = WriteAnswer {
+        status: String::new(),
+        effect: None,
+        vacated: vec![],
+        index: None,
+        height: None,
+        duplicate: false,
+        provisional_id: None,
+        hlc: None,
+        partition: None,
+    };
+    match o {
+        GateOutcome::Consensus(ProposeOutcome::Committed {
+            index,
+            outcome,
+            duplicate,
+            height,
+        }) => match outcome {
+            Outcome::Applied(effect) => {
+                let (name, vacated) = effect_name(&effect);
+                Ok((
+                    StatusCode::OK,
+                    WriteAnswer {
+                        status: "committed".into(),
+                        effect: Some(name.into()),
+                        vacated,
+                        index: Some(index),
+                        height,
+                        duplicate,
+                        ..blank
+                    },
+                ))
+            }
+            Outcome::Rejected(r) => Err(ApiError::rule(&r)),
+        },
+        GateOutcome::Consensus(ProposeOutcome::NotLeader { hint }) => Err(ApiError::unavailable(
+            "NO_LEADER",
+            match hint {
+                Some(l) => format!("the leader ({l}) could not take it; retry"),
+                None => "no leader is known; retry".into(),
+            },
+            1_000,
+        )),
+        GateOutcome::Consensus(ProposeOutcome::TimedOut) => Err(ApiError::unavailable(
+            "TIMED_OUT",
+            "no outcome in time; it may still commit: retry with the same Idempotency-Key",
+            1_000,
+        )),
+        GateOutcome::Consensus(ProposeOutcome::Rejected { reason }) => {
+            Err(ApiError::unavailable("UNAVAILABLE", reason, 1_000))
+        }
+        GateOutcome::Provisional { id, hlc, partition } => Ok((
+            StatusCode::ACCEPTED,
+            WriteAnswer {
+                status: "provisional".into(),
+                provisional_id: Some(id),
+                hlc: Some(format!("{}.{}.{}", hlc.wall_ms, hlc.logical, hlc.node)),
+                partition: Some(partition.code().into()),
+                ..blank
+            },
+        )),
+        GateOutcome::Partitioned(p) => Err(ApiError::partitioned(&p)),
+        GateOutcome::Refused(r) => Err(ApiError::rule(&r)),
+    }
+}
+
+fn service(s: &ApiState) -> Result<&Service, ApiError> {
+    s.service.as_deref().ok_or_else(|| {
+        ApiError::unavailable("UNAVAILABLE", "this facility runs no schedule", 5_000)
+    })
+}
+
+// ---------------------------------------------------------------- reads
+
+/// How a schedule read is served.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleQuery {
+    /// `linearizable` (default; confirmed by a quorum, refused in a
+    /// minority) or `stale` (the local state, with its staleness).
+    pub consistency: Option<String>,
+}
+
+/// How current a read is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StalenessView {
+    /// `linearizable` or `stale`.
+    pub consistency: String,
+    /// CONNECTED, MAJORITY, MINORITY or ISOLATED.
+    pub partition: String,
+    /// The last log index applied to the state read.
+    pub applied_index: u64,
+    /// How long ago a quorum was last reachable, in ms (0 while it is).
+    pub stale_ms: u64,
+    /// This facility's provisional changes not yet in the state read.
+    pub provisional_pending: usize,
+}
+
+/// A person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PersonView {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// `resident` or `faculty`.
+    pub role: String,
+    /// Postgraduate year (residents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgy: Option<u8>,
+    /// Days of leave.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leave_days: Vec<u32>,
+}
+
+/// Someone on a block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AssigneeView {
+    /// The person.
+    pub person: String,
+    /// Made by emergency coverage.
+    pub emergency: bool,
+    /// Log index of the command that made it.
+    pub index: u64,
+}
+
+/// A block and who is on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BlockView {
+    /// Id.
+    pub id: String,
+    /// Day.
+    pub day: u32,
+    /// Start, minutes after midnight.
+    pub start_min: u16,
+    /// Length in minutes.
+    pub duration_min: u16,
+    /// Pool.
+    pub pool: String,
+    /// People needed.
+    pub required: u8,
+    /// People on it.
+    pub assigned: Vec<AssigneeView>,
+}
+
+/// The schedule as read here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleView {
+    /// How current it is.
+    pub staleness: StalenessView,
+    /// Days up to this one are finally approved.
+    pub approved_through: Option<u32>,
+    /// blake3 of the whole state (equal on facilities that applied the
+    /// same log prefix), hex.
+    pub digest: String,
+    /// People.
+    pub people: Vec<PersonView>,
+    /// Blocks.
+    pub blocks: Vec<BlockView>,
+}
+
+fn pool_name(p: Pool) -> &'static str {
+    match p {
+        Pool::Icu => "icu",
+        Pool::Clinic => "clinic",
+        Pool::Procedures => "procedures",
+        Pool::Call => "call",
+    }
+}
+
+fn schedule_view(st: &ScheduleState, staleness: &Staleness) -> ScheduleView {
+    ScheduleView {
+        staleness: StalenessView {
+            consistency: match staleness.consistency {
+                Consistency::Linearizable => "linearizable".into(),
+                Consistency::Stale => "stale".into(),
+            },
+            partition: staleness.partition.code().into(),
+            applied_index: staleness.applied_index,
+            stale_ms: staleness.stale_ms,
+            provisional_pending: staleness.provisional_pending,
+        },
+        approved_through: st.approved_through(),
+        digest: st.digest().map(hex::encode).unwrap_or_default(),
+        people: st
+            .people()
+            .map(|p| PersonView {
+                id: p.id.to_string(),
+                name: p.name.clone(),
+                role: match p.role {
+                    Role::Resident { .. } => "resident".into(),
+                    Role::Faculty => "faculty".into(),
+                },
+                pgy: match p.role {
+                    Role::Resident { pgy } => Some(pgy),
+                    Role::Faculty => None,
+                },
+                leave_days: st.leave_of(&p.id),
+            })
+            .collect(),
+        blocks: st
+            .blocks()
+            .map(|b| BlockView {
+                id: b.id.to_string(),
+                day: b.day,
+                start_min: b.start_min,
+                duration_min: b.duration_min,
+                pool: pool_name(b.pool).into(),
+                required: b.required,
+                assigned: st
+                    .assignments_on(&b.id)
+                    .into_iter()
+                    .map(|(p, a)| AssigneeView {
+                        person: p.to_string(),
+                        emergency: a.emergency,
+                        index: a.index,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The schedule, linearizable or stale.
+#[utoipa::path(
+    get,
+    path = "/schedule",
+    tag = "reads",
+    params(ScheduleQuery),
+    responses(
+        (status = 200, description = "The schedule and its staleness", body = ScheduleView),
+        (status = 400, description = "Bad consistency", body = ErrorBody),
+        (status = 503, description = "PARTITIONED (linearizable in a minority) or UNAVAILABLE", body = ErrorBody),
+    )
+)]
+async fn get_schedule(
+    State(s): State<ApiState>,
+    q: Result<Query<ScheduleQuery>, QueryRejection>,
+) -> Result<Json<ScheduleView>, ApiError> {
+    let svc = service(&s)?;
+    let q = q.map_err(|e| ApiError::bad("consistency", e.body_text()))?;
+    let consistency = match q.consistency.as_deref() {
+        None | Some("linearizable") => Consistency::Linearizable,
+        Some("stale") => Consistency::Stale,
+        Some(_) => return Err(ApiError::bad("consistency", "linearizable or stale")),
+    };
+    let gate = svc
+        .ctx
+        .find::<GateMsg>(Zone::Detection, CAP_GATE)
+        .ok_or_else(|| {
+            ApiError::unavailable("UNAVAILABLE", "the CAP gate is not running", 1_000)
+        })?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    gate.cast(GateMsg::Read {
+        consistency,
+        f: Box::new(move |r| {
+            let _ = tx.send(r.map(|(st, stale)| schedule_view(st, &stale)));
+        }),
+    })
+    .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 1_000))?;
+    match tokio::time::timeout(CALL_TIMEOUT + WRITE_TIMEOUT, rx).await {
+        Ok(Ok(Ok(v))) => Ok(Json(v)),
+        Ok(Ok(Err(ReadError::Partitioned(p)))) => Err(ApiError::partitioned(&p)),
+        Ok(Ok(Err(ReadError::Unavailable(m)))) => {
+            Err(ApiError::unavailable("UNAVAILABLE", m, 1_000))
+        }
+        _ => Err(ApiError::unavailable(
+            "TIMED_OUT",
+            "the read did not answer",
+            1_000,
+        )),
+    }
+}
+
+/// One peer as this facility sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PeerStatus {
+    /// The facility.
+    pub id: String,
+    /// The QUIC link: up, connecting, down.
+    pub link: String,
+    /// φ of the failure detector.
+    pub phi: f64,
+    /// up, suspect or down.
+    pub liveness: String,
+}
+
+/// A circuit breaker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BreakerStatus {
+    /// The facility that holds it.
+    pub facility: String,
+    /// The dependency.
+    pub dependency: String,
+    /// closed, open, half_open, …
+    pub state: String,
+}
+
+/// A bulkhead pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BulkheadStatus {
+    /// The pool.
+    pub name: String,
+    /// Units owned.
+    pub capacity: u32,
+    /// Units in use.
+    pub allocated: u32,
+    /// Units never lent.
+    pub reserved: u32,
+    /// Requests refused.
+    pub rejections: u64,
+}
+
+/// The ledger's head here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LedgerHead {
+    /// The last final height.
+    pub height: u64,
+    /// Its hash, hex.
+    pub hash: String,
+    /// Evidence recorded.
+    pub evidence: usize,
+}
+
+/// The cluster as this facility sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterStatus {
+    /// This facility.
+    pub facility: String,
+    /// Every member.
+    pub members: Vec<String>,
+    /// The Raft leader as known here.
+    pub leader: Option<String>,
+    /// The Raft term.
+    pub term: Option<u64>,
+    /// The commit index.
+    pub commit: Option<u64>,
+    /// The applied index.
+    pub applied: Option<u64>,
+    /// CONNECTED, MAJORITY, MINORITY or ISOLATED.
+    pub partition: String,
+    /// Every peer.
+    pub peers: Vec<PeerStatus>,
+    /// Breakers here and those peers reported.
+    pub breakers: Vec<BreakerStatus>,
+    /// Bulkhead pools here.
+    pub bulkheads: Vec<BulkheadStatus>,
+    /// Admission: pressure 0..1 and the queue.
+    pub admission_pressure: Option<f64>,
+    /// The ledger head.
+    pub ledger: Option<LedgerHead>,
+}
+
+async fn ask<M: ractor::Message, T: Send + 'static>(
+    actor: Option<ractor::ActorRef<M>>,
+    msg: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
+) -> Option<T> {
+    actor?
+        .call(msg, Some(CALL_TIMEOUT))
+        .await
+        .ok()?
+        .success_or(())
+        .ok()
+}
+
+/// Members, leader, φ per peer, partition state, breakers, bulkheads and
+/// the ledger head.
+pub async fn cluster_status(s: &ApiState) -> Result<ClusterStatus, ApiError> {
+    let svc = service(s)?;
+    let ctx = &svc.ctx;
+    let raft: Option<RaftStatus> =
+        ask(ctx.find::<RaftMsg>(Zone::Consensus, RAFT), RaftMsg::Status).await;
+    let view = svc.detection.as_ref().map(|d| d.view());
+    let peers = svc
+        .members
+        .iter()
+        .filter(|m| **m != ctx.facility)
+        .map(|m| {
+            let pv = view
+                .as_ref()
+                .and_then(|v| v.peers.iter().find(|p| p.peer == *m));
+            PeerStatus {
+                id: m.to_string(),
+                link: match s.transport.link_status(m) {
+                    LinkStatus::Up => "up".into(),
+                    other => format!("{other:?}").to_lowercase(),
+                },
+                phi: pv.map_or(0.0, |p| if p.phi.is_finite() { p.phi } else { f64::MAX }),
+                liveness: pv.map_or("unknown".into(), |p| {
+                    format!("{:?}", p.liveness).to_lowercase()
+                }),
+            }
+        })
+        .collect();
+    let mut breakers = Vec::new();
+    if let Some(mesh) = ask(
+        ctx.find::<BreakerMsg>(Zone::Flow, BREAKERS),
+        BreakerMsg::Status,
+    )
+    .await
+    {
+        for b in mesh.local {
+            breakers.push(BreakerStatus {
+                facility: ctx.facility.to_string(),
+                dependency: b.name,
+                state: b.state.to_string(),
+            });
+        }
+        for b in mesh.remote {
+            breakers.push(BreakerStatus {
+                facility: b.facility.to_string(),
+                dependency: b.dependency,
+                state: b.state,
+            });
+        }
+    }
+    let bulkheads = ask(
+        ctx.find::<BulkheadMsg>(Zone::Flow, BULKHEADS),
+        BulkheadMsg::Status,
+    )
+    .await
+    .unwrap_or_default()
+    .into_iter()
+    .map(|p| BulkheadStatus {
+        name: p.name,
+        capacity: p.capacity,
+        allocated: p.allocated,
+        reserved: p.reserved,
+        rejections: p.rejections,
+    })
+    .collect();
+    let admission_pressure = match &s.admission {
+        Some(bp) => ask(Some(bp.clone()), BackpressureMsg::Status)
+            .await
+            .map(|b| b.pressure),
+        None => None,
+    };
+    let ledger = match bft::validator_of(ctx) {
+        Some(v) => bft::status(&v).await.map(|b| LedgerHead {
+            height: b.final_height,
+            hash: hex::encode(b.final_hash),
+            evidence: b.evidence,
+        }),
+        None => None,
+    };
+    Ok(ClusterStatus {
+        facility: ctx.facility.to_string(),
+        members: svc.members.iter().map(|m| m.to_string()).collect(),
+        leader: raft
+            .as_ref()
+            .and_then(|r| r.leader.as_ref().map(|l| l.to_string())),
+        term: raft.as_ref().map(|r| r.term),
+        commit: raft.as_ref().map(|r| r.commit),
+        applied: raft.as_ref().map(|r| r.applied),
+        partition: view.map_or("UNKNOWN".into(), |v| v.partition.code().into()),
+        peers,
+        breakers,
+        bulkheads,
+        admission_pressure,
+        ledger,
+    })
+}
+
+/// The cluster view.
+#[utoipa::path(
+    get,
+    path = "/cluster",
+    tag = "reads",
+    responses((status = 200, description = "The cluster as this facility sees it", body = ClusterStatus))
+)]
+async fn get_cluster(State(s): State<ApiState>) -> Result<Json<ClusterStatus>, ApiError> {
+    cluster_status(&s).await.map(Json)
+}
+
+/// A signed vote of a certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VoteView {
+    /// The signer.
+    pub signer: String,
+    /// The signed body, hex.
+    pub body: String,
+    /// The ed25519 signature, hex.
+    pub sig: String,
+}
+
+/// A final ledger entry with its certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LedgerEntryView {
+    /// Height.
+    pub height: u64,
+    /// blake3 of the entry's bytes, hex.
+    pub hash: String,
+    /// The previous entry's hash, hex.
+    pub prev: String,
+    /// Raft index.
+    pub raft_index: u64,
+    /// Raft term.
+    pub raft_term: u64,
+    /// Proposer.
+    pub proposer: String,
+    /// Proposer's timestamp.
+    pub at_unix_ms: u64,
+    /// The command's name.
+    pub op: String,
+    /// The entry's bytes, hex (what the hash is over).
+    pub entry: String,
+    /// The certificate's votes.
+    pub votes: Vec<VoteView>,
+    /// Verified here before it was served: link, certificate quorum,
+    /// signatures.
+    pub verified: bool,
+}
+
+/// One final ledger entry and its certificate.
+#[utoipa::path(
+    get,
+    path = "/ledger/{height}",
+    tag = "reads",
+    params(("height" = u64, Path, description = "Height, from 1")),
+    responses(
+        (status = 200, description = "The entry, verified", body = LedgerEntryView),
+        (status = 400, description = "Bad height", body = ErrorBody),
+        (status = 404, description = "Not final here", body = ErrorBody),
+        (status = 503, description = "The stored entry does not verify, or the store failed", body = ErrorBody),
+    )
+)]
+async fn get_ledger(
+    State(s): State<ApiState>,
+    height: Result<Path<u64>, PathRejection>,
+) -> Result<Json<LedgerEntryView>, ApiError> {
+    let svc = service(&s)?;
+    let Path(height) = height.map_err(|e| ApiError::bad("height", e.body_text()))?;
+    if height == 0 {
+        return Err(ApiError::bad("height", "heights start at 1"));
+    }
+    let store = LedgerStore::new(svc.ctx.store.clone());
+    let from = height - 1;
+    let finals = store
+        .finals(from.max(1), 2)
+        .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 1_000))?;
+    let (prev, fin) = match (from, finals.as_slice()) {
+        (0, [fin, ..]) => (GENESIS, fin),
+        (_, [before, fin, ..]) => (before.cert.hash, fin),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("height {height} is not final here"),
+            ))
+        }
+    };
+    let checked = ledger::verify_final(fin, height, &prev, &svc.keys);
+    let entry: LedgerEntry = match &checked {
+        Ok((e, _, _)) => e.clone(),
+        Err(f) => {
+            return Err(ApiError::unavailable(
+                "UNAVAILABLE",
+                format!("the stored entry does not verify: {f}"),
+                60_000,
+            ))
+        }
+    };
+    let op = checked
+        .as_ref()
+        .map(|(_, _, p)| p.command.op.name().to_string())
+        .unwrap_or_default();
+    let votes = fin
+        .cert
+        .votes
+        .iter()
+        .map(|v| VoteView {
+            signer: v.decode().map(|b| b.signer.to_string()).unwrap_or_default(),
+            body: hex::encode(&v.body),
+            sig: hex::encode(codec::encode(&v.sig).unwrap_or_default()),
+        })
+        .collect();
+    Ok(Json(LedgerEntryView {
+        height,
+        hash: hex::encode(fin.cert.hash),
+        prev: hex::encode(entry.prev),
+        raft_index: entry.raft_index,
+        raft_term: entry.raft_term,
+        proposer: entry.proposer.to_string(),
+        at_unix_ms: entry.at_unix_ms,
+        op,
+        entry: hex::encode(&fin.entry),
+        votes,
+        verified: true,
+    }))
+}
+
+/// Evidence of misbehaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EvidenceView {
+    /// Who misbehaved.
+    pub offender: String,
+    /// When it was recorded (this facility's clock).
+    pub at_unix_ms: u64,
+    /// EQUIVOCATION, BAD_VOTE_SIGNATURE, BAD_PROPOSAL, …
+    pub code: String,
+    /// The proof (the evidence's bincode encoding), hex.
+    pub proof: String,
+}
+
+/// Every piece of evidence this facility recorded.
+#[utoipa::path(
+    get,
+    path = "/evidence",
+    tag = "reads",
+    responses((status = 200, description = "Evidence, oldest first", body = [EvidenceView]))
+)]
+async fn get_evidence(State(s): State<ApiState>) -> Result<Json<Vec<EvidenceView>>, ApiError> {
+    let svc = service(&s)?;
+    let all = ask(bft::validator_of(&svc.ctx), BftMsg::Evidence)
+        .await
+        .ok_or_else(|| {
+            ApiError::unavailable("UNAVAILABLE", "the validator does not answer", 1_000)
+        })?;
+    Ok(Json(
+        all.into_iter()
+            .map(|e| EvidenceView {
+                offender: e.offender.to_string(),
+                at_unix_ms: e.at_unix_ms,
+                code: e.kind.code().into(),
+                proof: hex::encode(codec::encode(&e).unwrap_or_default()),
+            })
+            .collect(),
+    ))
+}
+
+/// A backup taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BackupAnswer {
+    /// The file.
+    pub path: String,
+    /// When it was taken (unix ms; restore's point in time).
+    pub at_unix_ms: u64,
+    /// Rows copied.
+    pub rows: u64,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Takes a consistent backup of this facility's store now (old ones beyond
+/// the configured count are deleted).
+#[utoipa::path(
+    post,
+    path = "/admin/backup",
+    tag = "operations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Written", body = BackupAnswer),
+        (status = 401, description = "Missing or bad bearer token", body = ErrorBody),
+        (status = 503, description = "No backup directory, or the write failed", body = ErrorBody),
+    )
+)]
+async fn post_backup(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<BackupAnswer>, ApiError> {
+    let svc = service(&s)?.clone();
+    authorize(&svc, &headers)?;
+    let plan = svc
+        .backup
+        .clone()
+        .ok_or_else(|| ApiError::unavailable("UNAVAILABLE", "no backup directory", 60_000))?;
+    let now = svc.now_ms();
+    let store = svc.ctx.store.clone();
+    let taken = tokio::task::spawn_blocking(move || crate::backup::take(&store, &plan, now))
+        .await
+        .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 1_000))?
+        .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 60_000))?;
+    Ok(Json(BackupAnswer {
+        path: taken.0.path.display().to_string(),
+        at_unix_ms: taken.0.at_unix_ms,
+        rows: taken.1.rows,
+        bytes: taken.1.bytes,
+    }))
+}
+
+/// The OpenAPI document of everything [`routes`] serves, under `/v1`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+    let mut doc = OpenApiRouter::<ApiState>::new()
+        .nest("/v1", routes())
+        .into_openapi();
+    doc.info.title = "bulwark facility API".into();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc.info.description = Some(
+        "One facility of a bulwark cluster: schedule writes through the CAP gate, reads with \
+         their staleness, the cluster view, the ledger and evidence."
+            .into(),
+    );
+    let comps = doc.components.get_or_insert_with(Default::default);
+    comps.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+    );
+    doc
+}

@@ -1,0 +1,270 @@
+//! Real `bulwark node` processes on loopback, made from config files
+//! written by `bulwark keygen`, driven only over HTTP.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bulwark");
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// One facility's files and addresses.
+pub struct Site {
+    pub id: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    pub proc: Option<Child>,
+}
+
+impl Site {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// Starts `bulwark node --config` (stderr to `<dir>/node.log`).
+    pub fn start(&mut self) {
+        assert!(self.proc.is_none(), "{} already runs", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("node.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["node", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.proc = Some(child);
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.proc.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_addr(udp: bool) -> SocketAddr {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+}
+
+/// Runs `bulwark` with `args`; panics with its output unless it exits 0.
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "bulwark {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn quoted(out: &str, key: &str) -> String {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("no {key} in {out}"));
+    line.split('"').nth(1).unwrap().to_string()
+}
+
+/// Three facilities' keys and configs under `root` (nothing started).
+/// `extra` is appended to every config.
+pub fn sites(root: &Path, names: &[&str], extra: &str) -> Vec<Site> {
+    let mut keys = Vec::new();
+    for n in names {
+        let dir = root.join(n);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = run(&["keygen", "--id", n, "--out", dir.to_str().unwrap()]);
+        keys.push((quoted(&out, "pin"), quoted(&out, "vote_key")));
+    }
+    let addrs: Vec<(SocketAddr, SocketAddr)> = names
+        .iter()
+        .map(|_| (free_addr(true), free_addr(false)))
+        .collect();
+    let mut out = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let dir = root.join(n);
+        let mut text = format!(
+            "[facility]\nid = \"{n}\"\ndata_dir = \"data\"\nquic_listen = \"{}\"\nhttp_listen = \"{}\"\n\
+             key = \"facility.key\"\ncert = \"facility.crt\"\nvote_key = \"vote.key\"\n\n",
+            addrs[i].0, addrs[i].1
+        );
+        for (j, m) in names.iter().enumerate() {
+            if j != i {
+                text += &format!(
+                    "[[peer]]\nid = \"{m}\"\naddr = \"{}\"\npin = \"{}\"\nvote_key = \"{}\"\n\n",
+                    addrs[j].0, keys[j].0, keys[j].1
+                );
+            }
+        }
+        text += &format!("[api]\ntoken = \"{TOKEN}\"\n\n{extra}");
+        let config = dir.join("facility.toml");
+        std::fs::write(&config, text).unwrap();
+        out.push(Site {
+            id: n.to_string(),
+            dir,
+            config,
+            http: addrs[i].1,
+            quic: addrs[i].0,
+            proc: None,
+        });
+    }
+    out
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        // A fresh connection per request: the server may close one it
+        // answered early (413) while the client would reuse it.
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+/// GET `url`: status and JSON (Null if the body is not JSON, or the
+/// request failed: status 0).
+pub async fn get(c: &reqwest::Client, url: &str) -> (u16, Value) {
+    match c.get(url).send().await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// POST a JSON write with the token and `key`.
+pub async fn post(c: &reqwest::Client, url: &str, key: &str, body: &Value) -> (u16, Value) {
+    post_raw(c, url, Some(TOKEN), Some(key), body.to_string()).await
+}
+
+pub async fn post_raw(
+    c: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    key: Option<&str>,
+    body: String,
+) -> (u16, Value) {
+    let mut r = c
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(k) = key {
+        r = r.header("idempotency-key", k);
+    }
+    match r.send().await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, at most `limit`.
+pub async fn until<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `site` knows a leader; returns the leader's id.
+pub async fn leader(c: &reqwest::Client, site: &Site) -> String {
+    until(Duration::from_secs(60), "a leader", || async {
+        let (s, v) = get(c, &site.url("/v1/cluster")).await;
+        (s == 200)
+            .then(|| v["leader"].as_str().map(str::to_string))
+            .flatten()
+    })
+    .await
+}
+
+/// Writes until the write is answered with a final status (not 503/0),
+/// retrying with the same key; returns the status and body.
+pub async fn write_until_final(
+    c: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &Value,
+) -> (u16, Value) {
+    until(Duration::from_secs(60), "a final answer", || async {
+        let (s, v) = post(c, url, key, body).await;
+        (s != 503 && s != 0 && s != 429).then_some((s, v))
+    })
+    .await
+}
+
+/// A person and a block for write `i`: each block takes one person.
+pub fn setup_bodies(i: usize) -> (Value, Value) {
+    (
+        json!({"id": format!("p{i}"), "name": format!("Person {i}"), "role": "resident", "pgy": 2}),
+        json!({"id": format!("b{i}"), "day": i as u32 * 2, "start_min": 480, "duration_min": 600, "pool": "clinic", "required": 1}),
+    )
+}
+
+/// Who is on each block, by a linearizable read at `site`.
+pub async fn assignments(
+    c: &reqwest::Client,
+    site: &Site,
+) -> Option<(String, Vec<(String, String)>)> {
+    let (s, v) = get(c, &site.url("/v1/schedule?consistency=linearizable")).await;
+    if s != 200 {
+        return None;
+    }
+    let mut out = Vec::new();
+    for b in v["blocks"].as_array()? {
+        for a in b["assigned"].as_array()? {
+            out.push((
+                b["id"].as_str()?.to_string(),
+                a["person"].as_str()?.to_string(),
+            ));
+        }
+    }
+    Some((v["digest"].as_str()?.to_string(), out))
+}
