@@ -581,7 +581,8 @@ vote_key = "{VOTE}"
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         };
-        let root = "[supervision.root]\nstrategy = \"one-for-one\"\nmax_restarts = 3\nwindow_ms = 1000\n";
+        let root =
+            "[supervision.root]\nstrategy = \"one-for-one\"\nmax_restarts = 3\nwindow_ms = 1000\n";
         let cfg = FacilityConfig::parse_with(
             &text(root),
             Path::new("a.toml"),

@@ -72,8 +72,12 @@ enum Cmd {
         #[arg(long, requires = "db")]
         out: Option<PathBuf>,
     },
-    /// Put a backup in place of a stopped node's store; the old file is
-    /// moved aside. The node catches up from its peers when it starts.
+    /// Disaster recovery: put a backup in place of a stopped node's store
+    /// (the old file is moved aside). Every facility of the cluster must be
+    /// stopped and restored (each from its own backups, at one point in
+    /// time); when they start, the ones restored from older backups catch
+    /// up from the newest. Restoring one facility into a running cluster is
+    /// refused (see docs/DECISIONS.md, "Backup and restore").
     Restore {
         /// The facility's config (data_dir, [backup] dir).
         #[arg(long)]
@@ -85,6 +89,9 @@ enum Cmd {
         /// Without `--from` or `--at`: the newest backup.
         #[arg(long)]
         at: Option<u64>,
+        /// Confirms that every facility is stopped and will be restored.
+        #[arg(long)]
+        whole_cluster: bool,
     },
 }
 
@@ -129,7 +136,12 @@ fn main() -> ExitCode {
             } => ledger_verify(db, config),
             Cmd::Status { url } => status(url).await,
             Cmd::Backup { config, db, out } => backup(config, db, out).await,
-            Cmd::Restore { config, from, at } => restore(config, from, at),
+            Cmd::Restore {
+                config,
+                from,
+                at,
+                whole_cluster,
+            } => restore(config, from, at, whole_cluster),
         }
     });
     match result {
@@ -395,7 +407,21 @@ async fn backup(config: Option<PathBuf>, db: Option<PathBuf>, out: Option<PathBu
     Ok(())
 }
 
-fn restore(config: PathBuf, from: Option<PathBuf>, at: Option<u64>) -> AnyResult {
+fn restore(
+    config: PathBuf,
+    from: Option<PathBuf>,
+    at: Option<u64>,
+    whole_cluster: bool,
+) -> AnyResult {
+    if !whole_cluster {
+        return Err(
+            "restore is whole-cluster disaster recovery: stop every facility, restore \
+                    each one (same --at), then start them; confirm with --whole-cluster. One \
+                    facility restored into a running cluster would hold a Raft log shorter \
+                    than its peers know it acknowledged (docs/DECISIONS.md)"
+                .into(),
+        );
+    }
     let cfg = FacilityConfig::load(&config)?;
     let chosen = match from {
         Some(p) => p,
@@ -407,6 +433,6 @@ fn restore(config: PathBuf, from: Option<PathBuf>, at: Option<u64>) -> AnyResult
     if let Some(a) = aside {
         println!("the previous file is kept as {}", a.display());
     }
-    println!("start the node: it catches up from its peers");
+    println!("start every restored facility: the older ones catch up from the newest");
     Ok(())
 }

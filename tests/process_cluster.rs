@@ -15,23 +15,40 @@ use serde_json::{json, Value};
 const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
 
 /// Waits until every running site answers a linearizable read with the
-/// same digest and holds every acked assignment.
+/// same digest and holds every acked assignment; on timeout, panics with
+/// what each site last answered and the tail of its log.
 async fn converged(c: &reqwest::Client, sites: &[&Site], acked: &[(String, String)]) -> String {
-    until(Duration::from_secs(90), "convergence", || async {
-        let mut digests = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut seen = Vec::new();
         for s in sites {
-            let (d, have) = assignments(c, s).await?;
-            if acked.iter().any(|a| !have.contains(a)) {
-                return None;
-            }
-            digests.push(d);
+            seen.push((s.id.clone(), assignments(c, s).await));
         }
-        digests
-            .windows(2)
-            .all(|w| w[0] == w[1])
-            .then(|| digests[0].clone())
-    })
-    .await
+        let complete = seen.iter().all(|(_, a)| {
+            a.as_ref()
+                .is_some_and(|(_, have)| acked.iter().all(|x| have.contains(x)))
+        });
+        let digests: Vec<_> = seen
+            .iter()
+            .filter_map(|(_, a)| a.as_ref().map(|a| &a.0))
+            .collect();
+        if complete && digests.windows(2).all(|w| w[0] == w[1]) {
+            return digests[0].clone();
+        }
+        if Instant::now() > deadline {
+            let mut msg = String::new();
+            for (s, (id, a)) in sites.iter().zip(&seen) {
+                let log = s.log();
+                let tail: String = log.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+                msg += &format!(
+                    "{id}: {:?}\n  log (newest first): {tail}\n",
+                    a.as_ref().map(|a| (&a.0, a.1.len()))
+                );
+            }
+            panic!("no convergence on {} acked writes:\n{msg}", acked.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A request that must be refused, and how.
@@ -68,7 +85,7 @@ async fn three_processes_over_http_lose_no_acknowledged_write() {
 
     // Setup through a follower or the leader alike: each write is acked
     // by the facility the client spoke to.
-    for i in 0..12 {
+    for i in 0..13 {
         let (person, block) = setup_bodies(i);
         let site = &s[i % 3];
         let (st, v) =
@@ -229,6 +246,36 @@ async fn three_processes_over_http_lose_no_acknowledged_write() {
     assert!(!have.contains(&("b7".into(), "p7".into())));
     assert!(!have.contains(&("b6".into(), "p6".into())));
 
+    // ---- reads: the ledger with its certificate, evidence, staleness,
+    // the cluster view, the OpenAPI document.
+    let (st, v) = until(Duration::from_secs(30), "height 1 final", || async {
+        let (st, v) = get(&c, &s[2].url("/v1/ledger/1")).await;
+        (st == 200).then_some((st, v))
+    })
+    .await;
+    assert_eq!((st, v["verified"].as_bool()), (200, Some(true)), "{v}");
+    assert!(v["votes"].as_array().unwrap().len() >= 2, "{v}");
+    assert_eq!(v["op"], "add_person");
+    let (st, v) = get(&c, &s[2].url("/v1/ledger/1000000")).await;
+    assert_eq!((st, v["code"].as_str()), (404, Some("NOT_FOUND")), "{v}");
+    let (st, v) = get(&c, &s[2].url("/v1/ledger/one")).await;
+    assert_eq!((st, v["field"].as_str()), (400, Some("height")), "{v}");
+    let (st, v) = get(&c, &s[2].url("/v1/evidence")).await;
+    assert_eq!((st, v.as_array().map(Vec::len)), (200, Some(0)), "{v}");
+    let (st, v) = get(&c, &s[2].url("/v1/schedule?consistency=stale")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["staleness"]["consistency"], "stale");
+    assert_eq!(v["staleness"]["partition"], "CONNECTED");
+    let (st, v) = get(&c, &s[2].url("/v1/schedule?consistency=eventual")).await;
+    assert_eq!((st, v["field"].as_str()), (400, Some("consistency")), "{v}");
+    let (st, v) = get(&c, &s[2].url("/v1/cluster")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["peers"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["bulkheads"].as_array().unwrap().len(), 4, "{v}");
+    let (st, v) = get(&c, &s[2].url("/v1/openapi.json")).await;
+    assert_eq!(st, 200);
+    assert!(v["paths"]["/v1/swaps"]["post"].is_object(), "{v}");
+
     // ---- kill -9 the leader; writes continue at the survivors.
     let li = NAMES.iter().position(|n| *n == lead).unwrap();
     s[li].kill();
@@ -249,24 +296,75 @@ async fn three_processes_over_http_lose_no_acknowledged_write() {
     assert_ne!(new_leader, lead);
 
     // ---- the killed node restarts from its redb file and catches up.
+    eprintln!("restarting {}", s[li].id);
     s[li].start();
     converged(&c, &[&s[0], &s[1], &s[2]], &acked).await;
 
-    // ---- a backup of one facility, restored after more writes: it
-    // starts from the backup and catches up from its peers.
-    let r = survivors[0];
-    let out = run(&["backup", "--config", s[r].config.to_str().unwrap()]);
-    assert!(out.starts_with("wrote "), "{out}");
+    // ---- disaster recovery: every facility backed up (through its
+    // API), two more writes, then all stopped and restored at that point
+    // in time. The restored cluster elects, serves every write acked
+    // before the backups, and has lost the two after them: the RPO is
+    // the writes since the last backup.
+    let before_dr = converged(&c, &[&s[0], &s[1], &s[2]], &acked).await;
+    let mut at = 0u64;
+    for x in s.iter() {
+        let out = run(&["backup", "--config", x.config.to_str().unwrap()]);
+        assert!(out.starts_with("wrote "), "{out}");
+        let ms: u64 = out
+            .split(" at ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        at = at.max(ms);
+    }
+    let mut after_backup = Vec::new();
     for i in 10..12 {
         let (st, v) = assign(&c, &s[survivors[1]], i).await;
         assert_eq!(st, 200, "{v}");
-        acked.push((format!("b{i}"), format!("p{i}")));
+        after_backup.push((format!("b{i}"), format!("p{i}")));
     }
-    s[r].kill();
-    let out = run(&["restore", "--config", s[r].config.to_str().unwrap()]);
-    assert!(out.contains("restored"), "{out}");
-    s[r].start();
-    converged(&c, &[&s[0], &s[1], &s[2]], &acked).await;
+    for x in s.iter_mut() {
+        x.kill();
+    }
+    let refused = std::process::Command::new(BIN)
+        .args(["restore", "--config", s[0].config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "a restore without --whole-cluster must be refused"
+    );
+    for x in s.iter() {
+        let out = run(&[
+            "restore",
+            "--config",
+            x.config.to_str().unwrap(),
+            "--at",
+            &at.to_string(),
+            "--whole-cluster",
+        ]);
+        assert!(out.contains("restored"), "{out}");
+    }
+    for x in s.iter_mut() {
+        x.start();
+    }
+    let restored = converged(&c, &[&s[0], &s[1], &s[2]], &acked).await;
+    assert_eq!(
+        restored, before_dr,
+        "the restored cluster is the backed-up one"
+    );
+    let (_, have) = assignments(&c, &s[0]).await.unwrap();
+    let lost = after_backup.iter().filter(|a| !have.contains(a)).count();
+    eprintln!("full-cluster restore: RPO = {lost} acked writes (made after the backups)");
+    assert_eq!(lost, 2);
+    // Writes go on after the restore.
+    let (st, v) = assign(&c, &s[0], 12).await;
+    assert_eq!(st, 200, "{v}");
+    acked.push(("b12".into(), "p12".into()));
 
     // `bulwark status` prints the cluster from a node's API.
     let out = run(&["status", "--url", &s[0].url("")]);
@@ -286,4 +384,78 @@ async fn three_processes_over_http_lose_no_acknowledged_write() {
     for x in s.iter() {
         assert!(!x.log().contains("panicked"), "{}: {}", x.id, x.log());
     }
+}
+
+/// RTO and RPO over repeated leader kills (`-- --ignored --nocapture`;
+/// the figures in docs/BENCHMARKS.md come from this). Each round: a client
+/// writes continuously at a follower; the leader process is killed with
+/// SIGKILL; RTO is the time from the kill until the next write is
+/// accepted; the killed node restarts and catches up. RPO counts acked
+/// writes missing at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: BULWARK_RTO_ROUNDS rounds (default 10)"]
+async fn rto_and_rpo_over_leader_kills() {
+    let rounds: usize = std::env::var("BULWARK_RTO_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let root = tempfile::tempdir().unwrap();
+    let mut s = sites(root.path(), &NAMES, "[backup]\nevery_s = 0\n");
+    for x in s.iter_mut() {
+        x.start();
+    }
+    let c = client();
+    leader(&c, &s[0]).await;
+    let blocks = rounds * 4 + 4;
+    for i in 0..blocks {
+        let (person, block) = setup_bodies(i);
+        assert_eq!(
+            write_until_final(&c, &s[0].url("/v1/people"), &format!("person-{i}"), &person)
+                .await
+                .0,
+            200
+        );
+        assert_eq!(
+            write_until_final(&c, &s[0].url("/v1/blocks"), &format!("block-{i}"), &block)
+                .await
+                .0,
+            200
+        );
+    }
+    let mut acked = Vec::new();
+    let mut rtos = Vec::new();
+    let mut next = 0;
+    for round in 0..rounds {
+        let lead = leader(&c, &s[0]).await;
+        let li = NAMES.iter().position(|n| *n == lead).unwrap();
+        let fi = (li + 1) % 3;
+        // One write before the kill, acked.
+        let (st, _) = assign(&c, &s[fi], next).await;
+        assert_eq!(st, 200);
+        acked.push((format!("b{next}"), format!("p{next}")));
+        next += 1;
+        s[li].kill();
+        let killed = Instant::now();
+        let (st, v) = assign(&c, &s[fi], next).await;
+        assert_eq!(st, 200, "{v}");
+        let rto = killed.elapsed();
+        acked.push((format!("b{next}"), format!("p{next}")));
+        next += 1;
+        rtos.push(rto);
+        eprintln!("round {round}: leader {lead} killed, writes accepted again after {rto:?}");
+        s[li].start();
+        converged(&c, &[&s[0], &s[1], &s[2]], &acked).await;
+    }
+    let (_, have) = assignments(&c, &s[0]).await.unwrap();
+    let lost = acked.iter().filter(|a| !have.contains(a)).count();
+    rtos.sort();
+    let ms = |d: Duration| d.as_millis();
+    eprintln!(
+        "RTO over {rounds} leader kills: min {} ms, median {} ms, max {} ms; RPO: {lost} of {} acked writes lost",
+        ms(rtos[0]),
+        ms(rtos[rtos.len() / 2]),
+        ms(rtos[rtos.len() - 1]),
+        acked.len()
+    );
+    assert_eq!(lost, 0);
 }

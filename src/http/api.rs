@@ -955,7 +955,8 @@ pub struct PeerStatus {
     pub id: String,
     /// The QUIC link: up, connecting, down.
     pub link: String,
-    /// φ of the failure detector.
+    /// φ of the failure detector (an unbounded φ is sent as the largest
+    /// finite number).
     pub phi: f64,
     /// up, suspect or down.
     pub liveness: String,
@@ -1373,4 +1374,92 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
     );
     doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document lists exactly the routes served (both come from the
+    /// same `routes!` registrations), each with its responses, and the
+    /// writes require the bearer scheme.
+    #[test]
+    fn the_openapi_document_covers_every_route() {
+        let doc = openapi();
+        let mut paths: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "/v1/admin/backup",
+                "/v1/approvals",
+                "/v1/assignments",
+                "/v1/blocks",
+                "/v1/cluster",
+                "/v1/emergency",
+                "/v1/evidence",
+                "/v1/leave",
+                "/v1/ledger/{height}",
+                "/v1/people",
+                "/v1/schedule",
+                "/v1/swaps",
+                "/v1/unassignments",
+            ]
+        );
+        let json = serde_json::to_value(&doc).unwrap();
+        let post = &json["paths"]["/v1/assignments"]["post"];
+        assert!(post["responses"]["409"].is_object(), "{post}");
+        assert_eq!(post["security"][0]["bearer"], serde_json::json!([]));
+        assert_eq!(post["parameters"][0]["name"], "Idempotency-Key", "{post}");
+        assert!(json["components"]["schemas"]["ErrorBody"].is_object());
+        assert!(json["components"]["securitySchemes"]["bearer"].is_object());
+    }
+
+    #[test]
+    fn gate_outcomes_map_to_statuses() {
+        use bulwark_actors::cap::{Mode, PartitionError, PartitionState};
+        use bulwark_actors::schedule::{Rejection, Rule};
+        let p = written(GateOutcome::Partitioned(PartitionError {
+            state: PartitionState::Minority,
+            mode: Mode::Cp,
+            operation: "approve".into(),
+        }))
+        .unwrap_err();
+        assert_eq!(p.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            (
+                p.body.code.as_str(),
+                p.body.partition.as_deref(),
+                p.body.mode.as_deref()
+            ),
+            ("PARTITIONED", Some("MINORITY"), Some("CP"))
+        );
+        let r = written(GateOutcome::Refused(Rejection {
+            rule: Rule::DoubleBooking,
+            detail: "x".into(),
+        }))
+        .unwrap_err();
+        assert_eq!(
+            (r.status, r.body.rule.as_deref()),
+            (StatusCode::CONFLICT, Some("DOUBLE_BOOKING"))
+        );
+        let (st, a) = written(GateOutcome::Provisional {
+            id: 3,
+            hlc: Hlc {
+                wall_ms: 5,
+                logical: 1,
+                node: 2,
+            },
+            partition: PartitionState::Minority,
+        })
+        .unwrap();
+        assert_eq!(st, StatusCode::ACCEPTED);
+        assert_eq!(
+            (a.status.as_str(), a.provisional_id),
+            ("provisional", Some(3))
+        );
+        let t = written(GateOutcome::Consensus(ProposeOutcome::TimedOut)).unwrap_err();
+        assert_eq!(t.body.code, "TIMED_OUT");
+        assert!(t.body.retry_after_ms.is_some());
+    }
 }

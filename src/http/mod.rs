@@ -593,14 +593,19 @@ pub fn render_status(c: &api::ClusterStatus) -> String {
         "-"
     );
     for p in &c.peers {
+        let phi = if p.phi > 1e12 {
+            "inf".to_string()
+        } else {
+            format!("{:.2}", p.phi)
+        };
         let _ = writeln!(
             out,
-            "{:<12} {:<8} {:<10} {:<9} {:>8.2}",
+            "{:<12} {:<8} {:<10} {:<9} {:>8}",
             p.id,
             role(&p.id),
             p.link,
             p.liveness,
-            p.phi
+            phi
         );
     }
     if let Some(l) = &c.ledger {

@@ -89,6 +89,9 @@ struct Pending {
     key: Option<IdempotencyKey>,
     /// When the request last went to raft-rs (reads only).
     issued_tick: u64,
+    /// The leader a proposal was forwarded to (raft id; none when this
+    /// facility proposed it as leader, and for reads).
+    via: Option<u64>,
 }
 
 /// The core. See the module docs.
@@ -441,16 +444,19 @@ impl RaftCore {
         self.next_seq += 1;
         let key = command.key;
         let bytes = self.payload_bytes(seq, command)?;
+        let via;
         if self.is_leader() {
             self.node
                 .propose(Vec::new(), bytes)
                 .map_err(|e| ProposeOutcome::Rejected {
                     reason: format!("leader dropped the proposal: {e}"),
                 })?;
+            via = None;
         } else {
             let Some(leader) = self.leader() else {
                 return Err(ProposeOutcome::NotLeader { hint: None });
             };
+            via = Some(self.node.raft.leader_id);
             self.out.push(Output::Send {
                 to: leader,
                 msg: RaftWire::Forward { payload: bytes },
@@ -463,6 +469,7 @@ impl RaftCore {
                 deadline_tick,
                 key: Some(key),
                 issued_tick: self.ticks,
+                via,
             },
         );
         Ok(seq)
@@ -545,6 +552,7 @@ impl RaftCore {
                     deadline_tick,
                     key: None,
                     issued_tick: self.ticks,
+                    via: None,
                 },
                 None,
             ),
@@ -672,6 +680,23 @@ impl RaftCore {
 
     fn note_leader(&mut self) {
         let (term, leader) = (self.node.raft.term, self.node.raft.leader_id);
+        if leader != raft::INVALID_ID {
+            // Proposals forwarded to a leader that no longer leads answer
+            // TimedOut now rather than at their deadline: they may still
+            // commit (the old leader may have appended them), so the
+            // client retries with the same key, which applies once.
+            let out = &mut self.out;
+            self.proposals.retain(|&seq, p| {
+                let stale = p.via.is_some_and(|v| v != leader);
+                if stale {
+                    out.push(Output::Proposed {
+                        seq,
+                        outcome: ProposeOutcome::TimedOut,
+                    });
+                }
+                !stale
+            });
+        }
         if leader != raft::INVALID_ID && self.term_leaders.get(&term) != Some(&leader) {
             self.term_leaders.insert(term, leader);
             while self.term_leaders.len() > TERM_LEADERS_KEPT {

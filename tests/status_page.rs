@@ -1,0 +1,115 @@
+//! The status page in a real headless browser (Debian's chromium): it
+//! loads, shows the three facilities, and shows one as down after its
+//! process is killed. `.ci/run` installs chromium and runs this test
+//! (`cargo test --test status_page -- --ignored`); `BULWARK_CHROMIUM`
+//! names another browser binary, and `BULWARK_SCREENSHOT=docs/status-page.png`
+//! keeps the screenshot.
+
+#[path = "support/procs.rs"]
+mod procs;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use procs::*;
+
+fn chromium() -> String {
+    std::env::var("BULWARK_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+/// Runs headless chromium on `url` with `what` (`--dump-dom` or
+/// `--screenshot=FILE`), after 6 s of page time (three refreshes).
+fn browse(profile: &Path, url: &str, what: &str) -> String {
+    let out = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1100,1250",
+            "--virtual-time-budget=6000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(what)
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (install chromium)", chromium()));
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn row(dom: &str, facility: &str) -> Option<String> {
+    let at = dom.find(&format!("data-facility=\"{facility}\""))?;
+    let end = dom[at..].find('>')? + at;
+    Some(dom[at..end].to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium; .ci/run installs it and runs this"]
+async fn the_status_page_shows_three_facilities_then_one_down() {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["alpha", "bravo", "charlie"];
+    let mut s = sites(root.path(), &names, "[backup]\nevery_s = 0\n");
+    for x in s.iter_mut() {
+        x.start();
+    }
+    let c = client();
+    leader(&c, &s[0]).await;
+    // A few writes, so the ledger head is not empty.
+    for i in 0..3 {
+        let (person, block) = setup_bodies(i);
+        let (st, v) =
+            write_until_final(&c, &s[0].url("/v1/people"), &format!("person-{i}"), &person).await;
+        assert_eq!(st, 200, "{v}");
+        let (st, v) =
+            write_until_final(&c, &s[0].url("/v1/blocks"), &format!("block-{i}"), &block).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let profile = root.path().join("chromium");
+    let dom = browse(&profile, &s[0].url("/"), "--dump-dom");
+    for n in names {
+        let r = row(&dom, n).unwrap_or_else(|| panic!("no row for {n}: {dom}"));
+        assert!(r.contains("data-liveness=\"up\""), "{r}");
+    }
+    assert!(dom.contains("leader "), "{dom}");
+
+    // Kill charlie; once alpha's detector has it down, so does the page.
+    s[2].kill();
+    until(Duration::from_secs(60), "charlie down at alpha", || async {
+        let (st, v) = get(&c, &s[0].url("/v1/cluster")).await;
+        let down = v["peers"]
+            .as_array()?
+            .iter()
+            .any(|p| p["id"] == "charlie" && p["liveness"] == "down");
+        (st == 200 && down).then_some(())
+    })
+    .await;
+    let dom = browse(&profile, &s[0].url("/"), "--dump-dom");
+    let r = row(&dom, "charlie").unwrap_or_else(|| panic!("no charlie: {dom}"));
+    assert!(r.contains("data-liveness=\"down\""), "{r}");
+    for n in ["alpha", "bravo"] {
+        assert!(row(&dom, n).unwrap().contains("data-liveness=\"up\""));
+    }
+
+    let shot: PathBuf = std::env::var("BULWARK_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.path().join("status-page.png"));
+    let shot = std::env::current_dir().unwrap().join(shot);
+    browse(
+        &profile,
+        &s[0].url("/"),
+        &format!("--screenshot={}", shot.display()),
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+}
