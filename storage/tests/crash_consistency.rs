@@ -1,0 +1,309 @@
+//! Crash consistency of the facility's store (`Store`'s state table), by
+//! redb's own method: seeded random puts, deletes and clean reopens on a
+//! backend that takes a crash image at every sync (`common/crash.rs`); each
+//! image is reopened with the real `Store::open` and compared with a
+//! reference model. The property: the store opens, everything acknowledged
+//! before the crash is there, and the operation in flight is either wholly
+//! there or wholly absent.
+//!
+//! `Store` opens only a path, so the writes are made by a mirror of its
+//! transactions on the crash backend (same tables, same codec, one durable
+//! transaction per call, as in `storage/src/store.rs`);
+//! `mirror_writes_what_the_store_writes` checks the mirror against the real
+//! `Store` on a real file. Reopening the images uses the real code.
+//!
+//! More seeds: `CRASH_SEEDS=0..200 cargo test -p bulwark-storage --test
+//! crash_consistency`.
+
+#[path = "common/crash.rs"]
+mod crash;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bulwark_storage::schema::{self, FORMAT_VERSION, META, META_FACILITY, META_FORMAT};
+use bulwark_storage::{codec, StorageError, Store};
+use crash::{scratch_dir, seeds, write_image, CrashBackend, Image};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+
+const FACILITY: &str = "alpha";
+const OPS_PER_SEED: usize = 60;
+const KEYS: u8 = 12;
+
+/// The state table as the model sees it: key -> encoded value.
+type Model = BTreeMap<String, Vec<u8>>;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+    Reopen,
+}
+
+fn random_op(rng: &mut ChaCha8Rng) -> Op {
+    let key = format!("actor-{}", rng.random_range(0..KEYS));
+    match rng.random_range(0..10u8) {
+        0..=5 => {
+            // Now and then a value large enough to grow the file.
+            let len = if rng.random_bool(0.1) {
+                rng.random_range(8_000..40_000)
+            } else {
+                rng.random_range(0..300)
+            };
+            let mut value = vec![0u8; len];
+            rng.fill(&mut value[..]);
+            Op::Put { key, value }
+        }
+        6..=8 => Op::Delete { key },
+        _ => Op::Reopen,
+    }
+}
+
+fn apply_model(model: &mut Model, op: &Op) {
+    match op {
+        Op::Put { key, value } => {
+            model.insert(key.clone(), codec::encode(value).unwrap());
+        }
+        Op::Delete { key } => {
+            model.remove(key);
+        }
+        Op::Reopen => {}
+    }
+}
+
+/// Mirror of `Store::open` creating a file: `Database::create`, then
+/// `init_meta` in one durable transaction.
+fn mirror_create(backend: &CrashBackend) -> Database {
+    let db = Database::builder()
+        .create_with_backend(backend.clone())
+        .unwrap();
+    let tx = begin_write(&db);
+    {
+        let mut meta = tx.open_table(META).unwrap();
+        let format = codec::encode(&FORMAT_VERSION).unwrap();
+        meta.insert(META_FORMAT, format.as_slice()).unwrap();
+        meta.insert(META_FACILITY, FACILITY.as_bytes()).unwrap();
+        tx.open_table(schema::STATE).unwrap();
+        tx.open_table(schema::RAFT_LOG).unwrap();
+        tx.open_table(schema::RAFT_META).unwrap();
+        tx.open_table(schema::LEDGER).unwrap();
+        tx.open_table(schema::LEDGER_CERTS).unwrap();
+        tx.open_table(schema::BFT_VOTES).unwrap();
+        tx.open_table(schema::BFT_PENDING).unwrap();
+        tx.open_table(schema::EVIDENCE).unwrap();
+        tx.open_table(schema::PROVISIONAL).unwrap();
+        tx.open_table(schema::IDEMPOTENCY).unwrap();
+    }
+    tx.commit().unwrap();
+    db
+}
+
+/// Mirror of `Store::open` on an existing file.
+fn mirror_reopen(backend: &CrashBackend) -> Database {
+    Database::builder()
+        .set_check_integrity_on_open(true)
+        .create_with_backend(backend.clone())
+        .unwrap()
+}
+
+/// Mirror of `Store::begin_write`.
+fn begin_write(db: &Database) -> redb::WriteTransaction {
+    let mut tx = db.begin_write().unwrap();
+    tx.set_durability(Durability::Immediate).unwrap();
+    tx
+}
+
+/// Mirror of `put_state` / `delete_state` (one durable transaction each).
+fn mirror_apply(db: Database, backend: &CrashBackend, op: &Op) -> Database {
+    match op {
+        Op::Put { key, value } => {
+            let bytes = codec::encode(value).unwrap();
+            let tx = begin_write(&db);
+            tx.open_table(schema::STATE)
+                .unwrap()
+                .insert(key.as_str(), bytes.as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+            db
+        }
+        Op::Delete { key } => {
+            let tx = begin_write(&db);
+            tx.open_table(schema::STATE)
+                .unwrap()
+                .remove(key.as_str())
+                .unwrap();
+            tx.commit().unwrap();
+            db
+        }
+        Op::Reopen => {
+            drop(db);
+            mirror_reopen(backend)
+        }
+    }
+}
+
+/// The state table of an open store, read through the real `Store`.
+fn state_of(store: &Store) -> Model {
+    let tx = store.database().begin_read().unwrap();
+    let table = tx.open_table(schema::STATE).unwrap();
+    let mut out = Model::new();
+    for row in table.iter().unwrap() {
+        let (k, v) = row.unwrap();
+        let key = k.value().to_string();
+        // Every value reads back through the store's own decoder too.
+        let decoded: Vec<u8> = store.get_state(&key).unwrap().unwrap();
+        assert_eq!(codec::encode(&decoded).unwrap(), v.value());
+        out.insert(key, v.value().to_vec());
+    }
+    out
+}
+
+/// Reopens `image` with the real `Store::open` and checks it against the
+/// model before and after the operation in flight.
+fn check_image(dir: &Path, image: &Image, history: &[Model], seed: u64) {
+    let path = write_image(dir, &image.bytes);
+    let ctx = format!(
+        "SEED={seed} sync={} crash={:?} acked={}",
+        image.sync, image.crash, image.acked
+    );
+    let opened = Store::open(&path, FACILITY).unwrap_or_else(|e| panic!("{ctx}: open: {e}"));
+    assert!(!opened.fresh, "{ctx}");
+    let found = state_of(&opened.store);
+    let before = &history[image.acked];
+    let after = history.get(image.acked + 1);
+    assert!(
+        found == *before || Some(&found) == after,
+        "{ctx}: state is neither before nor after the operation in flight\n\
+         found  {:?}\nbefore {:?}",
+        found.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+}
+
+/// One seed: a created store, then `OPS_PER_SEED` random operations with a
+/// crash image at every sync, each checked. Returns the images checked.
+fn run_seed(seed: u64, dir: &Path) -> usize {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let backend = CrashBackend::new(seed);
+    backend.set_capture(false);
+    let mut db = mirror_create(&backend);
+    backend.set_capture(true);
+    let mut history = vec![Model::new()];
+    let mut checked = 0;
+    for _ in 0..OPS_PER_SEED {
+        let op = random_op(&mut rng);
+        db = mirror_apply(db, &backend, &op);
+        backend.acknowledge();
+        let mut model = history.last().unwrap().clone();
+        apply_model(&mut model, &op);
+        history.push(model);
+        for image in backend.take_images() {
+            check_image(dir, &image, &history, seed);
+            checked += 1;
+        }
+    }
+    drop(db);
+    for image in backend.take_images() {
+        check_image(dir, &image, &history, seed);
+        checked += 1;
+    }
+    checked
+}
+
+/// Every sync of every seed is a crash point; the default run covers
+/// 1,000+ of them.
+#[test]
+fn a_crash_at_any_sync_keeps_every_acknowledged_write_and_no_half_write() {
+    let dir = scratch_dir();
+    let mut points = 0;
+    for seed in seeds(0..16) {
+        points += run_seed(seed, dir.path());
+    }
+    println!("crash points checked: {points}");
+    assert!(points >= 1_000 || std::env::var("CRASH_SEEDS").is_ok());
+}
+
+/// The mirror's writes and the real `Store`'s give the same state table
+/// for the same operations.
+#[test]
+fn mirror_writes_what_the_store_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("real.redb");
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut store = Store::open(&path, FACILITY).unwrap().store;
+    let backend = CrashBackend::new(7);
+    backend.set_capture(false);
+    let mut db = mirror_create(&backend);
+    for _ in 0..OPS_PER_SEED {
+        let op = random_op(&mut rng);
+        match &op {
+            Op::Put { key, value } => store.put_state(key, value).unwrap(),
+            Op::Delete { key } => {
+                store.delete_state(key).unwrap();
+            }
+            Op::Reopen => {
+                drop(store);
+                store = Store::open(&path, FACILITY).unwrap().store;
+            }
+        }
+        db = mirror_apply(db, &backend, &op);
+    }
+    drop(db);
+    let mirror = write_image(dir.path(), &backend.live());
+    let mirror = Store::open(&mirror, FACILITY).unwrap().store;
+    assert_eq!(state_of(&mirror), state_of(&store));
+}
+
+/// A crash while the file is being created (before `init_meta` commits)
+/// leaves a file that `Store::open` refuses with a typed error, never a
+/// panic.
+#[test]
+fn a_crash_during_creation_is_refused_with_a_typed_error() {
+    let dir = scratch_dir();
+    for seed in seeds(0..16) {
+        let backend = CrashBackend::new(seed);
+        drop(mirror_create(&backend));
+        let images = backend.take_images();
+        // The last images are from after init_meta committed (and the
+        // clean shutdown); those must open.
+        for image in images {
+            let path = write_image(dir.path(), &image.bytes);
+            match Store::open(&path, FACILITY) {
+                Ok(opened) => assert!(!opened.fresh),
+                Err(
+                    StorageError::Corrupt { .. }
+                    | StorageError::Foreign { .. }
+                    | StorageError::Redb { .. },
+                ) => {}
+                Err(e) => panic!("SEED={seed} sync={}: {e}", image.sync),
+            }
+        }
+    }
+}
+
+/// Regression test for a finding of this suite (issue 9): a crash during
+/// the first `Store::open` of a facility (after `Database::create`, before
+/// `init_meta` commits) leaves an empty or meta-less file that every later
+/// `Store::open` refuses, so the facility cannot start again without an
+/// operator deleting the file, although nothing was ever acknowledged.
+/// Creating the file under a temporary name and renaming it into place
+/// once `init_meta` is durable would leave at the path either nothing (a
+/// fresh start) or a complete file; `mirror_create` then follows that
+/// sequence and this test passes.
+#[test]
+#[ignore = "finding: a crash during creation leaves a file Store::open refuses (fix in store.rs)"]
+fn a_crash_during_creation_leaves_a_file_that_opens() {
+    let dir = scratch_dir();
+    for seed in seeds(0..16) {
+        let backend = CrashBackend::new(seed);
+        drop(mirror_create(&backend));
+        for image in backend.take_images() {
+            let path = write_image(dir.path(), &image.bytes);
+            if let Err(e) = Store::open(&path, FACILITY) {
+                panic!("SEED={seed} sync={} crash={:?}: {e}", image.sync, image.crash);
+            }
+        }
+    }
+}
