@@ -602,40 +602,21 @@ vote_key = "{VOTE}"
         assert_eq!(cfg.detection.suspect_phi, 9.5);
         assert_eq!(cfg.supervision.root.max_restarts, 7);
         // A bad value names the key, the variable and the file.
-        let err = FacilityConfig::parse_with(
-            &text(""),
-            Path::new("a.toml"),
-            &env(&[("BULWARK_FACILITY__HTTP_LISTEN", "nowhere")]),
-        )
-        .unwrap_err()
-        .to_string();
+        let refused = |var: &str, value: &str| {
+            FacilityConfig::parse_with(&text(""), Path::new("a.toml"), &env(&[(var, value)]))
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refused("BULWARK_FACILITY__HTTP_LISTEN", "nowhere");
         assert!(
             err.contains("a.toml") && err.contains("BULWARK_FACILITY__HTTP_LISTEN"),
             "{err}"
         );
-        let err = FacilityConfig::parse_with(
-            &text(""),
-            Path::new("a.toml"),
-            &env(&[("BULWARK_API__TOKEN", "short")]),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = refused("BULWARK_API__TOKEN", "short");
         assert!(err.contains("api.token"), "{err}");
-        let err = FacilityConfig::parse_with(
-            &text(""),
-            Path::new("a.toml"),
-            &env(&[("BULWARK_PEER__ADDR", "127.0.0.1:1")]),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = refused("BULWARK_PEER__ADDR", "127.0.0.1:1");
         assert!(err.contains("$BULWARK_PEER__ADDR"), "{err}");
-        let err = FacilityConfig::parse_with(
-            &text(""),
-            Path::new("a.toml"),
-            &env(&[("BULWARK_API__COLOUR", "1")]),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = refused("BULWARK_API__COLOUR", "1");
         assert!(
             err.contains("colour") && err.contains("BULWARK_API__COLOUR"),
             "{err}"
