@@ -161,3 +161,189 @@ async fn the_check_loop_reports_probes_and_a_stopped_tree() {
         f.stop().await;
     }
 }
+
+/// Serves facility `f`'s API (with the schedule service) on a loopback
+/// port; returns its base URL.
+async fn serve(f: &bulwark::facility::Facility, token: &str) -> String {
+    use bulwark::http::api::Service;
+    let setup = f.spec.raft.as_ref().unwrap();
+    let service = Service::new(
+        f.node.ctx().clone(),
+        setup.members.clone(),
+        setup.keyring.public().clone(),
+        f.detection.clone(),
+        Some(token),
+    );
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let state = ApiState::new(
+        recorder.handle(),
+        Arc::new(f.transport.clone()),
+        Arc::new(AtomicBool::new(true)),
+        None,
+    )
+    .with_service(service);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+        listener,
+        http::app(state),
+    )));
+    format!("http://{addr}")
+}
+
+async fn post_json(
+    c: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = c
+        .post(url)
+        .bearer_auth(TOKEN)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    (st, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Polls `f` every 50 ms, at most 60 s.
+async fn until<T, Fut: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> Fut,
+) -> T {
+    for _ in 0..1200 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+const TOKEN: &str = "partition-test-token-0123";
+
+/// Over HTTP, a facility cut off from the others: a CP write (final
+/// approval) is 503 PARTITIONED naming the state (ISOLATED) and CP; an AP write
+/// (emergency coverage) is 202 provisional; a linearizable read is 503
+/// and a stale one reports the minority and the pending change; after the
+/// heal the provisional change is replayed and every facility has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_facility_answers_partitioned_for_cp_and_provisional_for_ap() {
+    use bulwark_actors::cap::PartitionState;
+    use bulwark_actors::raft::RaftConfig;
+    use bulwark_transport::Transport;
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let fs = start_loopback_cluster(
+        dir.path(),
+        &["alpha", "bravo", "charlie"],
+        SupervisionConfig::default(),
+        Some(RaftConfig::default()),
+        Arc::new(RealClock),
+    )
+    .await
+    .unwrap();
+    let alpha = serve(&fs[0], TOKEN).await;
+    let charlie = serve(&fs[2], TOKEN).await;
+    let c = reqwest::Client::new();
+    let ok = |st: u16| st == 200;
+    until("setup committed", || async {
+        let (a, _) = post_json(&c, &format!("{alpha}/v1/people"), "p1", json!({"id": "p1", "name": "P One", "role": "faculty"})).await;
+        let (b, _) = post_json(&c, &format!("{alpha}/v1/blocks"), "b1", json!({"id": "b1", "day": 3, "start_min": 0, "duration_min": 480, "pool": "icu", "required": 1})).await;
+        (ok(a) && ok(b)).then_some(())
+    })
+    .await;
+    // charlie has applied the setup before it is cut off.
+    until("charlie has b1", || async {
+        let r = c
+            .get(format!("{charlie}/v1/schedule?consistency=stale"))
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        (v["blocks"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+
+    let ids: Vec<_> = fs.iter().map(|f| f.node.ctx().facility.clone()).collect();
+    let cut = fs[2]
+        .transport
+        .faults()
+        .partition([ids[2].clone()], [ids[0].clone(), ids[1].clone()])
+        .unwrap();
+    let d = fs[2].detection.clone().unwrap();
+    // Alone of three, charlie is ISOLATED (no peer reachable): no quorum.
+    until("charlie cut off", || async {
+        (d.view().partition == PartitionState::Isolated).then_some(())
+    })
+    .await;
+
+    let (st, v) = post_json(
+        &c,
+        &format!("{charlie}/v1/approvals"),
+        "approve-1",
+        json!({"through_day": 2}),
+    )
+    .await;
+    assert_eq!(st, 503, "{v}");
+    assert_eq!(
+        (
+            v["code"].as_str(),
+            v["partition"].as_str(),
+            v["mode"].as_str()
+        ),
+        (Some("PARTITIONED"), Some("ISOLATED"), Some("CP")),
+        "{v}"
+    );
+    let (st, v) = post_json(
+        &c,
+        &format!("{charlie}/v1/emergency"),
+        "cover-1",
+        json!({"person": "p1", "block": "b1"}),
+    )
+    .await;
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(
+        (v["status"].as_str(), v["partition"].as_str()),
+        (Some("provisional"), Some("ISOLATED")),
+        "{v}"
+    );
+    let r = c
+        .get(format!("{charlie}/v1/schedule"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let v: serde_json::Value = c
+        .get(format!("{charlie}/v1/schedule?consistency=stale"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["staleness"]["partition"], "ISOLATED", "{v}");
+    assert_eq!(v["staleness"]["provisional_pending"], 1, "{v}");
+
+    // Heal: the healer replays the change through consensus.
+    assert!(fs[2].transport.faults().remove(cut));
+    until("the cover replayed at alpha", || async {
+        let v: serde_json::Value = c
+            .get(format!("{alpha}/v1/schedule"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let b = &v["blocks"].as_array()?[0];
+        (b["assigned"][0]["person"] == "p1" && b["assigned"][0]["emergency"] == true).then_some(())
+    })
+    .await;
+    for f in fs {
+        f.stop().await;
+    }
+}
