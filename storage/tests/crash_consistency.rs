@@ -302,7 +302,10 @@ fn a_crash_during_creation_leaves_a_file_that_opens() {
         for image in backend.take_images() {
             let path = write_image(dir.path(), &image.bytes);
             if let Err(e) = Store::open(&path, FACILITY) {
-                panic!("SEED={seed} sync={} crash={:?}: {e}", image.sync, image.crash);
+                panic!(
+                    "SEED={seed} sync={} crash={:?}: {e}",
+                    image.sync, image.crash
+                );
             }
         }
     }
