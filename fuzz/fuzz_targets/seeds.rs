@@ -1,0 +1,356 @@
+//! Writes the seed corpus, `fuzz/corpus/<target>/`: a few valid values of
+//! each type (signed with the keys of `bulwark_fuzz::rings`), so each
+//! fuzzer starts from inputs that decode and verify.
+//!
+//! It is built like the targets (cargo-fuzz instruments every binary of
+//! this crate, so it links libFuzzer): run it once from `fuzz/` with
+//! `cargo +nightly fuzz run seeds -- -runs=1`.
+
+// raft-rs's protobuf structs are built with `default()` and field writes.
+#![allow(clippy::field_reassign_with_default)]
+#![no_main]
+
+use std::path::Path;
+
+use bulwark_actors::bft::wire::BftWire;
+use bulwark_actors::bft::LedgerStore;
+use bulwark_actors::detect::actor::Heartbeat;
+use bulwark_actors::flow::mesh::MeshWire;
+use bulwark_actors::hlc::Hlc;
+use bulwark_actors::keys::Domain;
+use bulwark_actors::ledger::{
+    admit, Certificate, FinalEntry, Link, SignedProposal, Verdict, Vote, VoteBody,
+};
+use bulwark_actors::raft::wire::{
+    WireConfChangeSingle, WireConfChangeV2, WireConfState, WireEntry, WireEntryData, WireMessage,
+    WireSnapshot,
+};
+use bulwark_actors::raft::{EntryPayload, ProposeOutcome, RaftWire};
+use bulwark_actors::schedule::{
+    Block, BlockId, Command, IdempotencyKey, Op, Person, PersonId, Pool, Role, ScheduleState,
+};
+use bulwark_fuzz::{ids, keys, rings};
+use bulwark_runtime::builtin::ProbeWire;
+use bulwark_runtime::{Address, Envelope, Kind};
+use bulwark_storage::{codec, Store};
+use bulwark_transport::frame;
+
+fn write(target: &str, name: &str, bytes: &[u8]) {
+    let dir = Path::new("corpus").join(target);
+    std::fs::create_dir_all(&dir).expect("corpus dir");
+    std::fs::write(dir.join(name), bytes).expect("write seed");
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    codec::encode(v).expect("encodes")
+}
+
+/// Two signed proposals admitted into a chain, certified by two signers.
+fn chain() -> (Vec<Vec<u8>>, Vec<Link>, Vec<FinalEntry>) {
+    let rings = rings();
+    let ids = ids();
+    let keys = keys();
+    let mut state = ScheduleState::new();
+    let (mut proposals, mut links, mut finals) = (Vec::new(), Vec::new(), Vec::new());
+    let ops = [
+        Op::AddPerson(Person {
+            id: "p0".parse::<PersonId>().expect("id"),
+            name: "Person 0".into(),
+            role: Role::Resident { pgy: 2 },
+        }),
+        Op::AddBlock(Block {
+            id: "b1".parse::<BlockId>().expect("id"),
+            day: 1,
+            start_min: 0,
+            duration_min: 60,
+            pool: Pool::Clinic,
+            required: 1,
+        }),
+    ];
+    for (i, op) in ops.into_iter().enumerate() {
+        let proposer = ids[i % 3].clone();
+        let payload = EntryPayload {
+            proposer: proposer.clone(),
+            seq: i as u64,
+            anchor: state.chain().anchor(),
+            command: Command {
+                key: IdempotencyKey([i as u8; 16]),
+                issued_by: proposer.clone(),
+                at_unix_ms: 1_000 + i as u64,
+                hlc: Hlc::ZERO,
+                op,
+            },
+        };
+        let body = enc(&payload);
+        let sig = rings[&proposer].sign(Domain::Proposal, &body);
+        let data = enc(&SignedProposal { body, sig });
+        let Verdict::Admitted(link) = admit(&mut state, &keys, i as u64 + 1, 1, &data).verdict
+        else {
+            panic!("seed entry {i} not admitted")
+        };
+        let votes = ids[..2]
+            .iter()
+            .map(|s| {
+                let body = VoteBody {
+                    signer: s.clone(),
+                    height: link.entry.height,
+                    hash: link.hash,
+                    prev: link.entry.prev,
+                };
+                Vote::sign(&rings[s], &body).expect("signs")
+            })
+            .collect();
+        finals.push(FinalEntry {
+            entry: link.bytes.clone(),
+            cert: Certificate {
+                height: link.entry.height,
+                hash: link.hash,
+                prev: link.entry.prev,
+                votes,
+            },
+        });
+        proposals.push(data);
+        links.push(link);
+    }
+    (proposals, links, finals)
+}
+
+fn raft_messages() -> Vec<WireMessage> {
+    let base = WireMessage {
+        msg_type: 3,
+        to: 2,
+        from: 1,
+        term: 4,
+        log_term: 3,
+        index: 9,
+        entries: vec![
+            WireEntry {
+                term: 4,
+                index: 10,
+                data: WireEntryData::Normal(b"schedule".to_vec()),
+                context: Vec::new(),
+            },
+            WireEntry {
+                term: 4,
+                index: 11,
+                data: WireEntryData::ConfChangeV2(WireConfChangeV2 {
+                    transition: 0,
+                    changes: vec![WireConfChangeSingle {
+                        change_type: 0,
+                        node_id: 4,
+                    }],
+                    context: Vec::new(),
+                }),
+                context: Vec::new(),
+            },
+        ],
+        commit: 9,
+        commit_term: 3,
+        snapshot: None,
+        request_snapshot: 0,
+        reject: false,
+        reject_hint: 0,
+        context: Vec::new(),
+        priority: 0,
+    };
+    let snapshot = WireMessage {
+        msg_type: 7,
+        entries: Vec::new(),
+        snapshot: Some(WireSnapshot {
+            index: 40,
+            term: 3,
+            conf_state: WireConfState {
+                voters: vec![1, 2, 3],
+                ..WireConfState::default()
+            },
+            data: b"state".to_vec(),
+        }),
+        ..base.clone()
+    };
+    let vote = WireMessage {
+        msg_type: 17,
+        entries: Vec::new(),
+        reject: true,
+        reject_hint: 8,
+        priority: -1,
+        ..base.clone()
+    };
+    vec![base, snapshot, vote]
+}
+
+fn small_ledger_file(finals: &[FinalEntry]) -> Vec<u8> {
+    let dir = std::env::temp_dir().join(format!("bulwark-seeds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("ledger.redb");
+    let _ = std::fs::remove_file(&path);
+    {
+        let store = Store::open(&path, "alpha").expect("store").store;
+        let rows: Vec<(u64, FinalEntry)> = finals
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, f)| (i as u64 + 1, f))
+            .collect();
+        LedgerStore::new(store)
+            .append_finals(&rows)
+            .expect("append");
+    }
+    let bytes = std::fs::read(&path).expect("read");
+    let _ = std::fs::remove_dir_all(&dir);
+    bytes
+}
+
+fn write_all() {
+    let (proposals, links, finals) = chain();
+    let alpha = ids()[0].clone();
+    let ping = enc(&ProbeWire::Ping { nonce: 7 });
+    let envelope = Envelope {
+        from: alpha.clone(),
+        to: Address::new(ids()[1].clone(), "probe"),
+        trace_id: 1,
+        deadline_unix_ms: Some(5_000),
+        kind: Kind::Request { corr: 3 },
+        body: ping.clone(),
+    };
+    write("frame", "hello", &frame::encode(b"hello").expect("frame"));
+    write(
+        "frame",
+        "envelope",
+        &frame::encode(&enc(&envelope)).expect("frame"),
+    );
+    write("envelope", "request", &enc(&envelope));
+    let refused = Envelope {
+        kind: Kind::Refused {
+            corr: 3,
+            reason: bulwark_runtime::Refusal::Overloaded,
+        },
+        deadline_unix_ms: None,
+        body: enc(&ProbeWire::Pong {
+            nonce: 7,
+            facility: alpha.clone(),
+        }),
+        ..envelope.clone()
+    };
+    write("envelope", "refused", &enc(&refused));
+    write("envelope", "ping", &ping);
+
+    for (i, m) in raft_messages().into_iter().enumerate() {
+        write("raft_mirror", &format!("message-{i}"), &enc(&m));
+        write(
+            "raft_wire",
+            &format!("raft-{i}"),
+            &enc(&RaftWire::Raft(Box::new(m))),
+        );
+    }
+    write(
+        "raft_wire",
+        "forward",
+        &enc(&RaftWire::Forward {
+            payload: proposals[0].clone(),
+        }),
+    );
+    write(
+        "raft_wire",
+        "refused",
+        &enc(&RaftWire::ForwardRefused {
+            seq: 3,
+            outcome: ProposeOutcome::TimedOut,
+        }),
+    );
+    write("raft_wire", "proposal", &proposals[1]);
+
+    let cert = &finals[0].cert;
+    write(
+        "bft_wire",
+        "votes",
+        &enc(&BftWire::Votes(cert.votes.clone())),
+    );
+    write("bft_wire", "finals", &enc(&BftWire::Finals(finals.clone())));
+    write("bft_wire", "head", &enc(&BftWire::Head { height: 2 }));
+    write(
+        "bft_wire",
+        "fetch",
+        &enc(&BftWire::Fetch { from: 1, max: 16 }),
+    );
+    write(
+        "bft_wire",
+        "entry",
+        &enc(&BftWire::Entry(links[1].bytes.clone())),
+    );
+    for (i, f) in finals.iter().enumerate() {
+        write("certificate", &format!("certificate-{i}"), &enc(&f.cert));
+    }
+    write("certificate", "vote", &enc(&cert.votes[0]));
+
+    let hb = Heartbeat {
+        seq: 12,
+        hlc: Hlc {
+            wall_ms: 1_700_000_000_000,
+            logical: 2,
+            node: 99,
+        },
+        suspects: vec![ids()[2].clone()],
+    };
+    write("heartbeat", "suspects", &enc(&hb));
+    write(
+        "heartbeat",
+        "quiet",
+        &enc(&Heartbeat {
+            suspects: Vec::new(),
+            ..hb
+        }),
+    );
+    write(
+        "mesh_wire",
+        "open",
+        &enc(&MeshWire {
+            dependency: "ehr".into(),
+            state: "open".into(),
+            at_unix_ms: 1_700_000_000_000,
+        }),
+    );
+    write(
+        "mesh_wire",
+        "closed",
+        &enc(&MeshWire {
+            dependency: "pager".into(),
+            state: "closed".into(),
+            at_unix_ms: 5,
+        }),
+    );
+
+    let config = r#"[facility]
+id = "alpha"
+data_dir = "alpha"
+quic_listen = "127.0.0.1:7401"
+http_listen = "127.0.0.1:8401"
+key = "alpha/facility.key"
+cert = "alpha/facility.crt"
+vote_key = "alpha/vote.key"
+
+[[peer]]
+id = "bravo"
+addr = "127.0.0.1:7402"
+pin = "blake3:0000000000000000000000000000000000000000000000000000000000000000"
+vote_key = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+"#;
+    write("config", "minimal", config.as_bytes());
+    let with_env = format!("{config}\0BULWARK_FACILITY__HTTP_LISTEN=127.0.0.1:9000\n");
+    write("config", "env-override", with_env.as_bytes());
+
+    let ledger = small_ledger_file(&finals);
+    println!("ledger seed: {} bytes", ledger.len());
+    write("ledger_verify", "empty", b"");
+    write("ledger_verify", "ledger", &ledger);
+    // The header pages only: a file redb recognises and cannot read.
+    write(
+        "ledger_verify",
+        "header",
+        &ledger[..ledger.len().min(4_096)],
+    );
+}
+
+libfuzzer_sys::fuzz_target!(|_data: &[u8]| {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(write_all);
+});
