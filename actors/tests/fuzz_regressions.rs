@@ -53,12 +53,11 @@ fn the_damaged_ledger_files_are_refused_by_store_open() {
     }
 }
 
-/// `ledger verify` must end in a verdict or a typed error on any file. The
-/// fix belongs in `verify_file` (actors/src/bft/store.rs): check integrity
-/// before reading, as `Store::open` does (on a copy, so the file itself is
-/// still never written).
+/// `ledger verify` must end in a verdict or a typed error on any file:
+/// `verify_file` checks a copy's integrity before reading it, as
+/// `Store::open` does (the file itself is never written). Before that fix
+/// these files panicked inside redb.
 #[test]
-#[ignore = "finding: ledger verify panics inside redb on these damaged files"]
 fn ledger_verify_on_the_damaged_files_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     for name in FIXTURES {

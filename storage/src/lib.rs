@@ -23,4 +23,4 @@ pub mod schema;
 mod store;
 
 pub use error::{CodecError, StorageError};
-pub use store::{BackupInfo, Opened, Store};
+pub use store::{creating_path, BackupInfo, Opened, Store};

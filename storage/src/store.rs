@@ -80,9 +80,27 @@ impl Store {
                 })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Created under a temporary name and renamed into place
+                // once its meta table is durable: a crash while creating
+                // leaves nothing at `path` (the next start is fresh again),
+                // never a file every later open refuses.
+                let tmp = creating_path(path);
+                let _ = std::fs::remove_file(&tmp);
+                let db = Database::create(&tmp).map_err(|e| open_error(&tmp, e))?;
+                Store::wrap(db, tmp.clone(), facility).init_meta()?;
+                let io = |source| StorageError::Io {
+                    path: path_buf.clone(),
+                    source,
+                };
+                std::fs::rename(&tmp, path).map_err(io)?;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(io)?;
+                }
                 let db = Database::create(path).map_err(|e| open_error(path, e))?;
                 let store = Store::wrap(db, path_buf, facility);
-                store.init_meta()?;
+                store.check_meta()?;
                 Ok(Opened { store, fresh: true })
             }
             Err(source) => Err(StorageError::Io {
@@ -390,6 +408,13 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> StorageError {
 
 #[cfg(test)]
 mod tests;
+
+/// Where [`Store::open`] builds a new store before renaming it into place.
+pub fn creating_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".creating");
+    PathBuf::from(p)
+}
 
 /// What [`Store::backup_to`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

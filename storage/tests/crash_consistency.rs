@@ -285,28 +285,30 @@ fn a_crash_during_creation_is_refused_with_a_typed_error() {
 
 /// Regression test for a finding of this suite (issue 9): a crash during
 /// the first `Store::open` of a facility (after `Database::create`, before
-/// `init_meta` commits) leaves an empty or meta-less file that every later
-/// `Store::open` refuses, so the facility cannot start again without an
-/// operator deleting the file, although nothing was ever acknowledged.
-/// Creating the file under a temporary name and renaming it into place
-/// once `init_meta` is durable would leave at the path either nothing (a
-/// fresh start) or a complete file; `mirror_create` then follows that
-/// sequence and this test passes.
+/// `init_meta` commits) used to leave an empty or meta-less file that
+/// every later `Store::open` refused, so the facility could not start
+/// again although nothing was ever acknowledged. `Store::open` now builds a
+/// new store at `creating_path(path)` and renames it into place once its
+/// meta is durable, so every crash image of the creation is left at the
+/// temporary path: the next open starts fresh over it.
 #[test]
-#[ignore = "finding: a crash during creation leaves a file Store::open refuses (fix in store.rs)"]
 fn a_crash_during_creation_leaves_a_file_that_opens() {
     let dir = scratch_dir();
     for seed in seeds(0..16) {
         let backend = CrashBackend::new(seed);
         drop(mirror_create(&backend));
         for image in backend.take_images() {
-            let path = write_image(dir.path(), &image.bytes);
-            if let Err(e) = Store::open(&path, FACILITY) {
-                panic!(
+            let path = dir.path().join("facility.redb");
+            let _ = std::fs::remove_file(&path);
+            std::fs::write(bulwark_storage::creating_path(&path), &image.bytes).unwrap();
+            match Store::open(&path, FACILITY) {
+                Ok(opened) => assert!(opened.fresh, "SEED={seed} sync={}", image.sync),
+                Err(e) => panic!(
                     "SEED={seed} sync={} crash={:?}: {e}",
                     image.sync, image.crash
-                );
+                ),
             }
+            assert!(!bulwark_storage::creating_path(&path).exists());
         }
     }
 }

@@ -214,24 +214,25 @@ pub enum VerifyError {
 /// cannot do: then a copy is repaired and verified, and the file itself is
 /// never written.
 pub fn verify_file(path: &Path, keys: &PublicKeys) -> Result<VerifyReport, VerifyError> {
-    match redb::ReadOnlyDatabase::open(path) {
-        Err(redb::DatabaseError::RepairAborted) => {
-            let open = |e: String| VerifyError::Open(format!("{}: {e}", path.display()));
-            let copy = std::env::temp_dir().join(format!(
-                "bulwark-verify-{}-{}.redb",
-                std::process::id(),
-                blake3::hash(path.as_os_str().as_encoded_bytes()).to_hex()
-            ));
-            std::fs::copy(path, &copy).map_err(|e| open(format!("copy for repair: {e}")))?;
-            let repaired = redb::Database::create(&copy)
-                .map(drop)
-                .map_err(|e| open(format!("repair of a copy: {e}")))
-                .and_then(|()| verify_open(&copy, keys));
-            let _ = std::fs::remove_file(&copy);
-            repaired
-        }
-        _ => verify_open(path, keys),
-    }
+    // The file is never trusted as it is: redb reads a damaged file with
+    // `unreachable!` panics (fuzzing found two), so a copy is opened with
+    // redb's integrity check first (which also repairs a file a crash left
+    // unclean) and the chain is read from the checked copy.
+    let open = |e: String| VerifyError::Open(format!("{}: {e}", path.display()));
+    let copy = std::env::temp_dir().join(format!(
+        "bulwark-verify-{}-{}.redb",
+        std::process::id(),
+        blake3::hash(path.as_os_str().as_encoded_bytes()).to_hex()
+    ));
+    std::fs::copy(path, &copy).map_err(|e| open(format!("copy: {e}")))?;
+    let checked = redb::Database::builder()
+        .set_check_integrity_on_open(true)
+        .open(&copy)
+        .map(drop)
+        .map_err(|e| open(format!("integrity check: {e}")))
+        .and_then(|()| verify_open(&copy, keys));
+    let _ = std::fs::remove_file(&copy);
+    checked
 }
 
 fn verify_open(path: &Path, keys: &PublicKeys) -> Result<VerifyReport, VerifyError> {
