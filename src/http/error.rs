@@ -141,6 +141,12 @@ pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError 
         None if path == "." => "body".to_string(),
         None => path,
     };
+    // An unknown key may be empty (`{"": 1}`): the field is then the body.
+    let field = if field.is_empty() || field.ends_with('.') {
+        "body".to_string()
+    } else {
+        field
+    };
     ApiError::bad(field, format!("invalid JSON body: {msg}"))
 }
 
@@ -169,5 +175,7 @@ mod tests {
         assert_eq!(field(r#"{"person":"p","day":-1}"#), "day");
         assert_eq!(field(r#"{"person":"p""#), "body");
         assert_eq!(field("[]"), "body");
+        // Found by the http_body fuzz target: an empty unknown key.
+        assert_eq!(field(r#"{"":1,"person":"p","day":1}"#), "body");
     }
 }
