@@ -33,12 +33,12 @@ mod raft_log;
 use std::fmt::Debug;
 use std::path::Path;
 
-use bulwark_storage::schema::{self, FORMAT_VERSION, META, META_FACILITY, META_FORMAT};
-use bulwark_storage::{codec, Store};
+use bulwark_storage::Store;
+pub use crash::{begin_write, mirror_create, mirror_reopen};
 use crash::{scratch_dir, seeds, write_image, CrashBackend, Image};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// The facility that owns every file here.
 pub const FACILITY: &str = "alpha";
@@ -67,48 +67,6 @@ pub trait Subject {
     fn apply_mirror(db: Database, backend: &CrashBackend, op: &Self::Op) -> Database;
     /// Opens the file at `path` with the real code and reads it back.
     fn read_back(path: &Path, ctx: &str) -> Self::Model;
-}
-
-/// Mirror of `Store::open` creating a file: `Database::create`, then
-/// `init_meta` in one durable transaction.
-pub fn mirror_create(backend: &CrashBackend) -> Database {
-    let db = Database::builder()
-        .create_with_backend(backend.clone())
-        .unwrap();
-    let tx = begin_write(&db);
-    {
-        let mut meta = tx.open_table(META).unwrap();
-        let format = codec::encode(&FORMAT_VERSION).unwrap();
-        meta.insert(META_FORMAT, format.as_slice()).unwrap();
-        meta.insert(META_FACILITY, FACILITY.as_bytes()).unwrap();
-        tx.open_table(schema::STATE).unwrap();
-        tx.open_table(schema::RAFT_LOG).unwrap();
-        tx.open_table(schema::RAFT_META).unwrap();
-        tx.open_table(schema::LEDGER).unwrap();
-        tx.open_table(schema::LEDGER_CERTS).unwrap();
-        tx.open_table(schema::BFT_VOTES).unwrap();
-        tx.open_table(schema::BFT_PENDING).unwrap();
-        tx.open_table(schema::EVIDENCE).unwrap();
-        tx.open_table(schema::PROVISIONAL).unwrap();
-        tx.open_table(schema::IDEMPOTENCY).unwrap();
-    }
-    tx.commit().unwrap();
-    db
-}
-
-/// Mirror of `Store::open` on an existing file.
-pub fn mirror_reopen(backend: &CrashBackend) -> Database {
-    Database::builder()
-        .set_check_integrity_on_open(true)
-        .create_with_backend(backend.clone())
-        .unwrap()
-}
-
-/// Mirror of `Store::begin_write`.
-pub fn begin_write(db: &Database) -> redb::WriteTransaction {
-    let mut tx = db.begin_write().unwrap();
-    tx.set_durability(Durability::Immediate).unwrap();
-    tx
 }
 
 /// Opens the image at `path` with the real `Store::open`.
@@ -156,7 +114,7 @@ pub fn run_seed<S: Subject>(seed: u64, dir: &Path) -> usize {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let backend = CrashBackend::new(seed);
     backend.set_capture(false);
-    let mut db = mirror_create(&backend);
+    let mut db = mirror_create(&backend, FACILITY);
     S::setup(&db);
     backend.set_capture(true);
     let mut history = vec![S::initial()];
@@ -198,7 +156,7 @@ pub fn run<S: Subject>(name: &str, default: std::ops::Range<u64>, points_min: us
 pub fn mirror_file<S: Subject>(dir: &Path, seed: u64, ops: &[S::Op]) -> std::path::PathBuf {
     let backend = CrashBackend::new(seed);
     backend.set_capture(false);
-    let mut db = mirror_create(&backend);
+    let mut db = mirror_create(&backend, FACILITY);
     S::setup(&db);
     for op in ops {
         db = S::apply_mirror(db, &backend, op);

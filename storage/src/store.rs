@@ -320,21 +320,16 @@ impl Store {
                 .map_err(|e| self.redb(e))?;
             meta.insert(META_FACILITY, self.inner.facility.as_bytes())
                 .map_err(|e| self.redb(e))?;
-            // Create every table up front, so a bulwark file always has them all.
-            tx.open_table(schema::STATE).map_err(|e| self.redb(e))?;
-            tx.open_table(schema::RAFT_LOG).map_err(|e| self.redb(e))?;
-            tx.open_table(schema::RAFT_META).map_err(|e| self.redb(e))?;
-            tx.open_table(schema::LEDGER).map_err(|e| self.redb(e))?;
-            tx.open_table(schema::LEDGER_CERTS)
-                .map_err(|e| self.redb(e))?;
-            tx.open_table(schema::BFT_VOTES).map_err(|e| self.redb(e))?;
-            tx.open_table(schema::BFT_PENDING)
-                .map_err(|e| self.redb(e))?;
-            tx.open_table(schema::EVIDENCE).map_err(|e| self.redb(e))?;
-            tx.open_table(schema::PROVISIONAL)
-                .map_err(|e| self.redb(e))?;
-            tx.open_table(schema::IDEMPOTENCY)
-                .map_err(|e| self.redb(e))?;
+        }
+        // Create every table up front, so a bulwark file always has them all.
+        for t in schema::STR_TABLES {
+            tx.open_table(t).map_err(|e| self.redb(e))?;
+        }
+        for t in schema::U64_TABLES {
+            tx.open_table(t).map_err(|e| self.redb(e))?;
+        }
+        for t in schema::BYTES_TABLES {
+            tx.open_table(t).map_err(|e| self.redb(e))?;
         }
         tx.commit().map_err(|e| self.redb(e))
     }

@@ -21,12 +21,14 @@ mod crash;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use bulwark_storage::schema::{self, FORMAT_VERSION, META, META_FACILITY, META_FORMAT};
+use bulwark_storage::schema;
 use bulwark_storage::{codec, StorageError, Store};
-use crash::{scratch_dir, seeds, write_image, CrashBackend, Image};
+use crash::{
+    begin_write, mirror_create, mirror_reopen, scratch_dir, seeds, write_image, CrashBackend, Image,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 const FACILITY: &str = "alpha";
 const OPS_PER_SEED: usize = 60;
@@ -71,48 +73,6 @@ fn apply_model(model: &mut Model, op: &Op) {
         }
         Op::Reopen => {}
     }
-}
-
-/// Mirror of `Store::open` creating a file: `Database::create`, then
-/// `init_meta` in one durable transaction.
-fn mirror_create(backend: &CrashBackend) -> Database {
-    let db = Database::builder()
-        .create_with_backend(backend.clone())
-        .unwrap();
-    let tx = begin_write(&db);
-    {
-        let mut meta = tx.open_table(META).unwrap();
-        let format = codec::encode(&FORMAT_VERSION).unwrap();
-        meta.insert(META_FORMAT, format.as_slice()).unwrap();
-        meta.insert(META_FACILITY, FACILITY.as_bytes()).unwrap();
-        tx.open_table(schema::STATE).unwrap();
-        tx.open_table(schema::RAFT_LOG).unwrap();
-        tx.open_table(schema::RAFT_META).unwrap();
-        tx.open_table(schema::LEDGER).unwrap();
-        tx.open_table(schema::LEDGER_CERTS).unwrap();
-        tx.open_table(schema::BFT_VOTES).unwrap();
-        tx.open_table(schema::BFT_PENDING).unwrap();
-        tx.open_table(schema::EVIDENCE).unwrap();
-        tx.open_table(schema::PROVISIONAL).unwrap();
-        tx.open_table(schema::IDEMPOTENCY).unwrap();
-    }
-    tx.commit().unwrap();
-    db
-}
-
-/// Mirror of `Store::open` on an existing file.
-fn mirror_reopen(backend: &CrashBackend) -> Database {
-    Database::builder()
-        .set_check_integrity_on_open(true)
-        .create_with_backend(backend.clone())
-        .unwrap()
-}
-
-/// Mirror of `Store::begin_write`.
-fn begin_write(db: &Database) -> redb::WriteTransaction {
-    let mut tx = db.begin_write().unwrap();
-    tx.set_durability(Durability::Immediate).unwrap();
-    tx
 }
 
 /// Mirror of `put_state` / `delete_state` (one durable transaction each).
@@ -188,7 +148,7 @@ fn run_seed(seed: u64, dir: &Path) -> usize {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let backend = CrashBackend::new(seed);
     backend.set_capture(false);
-    let mut db = mirror_create(&backend);
+    let mut db = mirror_create(&backend, FACILITY);
     backend.set_capture(true);
     let mut history = vec![Model::new()];
     let mut checked = 0;
@@ -235,7 +195,7 @@ fn mirror_writes_what_the_store_writes() {
     let mut store = Store::open(&path, FACILITY).unwrap().store;
     let backend = CrashBackend::new(7);
     backend.set_capture(false);
-    let mut db = mirror_create(&backend);
+    let mut db = mirror_create(&backend, FACILITY);
     for _ in 0..OPS_PER_SEED {
         let op = random_op(&mut rng);
         match &op {
@@ -264,7 +224,7 @@ fn a_crash_during_creation_is_refused_with_a_typed_error() {
     let dir = scratch_dir();
     for seed in seeds(0..16) {
         let backend = CrashBackend::new(seed);
-        drop(mirror_create(&backend));
+        drop(mirror_create(&backend, FACILITY));
         let images = backend.take_images();
         // The last images are from after init_meta committed (and the
         // clean shutdown); those must open.
@@ -296,7 +256,7 @@ fn a_crash_during_creation_leaves_a_file_that_opens() {
     let dir = scratch_dir();
     for seed in seeds(0..16) {
         let backend = CrashBackend::new(seed);
-        drop(mirror_create(&backend));
+        drop(mirror_create(&backend, FACILITY));
         for image in backend.take_images() {
             let path = dir.path().join("facility.redb");
             let _ = std::fs::remove_file(&path);

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use redb::StorageBackend;
+use redb::{Database, StorageBackend};
 
 /// What survives a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,4 +245,49 @@ pub fn seeds(default: std::ops::Range<u64>) -> std::ops::Range<u64> {
     };
     let (a, b) = text.split_once("..").expect("CRASH_SEEDS=a..b");
     a.parse().expect("seed")..b.parse().expect("seed")
+}
+
+/// Mirror of `Store::open` creating a file for `facility`:
+/// `Database::create`, then `init_meta` in one durable transaction (the
+/// meta rows, then every table of the schema lists).
+pub fn mirror_create(backend: &CrashBackend, facility: &str) -> Database {
+    use bulwark_storage::schema::{
+        BYTES_TABLES, FORMAT_VERSION, META, META_FACILITY, META_FORMAT, STR_TABLES, U64_TABLES,
+    };
+    let db = Database::builder()
+        .create_with_backend(backend.clone())
+        .unwrap();
+    let tx = begin_write(&db);
+    {
+        let mut meta = tx.open_table(META).unwrap();
+        let format = bulwark_storage::codec::encode(&FORMAT_VERSION).unwrap();
+        meta.insert(META_FORMAT, format.as_slice()).unwrap();
+        meta.insert(META_FACILITY, facility.as_bytes()).unwrap();
+    }
+    for t in STR_TABLES {
+        tx.open_table(t).unwrap();
+    }
+    for t in U64_TABLES {
+        tx.open_table(t).unwrap();
+    }
+    for t in BYTES_TABLES {
+        tx.open_table(t).unwrap();
+    }
+    tx.commit().unwrap();
+    db
+}
+
+/// Mirror of `Store::open` on an existing file.
+pub fn mirror_reopen(backend: &CrashBackend) -> Database {
+    Database::builder()
+        .set_check_integrity_on_open(true)
+        .create_with_backend(backend.clone())
+        .unwrap()
+}
+
+/// Mirror of `Store::begin_write`.
+pub fn begin_write(db: &Database) -> redb::WriteTransaction {
+    let mut tx = db.begin_write().unwrap();
+    tx.set_durability(redb::Durability::Immediate).unwrap();
+    tx
 }
