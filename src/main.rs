@@ -253,7 +253,11 @@ async fn node(path: PathBuf) -> AnyResult {
         raft.start = cfg.consensus.initial_cluster_state;
     }
     spec.detection = Some(cfg.detection.spec());
-    let public = cfg.keyring()?.public().clone();
+    let public = spec
+        .raft
+        .as_ref()
+        .map(|r| r.keyring.public().clone())
+        .ok_or("the node runs no consensus")?;
     let mut f = facility::start(spec, Arc::new(RealClock)).await?;
     let running = Arc::new(AtomicBool::new(true));
     let members: Vec<FacilityId> = std::iter::once(cfg.facility.id.clone())

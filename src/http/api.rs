@@ -40,7 +40,8 @@ use bulwark_actors::keys::PublicKeys;
 use bulwark_actors::ledger::{self, LedgerEntry, GENESIS};
 use bulwark_actors::raft::{ProposeOutcome, RaftMsg, RaftStatus, RAFT};
 use bulwark_actors::schedule::{
-    Block, Command, Effect, IdempotencyKey, Op, Outcome, Person, Pool, Role, ScheduleState,
+    Block, BlockId, Command, Effect, IdempotencyKey, Op, Outcome, Person, PersonId, Pool, Role,
+    ScheduleState,
 };
 use bulwark_runtime::{NodeCtx, Zone};
 use bulwark_storage::codec;
@@ -174,6 +175,13 @@ pub struct AssignBody {
     pub person: String,
     /// The block.
     pub block: String,
+}
+
+impl AssignBody {
+    /// The person's and the block's ids, checked.
+    fn ids(self) -> Result<(PersonId, BlockId), ApiError> {
+        Ok((self.person.parse()?, self.block.parse()?))
+    }
 }
 
 /// An exchange of blocks between two people.
@@ -347,13 +355,10 @@ write_endpoint!(
     "/assignments",
     AssignBody,
     "Puts a person on a block (CP: refused in a minority).",
-    |b: AssignBody| Ok((
-        Op::Assign {
-            person: b.person.parse()?,
-            block: b.block.parse()?,
-        },
-        false,
-    ))
+    |b: AssignBody| {
+        let (person, block) = b.ids()?;
+        Ok((Op::Assign { person, block }, false))
+    }
 );
 
 write_endpoint!(
@@ -361,13 +366,10 @@ write_endpoint!(
     "/unassignments",
     AssignBody,
     "Takes a person off a block (CP).",
-    |b: AssignBody| Ok((
-        Op::Unassign {
-            person: b.person.parse()?,
-            block: b.block.parse()?,
-        },
-        false,
-    ))
+    |b: AssignBody| {
+        let (person, block) = b.ids()?;
+        Ok((Op::Unassign { person, block }, false))
+    }
 );
 
 write_endpoint!(
@@ -411,13 +413,10 @@ write_endpoint!(
     "/emergency",
     AssignBody,
     "Fills an open slot, even on an approved day (AP: accepted provisionally in a partition).",
-    |b: AssignBody| Ok((
-        Op::EmergencyCoverage {
-            person: b.person.parse()?,
-            block: b.block.parse()?,
-        },
-        true,
-    ))
+    |b: AssignBody| {
+        let (person, block) = b.ids()?;
+        Ok((Op::EmergencyCoverage { person, block }, true))
+    }
 );
 
 write_endpoint!(
