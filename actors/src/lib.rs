@@ -3,6 +3,7 @@
 
 pub mod bft;
 pub mod cap;
+pub mod chaos;
 pub mod detect;
 pub mod flow;
 pub mod heatmap;

@@ -1,0 +1,4 @@
+//! Chaos: fault injection schedules, failure propagation, experiments and
+//! their reports. Every module here is a sans-IO core: the ChaosAgent that
+//! runs an experiment against a cluster lives in the facility binary's
+//! library, which owns the network, the clock and the HTTP client.
