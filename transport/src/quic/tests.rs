@@ -503,6 +503,45 @@ async fn fault_plan_partitions_a_real_link() {
     assert_eq!(QuicStats::get(&nodes[0].t.stats().fault_drops), 2);
 }
 
+/// The new fault rules reach QUIC through the same `judge` call: a
+/// `Partial` rule that loses every payload cuts the real link, and one that
+/// only delays holds the payload at least `delay_ms` before it leaves.
+#[tokio::test]
+async fn partial_fault_rule_loses_and_delays_on_a_real_link() {
+    let mut nodes = start_mesh(&["alpha", "bravo"]);
+    let (a, b) = (id("alpha"), id("bravo"));
+    let partial = |delay_ms, loss| crate::FaultRule::Partial {
+        from: crate::Selector::one(&a),
+        to: crate::Selector::one(&b),
+        fraction: 1.0,
+        delay_ms,
+        loss,
+    };
+    let lose_all = nodes[0].t.faults().add(partial(0, 1.0)).unwrap();
+    nodes[0]
+        .t
+        .send(&b, TrafficClass::Control, b"lost".to_vec())
+        .unwrap();
+    assert_eq!(QuicStats::get(&nodes[0].t.stats().fault_drops), 1);
+    assert!(nodes[0].t.faults().remove(lose_all));
+    nodes[0].t.faults().add(partial(150, 0.0)).unwrap();
+    let sent = Instant::now();
+    nodes[0]
+        .t
+        .send(&b, TrafficClass::Control, b"late".to_vec())
+        .unwrap();
+    assert_eq!(
+        nodes[1].recv().await.payload,
+        b"late",
+        "the lost payload arrived"
+    );
+    assert!(
+        sent.elapsed() >= Duration::from_millis(150),
+        "the affected payload left before its delay"
+    );
+    assert_eq!(QuicStats::get(&nodes[0].t.stats().fault_drops), 1);
+}
+
 #[test]
 fn config_validation_names_the_problem() {
     let me = id("alpha");
