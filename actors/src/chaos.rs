@@ -2,3 +2,5 @@
 //! their reports. Every module here is a sans-IO core: the ChaosAgent that
 //! runs an experiment against a cluster lives in the facility binary's
 //! library, which owns the network, the clock and the HTTP client.
+
+pub mod inject;
