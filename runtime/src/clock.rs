@@ -16,6 +16,16 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Instant;
     /// Milliseconds since the Unix epoch, as this facility believes it.
     fn unix_ms(&self) -> u64;
+    /// Shifts the wall clock by `skew_ms` from true time (chaos); false if
+    /// this clock cannot be skewed.
+    fn set_skew_ms(&self, skew_ms: i64) -> bool {
+        let _ = skew_ms;
+        false
+    }
+    /// The skew set, in ms.
+    fn skew_ms(&self) -> i64 {
+        0
+    }
 }
 
 /// The system's clocks.
@@ -63,6 +73,41 @@ impl VirtualClock {
     }
 }
 
+/// The system's clocks with a settable wall-clock skew: what a facility
+/// runs on, so a chaos experiment can shift its wall time.
+#[derive(Debug, Clone, Default)]
+pub struct SkewableClock {
+    skew_ms: Arc<AtomicI64>,
+}
+
+impl SkewableClock {
+    /// True time until a skew is set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Clock for SkewableClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn unix_ms(&self) -> u64 {
+        RealClock
+            .unix_ms()
+            .saturating_add_signed(self.skew_ms.load(Ordering::Relaxed))
+    }
+
+    fn set_skew_ms(&self, skew_ms: i64) -> bool {
+        self.skew_ms.store(skew_ms, Ordering::Relaxed);
+        true
+    }
+
+    fn skew_ms(&self) -> i64 {
+        self.skew_ms.load(Ordering::Relaxed)
+    }
+}
+
 impl Default for VirtualClock {
     fn default() -> Self {
         Self::new()
@@ -77,6 +122,15 @@ impl Clock for VirtualClock {
     fn unix_ms(&self) -> u64 {
         let base = self.epoch_ms + self.start.elapsed().as_millis() as u64;
         base.saturating_add_signed(self.skew_ms.load(Ordering::Relaxed))
+    }
+
+    fn set_skew_ms(&self, skew_ms: i64) -> bool {
+        VirtualClock::set_skew_ms(self, skew_ms);
+        true
+    }
+
+    fn skew_ms(&self) -> i64 {
+        self.skew_ms.load(Ordering::Relaxed)
     }
 }
 
@@ -93,5 +147,27 @@ mod tests {
         assert_eq!(c.unix_ms(), VIRTUAL_EPOCH_MS + 3_000);
         c.set_skew_ms(-500);
         assert_eq!(c.unix_ms(), VIRTUAL_EPOCH_MS + 2_500);
+        let dynamic: &dyn Clock = &c;
+        assert!(dynamic.set_skew_ms(700));
+        assert_eq!(
+            (dynamic.skew_ms(), c.unix_ms()),
+            (700, VIRTUAL_EPOCH_MS + 3_700)
+        );
+    }
+
+    #[test]
+    fn the_skewable_clock_shifts_wall_time_and_the_real_one_refuses() {
+        let c = SkewableClock::new();
+        let before = RealClock.unix_ms();
+        assert!(c.set_skew_ms(-86_400_000));
+        let skewed = c.unix_ms();
+        // A day behind, give or take the time between the two reads.
+        assert!(skewed + 86_400_000 >= before && skewed + 86_400_000 <= RealClock.unix_ms());
+        assert_eq!(c.skew_ms(), -86_400_000);
+        assert!(
+            !RealClock.set_skew_ms(5),
+            "the plain system clock cannot be skewed"
+        );
+        assert_eq!(RealClock.skew_ms(), 0);
     }
 }

@@ -205,14 +205,7 @@ impl Harness {
     /// Kills one actor (`zone/name`) on facility `i`; its supervisor decides.
     /// Returns false if no such actor runs.
     pub fn kill_actor(&self, i: usize, zone: Zone, name: &str) -> bool {
-        let full = self.node(i).ctx().actor_name(zone, name);
-        match ractor::registry::where_is(full) {
-            Some(cell) => {
-                cell.kill();
-                true
-            }
-            None => false,
-        }
+        self.node(i).ctx().kill_actor(zone, name)
     }
 
     /// Crashes facility `i`: its tree stops and in-flight traffic to it is lost.

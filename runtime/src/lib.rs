@@ -29,7 +29,7 @@ pub mod node;
 pub mod router;
 pub mod supervision;
 
-pub use clock::{Clock, RealClock, VirtualClock, VIRTUAL_EPOCH_MS};
+pub use clock::{Clock, RealClock, SkewableClock, VirtualClock, VIRTUAL_EPOCH_MS};
 pub use envelope::{Address, Envelope, Kind, Refusal};
 pub use harness::Harness;
 pub use node::{ChildDef, Node, NodeConfig, NodeCtx, NodeError, STORE_FILE};

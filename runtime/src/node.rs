@@ -60,6 +60,18 @@ impl NodeCtx {
     pub fn find<M: ractor::Message>(&self, zone: Zone, actor: &str) -> Option<ractor::ActorRef<M>> {
         ractor::registry::where_is(self.actor_name(zone, actor)).map(Into::into)
     }
+
+    /// Kills the actor `actor` of `zone` as a crash would (its supervisor
+    /// decides what follows). False if no such actor runs.
+    pub fn kill_actor(&self, zone: Zone, actor: &str) -> bool {
+        match ractor::registry::where_is(self.actor_name(zone, actor)) {
+            Some(cell) => {
+                cell.kill();
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 type Make = Arc<dyn Fn(NodeCtx, ActorCell, String) -> ractor_supervisor::SpawnFuture + Send + Sync>;
