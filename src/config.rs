@@ -40,6 +40,19 @@ pub struct FacilityConfig {
     /// Scheduled backups of the redb file.
     #[serde(default)]
     pub backup: BackupSection,
+    /// Chaos experiments against this facility.
+    #[serde(default)]
+    pub chaos: ChaosSection,
+}
+
+/// `[chaos]`: off unless `enabled = true`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChaosSection {
+    /// Serve `POST /v1/admin/chaos` (fault rules, clock skew, disk faults,
+    /// actor kills, a lying validator), behind the `[api]` token. Every lever
+    /// is released by a dead-man timer. Default false: 403 CHAOS_DISABLED.
+    pub enabled: bool,
 }
 
 /// `[api]`: every key optional.

@@ -86,6 +86,8 @@ pub struct Service {
     pub idempotency: IdempotencyStore,
     /// Where `POST /v1/admin/backup` writes; `None`: refused.
     pub backup: Option<crate::backup::BackupPlan>,
+    /// The chaos levers (`/v1/admin/chaos`); `None`: chaos disabled.
+    pub chaos: Option<std::sync::Arc<super::chaos::ChaosControl>>,
 }
 
 impl Service {
@@ -106,6 +108,7 @@ impl Service {
             token: token.map(|t| blake3::hash(t.as_bytes())),
             idempotency,
             backup: None,
+            chaos: None,
         }
     }
 
@@ -130,6 +133,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(get_ledger))
         .routes(routes!(get_evidence))
         .routes(routes!(post_backup))
+        .routes(routes!(super::chaos::post_chaos, super::chaos::get_chaos))
 }
 
 // ---------------------------------------------------------------- bodies
@@ -433,7 +437,7 @@ write_endpoint!(
 );
 
 /// Checks the bearer token.
-fn authorize(svc: &Service, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(svc: &Service, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(want) = &svc.token else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -739,7 +743,7 @@ pub fn written(o: GateOutcome) -> Result<(StatusCode, WriteAnswer), ApiError> {
     }
 }
 
-fn service(s: &ApiState) -> Result<&Service, ApiError> {
+pub(crate) fn service(s: &ApiState) -> Result<&Service, ApiError> {
     s.service.as_deref().ok_or_else(|| {
         ApiError::unavailable("UNAVAILABLE", "this facility runs no schedule", 5_000)
     })

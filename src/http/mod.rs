@@ -14,6 +14,7 @@
 //!   rounded up) and a JSON body with the code `OVERLOADED`.
 
 pub mod api;
+pub mod chaos;
 pub mod error;
 mod page;
 
