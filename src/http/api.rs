@@ -1395,6 +1395,7 @@ mod tests {
             paths,
             [
                 "/v1/admin/backup",
+                "/v1/admin/chaos",
                 "/v1/approvals",
                 "/v1/assignments",
                 "/v1/blocks",
