@@ -84,6 +84,14 @@ pub enum StorageError {
         #[source]
         source: Box<redb::Error>,
     },
+    /// An injected disk fault refused a write ([`crate::DiskFaults`]). It
+    /// was refused before a transaction began: nothing was written and the
+    /// file is as it was, so the store stays usable.
+    #[error("{path}: write refused by an injected disk fault")]
+    Injected {
+        /// The file.
+        path: PathBuf,
+    },
     /// A stored value did not decode.
     #[error("{path}: value at {table}/{key} does not decode: {source}")]
     Codec {
@@ -97,4 +105,13 @@ pub enum StorageError {
         #[source]
         source: CodecError,
     },
+}
+
+impl StorageError {
+    /// True for a write an injected disk fault refused
+    /// ([`StorageError::Injected`]): nothing was written, and the store is
+    /// intact and usable.
+    pub fn is_injected(&self) -> bool {
+        matches!(self, StorageError::Injected { .. })
+    }
 }

@@ -15,12 +15,15 @@
 //!
 //! [`Store`] wraps the facility's redb file: the tables are in [`schema`],
 //! every write commits durably, and a damaged, foreign or other facility's
-//! file is refused with an error that names it.
+//! file is refused with an error that names it. Each store carries the
+//! [`DiskFaults`] (latency, refused writes) tests and chaos inject into it.
 
 pub mod codec;
 mod error;
+mod faults;
 pub mod schema;
 mod store;
 
 pub use error::{CodecError, StorageError};
+pub use faults::{DiskFaultError, DiskFaultSpec, DiskFaults, DISK_LATENCY_MS_MAX};
 pub use store::{creating_path, BackupInfo, Opened, Store};

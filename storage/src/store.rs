@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::schema::{self, FORMAT_VERSION, META, META_FACILITY, META_FORMAT};
-use crate::{codec, StorageError};
+use crate::{codec, DiskFaults, StorageError};
 
 /// A facility's durable store: one redb file, cheap to clone, safe to share.
 ///
@@ -17,6 +17,9 @@ use crate::{codec, StorageError};
 /// returns `Ok`, the data is on disk. The calls block the calling thread for
 /// the length of one redb transaction; actors call them from their handlers,
 /// which is the point (the reply leaves only after the fsync).
+///
+/// Each store owns the [`DiskFaults`] that tests and chaos experiments
+/// inject into it ([`Store::disk_faults`]); they start clear.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -26,6 +29,7 @@ struct Inner {
     db: Database,
     path: PathBuf,
     facility: String,
+    faults: DiskFaults,
 }
 
 /// The result of [`Store::open`].
@@ -136,6 +140,7 @@ impl Store {
                 db,
                 path,
                 facility: facility.to_string(),
+                faults: DiskFaults::default(),
             }),
         }
     }
@@ -156,8 +161,23 @@ impl Store {
         &self.inner.db
     }
 
+    /// The disk faults injected into this store (shared by every clone).
+    pub fn disk_faults(&self) -> &DiskFaults {
+        &self.inner.faults
+    }
+
     /// Begins a write transaction that commits durably.
+    ///
+    /// Every durable write of every table starts here, so this is where an
+    /// injected write failure refuses it: with the probability in force it
+    /// returns [`StorageError::Injected`] before a transaction exists, and
+    /// nothing is written.
     pub fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
+        if self.inner.faults.refuse_write() {
+            return Err(StorageError::Injected {
+                path: self.inner.path.clone(),
+            });
+        }
         let mut tx = self.inner.db.begin_write().map_err(|e| self.redb(e))?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| self.redb(redb::Error::from(e)))?;
