@@ -11,7 +11,9 @@
 //! - [`quic::QuicTransport`]: quinn + rustls, TLS 1.3, mutual authentication
 //!   against pinned certificates;
 //! - [`simnet::SimNet`]: in memory, on tokio's (virtual) clock, with per-link
-//!   latency, loss and partitions set at run time.
+//!   latency, loss and partitions set at run time, or network physics
+//!   ([`simnet::Physics`]: distance, bandwidth, hops, queuing under measured
+//!   load) with a per-payload latency breakdown in its trace.
 //!
 //! Backpressure: `send` never blocks and never queues without bound. A full
 //! per-peer queue answers [`SendErrorKind::Overloaded`] and hands the payload

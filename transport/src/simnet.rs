@@ -11,8 +11,14 @@
 //! checks that the receiver is the same incarnation that was there at send
 //! time, as a reset QUIC connection would.
 //!
-//! The link model is a seam: [`LinkModel`] decides each delay; the fuller
-//! network physics plugs in there.
+//! The link model is a seam: a [`LinkModel`] decides each payload's delay,
+//! as a [`Breakdown`] that the trace keeps. Two models ship: the default
+//! [`UniformModel`] (per-link [`LinkParams`]: base latency, uniform jitter,
+//! loss) and [`Physics`] (per-link [`LinkSpec`]: distance, bandwidth, hops,
+//! queuing distributions, congestion at measured utilization), which the
+//! net switches to when a spec is set. Delivery happens on tokio's timer,
+//! which has millisecond resolution: a payload arrives up to 1 ms after its
+//! breakdown's total.
 
 use crate::{
     FacilityId, FaultPlan, Inbound, LinkStatus, SendError, SendErrorKind, TrafficClass, Transport,
@@ -24,6 +30,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+pub mod physics;
+
+pub use physics::{Congestion, Distribution, LinkSpec, Physics, PhysicsError};
 
 /// Most trace events kept; older ones are discarded first.
 pub const TRACE_LEN_MAX: usize = 100_000;
@@ -50,33 +60,82 @@ impl Default for LinkParams {
     }
 }
 
-/// Decides one payload's network delay, or that it is lost.
-pub trait LinkModel: Send {
-    /// `None` drops the payload.
-    fn delay(&mut self, link: &LinkParams, bytes: usize, rng: &mut ChaCha8Rng) -> Option<Duration>;
+/// Where one payload's delay came from. Its [`total`](Breakdown::total) is
+/// the time the net held it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Breakdown {
+    /// Signal travel over the distance ([`UniformModel`]: the base latency).
+    pub propagation: Duration,
+    /// Putting the bytes on the wire.
+    pub transmission: Duration,
+    /// Routers along the path.
+    pub processing: Duration,
+    /// Waiting in buffers, congestion included.
+    pub queuing: Duration,
+    /// Random variation on top.
+    pub jitter: Duration,
+    /// Added by the [`FaultPlan`].
+    pub fault: Duration,
 }
 
-/// The default model: base latency, uniform jitter, independent loss.
+impl Breakdown {
+    /// The sum of the parts.
+    pub fn total(&self) -> Duration {
+        self.propagation
+            + self.transmission
+            + self.processing
+            + self.queuing
+            + self.jitter
+            + self.fault
+    }
+}
+
+/// What a [`LinkModel`] knows about one payload it must carry.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkCtx<'a> {
+    /// Sender.
+    pub from: &'a FacilityId,
+    /// Receiver.
+    pub to: &'a FacilityId,
+    /// The link's [`LinkParams`] (what [`SimNet::set_link`] set).
+    pub params: &'a LinkParams,
+    /// Payload size.
+    pub bytes: usize,
+    /// Virtual time since the net was created.
+    pub elapsed: Duration,
+}
+
+/// Decides one payload's network delay, or that it is lost.
+pub trait LinkModel: Send {
+    /// The delay broken down (leave `fault` at zero: the net fills it in),
+    /// or `None` when the payload is lost. Draw every chance from `rng`.
+    fn transit(&mut self, link: &LinkCtx<'_>, rng: &mut ChaCha8Rng) -> Option<Breakdown>;
+}
+
+/// The default model: base latency, uniform jitter, independent loss, from
+/// each link's [`LinkParams`].
 #[derive(Debug, Default)]
 pub struct UniformModel;
 
 impl LinkModel for UniformModel {
-    fn delay(
-        &mut self,
-        link: &LinkParams,
-        _bytes: usize,
-        rng: &mut ChaCha8Rng,
-    ) -> Option<Duration> {
-        if link.loss > 0.0 && rng.random_bool(link.loss.clamp(0.0, 1.0)) {
+    /// Reports the base latency as propagation and the uniform extra as
+    /// jitter.
+    fn transit(&mut self, link: &LinkCtx<'_>, rng: &mut ChaCha8Rng) -> Option<Breakdown> {
+        let params = link.params;
+        if params.loss > 0.0 && rng.random_bool(params.loss.clamp(0.0, 1.0)) {
             return None;
         }
-        let jitter_us = link.jitter.as_micros() as u64;
+        let jitter_us = params.jitter.as_micros() as u64;
         let extra = if jitter_us == 0 {
             0
         } else {
             rng.random_range(0..=jitter_us)
         };
-        Some(link.latency + Duration::from_micros(extra))
+        Some(Breakdown {
+            propagation: params.latency,
+            jitter: Duration::from_micros(extra),
+            ..Breakdown::default()
+        })
     }
 }
 
@@ -95,6 +154,10 @@ pub struct TraceEvent {
     pub digest: u64,
     /// The outcome.
     pub outcome: Outcome,
+    /// The delay it travelled with, for a payload that reached the
+    /// receiver's end (delivered, or refused there as full or gone); `None`
+    /// when it was cut, lost or had no receiver at send time.
+    pub breakdown: Option<Breakdown>,
 }
 
 /// The fate of a payload in the trace.
@@ -117,13 +180,28 @@ struct Slot {
     incarnation: u64,
 }
 
+/// The model in use. Physics is kept by type so the spec setters reach it.
+enum Model {
+    Custom(Box<dyn LinkModel>),
+    Physics(Physics),
+}
+
+impl Model {
+    fn get(&mut self) -> &mut dyn LinkModel {
+        match self {
+            Model::Custom(m) => m.as_mut(),
+            Model::Physics(p) => p,
+        }
+    }
+}
+
 struct State {
     rng: ChaCha8Rng,
     start: tokio::time::Instant,
     nodes: BTreeMap<FacilityId, Slot>,
     links: BTreeMap<(FacilityId, FacilityId), LinkParams>,
     default_link: LinkParams,
-    model: Box<dyn LinkModel>,
+    model: Model,
     trace: std::collections::VecDeque<TraceEvent>,
     incarnations: u64,
 }
@@ -136,6 +214,7 @@ impl State {
         class: TrafficClass,
         payload: &[u8],
         outcome: Outcome,
+        breakdown: Option<Breakdown>,
     ) {
         if self.trace.len() >= TRACE_LEN_MAX {
             self.trace.pop_front();
@@ -149,6 +228,7 @@ impl State {
             class,
             digest,
             outcome,
+            breakdown,
         });
         let label = match outcome {
             Outcome::Delivered => return,
@@ -180,7 +260,7 @@ impl SimNet {
                 nodes: BTreeMap::new(),
                 links: BTreeMap::new(),
                 default_link: LinkParams::default(),
-                model: Box::new(UniformModel),
+                model: Model::Custom(Box::new(UniformModel)),
                 trace: Default::default(),
                 incarnations: 0,
             })),
@@ -217,7 +297,8 @@ impl SimNet {
         &self.faults
     }
 
-    /// Sets one directed link's parameters.
+    /// Sets one directed link's parameters (used by [`UniformModel`] and
+    /// other custom models; [`Physics`] follows [`LinkSpec`]s instead).
     pub fn set_link(&self, from: &FacilityId, to: &FacilityId, params: LinkParams) {
         self.lock().links.insert((from.clone(), to.clone()), params);
     }
@@ -227,9 +308,47 @@ impl SimNet {
         self.lock().default_link = params;
     }
 
-    /// Replaces the link model (the seam for fuller network physics).
+    /// Replaces the link model. A boxed [`Physics`] works, but the spec
+    /// setters below cannot reach inside it; use them for physics instead.
     pub fn set_model(&self, model: Box<dyn LinkModel>) {
-        self.lock().model = model;
+        self.lock().model = Model::Custom(model);
+    }
+
+    /// Switches the net to [`Physics`] (if it used another model) and sets
+    /// the spec of every link not set one by one. Measured traffic and
+    /// per-link specs survive when physics was already on.
+    pub fn set_default_spec(&self, spec: LinkSpec) -> Result<(), PhysicsError> {
+        let mut st = self.lock();
+        match &mut st.model {
+            Model::Physics(p) => p.set_default(spec),
+            Model::Custom(_) => {
+                st.model = Model::Physics(Physics::new(spec)?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets the spec of the directed link `from -> to`. If the net used
+    /// another model, it switches to [`Physics`] with
+    /// [`LinkSpec::same_datacenter`] for every other link (the nearest to
+    /// `LinkParams::default()`); call [`set_default_spec`](Self::set_default_spec)
+    /// first to choose otherwise.
+    pub fn set_link_spec(
+        &self,
+        from: &FacilityId,
+        to: &FacilityId,
+        spec: LinkSpec,
+    ) -> Result<(), PhysicsError> {
+        let mut st = self.lock();
+        match &mut st.model {
+            Model::Physics(p) => p.set_link(from, to, spec),
+            Model::Custom(_) => {
+                let mut p = Physics::new(LinkSpec::same_datacenter())?;
+                p.set_link(from, to, spec)?;
+                st.model = Model::Physics(p);
+                Ok(())
+            }
+        }
     }
 
     /// Every event so far, oldest first.
@@ -249,20 +368,30 @@ impl SimNet {
         let mut st = self.lock();
         let st = &mut *st;
         let Some(incarnation) = st.nodes.get(to).map(|s| s.incarnation) else {
-            st.record(from, to, class, &payload, Outcome::ReceiverGone);
+            st.record(from, to, class, &payload, Outcome::ReceiverGone, None);
             return;
         };
         let fault_delay = match self.faults.judge(from, to, class, &mut st.rng) {
-            Verdict::Drop => return st.record(from, to, class, &payload, Outcome::DroppedByFault),
+            Verdict::Drop => {
+                return st.record(from, to, class, &payload, Outcome::DroppedByFault, None)
+            }
             Verdict::Deliver(d) => d,
         };
-        let link = *st
+        let params = *st
             .links
             .get(&(from.clone(), to.clone()))
             .unwrap_or(&st.default_link);
-        let Some(delay) = st.model.delay(&link, payload.len(), &mut st.rng) else {
-            return st.record(from, to, class, &payload, Outcome::Lost);
+        let link = LinkCtx {
+            from,
+            to,
+            params: &params,
+            bytes: payload.len(),
+            elapsed: st.start.elapsed(),
         };
+        let Some(mut breakdown) = st.model.get().transit(&link, &mut st.rng) else {
+            return st.record(from, to, class, &payload, Outcome::Lost, None);
+        };
+        breakdown.fault = fault_delay;
         let net = self.clone();
         let inbound = Inbound {
             from: from.clone(),
@@ -271,12 +400,12 @@ impl SimNet {
         };
         let to = to.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(delay + fault_delay).await;
-            net.deliver(to, incarnation, inbound);
+            tokio::time::sleep(breakdown.total()).await;
+            net.deliver(to, incarnation, inbound, breakdown);
         });
     }
 
-    fn deliver(&self, to: FacilityId, incarnation: u64, inbound: Inbound) {
+    fn deliver(&self, to: FacilityId, incarnation: u64, inbound: Inbound, breakdown: Breakdown) {
         let mut st = self.lock();
         let outcome = match st.nodes.get(&to) {
             Some(slot) if slot.incarnation == incarnation => {
@@ -288,7 +417,8 @@ impl SimNet {
             }
             _ => Outcome::ReceiverGone,
         };
-        st.record(&inbound.from, &to, inbound.class, &inbound.payload, outcome);
+        let (from, class) = (&inbound.from, inbound.class);
+        st.record(from, &to, class, &inbound.payload, outcome, Some(breakdown));
     }
 }
 
