@@ -5,4 +5,5 @@
 
 pub mod experiment;
 pub mod inject;
+pub mod propagation;
 pub mod report;
