@@ -3,6 +3,7 @@
 //! runs an experiment against a cluster lives in the facility binary's
 //! library, which owns the network, the clock and the HTTP client.
 
+pub mod coverage;
 pub mod experiment;
 pub mod inject;
 pub mod propagation;
