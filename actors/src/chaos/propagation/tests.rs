@@ -30,7 +30,7 @@ fn slow(latency_ms: u64) -> Health {
     }
 }
 
-/// (component, the event's text) of the status events, for compact asserts.
+/// Each event as the timeline prints it, for compact asserts.
 fn lines(events: &[Event]) -> Vec<String> {
     events.iter().map(|e| e.to_string()).collect()
 }
