@@ -64,7 +64,7 @@ pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
 /// How long a write waits for its outcome.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a read or a status call waits.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The header of replayed answers.
 pub const REPLAYED: &str = "idempotent-replayed";
 
@@ -134,6 +134,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(get_evidence))
         .routes(routes!(post_backup))
         .routes(routes!(super::chaos::post_chaos, super::chaos::get_chaos))
+        .routes(routes!(super::coverage::get_coverage))
 }
 
 // ---------------------------------------------------------------- bodies
@@ -1400,6 +1401,7 @@ mod tests {
                 "/v1/assignments",
                 "/v1/blocks",
                 "/v1/cluster",
+                "/v1/coverage",
                 "/v1/emergency",
                 "/v1/evidence",
                 "/v1/leave",

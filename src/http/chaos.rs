@@ -43,6 +43,17 @@ pub enum ChaosAction {
         #[schema(value_type = Object)]
         rule: FaultRule,
     },
+    /// A slow and/or failing disk under this facility's store.
+    Disk {
+        /// Added before each durable write on the consensus path, in ms.
+        latency_ms: u64,
+        /// Chance each durable write transaction is refused (0 to 1).
+        #[serde(default)]
+        write_failure: f64,
+        /// Seed of the refusals.
+        #[serde(default)]
+        seed: u64,
+    },
     /// Shifts this facility's wall clock.
     ClockSkew {
         /// Signed offset in ms, at most a day either way.
@@ -79,6 +90,10 @@ pub struct ChaosView {
     pub rules: Vec<String>,
     /// The clock skew, ms.
     pub skew_ms: i64,
+    /// Injected disk latency, ms.
+    pub disk_latency_ms: u64,
+    /// Injected chance of a refused durable write.
+    pub disk_write_failure: f64,
     /// Actors killed since the last clear.
     pub killed: Vec<String>,
     /// When everything is released unless re-armed (ms from now), if armed.
@@ -121,6 +136,10 @@ impl ChaosControl {
                 released.push(format!("fault rule {id:?}"));
             }
         }
+        if !svc.ctx.store.disk_faults().spec().is_clear() {
+            svc.ctx.store.disk_faults().clear();
+            released.push("disk faults".into());
+        }
         if svc.ctx.clock.skew_ms() != 0 {
             svc.ctx.clock.set_skew_ms(0);
             released.push("clock skew".into());
@@ -137,6 +156,8 @@ impl ChaosControl {
         ChaosView {
             rules: held.rules.iter().map(|r| format!("{r:?}")).collect(),
             skew_ms: svc.ctx.clock.skew_ms(),
+            disk_latency_ms: svc.ctx.store.disk_faults().spec().latency_ms,
+            disk_write_failure: svc.ctx.store.disk_faults().spec().write_failure,
             killed: held.killed.clone(),
             release_in_ms: held
                 .deadline
@@ -226,6 +247,22 @@ pub(crate) async fn post_chaos(
                 .add(rule)
                 .map_err(|e| ApiError::bad("action.rule", e.to_string()))?;
             ctl.lock().rules.push(id);
+        }
+        ChaosAction::Disk {
+            latency_ms,
+            write_failure,
+            seed,
+        } => {
+            let spec = bulwark_storage::DiskFaultSpec {
+                latency_ms,
+                write_failure,
+                seed,
+            };
+            svc.ctx
+                .store
+                .disk_faults()
+                .set(spec)
+                .map_err(|e| ApiError::bad("action", e.to_string()))?;
         }
         ChaosAction::ClockSkew { skew_ms } => {
             if skew_ms.abs() > 86_400_000 {

@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod chaos;
+pub mod coverage;
 pub mod error;
 mod page;
 
@@ -144,6 +145,17 @@ impl ApiState {
     /// The same state serving the schedule API through `service`.
     pub fn with_service(mut self, service: api::Service) -> ApiState {
         self.service = Some(Arc::new(service));
+        self
+    }
+
+    /// Serves `/v1/admin/chaos` with `control` (`[chaos] enabled`); without
+    /// a schedule service this changes nothing.
+    pub fn with_chaos(mut self, control: Arc<chaos::ChaosControl>) -> ApiState {
+        if let Some(svc) = self.service.take() {
+            let mut svc = (*svc).clone();
+            svc.chaos = Some(control);
+            self.service = Some(Arc::new(svc));
+        }
         self
     }
 }
@@ -358,7 +370,7 @@ pub fn api_pools(concurrency: u32) -> bulwark_actors::flow::bulkhead::Pools {
 fn pool_of(method: &axum::http::Method, path: &str) -> &'static str {
     if method == axum::http::Method::POST {
         "writes"
-    } else if ["/schedule", "/ledger", "/evidence"]
+    } else if ["/schedule", "/ledger", "/evidence", "/coverage"]
         .iter()
         .any(|p| path.starts_with(p))
     {
