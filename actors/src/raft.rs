@@ -21,6 +21,35 @@
 //!   compact the log.
 //! - raft-rs logs through slog; [`tracing_logger`] bridges it to `tracing`.
 //!
+//! Disk faults ([`bulwark_storage::DiskFaults`] on the facility's store):
+//! - Latency: before handling a Ready that writes log entries, a snapshot
+//!   or the hard state, the actor awaits the injected latency once (one
+//!   redb commit covers them; the compaction and configuration writes that
+//!   follow in the same pass share it). Its mailbox waits meanwhile, as
+//!   behind a slow fsync: a slow leader disk delays every commit by at
+//!   least the latency, a slow follower disk is masked by the quorum. With
+//!   no latency set there is no extra await, so runs replay as before.
+//! - A refused write ([`bulwark_storage::StorageError::Injected`]) happens
+//!   before anything of that Ready is sent or applied, so nothing that is
+//!   not durable is acknowledged, voted for or answered. raft-rs has then
+//!   handed out a Ready that was never advanced, so the core is *fenced*:
+//!   what it already output (from durable state) is carried out, every
+//!   waiting proposal and read answers `TimedOut` (a proposal may still
+//!   commit; a retry with the same key applies once), and the core is
+//!   rebuilt from redb in place, as a supervisor restart would, at once
+//!   and then on every tick until the store takes the rebuild's write.
+//!   Meanwhile peer messages are dropped (lost, to Raft), proposals and
+//!   reads answer `NotLeader`, and the status shows no leader; local reads
+//!   see the last applied schedule. A facility whose disk refuses writes
+//!   thus drops out of consensus (a fenced leader falls silent and the
+//!   others elect) and rejoins as a follower when the disk takes writes
+//!   again, without spending the consensus zone's restart intensity on a fault a
+//!   restart does not fix.
+//! - Any other storage error stops the actor as before: its supervisor
+//!   restarts it from redb, and a store that keeps failing escalates (a
+//!   redb that failed an fsync must be reopened, which only a new node
+//!   does). A refused write while the RaftPeer starts fails the start.
+//!
 //! Guards for raft-rs 0.7.0 (fixes that are only on master):
 //! - tikv/raft-rs#557: a stale rejection could move a follower's `next` to
 //!   or below its `match`; the core clamps the rejection hint.
@@ -381,15 +410,22 @@ pub struct RaftPeerState {
     transferred_at: Option<u64>,
     /// Ticks between two transfers asked for.
     transfer_cooldown: u64,
+    /// How the core is rebuilt from the store after a refused write.
+    setup: RaftSetup,
+    logger: slog::Logger,
+    /// A write was refused and the core is not rebuilt yet: `core` is kept
+    /// for local reads of the applied schedule only, never stepped.
+    fenced: bool,
 }
 
 impl RaftPeerState {
     /// Leadership follows the detector: a facility a majority of its
     /// peers suspect is not preferred as leader, and hands leadership
-    /// away when it holds it.
-    fn follow_detector(&mut self) -> Result<(), ActorProcessingErr> {
+    /// away when it holds it. Returns whether it asked for a transfer
+    /// (the Ready that sends it is then due).
+    fn follow_detector(&mut self) -> bool {
         let Some(d) = &self.detection else {
-            return Ok(());
+            return false;
         };
         let view = d.view();
         let suspected = view.self_suspected();
@@ -410,10 +446,35 @@ impl RaftPeerState {
                     "facility" => self.ctx.facility.to_string(), "reason" => "suspected")
                 .increment(1);
                 self.transferred_at = Some(now);
-                self.core.transfer_leader(&to)?;
+                self.core.transfer_leader(&to);
+                return true;
             }
         }
-        Ok(())
+        false
+    }
+
+    /// The peer's view; a fenced peer shows no leader.
+    fn status(&self) -> RaftStatus {
+        let c = &self.core;
+        let live = !self.fenced;
+        RaftStatus {
+            facility: c.facility().clone(),
+            leader: c.leader().filter(|_| live),
+            is_leader: live && c.is_leader(),
+            term: c.term(),
+            commit: c.commit_index(),
+            applied: c.applied_index(),
+            voters: c.voters(),
+            joint: c.in_joint(),
+        }
+    }
+
+    /// Awaits the injected disk latency, if any, before a durable write.
+    async fn disk_latency(&self) {
+        let latency = self.ctx.store.disk_faults().latency();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
     }
 }
 
@@ -457,6 +518,7 @@ impl Actor for RaftPeer {
             &logger,
         )?;
         core.emit_applied(setup.tap.is_some());
+        let transfer_cooldown = 2 * setup.config.election_ticks as u64;
         args.ctx
             .router
             .register(RAFT, myself.clone(), RaftMsg::Remote);
@@ -469,10 +531,13 @@ impl Actor for RaftPeer {
             reads: BTreeMap::new(),
             flush_queued: false,
             ticker,
-            tap: setup.tap,
-            detection: setup.detection,
+            tap: setup.tap.clone(),
+            detection: setup.detection.clone(),
             transferred_at: None,
-            transfer_cooldown: 2 * setup.config.election_ticks as u64,
+            transfer_cooldown,
+            setup,
+            logger,
+            fenced: false,
         })
     }
 
@@ -482,65 +547,10 @@ impl Actor for RaftPeer {
         msg: RaftMsg,
         st: &mut RaftPeerState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            RaftMsg::Tick => {
-                st.core.tick()?;
-                st.follow_detector()?;
-            }
-            RaftMsg::Remote(d) => {
-                let from = d.envelope.from.clone();
-                match codec::decode::<RaftWire>(&d.envelope.body) {
-                    Ok(w) => {
-                        st.core.on_peer(&from, w, st.ctx.clock.unix_ms())?;
-                        queue_flush(&myself, st)?;
-                    }
-                    Err(e) => {
-                        metrics::counter!("bulwark_raft_malformed_total").increment(1);
-                        tracing::warn!(%from, error = %e, "malformed raft wire message dropped");
-                    }
-                }
-            }
-            RaftMsg::Propose { command, reply } => {
-                match st.core.propose(command, st.ctx.clock.unix_ms()) {
-                    Ok(seq) => {
-                        st.proposals.insert(seq, reply);
-                        queue_flush(&myself, st)?;
-                    }
-                    Err(outcome) => {
-                        let _ = reply.send(outcome);
-                    }
-                }
-            }
-            RaftMsg::Read { reply } => match st.core.read() {
-                Ok(seq) => {
-                    st.reads.insert(seq, reply);
-                    st.core.on_ready()?;
-                }
-                Err(outcome) => {
-                    let _ = reply.send(outcome);
-                }
-            },
-            RaftMsg::Inspect(f) => f(st.core.schedule()),
-            RaftMsg::Status(reply) => {
-                let _ = reply.send(RaftStatus {
-                    facility: st.core.facility().clone(),
-                    leader: st.core.leader(),
-                    is_leader: st.core.is_leader(),
-                    term: st.core.term(),
-                    commit: st.core.commit_index(),
-                    applied: st.core.applied_index(),
-                    voters: st.core.voters(),
-                    joint: st.core.in_joint(),
-                });
-            }
-            RaftMsg::TransferLeader(to) => st.core.transfer_leader(&to)?,
-            RaftMsg::ChangeVoters { add, remove, reply } => {
-                let _ = reply.send(st.core.change_voters(&add, &remove));
-            }
-            RaftMsg::Flush => {
-                st.flush_queued = false;
-                st.core.on_ready()?;
-            }
+        if st.fenced {
+            handle_fenced(&myself, msg, st).await?;
+        } else {
+            handle_live(&myself, msg, st).await?;
         }
         flush_outputs(st);
         Ok(())
@@ -554,6 +564,177 @@ impl Actor for RaftPeer {
         st.ticker.abort();
         st.ctx.router.unregister(RAFT, myself.get_id());
         Ok(())
+    }
+}
+
+async fn handle_live(
+    myself: &ActorRef<RaftMsg>,
+    msg: RaftMsg,
+    st: &mut RaftPeerState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        RaftMsg::Tick => {
+            st.core.tick();
+            ready(myself, st).await?;
+            if !st.fenced && st.follow_detector() {
+                ready(myself, st).await?;
+            }
+        }
+        RaftMsg::Remote(d) => {
+            let from = d.envelope.from.clone();
+            match codec::decode::<RaftWire>(&d.envelope.body) {
+                Ok(w) => {
+                    st.core.on_peer(&from, w, st.ctx.clock.unix_ms())?;
+                    queue_flush(myself, st)?;
+                }
+                Err(e) => {
+                    metrics::counter!("bulwark_raft_malformed_total").increment(1);
+                    tracing::warn!(%from, error = %e, "malformed raft wire message dropped");
+                }
+            }
+        }
+        RaftMsg::Propose { command, reply } => {
+            match st.core.propose(command, st.ctx.clock.unix_ms()) {
+                Ok(seq) => {
+                    st.proposals.insert(seq, reply);
+                    queue_flush(myself, st)?;
+                }
+                Err(outcome) => {
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+        RaftMsg::Read { reply } => match st.core.read() {
+            Ok(seq) => {
+                st.reads.insert(seq, reply);
+                ready(myself, st).await?;
+            }
+            Err(outcome) => {
+                let _ = reply.send(outcome);
+            }
+        },
+        RaftMsg::Inspect(f) => f(st.core.schedule()),
+        RaftMsg::Status(reply) => {
+            let _ = reply.send(st.status());
+        }
+        RaftMsg::TransferLeader(to) => {
+            st.core.transfer_leader(&to);
+            ready(myself, st).await?;
+        }
+        RaftMsg::ChangeVoters { add, remove, reply } => {
+            let mut taken = st.core.change_voters(&add, &remove);
+            if taken.is_ok() {
+                ready(myself, st).await?;
+                if st.fenced {
+                    taken = Err(FENCED.into());
+                }
+            }
+            let _ = reply.send(taken);
+        }
+        RaftMsg::Flush => {
+            st.flush_queued = false;
+            ready(myself, st).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Why a fenced RaftPeer refuses a configuration change.
+const FENCED: &str = "this facility's disk refused a Raft write; it is out of consensus until the store takes writes again";
+
+/// A fenced peer takes nothing that needs its log: it retries the rebuild
+/// on every tick, drops peer messages, and refuses proposals and reads.
+async fn handle_fenced(
+    myself: &ActorRef<RaftMsg>,
+    msg: RaftMsg,
+    st: &mut RaftPeerState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        RaftMsg::Tick => rebuild(myself, st).await?,
+        RaftMsg::Remote(_) | RaftMsg::TransferLeader(_) => {}
+        RaftMsg::Propose { reply, .. } => {
+            let _ = reply.send(ProposeOutcome::NotLeader { hint: None });
+        }
+        RaftMsg::Read { reply } => {
+            let _ = reply.send(ReadOutcome::NotLeader { hint: None });
+        }
+        RaftMsg::Inspect(f) => f(st.core.schedule()),
+        RaftMsg::Status(reply) => {
+            let _ = reply.send(st.status());
+        }
+        RaftMsg::ChangeVoters { reply, .. } => {
+            let _ = reply.send(Err(FENCED.into()));
+        }
+        RaftMsg::Flush => st.flush_queued = false,
+    }
+    Ok(())
+}
+
+/// Handles the core's pending Ready, after the injected disk latency when
+/// it writes. A write an injected fault refused fences the core (module
+/// docs); any other failure stops the actor.
+async fn ready(
+    myself: &ActorRef<RaftMsg>,
+    st: &mut RaftPeerState,
+) -> Result<(), ActorProcessingErr> {
+    if st.core.ready_writes() {
+        st.disk_latency().await;
+    }
+    match st.core.on_ready() {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_injected() => {
+            fence(st, &e);
+            rebuild(myself, st).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Fences the core after a refused write: what it output before the
+/// failure came from durable state and is carried out; everything still
+/// waiting answers `TimedOut` (the rebuilt core knows nothing of it).
+fn fence(st: &mut RaftPeerState, err: &RaftCoreError) {
+    tracing::error!(facility = %st.ctx.facility, error = %err,
+        "a Raft write was refused: out of consensus until the core is rebuilt from the store");
+    metrics::counter!("bulwark_raft_fenced_total", "facility" => st.ctx.facility.to_string())
+        .increment(1);
+    st.fenced = true;
+    flush_outputs(st);
+    for (_, reply) in std::mem::take(&mut st.proposals) {
+        let _ = reply.send(ProposeOutcome::TimedOut);
+    }
+    for (_, reply) in std::mem::take(&mut st.reads) {
+        let _ = reply.send(ReadOutcome::TimedOut);
+    }
+}
+
+/// Rebuilds a fenced core from the store, as a restart would (its open
+/// writes the incarnation, so it waits the disk latency too). A refused
+/// write leaves it fenced for the next tick; any other failure stops the
+/// actor.
+async fn rebuild(
+    myself: &ActorRef<RaftMsg>,
+    st: &mut RaftPeerState,
+) -> Result<(), ActorProcessingErr> {
+    st.disk_latency().await;
+    let opened = RaftCore::open(
+        st.ctx.store.clone(),
+        st.ctx.facility.clone(),
+        &st.setup,
+        st.ctx.fresh_store,
+        &st.logger,
+    );
+    match opened {
+        Ok(mut core) => {
+            core.emit_applied(st.tap.is_some());
+            st.core = core;
+            st.fenced = false;
+            st.transferred_at = None;
+            tracing::warn!(facility = %st.ctx.facility, "Raft core rebuilt from the store; rejoining");
+            queue_flush(myself, st)
+        }
+        Err(e) if e.is_injected() => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

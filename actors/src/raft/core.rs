@@ -153,6 +153,15 @@ pub enum RaftCoreError {
     },
 }
 
+impl RaftCoreError {
+    /// True when an injected disk fault refused a write
+    /// ([`StorageError::Injected`]): nothing was written, and the store is
+    /// intact, so the core can be rebuilt from it in place.
+    pub fn is_injected(&self) -> bool {
+        matches!(self, RaftCoreError::Storage(e) if e.is_injected())
+    }
+}
+
 impl RaftCore {
     /// Opens the Raft state in `store` for `me` as `setup` describes.
     ///
@@ -272,8 +281,10 @@ impl RaftCore {
             .collect()
     }
 
-    /// One clock tick.
-    pub fn tick(&mut self) -> Result<(), RaftCoreError> {
+    /// One clock tick. The Ready it makes is handled by the next
+    /// [`RaftCore::on_ready`], which the actor calls right after (awaiting
+    /// an injected disk latency first when the Ready writes).
+    pub fn tick(&mut self) {
         self.ticks += 1;
         self.node.tick();
         let (now, out) = (self.ticks, &mut self.out);
@@ -298,7 +309,6 @@ impl RaftCore {
             live
         });
         self.retry_reads();
-        self.on_ready()
     }
 
     /// raft-rs drops a read-index request silently when the leader has not
@@ -577,16 +587,17 @@ impl RaftCore {
         self.ticks
     }
 
-    /// Asks raft-rs to hand leadership to `to`.
-    pub fn transfer_leader(&mut self, to: &FacilityId) -> Result<(), RaftCoreError> {
+    /// Asks raft-rs to hand leadership to `to`; the next
+    /// [`RaftCore::on_ready`] sends the request.
+    pub fn transfer_leader(&mut self, to: &FacilityId) {
         self.node.transfer_leader(raft_id(to));
-        self.on_ready()
     }
 
     /// Proposes adding and removing voters in one configuration change.
     /// More than one change goes through joint consensus (C_old,new, then
     /// C_new, which the leader proposes by itself once the joint
     /// configuration applies). Only the leader takes it, one at a time.
+    /// The next [`RaftCore::on_ready`] writes it to the log.
     pub fn change_voters(
         &mut self,
         add: &[FacilityId],
@@ -621,8 +632,7 @@ impl RaftCore {
         cc.set_transition(ConfChangeTransition::Auto);
         self.node
             .propose_conf_change(Vec::new(), cc)
-            .map_err(|e| format!("refused: {e}"))?;
-        self.on_ready().map_err(|e| e.to_string())
+            .map_err(|e| format!("refused: {e}"))
     }
 
     /// True while a joint configuration is in force.
@@ -630,7 +640,23 @@ impl RaftCore {
         !self.node.store().conf_state().voters_outgoing.is_empty()
     }
 
+    /// True when the next [`RaftCore::on_ready`] makes a durable write:
+    /// new log entries, a snapshot to install, or a hard state (term, vote,
+    /// commit) that differs from the stored one. The actor awaits an
+    /// injected disk latency only then.
+    pub fn ready_writes(&self) -> bool {
+        let raft = &self.node.raft;
+        !raft.raft_log.unstable_entries().is_empty()
+            || raft.raft_log.unstable.snapshot.is_some()
+            || raft.hard_state() != *self.node.store().hard_state()
+    }
+
     /// Handles every pending Ready.
+    ///
+    /// On `Err` (a write failed) the Ready in hand was neither sent nor
+    /// applied, and raft-rs was not advanced past it: this core must not be
+    /// used again, only rebuilt from the store. What it output before the
+    /// failure came from durable state and may still be carried out.
     pub fn on_ready(&mut self) -> Result<(), RaftCoreError> {
         // Bounded: each round consumes a Ready; raft-rs produces a new one
         // only for new input, so a handful of rounds drains it.

@@ -1,0 +1,265 @@
+//! Disk faults at the storage layer, in the harness: three facilities over
+//! SimNet on virtual time, one of them with a slow disk or a disk that
+//! refuses writes (`Store::disk_faults`). Fixed seeds; every duration is
+//! virtual.
+
+mod support;
+
+use std::time::Duration;
+
+use bulwark_actors::raft::ProposeOutcome;
+use bulwark_actors::schedule::{IdempotencyKey, Op, Outcome, Person, Role};
+use bulwark_runtime::Zone;
+use bulwark_storage::{DiskFaultSpec, DiskFaults};
+use support::{person, Cluster};
+use tokio::time::Instant;
+
+const SEED: u64 = 7_007;
+
+/// Longest any wait below steps virtual time, in 50 ms steps.
+const STEPS_MAX: usize = 1_200;
+
+fn faults(c: &Cluster, i: usize) -> DiskFaults {
+    c.h.node(i).ctx().store.disk_faults().clone()
+}
+
+fn add_person(c: &mut Cluster, via: usize, p: usize) -> bulwark_actors::schedule::Command {
+    c.command(
+        via,
+        Op::AddPerson(Person {
+            id: person(p),
+            name: format!("Person {p}"),
+            role: Role::Resident { pgy: 1 },
+        }),
+    )
+}
+
+/// An acknowledged command: its key, log index and outcome.
+type Acked = (IdempotencyKey, u64, Outcome);
+
+/// Proposes `p`'s addition via `via`; it must commit.
+async fn commit(c: &mut Cluster, via: usize, p: usize) -> Acked {
+    let cmd = add_person(c, via, p);
+    let key = cmd.key;
+    match c.propose(via, cmd).await {
+        ProposeOutcome::Committed { index, outcome, .. } => (key, index, outcome),
+        other => panic!("person {p} via {via}: {other:?}"),
+    }
+}
+
+/// Per person in `people`: virtual time from proposing its addition on
+/// `via` to the commit being answered.
+async fn commit_times(
+    c: &mut Cluster,
+    via: usize,
+    people: std::ops::Range<usize>,
+) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for p in people {
+        let start = Instant::now();
+        commit(c, via, p).await;
+        times.push(start.elapsed());
+    }
+    times
+}
+
+fn spec(latency_ms: u64, write_failure: f64) -> DiskFaultSpec {
+    DiskFaultSpec {
+        latency_ms,
+        write_failure,
+        seed: SEED,
+    }
+}
+
+/// What one facility holds at the end: its schedule's digest and, per
+/// acknowledged command, whether it is there with the acknowledged index
+/// and outcome.
+struct Held {
+    digest: [u8; 32],
+    present: Vec<bool>,
+}
+
+async fn held(c: &Cluster, i: usize, acked: &[Acked]) -> Held {
+    let acked = acked.to_vec();
+    c.local_read(i, move |s| Held {
+        digest: s.digest().expect("digest"),
+        present: acked
+            .iter()
+            .map(|(k, index, outcome)| s.outcome_of(k) == Some((*index, outcome)))
+            .collect(),
+    })
+    .await
+    .expect("local read")
+}
+
+/// No acknowledged command is lost and every facility holds the same
+/// schedule. `Err` names the first facility that breaks it.
+fn check_converged(held: &[Held]) -> Result<(), String> {
+    for (i, h) in held.iter().enumerate() {
+        if let Some(k) = h.present.iter().position(|p| !p) {
+            return Err(format!("facility {i} lost acknowledged command {k}"));
+        }
+        if h.digest != held[0].digest {
+            return Err(format!("facility {i} holds another schedule than 0"));
+        }
+    }
+    Ok(())
+}
+
+/// Steps time until every facility applied at least `index`.
+async fn wait_applied(c: &Cluster, index: u64) {
+    for _ in 0..STEPS_MAX {
+        let mut all = true;
+        for i in 0..c.n() {
+            all &= c.status(i).await.is_some_and(|s| s.applied >= index);
+        }
+        if all {
+            return;
+        }
+        c.h.step(Duration::from_millis(50)).await;
+    }
+    panic!("the facilities did not all apply {index}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_slow_leader_disk_delays_its_commits_by_the_latency_and_a_slow_follower_disk_does_not() {
+    let mut c = Cluster::start(3, SEED).await;
+    let (leader, term, _) = c
+        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let follower = (leader + 1) % 3;
+    let latency = Duration::from_millis(200);
+    let base = commit_times(&mut c, leader, 0..3).await;
+    faults(&c, leader).set(spec(200, 0.0)).unwrap();
+    let slow = commit_times(&mut c, leader, 3..6).await;
+    faults(&c, leader).clear();
+    faults(&c, follower).set(spec(200, 0.0)).unwrap();
+    let follower_slow = commit_times(&mut c, leader, 6..9).await;
+    faults(&c, follower).clear();
+    eprintln!("SEED={SEED} commit times: base {base:?}, slow leader {slow:?}, slow follower {follower_slow:?}");
+
+    let (base_min, base_max) = (*base.iter().min().unwrap(), *base.iter().max().unwrap());
+    // Every commit on the slow leader waits for its own durable writes.
+    for t in &slow {
+        assert!(
+            *t >= base_max + latency,
+            "slow leader {t:?} vs base {base:?}"
+        );
+    }
+    // The same check fails for a slow follower: the leader commits with the
+    // other follower's acknowledgement (a quorum masks one slow disk).
+    for t in &follower_slow {
+        assert!(
+            *t < base_min + latency,
+            "slow follower {t:?} vs base {base:?}"
+        );
+    }
+    let s = c.status(leader).await.unwrap();
+    assert!(s.is_leader && s.term == term, "leadership held: {s:?}");
+    for i in 0..3 {
+        assert_eq!(faults(&c, i).injected(), 0, "latency refuses nothing");
+    }
+    assert_eq!(c.violations(), Vec::<String>::new());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_leader_whose_disk_refuses_writes_drops_out_the_others_commit_and_it_catches_up_after_clear(
+) {
+    let mut c = Cluster::start(3, SEED).await;
+    let (old, term, _) = c
+        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let mut acked = Vec::new();
+    for p in 0..3 {
+        acked.push(commit(&mut c, old, p).await);
+    }
+    let disk = faults(&c, old);
+    disk.set(spec(0, 1.0)).unwrap();
+
+    // The write is refused before anything is sent: never acknowledged.
+    let refused = add_person(&mut c, old, 3);
+    let refused_key = refused.key;
+    let outcome = c.propose(old, refused).await;
+    assert_eq!(outcome, ProposeOutcome::TimedOut);
+    assert!(disk.injected() >= 1);
+    assert!(c.h.counter(old, "bulwark_raft_fenced_total", &[]) >= 1);
+
+    // The others elect a leader and commit, directly and forwarded.
+    let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let (new, _, _) = c
+        .wait_leader(&others, term, Duration::from_secs(10))
+        .await
+        .expect("a new leader among the others");
+    let other = others.iter().copied().find(|&i| i != new).unwrap();
+    for p in 4..10 {
+        let via = if p % 2 == 0 { new } else { other };
+        acked.push(commit(&mut c, via, p).await);
+    }
+    // The fenced facility takes no proposal and claims no leader.
+    let cmd = add_person(&mut c, old, 10);
+    assert_eq!(
+        c.propose(old, cmd).await,
+        ProposeOutcome::NotLeader { hint: None }
+    );
+    let fenced = c.status(old).await.unwrap();
+    assert!(!fenced.is_leader && fenced.leader.is_none(), "{fenced:?}");
+    let lead = c.status(new).await.unwrap();
+    assert!(fenced.applied < lead.commit, "{fenced:?} vs {lead:?}");
+    // No supervisor restart: the core is fenced in place.
+    let spawns = c.h.node(old).ctx().spawns.clone();
+    assert_eq!(
+        spawns.restarts(&format!("{}/raft", Zone::Consensus.as_str())),
+        0
+    );
+
+    // The disk takes writes again: the core is rebuilt from redb and the
+    // facility catches up as a follower.
+    c.observed.lock().unwrap().on_restart(&c.h.id(old));
+    disk.clear();
+    let last = acked.last().unwrap().1;
+    wait_applied(&c, last).await;
+    let back = c.status(old).await.unwrap();
+    assert_eq!(back.leader, Some(c.h.id(new)), "{back:?}");
+
+    let mut all = Vec::new();
+    for i in 0..3 {
+        all.push(held(&c, i, &acked).await);
+    }
+    check_converged(&all).unwrap();
+    // The refused command reached no facility.
+    for i in 0..3 {
+        let there = c
+            .local_read(i, move |s| s.outcome_of(&refused_key).is_some())
+            .await
+            .unwrap();
+        assert!(!there, "facility {i} holds the refused command");
+    }
+    assert_eq!(c.violations(), Vec::<String>::new());
+    c.shutdown().await;
+}
+
+#[test]
+fn the_convergence_check_catches_a_lost_command_and_a_diverged_schedule() {
+    let good = || Held {
+        digest: [1; 32],
+        present: vec![true, true],
+    };
+    assert!(check_converged(&[good(), good()]).is_ok());
+    let lost = Held {
+        present: vec![true, false],
+        ..good()
+    };
+    assert!(check_converged(&[good(), lost])
+        .unwrap_err()
+        .contains("lost"));
+    let other = Held {
+        digest: [2; 32],
+        ..good()
+    };
+    assert!(check_converged(&[good(), other])
+        .unwrap_err()
+        .contains("another schedule"));
+}
