@@ -27,6 +27,20 @@
 //!   fetches final entries with certificates and verifies each (link,
 //!   certificate, proposal signature) before appending it.
 //!
+//! Disk faults ([`bulwark_storage::DiskFaults`] on the facility's store):
+//! - Latency: a Flush whose batch writes (own votes, final entries,
+//!   evidence) first awaits the injected latency, so a vote leaves that
+//!   much later; with no latency set there is no extra await.
+//! - A refused write ([`bulwark_storage::StorageError::Injected`]) fails
+//!   the batch before any of its sends: no vote leaves that is not on
+//!   disk. The core has already counted those votes as cast, so it is
+//!   rebuilt at once from redb (a read: the store is intact), as a restart
+//!   would, and reads the applied-entry feed again from the next tick (not
+//!   at once, so a disk that refuses every write costs one try per tick,
+//!   not a busy loop). The same entry then gets the same vote; votes and
+//!   evidence gathered in memory are gathered again or fetched as final
+//!   entries. Any other storage error stops the actor, as before.
+//!
 //! What it does not do: a lying Raft leader can stall or censor (it decides
 //! what enters the log), but cannot make an entry final without a quorum of
 //! honest votes. With 3 facilities f = 0: a lying facility cannot finalize
@@ -312,6 +326,10 @@ pub struct BftState {
     /// Outputs waiting for the next Flush.
     outputs: Vec<Output>,
     flush_queued: bool,
+    /// How the core is rebuilt after a refused write.
+    setup: BftSetup,
+    /// The core was rebuilt: read the feed again on the next tick.
+    rewake: bool,
 }
 
 /// Applied entries handled per wake, at most (the rest on the next).
@@ -365,7 +383,7 @@ impl Actor for BftValidator {
         let store = LedgerStore::new(args.ctx.store.clone());
         let restored = store.restore()?;
         let core = Core::new(
-            setup.keyring,
+            setup.keyring.clone(),
             setup.config.clone(),
             setup.behaviour,
             restored,
@@ -381,12 +399,14 @@ impl Actor for BftValidator {
             core,
             store,
             ctx: args.ctx,
-            feed: setup.feed,
+            feed: setup.feed.clone(),
             ticker,
             waiters: BTreeMap::new(),
             waiting: 0,
             outputs: Vec::new(),
             flush_queued: false,
+            setup,
+            rewake: false,
         })
     }
 
@@ -410,7 +430,12 @@ impl Actor for BftValidator {
                     myself.cast(BftMsg::Wake)?;
                 }
             }
-            BftMsg::Tick => st.core.on_tick(now),
+            BftMsg::Tick => {
+                if std::mem::take(&mut st.rewake) {
+                    myself.cast(BftMsg::Wake)?;
+                }
+                st.core.on_tick(now);
+            }
             BftMsg::Remote(d) => {
                 let from = d.envelope.from.clone();
                 match codec::decode::<BftWire>(&d.envelope.body) {
@@ -449,7 +474,17 @@ impl Actor for BftValidator {
         st.outputs.extend(st.core.drain());
         if flush {
             st.flush_queued = false;
-            carry_out(st)?;
+            if writes(&st.outputs) {
+                let latency = st.ctx.store.disk_faults().latency();
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
+            }
+            match carry_out(st) {
+                Ok(()) => {}
+                Err(e) if e.is_injected() => rebuild(st, &e)?,
+                Err(e) => return Err(e.into()),
+            }
         } else if !st.outputs.is_empty() && !st.flush_queued {
             st.flush_queued = true;
             myself.cast(BftMsg::Flush)?;
@@ -468,11 +503,45 @@ impl Actor for BftValidator {
     }
 }
 
+/// True when carrying out `outputs` writes to the store.
+fn writes(outputs: &[Output]) -> bool {
+    outputs.iter().any(|o| match o {
+        Output::PersistVotes(v) => !v.is_empty(),
+        Output::Final(f) => !f.is_empty(),
+        Output::Evidence(_) => true,
+        Output::Send { .. } | Output::ServeFinals { .. } => false,
+    })
+}
+
+/// Rebuilds the core from redb after an injected fault refused a write
+/// (module docs); the feed is read again from the next tick.
+fn rebuild(
+    st: &mut BftState,
+    err: &bulwark_storage::StorageError,
+) -> Result<(), ActorProcessingErr> {
+    tracing::error!(facility = %st.ctx.facility, error = %err,
+        "a validator write was refused: nothing of the batch was sent; rebuilding from the store");
+    metrics::counter!("bulwark_bft_rebuilds_total",
+        "facility" => st.ctx.facility.to_string(), "reason" => "write_refused")
+    .increment(1);
+    let restored = st.store.restore()?;
+    st.core = Core::new(
+        st.setup.keyring.clone(),
+        st.setup.config.clone(),
+        st.setup.behaviour,
+        restored,
+    );
+    st.outputs.clear();
+    st.rewake = true;
+    Ok(())
+}
+
 /// Carries out the outputs gathered since the last flush: every write
 /// (own votes, final entries, evidence) in one durable redb commit, then
-/// the sends, so a vote is on disk before it leaves. A storage failure
+/// the sends, so a vote is on disk before it leaves. On a failed write
+/// nothing is sent; the caller rebuilds the core (an injected fault) or
 /// stops the actor (its supervisor restarts it from redb).
-fn carry_out(st: &mut BftState) -> Result<(), ActorProcessingErr> {
+fn carry_out(st: &mut BftState) -> Result<(), bulwark_storage::StorageError> {
     let outputs = std::mem::take(&mut st.outputs);
     let mut votes = Vec::new();
     let mut finals = Vec::new();

@@ -7,11 +7,14 @@ mod support;
 
 use std::time::Duration;
 
+use bulwark_actors::bft::{evidence_of, validator, Behaviour, BftConfig, LedgerStore};
+use bulwark_actors::keys::PublicKeys;
+use bulwark_actors::ledger::{verify_chain, FinalEntry};
 use bulwark_actors::raft::ProposeOutcome;
 use bulwark_actors::schedule::{IdempotencyKey, Op, Outcome, Person, Role};
 use bulwark_runtime::Zone;
 use bulwark_storage::{DiskFaultSpec, DiskFaults};
-use support::{person, Cluster};
+use support::{person, BftPlan, Cluster};
 use tokio::time::Instant;
 
 const SEED: u64 = 7_007;
@@ -262,4 +265,137 @@ fn the_convergence_check_catches_a_lost_command_and_a_diverged_schedule() {
     assert!(check_converged(&[good(), other])
         .unwrap_err()
         .contains("another schedule"));
+}
+
+fn raw_ledger(c: &Cluster, i: usize) -> Vec<(u64, Vec<u8>)> {
+    LedgerStore::new(c.h.node(i).ctx().store.clone())
+        .raw_finals()
+        .expect("ledger reads")
+}
+
+fn verify_ledger(c: &Cluster, i: usize, keys: &PublicKeys) -> u64 {
+    let finals = LedgerStore::new(c.h.node(i).ctx().store.clone())
+        .finals(1, u32::MAX)
+        .expect("ledger reads");
+    let rows = finals
+        .into_iter()
+        .enumerate()
+        .map(|(k, f)| (k as u64 + 1, Ok::<FinalEntry, String>(f)));
+    verify_chain(rows, keys)
+        .expect("every final entry verifies")
+        .entries
+}
+
+async fn final_heights(c: &Cluster) -> Vec<u64> {
+    let mut v = Vec::new();
+    for i in 0..c.n() {
+        v.push(c.bft_status(i).await.map_or(0, |s| s.final_height));
+    }
+    v
+}
+
+/// The Observed checker expects each facility to apply indices in a row
+/// unless told of a restart; a rebuilt Raft core applies again from its
+/// snapshot, as a restarted one does. True for such a report about `f`
+/// (worded as support/mod.rs words it): an index at or below the last one.
+fn is_reapplication(violation: &str, f: &str) -> bool {
+    let Some(rest) = violation.strip_prefix(&format!("{f} applied ")) else {
+        return false;
+    };
+    let Some((at, after)) = rest.split_once(" right after ") else {
+        return false;
+    };
+    matches!((at.parse::<u64>(), after.parse::<u64>()), (Ok(a), Ok(b)) if a <= b)
+}
+
+/// Every violation but `f`'s re-applications.
+fn violations_but_reapplication(c: &Cluster, f: &str) -> Vec<String> {
+    c.violations()
+        .into_iter()
+        .filter(|v| !is_reapplication(v, f))
+        .collect()
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_facility_whose_disk_refuses_some_writes_keeps_the_ledger_safe_and_catches_up() {
+    let plan = BftPlan {
+        config: BftConfig::default(),
+        behaviours: vec![Behaviour::Honest; 3],
+    };
+    let mut c = Cluster::start_bft(3, SEED, plan).await;
+    let (leader, _, _) = c
+        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let faulty = (leader + 1) % 3;
+    let disk = faults(&c, faulty);
+    disk.set(spec(0, 0.3)).unwrap();
+    eprintln!("SEED={SEED} faulty={faulty} spec={:?}", disk.spec());
+
+    let mut acked = Vec::new();
+    for p in 0..12 {
+        acked.push(commit(&mut c, leader, p).await);
+        c.h.step(Duration::from_millis(100)).await;
+    }
+    let refused = disk.injected();
+    let fenced = c.h.counter(faulty, "bulwark_raft_fenced_total", &[]);
+    let rebuilt = c.h.counter(faulty, "bulwark_bft_rebuilds_total", &[]);
+    eprintln!("refused {refused} writes: raft fenced {fenced}, validator rebuilt {rebuilt}");
+    assert!(fenced > 0 && rebuilt > 0, "both failure paths ran");
+
+    disk.clear();
+    let last = acked.last().unwrap().1;
+    wait_applied(&c, last).await;
+    let height = acked.len() as u64;
+    for _ in 0..STEPS_MAX {
+        if final_heights(&c).await.iter().all(|&h| h >= height) {
+            break;
+        }
+        c.h.step(Duration::from_millis(50)).await;
+    }
+    let heights = final_heights(&c).await;
+    assert!(
+        heights.iter().all(|&h| h >= height),
+        "final heights {heights:?}"
+    );
+
+    // One chain everywhere, every entry certified; nobody blamed.
+    let keys = c.rings[0].public().clone();
+    let first = raw_ledger(&c, 0);
+    for i in 0..3 {
+        assert_eq!(raw_ledger(&c, i), first, "ledger of {i} differs");
+        assert_eq!(verify_ledger(&c, i, &keys), first.len() as u64);
+        let ev = evidence_of(&validator(c.h.node(i)).unwrap()).await.unwrap();
+        assert!(ev.is_empty(), "evidence at {i}: {ev:?}");
+    }
+    let mut all = Vec::new();
+    for i in 0..3 {
+        all.push(held(&c, i, &acked).await);
+    }
+    check_converged(&all).unwrap();
+    let f = c.h.id(faulty);
+    assert_eq!(
+        violations_but_reapplication(&c, f.as_str()),
+        Vec::<String>::new()
+    );
+    c.shutdown().await;
+}
+
+#[test]
+fn the_reapplication_filter_keeps_gaps_and_other_facilities() {
+    assert!(is_reapplication("bravo applied 41 right after 57", "bravo"));
+    assert!(
+        !is_reapplication("bravo applied 60 right after 57", "bravo"),
+        "a gap"
+    );
+    assert!(!is_reapplication(
+        "alpha applied 41 right after 57",
+        "bravo"
+    ));
+    let other = "bravo applied index 4 term 2 but alpha applied term 3 there";
+    assert!(!is_reapplication(other, "bravo"));
+    assert!(!is_reapplication(
+        "two leaders in term 3: alpha and bravo",
+        "bravo"
+    ));
 }
