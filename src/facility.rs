@@ -1,18 +1,31 @@
-//! Assembles one facility on real QUIC: identity, transport, node.
+//! Assembles one facility: its consensus and detection actors
+//! ([`consensus_children`]), its API ([`api_flow_children`],
+//! [`api_state`]), and, for a real deployment, QUIC and the node
+//! ([`start`]). The simulation ([`crate::sim`]) runs the same assembly
+//! over SimNet.
 
 use bulwark_actors::bft::{self, bft_child, AppliedFeed, BftConfig, BftMsg, BftSetup, BftStatus};
 use bulwark_actors::cap::gate::{gate_child, GateSetup};
 use bulwark_actors::cap::heal::{healer_child, ConflictPolicy, HealerSetup};
 use bulwark_actors::detect::{detector_child, DetectConfig, Detection};
+use bulwark_actors::flow::actors::{backpressure, backpressure_child, bulkhead_child_with};
+use bulwark_actors::flow::admission::AdmissionConfig;
+use bulwark_actors::flow::bulkhead::Pools;
 use bulwark_actors::flow::mesh::{breakers_child, MeshSetup};
 use bulwark_actors::keys::{self, Keyring, PublicKeys};
 use bulwark_actors::raft::{
-    raft_child, raft_peer, ProposeOutcome, RaftConfig, RaftMsg, RaftSetup, RaftStatus,
+    raft_child, raft_peer, ProposeOutcome, RaftConfig, RaftMsg, RaftSetup, RaftStatus, RAFT,
 };
 use bulwark_actors::schedule::Command;
 use bulwark_runtime::{
-    ChildDef, Clock, Node, NodeConfig, NodeError, RouterConfig, SupervisionConfig, Zone,
+    ChildDef, Clock, Node, NodeConfig, NodeCtx, NodeError, RouterConfig, SupervisionConfig, Zone,
 };
+use bulwark_transport::FacilityId;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::atomic::AtomicBool;
+
+use crate::backup::BackupPlan;
+use crate::http::{self, api::Service, ApiState};
 use bulwark_transport::identity::Identity;
 use bulwark_transport::quic::{PeerSpec, QuicConfig, QuicError, QuicTransport};
 use std::net::{SocketAddr, UdpSocket};
@@ -123,37 +136,10 @@ pub async fn start(spec: FacilitySpec, clock: Arc<dyn Clock>) -> Result<Facility
     let (transport, inbound) = QuicTransport::bind(spec.identity, quic, spec.socket)?;
     let mut extra = spec.extra;
     let mut detection = None;
-    if let Some(mut setup) = spec.raft {
-        if let Some(b) = &spec.bft {
-            setup.tap = Some(b.feed.tap(setup.tap.take()));
-        }
-        if let Some(ds) = spec.detection {
-            let peers: Vec<_> = setup
-                .members
-                .iter()
-                .filter(|m| **m != facility)
-                .cloned()
-                .collect();
-            let d = Detection::new(facility.clone(), &peers, ds.detect);
-            if ds.leadership_follows_detector {
-                setup.detection = Some(d.clone());
-            }
-            extra.push(detector_child(d.clone()));
-            extra.push(gate_child(GateSetup::new(d.clone())));
-            extra.push(healer_child(HealerSetup {
-                policy: ds.policy,
-                ..HealerSetup::new(d.clone())
-            }));
-            extra.push(breakers_child(MeshSetup {
-                detection: Some(d.clone()),
-                ..MeshSetup::default()
-            }));
-            detection = Some(d);
-        }
-        extra.push(raft_child(setup));
-        if let Some(b) = spec.bft {
-            extra.push(bft_child(b));
-        }
+    if let Some(setup) = spec.raft {
+        let parts = consensus_children(&facility, setup, spec.bft, spec.detection);
+        extra.extend(parts.children);
+        detection = parts.detection;
     }
     let config = NodeConfig {
         facility,
@@ -168,6 +154,142 @@ pub async fn start(spec: FacilitySpec, clock: Arc<dyn Clock>) -> Result<Facility
         spec: kept,
         detection,
     })
+}
+
+/// What [`consensus_children`] built for one facility.
+pub struct ConsensusParts {
+    /// The actors to add to the facility's tree: the failure detector and
+    /// the CapGate (detection zone), the breaker mesh (flow zone), the
+    /// Healer, the RaftPeer and the BftValidator (consensus zone).
+    pub children: Vec<(Zone, ChildDef)>,
+    /// What the failure detector knows, when it runs.
+    pub detection: Option<Detection>,
+}
+
+/// The consensus and detection actors of facility `facility`: the RaftPeer
+/// from `raft`, the BftValidator beside it (fed by the RaftPeer's applied
+/// entries) when `bft` is given, and the detection zone, the Healer and the
+/// breaker mesh when `detection` is given. Independent of the transport:
+/// a node on QUIC ([`start`]) and a simulated one ([`crate::sim`]) run the
+/// same actors. Call it once per process start: the detection handle and
+/// the validator's feed belong to one incarnation.
+pub fn consensus_children(
+    facility: &FacilityId,
+    mut raft: RaftSetup,
+    bft: Option<BftSetup>,
+    detection: Option<DetectionSpec>,
+) -> ConsensusParts {
+    let mut children = Vec::new();
+    if let Some(b) = &bft {
+        raft.tap = Some(b.feed.tap(raft.tap.take()));
+    }
+    let mut handle = None;
+    if let Some(ds) = detection {
+        let peers: Vec<_> = raft
+            .members
+            .iter()
+            .filter(|m| *m != facility)
+            .cloned()
+            .collect();
+        let d = Detection::new(facility.clone(), &peers, ds.detect);
+        if ds.leadership_follows_detector {
+            raft.detection = Some(d.clone());
+        }
+        children.push(detector_child(d.clone()));
+        children.push(gate_child(GateSetup::new(d.clone())));
+        children.push(healer_child(HealerSetup {
+            policy: ds.policy,
+            ..HealerSetup::new(d.clone())
+        }));
+        children.push(breakers_child(MeshSetup {
+            detection: Some(d.clone()),
+            ..MeshSetup::default()
+        }));
+        handle = Some(d);
+    }
+    children.push(raft_child(raft));
+    if let Some(b) = bft {
+        children.push(bft_child(b));
+    }
+    ConsensusParts {
+        children,
+        detection: handle,
+    }
+}
+
+/// The flow-zone actors of a facility that serves the API: the
+/// BackpressureController every `/v1` request passes, and the
+/// BulkheadPool with the API's `pools` ([`http::api_pools`]).
+pub fn api_flow_children(pools: Pools) -> Vec<(Zone, ChildDef)> {
+    vec![
+        backpressure_child(AdmissionConfig::default(), 10),
+        bulkhead_child_with(pools),
+    ]
+}
+
+/// What the API of one running facility is made of, besides its node.
+pub struct ApiSpec<'a> {
+    /// Every member, this facility included.
+    pub members: Vec<FacilityId>,
+    /// Every facility's vote key.
+    pub keys: PublicKeys,
+    /// What the failure detector knows.
+    pub detection: Option<Detection>,
+    /// The bearer token writes need; `None` disables writes.
+    pub token: Option<&'a str>,
+    /// Where `POST /v1/admin/backup` writes; `None` refuses it.
+    pub backup: Option<BackupPlan>,
+    /// Renders `/metrics`.
+    pub prometheus: PrometheusHandle,
+    /// False once the supervision tree has stopped.
+    pub running: Arc<AtomicBool>,
+}
+
+/// The API state of the facility `node`: the schedule [`Service`] over its
+/// context, its transport's link states, and its BackpressureController
+/// (from [`api_flow_children`]) in front of `/v1`. Serve it with
+/// [`http::app`].
+pub fn api_state(node: &Node, spec: ApiSpec<'_>) -> ApiState {
+    let service = Service {
+        backup: spec.backup,
+        ..Service::new(
+            node.ctx().clone(),
+            spec.members,
+            spec.keys,
+            spec.detection,
+            spec.token,
+        )
+    };
+    ApiState::new(
+        spec.prometheus,
+        node.router().transport().clone(),
+        spec.running,
+        backpressure(node),
+    )
+    .with_service(service)
+}
+
+/// One round of a facility's own health probes ([`http::run_checks`]):
+/// the store answers a read, and the RaftPeer knows a leader.
+pub async fn probe(ctx: NodeCtx) -> http::Probes {
+    let store = ctx
+        .store
+        .get_state::<u64>("health.probe")
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let peer = ctx.find::<RaftMsg>(Zone::Consensus, RAFT);
+    let leader = match peer {
+        Some(p) => match p
+            .call(RaftMsg::Status, Some(std::time::Duration::from_secs(1)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(s)) if s.leader.is_some() => Ok(()),
+            Ok(_) => Err("no leader known".to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        None => Err("the RaftPeer is not running".to_string()),
+    };
+    http::Probes { store, leader }
 }
 
 /// Starts one facility per name on loopback QUIC, each pinning all the

@@ -6,3 +6,4 @@ pub mod config;
 pub mod demo;
 pub mod facility;
 pub mod http;
+pub mod sim;

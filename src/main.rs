@@ -2,14 +2,9 @@
 
 use bulwark::backup::{self, BackupPlan};
 use bulwark::config::FacilityConfig;
-use bulwark::facility::{self, FacilitySpec};
-use bulwark::http::api::Service;
-use bulwark::http::{self, ApiState};
-use bulwark_actors::flow::actors::{backpressure, backpressure_child, bulkhead_child_with};
-use bulwark_actors::flow::admission::AdmissionConfig;
+use bulwark::facility::{self, ApiSpec, FacilitySpec};
+use bulwark::http;
 use bulwark_actors::keys;
-use bulwark_actors::raft::{RaftMsg, RAFT};
-use bulwark_runtime::Zone;
 use bulwark_runtime::{Clock, RealClock};
 use bulwark_transport::identity::Identity;
 use bulwark_transport::quic::PeerSpec;
@@ -52,6 +47,10 @@ enum Cmd {
     },
     /// Three facilities on loopback QUIC, on embedded defaults; exits 0 on success.
     Demo,
+    /// Randomized runs of whole simulated clusters (every actor, the HTTP
+    /// API) racing faults on virtual time; a failure prints its seed and
+    /// the command that replays it.
+    Sim(bulwark::sim::cli::SimArgs),
     /// Print the cluster as a node sees it (from its HTTP API).
     Status {
         /// The node's HTTP address.
@@ -118,7 +117,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cmd = match Cli::parse().cmd {
+        // Its own runtimes: current-thread, on paused (virtual) time.
+        Cmd::Sim(args) => return bulwark::sim::cli::main(args),
+        other => other,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -127,7 +130,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(format!("tokio runtime: {e}")),
     };
     let result = rt.block_on(async {
-        match cli.cmd {
+        match cmd {
             Cmd::Keygen { id, out } => keygen(id, out),
             Cmd::Node { config } => node(config).await,
             Cmd::Demo => bulwark::demo::run().await,
@@ -142,6 +145,7 @@ fn main() -> ExitCode {
                 at,
                 whole_cluster,
             } => restore(config, from, at, whole_cluster),
+            Cmd::Sim(_) => unreachable!("bulwark sim runs before this runtime"),
         }
     });
     match result {
@@ -224,10 +228,7 @@ async fn node(path: PathBuf) -> AnyResult {
         .collect();
     // Every /v1 request passes the admission controller and the API's
     // bulkheads (flow zone).
-    let flow = vec![
-        backpressure_child(AdmissionConfig::default(), 10),
-        bulkhead_child_with(http::api_pools(cfg.api.concurrency)),
-    ];
+    let flow = facility::api_flow_children(http::api_pools(cfg.api.concurrency));
     let spec = FacilitySpec {
         identity,
         data_dir: cfg.facility.data_dir.clone(),
@@ -267,23 +268,18 @@ async fn node(path: PathBuf) -> AnyResult {
         dir: cfg.backup_dir(),
         keep: cfg.backup.keep,
     };
-    let service = Service {
-        backup: Some(plan.clone()),
-        ..Service::new(
-            f.node.ctx().clone(),
+    let state = facility::api_state(
+        &f.node,
+        ApiSpec {
             members,
-            public,
-            f.detection.clone(),
-            cfg.api.token.as_deref(),
-        )
-    };
-    let state = ApiState::new(
-        prometheus,
-        Arc::new(f.transport.clone()),
-        running.clone(),
-        backpressure(&f.node),
-    )
-    .with_service(service);
+            keys: public,
+            detection: f.detection.clone(),
+            token: cfg.api.token.as_deref(),
+            backup: Some(plan.clone()),
+            prometheus,
+            running: running.clone(),
+        },
+    );
     if cfg.backup.every_s > 0 {
         let store = f.node.ctx().store.clone();
         let every = std::time::Duration::from_secs(cfg.backup.every_s);
@@ -308,29 +304,7 @@ async fn node(path: PathBuf) -> AnyResult {
     tokio::spawn(http::run_checks(
         state.clone(),
         std::time::Duration::from_secs(1),
-        move || {
-            let ctx = ctx.clone();
-            async move {
-                let store = ctx
-                    .store
-                    .get_state::<u64>("health.probe")
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
-                let peer = ctx.find::<RaftMsg>(Zone::Consensus, RAFT);
-                let leader = match peer {
-                    Some(p) => match p
-                        .call(RaftMsg::Status, Some(std::time::Duration::from_secs(1)))
-                        .await
-                    {
-                        Ok(ractor::rpc::CallResult::Success(s)) if s.leader.is_some() => Ok(()),
-                        Ok(_) => Err("no leader known".to_string()),
-                        Err(e) => Err(e.to_string()),
-                    },
-                    None => Err("the RaftPeer is not running".to_string()),
-                };
-                http::Probes { store, leader }
-            }
-        },
+        move || facility::probe(ctx.clone()),
     ));
     let listener = tokio::net::TcpListener::bind(cfg.facility.http_listen).await?;
     eprintln!(

@@ -1,0 +1,409 @@
+//! The invariant checkers of the simulation. Each looks across every
+//! facility and keeps only what it needs to judge the next observation;
+//! each returns the first broken invariant as an `Err` naming it (the
+//! [`RaftObserver`] collects them, since it runs inside the RaftPeers'
+//! taps). Pure: the run feeds them what it reads from the cluster, so a
+//! test can feed them a planted violation.
+//!
+//! - [`RaftObserver`]: one leader per term; every facility applies the
+//!   same entry at each index, in index order (a replay after a restart of
+//!   the RaftPeer is allowed, a gap never).
+//! - [`LedgerChecker`]: no ledger entry is final without a valid
+//!   certificate; honest ledgers never fork and never lose a final entry;
+//!   every final command keeps the schedule's rules when replayed.
+//! - [`ScheduleChecker`]: every schedule keeps every rule
+//!   (`ScheduleState::check_invariants`: no double booking, duty hours,
+//!   leave, staffing) and facilities that applied the same log prefix hold
+//!   the same schedule.
+//! - [`check_pools`]: a bulkhead pool's reserve is never lent out.
+//! - [`ReadChecker`]: a linearizable read reflects every write
+//!   acknowledged before it began.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bulwark_actors::flow::bulkhead::PoolStatus;
+use bulwark_actors::keys::PublicKeys;
+use bulwark_actors::ledger::{self, FinalEntry, Hash, GENESIS};
+use bulwark_actors::raft::{AppliedEntry, RaftStatus};
+use bulwark_actors::schedule::{Applied, Outcome, Rule, ScheduleState};
+use bulwark_transport::FacilityId;
+
+/// The properties the simulation checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Invariant {
+    /// At most one leader per Raft term.
+    OneLeaderPerTerm,
+    /// Every facility applies the same entry at each committed index, in
+    /// index order.
+    CommittedEntries,
+    /// No ledger entry final without a valid certificate; honest ledgers
+    /// never fork or lose a final entry; final commands keep the rules.
+    FinalLedger,
+    /// Every schedule keeps every rule; equal log prefixes, equal
+    /// schedules.
+    ScheduleRules,
+    /// A bulkhead pool's reserve is never lent out.
+    BulkheadReserve,
+    /// A linearizable read reflects every write acknowledged before it.
+    LinearizableRead,
+    /// Every acknowledged write is on every facility at the end.
+    AcknowledgedWrites,
+    /// Every answer is one the API documents for the request.
+    ApiContract,
+    /// With the faults healed, the facilities converge (liveness).
+    Convergence,
+}
+
+impl Invariant {
+    /// Stable name.
+    pub fn code(self) -> &'static str {
+        match self {
+            Invariant::OneLeaderPerTerm => "ONE_LEADER_PER_TERM",
+            Invariant::CommittedEntries => "COMMITTED_ENTRIES",
+            Invariant::FinalLedger => "FINAL_LEDGER",
+            Invariant::ScheduleRules => "SCHEDULE_RULES",
+            Invariant::BulkheadReserve => "BULKHEAD_RESERVE",
+            Invariant::LinearizableRead => "LINEARIZABLE_READ",
+            Invariant::AcknowledgedWrites => "ACKNOWLEDGED_WRITES",
+            Invariant::ApiContract => "API_CONTRACT",
+            Invariant::Convergence => "CONVERGENCE",
+        }
+    }
+}
+
+/// One broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which.
+    pub invariant: Invariant,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl Violation {
+    /// `invariant` broken as `detail` says.
+    pub fn new(invariant: Invariant, detail: impl Into<String>) -> Violation {
+        Violation {
+            invariant,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.invariant.code(), self.detail)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// Watches the RaftPeers' applied entries and statuses.
+#[derive(Debug, Default)]
+pub struct RaftObserver {
+    /// index -> (term, hash, the first facility seen applying it).
+    applied: BTreeMap<u64, (u64, [u8; 32], FacilityId)>,
+    /// term -> the facility seen leading it.
+    leaders: BTreeMap<u64, FacilityId>,
+    /// Per facility, the last index applied since its node started.
+    last_applied: BTreeMap<FacilityId, u64>,
+    /// Per facility, applied indices that went backwards since its node
+    /// started (each must be a restart of its RaftPeer).
+    replays: BTreeMap<FacilityId, u64>,
+    violations: Vec<Violation>,
+}
+
+impl RaftObserver {
+    /// An entry applied by `f`: the same entry as every other facility
+    /// applied at that index, right after the previous one (or, once per
+    /// RaftPeer restart, again from its snapshot).
+    pub fn on_applied(&mut self, f: &FacilityId, e: &AppliedEntry) {
+        match self.applied.get(&e.index) {
+            Some((term, hash, first)) if (*term, *hash) != (e.term, e.hash) => {
+                self.violations.push(Violation::new(
+                    Invariant::CommittedEntries,
+                    format!(
+                        "{f} applied index {} of term {} but {first} applied term {term} there",
+                        e.index, e.term
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.applied.insert(e.index, (e.term, e.hash, f.clone()));
+            }
+        }
+        let last = self.last_applied.entry(f.clone()).or_insert(0);
+        if *last != 0 && e.index > *last + 1 {
+            self.violations.push(Violation::new(
+                Invariant::CommittedEntries,
+                format!("{f} applied {} right after {}", e.index, *last),
+            ));
+        }
+        if *last != 0 && e.index <= *last {
+            *self.replays.entry(f.clone()).or_insert(0) += 1;
+        }
+        *last = e.index;
+    }
+
+    /// A status poll: one leader per term.
+    pub fn on_status(&mut self, s: &RaftStatus) {
+        if !s.is_leader {
+            return;
+        }
+        match self.leaders.get(&s.term) {
+            Some(l) if *l != s.facility => self.violations.push(Violation::new(
+                Invariant::OneLeaderPerTerm,
+                format!("two leaders in term {}: {l} and {}", s.term, s.facility),
+            )),
+            Some(_) => {}
+            None => {
+                self.leaders.insert(s.term, s.facility.clone());
+            }
+        }
+    }
+
+    /// Facility `f`'s node starts again: its applied sequence starts
+    /// afresh after its snapshot.
+    pub fn on_node_start(&mut self, f: &FacilityId) {
+        self.last_applied.insert(f.clone(), 0);
+        self.replays.insert(f.clone(), 0);
+    }
+
+    /// Applied indices went backwards on `f` only as often as its RaftPeer
+    /// restarted (`raft_restarts` in its node's current run).
+    pub fn check_replays(&mut self, f: &FacilityId, raft_restarts: u64) {
+        let replays = self.replays.get(f).copied().unwrap_or(0);
+        if replays > raft_restarts {
+            self.violations.push(Violation::new(
+                Invariant::CommittedEntries,
+                format!(
+                    "{f} applied an earlier index again {replays} times with {raft_restarts} RaftPeer restarts"
+                ),
+            ));
+            self.replays.insert(f.clone(), raft_restarts);
+        }
+    }
+
+    /// The broken invariants seen so far.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    /// Committed indices seen applied.
+    pub fn applied_len(&self) -> usize {
+        self.applied.len()
+    }
+
+    /// Terms seen with a leader.
+    pub fn terms_led(&self) -> usize {
+        self.leaders.len()
+    }
+}
+
+/// Checks every honest facility's final ledger entries as they appear.
+#[derive(Debug)]
+pub struct LedgerChecker {
+    keys: PublicKeys,
+    /// The chain as the honest facilities made it final: each entry's
+    /// bytes and hash, by height - 1.
+    chain: Vec<(Vec<u8>, Hash)>,
+    /// The chain's commands replayed.
+    replay: ScheduleState,
+    /// Per facility, the highest height checked.
+    seen: BTreeMap<FacilityId, u64>,
+}
+
+impl LedgerChecker {
+    /// A checker verifying signatures against `keys`.
+    pub fn new(keys: PublicKeys) -> LedgerChecker {
+        LedgerChecker {
+            keys,
+            chain: Vec::new(),
+            replay: ScheduleState::new(),
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// The height to read `f`'s final entries from next (the last one
+    /// checked, read again to see that it is still there).
+    pub fn from_height(&self, f: &FacilityId) -> u64 {
+        self.seen.get(f).copied().unwrap_or(0).max(1)
+    }
+
+    /// The hash of the honest chain's entry at `height`, once seen.
+    pub fn hash_at(&self, height: u64) -> Option<Hash> {
+        let at = usize::try_from(height.checked_sub(1)?).ok()?;
+        self.chain.get(at).map(|(_, h)| *h)
+    }
+
+    /// The final height of the honest chain so far.
+    pub fn height(&self) -> u64 {
+        self.chain.len() as u64
+    }
+
+    /// `rows`: facility `f`'s final entries from [`Self::from_height`], in
+    /// order. Each must verify (entry, link, a certificate with a quorum of
+    /// valid votes, the proposer's signature), be the entry every other
+    /// honest facility made final at its height, and keep the rules.
+    pub fn observe(&mut self, f: &FacilityId, rows: &[FinalEntry]) -> Result<(), Violation> {
+        let from = self.from_height(f);
+        let seen = self.seen.get(f).copied().unwrap_or(0);
+        if seen >= 1 && rows.is_empty() {
+            return Err(Violation::new(
+                Invariant::FinalLedger,
+                format!("{f} no longer holds its final entry at height {seen}"),
+            ));
+        }
+        for (k, fin) in rows.iter().enumerate() {
+            let height = from + k as u64;
+            self.check_one(f, height, fin)?;
+            self.seen.insert(f.clone(), height);
+        }
+        Ok(())
+    }
+
+    fn check_one(
+        &mut self,
+        f: &FacilityId,
+        height: u64,
+        fin: &FinalEntry,
+    ) -> Result<(), Violation> {
+        let broken = |d: String| Violation::new(Invariant::FinalLedger, d);
+        let at = (height - 1) as usize;
+        let prev = match at {
+            0 => GENESIS,
+            _ => self.chain[at - 1].1,
+        };
+        let (entry, hash, payload) = ledger::verify_final(fin, height, &prev, &self.keys)
+            .map_err(|e| broken(format!("{f}'s final entry does not verify: {e}")))?;
+        if let Some((bytes, _)) = self.chain.get(at) {
+            if *bytes != fin.entry {
+                return Err(broken(format!(
+                    "honest ledgers fork: {f} holds another entry at height {height}"
+                )));
+            }
+            return Ok(());
+        }
+        match self.replay.apply(entry.raft_index, &payload.command) {
+            Applied::Fresh(Outcome::Rejected(r)) if r.rule != Rule::KeyReused => {
+                return Err(broken(format!(
+                    "{f}'s final entry at height {height} breaks {}: {}",
+                    r.rule.code(),
+                    r.detail
+                )))
+            }
+            _ => {}
+        }
+        self.chain.push((fin.entry.clone(), hash));
+        Ok(())
+    }
+}
+
+/// Checks the schedules the facilities hold.
+#[derive(Debug, Default)]
+pub struct ScheduleChecker {
+    /// last applied command index -> (digest, the first facility seen).
+    digests: BTreeMap<u64, ([u8; 32], FacilityId)>,
+}
+
+impl ScheduleChecker {
+    /// Facility `f`'s schedule, having applied commands up to
+    /// `last_index`: its own invariants, and the same schedule as any
+    /// facility seen at that index.
+    pub fn observe(
+        &mut self,
+        f: &FacilityId,
+        last_index: u64,
+        digest: [u8; 32],
+        invariants: Result<(), String>,
+    ) -> Result<(), Violation> {
+        invariants.map_err(|e| Violation::new(Invariant::ScheduleRules, format!("{f}: {e}")))?;
+        match self.digests.get(&last_index) {
+            Some((d, first)) if *d != digest => Err(Violation::new(
+                Invariant::ScheduleRules,
+                format!(
+                    "schedules diverge: {f} and {first} applied up to index {last_index} and hold different schedules"
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.digests.insert(last_index, (digest, f.clone()));
+                Ok(())
+            }
+        }
+    }
+
+    /// The highest index seen and its digest.
+    pub fn latest(&self) -> Option<(u64, [u8; 32])> {
+        self.digests.last_key_value().map(|(i, (d, _))| (*i, *d))
+    }
+
+    /// The digest any facility held after applying up to `last_index`.
+    pub fn digest_at(&self, last_index: u64) -> Option<[u8; 32]> {
+        self.digests.get(&last_index).map(|(d, _)| *d)
+    }
+}
+
+/// A bulkhead pool never lends its reserve, and never hands out more of
+/// its own units than it owns.
+pub fn check_pools(f: &FacilityId, pools: &[PoolStatus]) -> Result<(), Violation> {
+    for p in pools {
+        let lendable = p.capacity.saturating_sub(p.reserved);
+        if p.lent > lendable {
+            return Err(Violation::new(
+                Invariant::BulkheadReserve,
+                format!(
+                    "{f}: pool {} lent {} of capacity {} with {} reserved",
+                    p.name, p.lent, p.capacity, p.reserved
+                ),
+            ));
+        }
+        let own_used = p.allocated.saturating_sub(p.borrowed);
+        if own_used + p.lent > p.capacity || p.borrowed > p.allocated {
+            return Err(Violation::new(
+                Invariant::BulkheadReserve,
+                format!(
+                    "{f}: pool {} allocated {} (borrowed {}) and lent {} of {}",
+                    p.name, p.allocated, p.borrowed, p.lent, p.capacity
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Linearizable reads see every write acknowledged before they began.
+#[derive(Debug, Default)]
+pub struct ReadChecker {
+    /// The highest log index of a write acknowledged as committed.
+    acked_index: u64,
+}
+
+impl ReadChecker {
+    /// A write was acknowledged as committed at `index`.
+    pub fn on_ack(&mut self, index: u64) {
+        self.acked_index = self.acked_index.max(index);
+    }
+
+    /// What a read starting now must reflect.
+    pub fn floor(&self) -> u64 {
+        self.acked_index
+    }
+
+    /// A linearizable read that began when [`Self::floor`] was `floor`
+    /// was served from a schedule applied up to `applied_index`.
+    pub fn check(&self, facility: &str, floor: u64, applied_index: u64) -> Result<(), Violation> {
+        if applied_index < floor {
+            return Err(Violation::new(
+                Invariant::LinearizableRead,
+                format!(
+                    "{facility} served a read at index {applied_index}, but a write at {floor} was acknowledged before it began"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

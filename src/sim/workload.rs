@@ -1,0 +1,277 @@
+//! The simulated clients: what they send through the API and what they
+//! remember of the answers.
+//!
+//! The schedule starts with [`PEOPLE`] people and [`BLOCKS`] one-day
+//! blocks. Clients then add people and blocks, assign, unassign, swap,
+//! grant leave, cover emergencies and approve days, and read the
+//! schedule (linearizable and stale), the cluster view, the ledger and the
+//! evidence. Every write carries a fresh idempotency key; a write that got
+//! no final answer (a time-out, no leader, a partition, an unreachable
+//! facility, an overload) may be sent again later, with the same key and
+//! body, to any facility, as a real client's retry would.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+
+use super::client;
+
+/// People the schedule starts with.
+pub const PEOPLE: usize = 6;
+/// Blocks the schedule starts with (one per day from day 0).
+pub const BLOCKS: usize = 8;
+/// Unanswered writes remembered for a retry, at most.
+pub const PENDING_MAX: usize = 32;
+/// People and blocks the clients may add, at most (bounds the state).
+pub const ADDED_MAX: usize = 24;
+
+/// One write as a client sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    /// Its idempotency key.
+    pub key: String,
+    /// The endpoint, e.g. `/v1/assignments`.
+    pub path: &'static str,
+    /// The JSON body.
+    pub body: Value,
+}
+
+impl Write {
+    /// The request, with `token`.
+    pub fn request(&self, token: &str) -> Request<Body> {
+        client::post(self.path, token, &self.key, &self.body)
+    }
+}
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// A write (a first try or a retry).
+    Write(Write),
+    /// `GET /v1/schedule` (linearizable); `floor` is the highest index
+    /// acknowledged as committed before it was sent.
+    LinearizableRead {
+        /// What it must reflect.
+        floor: u64,
+    },
+    /// `GET /v1/schedule?consistency=stale`.
+    StaleRead,
+    /// `GET /v1/cluster`.
+    Cluster,
+    /// `GET /v1/ledger/{height}`.
+    Ledger(u64),
+    /// `GET /v1/evidence`.
+    Evidence,
+}
+
+impl Op {
+    /// The request, with `token` for writes.
+    pub fn request(&self, token: &str) -> Request<Body> {
+        match self {
+            Op::Write(w) => w.request(token),
+            Op::LinearizableRead { .. } => client::get("/v1/schedule"),
+            Op::StaleRead => client::get("/v1/schedule?consistency=stale"),
+            Op::Cluster => client::get("/v1/cluster"),
+            Op::Ledger(h) => client::get(&format!("/v1/ledger/{h}")),
+            Op::Evidence => client::get("/v1/evidence"),
+        }
+    }
+
+    /// Whether `status` is an answer the API documents for this request.
+    pub fn documented(&self, status: StatusCode) -> bool {
+        let s = status.as_u16();
+        match self {
+            Op::Write(_) => matches!(s, 200 | 202 | 409 | 429 | 503),
+            Op::Ledger(_) => matches!(s, 200 | 404 | 429 | 503),
+            _ => matches!(s, 200 | 429 | 503),
+        }
+    }
+}
+
+/// How a write was acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// 200: committed at this log index (`duplicate`: a retry of a
+    /// command applied before, at an earlier index).
+    Committed {
+        /// The index.
+        index: u64,
+        /// A retry's answer.
+        duplicate: bool,
+    },
+    /// 202: accepted provisionally in a partition, to be replayed.
+    Provisional,
+}
+
+/// The clients' side of one run.
+#[derive(Debug)]
+pub struct Workload {
+    prefix: String,
+    next_key: u64,
+    people: usize,
+    blocks: usize,
+    /// Writes without a final answer yet, which a client may retry.
+    pending: Vec<Write>,
+    /// Writes acknowledged (2xx), with their acknowledgement.
+    acked: Vec<(Write, Ack)>,
+}
+
+impl Workload {
+    /// The clients of the run of `seed`.
+    pub fn new(seed: u64) -> Workload {
+        Workload {
+            prefix: format!("s{seed}"),
+            next_key: 0,
+            people: PEOPLE,
+            blocks: BLOCKS,
+            pending: Vec::new(),
+            acked: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, path: &'static str, body: Value) -> Write {
+        self.next_key += 1;
+        Write {
+            key: format!("{}-w{}", self.prefix, self.next_key),
+            path,
+            body,
+        }
+    }
+
+    /// The writes that set the schedule up: people, then blocks.
+    pub fn setup(&mut self) -> Vec<Write> {
+        let mut out = Vec::new();
+        for p in 0..PEOPLE {
+            out.push(self.write("/v1/people", person_body(p)));
+        }
+        for b in 0..BLOCKS {
+            out.push(self.write("/v1/blocks", block_body(b)));
+        }
+        out
+    }
+
+    /// A person and a block that exist.
+    fn pick(&self, rng: &mut ChaCha8Rng) -> (String, String) {
+        (
+            format!("p{}", rng.random_range(0..self.people)),
+            format!("b{}", rng.random_range(0..self.blocks)),
+        )
+    }
+
+    /// A random new write.
+    pub fn next_write(&mut self, rng: &mut ChaCha8Rng) -> Write {
+        let (p, b) = self.pick(rng);
+        match rng.random_range(0..100) {
+            0..=34 => self.write("/v1/assignments", json!({"person": p, "block": b})),
+            35..=44 => self.write("/v1/unassignments", json!({"person": p, "block": b})),
+            45..=54 => {
+                let (q, c) = self.pick(rng);
+                let emergency = rng.random_bool(0.3);
+                self.write(
+                    "/v1/swaps",
+                    json!({"a": p, "a_block": b, "b": q, "b_block": c, "emergency": emergency}),
+                )
+            }
+            55..=59 => {
+                let from = rng.random_range(0..(BLOCKS as u32 + 4));
+                let to = from + rng.random_range(0..2);
+                self.write(
+                    "/v1/leave",
+                    json!({"person": p, "from_day": from, "to_day": to}),
+                )
+            }
+            60..=79 => self.write("/v1/emergency", json!({"person": p, "block": b})),
+            80..=84 => {
+                let day = rng.random_range(0..4u32);
+                self.write("/v1/approvals", json!({"through_day": day}))
+            }
+            85..=92 if self.people < PEOPLE + ADDED_MAX => {
+                self.people += 1;
+                self.write("/v1/people", person_body(self.people - 1))
+            }
+            85..=99 if self.blocks < BLOCKS + ADDED_MAX => {
+                self.blocks += 1;
+                self.write("/v1/blocks", block_body(self.blocks - 1))
+            }
+            _ => self.write("/v1/assignments", json!({"person": p, "block": b})),
+        }
+    }
+
+    /// A random client request: a new write, a retry, or a read.
+    /// `floor` is what a linearizable read sent now must reflect;
+    /// `height` the final ledger height seen so far.
+    pub fn next_op(&mut self, rng: &mut ChaCha8Rng, floor: u64, height: u64) -> Op {
+        match rng.random_range(0..100) {
+            0..=49 => Op::Write(self.next_write(rng)),
+            50..=59 if !self.pending.is_empty() => {
+                let k = rng.random_range(0..self.pending.len());
+                Op::Write(self.pending.swap_remove(k))
+            }
+            50..=71 => Op::LinearizableRead { floor },
+            72..=86 => Op::StaleRead,
+            87..=92 => Op::Cluster,
+            93..=97 => Op::Ledger(rng.random_range(1..=height.max(1) + 1)),
+            _ => Op::Evidence,
+        }
+    }
+
+    /// The write that shows the healed cluster commits: a new person.
+    pub fn next_final_write(&mut self) -> Write {
+        let body = json!({"id": "final", "name": "Final check", "role": "faculty"});
+        self.write("/v1/people", body)
+    }
+
+    /// A write came back with `status` and `body`: remembered as
+    /// acknowledged, kept for a retry, or (a rule's refusal) dropped.
+    pub fn on_write(&mut self, w: Write, status: StatusCode, body: &Value) -> Option<Ack> {
+        let ack = match status.as_u16() {
+            200 => Ack::Committed {
+                index: body["index"].as_u64().unwrap_or(0),
+                duplicate: body["duplicate"].as_bool().unwrap_or(false),
+            },
+            202 => Ack::Provisional,
+            429 | 503 => {
+                if self.pending.len() < PENDING_MAX {
+                    self.pending.push(w);
+                }
+                return None;
+            }
+            _ => return None,
+        };
+        self.acked.push((w, ack));
+        Some(ack)
+    }
+
+    /// Every acknowledged write.
+    pub fn acked(&self) -> &[(Write, Ack)] {
+        &self.acked
+    }
+
+    /// Records an acknowledgement the run never got (test-only: shows the
+    /// final check catches a lost write).
+    pub fn plant_ack(&mut self, w: Write, ack: Ack) {
+        self.acked.push((w, ack));
+    }
+}
+
+fn person_body(p: usize) -> Value {
+    if p % 3 == 2 {
+        json!({"id": format!("p{p}"), "name": format!("Faculty {p}"), "role": "faculty"})
+    } else {
+        json!({"id": format!("p{p}"), "name": format!("Resident {p}"), "role": "resident", "pgy": 1 + p % 3})
+    }
+}
+
+fn block_body(b: usize) -> Value {
+    let pool = ["icu", "clinic", "procedures", "call"][b % 4];
+    json!({
+        "id": format!("b{b}"),
+        "day": b as u32,
+        "start_min": 420 + 60 * (b % 3) as u32,
+        "duration_min": 480 + 120 * (b % 2) as u32,
+        "pool": pool,
+        "required": 1 + (b % 2) as u32,
+    })
+}
