@@ -276,6 +276,15 @@ pub enum BftMsg {
     /// Carry out what the core asked for (self-sent behind the messages
     /// already queued, so they share one redb commit).
     Flush,
+    /// From now on behave as `behaviour` (chaos: a facility that starts
+    /// lying, or stops); answers the behaviour before. A restarted
+    /// validator behaves as its setup says again.
+    SetBehaviour {
+        /// The new behaviour.
+        behaviour: Behaviour,
+        /// Gets the old one.
+        reply: RpcReplyPort<Behaviour>,
+    },
     /// Answers when the entry at `height` is final here.
     AwaitFinal {
         /// The ledger height.
@@ -454,6 +463,13 @@ impl Actor for BftValidator {
             }
             BftMsg::Trust(reply) => {
                 let _ = reply.send(st.core.trust(now));
+            }
+            BftMsg::SetBehaviour { behaviour, reply } => {
+                let before = st.core.set_behaviour(behaviour);
+                st.setup.behaviour = behaviour;
+                tracing::warn!(facility = %st.ctx.facility, ?before, now = ?behaviour,
+                    "validator behaviour switched");
+                let _ = reply.send(before);
             }
             BftMsg::AwaitFinal { height, reply } => {
                 // Final and already written: answer now. Final but still in

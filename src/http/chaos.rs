@@ -15,6 +15,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use bulwark_actors::bft::Behaviour;
+use bulwark_actors::bft::BftMsg;
+use bulwark_actors::chaos::experiment::behaviour_named;
 use bulwark_runtime::Zone;
 use bulwark_transport::{FaultRule, RuleId};
 use serde::{Deserialize, Serialize};
@@ -59,6 +62,13 @@ pub enum ChaosAction {
         /// Signed offset in ms, at most a day either way.
         skew_ms: i64,
     },
+    /// The validator behaves as named from now on: `equivocate`,
+    /// `forge_votes`, `vote_for_invalid`, `replay_stale`, `withhold` or
+    /// `honest`.
+    Behaviour {
+        /// The behaviour's name.
+        behaviour: String,
+    },
     /// Kills one actor as a crash would; its supervisor restarts it.
     KillActor {
         /// transport, detection, consensus, flow, chaos or service.
@@ -96,6 +106,8 @@ pub struct ChaosView {
     pub disk_write_failure: f64,
     /// Actors killed since the last clear.
     pub killed: Vec<String>,
+    /// The validator's behaviour set through chaos, if one is.
+    pub behaviour: Option<String>,
     /// When everything is released unless re-armed (ms from now), if armed.
     pub release_in_ms: Option<u64>,
     /// Times the dead-man timer released everything.
@@ -106,6 +118,8 @@ pub struct ChaosView {
 struct Held {
     rules: Vec<RuleId>,
     killed: Vec<String>,
+    /// The behaviour set, and the one before the first change.
+    behaviour: Option<(String, Behaviour)>,
     deadline: Option<tokio::time::Instant>,
 }
 
@@ -145,6 +159,17 @@ impl ChaosControl {
             released.push("clock skew".into());
         }
         held.killed.clear();
+        if let Some((_, before)) = held.behaviour.take() {
+            if let Some(v) = bulwark_actors::bft::validator_of(&svc.ctx) {
+                // Nobody waits for the answer: the cast is what counts.
+                let (reply, _) = ractor::concurrency::oneshot();
+                let _ = v.cast(BftMsg::SetBehaviour {
+                    behaviour: before,
+                    reply: reply.into(),
+                });
+            }
+            released.push("validator behaviour".into());
+        }
         held.deadline = None;
         self.generation.fetch_add(1, Ordering::SeqCst);
         released
@@ -159,6 +184,7 @@ impl ChaosControl {
             disk_latency_ms: svc.ctx.store.disk_faults().spec().latency_ms,
             disk_write_failure: svc.ctx.store.disk_faults().spec().write_failure,
             killed: held.killed.clone(),
+            behaviour: held.behaviour.as_ref().map(|b| b.0.clone()),
             release_in_ms: held
                 .deadline
                 .map(|d| d.saturating_duration_since(now).as_millis() as u64),
@@ -275,6 +301,34 @@ pub(crate) async fn post_chaos(
                     "this facility's clock cannot be skewed",
                 ));
             }
+        }
+        ChaosAction::Behaviour { behaviour } => {
+            let b = behaviour_named(&behaviour).ok_or_else(|| {
+                ApiError::bad(
+                    "action.behaviour",
+                    "honest, equivocate, forge_votes, vote_for_invalid, replay_stale or withhold",
+                )
+            })?;
+            let v = bulwark_actors::bft::validator_of(&svc.ctx).ok_or_else(|| {
+                ApiError::unavailable("UNAVAILABLE", "the validator is not running", 1_000)
+            })?;
+            let before = v
+                .call(
+                    |reply| BftMsg::SetBehaviour {
+                        behaviour: b,
+                        reply,
+                    },
+                    Some(Duration::from_secs(5)),
+                )
+                .await
+                .ok()
+                .and_then(|r| r.success_or(()).ok())
+                .ok_or_else(|| {
+                    ApiError::unavailable("UNAVAILABLE", "the validator did not answer", 1_000)
+                })?;
+            let mut held = ctl.lock();
+            let original = held.behaviour.take().map_or(before, |h| h.1);
+            held.behaviour = Some((behaviour, original));
         }
         ChaosAction::KillActor { zone, name } => {
             if !svc.ctx.kill_actor(zone, &name) {

@@ -136,6 +136,17 @@ const SHADOWS_KEPT: usize = 4096;
 
 impl Core {
     /// A core for `ring`'s facility, resuming from `restored`.
+    /// Switches how this validator behaves from now on (chaos: a facility
+    /// that starts lying, or stops); answers the behaviour before.
+    pub fn set_behaviour(&mut self, behaviour: Behaviour) -> Behaviour {
+        std::mem::replace(&mut self.behaviour, behaviour)
+    }
+
+    /// How this validator behaves.
+    pub fn behaviour(&self) -> Behaviour {
+        self.behaviour
+    }
+
     pub fn new(ring: Keyring, config: BftConfig, behaviour: Behaviour, restored: Restored) -> Core {
         let peers: Vec<FacilityId> = ring
             .public()

@@ -273,3 +273,30 @@ fn messages_from_unknown_facilities_are_ignored() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_validator_switched_to_withhold_stops_sending_and_switched_back_sends_again() {
+    let sends = |out: &[Output]| {
+        out.iter()
+            .filter(|o| matches!(o, Output::Send { .. }))
+            .count()
+    };
+    let e = entries(2);
+    let mut c = core(0);
+    assert_eq!(c.set_behaviour(Behaviour::Withhold), Behaviour::Honest);
+    assert_eq!(c.behaviour(), Behaviour::Withhold);
+    c.on_applied(&e[0], NOW);
+    let out = c.drain();
+    assert!(
+        out.iter().any(|o| matches!(o, Output::PersistVotes(_))),
+        "{out:?}"
+    );
+    assert_eq!(
+        sends(&out),
+        0,
+        "a withholding validator sends no vote: {out:?}"
+    );
+    assert_eq!(c.set_behaviour(Behaviour::Honest), Behaviour::Withhold);
+    c.on_applied(&e[1], NOW);
+    assert!(sends(&c.drain()) > 0, "honest again: its vote leaves");
+}
