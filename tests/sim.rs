@@ -85,3 +85,117 @@ async fn randomized_runs_keep_every_invariant() {
         }
     }
 }
+
+/// A small plan for the tests that run many seeds or runs.
+fn short_plan(steps: usize) -> SimPlan {
+    SimPlan {
+        steps,
+        ..SimPlan::default()
+    }
+}
+
+/// One seed replays exactly: the same SimNet trace (its digest and
+/// length), faults, requests, acknowledgements and virtual time.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_seed_replays_exactly() {
+    let plan = short_plan(20);
+    let first = run_seed(7, &plan).await.expect("seed 7 passes");
+    let again = run_seed(7, &plan).await.expect("seed 7 passes again");
+    assert_eq!(first, again);
+    assert!(first.trace_events > 0 && first.ops > 0, "{first:?}");
+}
+
+/// Every checker is shown able to fail: a violation planted mid-run is
+/// caught, by the invariant it breaks, at the step it was planted (or at
+/// the end, for a lost write).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn each_checker_catches_a_planted_violation() {
+    use bulwark::sim::check::Invariant;
+    use bulwark::sim::run::Plant;
+    let cases = [
+        (Plant::SecondLeader, Invariant::OneLeaderPerTerm, Some(8)),
+        (Plant::ChangedEntry, Invariant::CommittedEntries, Some(8)),
+        (Plant::WeakCertificate, Invariant::FinalLedger, Some(8)),
+        (Plant::DivergentSchedule, Invariant::ScheduleRules, Some(8)),
+        (Plant::LentReserve, Invariant::BulkheadReserve, Some(8)),
+        (Plant::StaleRead, Invariant::LinearizableRead, Some(8)),
+        (Plant::LostWrite, Invariant::AcknowledgedWrites, None),
+    ];
+    for (plant, invariant, step) in cases {
+        let plan = SimPlan {
+            plant: Some((8, plant)),
+            ..short_plan(10)
+        };
+        let e = run_seed(3, &plan)
+            .await
+            .expect_err(&format!("{plant:?} is caught"));
+        assert_eq!(
+            (e.violation.invariant, e.step),
+            (invariant, step),
+            "{plant:?}: {e}"
+        );
+    }
+}
+
+/// A supervised restart of the BackpressureController must leave the API
+/// admitting requests. Found by `bulwark sim --known-bugs` (seed 0): the
+/// API keeps the ActorRef it was built with (`ApiState::admission`), so
+/// after the restart every `/v1` request is refused with 429
+/// `admission_unavailable` until the process restarts. The fix belongs in
+/// `src/http/mod.rs` (look the controller up per request, as the
+/// bulkhead middleware does); then drop the `ignore` and
+/// `run::KNOWN_BUG_KILLS`.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+#[ignore = "known bug: the API holds a dead BackpressureController after its restart"]
+async fn the_api_admits_after_the_backpressure_controller_restarts() {
+    use bulwark_actors::flow::actors::BACKPRESSURE;
+    use bulwark_runtime::Zone;
+    let c = SimCluster::start(SimOptions::new(3, 11)).await.unwrap();
+    c.wait_leader(Duration::from_secs(10), POLL)
+        .await
+        .expect("a leader");
+    assert!(c.harness().kill_actor(0, Zone::Flow, BACKPRESSURE));
+    c.step(Duration::from_secs(1)).await;
+    let (st, v) = json(c.call(0, get("/v1/status")).await).await;
+    assert_eq!(st, 200, "{v}");
+    c.shutdown().await;
+}
+
+/// The full randomized run, as `bulwark sim` runs it but in this process:
+/// `BULWARK_SIM_SEEDS` seeds (default 200) from `BULWARK_SIM_FIRST`
+/// (default 0). `bulwark sim --seeds N --jobs J` is faster (release, in
+/// parallel).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+#[ignore = "the large run; see the doc comment"]
+async fn randomized_runs_full() {
+    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
+    let first = env("BULWARK_SIM_FIRST").unwrap_or(0);
+    let n = env("BULWARK_SIM_SEEDS").unwrap_or(200);
+    let plan = SimPlan::default();
+    let mut failed = Vec::new();
+    for seed in first..first + n {
+        if let Err(e) = run_seed(seed, &plan).await {
+            eprintln!("SEED={seed}: {e}\nreplay: bulwark sim --first {seed} --seeds 1");
+            failed.push(seed);
+        }
+    }
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+}
+
+/// `bulwark sim` runs seeds in worker processes and prints a summary;
+/// exit 0 when every seed passes.
+#[test]
+fn the_sim_command_runs_seeds_and_summarizes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args([
+            "sim", "--seeds", "2", "--first", "40", "--steps", "6", "--chunk", "1", "--jobs", "2",
+        ])
+        .output()
+        .expect("bulwark sim runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("seeds 2 (40..42), failures 0"), "{stdout}");
+    assert!(stdout.contains("faults per seed, by kind"), "{stdout}");
+    assert!(stderr.contains("sim: 2/2 done, 0 failed"), "{stderr}");
+}

@@ -172,8 +172,15 @@ impl RaftObserver {
         self.replays.insert(f.clone(), 0);
     }
 
+    /// How often applied indices went backwards on `f` since its node
+    /// started.
+    pub fn replays(&self, f: &FacilityId) -> u64 {
+        self.replays.get(f).copied().unwrap_or(0)
+    }
+
     /// Applied indices went backwards on `f` only as often as its RaftPeer
-    /// restarted (`raft_restarts` in its node's current run).
+    /// restarted or was rebuilt from its store (`raft_restarts` in its
+    /// node's current run).
     pub fn check_replays(&mut self, f: &FacilityId, raft_restarts: u64) {
         let replays = self.replays.get(f).copied().unwrap_or(0);
         if replays > raft_restarts {
@@ -405,5 +412,129 @@ impl ReadChecker {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulwark_actors::ledger::Verdict;
+
+    fn f(s: &str) -> FacilityId {
+        s.parse().unwrap()
+    }
+
+    fn leading(who: &str, term: u64) -> RaftStatus {
+        RaftStatus {
+            facility: f(who),
+            leader: Some(f(who)),
+            is_leader: true,
+            term,
+            commit: 0,
+            applied: 0,
+            voters: vec![],
+            joint: false,
+        }
+    }
+
+    fn entry(index: u64, term: u64, byte: u8) -> AppliedEntry {
+        AppliedEntry {
+            index,
+            term,
+            hash: [byte; 32],
+            payload: None,
+            verdict: Verdict::Skipped,
+            leader: None,
+        }
+    }
+
+    fn kinds(o: &RaftObserver) -> Vec<Invariant> {
+        o.violations().iter().map(|v| v.invariant).collect()
+    }
+
+    #[test]
+    fn the_raft_observer_catches_two_leaders_in_a_term() {
+        let mut o = RaftObserver::default();
+        o.on_status(&leading("alpha", 3));
+        o.on_status(&leading("alpha", 3));
+        o.on_status(&leading("bravo", 4));
+        assert!(o.violations().is_empty());
+        o.on_status(&leading("bravo", 3));
+        assert_eq!(kinds(&o), [Invariant::OneLeaderPerTerm]);
+    }
+
+    #[test]
+    fn the_raft_observer_catches_changed_skipped_and_reordered_entries() {
+        let mut o = RaftObserver::default();
+        for i in 1..=3 {
+            o.on_applied(&f("alpha"), &entry(i, 1, i as u8));
+            o.on_applied(&f("bravo"), &entry(i, 1, i as u8));
+        }
+        assert!(o.violations().is_empty());
+        // Another entry at a committed index.
+        o.on_applied(&f("charlie"), &entry(1, 2, 9));
+        assert_eq!(kinds(&o), [Invariant::CommittedEntries]);
+        // An index skipped.
+        o.on_applied(&f("alpha"), &entry(5, 1, 5));
+        assert_eq!(o.violations().len(), 2);
+        // Applied again from its snapshot: fine once per RaftPeer restart.
+        o.on_applied(&f("bravo"), &entry(2, 1, 2));
+        o.check_replays(&f("bravo"), 1);
+        assert_eq!(o.violations().len(), 2);
+        o.on_applied(&f("bravo"), &entry(1, 1, 1));
+        o.check_replays(&f("bravo"), 1);
+        assert_eq!(o.violations().len(), 3, "{:?}", o.violations());
+        // A new node starts its sequence afresh.
+        o.on_node_start(&f("bravo"));
+        o.on_applied(&f("bravo"), &entry(1, 1, 1));
+        o.check_replays(&f("bravo"), 0);
+        assert_eq!(o.violations().len(), 3);
+    }
+
+    #[test]
+    fn the_schedule_checker_catches_broken_rules_and_divergence() {
+        let mut c = ScheduleChecker::default();
+        c.observe(&f("alpha"), 4, [1; 32], Ok(())).unwrap();
+        c.observe(&f("bravo"), 4, [1; 32], Ok(())).unwrap();
+        c.observe(&f("bravo"), 5, [2; 32], Ok(())).unwrap();
+        let e = c.observe(&f("charlie"), 4, [3; 32], Ok(())).unwrap_err();
+        assert_eq!(e.invariant, Invariant::ScheduleRules);
+        let e = c
+            .observe(&f("alpha"), 6, [4; 32], Err("b1 has 3 of 2 people".into()))
+            .unwrap_err();
+        assert!(e.detail.contains("b1 has 3 of 2"), "{e}");
+        assert_eq!(c.latest(), Some((5, [2; 32])));
+    }
+
+    #[test]
+    fn the_pool_check_catches_a_lent_reserve() {
+        let pool = |lent, allocated, borrowed| PoolStatus {
+            name: "writes".into(),
+            capacity: 4,
+            reserved: 2,
+            allocated,
+            borrowed,
+            lent,
+            utilization: 0.0,
+            rejections: 0,
+        };
+        check_pools(&f("alpha"), &[pool(2, 2, 0), pool(0, 6, 2)]).unwrap();
+        let e = check_pools(&f("alpha"), &[pool(3, 0, 0)]).unwrap_err();
+        assert_eq!(e.invariant, Invariant::BulkheadReserve);
+        assert!(
+            check_pools(&f("alpha"), &[pool(2, 3, 0)]).is_err(),
+            "own units over capacity"
+        );
+    }
+
+    #[test]
+    fn the_read_checker_catches_a_read_missing_an_acknowledged_write() {
+        let mut r = ReadChecker::default();
+        r.on_ack(7);
+        r.on_ack(5);
+        assert_eq!(r.floor(), 7);
+        r.check("alpha", 7, 7).unwrap();
+        let e = r.check("alpha", 7, 6).unwrap_err();
+        assert_eq!(e.invariant, Invariant::LinearizableRead);
     }
 }

@@ -25,20 +25,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use bulwark_actors::bft::{self, Behaviour, LedgerStore};
-use bulwark_actors::cap::gate::CAP_GATE;
-use bulwark_actors::cap::heal::HEALER;
-use bulwark_actors::detect::DETECTOR;
-use bulwark_actors::flow::actors::{BulkheadMsg, BACKPRESSURE, BULKHEADS};
-use bulwark_actors::flow::bulkhead::PoolStatus;
-use bulwark_actors::flow::mesh::BREAKERS;
-use bulwark_actors::ledger::{self, FinalEntry};
-use bulwark_actors::raft::{inspect, raft_peer, AppliedEntry, RAFT};
-use bulwark_actors::schedule::{Outcome, ScheduleState};
+use bulwark_actors::bft::{Behaviour, LedgerStore};
+use bulwark_actors::flow::actors::{BulkheadMsg, BULKHEADS};
+use bulwark_actors::ledger::FinalEntry;
+use bulwark_actors::raft::{inspect, raft_peer};
+use bulwark_actors::schedule::ScheduleState;
 use bulwark_runtime::Zone;
-use bulwark_transport::simnet::LinkParams;
-use bulwark_transport::{FacilityId, FaultRule, Selector};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -52,7 +44,14 @@ use super::check::{
 use super::client;
 use super::cluster::{SimCluster, SimOptions, STATUS_TIMEOUT};
 use super::workload::{Ack, Op, Workload, Write};
-use crate::http::api::command_key;
+
+mod end;
+mod faults;
+mod plant;
+
+pub use faults::{
+    Network, DISK_LATENCY_MS_MAX, DISK_WRITE_FAILURE_MAX, KILLABLE, KNOWN_BUG_KILLS, SKEW_MS_MAX,
+};
 
 /// The lies a Byzantine validator may tell (as in the BFT simulation).
 pub const LIES: [Behaviour; 5] = [
@@ -62,30 +61,6 @@ pub const LIES: [Behaviour; 5] = [
     Behaviour::ReplayStale,
     Behaviour::Withhold,
 ];
-
-/// The actors a fault may kill, by zone.
-pub const KILLABLE: [(Zone, &str); 8] = [
-    (Zone::Consensus, RAFT),
-    (Zone::Consensus, bft::BFT),
-    (Zone::Consensus, HEALER),
-    (Zone::Detection, CAP_GATE),
-    (Zone::Detection, DETECTOR),
-    (Zone::Flow, BACKPRESSURE),
-    (Zone::Flow, BULKHEADS),
-    (Zone::Flow, BREAKERS),
-];
-
-/// Actors whose kill reaches a known bug, not killed unless
-/// [`SimPlan::known_bugs`]: the API keeps the BackpressureController it was
-/// built with (`ApiState::admission`), so after a supervised restart of
-/// that actor every `/v1` request is refused `429 admission_unavailable`
-/// until the process restarts (seed 0 of the default plan).
-pub const KNOWN_BUG_KILLS: [&str; 1] = [BACKPRESSURE];
-
-/// Largest clock skew a fault sets, in ms either way. Changes of a
-/// facility's skew stay under the ledger's allowed step back (5 s), as an
-/// NTP-disciplined clock's would.
-pub const SKEW_MS_MAX: i64 = 2_000;
 
 /// How big a run is and what it draws.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +148,8 @@ pub enum FaultKind {
     Drop,
     /// A facility's clock skewed.
     ClockSkew,
+    /// A facility's disk made slow or refusing writes.
+    DiskFault,
     /// An actor killed (its supervisor restarts it).
     ActorKill,
     /// A facility's root supervisor stopped by itself (its restart
@@ -191,6 +168,8 @@ pub struct SeedReport {
     pub facilities: usize,
     /// The Byzantine validator and its lie, if any.
     pub liar: Option<String>,
+    /// The network model.
+    pub network: Network,
     /// Safety steps run.
     pub steps: usize,
     /// Client requests sent (first tries and retries).
@@ -237,6 +216,10 @@ fn phase(step: &Option<usize>) -> String {
     }
 }
 
+/// The counter of RaftPeer cores fenced (then rebuilt from redb in place)
+/// after a refused write.
+const FENCED: &str = "bulwark_raft_fenced_total";
+
 /// A boxed future borrowing the run.
 type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
 
@@ -256,6 +239,7 @@ struct Run<'p> {
     c: SimCluster,
     honest: Vec<usize>,
     liar: Option<(usize, Behaviour)>,
+    network: Network,
     ledger: LedgerChecker,
     schedules: ScheduleChecker,
     reads: ReadChecker,
@@ -266,6 +250,8 @@ struct Run<'p> {
     log: std::collections::VecDeque<String>,
     /// Details of the fault being injected, for the log.
     last_fault: Option<String>,
+    /// Per facility, [`FENCED`] when its node last started.
+    fence_base: Vec<u64>,
     ops: u64,
     step: Option<usize>,
     start: Instant,
@@ -295,6 +281,7 @@ impl<'p> Run<'p> {
                 LIES[rng.random_range(0..LIES.len())],
             )
         });
+        let network = Network::draw(&mut rng);
         let mut opts = SimOptions::new(n, seed);
         opts.api_concurrency = plan.api_concurrency;
         opts.behaviours = liar.into_iter().collect();
@@ -304,6 +291,17 @@ impl<'p> Run<'p> {
             violation: Violation::new(Invariant::Convergence, format!("start: {e}")),
             recent_faults: Vec::new(),
         })?;
+        if let Some(spec) = network.spec() {
+            c.harness()
+                .net()
+                .set_default_spec(spec)
+                .map_err(|e| SimFailure {
+                    seed,
+                    step: None,
+                    violation: Violation::new(Invariant::Convergence, format!("network: {e}")),
+                    recent_faults: Vec::new(),
+                })?;
+        }
         let ledger = LedgerChecker::new(c.keys().clone());
         let mut faults = BTreeMap::new();
         if liar.is_some() {
@@ -317,6 +315,7 @@ impl<'p> Run<'p> {
                 .filter(|&i| liar.is_none_or(|(l, _)| l != i))
                 .collect(),
             liar,
+            network,
             ledger,
             schedules: ScheduleChecker::default(),
             reads: ReadChecker::default(),
@@ -325,6 +324,7 @@ impl<'p> Run<'p> {
             faults,
             log: Default::default(),
             last_fault: None,
+            fence_base: vec![0; n],
             ops: 0,
             step: None,
             start: Instant::now(),
@@ -359,17 +359,15 @@ impl<'p> Run<'p> {
     async fn setup(&mut self) -> Result<(), SimFailure> {
         let writes = self.work.setup();
         for w in writes {
-            let ack = self.write_until_committed(w).await?;
-            if let Ack::Committed { index, .. } = ack {
-                self.reads.on_ack(index);
-            }
+            let index = self.write_until_committed(w).await?;
+            self.reads.on_ack(index);
         }
         Ok(())
     }
 
     /// Sends `w` to the leader (or any facility) until it commits,
-    /// stepping 200 ms between tries, at most 150 tries.
-    async fn write_until_committed(&mut self, w: Write) -> Result<Ack, SimFailure> {
+    /// stepping 200 ms between tries, at most 150 tries; its log index.
+    async fn write_until_committed(&mut self, w: Write) -> Result<u64, SimFailure> {
         let token = self.c.token().to_string();
         let mut last = String::new();
         for attempt in 0..150usize {
@@ -380,11 +378,9 @@ impl<'p> Run<'p> {
             self.ops += 1;
             let (st, v) = client::json(self.c.call(via, w.request(&token)).await).await;
             if st == StatusCode::OK {
-                let ack = self
-                    .work
-                    .on_write(w, st, &v)
-                    .expect("a 200 is acknowledged");
-                return Ok(ack);
+                let index = v["index"].as_u64().unwrap_or(0);
+                self.work.on_write(w, st, &v);
+                return Ok(index);
             }
             last = format!("{st} {v}");
             self.c.step(Duration::from_millis(200)).await;
@@ -413,97 +409,6 @@ impl<'p> Run<'p> {
             }
         }
         self.check_step().await
-    }
-
-    /// Plants `p` where its checker will see it (test-only).
-    async fn plant(&mut self, p: Plant) -> Result<(), SimFailure> {
-        let ids = self.c.ids().to_vec();
-        let missing = |what: &str| self.stuck(format!("nothing to plant {what} on"));
-        match p {
-            Plant::SecondLeader => {
-                let l = self.c.leader().await.ok_or_else(|| missing("a leader"))?;
-                let mut s = self
-                    .c
-                    .raft_status(l)
-                    .await
-                    .ok_or_else(|| missing("a leader"))?;
-                s.facility = ids[(l + 1) % ids.len()].clone();
-                self.c
-                    .observer()
-                    .lock()
-                    .expect("observer lock")
-                    .on_status(&s);
-            }
-            Plant::ChangedEntry => {
-                let e = AppliedEntry {
-                    index: 1,
-                    term: u64::MAX,
-                    hash: [7; 32],
-                    payload: None,
-                    verdict: ledger::Verdict::Skipped,
-                    leader: None,
-                };
-                self.c
-                    .observer()
-                    .lock()
-                    .expect("observer lock")
-                    .on_applied(&ids[0], &e);
-            }
-            Plant::WeakCertificate => {
-                let mut rows = self.finals(self.honest[0], 1)?;
-                rows.truncate(1);
-                let fin = rows.first_mut().ok_or_else(|| missing("a final entry"))?;
-                fin.cert.votes.truncate(1);
-                let ghost: FacilityId = "ghost".parse().expect("a valid id");
-                self.ledger
-                    .observe(&ghost, &rows)
-                    .map_err(|v| self.fail(v))?;
-            }
-            Plant::DivergentSchedule => {
-                let (last, mut digest) = self
-                    .schedules
-                    .latest()
-                    .ok_or_else(|| missing("a schedule"))?;
-                digest[0] ^= 1;
-                self.schedules
-                    .observe(&ids[0], last, digest, Ok(()))
-                    .map_err(|v| self.fail(v))?;
-            }
-            Plant::LentReserve => {
-                let lent = PoolStatus {
-                    name: "writes".into(),
-                    capacity: 4,
-                    reserved: 2,
-                    allocated: 0,
-                    borrowed: 0,
-                    lent: 3,
-                    utilization: 0.0,
-                    rejections: 0,
-                };
-                check_pools(&ids[0], &[lent]).map_err(|v| self.fail(v))?;
-            }
-            Plant::LostWrite => {
-                let w = Write {
-                    key: format!("s{}-planted", self.seed),
-                    path: "/v1/people",
-                    body: serde_json::json!({"id": "planted"}),
-                };
-                self.work.plant_ack(
-                    w,
-                    Ack::Committed {
-                        index: 1,
-                        duplicate: false,
-                    },
-                );
-            }
-            Plant::StaleRead => {
-                let floor = self.reads.floor();
-                self.reads
-                    .check(ids[0].as_str(), floor, floor.saturating_sub(1))
-                    .map_err(|v| self.fail(v))?;
-            }
-        }
-        Ok(())
     }
 
     /// Starts one client request on a random facility.
@@ -596,174 +501,6 @@ impl<'p> Run<'p> {
         Ok(())
     }
 
-    /// Draws and injects one fault.
-    async fn inject(&mut self) -> Result<(), SimFailure> {
-        let n = self.c.n();
-        let i = self.rng.random_range(0..n);
-        let at = self.c.ids()[i].clone();
-        let kind = match self.rng.random_range(0..100) {
-            0..=9 => self.crash(i).await,
-            10..=27 => self.restart_one().await?,
-            28..=37 => self.partition(),
-            38..=44 => self.one_way(i),
-            45..=54 => {
-                self.c.harness().heal();
-                Some(FaultKind::Heal)
-            }
-            55..=62 => self.link_change(),
-            63..=67 => self.link_rule(i, true),
-            68..=72 => self.link_rule(i, false),
-            73..=84 => {
-                let skew = self.rng.random_range(-SKEW_MS_MAX..=SKEW_MS_MAX);
-                self.last_fault = Some(format!("{skew} ms"));
-                self.c.harness().clock(i).set_skew_ms(skew);
-                Some(FaultKind::ClockSkew)
-            }
-            _ => self.kill(i),
-        };
-        if let Some(k) = kind {
-            *self.faults.entry(k).or_insert(0) += 1;
-            let what = self.last_fault.take().unwrap_or_default();
-            self.note(format!("{k:?} {at} {what}"));
-        }
-        Ok(())
-    }
-
-    /// Adds `what` to the fault log, with the step and virtual time.
-    fn note(&mut self, what: String) {
-        if self.log.len() == FAULT_LOG_LEN {
-            self.log.pop_front();
-        }
-        let t = self.start.elapsed().as_millis();
-        let step = phase(&self.step);
-        self.log
-            .push_back(format!("{step} t={t}ms {}", what.trim_end()));
-    }
-
-    async fn crash(&mut self, i: usize) -> Option<FaultKind> {
-        let up = (0..self.c.n()).filter(|&j| self.c.is_up(j)).count();
-        if !self.c.is_up(i) || up <= 1 {
-            return None;
-        }
-        self.c.crash(i).await;
-        Some(FaultKind::Crash)
-    }
-
-    async fn restart_one(&mut self) -> Result<Option<FaultKind>, SimFailure> {
-        let down: Vec<usize> = (0..self.c.n()).filter(|&j| !self.c.is_up(j)).collect();
-        let Some(&i) = down.get(self.rng.random_range(0..down.len().max(1))) else {
-            return Ok(None);
-        };
-        self.restart(i).await?;
-        Ok(Some(FaultKind::Restart))
-    }
-
-    async fn restart(&mut self, i: usize) -> Result<(), SimFailure> {
-        self.c
-            .restart(i)
-            .await
-            .map_err(|e| self.stuck(format!("{} did not restart: {e}", self.c.ids()[i])))
-    }
-
-    fn partition(&mut self) -> Option<FaultKind> {
-        let mut ids = self.c.ids().to_vec();
-        ids.shuffle(&mut self.rng);
-        let k = self.rng.random_range(1..ids.len());
-        let (a, b) = ids.split_at(k);
-        self.last_fault = Some(format!("{a:?} | {b:?}"));
-        let plan = self.c.harness().net().faults();
-        plan.partition(a.to_vec(), b.to_vec()).ok()?;
-        Some(FaultKind::Partition)
-    }
-
-    fn one_way(&mut self, i: usize) -> Option<FaultKind> {
-        let me = std::collections::BTreeSet::from([self.c.ids()[i].clone()]);
-        let rest = self
-            .c
-            .ids()
-            .iter()
-            .filter(|f| !me.contains(*f))
-            .cloned()
-            .collect();
-        let (side_a, side_b) = if self.rng.random_bool(0.5) {
-            (me, rest)
-        } else {
-            (rest, me)
-        };
-        let rule = FaultRule::Partition {
-            side_a,
-            side_b,
-            one_way: true,
-        };
-        self.c.harness().net().faults().add(rule).ok()?;
-        Some(FaultKind::OneWayPartition)
-    }
-
-    fn link_change(&mut self) -> Option<FaultKind> {
-        let params = if self.rng.random_bool(0.3) {
-            LinkParams::default()
-        } else {
-            LinkParams {
-                latency: Duration::from_millis(self.rng.random_range(1..20)),
-                jitter: Duration::from_millis(self.rng.random_range(0..30)),
-                loss: self.rng.random_range(0.0..0.1),
-            }
-        };
-        self.c.harness().net().set_default_link(params);
-        Some(FaultKind::LinkChange)
-    }
-
-    /// A delay (`delay`) or random drops on the link from `i` to another.
-    fn link_rule(&mut self, i: usize, delay: bool) -> Option<FaultKind> {
-        let n = self.c.n();
-        let j = (i + self.rng.random_range(1..n)) % n;
-        let (from, to) = (
-            Selector::one(&self.c.ids()[i]),
-            Selector::one(&self.c.ids()[j]),
-        );
-        let (rule, kind) = if delay {
-            let delay_ms = self.rng.random_range(20..1_500);
-            (FaultRule::Delay { from, to, delay_ms }, FaultKind::Delay)
-        } else {
-            let probability = self.rng.random_range(0.1..0.7);
-            let class = None;
-            (
-                FaultRule::Drop {
-                    from,
-                    to,
-                    probability,
-                    class,
-                },
-                FaultKind::Drop,
-            )
-        };
-        self.c.harness().net().faults().add(rule).ok()?;
-        Some(kind)
-    }
-
-    fn kill(&mut self, i: usize) -> Option<FaultKind> {
-        let (zone, name) = KILLABLE[self.rng.random_range(0..KILLABLE.len())];
-        if !self.plan.known_bugs && KNOWN_BUG_KILLS.contains(&name) {
-            return None;
-        }
-        self.last_fault = Some(format!("{}/{name}", zone.as_str()));
-        (self.c.is_up(i) && self.c.harness().kill_actor(i, zone, name))
-            .then_some(FaultKind::ActorKill)
-    }
-
-    /// A facility whose root supervisor gave up is down, as the process
-    /// of a real node would be.
-    async fn notice_escalations(&mut self) {
-        for i in 0..self.c.n() {
-            if !self.c.is_up(i) && self.c.api().state(i).is_some() {
-                self.c.crash(i).await;
-                *self.faults.entry(FaultKind::Escalation).or_insert(0) += 1;
-                let f = self.c.ids()[i].clone();
-                self.note(format!("Escalation {f}"));
-            }
-        }
-    }
-
     /// Every invariant across the running facilities.
     async fn check_step(&mut self) -> Result<(), SimFailure> {
         for i in 0..self.c.n() {
@@ -771,23 +508,7 @@ impl<'p> Run<'p> {
                 continue;
             }
             self.c.raft_status(i).await;
-            let f = self.c.ids()[i].clone();
-            let restarts = self
-                .c
-                .harness()
-                .node(i)
-                .ctx()
-                .spawns
-                .restarts("consensus/raft");
-            let broken = {
-                let obs = self.c.observer();
-                let mut obs = obs.lock().expect("observer lock");
-                obs.check_replays(&f, restarts);
-                obs.violations().first().cloned()
-            };
-            if let Some(v) = broken {
-                return Err(self.fail(v));
-            }
+            self.check_raft(i)?;
             self.check_schedule(i).await?;
             self.check_bulkheads(i).await?;
             if self.honest.contains(&i) {
@@ -795,6 +516,31 @@ impl<'p> Run<'p> {
             }
         }
         Ok(())
+    }
+
+    /// One leader per term and committed entries applied in order: an
+    /// index applied again only after the RaftPeer restarted or its core
+    /// was rebuilt from redb after a refused write.
+    fn check_raft(&mut self, i: usize) -> Result<(), SimFailure> {
+        let f = self.c.ids()[i].clone();
+        let h = self.c.harness();
+        let restarts = h.node(i).ctx().spawns.restarts("consensus/raft");
+        let obs = self.c.observer();
+        let broken = {
+            let mut obs = obs.lock().expect("observer lock");
+            let mut allowed = restarts;
+            if obs.replays(&f) > restarts {
+                // Read only when needed: a counter read snapshots every metric.
+                let fenced = h.counter(i, FENCED, &[]);
+                allowed += fenced.saturating_sub(self.fence_base[i]);
+            }
+            obs.check_replays(&f, allowed);
+            obs.violations().first().cloned()
+        };
+        match broken {
+            Some(v) => Err(self.fail(v)),
+            None => Ok(()),
+        }
     }
 
     async fn check_schedule(&mut self, i: usize) -> Result<(), SimFailure> {
@@ -856,6 +602,7 @@ impl<'p> Run<'p> {
             seed: self.seed,
             facilities: self.c.n(),
             liar: self.liar.map(|(i, b)| format!("{} {b:?}", self.c.ids()[i])),
+            network: self.network,
             steps: self.plan.steps,
             ops: self.ops,
             committed: count(|a| matches!(a, Ack::Committed { .. })),
@@ -866,210 +613,5 @@ impl<'p> Run<'p> {
             trace_events: trace.len() as u64,
             trace_digest: h.finalize().to_hex()[..16].to_string(),
         }
-    }
-}
-
-// ------------------------------------------------------------- liveness
-
-impl Run<'_> {
-    async fn liveness(&mut self) -> Result<(), SimFailure> {
-        self.heal_all().await?;
-        while let Some(done) = self.clients.join_next().await {
-            let done = done.map_err(|e| self.stuck(format!("a client task failed: {e}")))?;
-            self.on_done(done)?;
-        }
-        self.wait_provisional().await?;
-        let w = self.work.next_final_write();
-        let index = match self.write_until_committed(w).await? {
-            Ack::Committed { index, .. } => index,
-            Ack::Provisional => unreachable!("write_until_committed waits for a 200"),
-        };
-        self.wait_applied(index).await?;
-        self.wait_final().await?;
-        self.check_step().await?;
-        self.check_end().await
-    }
-
-    async fn heal_all(&mut self) -> Result<(), SimFailure> {
-        let h = self.c.harness();
-        h.heal();
-        h.net().set_default_link(LinkParams::default());
-        for i in 0..self.c.n() {
-            self.c.harness().clock(i).set_skew_ms(0);
-        }
-        for i in 0..self.c.n() {
-            if !self.c.is_up(i) {
-                self.restart(i).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Polls `f` every 100 ms of virtual time until it holds, within the
-    /// plan's convergence time.
-    async fn poll_until<F>(&mut self, what: &str, mut f: F) -> Result<(), SimFailure>
-    where
-        F: for<'a> FnMut(&'a mut Self) -> BoxFut<'a, Result<(), String>>,
-    {
-        let poll = Duration::from_millis(100);
-        let mut last = String::new();
-        for _ in 0..self.plan.converge_ms / 100 {
-            match f(self).await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e,
-            }
-            self.c.step(poll).await;
-        }
-        Err(self.stuck(format!("{what}: {last}")))
-    }
-
-    /// Every provisional change on every facility has been replayed.
-    async fn wait_provisional(&mut self) -> Result<(), SimFailure> {
-        self.poll_until("provisional changes not replayed", |r| {
-            Box::pin(async move {
-                for i in 0..r.c.n() {
-                    let (st, v) = client::json(
-                        r.c.call(i, client::get("/v1/schedule?consistency=stale"))
-                            .await,
-                    )
-                    .await;
-                    let pending = v["staleness"]["provisional_pending"].as_u64();
-                    if st != StatusCode::OK || pending != Some(0) {
-                        let why = if st == StatusCode::OK { Value::Null } else { v };
-                        return Err(format!("{}: {st} pending {pending:?} {why}", r.c.ids()[i]));
-                    }
-                }
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    /// Every facility applied up to `index`.
-    async fn wait_applied(&mut self, index: u64) -> Result<(), SimFailure> {
-        self.poll_until("facilities did not catch up", |r| {
-            Box::pin(async move {
-                for i in 0..r.c.n() {
-                    let applied = r.c.raft_status(i).await.map(|s| s.applied);
-                    if applied.is_none_or(|a| a < index) {
-                        return Err(format!("{} applied {applied:?} of {index}", r.c.ids()[i]));
-                    }
-                }
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    /// Every honest validator made final every entry the schedule chained.
-    async fn wait_final(&mut self) -> Result<(), SimFailure> {
-        let mut target = 0;
-        for i in 0..self.c.n() {
-            let Some(peer) = raft_peer(self.c.harness().node(i)) else {
-                return Err(self.stuck(format!("{}: no RaftPeer", self.c.ids()[i])));
-            };
-            let h = inspect(&peer, |s: &ScheduleState| s.chain().height()).await;
-            target = target.max(h.unwrap_or(0));
-        }
-        self.poll_until("ledger entries not final", move |r| {
-            Box::pin(async move {
-                for &i in &r.honest {
-                    let v = bft::validator(r.c.harness().node(i));
-                    let h = match v {
-                        Some(v) => bft::status(&v).await.map(|s| s.final_height),
-                        None => None,
-                    };
-                    if h.is_none_or(|h| h < target) {
-                        return Err(format!("{} final {h:?} of {target}", r.c.ids()[i]));
-                    }
-                }
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    /// Every acknowledged write on every facility; the same schedule
-    /// everywhere; every honest ledger the same verified chain.
-    async fn check_end(&mut self) -> Result<(), SimFailure> {
-        let acked: Vec<(Write, Ack)> = self.work.acked().to_vec();
-        let mut digests = Vec::new();
-        for i in 0..self.c.n() {
-            let peer = raft_peer(self.c.harness().node(i))
-                .ok_or_else(|| self.stuck(format!("{}: no RaftPeer", self.c.ids()[i])))?;
-            let acked = acked.clone();
-            let seen = inspect(&peer, move |s: &ScheduleState| {
-                let lost: Vec<String> = acked
-                    .iter()
-                    .filter(|(w, a)| !present(s, w, a))
-                    .map(|(w, a)| format!("{} {} {a:?}", w.key, w.path))
-                    .collect();
-                (lost, s.digest().unwrap_or_default())
-            })
-            .await
-            .ok_or_else(|| self.stuck(format!("{}: no final read", self.c.ids()[i])))?;
-            if let Some(first) = seen.0.first() {
-                return Err(self.fail(Violation::new(
-                    Invariant::AcknowledgedWrites,
-                    format!(
-                        "{} lacks {} acknowledged writes, first {first}",
-                        self.c.ids()[i],
-                        seen.0.len()
-                    ),
-                )));
-            }
-            digests.push(seen.1);
-        }
-        if digests.windows(2).any(|w| w[0] != w[1]) {
-            return Err(self.fail(Violation::new(
-                Invariant::ScheduleRules,
-                "the facilities hold different schedules at the end",
-            )));
-        }
-        self.check_chains()
-    }
-
-    /// Every honest ledger is the same chain and verifies from genesis.
-    fn check_chains(&self) -> Result<(), SimFailure> {
-        let mut first: Option<Vec<(u64, Vec<u8>)>> = None;
-        for &i in &self.honest {
-            let f = &self.c.ids()[i];
-            let rows = self.finals(i, 1)?;
-            let chain = rows
-                .into_iter()
-                .enumerate()
-                .map(|(k, fin)| (k as u64 + 1, Ok::<FinalEntry, String>(fin)));
-            ledger::verify_chain(chain, self.c.keys()).map_err(|e| {
-                self.fail(Violation::new(Invariant::FinalLedger, format!("{f}: {e}")))
-            })?;
-            let raw = LedgerStore::new(self.c.harness().node(i).ctx().store.clone())
-                .raw_finals()
-                .map_err(|e| self.stuck(format!("ledger read: {e}")))?;
-            match &first {
-                Some(r) if *r != raw => {
-                    return Err(self.fail(Violation::new(
-                        Invariant::FinalLedger,
-                        format!("honest ledgers differ at the end ({f})"),
-                    )))
-                }
-                Some(_) => {}
-                None => first = Some(raw),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Whether acknowledged write `w` is in schedule `s`: a commit at its
-/// index (a retry's answer names its own, later index), a provisional
-/// change replayed through consensus.
-fn present(s: &ScheduleState, w: &Write, ack: &Ack) -> bool {
-    let got = s.outcome_of(&command_key(&w.key));
-    match (ack, got) {
-        (Ack::Committed { index, duplicate }, Some((at, Outcome::Applied(_)))) => {
-            *duplicate || at == *index
-        }
-        (Ack::Committed { .. }, _) => false,
-        (Ack::Provisional, got) => got.is_some(),
     }
 }

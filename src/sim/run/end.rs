@@ -1,0 +1,211 @@
+//! The liveness phase and the end checks of a run.
+//!
+//! Every fault healed and every facility up, the cluster must replay every
+//! provisional change, commit a new write, let every facility apply it and
+//! make every chained ledger entry final, each within the plan's
+//! convergence time (polled every 100 ms of virtual time). Then: every
+//! acknowledged write is on every facility, every facility holds the same
+//! schedule, and every honest ledger is the same chain, verified from
+//! genesis.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use bulwark_actors::bft::{self, LedgerStore};
+use bulwark_actors::ledger::{self, FinalEntry};
+use bulwark_actors::raft::{inspect, raft_peer};
+use bulwark_actors::schedule::{Outcome, ScheduleState};
+use serde_json::Value;
+
+use super::{BoxFut, Run, SimFailure};
+use crate::http::api::command_key;
+use crate::sim::check::{Invariant, Violation};
+use crate::sim::client;
+use crate::sim::workload::{Ack, Write};
+
+impl Run<'_> {
+    /// Heals every fault, then waits for the cluster to converge and
+    /// checks the end state.
+    pub(super) async fn liveness(&mut self) -> Result<(), SimFailure> {
+        self.heal_all().await?;
+        while let Some(done) = self.clients.join_next().await {
+            let done = done.map_err(|e| self.stuck(format!("a client task failed: {e}")))?;
+            self.on_done(done)?;
+        }
+        self.wait_provisional().await?;
+        let w = self.work.next_final_write();
+        let index = self.write_until_committed(w).await?;
+        self.wait_applied(index).await?;
+        self.wait_final().await?;
+        self.check_step().await?;
+        self.check_end().await
+    }
+
+    /// Polls `f` every 100 ms of virtual time until it holds, within the
+    /// plan's convergence time.
+    async fn poll_until<F>(&mut self, what: &str, mut f: F) -> Result<(), SimFailure>
+    where
+        F: for<'a> FnMut(&'a mut Self) -> BoxFut<'a, Result<(), String>>,
+    {
+        let poll = Duration::from_millis(100);
+        let mut last = String::new();
+        for _ in 0..self.plan.converge_ms / 100 {
+            match f(self).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+            self.c.step(poll).await;
+        }
+        Err(self.stuck(format!("{what}: {last}")))
+    }
+
+    /// Every provisional change on every facility has been replayed.
+    async fn wait_provisional(&mut self) -> Result<(), SimFailure> {
+        self.poll_until("provisional changes not replayed", |r| {
+            Box::pin(async move {
+                for i in 0..r.c.n() {
+                    let (st, v) = client::json(
+                        r.c.call(i, client::get("/v1/schedule?consistency=stale"))
+                            .await,
+                    )
+                    .await;
+                    let pending = v["staleness"]["provisional_pending"].as_u64();
+                    if st != StatusCode::OK || pending != Some(0) {
+                        let why = if st == StatusCode::OK { Value::Null } else { v };
+                        return Err(format!("{}: {st} pending {pending:?} {why}", r.c.ids()[i]));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Every facility applied up to `index`.
+    async fn wait_applied(&mut self, index: u64) -> Result<(), SimFailure> {
+        self.poll_until("facilities did not catch up", |r| {
+            Box::pin(async move {
+                for i in 0..r.c.n() {
+                    let applied = r.c.raft_status(i).await.map(|s| s.applied);
+                    if applied.is_none_or(|a| a < index) {
+                        return Err(format!("{} applied {applied:?} of {index}", r.c.ids()[i]));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Every honest validator made final every entry the schedule chained.
+    async fn wait_final(&mut self) -> Result<(), SimFailure> {
+        let mut target = 0;
+        for i in 0..self.c.n() {
+            let Some(peer) = raft_peer(self.c.harness().node(i)) else {
+                return Err(self.stuck(format!("{}: no RaftPeer", self.c.ids()[i])));
+            };
+            let h = inspect(&peer, |s: &ScheduleState| s.chain().height()).await;
+            target = target.max(h.unwrap_or(0));
+        }
+        self.poll_until("ledger entries not final", move |r| {
+            Box::pin(async move {
+                for &i in &r.honest {
+                    let v = bft::validator(r.c.harness().node(i));
+                    let h = match v {
+                        Some(v) => bft::status(&v).await.map(|s| s.final_height),
+                        None => None,
+                    };
+                    if h.is_none_or(|h| h < target) {
+                        return Err(format!("{} final {h:?} of {target}", r.c.ids()[i]));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Every acknowledged write on every facility; the same schedule
+    /// everywhere; every honest ledger the same verified chain.
+    async fn check_end(&mut self) -> Result<(), SimFailure> {
+        let acked: Vec<(Write, Ack)> = self.work.acked().to_vec();
+        let mut digests = Vec::new();
+        for i in 0..self.c.n() {
+            let peer = raft_peer(self.c.harness().node(i))
+                .ok_or_else(|| self.stuck(format!("{}: no RaftPeer", self.c.ids()[i])))?;
+            let acked = acked.clone();
+            let seen = inspect(&peer, move |s: &ScheduleState| {
+                let lost: Vec<String> = acked
+                    .iter()
+                    .filter(|(w, a)| !present(s, w, a))
+                    .map(|(w, a)| format!("{} {} {a:?}", w.key, w.path))
+                    .collect();
+                (lost, s.digest().unwrap_or_default())
+            })
+            .await
+            .ok_or_else(|| self.stuck(format!("{}: no final read", self.c.ids()[i])))?;
+            if let Some(first) = seen.0.first() {
+                return Err(self.fail(Violation::new(
+                    Invariant::AcknowledgedWrites,
+                    format!(
+                        "{} lacks {} acknowledged writes, first {first}",
+                        self.c.ids()[i],
+                        seen.0.len()
+                    ),
+                )));
+            }
+            digests.push(seen.1);
+        }
+        if digests.windows(2).any(|w| w[0] != w[1]) {
+            return Err(self.fail(Violation::new(
+                Invariant::ScheduleRules,
+                "the facilities hold different schedules at the end",
+            )));
+        }
+        self.check_chains()
+    }
+
+    /// Every honest ledger is the same chain and verifies from genesis.
+    fn check_chains(&self) -> Result<(), SimFailure> {
+        let mut first: Option<Vec<(u64, Vec<u8>)>> = None;
+        for &i in &self.honest {
+            let f = &self.c.ids()[i];
+            let rows = self.finals(i, 1)?;
+            let chain = rows
+                .into_iter()
+                .enumerate()
+                .map(|(k, fin)| (k as u64 + 1, Ok::<FinalEntry, String>(fin)));
+            ledger::verify_chain(chain, self.c.keys()).map_err(|e| {
+                self.fail(Violation::new(Invariant::FinalLedger, format!("{f}: {e}")))
+            })?;
+            let raw = LedgerStore::new(self.c.harness().node(i).ctx().store.clone())
+                .raw_finals()
+                .map_err(|e| self.stuck(format!("ledger read: {e}")))?;
+            match &first {
+                Some(r) if *r != raw => {
+                    return Err(self.fail(Violation::new(
+                        Invariant::FinalLedger,
+                        format!("honest ledgers differ at the end ({f})"),
+                    )))
+                }
+                Some(_) => {}
+                None => first = Some(raw),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether acknowledged write `w` is in schedule `s`: a commit at its
+/// index (a retry's answer names its own, later index), a provisional
+/// change replayed through consensus.
+fn present(s: &ScheduleState, w: &Write, ack: &Ack) -> bool {
+    let got = s.outcome_of(&command_key(&w.key));
+    match (ack, got) {
+        (Ack::Committed { index, duplicate }, Some((at, Outcome::Applied(_)))) => {
+            *duplicate || at == *index
+        }
+        (Ack::Committed { .. }, _) => false,
+        (Ack::Provisional, got) => got.is_some(),
+    }
+}
