@@ -2,6 +2,7 @@
 //! assembly and the demo. The `bulwark` binary is a thin CLI over it.
 
 pub mod backup;
+pub mod chaos;
 pub mod config;
 pub mod demo;
 pub mod facility;

@@ -100,6 +100,8 @@ pub struct SimOptions {
     /// Run each facility's health checks ([`http::run_checks`], every
     /// second), as `bulwark node` does.
     pub health_checks: bool,
+    /// Serve `/v1/admin/chaos` on every facility (`[chaos] enabled`).
+    pub chaos: bool,
 }
 
 impl SimOptions {
@@ -118,6 +120,7 @@ impl SimOptions {
             detection: DetectionSpec::default(),
             supervision: SupervisionConfig::default(),
             health_checks: true,
+            chaos: false,
         }
     }
 
@@ -379,6 +382,11 @@ impl SimCluster {
                 running,
             },
         );
+        let state = if self.opts.chaos {
+            state.with_chaos(http::chaos::ChaosControl::new())
+        } else {
+            state
+        };
         let checks = self.opts.health_checks.then(|| {
             let ctx = node.ctx().clone();
             tokio::spawn(http::run_checks(

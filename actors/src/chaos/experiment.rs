@@ -102,6 +102,10 @@ pub enum FaultSpec {
     LoadSpike {
         /// Multiple of the probe rate.
         factor: u32,
+        /// The extra requests of each sampling period arrive at once at its
+        /// start (a thundering herd) instead of evenly spaced.
+        #[serde(default)]
+        burst: bool,
     },
     /// The target's wall clock jumps by `skew_ms`.
     ClockSkew {
@@ -403,7 +407,7 @@ impl Experiment {
                     ));
                 }
             }
-            FaultSpec::LoadSpike { factor } => {
+            FaultSpec::LoadSpike { factor, .. } => {
                 if *factor < 2 || *factor > SPIKE_FACTOR_MAX {
                     return Err(invalid("fault.factor", format!("2 to {SPIKE_FACTOR_MAX}")));
                 }
@@ -508,7 +512,10 @@ mod tests {
                 "fault.behaviour",
             ),
             (
-                Box::new(|e| e.fault = FaultSpec::LoadSpike { factor: 1 }),
+                Box::new(|e| e.fault = FaultSpec::LoadSpike {
+                    factor: 1,
+                    burst: true,
+                }),
                 "fault.factor",
             ),
             (
@@ -537,7 +544,10 @@ mod tests {
         assert!(e.fits_blast_radius(3), "1 of 3 within 0.34");
         assert!(!e.fits_blast_radius(2), "1 of 2 is more than 0.34");
         let spike = Experiment {
-            fault: FaultSpec::LoadSpike { factor: 10 },
+            fault: FaultSpec::LoadSpike {
+                factor: 10,
+                burst: false,
+            },
             blast_radius: 0.01,
             ..partition()
         };
