@@ -22,6 +22,7 @@
 //! Every finding compares a measurement with a threshold of the
 //! experiment; nothing is drawn at random.
 
+pub mod drill;
 pub mod live;
 pub mod sim;
 

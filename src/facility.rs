@@ -301,6 +301,19 @@ pub async fn start_loopback_cluster(
     raft: Option<RaftConfig>,
     clock: Arc<dyn Clock>,
 ) -> Result<Vec<Facility>, Box<dyn std::error::Error + Send + Sync>> {
+    start_loopback_cluster_with(dir, names, supervision, raft, clock, &Vec::new).await
+}
+
+/// [`start_loopback_cluster`] with `extra()` actors added to each
+/// facility (e.g. [`api_flow_children`] for facilities that serve the API).
+pub async fn start_loopback_cluster_with(
+    dir: &std::path::Path,
+    names: &[&str],
+    supervision: SupervisionConfig,
+    raft: Option<RaftConfig>,
+    clock: Arc<dyn Clock>,
+    extra: &dyn Fn() -> Vec<(Zone, ChildDef)>,
+) -> Result<Vec<Facility>, Box<dyn std::error::Error + Send + Sync>> {
     let ids: Vec<bulwark_transport::FacilityId> =
         names.iter().map(|n| n.parse()).collect::<Result<_, _>>()?;
     let identities: Vec<Identity> = ids
@@ -337,7 +350,7 @@ pub async fn start_loopback_cluster(
             socket: Some(socket),
             peers,
             supervision: supervision.clone(),
-            extra: Vec::new(),
+            extra: extra(),
             raft: None,
             bft: None,
             detection: None,

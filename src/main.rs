@@ -5,7 +5,7 @@ use bulwark::config::FacilityConfig;
 use bulwark::facility::{self, ApiSpec, FacilitySpec};
 use bulwark::http;
 use bulwark_actors::keys;
-use bulwark_runtime::{Clock, RealClock};
+use bulwark_runtime::{Clock, RealClock, SkewableClock};
 use bulwark_transport::identity::Identity;
 use bulwark_transport::quic::PeerSpec;
 use bulwark_transport::FacilityId;
@@ -51,6 +51,11 @@ enum Cmd {
     /// API) racing faults on virtual time; a failure prints its seed and
     /// the command that replays it.
     Sim(bulwark::sim::cli::SimArgs),
+    /// Chaos experiments against a live cluster.
+    Chaos {
+        #[command(subcommand)]
+        cmd: ChaosCmd,
+    },
     /// Print the cluster as a node sees it (from its HTTP API).
     Status {
         /// The node's HTTP address.
@@ -95,6 +100,27 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum ChaosCmd {
+    /// Run one experiment file (TOML, see experiments/) against a live
+    /// cluster whose facilities run with `[chaos] enabled = true`; prints
+    /// the report and exits 0 when it passed, 2 when it found weaknesses or
+    /// rolled back, 1 when it was refused or failed.
+    Run {
+        /// The experiment file.
+        file: PathBuf,
+        /// Every facility's HTTP API (repeat once per facility).
+        #[arg(long = "api", required = true)]
+        api: Vec<String>,
+        /// The facilities' bearer token (default: $BULWARK_API__TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+        /// Directory for report.txt, report.json and heatmap.svg.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum LedgerCmd {
     /// Re-check the whole chain and every certificate in a facility's redb
     /// file from the facilities' public keys alone; exits 1 naming the first
@@ -129,8 +155,17 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("tokio runtime: {e}")),
     };
-    let result = rt.block_on(async {
-        match cmd {
+    let result: Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> = rt.block_on(async {
+        let done = match cmd {
+            Cmd::Chaos {
+                cmd:
+                    ChaosCmd::Run {
+                        file,
+                        api,
+                        token,
+                        out,
+                    },
+            } => return chaos_run(file, api, token, out).await,
             Cmd::Keygen { id, out } => keygen(id, out),
             Cmd::Node { config } => node(config).await,
             Cmd::Demo => bulwark::demo::run().await,
@@ -146,10 +181,11 @@ fn main() -> ExitCode {
                 whole_cluster,
             } => restore(config, from, at, whole_cluster),
             Cmd::Sim(_) => unreachable!("bulwark sim runs before this runtime"),
-        }
+        };
+        done.map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => fail(e.to_string()),
     }
 }
@@ -259,7 +295,9 @@ async fn node(path: PathBuf) -> AnyResult {
         .as_ref()
         .map(|r| r.keyring.public().clone())
         .ok_or("the node runs no consensus")?;
-    let mut f = facility::start(spec, Arc::new(RealClock)).await?;
+    // A skewable system clock: `[chaos] enabled` lets an experiment shift
+    // this facility's wall time (zero otherwise, and always released).
+    let mut f = facility::start(spec, Arc::new(SkewableClock::new())).await?;
     let running = Arc::new(AtomicBool::new(true));
     let members: Vec<FacilityId> = std::iter::once(cfg.facility.id.clone())
         .chain(cfg.peers.iter().map(|p| p.id.clone()))
@@ -280,6 +318,12 @@ async fn node(path: PathBuf) -> AnyResult {
             running: running.clone(),
         },
     );
+    let state = if cfg.chaos.enabled {
+        tracing::warn!("[chaos] enabled: /v1/admin/chaos accepts fault levers (token required)");
+        state.with_chaos(bulwark::http::chaos::ChaosControl::new())
+    } else {
+        state
+    };
     if cfg.backup.every_s > 0 {
         let store = f.node.ctx().store.clone();
         let every = std::time::Duration::from_secs(cfg.backup.every_s);
@@ -328,6 +372,40 @@ async fn node(path: PathBuf) -> AnyResult {
     }
     f.node.stop().await;
     Ok(())
+}
+
+async fn chaos_run(
+    file: PathBuf,
+    api: Vec<String>,
+    token: Option<String>,
+    out: Option<PathBuf>,
+) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
+    use bulwark::chaos::{live::HttpCluster, load_experiment, Agent};
+    use bulwark_actors::chaos::report::Verdict;
+    let exp = load_experiment(&file)?;
+    let token = token
+        .or_else(|| std::env::var("BULWARK_API__TOKEN").ok())
+        .ok_or("give the facilities' token: --token or BULWARK_API__TOKEN")?;
+    let cluster = HttpCluster::connect(api, token).await?;
+    let run = format!("{}", RealClock.unix_ms());
+    let name = exp.name.clone();
+    let report = Agent::new(cluster, exp, run).run().await;
+    print!("{}", report.render_text());
+    if let Some(dir) = out {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("report.txt"), report.render_text())?;
+        std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+        std::fs::write(dir.join("heatmap.svg"), report.heatmap.render_svg(&name))?;
+        println!(
+            "wrote {}/report.txt, report.json and heatmap.svg",
+            dir.display()
+        );
+    }
+    Ok(match report.verdict {
+        Verdict::Passed => ExitCode::SUCCESS,
+        Verdict::WeaknessesFound | Verdict::RolledBack(_) => ExitCode::from(2),
+        Verdict::Refused(_) => ExitCode::FAILURE,
+    })
 }
 
 async fn status(url: String) -> AnyResult {
