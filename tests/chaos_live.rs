@@ -1,0 +1,79 @@
+//! `bulwark chaos run` against a live cluster: three real `bulwark node`
+//! processes with `[chaos] enabled`, one shipped experiment file, the
+//! report written, every lever released afterwards; and a facility without
+//! `[chaos]` refuses the levers.
+
+#[path = "support/procs.rs"]
+mod procs;
+
+use procs::*;
+use std::process::Command;
+
+const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_run_partitions_a_live_cluster_and_releases_every_lever() {
+    let root = tempfile::tempdir().unwrap();
+    let mut s = sites(
+        root.path(),
+        &NAMES,
+        "[backup]\nevery_s = 0\n\n[chaos]\nenabled = true\n",
+    );
+    for x in s.iter_mut() {
+        x.start();
+    }
+    let c = client();
+    leader(&c, &s[0]).await;
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/partition.toml");
+    let out = root.path().join("report");
+    let mut args = vec!["chaos", "run", file, "--token", TOKEN];
+    let urls: Vec<String> = s.iter().map(|x| x.url("")).collect();
+    for u in &urls {
+        args.extend(["--api", u.as_str()]);
+    }
+    let out_s = out.display().to_string();
+    args.extend(["--out", out_s.as_str()]);
+    let run = Command::new(BIN).args(&args).output().unwrap();
+    let text = String::from_utf8_lossy(&run.stdout).into_owned();
+    // 0: passed; 2: weaknesses found (real time measures what it measures);
+    // 1 would be a refusal or an error.
+    assert!(
+        matches!(run.status.code(), Some(0) | Some(2)),
+        "{:?}\n{text}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        text.contains("experiment partition-a-follower (network_partition)"),
+        "{text}"
+    );
+    assert!(text.contains("injected: two-way partition"), "{text}");
+    for f in ["report.txt", "report.json", "heatmap.svg"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    for x in &s {
+        let (status, v) = get(&c, &x.url("/v1/admin/chaos")).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["rules"], serde_json::json!([]), "{}: {v}", x.id);
+    }
+    // A facility without [chaos] refuses every lever.
+    let plain = sites(&root.path().join("plain"), &["delta", "echo"], "");
+    let mut plain = plain;
+    plain[0].start();
+    let (status, v) = until(std::time::Duration::from_secs(30), "the API", || async {
+        let r = post(
+            &c,
+            &plain[0].url("/v1/admin/chaos"),
+            "k",
+            &serde_json::json!({"action": {"kind": "clear"}}),
+        )
+        .await;
+        (r.0 != 0).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("CHAOS_DISABLED")),
+        "{v}"
+    );
+}
