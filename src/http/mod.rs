@@ -375,7 +375,11 @@ pub fn api_pools(concurrency: u32) -> bulwark_actors::flow::bulkhead::Pools {
 
 /// The bulkhead pool a `/v1` request draws from.
 fn pool_of(method: &axum::http::Method, path: &str) -> &'static str {
-    if method == axum::http::Method::POST {
+    if path.starts_with("/admin") {
+        // Backups and chaos levers: the operator's, even as POSTs (a
+        // rollback must get through a load spike).
+        "operator"
+    } else if method == axum::http::Method::POST {
         "writes"
     } else if ["/schedule", "/ledger", "/evidence", "/coverage"]
         .iter()
@@ -648,4 +652,20 @@ pub fn render_status(c: &api::ClusterStatus) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pool_of;
+    use axum::http::Method;
+
+    #[test]
+    fn each_request_draws_from_its_pool_and_admin_posts_are_the_operators() {
+        assert_eq!(pool_of(&Method::POST, "/assignments"), "writes");
+        assert_eq!(pool_of(&Method::GET, "/schedule"), "reads");
+        assert_eq!(pool_of(&Method::GET, "/coverage"), "reads");
+        assert_eq!(pool_of(&Method::GET, "/cluster"), "operator");
+        assert_eq!(pool_of(&Method::POST, "/admin/chaos"), "operator");
+        assert_eq!(pool_of(&Method::POST, "/admin/backup"), "operator");
+    }
 }
