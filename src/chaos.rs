@@ -47,6 +47,10 @@ pub use crate::http::api::ClusterStatus;
 /// schedule's epoch), so probes never meet real assignments.
 pub const PROBE_DAY: u32 = 36_500;
 
+/// How long after a burst the operator's requests leave (the burst's
+/// writes hold their bulkhead units by then).
+pub const HERD_OPERATOR_DELAY: Duration = Duration::from_millis(3);
+
 /// Samples kept in a report's heatmap at most.
 pub const HEATMAP_SAMPLES_MAX: usize = 240;
 
@@ -493,6 +497,7 @@ impl<C: ChaosCluster> Agent<C> {
             _ => (None, false),
         };
         let (mut next_sample, mut next_base, mut next_extra) = (start, start, start);
+        let mut herd_ops: Option<Instant> = None;
         loop {
             let now = Instant::now();
             if now >= next_sample {
@@ -516,11 +521,16 @@ impl<C: ChaosCluster> Agent<C> {
                     next_extra += extra;
                 }
                 // The operator looks at every facility while the herd is
-                // in flight: what the reserve is for.
+                // in flight (a few ms on, once it holds its units): what
+                // the reserve is for.
                 if next_extra > before {
-                    for _ in 0..self.cluster.size() {
-                        self.launch(ProbeKind::Operator);
-                    }
+                    herd_ops = Some(now + HERD_OPERATOR_DELAY);
+                }
+            }
+            if herd_ops.is_some_and(|at| at <= now) {
+                herd_ops = None;
+                for _ in 0..self.cluster.size() {
+                    self.launch(ProbeKind::Operator);
                 }
             }
             while next_base <= now {
@@ -542,6 +552,9 @@ impl<C: ChaosCluster> Agent<C> {
             let mut wake_at = next_sample.min(next_base).min(end);
             if extra.is_some() {
                 wake_at = wake_at.min(next_extra);
+            }
+            if let Some(at) = herd_ops {
+                wake_at = wake_at.min(at);
             }
             let wake = tokio::time::sleep_until(wake_at.max(now + Duration::from_millis(1)));
             tokio::pin!(wake);
