@@ -64,7 +64,7 @@ pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
 /// How long a write waits for its outcome.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a read or a status call waits.
-pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The header of replayed answers.
 pub const REPLAYED: &str = "idempotent-replayed";
 
@@ -924,6 +924,18 @@ async fn get_schedule(
         Some("stale") => Consistency::Stale,
         Some(_) => return Err(ApiError::bad("consistency", "linearizable or stale")),
     };
+    gate_read(svc, consistency, schedule_view)
+        .await
+        .map(Json)
+}
+
+/// Runs `f` on the schedule through the CapGate (which refuses a
+/// linearizable read without a quorum), with typed errors.
+pub(crate) async fn gate_read<T: Send + 'static>(
+    svc: &Service,
+    consistency: Consistency,
+    f: impl FnOnce(&ScheduleState, &Staleness) -> T + Send + 'static,
+) -> Result<T, ApiError> {
     let gate = svc
         .ctx
         .find::<GateMsg>(Zone::Detection, CAP_GATE)
@@ -934,12 +946,12 @@ async fn get_schedule(
     gate.cast(GateMsg::Read {
         consistency,
         f: Box::new(move |r| {
-            let _ = tx.send(r.map(|(st, stale)| schedule_view(st, &stale)));
+            let _ = tx.send(r.map(|(st, stale)| f(st, &stale)));
         }),
     })
     .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 1_000))?;
     match tokio::time::timeout(CALL_TIMEOUT + WRITE_TIMEOUT, rx).await {
-        Ok(Ok(Ok(v))) => Ok(Json(v)),
+        Ok(Ok(Ok(v))) => Ok(v),
         Ok(Ok(Err(ReadError::Partitioned(p)))) => Err(ApiError::partitioned(&p)),
         Ok(Ok(Err(ReadError::Unavailable(m)))) => {
             Err(ApiError::unavailable("UNAVAILABLE", m, 1_000))

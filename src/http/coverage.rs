@@ -3,17 +3,15 @@
 //! block they staff be refilled through the real rules? Nothing is
 //! written: the check runs on a copy.
 
-use super::api::{service, CALL_TIMEOUT, WRITE_TIMEOUT};
+use super::api::{gate_read, service};
 use super::error::{ApiError, ErrorBody};
 use super::ApiState;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
-use bulwark_actors::cap::gate::{GateMsg, ReadError, CAP_GATE};
 use bulwark_actors::cap::Consistency;
 use bulwark_actors::chaos::coverage::{self, CoverageReport};
 use bulwark_actors::schedule::ScheduleState;
-use bulwark_runtime::Zone;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -144,34 +142,7 @@ pub(crate) async fn get_coverage(
     if !(1..=2).contains(&lose) {
         return Err(ApiError::bad("lose", "1 (N-1) or 2 (N-2)"));
     }
-    let gate = svc
-        .ctx
-        .find::<GateMsg>(Zone::Detection, CAP_GATE)
-        .ok_or_else(|| {
-            ApiError::unavailable("UNAVAILABLE", "the CAP gate is not running", 1_000)
-        })?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    gate.cast(GateMsg::Read {
-        consistency: Consistency::Linearizable,
-        f: Box::new(move |r| {
-            let _ = tx.send(r.map(|(st, _)| st.clone()));
-        }),
-    })
-    .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 1_000))?;
-    let state = match tokio::time::timeout(CALL_TIMEOUT + WRITE_TIMEOUT, rx).await {
-        Ok(Ok(Ok(st))) => st,
-        Ok(Ok(Err(ReadError::Partitioned(p)))) => return Err(ApiError::partitioned(&p)),
-        Ok(Ok(Err(ReadError::Unavailable(m)))) => {
-            return Err(ApiError::unavailable("UNAVAILABLE", m, 1_000))
-        }
-        _ => {
-            return Err(ApiError::unavailable(
-                "TIMED_OUT",
-                "the read did not answer",
-                1_000,
-            ))
-        }
-    };
+    let state = gate_read(svc, Consistency::Linearizable, |st, _| st.clone()).await?;
     // Up to 1,000 pairs of schedule copies: off the async threads.
     tokio::task::spawn_blocking(move || check(&state, lose))
         .await
