@@ -50,6 +50,11 @@ pub struct SimArgs {
     /// (`bulwark::sim::run::KNOWN_BUG_KILLS`).
     #[arg(long)]
     pub known_bugs: bool,
+    /// Where the workers keep the facilities' stores (their TMPDIR).
+    /// Default: `/dev/shm` when it exists (a RAM disk: a run measures the
+    /// system, not the disk's fsyncs), else the system's temp directory.
+    #[arg(long)]
+    pub tmpdir: Option<std::path::PathBuf>,
     /// Print every seed's report (JSON) on stdout.
     #[arg(long)]
     pub verbose: bool,
@@ -170,7 +175,10 @@ struct Totals {
     provisional: u64,
     by_size: BTreeMap<usize, u64>,
     liars: BTreeMap<String, u64>,
+    networks: BTreeMap<String, u64>,
+    answers: BTreeMap<String, u64>,
     height: u64,
+    snapshot_installs: u64,
 }
 
 struct Parent<'a> {
@@ -204,14 +212,25 @@ impl<'a> Parent<'a> {
         }
     }
 
+    /// The workers' temp directory.
+    fn tmpdir(&self) -> std::path::PathBuf {
+        let shm = std::path::Path::new("/dev/shm");
+        match &self.args.tmpdir {
+            Some(d) => d.clone(),
+            None if shm.is_dir() => shm.to_path_buf(),
+            None => std::env::temp_dir(),
+        }
+    }
+
     fn run(mut self) -> Result<ExitCode, Box<dyn std::error::Error>> {
         eprintln!(
-            "bulwark sim: seeds {}..{} ({}), {} jobs, {} steps each",
+            "bulwark sim: seeds {}..{} ({}), {} jobs, {} steps each, stores in {}",
             self.args.first,
             self.args.first.saturating_add(self.args.seeds),
             self.args.seeds,
             self.args.jobs.max(1),
-            self.args.plan().steps
+            self.args.plan().steps,
+            self.tmpdir().display()
         );
         let (tx, rx) = mpsc::channel();
         while !self.queue.is_empty() || !self.workers.is_empty() {
@@ -252,6 +271,7 @@ impl<'a> Parent<'a> {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "error");
         }
+        cmd.env("TMPDIR", self.tmpdir());
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -360,7 +380,12 @@ impl<'a> Parent<'a> {
                 t.committed += r.committed;
                 t.provisional += r.provisional;
                 t.height += r.height;
+                t.snapshot_installs += r.snapshot_installs;
                 *t.by_size.entry(r.facilities).or_insert(0) += 1;
+                *t.networks.entry(format!("{:?}", r.network)).or_insert(0) += 1;
+                for (k, v) in &r.answers {
+                    *t.answers.entry(k.clone()).or_insert(0) += v;
+                }
                 if let Some(l) = r.liar {
                     let lie = l.split(' ').nth(1).unwrap_or_default().to_string();
                     *t.liars.entry(lie).or_insert(0) += 1;
@@ -422,12 +447,19 @@ impl<'a> Parent<'a> {
             liars.join(", ")
         );
         println!(
-            "per seed: {:.1} requests, {:.1} committed, {:.1} provisional, final height {:.1}",
+            "per seed: {:.1} requests, {:.1} committed, {:.1} provisional, final height {:.1}, {:.2} snapshot installs",
             t.ops as f64 / ok,
             t.committed as f64 / ok,
             t.provisional as f64 / ok,
-            t.height as f64 / ok
+            t.height as f64 / ok,
+            t.snapshot_installs as f64 / ok
         );
+        let nets: Vec<String> = t.networks.iter().map(|(n, k)| format!("{n} {k}")).collect();
+        println!("networks: {}", nets.join(", "));
+        println!("answers per seed, by status (total):");
+        for (k, v) in &t.answers {
+            println!("  {:<28} {:>7.2}  ({v})", k, *v as f64 / ok);
+        }
         println!("faults per seed, by kind (total):");
         for (k, v) in &t.faults {
             println!("  {:<18} {:>6.2}  ({v})", format!("{k:?}"), *v as f64 / ok);

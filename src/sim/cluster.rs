@@ -366,6 +366,10 @@ impl SimCluster {
     /// Serves facility `i`'s API from its running node.
     fn open_api(&mut self, i: usize) {
         let node = self.harness.node(i);
+        self.observer
+            .lock()
+            .expect("observer lock")
+            .on_store(&self.api.ids[i], node.ctx().store.clone());
         let running = Arc::new(AtomicBool::new(true));
         let detection = self.detections.lock().expect("detections lock")[i].clone();
         let state = facility::api_state(
@@ -486,6 +490,11 @@ impl SimCluster {
             self.harness.crash(i).await;
         }
         self.detections.lock().expect("detections lock")[i] = None;
+        // The observer's handle too, so the store can reopen.
+        self.observer
+            .lock()
+            .expect("observer lock")
+            .forget_store(&self.api.ids[i]);
         // The requests in flight were woken by the epoch; once they have
         // run, nothing holds the facility's store and it can reopen.
         for _ in 0..INFLIGHT_DRAIN_YIELDS_MAX {

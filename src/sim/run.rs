@@ -27,6 +27,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use bulwark_actors::bft::{Behaviour, LedgerStore};
 use bulwark_actors::flow::actors::{BulkheadMsg, BULKHEADS};
+use bulwark_actors::flow::bulkhead::PoolStatus;
 use bulwark_actors::ledger::FinalEntry;
 use bulwark_actors::raft::{inspect, raft_peer};
 use bulwark_actors::schedule::ScheduleState;
@@ -184,10 +185,16 @@ pub struct SeedReport {
     pub virtual_ms: u64,
     /// The final ledger height.
     pub height: u64,
+    /// Snapshots a lagging facility installed from a leader.
+    pub snapshot_installs: u64,
     /// SimNet payloads traced.
     pub trace_events: u64,
     /// blake3 of the SimNet trace (equal runs, equal digests), hex.
     pub trace_digest: String,
+    /// The clients' answers during the safety phase and the drain after
+    /// it, by status and error code (`unreachable`: the facility was
+    /// down).
+    pub answers: BTreeMap<String, u64>,
 }
 
 /// A run that broke an invariant.
@@ -248,6 +255,8 @@ struct Run<'p> {
     faults: BTreeMap<FaultKind, u64>,
     /// The last faults injected, for a failure's report.
     log: std::collections::VecDeque<String>,
+    /// The clients' answers by status and code.
+    answers: BTreeMap<String, u64>,
     /// Details of the fault being injected, for the log.
     last_fault: Option<String>,
     /// Per facility, [`FENCED`] when its node last started.
@@ -326,6 +335,7 @@ impl<'p> Run<'p> {
             last_fault: None,
             fence_base: vec![0; n],
             ops: 0,
+            answers: BTreeMap::new(),
             step: None,
             start: Instant::now(),
             c,
@@ -434,6 +444,12 @@ impl<'p> Run<'p> {
     /// Judges one answer.
     fn on_done(&mut self, d: Done) -> Result<(), SimFailure> {
         let unreachable = d.body["code"] == "UNREACHABLE";
+        let answer = match (unreachable, d.body["code"].as_str()) {
+            (true, _) => "unreachable".to_string(),
+            (false, Some(code)) => format!("{} {code}", d.status.as_u16()),
+            (false, None) => d.status.as_u16().to_string(),
+        };
+        *self.answers.entry(answer).or_insert(0) += 1;
         if !d.op.documented(d.status) && !unreachable {
             return Err(self.fail(Violation::new(
                 Invariant::ApiContract,
@@ -565,17 +581,18 @@ impl<'p> Run<'p> {
     }
 
     async fn check_bulkheads(&mut self, i: usize) -> Result<(), SimFailure> {
+        match self.pools(i).await {
+            Some(status) => check_pools(&self.c.ids()[i], &status).map_err(|v| self.fail(v)),
+            None => Ok(()),
+        }
+    }
+
+    /// Facility `i`'s bulkhead pools, if its BulkheadPool runs and answers.
+    async fn pools(&self, i: usize) -> Option<Vec<PoolStatus>> {
         let node = self.c.harness().node(i);
-        let Some(pools) = node.ctx().find::<BulkheadMsg>(Zone::Flow, BULKHEADS) else {
-            return Ok(());
-        };
-        let Ok(status) = pools.call(BulkheadMsg::Status, Some(STATUS_TIMEOUT)).await else {
-            return Ok(());
-        };
-        let Some(status) = status.success_or(()).ok() else {
-            return Ok(());
-        };
-        check_pools(&self.c.ids()[i], &status).map_err(|v| self.fail(v))
+        let pools = node.ctx().find::<BulkheadMsg>(Zone::Flow, BULKHEADS)?;
+        let status = pools.call(BulkheadMsg::Status, Some(STATUS_TIMEOUT)).await;
+        status.ok()?.success_or(()).ok()
     }
 
     fn finals(&self, i: usize, from: u64) -> Result<Vec<FinalEntry>, SimFailure> {
@@ -610,8 +627,15 @@ impl<'p> Run<'p> {
             faults: self.faults.clone(),
             virtual_ms: self.start.elapsed().as_millis() as u64,
             height: self.ledger.height(),
+            snapshot_installs: self
+                .c
+                .observer()
+                .lock()
+                .expect("observer lock")
+                .snapshot_installs(),
             trace_events: trace.len() as u64,
             trace_digest: h.finalize().to_hex()[..16].to_string(),
+            answers: self.answers.clone(),
         }
     }
 }

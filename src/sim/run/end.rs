@@ -23,6 +23,9 @@ use crate::sim::check::{Invariant, Violation};
 use crate::sim::client;
 use crate::sim::workload::{Ack, Write};
 
+/// Virtual ms between two polls of the liveness phase.
+const POLL_MS: u64 = 100;
+
 impl Run<'_> {
     /// Heals every fault, then waits for the cluster to converge and
     /// checks the end state.
@@ -47,9 +50,9 @@ impl Run<'_> {
     where
         F: for<'a> FnMut(&'a mut Self) -> BoxFut<'a, Result<(), String>>,
     {
-        let poll = Duration::from_millis(100);
+        let poll = Duration::from_millis(POLL_MS);
         let mut last = String::new();
-        for _ in 0..self.plan.converge_ms / 100 {
+        for _ in 0..self.plan.converge_ms / POLL_MS {
             match f(self).await {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e,
@@ -129,40 +132,74 @@ impl Run<'_> {
     /// everywhere; every honest ledger the same verified chain.
     async fn check_end(&mut self) -> Result<(), SimFailure> {
         let acked: Vec<(Write, Ack)> = self.work.acked().to_vec();
-        let mut digests = Vec::new();
-        for i in 0..self.c.n() {
-            let peer = raft_peer(self.c.harness().node(i))
-                .ok_or_else(|| self.stuck(format!("{}: no RaftPeer", self.c.ids()[i])))?;
-            let acked = acked.clone();
-            let seen = inspect(&peer, move |s: &ScheduleState| {
-                let lost: Vec<String> = acked
-                    .iter()
-                    .filter(|(w, a)| !present(s, w, a))
-                    .map(|(w, a)| format!("{} {} {a:?}", w.key, w.path))
-                    .collect();
-                (lost, s.digest().unwrap_or_default())
-            })
-            .await
-            .ok_or_else(|| self.stuck(format!("{}: no final read", self.c.ids()[i])))?;
-            if let Some(first) = seen.0.first() {
+        // Work may still be applied (a reconciliation the healer proposes):
+        // compare the schedules once every facility applied the same log.
+        let mut last = String::new();
+        for _ in 0..self.plan.converge_ms / POLL_MS {
+            match self.final_reads(&acked).await {
+                Ok(seen) if seen.iter().all(|s| s.1 == seen[0].1) => {
+                    return self.judge_end(&seen);
+                }
+                Ok(seen) => {
+                    let at: Vec<u64> = seen.iter().map(|s| s.1).collect();
+                    last = format!("applied up to {at:?}");
+                }
+                Err(e) => last = e,
+            }
+            self.c.step(Duration::from_millis(POLL_MS)).await;
+        }
+        Err(self.stuck(format!("the facilities did not settle on one log: {last}")))
+    }
+
+    /// Every acknowledged write on every facility; one schedule; the
+    /// honest ledgers.
+    fn judge_end(&self, seen: &[(Vec<String>, u64, [u8; 32])]) -> Result<(), SimFailure> {
+        for (i, (lost, _, _)) in seen.iter().enumerate() {
+            if let Some(first) = lost.first() {
                 return Err(self.fail(Violation::new(
                     Invariant::AcknowledgedWrites,
                     format!(
                         "{} lacks {} acknowledged writes, first {first}",
                         self.c.ids()[i],
-                        seen.0.len()
+                        lost.len()
                     ),
                 )));
             }
-            digests.push(seen.1);
         }
-        if digests.windows(2).any(|w| w[0] != w[1]) {
+        if seen.windows(2).any(|w| w[0].2 != w[1].2) {
             return Err(self.fail(Violation::new(
                 Invariant::ScheduleRules,
-                "the facilities hold different schedules at the end",
+                format!(
+                    "the facilities hold different schedules at index {}",
+                    seen[0].1
+                ),
             )));
         }
         self.check_chains()
+    }
+
+    /// Each facility's acknowledged writes it lacks, its last applied
+    /// command index and its schedule's digest.
+    async fn final_reads(
+        &self,
+        acked: &[(Write, Ack)],
+    ) -> Result<Vec<(Vec<String>, u64, [u8; 32])>, String> {
+        let mut out = Vec::new();
+        for i in 0..self.c.n() {
+            let f = &self.c.ids()[i];
+            let peer = raft_peer(self.c.harness().node(i)).ok_or(format!("{f}: no RaftPeer"))?;
+            let acked = acked.to_vec();
+            let read = inspect(&peer, move |s: &ScheduleState| {
+                let lost: Vec<String> = acked
+                    .iter()
+                    .filter(|(w, a)| !present(s, w, a))
+                    .map(|(w, a)| format!("{} {} {a:?}", w.key, w.path))
+                    .collect();
+                (lost, s.last_index(), s.digest().unwrap_or_default())
+            });
+            out.push(read.await.ok_or(format!("{f}: no final read"))?);
+        }
+        Ok(out)
     }
 
     /// Every honest ledger is the same chain and verifies from genesis.

@@ -2,7 +2,7 @@
 //! catches what it checks, in a run, through the same path a real
 //! violation would take.
 
-use bulwark_actors::flow::bulkhead::PoolStatus;
+use bulwark_actors::flow::bulkhead::FLEX;
 use bulwark_actors::ledger;
 use bulwark_actors::raft::AppliedEntry;
 use bulwark_transport::FacilityId;
@@ -67,17 +67,23 @@ impl Run<'_> {
                     .map_err(|v| self.fail(v))?;
             }
             Plant::LentReserve => {
-                let lent = PoolStatus {
-                    name: "writes".into(),
-                    capacity: 4,
-                    reserved: 2,
-                    allocated: 0,
-                    borrowed: 0,
-                    lent: 3,
-                    utilization: 0.0,
-                    rejections: 0,
+                // A real status, with one more unit lent by a pool that had
+                // nothing above its reserve to lend, to another.
+                let i = (0..ids.len()).find(|&i| self.c.is_up(i));
+                let i = i.ok_or_else(|| missing("a running facility"))?;
+                let mut pools = self.pools(i).await.ok_or_else(|| missing("pools"))?;
+                let open: Vec<usize> = (0..pools.len())
+                    .filter(|&k| pools[k].name != FLEX && pools[k].reserved < pools[k].capacity)
+                    .collect();
+                let [lender, borrower, ..] = open[..] else {
+                    return Err(missing("two pools that may lend"));
                 };
-                check_pools(&ids[0], &[lent]).map_err(|v| self.fail(v))?;
+                let p = &mut pools[lender];
+                let extra = p.capacity - p.reserved - p.lent + 1;
+                p.lent += extra;
+                pools[borrower].borrowed += extra;
+                pools[borrower].allocated += extra;
+                check_pools(&ids[i], &pools).map_err(|v| self.fail(v))?;
             }
             Plant::LostWrite => {
                 let w = Write {
