@@ -126,3 +126,61 @@ async fn the_pool_actor_names_the_pool_and_keeps_the_reserves() {
     assert_eq!((icu.allocated, icu.borrowed), (13, 13));
     h.shutdown().await;
 }
+
+/// A caller that went away before its answer came keeps nothing: the
+/// pool's units and the admission slot go back at once.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_caller_gone_before_the_answer_keeps_no_units_and_no_slot() {
+    let h = Harness::builder(1, 63)
+        .children(|_| {
+            vec![
+                bulkhead_child(100),
+                backpressure_child(
+                    AdmissionConfig {
+                        limit_initial: 4,
+                        limit_min: 4,
+                        limit_max: 4,
+                        ..AdmissionConfig::default()
+                    },
+                    5,
+                ),
+            ]
+        })
+        .start()
+        .await
+        .unwrap();
+    let b = bulkheads(h.node(0)).expect("running");
+    let bp = backpressure(h.node(0)).expect("running");
+    for _ in 0..10 {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        drop(rx);
+        b.cast(BulkheadMsg::Acquire {
+            pool: "icu".into(),
+            n: 5,
+            reply: tx.into(),
+        })
+        .unwrap();
+        let (tx, rx) = ractor::concurrency::oneshot();
+        drop(rx);
+        bp.cast(BackpressureMsg::Arrive(tx.into())).unwrap();
+    }
+    h.step(Duration::from_millis(50)).await;
+    let status = b
+        .call(BulkheadMsg::Status, Some(Duration::from_secs(1)))
+        .await
+        .unwrap()
+        .success_or(())
+        .unwrap();
+    assert!(status.iter().all(|s| s.allocated == 0), "{status:?}");
+    // Four slots, all free again: four arrivals are admitted at once.
+    for _ in 0..4 {
+        let admitted = bp
+            .call(BackpressureMsg::Arrive, Some(Duration::from_millis(1)))
+            .await
+            .unwrap()
+            .success_or(())
+            .unwrap();
+        assert!(admitted.is_ok(), "{admitted:?}");
+    }
+    h.shutdown().await;
+}

@@ -924,9 +924,7 @@ async fn get_schedule(
         Some("stale") => Consistency::Stale,
         Some(_) => return Err(ApiError::bad("consistency", "linearizable or stale")),
     };
-    gate_read(svc, consistency, schedule_view)
-        .await
-        .map(Json)
+    gate_read(svc, consistency, schedule_view).await.map(Json)
 }
 
 /// Runs `f` on the schedule through the CapGate (which refuses a

@@ -336,11 +336,54 @@ async fn admitted(s: &ApiState, req: Request, next: Next) -> Response {
             })
         }
     }
-    let t = tokio::time::Instant::now();
+    let mut running = Running {
+        bp: bp.clone(),
+        since: tokio::time::Instant::now(),
+        done: false,
+    };
     let resp = next.run(req).await;
-    let latency_ms = t.elapsed().as_millis() as u64;
-    let _ = bp.cast(BackpressureMsg::Complete { latency_ms });
+    running.complete();
     resp
+}
+
+/// An admitted request in flight: reports its completion, or — when the
+/// request is dropped unfinished (its client went away) — its abandonment,
+/// so a cancelled request never keeps its admission slot.
+struct Running {
+    bp: ActorRef<BackpressureMsg>,
+    since: tokio::time::Instant,
+    done: bool,
+}
+
+impl Running {
+    fn complete(&mut self) {
+        self.done = true;
+        let latency_ms = self.since.elapsed().as_millis() as u64;
+        let _ = self.bp.cast(BackpressureMsg::Complete { latency_ms });
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.bp.cast(BackpressureMsg::Abandon);
+        }
+    }
+}
+
+/// A bulkhead lease held by a request; given back when the request ends,
+/// however it ends (a dropped request used to keep its units forever).
+struct Held {
+    pools: ActorRef<bulwark_actors::flow::actors::BulkheadMsg>,
+    id: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self
+            .pools
+            .cast(bulwark_actors::flow::actors::BulkheadMsg::Release(self.id));
+    }
 }
 
 /// The API's bulkhead pools for `concurrency` requests at once: writes
@@ -428,9 +471,8 @@ async fn bulkhead(State(s): State<ApiState>, req: Request, next: Next) -> Respon
         }
         _ => return next.run(req).await,
     };
-    let resp = next.run(req).await;
-    let _ = pools.cast(BulkheadMsg::Release(id));
-    resp
+    let _held = Held { pools, id };
+    next.run(req).await
 }
 
 #[derive(Serialize)]

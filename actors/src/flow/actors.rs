@@ -55,6 +55,9 @@ pub enum BackpressureMsg {
         /// Its latency.
         latency_ms: u64,
     },
+    /// An admitted request was cancelled before it finished (its client
+    /// went away): its slot is freed without adapting the limit.
+    Abandon,
     /// Start queued requests, time out stale ones (self-sent).
     Tick,
     /// Set the capacity buffer: extra queue slots (the breaker mesh).
@@ -81,15 +84,22 @@ impl BackpressureState {
     }
 
     fn carry_out(&mut self, events: Vec<Event>, now: u64) {
+        let mut abandoned = Vec::new();
         for e in events {
             match e {
                 Event::Admitted(id) => {
                     if let Some((at, reply)) = self.waiting.remove(&id) {
                         metrics::counter!("bulwark_flow_admitted_total").increment(1);
-                        let _ = reply.send(Ok(Admitted {
+                        let sent = reply.send(Ok(Admitted {
                             ticket: id,
                             waited_ms: now - at,
                         }));
+                        if sent.is_err() {
+                            // The caller gave up while queued: its slot is
+                            // free again (else every cancelled request
+                            // would shrink capacity for good).
+                            abandoned.push(id);
+                        }
                     }
                 }
                 Event::TimedOut(id, r) => {
@@ -100,6 +110,11 @@ impl BackpressureState {
                     }
                 }
             }
+        }
+        for _ in abandoned {
+            metrics::counter!("bulwark_flow_abandoned_total").increment(1);
+            let more = self.core.abandon(now);
+            self.carry_out(more, now);
         }
         metrics::gauge!("bulwark_flow_queue_len").set(self.core.queued() as f64);
         metrics::gauge!("bulwark_flow_limit").set(f64::from(self.core.limit()));
@@ -154,10 +169,15 @@ impl Actor for Backpressure {
             BackpressureMsg::Arrive(reply) => match st.core.arrive(now) {
                 Ok(Arrival::Admitted(id)) => {
                     metrics::counter!("bulwark_flow_admitted_total").increment(1);
-                    let _ = reply.send(Ok(Admitted {
+                    let sent = reply.send(Ok(Admitted {
                         ticket: id,
                         waited_ms: 0,
                     }));
+                    if sent.is_err() {
+                        metrics::counter!("bulwark_flow_abandoned_total").increment(1);
+                        let events = st.core.abandon(now);
+                        st.carry_out(events, now);
+                    }
                 }
                 Ok(Arrival::Queued(id)) => {
                     st.waiting.insert(id, (now, reply));
@@ -170,6 +190,11 @@ impl Actor for Backpressure {
             },
             BackpressureMsg::Complete { latency_ms } => {
                 let events = st.core.complete(latency_ms, now);
+                st.carry_out(events, now);
+            }
+            BackpressureMsg::Abandon => {
+                metrics::counter!("bulwark_flow_abandoned_total").increment(1);
+                let events = st.core.abandon(now);
                 st.carry_out(events, now);
             }
             BackpressureMsg::Tick => {
@@ -286,7 +311,12 @@ impl Actor for BulkheadPool {
                     metrics::counter!("bulwark_flow_pool_rejected_total", "pool" => pool.clone())
                         .increment(1);
                 }
-                let _ = reply.send(out);
+                if let Err(ractor::MessagingErr::SendErr(Ok(id))) = reply.send(out) {
+                    // The caller is gone: give its units back at once.
+                    if let Some(lease) = st.leases.remove(&id) {
+                        st.pools.release(lease);
+                    }
+                }
             }
             BulkheadMsg::Release(id) => {
                 if let Some(lease) = st.leases.remove(&id) {

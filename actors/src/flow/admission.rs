@@ -198,6 +198,14 @@ impl Admission {
         self.poll(now_ms)
     }
 
+    /// An admitted request whose caller was gone (its answer could not be
+    /// delivered, or it was cancelled): frees its slot without teaching the
+    /// limit anything, and queued requests may start.
+    pub fn abandon(&mut self, now_ms: u64) -> Vec<Event> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.poll(now_ms)
+    }
+
     /// Starts queued requests that may start, and times out those that
     /// waited too long. Call it on every tick too.
     pub fn poll(&mut self, now_ms: u64) -> Vec<Event> {
