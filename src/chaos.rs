@@ -28,6 +28,7 @@ pub mod sim;
 
 use axum::http::Method;
 use bulwark_actors::chaos::experiment::{behaviour_named, Experiment, FaultSpec};
+use bulwark_actors::chaos::inject::{Change, Injector};
 use bulwark_actors::chaos::propagation::{
     self as prop, bulwark_graph, default_rules, Engine, EngineConfig, Health, Status,
 };
@@ -35,7 +36,10 @@ use bulwark_actors::chaos::report::{
     Answer, Finding, Phase, PhaseMetrics, Probe, ProbeKind, Report, Rollback, Verdict,
 };
 use bulwark_actors::heatmap::{Heatmap, Level};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -218,6 +222,19 @@ pub struct Agent<C: ChaosCluster> {
     engine: Option<Engine>,
     /// Components the engine marked failed while the fault was held.
     failed_during: std::collections::BTreeSet<String>,
+    /// Starts and stops the fault inside the window.
+    injector: Option<Injector<()>>,
+    /// The injector's chance, seeded from the run's name.
+    rng: ChaCha8Rng,
+    /// Target and leader the fault aims at.
+    fault_ctx: (Option<usize>, Option<usize>),
+    /// What was injected.
+    injected: Injected,
+    /// When the window opened, ms since the run started.
+    window_at: u64,
+    /// When the fault started and ended.
+    fault_at: Option<u64>,
+    fault_end: Option<u64>,
 }
 
 impl<C: ChaosCluster> Agent<C> {
@@ -225,10 +242,11 @@ impl<C: ChaosCluster> Agent<C> {
     /// `run` names this run in probe keys (unique per run).
     pub fn new(cluster: C, exp: Experiment, run: impl Into<String>) -> Agent<C> {
         let n = cluster.size();
+        let run: String = run.into();
         Agent {
             cluster,
             exp,
-            run: run.into(),
+            run: run.clone(),
             start: Instant::now(),
             phase: Phase::Before,
             seq: 0,
@@ -243,6 +261,17 @@ impl<C: ChaosCluster> Agent<C> {
             base_seq: 0,
             engine: None,
             failed_during: Default::default(),
+            injector: None,
+            rng: ChaCha8Rng::seed_from_u64(u64::from_le_bytes(
+                blake3::hash(run.as_bytes()).as_bytes()[..8]
+                    .try_into()
+                    .expect("8 bytes"),
+            )),
+            fault_ctx: (None, None),
+            injected: Injected::default(),
+            window_at: 0,
+            fault_at: None,
+            fault_end: None,
         }
     }
 
@@ -315,23 +344,26 @@ impl<C: ChaosCluster> Agent<C> {
         let before = self.exp.observe.before_ms;
         self.drive(before, false).await;
 
-        // During.
+        // During: the injector starts and stops the fault as its schedule
+        // says, judged at each sample.
         self.phase = Phase::During;
-        let fault_at = self.ms();
-        let injected = self.inject(target, leader).await;
-        let (injected, stopped_early) = match injected {
-            Ok(inj) => {
-                let duration = self.exp.duration_ms;
-                let stopped = self.drive(duration, true).await;
-                (inj, stopped)
+        self.window_at = self.ms();
+        self.fault_ctx = (target, leader);
+        match Injector::new(vec![self.exp.schedule.fault(())]) {
+            Ok(i) => self.injector = Some(i),
+            Err(e) => return self.refused(format!("schedule: {e}")),
+        }
+        let duration = self.exp.duration_ms;
+        let stopped_early = self.drive(duration, true).await;
+        let now = self.ms();
+        if let Some(injector) = &mut self.injector {
+            if !injector.rollback(now - self.window_at).is_empty() {
+                self.fault_end = Some(now);
             }
-            Err((inj, why)) => {
-                self.observe(format!("injection failed: {why}"));
-                (inj, Some(format!("injection failed: {why}")))
-            }
-        };
+        }
 
         // Rollback, always.
+        let injected = self.injected.clone();
         let rollback = self.rollback(&injected).await;
         let rolled_back_at = self.ms();
 
@@ -344,6 +376,10 @@ impl<C: ChaosCluster> Agent<C> {
                 self.done(seq, p);
             }
         }
+        let Some(fault_at) = self.fault_at else {
+            self.observe("the schedule never started the fault within the window");
+            return self.refused("the fault's schedule never started it within duration_ms".into());
+        };
         self.finish(
             target,
             leader,
@@ -353,6 +389,87 @@ impl<C: ChaosCluster> Agent<C> {
             stopped_early,
         )
         .await
+    }
+
+    /// Metrics of the last second for the injector's conditions.
+    fn schedule_metrics(&self, views: &[Option<ClusterStatus>]) -> BTreeMap<String, f64> {
+        let now = self.ms();
+        let recent: Vec<&Probe> = self
+            .probes
+            .iter()
+            .filter(|p| p.at_ms + 1_000 + p.latency_ms >= now)
+            .collect();
+        let m = PhaseMetrics::of(recent.iter().copied());
+        let leaders: std::collections::BTreeSet<&String> = views
+            .iter()
+            .flatten()
+            .filter_map(|v| v.leader.as_ref())
+            .collect();
+        BTreeMap::from([
+            ("error_rate".to_string(), m.error_rate),
+            ("p99_ms".to_string(), m.p99_ms as f64),
+            ("probes".to_string(), m.probes as f64),
+            (
+                "no_leader".to_string(),
+                views
+                    .iter()
+                    .flatten()
+                    .filter(|v| v.leader.is_none())
+                    .count() as f64,
+            ),
+            ("leaders".to_string(), leaders.len() as f64),
+            (
+                "unreachable".to_string(),
+                views.iter().filter(|v| v.is_none()).count() as f64,
+            ),
+            (
+                "commit".to_string(),
+                views
+                    .iter()
+                    .flatten()
+                    .filter_map(|v| v.commit)
+                    .max()
+                    .unwrap_or(0) as f64,
+            ),
+        ])
+    }
+
+    /// One injector step at a sample of the During phase: injects when the
+    /// schedule starts the fault, reverts when it ends it. `Err` stops the
+    /// experiment (an injection that failed).
+    async fn step_schedule(&mut self, views: &[Option<ClusterStatus>]) -> Result<(), String> {
+        let Some(mut injector) = self.injector.take() else {
+            return Ok(());
+        };
+        let metrics = self.schedule_metrics(views);
+        let now = self.ms() - self.window_at;
+        let transitions = injector.step(now, &metrics, &mut self.rng);
+        self.injector = Some(injector);
+        for t in transitions {
+            match t.change {
+                Change::Activated => {
+                    self.fault_at = Some(self.ms());
+                    let (target, leader) = self.fault_ctx;
+                    match self.inject(target, leader).await {
+                        Ok(inj) => self.injected = inj,
+                        Err((inj, why)) => {
+                            self.injected = inj;
+                            self.observe(format!("injection failed: {why}"));
+                            return Err(format!("injection failed: {why}"));
+                        }
+                    }
+                }
+                Change::Deactivated(reason) => {
+                    self.fault_end = Some(self.ms());
+                    self.observe(format!(
+                        "the schedule ended the fault ({reason:?}); reverting"
+                    ));
+                    let injected = self.injected.clone();
+                    self.rollback(&injected).await;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn refused(mut self, why: String) -> Report {
@@ -501,7 +618,12 @@ impl<C: ChaosCluster> Agent<C> {
         loop {
             let now = Instant::now();
             if now >= next_sample {
-                self.sample().await;
+                let views = self.sample().await;
+                if self.phase == Phase::During {
+                    if let Err(why) = self.step_schedule(&views).await {
+                        return Some(why);
+                    }
+                }
                 if let Some(why) = guard.then(|| self.ceiling_crossed()).flatten() {
                     self.observe(format!("safety: {why}; rolling back"));
                     return Some(why);
@@ -600,7 +722,7 @@ impl<C: ChaosCluster> Agent<C> {
         })
     }
 
-    async fn sample(&mut self) {
+    async fn sample(&mut self) -> Vec<Option<ClusterStatus>> {
         let views = self.views().await;
         let at_ms = self.ms();
         let every = self.exp.observe.sample_every_ms;
@@ -631,8 +753,9 @@ impl<C: ChaosCluster> Agent<C> {
         self.samples.push(Sample {
             at_ms,
             phase: self.phase,
-            views,
+            views: views.clone(),
         });
+        views
     }
 
     /// What the propagation engine is told about each facility's
@@ -1142,6 +1265,7 @@ impl<C: ChaosCluster> Agent<C> {
 
     fn partition_findings(&mut self, t: usize, fault_at: u64, weaknesses: &mut Vec<Finding>) {
         let th = self.exp.thresholds.clone();
+        let fault_end = self.fault_end.unwrap_or(u64::MAX);
         // The cut-off facility must not commit alone.
         let committed_alone = self
             .probes
@@ -1151,6 +1275,7 @@ impl<C: ChaosCluster> Agent<C> {
                     && p.facility == t
                     && p.kind == ProbeKind::Write
                     && p.at_ms >= fault_at + th.detect_within_ms
+                    && p.at_ms < fault_end
                     && p.answer == Answer::Ok
             })
             .count();

@@ -339,3 +339,143 @@ async fn levers_need_chaos_enabled_and_the_token_and_release_themselves() {
     assert_eq!(v["dead_man_releases"], json!(1), "{v}");
     c.shutdown().await;
 }
+
+const SCHEDULED: &str = r#"
+name = "scheduled-skew"
+blast_radius = 0.34
+duration_ms = 4000
+[schedule]
+timing = { at = { ms = 1000 } }
+lifetime = { fixed = { ms = 1000 } }
+[fault]
+kind = "clock_skew"
+target = "follower"
+skew_ms = 5000
+[observe]
+before_ms = 500
+after_ms = 1000
+"#;
+
+const NEVER: &str = r#"
+name = "never"
+blast_radius = 0.34
+duration_ms = 2000
+[schedule]
+timing = { when = { above = { metric = "no_leader", value = 2 } } }
+[fault]
+kind = "clock_skew"
+target = "follower"
+skew_ms = 5000
+[observe]
+before_ms = 500
+after_ms = 500
+"#;
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_fault_starts_and_stops_as_its_schedule_says() {
+    let (c, t) = cluster(13, |_| {}).await;
+    let exp = parse_experiment(SCHEDULED, "s.toml").unwrap();
+    let report = Agent::new(t.clone(), exp, "sched").run().await;
+    println!("{}", report.render_text());
+    let at = |needle: &str| -> u64 {
+        let line = report
+            .observations
+            .iter()
+            .find(|o| o.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {:?}", report.observations));
+        line[2..line.find("ms").unwrap()].parse().unwrap()
+    };
+    let started = at("injected: clock of");
+    let ended = at("the schedule ended the fault");
+    let window = at("started:") + 500;
+    assert!(started >= window + 1000, "starts 1 s into the window");
+    assert!(
+        (ended - started) >= 1000 && ended - started < 2000,
+        "held about its 1 s lifetime: {started}..{ended}"
+    );
+    assert!(!matches!(report.verdict, Verdict::Refused(_)));
+    c.shutdown().await;
+
+    // A condition that never holds never starts the fault: nothing is
+    // touched and the report says so.
+    let (c, t) = cluster(14, |_| {}).await;
+    let exp = parse_experiment(NEVER, "n.toml").unwrap();
+    let report = Agent::new(t.clone(), exp, "never").run().await;
+    assert!(
+        matches!(&report.verdict, Verdict::Refused(why) if why.contains("never started")),
+        "{:?}",
+        report.verdict
+    );
+    assert!(!report.observations.iter().any(|o| o.contains("injected")));
+    c.shutdown().await;
+}
+
+/// Found by the slow-disk experiment: a request whose client went away
+/// mid-flight (a timeout, a reset connection) kept its bulkhead units and
+/// its admission slot forever, until the facility's operator view itself
+/// was refused. Now both are given back however the request ends.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn requests_cancelled_mid_flight_give_back_their_units_and_slots() {
+    let (c, t) = cluster(15, |_| {}).await;
+    staff(&t, true).await;
+    let leader = c.leader().await.expect("a leader");
+    let lever = |body: serde_json::Value| ChaosCall {
+        method: axum::http::Method::POST,
+        path: "/v1/admin/chaos".into(),
+        body: Some(body),
+        key: None,
+    };
+    let slow = json!({"action": {"kind": "disk", "latency_ms": 3000}});
+    assert_eq!(t.call(leader, lever(slow)).await.status, 200);
+    // Writes and cluster views that hang behind the slow disk; each client
+    // gives up after 50 ms.
+    for k in 0..40 {
+        let i = k % 3;
+        let call = if k % 2 == 0 {
+            ChaosCall {
+                method: axum::http::Method::POST,
+                path: "/v1/assignments".into(),
+                body: Some(json!({"person": "f4", "block": "b2"})),
+                key: Some(format!("cancel-{k}")),
+            }
+        } else {
+            ChaosCall {
+                method: axum::http::Method::GET,
+                path: "/v1/schedule?consistency=linearizable".into(),
+                body: None,
+                key: None,
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(50), t.call(i, call)).await;
+    }
+    assert_eq!(
+        t.call(leader, lever(json!({"action": {"kind": "clear"}})))
+            .await
+            .status,
+        200
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for i in 0..3 {
+        let r = t
+            .call(
+                i,
+                ChaosCall {
+                    method: axum::http::Method::GET,
+                    path: "/v1/cluster".into(),
+                    body: None,
+                    key: None,
+                },
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        for pool in r.body["bulkheads"].as_array().unwrap() {
+            // The probe itself holds one operator unit.
+            let own = if pool["name"] == "operator" { 1 } else { 0 };
+            assert!(
+                pool["allocated"].as_u64().unwrap() <= own,
+                "facility {i}: units kept by cancelled requests: {pool}"
+            );
+        }
+    }
+    c.shutdown().await;
+}

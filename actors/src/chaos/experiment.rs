@@ -18,6 +18,7 @@
 //! ```
 
 use crate::bft::Behaviour;
+use crate::chaos::inject::{Lifetime, ScheduledFault, Timing};
 use serde::{Deserialize, Serialize};
 
 /// Longest an experiment may hold its fault (one hour).
@@ -47,8 +48,13 @@ pub struct Experiment {
     /// an experiment whose fault would touch more is refused before it
     /// starts.
     pub blast_radius: f64,
-    /// How long the fault is held, in ms.
+    /// The window the fault may be held in, in ms: it is rolled back at
+    /// the end of it at the latest.
     pub duration_ms: u64,
+    /// When, inside that window, the fault starts and stops (default: at
+    /// its start, for all of it).
+    #[serde(default)]
+    pub schedule: Schedule,
     /// How the agent watches.
     #[serde(default)]
     pub observe: Observe,
@@ -166,6 +172,50 @@ impl FaultSpec {
             // nothing: it is the load the cluster must shed.
             FaultSpec::LoadSpike { .. } => 0,
             _ => 1,
+        }
+    }
+}
+
+/// When the fault starts and stops inside the experiment's window, as the
+/// agent's [`crate::chaos::inject::Injector`] judges it at each sample:
+/// `timing` at a time, by chance or on a condition; `lifetime` fixed, until
+/// a condition, or permanent (the rest of the window). Conditions read the
+/// agent's metrics of the last second: `error_rate`, `p99_ms`, `probes`,
+/// `no_leader` (facilities that know none), `leaders` (distinct leaders
+/// named), `unreachable` (facilities whose view did not answer), `commit`
+/// (highest commit index).
+///
+/// ```toml
+/// [schedule]
+/// timing = { when = { above = { metric = "probes", value = 10 } } }
+/// lifetime = { until = { above = { metric = "error_rate", value = 0.2 } } }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Schedule {
+    /// When it starts (ms from the window's start).
+    pub timing: Timing,
+    /// How long it stays.
+    pub lifetime: Lifetime,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            timing: Timing::At { ms: 0 },
+            lifetime: Lifetime::Permanent,
+        }
+    }
+}
+
+impl Schedule {
+    /// The schedule as the injector's one fault.
+    pub fn fault<F>(&self, fault: F) -> ScheduledFault<F> {
+        ScheduledFault {
+            id: "fault".into(),
+            fault,
+            timing: self.timing.clone(),
+            duration: self.lifetime.clone(),
         }
     }
 }
@@ -370,6 +420,9 @@ impl Experiment {
                 ));
             }
         }
+        if let Err(e) = self.schedule.fault(()).validate() {
+            return Err(invalid("schedule", e.to_string()));
+        }
         if self.safety.dead_man_ms == Some(0) {
             return Err(invalid("safety.dead_man_ms", "must be > 0"));
         }
@@ -414,7 +467,7 @@ impl Experiment {
             }
             FaultSpec::ClockSkew { target, skew_ms } => {
                 target_ok(target)?;
-                if *skew_ms == 0 || skew_ms.abs() > SKEW_MS_MAX {
+                if *skew_ms == 0 || !(-SKEW_MS_MAX..=SKEW_MS_MAX).contains(skew_ms) {
                     return Err(invalid(
                         "fault.skew_ms",
                         format!("non-zero, at most {SKEW_MS_MAX} either way"),
@@ -462,6 +515,7 @@ mod tests {
             },
             blast_radius: 0.34,
             duration_ms: 5_000,
+            schedule: Schedule::default(),
             observe: Observe::default(),
             safety: Safety::default(),
             thresholds: Thresholds::default(),
@@ -504,6 +558,15 @@ mod tests {
             ),
             (
                 Box::new(|e| {
+                    e.schedule.timing = Timing::Chance {
+                        probability: 2.0,
+                        every_ms: 100,
+                    }
+                }),
+                "schedule",
+            ),
+            (
+                Box::new(|e| {
                     e.fault = FaultSpec::Byzantine {
                         target: "leader".into(),
                         behaviour: "honest".into(),
@@ -512,9 +575,11 @@ mod tests {
                 "fault.behaviour",
             ),
             (
-                Box::new(|e| e.fault = FaultSpec::LoadSpike {
-                    factor: 1,
-                    burst: true,
+                Box::new(|e| {
+                    e.fault = FaultSpec::LoadSpike {
+                        factor: 1,
+                        burst: true,
+                    }
                 }),
                 "fault.factor",
             ),
