@@ -55,6 +55,9 @@ pub const PROBE_DAY: u32 = 36_500;
 /// writes hold their bulkhead units by then).
 pub const HERD_OPERATOR_DELAY: Duration = Duration::from_millis(3);
 
+/// Tries of the rollback's `clear` per facility (with backoff).
+pub const ROLLBACK_ATTEMPTS: u32 = 8;
+
 /// Samples kept in a report's heatmap at most.
 pub const HEATMAP_SAMPLES_MAX: usize = 240;
 
@@ -1078,24 +1081,30 @@ impl<C: ChaosCluster> Agent<C> {
             reverted: inj.actions.clone(),
             ..Rollback::default()
         };
+        let timeout = Duration::from_millis(self.exp.observe.request_timeout_ms);
         for i in 0..self.cluster.size() {
-            let mut ok = false;
-            for _ in 0..5 {
+            let mut last = String::new();
+            for attempt in 0..ROLLBACK_ATTEMPTS {
                 let body = json!({"action": {"kind": "clear"}});
-                let r = self
+                let call = self
                     .cluster
-                    .call(i, ChaosCall::post("/v1/admin/chaos", body, None))
-                    .await;
-                if r.status == 200 && clean(&r.body) {
-                    ok = true;
-                    break;
+                    .call(i, ChaosCall::post("/v1/admin/chaos", body, None));
+                match tokio::time::timeout(timeout, call).await {
+                    Ok(r) if r.status == 200 && clean(&r.body) => {
+                        last.clear();
+                        break;
+                    }
+                    Ok(r) => last = format!("{} {}", r.status, r.body),
+                    Err(_) => last = "no answer".into(),
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Backoff: 200 ms, 400 ms, … (bounded).
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(4))).await;
             }
             let name = self.cluster.name(i);
-            if ok {
+            if last.is_empty() {
                 rb.confirmed.push(name);
             } else {
+                self.observe(format!("{name} did not confirm the rollback: {last}"));
                 rb.unconfirmed.push(name);
             }
         }
