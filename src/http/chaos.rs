@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use bulwark_actors::bft::Behaviour;
 use bulwark_actors::bft::BftMsg;
-use bulwark_actors::chaos::experiment::behaviour_named;
+use bulwark_actors::chaos::experiment::{behaviour_named, SKEW_MS_MAX};
 use bulwark_runtime::Zone;
 use bulwark_transport::{FaultRule, RuleId};
 use serde::{Deserialize, Serialize};
@@ -79,6 +79,54 @@ pub enum ChaosAction {
     },
     /// Releases every lever held here.
     Clear,
+}
+
+/// The handler's checks that need only the request: the dead-man timer's
+/// range and each action's numbers and names. What needs the facility (the
+/// rules it holds, a skewable clock, a running validator, the actor to
+/// kill) is checked by the handler after this. The fuzz target
+/// `chaos_body` calls it on every body that decodes.
+pub fn check(req: &ChaosRequest) -> Result<(), ApiError> {
+    let dead_man = req.dead_man_ms.unwrap_or(DEAD_MAN_MS_DEFAULT);
+    if dead_man == 0 || dead_man > DEAD_MAN_MS_MAX {
+        return Err(ApiError::bad(
+            "dead_man_ms",
+            format!("1 to {DEAD_MAN_MS_MAX} ms"),
+        ));
+    }
+    match &req.action {
+        ChaosAction::FaultRule { rule } => rule
+            .validate()
+            .map_err(|e| ApiError::bad("action.rule", e.to_string())),
+        ChaosAction::Disk {
+            latency_ms,
+            write_failure,
+            seed,
+        } => bulwark_storage::DiskFaultSpec {
+            latency_ms: *latency_ms,
+            write_failure: *write_failure,
+            seed: *seed,
+        }
+        .validate()
+        .map_err(|e| ApiError::bad("action", e.to_string())),
+        ChaosAction::ClockSkew { skew_ms } => {
+            // Not `abs()`: `i64::MIN` has none (it panics, or wraps and
+            // passes in a release build).
+            if !(-SKEW_MS_MAX..=SKEW_MS_MAX).contains(skew_ms) {
+                return Err(ApiError::bad("action.skew_ms", "at most a day either way"));
+            }
+            Ok(())
+        }
+        ChaosAction::Behaviour { behaviour } => {
+            behaviour_named(behaviour).map(|_| ()).ok_or_else(|| {
+                ApiError::bad(
+                    "action.behaviour",
+                    "honest, equivocate, forge_votes, vote_for_invalid, replay_stale or withhold",
+                )
+            })
+        }
+        ChaosAction::KillActor { .. } | ChaosAction::Clear => Ok(()),
+    }
 }
 
 /// `POST /v1/admin/chaos`.
@@ -251,13 +299,8 @@ pub(crate) async fn post_chaos(
     let ctl = control(&svc)?;
     authorize(&svc, &headers)?;
     let req: ChaosRequest = decode_json(&body)?;
+    check(&req)?;
     let dead_man = req.dead_man_ms.unwrap_or(DEAD_MAN_MS_DEFAULT);
-    if dead_man == 0 || dead_man > DEAD_MAN_MS_MAX {
-        return Err(ApiError::bad(
-            "dead_man_ms",
-            format!("1 to {DEAD_MAN_MS_MAX} ms"),
-        ));
-    }
     let facility = svc.ctx.facility.to_string();
     match req.action {
         ChaosAction::FaultRule { rule } => {
@@ -291,9 +334,6 @@ pub(crate) async fn post_chaos(
                 .map_err(|e| ApiError::bad("action", e.to_string()))?;
         }
         ChaosAction::ClockSkew { skew_ms } => {
-            if skew_ms.abs() > 86_400_000 {
-                return Err(ApiError::bad("action.skew_ms", "at most a day either way"));
-            }
             if !svc.ctx.clock.set_skew_ms(skew_ms) {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
@@ -303,12 +343,7 @@ pub(crate) async fn post_chaos(
             }
         }
         ChaosAction::Behaviour { behaviour } => {
-            let b = behaviour_named(&behaviour).ok_or_else(|| {
-                ApiError::bad(
-                    "action.behaviour",
-                    "honest, equivocate, forge_votes, vote_for_invalid, replay_stale or withhold",
-                )
-            })?;
+            let b = behaviour_named(&behaviour).expect("check() accepted the name");
             let v = bulwark_actors::bft::validator_of(&svc.ctx).ok_or_else(|| {
                 ApiError::unavailable("UNAVAILABLE", "the validator is not running", 1_000)
             })?;
