@@ -12,8 +12,11 @@
 
 use std::path::Path;
 
+use bulwark::http::chaos::ChaosAction;
 use bulwark_actors::bft::wire::BftWire;
 use bulwark_actors::bft::LedgerStore;
+use bulwark_actors::chaos::inject::{Condition, Lifetime, ScheduledFault, Timing};
+use bulwark_actors::chaos::propagation::{default_rules, Direction, Effect, Rule, Trigger};
 use bulwark_actors::detect::actor::Heartbeat;
 use bulwark_actors::flow::mesh::MeshWire;
 use bulwark_actors::hlc::Hlc;
@@ -32,8 +35,10 @@ use bulwark_actors::schedule::{
 use bulwark_fuzz::{ids, keys, rings};
 use bulwark_runtime::builtin::ProbeWire;
 use bulwark_runtime::{Address, Envelope, Kind};
-use bulwark_storage::{codec, Store};
-use bulwark_transport::frame;
+use bulwark_storage::{codec, DiskFaultSpec, Store};
+use bulwark_transport::simnet::LinkSpec;
+use bulwark_transport::{frame, FaultRule, Selector};
+use serde_json::json;
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new("corpus").join(target);
@@ -200,6 +205,202 @@ fn small_ledger_file(finals: &[FinalEntry]) -> Vec<u8> {
     bytes
 }
 
+/// The shipped experiments, and the skew review found (`i64::MIN` has no
+/// absolute value, so it passed the one-day check; tests/fuzz_regressions.rs).
+fn experiment_seeds() {
+    let mut files: Vec<_> = std::fs::read_dir("../experiments")
+        .expect("experiments/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    for path in files {
+        let name = path.file_name().expect("name").to_string_lossy();
+        write("experiment", &name, &std::fs::read(&path).expect("read"));
+    }
+    let skew = std::fs::read_to_string("../experiments/clock_skew.toml").expect("toml");
+    assert!(skew.contains("skew_ms = 5000"), "clock_skew.toml changed");
+    let skew_min = skew.replace("skew_ms = 5000", "skew_ms = -9223372036854775808");
+    write(
+        "experiment",
+        "regression-skew-min.toml",
+        skew_min.as_bytes(),
+    );
+}
+
+/// One fault rule of each kind.
+fn fault_rules() -> Vec<FaultRule> {
+    let (a, b) = (ids()[0].clone(), ids()[1].clone());
+    vec![
+        FaultRule::Partition {
+            side_a: [a.clone()].into(),
+            side_b: [b.clone()].into(),
+            one_way: false,
+        },
+        FaultRule::Slow {
+            from: Selector::one(&a),
+            to: Selector::Any,
+            delay_ms: 200,
+            ramp_ms: Some(1_000),
+        },
+        FaultRule::Partial {
+            from: Selector::Any,
+            to: Selector::one(&b),
+            fraction: 0.3,
+            delay_ms: 40,
+            loss: 0.5,
+        },
+        FaultRule::Drop {
+            from: Selector::Any,
+            to: Selector::Any,
+            probability: 0.2,
+            class: None,
+        },
+        FaultRule::Delay {
+            from: Selector::one(&b),
+            to: Selector::one(&a),
+            delay_ms: 150,
+        },
+    ]
+}
+
+/// A body for every lever (a rule of each kind), the skew review found,
+/// and the coverage queries.
+fn chaos_body_seeds() {
+    let mut bodies: Vec<(String, serde_json::Value)> = fault_rules()
+        .into_iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let action = ChaosAction::FaultRule { rule };
+            (format!("rule-{i}.json"), json!({ "action": action }))
+        })
+        .collect();
+    let disk = json!({"kind": "disk", "latency_ms": 0, "write_failure": 0.25, "seed": 9});
+    let kill = json!({"kind": "kill_actor", "zone": "consensus", "name": "raft"});
+    bodies.extend([
+        (
+            "disk.json".into(),
+            json!({"action": {"kind": "disk", "latency_ms": 500}}),
+        ),
+        (
+            "disk-failing.json".into(),
+            json!({"action": disk, "dead_man_ms": 60_000}),
+        ),
+        (
+            "skew.json".into(),
+            json!({"action": {"kind": "clock_skew", "skew_ms": 5000}}),
+        ),
+        (
+            "behaviour.json".into(),
+            json!({"action": {"kind": "behaviour", "behaviour": "equivocate"}}),
+        ),
+        ("kill.json".into(), json!({"action": kill})),
+        (
+            "clear.json".into(),
+            json!({"action": {"kind": "clear"}, "dead_man_ms": 1}),
+        ),
+        (
+            "regression-skew-min.json".into(),
+            json!({"action": {"kind": "clock_skew", "skew_ms": i64::MIN}}),
+        ),
+    ]);
+    for (name, body) in bodies {
+        write("chaos_body", &name, body.to_string().as_bytes());
+    }
+    write("chaos_body", "coverage-1", b"lose=1");
+    write("chaos_body", "coverage-2", b"lose=2");
+}
+
+/// `value` for `chaos_specs` of `kind`, in both formats (first byte:
+/// kind << 1, | 1 for JSON).
+fn spec<T: serde::Serialize>(kind: u8, name: &str, value: &T) {
+    let json = serde_json::to_vec(value).expect("json");
+    write(
+        "chaos_specs",
+        &format!("{name}.bin"),
+        &[&[kind << 1][..], &enc(value)].concat(),
+    );
+    write(
+        "chaos_specs",
+        &format!("{name}.json"),
+        &[&[kind << 1 | 1][..], &json].concat(),
+    );
+}
+
+/// Every link preset, a disk fault, a schedule of three faults (each
+/// timing and lifetime), a nested condition, and the default rules plus one.
+fn chaos_specs_seeds() {
+    let links = [
+        ("same-datacenter", LinkSpec::same_datacenter()),
+        ("cross-region", LinkSpec::cross_region()),
+        ("public-internet", LinkSpec::public_internet()),
+        ("congested", LinkSpec::congested()),
+    ];
+    for (name, link) in links {
+        spec(0, &format!("link-{name}"), &link);
+    }
+    let disk = DiskFaultSpec {
+        latency_ms: 500,
+        write_failure: 0.1,
+        seed: 4,
+    };
+    spec(1, "disk", &disk);
+    let slow_queue = Condition::All(vec![
+        Condition::Above {
+            metric: "queue".into(),
+            value: 100.0,
+        },
+        Condition::Any(vec![
+            Condition::Below {
+                metric: "error_rate".into(),
+                value: 0.5,
+            },
+            Condition::AtLeastMs { ms: 2_000 },
+        ]),
+    ]);
+    let rules = fault_rules();
+    let scheduled = |id: &str, fault: &FaultRule, timing, duration| ScheduledFault {
+        id: id.into(),
+        fault: fault.clone(),
+        timing,
+        duration,
+    };
+    let schedule = vec![
+        scheduled(
+            "cut",
+            &rules[0],
+            Timing::At { ms: 1_000 },
+            Lifetime::Fixed { ms: 5_000 },
+        ),
+        scheduled(
+            "flaky",
+            &rules[2],
+            Timing::Chance {
+                probability: 0.3,
+                every_ms: 500,
+            },
+            Lifetime::Until(Condition::AtLeastMs { ms: 30_000 }),
+        ),
+        scheduled(
+            "slow",
+            &rules[1],
+            Timing::When(slow_queue.clone()),
+            Lifetime::Permanent,
+        ),
+    ];
+    spec(2, "schedule", &schedule);
+    spec(3, "condition", &slow_queue);
+    let mut rules = default_rules();
+    rules.push(Rule {
+        name: "load_back".into(),
+        trigger: Trigger::QueueDepth { above: 500 },
+        direction: Direction::ToDependencies,
+        effect: Effect::Fail,
+        delay_ms: 250,
+    });
+    spec(4, "rules", &rules);
+}
+
 fn write_all() {
     let (proposals, links, finals) = chain();
     let alpha = ids()[0].clone();
@@ -348,6 +549,9 @@ vote_key = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707
         "header",
         &ledger[..ledger.len().min(4_096)],
     );
+    experiment_seeds();
+    chaos_body_seeds();
+    chaos_specs_seeds();
 }
 
 libfuzzer_sys::fuzz_target!(|_data: &[u8]| {
