@@ -226,6 +226,25 @@ fn experiment_seeds() {
         "regression-skew-min.toml",
         skew_min.as_bytes(),
     );
+    // No shipped experiment has a [schedule]: one of each timing and
+    // lifetime, with nested conditions, on the partition experiment.
+    let partition = std::fs::read_to_string("../experiments/partition.toml").expect("toml");
+    let when = r#"timing = { when = { all = [{ above = { metric = "probes", value = 10 } },
+    { any = [{ below = { metric = "commit", value = 1e3 } }, { at_least_ms = { ms = 500 } }] }] } }
+lifetime = { until = { above = { metric = "error_rate", value = 0.2 } } }
+"#;
+    let chance = r#"timing = { chance = { probability = 0.25, every_ms = 500 } }
+lifetime = { fixed = { ms = 2000 } }
+"#;
+    let at = "timing = { at = { ms = 1000 } }\nlifetime = \"permanent\"\n";
+    for (name, schedule) in [("when", when), ("chance", chance), ("at", at)] {
+        let text = format!("{partition}\n[schedule]\n{schedule}");
+        write(
+            "experiment",
+            &format!("schedule-{name}.toml"),
+            text.as_bytes(),
+        );
+    }
 }
 
 /// One fault rule of each kind.
