@@ -18,17 +18,25 @@
 //! - [`check_pools`]: a bulkhead pool's reserve is never lent out.
 //! - [`ReadChecker`]: a linearizable read reflects every write
 //!   acknowledged before it began.
+//! - [`check_blame`]: evidence that proves lying (two votes at one height,
+//!   a vote in another's name, a vote for an entry the rules refused, a
+//!   forged proposal) names only the Byzantine facility.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use bulwark_actors::bft::evidence::{Evidence, Kind};
 use bulwark_actors::flow::bulkhead::{PoolStatus, FLEX};
 use bulwark_actors::keys::PublicKeys;
 use bulwark_actors::ledger::{self, FinalEntry, Hash, GENESIS};
-use bulwark_actors::raft::{AppliedEntry, RaftStatus, RaftStore};
+use bulwark_actors::raft::wire::WireSnapshot;
+use bulwark_actors::raft::{AppliedEntry, RaftStatus};
 use bulwark_actors::schedule::{Applied, Outcome, Rule, ScheduleState};
+use bulwark_storage::codec;
+use bulwark_storage::schema::RAFT_META;
 use bulwark_storage::Store;
 use bulwark_transport::FacilityId;
+use redb::ReadableDatabase;
 
 /// The properties the simulation checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,6 +61,8 @@ pub enum Invariant {
     AcknowledgedWrites,
     /// Every answer is one the API documents for the request.
     ApiContract,
+    /// No honest facility is blamed with a proof of lying.
+    HonestBlamed,
     /// With the faults healed, the facilities converge (liveness).
     Convergence,
 }
@@ -69,6 +79,7 @@ impl Invariant {
             Invariant::LinearizableRead => "LINEARIZABLE_READ",
             Invariant::AcknowledgedWrites => "ACKNOWLEDGED_WRITES",
             Invariant::ApiContract => "API_CONTRACT",
+            Invariant::HonestBlamed => "HONEST_BLAMED",
             Invariant::Convergence => "CONVERGENCE",
         }
     }
@@ -100,6 +111,10 @@ impl fmt::Display for Violation {
 }
 
 impl std::error::Error for Violation {}
+
+/// The key of the Raft snapshot in [`RAFT_META`] (the RaftStore's, read
+/// here without opening a RaftStore).
+const RAFT_SNAPSHOT_KEY: &str = "snapshot";
 
 /// Watches the RaftPeers' applied entries and statuses.
 #[derive(Debug, Default)]
@@ -162,11 +177,17 @@ impl RaftObserver {
         self.last_applied.insert(f.clone(), e.index);
     }
 
-    /// The index of the snapshot in `f`'s Raft store.
+    /// The index of the snapshot in `f`'s Raft store, read without
+    /// writing (opening a `RaftStore` would bump its incarnation).
     fn snapshot_index(&self, f: &FacilityId) -> Option<u64> {
-        let store = self.stores.get(f)?.clone();
-        let (raft, _) = RaftStore::open(store, None).ok()?;
-        Some(raft.latest_snapshot().get_metadata().index)
+        let store = self.stores.get(f)?;
+        let tx = store.database().begin_read().ok()?;
+        let meta = tx.open_table(RAFT_META).ok()?;
+        let Some(bytes) = meta.get(RAFT_SNAPSHOT_KEY).ok()? else {
+            return Some(0);
+        };
+        let snap: WireSnapshot = codec::decode(bytes.value()).ok()?;
+        Some(snap.index)
     }
 
     /// Facility `f`'s node started with `store`.
@@ -432,6 +453,37 @@ pub fn check_pools(f: &FacilityId, pools: &[PoolStatus]) -> Result<(), Violation
     Ok(())
 }
 
+/// Evidence recorded by an honest validator proves lying only against
+/// facilities not in `honest`. Evidence that an honest facility can earn
+/// under faults is not a proof of lying and is not judged: a proposal the
+/// rules refused (clients ask for double bookings), a stale vote resent
+/// after a restart, missing votes (a heuristic), a timestamp ahead.
+pub fn check_blame(
+    at: &FacilityId,
+    evidence: &[Evidence],
+    honest: &[FacilityId],
+) -> Result<(), Violation> {
+    for e in evidence {
+        let proof = match &e.kind {
+            Kind::Equivocation { .. } | Kind::BadVoteSignature { .. } => true,
+            Kind::VoteForInvalid { .. } => true,
+            Kind::BadProposal { reason, .. } => reason == "FORGED_SIGNATURE",
+            _ => false,
+        };
+        if proof && honest.contains(&e.offender) {
+            return Err(Violation::new(
+                Invariant::HonestBlamed,
+                format!(
+                    "{at} holds {} evidence against honest {}",
+                    e.kind.code(),
+                    e.offender
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Linearizable reads see every write acknowledged before they began.
 #[derive(Debug, Default)]
 pub struct ReadChecker {
@@ -586,6 +638,32 @@ mod tests {
             check_pools(&a, &unlent).is_err(),
             "a unit borrowed from nobody"
         );
+    }
+
+    #[test]
+    fn the_blame_check_catches_proof_against_an_honest_facility() {
+        let ev = |offender: &str, kind: Kind| Evidence {
+            offender: f(offender),
+            at_unix_ms: 0,
+            kind,
+        };
+        let refused = || Kind::BadProposal {
+            reason: "DOUBLE_ASSIGN".into(),
+            raft_index: 3,
+            proposal: vec![],
+        };
+        let invalid = || Kind::VoteForInvalid {
+            reason: "DOUBLE_ASSIGN".into(),
+            vote: bulwark_actors::ledger::Vote {
+                body: vec![],
+                sig: bulwark_actors::keys::Sig([0; 64]),
+            },
+        };
+        let honest = [f("alpha"), f("bravo")];
+        let fine = [ev("alpha", refused()), ev("delta", invalid())];
+        check_blame(&f("alpha"), &fine, &honest).unwrap();
+        let e = check_blame(&f("alpha"), &[ev("bravo", invalid())], &honest).unwrap_err();
+        assert_eq!(e.invariant, Invariant::HonestBlamed);
     }
 
     #[test]

@@ -125,6 +125,8 @@ pub enum Plant {
     LostWrite,
     /// A linearizable read that misses an acknowledged write.
     StaleRead,
+    /// Evidence of a vote for an invalid entry against an honest facility.
+    HonestBlamed,
 }
 
 /// A fault the run injected.
@@ -261,6 +263,8 @@ struct Run<'p> {
     last_fault: Option<String>,
     /// Per facility, [`FENCED`] when its node last started.
     fence_base: Vec<u64>,
+    /// Evidence planted for the end's blame check (test-only).
+    planted_evidence: Vec<bulwark_actors::bft::evidence::Evidence>,
     ops: u64,
     step: Option<usize>,
     start: Instant,
@@ -334,6 +338,7 @@ impl<'p> Run<'p> {
             log: Default::default(),
             last_fault: None,
             fence_base: vec![0; n],
+            planted_evidence: Vec::new(),
             ops: 0,
             answers: BTreeMap::new(),
             step: None,

@@ -15,11 +15,12 @@ use bulwark_actors::bft::{self, LedgerStore};
 use bulwark_actors::ledger::{self, FinalEntry};
 use bulwark_actors::raft::{inspect, raft_peer};
 use bulwark_actors::schedule::{Outcome, ScheduleState};
+use bulwark_transport::FacilityId;
 use serde_json::Value;
 
 use super::{BoxFut, Run, SimFailure};
 use crate::http::api::command_key;
-use crate::sim::check::{Invariant, Violation};
+use crate::sim::check::{check_blame, Invariant, Violation};
 use crate::sim::client;
 use crate::sim::workload::{Ack, Write};
 
@@ -41,7 +42,26 @@ impl Run<'_> {
         self.wait_applied(index).await?;
         self.wait_final().await?;
         self.check_step().await?;
-        self.check_end().await
+        self.check_end().await?;
+        self.check_blame().await
+    }
+
+    /// No honest validator holds proof of lying against an honest
+    /// facility.
+    async fn check_blame(&self) -> Result<(), SimFailure> {
+        let ids = self.c.ids();
+        let honest: Vec<FacilityId> = self.honest.iter().map(|&i| ids[i].clone()).collect();
+        for &i in &self.honest {
+            let f = &ids[i];
+            let v = bft::validator(self.c.harness().node(i));
+            let v = v.ok_or_else(|| self.stuck(format!("{f}: no validator")))?;
+            let mut ev = bft::evidence_of(&v)
+                .await
+                .ok_or_else(|| self.stuck(format!("{f}: the validator did not answer")))?;
+            ev.extend(self.planted_evidence.iter().cloned());
+            check_blame(f, &ev, &honest).map_err(|v| self.fail(v))?;
+        }
+        Ok(())
     }
 
     /// Polls `f` every 100 ms of virtual time until it holds, within the
