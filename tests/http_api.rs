@@ -91,12 +91,16 @@ async fn health_and_admission_over_http() {
     );
     assert_eq!(get(addr, "/health/live").await.0, 200);
 
-    // Admission: the first /v1 request passes, the next is refused.
+    // Admission: the first /v1 request passes (this facility runs no
+    // schedule: 503 from the handler), the next is refused. Operator
+    // requests skip admission: the status answers throughout.
+    let (code, body) = get(addr, "/v1/schedule").await;
+    assert_eq!(code, 503, "{body}");
+    let (code, resp) = get(addr, "/v1/schedule").await;
+    assert_eq!(code, 429, "{resp}");
     let (code, body) = get(addr, "/v1/status").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"admission\""), "{body}");
-    let (code, resp) = get(addr, "/v1/status").await;
-    assert_eq!(code, 429, "{resp}");
     let lower = resp.to_ascii_lowercase();
     let retry = lower
         .lines()

@@ -307,6 +307,16 @@ pub enum RaftMsg {
     },
     /// Run `f` on the applied schedule (reads, tests).
     Inspect(Box<dyn FnOnce(&ScheduleState) + Send>),
+    /// Run `f` on the applied schedule if this replica has applied at least
+    /// `at` (a linearizable read's confirmed index), else on `None`: a core
+    /// rebuilt from its store since the read was confirmed starts again
+    /// from its last snapshot, and must not answer for that read.
+    InspectAt {
+        /// The read index the schedule must have applied.
+        at: u64,
+        /// The read.
+        f: ReadAtFn,
+    },
     /// The peer's view.
     Status(RpcReplyPort<RaftStatus>),
     /// Hand leadership to another facility.
@@ -492,6 +502,9 @@ pub fn raft_child(setup: RaftSetup) -> (Zone, ChildDef) {
     (Zone::Consensus, def)
 }
 
+/// A read run on the schedule if it has applied the read index.
+pub type ReadAtFn = Box<dyn FnOnce(Option<&ScheduleState>) + Send>;
+
 /// The running RaftPeer of `node`, if any.
 pub fn raft_peer(node: &Node) -> Option<ActorRef<RaftMsg>> {
     node.ctx().find(Zone::Consensus, RAFT)
@@ -614,6 +627,9 @@ async fn handle_live(
             }
         },
         RaftMsg::Inspect(f) => f(st.core.schedule()),
+        RaftMsg::InspectAt { at, f } => {
+            f((st.core.applied_index() >= at).then(|| st.core.schedule()));
+        }
         RaftMsg::Status(reply) => {
             let _ = reply.send(st.status());
         }
@@ -659,6 +675,7 @@ async fn handle_fenced(
             let _ = reply.send(ReadOutcome::NotLeader { hint: None });
         }
         RaftMsg::Inspect(f) => f(st.core.schedule()),
+        RaftMsg::InspectAt { f, .. } => f(None),
         RaftMsg::Status(reply) => {
             let _ = reply.send(st.status());
         }

@@ -1120,7 +1120,7 @@ pub async fn cluster_status(s: &ApiState) -> Result<ClusterStatus, ApiError> {
         rejections: p.rejections,
     })
     .collect();
-    let admission_pressure = match &s.admission {
+    let admission_pressure = match &s.admission() {
         Some(bp) => ask(Some(bp.clone()), BackpressureMsg::Status)
             .await
             .map(|b| b.pressure),

@@ -148,6 +148,20 @@ impl ApiState {
         self
     }
 
+    /// The running BackpressureController: looked up by name (a supervised
+    /// restart makes a new actor; the one the state was built with is then
+    /// dead — every request would be refused), else the one given.
+    pub fn admission(&self) -> Option<ActorRef<BackpressureMsg>> {
+        use bulwark_actors::flow::actors::BACKPRESSURE;
+        self.service
+            .as_ref()
+            .and_then(|svc| {
+                svc.ctx
+                    .find::<BackpressureMsg>(bulwark_runtime::Zone::Flow, BACKPRESSURE)
+            })
+            .or_else(|| self.admission.clone())
+    }
+
     /// Serves `/v1/admin/chaos` with `control` (`[chaos] enabled`); without
     /// a schedule service this changes nothing.
     pub fn with_chaos(mut self, control: Arc<chaos::ChaosControl>) -> ApiState {
@@ -313,9 +327,10 @@ async fn admit(State(s): State<ApiState>, req: Request, next: Next) -> Response 
 }
 
 async fn admitted(s: &ApiState, req: Request, next: Next) -> Response {
-    let Some(bp) = &s.admission else {
+    let Some(bp) = s.admission() else {
         return next.run(req).await;
     };
+    let bp = &bp;
     // Operator requests (the cluster view, chaos levers, backups) skip the
     // admission queue: their own protected bulkhead pool bounds them, and
     // an overloaded facility must still show what is wrong with it (found
@@ -496,7 +511,7 @@ struct Admission {
 
 async fn status(State(s): State<ApiState>) -> Json<StatusBody> {
     let (linked, cluster) = links(s.transport.as_ref());
-    let admission = match &s.admission {
+    let admission = match &s.admission() {
         Some(bp) => bp
             .call(BackpressureMsg::Status, Some(Duration::from_secs(5)))
             .await

@@ -339,26 +339,41 @@ impl Actor for CapGate {
                 let timeout = st.setup.consensus_timeout.as_millis() as u64;
                 // Reads wait on the log in their own task, as writes do.
                 tokio::spawn(async move {
+                    let mut at = 0;
                     if consistency == Consistency::Linearizable {
-                        let why =
+                        let confirmed =
                             match ractor::call_t!(raft, |r| RaftMsg::Read { reply: r }, timeout) {
-                                Ok(ReadOutcome::Ready { .. }) => None,
-                                Ok(other) => Some(format!("{other:?}")),
-                                Err(e) => Some(e.to_string()),
+                                Ok(ReadOutcome::Ready { read_index }) => Ok(read_index),
+                                Ok(other) => Err(format!("{other:?}")),
+                                Err(e) => Err(e.to_string()),
                             };
-                        if let Some(why) = why {
-                            f(Err(ReadError::Unavailable(why)));
-                            return;
+                        match confirmed {
+                            Ok(read_index) => at = read_index,
+                            Err(why) => {
+                                f(Err(ReadError::Unavailable(why)));
+                                return;
+                            }
                         }
                     }
-                    let _ = inspect(&raft, move |s: &ScheduleState| {
-                        let staleness = Staleness {
-                            applied_index: s.last_index(),
-                            ..staleness
-                        };
-                        f(Ok((s, staleness)));
-                    })
-                    .await;
+                    // Served only from a schedule that has applied the read
+                    // index: the RaftPeer may have been rebuilt from its
+                    // store in between (found by `bulwark sim`, seeds 3474
+                    // and 8003).
+                    let _ = raft.cast(RaftMsg::InspectAt {
+                        at,
+                        f: Box::new(move |s: Option<&ScheduleState>| match s {
+                            Some(s) => {
+                                let staleness = Staleness {
+                                    applied_index: s.last_index(),
+                                    ..staleness
+                                };
+                                f(Ok((s, staleness)));
+                            }
+                            None => f(Err(ReadError::Unavailable(format!(
+                                "this replica is behind the read index {at} (rebuilt from its store); retry"
+                            )))),
+                        }),
+                    });
                 });
             }
         }
