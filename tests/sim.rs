@@ -138,52 +138,9 @@ async fn each_checker_catches_a_planted_violation() {
     }
 }
 
-/// A supervised restart of the BackpressureController must leave the API
-/// admitting requests. Found by `bulwark sim --known-bugs` (seed 0): the
-/// API keeps the ActorRef it was built with (`ApiState::admission`), so
-/// after the restart every `/v1` request is refused with 429
-/// `admission_unavailable` until the process restarts. The fix belongs in
-/// `src/http/mod.rs` (look the controller up per request, as the
-/// bulkhead middleware does); then drop the `ignore` and
-/// `run::KNOWN_BUG_KILLS`.
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-#[ignore = "known bug: the API holds a dead BackpressureController after its restart"]
-async fn the_api_admits_after_the_backpressure_controller_restarts() {
-    use bulwark_actors::flow::actors::BACKPRESSURE;
-    use bulwark_runtime::Zone;
-    let c = SimCluster::start(SimOptions::new(3, 11)).await.unwrap();
-    c.wait_leader(Duration::from_secs(10), POLL)
-        .await
-        .expect("a leader");
-    assert!(c.harness().kill_actor(0, Zone::Flow, BACKPRESSURE));
-    c.step(Duration::from_secs(1)).await;
-    let (st, v) = json(c.call(0, get("/v1/status")).await).await;
-    assert_eq!(st, 200, "{v}");
-    c.shutdown().await;
-}
-
-/// A linearizable read must reflect every write acknowledged before it.
-/// Found by `bulwark sim` (seeds 3474 and 8003 of 10,000): the CapGate
-/// confirms a linearizable read with the RaftPeer (`RaftMsg::Read`
-/// answers `Ready`) and then reads the schedule with a second message
-/// (`Inspect`). A refused disk write between the two fences the RaftPeer's
-/// core, which is rebuilt from redb in place: its schedule restarts from
-/// the last snapshot (here none: index 0) and the committed entries are
-/// applied again only at the next Flush, queued behind the waiting
-/// `Inspect`. The read is then served from the rewound schedule: `200`
-/// with `applied_index` 0 while a write at index 36 (27) had been
-/// acknowledged. The fix belongs in actors/ (the read and the inspect in
-/// one RaftPeer turn, or an inspect that waits for an applied index); then
-/// drop the `ignore`.
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-#[ignore = "known bug: a Raft core rebuilt between a read's confirmation and its inspect serves a rewound schedule"]
-async fn seeds_3474_and_8003_serve_no_stale_linearizable_read() {
-    for seed in [3474, 8003] {
-        if let Err(e) = run_seed(seed, &SimPlan::default()).await {
-            panic!("SEED={seed}: {e}\n{}", e.recent_faults.join("\n"));
-        }
-    }
-}
+// The two bugs the runs found (a dead BackpressureController ref after its
+// restart; a stale linearizable read after a Raft core rebuild) replay in
+// tests/sim_regressions.rs.
 
 /// The full randomized run, as `bulwark sim` runs it but in this process:
 /// `BULWARK_SIM_SEEDS` seeds (default 200) from `BULWARK_SIM_FIRST`
