@@ -2,9 +2,11 @@
 //!
 //! One `u64` seed draws the scenario: 3 or 4 facilities, with 4 sometimes
 //! one Byzantine validator (a lie drawn from the seed), the clients'
-//! requests, and the faults that race them: crashes and restarts, two-way
-//! and one-way partitions, loss and delay on the links, clock skew per
-//! facility, and actors killed under their supervisors.
+//! requests, the network (the uniform link model or a physics preset), and
+//! the faults that race the requests: crashes and restarts, two-way and
+//! one-way partitions, loss and delay on the links, clock skew per
+//! facility, slow disks and disks that refuse writes, and actors killed
+//! under their supervisors ([`faults`]).
 //!
 //! - Safety phase ([`SimPlan::steps`] steps): each step starts a few client
 //!   requests through the facilities' APIs (they run concurrently, across
@@ -15,8 +17,14 @@
 //!   the cluster must commit a write, replay every provisional change and
 //!   make every ledger entry final within [`SimPlan::converge_ms`]. Then
 //!   every acknowledged write must be on every facility, every facility
-//!   must hold the same schedule, and every honest ledger must be the same
-//!   chain and verify from genesis.
+//!   must hold the same schedule, every honest ledger must be the same
+//!   chain and verify from genesis, and no honest facility may be blamed
+//!   with a proof of lying ([`end`]).
+//!
+//! Bounds: [`SimPlan::steps`] steps, at most [`SimPlan::ops_per_step_max`]
+//! requests started per step, every wait of the liveness phase within
+//! [`SimPlan::converge_ms`] of virtual time, every client request bounded
+//! by the API's own time-outs.
 //!
 //! A run is exact on a current-thread runtime with paused time: the same
 //! seed gives the same SimNet trace and the same [`SeedReport`].
@@ -46,8 +54,8 @@ use super::client;
 use super::cluster::{SimCluster, SimOptions, STATUS_TIMEOUT};
 use super::workload::{Ack, Op, Workload, Write};
 
-mod end;
-mod faults;
+pub mod end;
+pub mod faults;
 mod plant;
 
 pub use faults::{
