@@ -36,6 +36,7 @@ use bulwark_fuzz::{ids, keys, rings};
 use bulwark_runtime::builtin::ProbeWire;
 use bulwark_runtime::{Address, Envelope, Kind};
 use bulwark_storage::{codec, DiskFaultSpec, Store};
+use bulwark_transport::quic::{Hello, PROTOCOL_VERSION};
 use bulwark_transport::simnet::LinkSpec;
 use bulwark_transport::{frame, FaultRule, Selector};
 use serde_json::json;
@@ -512,6 +513,17 @@ fn write_all() {
         suspects: vec![ids()[2].clone()],
     };
     write("heartbeat", "suspects", &enc(&hb));
+    for id in ids() {
+        write("hello", id.as_str(), &enc(&Hello::new(id.clone())));
+    }
+    write(
+        "hello",
+        "newer-version",
+        &enc(&Hello {
+            facility: ids()[0].clone(),
+            protocol: PROTOCOL_VERSION + 1,
+        }),
+    );
     write(
         "heartbeat",
         "quiet",

@@ -80,7 +80,7 @@ pub const CLOSE_SHUTDOWN: u32 = 0x12;
 /// Application close code for a bad hello.
 pub const CLOSE_BAD_HELLO: u32 = 0x13;
 /// Largest hello frame body.
-const HELLO_LEN_MAX: usize = 256;
+pub const HELLO_LEN_MAX: usize = 256;
 
 /// One peer as the config lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,10 +273,40 @@ impl QuicStats {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct Hello {
-    facility: FacilityId,
-    protocol: u32,
+/// The first frame on each connection: the sender's facility and protocol
+/// version. A dialler accepts only the facility it dialled (whose pinned
+/// certificate the handshake already checked) at [`PROTOCOL_VERSION`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hello {
+    /// The facility that sent it.
+    pub facility: FacilityId,
+    /// Its protocol version.
+    pub protocol: u32,
+}
+
+impl Hello {
+    /// This build's hello from `facility`.
+    pub fn new(facility: FacilityId) -> Self {
+        Hello {
+            facility,
+            protocol: PROTOCOL_VERSION,
+        }
+    }
+
+    /// Decodes a hello frame's body (at most [`HELLO_LEN_MAX`] bytes,
+    /// nothing trailing) and accepts it only from `expected` at this
+    /// build's protocol version.
+    pub fn accept(body: &[u8], expected: &FacilityId) -> Result<Hello, DialError> {
+        let hello = codec::decode_limited::<Hello>(body, HELLO_LEN_MAX)
+            .map_err(|e| DialError::BadHello(e.to_string()))?;
+        let want = Hello::new(expected.clone());
+        if hello != want {
+            return Err(DialError::BadHello(format!(
+                "got {hello:?}, expected {want:?}"
+            )));
+        }
+        Ok(hello)
+    }
 }
 
 struct Outgoing {
@@ -594,28 +624,20 @@ impl Inner {
         }
         let hello = async {
             let mut recv = conn.accept_uni().await.map_err(dial_error)?;
-            let body = read_frame(&mut recv, HELLO_LEN_MAX)
+            read_frame(&mut recv, HELLO_LEN_MAX)
                 .await
-                .map_err(|e| DialError::BadHello(e.to_string()))?;
-            codec::decode_limited::<Hello>(&body, HELLO_LEN_MAX)
                 .map_err(|e| DialError::BadHello(e.to_string()))
         };
-        let hello = match tokio::time::timeout(self.config.hello_timeout, hello).await {
+        let body = match tokio::time::timeout(self.config.hello_timeout, hello).await {
             Err(_) => {
                 conn.close(VarInt::from_u32(CLOSE_BAD_HELLO), b"no hello");
                 return Err(DialError::HelloTimeout);
             }
             Ok(r) => r?,
         };
-        let expected = Hello {
-            facility: spec.id.clone(),
-            protocol: PROTOCOL_VERSION,
-        };
-        if hello != expected {
+        if let Err(e) = Hello::accept(&body, &spec.id) {
             conn.close(VarInt::from_u32(CLOSE_BAD_HELLO), b"bad hello");
-            return Err(DialError::BadHello(format!(
-                "got {hello:?}, expected {expected:?}"
-            )));
+            return Err(e);
         }
         Ok(conn)
     }
@@ -877,10 +899,7 @@ async fn serve_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
 }
 
 async fn send_hello(inner: &Inner, conn: &quinn::Connection) -> Result<(), ()> {
-    let hello = Hello {
-        facility: inner.id.clone(),
-        protocol: PROTOCOL_VERSION,
-    };
+    let hello = Hello::new(inner.id.clone());
     let body = codec::encode(&hello).map_err(|_| ())?;
     let frame = frame::encode(&body).map_err(|_| ())?;
     let mut s = conn.open_uni().await.map_err(|_| ())?;

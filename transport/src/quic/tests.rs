@@ -543,6 +543,39 @@ async fn partial_fault_rule_loses_and_delays_on_a_real_link() {
 }
 
 #[test]
+fn a_hello_is_accepted_only_from_the_dialled_facility_at_this_version() {
+    let alpha = id("alpha");
+    let good = codec::encode(&Hello::new(alpha.clone())).unwrap();
+    assert_eq!(Hello::accept(&good, &alpha).unwrap(), Hello::new(alpha.clone()));
+
+    let bad_hello = |body: &[u8], why: &str| match Hello::accept(body, &alpha) {
+        Err(DialError::BadHello(msg)) => msg,
+        other => panic!("{why}: {other:?}"),
+    };
+    // Another facility (its certificate would have failed first; the
+    // hello is checked all the same).
+    let other = codec::encode(&Hello::new(id("bravo"))).unwrap();
+    assert!(bad_hello(&other, "another facility").contains("bravo"));
+    // Another protocol version.
+    let newer = codec::encode(&Hello {
+        facility: alpha.clone(),
+        protocol: PROTOCOL_VERSION + 1,
+    })
+    .unwrap();
+    bad_hello(&newer, "another version");
+    // Trailing bytes, a truncated body, an id that is not a facility id,
+    // a body over the limit, nothing at all.
+    let mut trailing = good.clone();
+    trailing.push(0);
+    bad_hello(&trailing, "trailing byte");
+    bad_hello(&good[..good.len() - 1], "truncated");
+    let upper = codec::encode(&("ALPHA".to_string(), PROTOCOL_VERSION)).unwrap();
+    bad_hello(&upper, "invalid facility id");
+    bad_hello(&vec![1u8; HELLO_LEN_MAX + 1], "oversized");
+    bad_hello(&[], "empty");
+}
+
+#[test]
 fn config_validation_names_the_problem() {
     let me = id("alpha");
     let pin = Identity::generate(id("bravo")).unwrap().pin();
