@@ -188,6 +188,13 @@ pub struct ConsensusSection {
     pub snapshot_every_entries: u64,
     /// Ticks a proposal or read waits for its outcome.
     pub proposal_timeout_ticks: u64,
+    /// A durable Raft write that takes at least this long, in ms, is slow;
+    /// after `slow_writes_to_yield` slow writes in a row the facility
+    /// stops being preferred as leader and hands leadership to a caught-up
+    /// voter. 0 turns it off.
+    pub slow_write_ms: u64,
+    /// Consecutive slow writes that make the disk slow.
+    pub slow_writes_to_yield: u32,
 }
 
 impl Default for ConsensusSection {
@@ -201,6 +208,8 @@ impl Default for ConsensusSection {
             heartbeat_ticks: r.heartbeat_ticks,
             snapshot_every_entries: r.snapshot_every_entries,
             proposal_timeout_ticks: r.proposal_timeout_ticks,
+            slow_write_ms: r.slow_write_ms,
+            slow_writes_to_yield: r.slow_writes_to_yield,
         }
     }
 }
@@ -216,6 +225,8 @@ impl ConsensusSection {
             heartbeat_ticks: self.heartbeat_ticks,
             snapshot_every_entries: self.snapshot_every_entries,
             proposal_timeout_ticks: self.proposal_timeout_ticks,
+            slow_write_ms: self.slow_write_ms,
+            slow_writes_to_yield: self.slow_writes_to_yield,
             ..RaftConfig::default()
         }
     }

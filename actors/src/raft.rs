@@ -29,6 +29,14 @@
 //!   behind a slow fsync: a slow leader disk delays every commit by at
 //!   least the latency, a slow follower disk is masked by the quorum. With
 //!   no latency set there is no extra await, so runs replay as before.
+//! - Slow disks, injected or real: every durable write is timed (the
+//!   awaited latency and the redb commit). After
+//!   [`RaftConfig::slow_writes_to_yield`] writes in a row of at least
+//!   [`RaftConfig::slow_write_ms`] ([`DiskWatch`]) the facility lowers its
+//!   election priority and, when it leads, hands leadership to the most
+//!   caught-up voter its detector does not suspect (at most once per
+//!   two election timeouts). One fast write restores its priority. A
+//!   leader handing over answers proposals `NotLeader` meanwhile.
 //! - A refused write ([`bulwark_storage::StorageError::Injected`]) happens
 //!   before anything of that Ready is sent or applied, so nothing that is
 //!   not durable is acknowledged, voted for or answered. raft-rs has then
@@ -127,6 +135,15 @@ pub struct RaftConfig {
     /// forwarded proposal whose timestamp is further than this from its own
     /// clock (TIME_TRAVEL).
     pub clock_skew_max_ms: u64,
+    /// A durable write (one Ready's redb commit, an injected latency
+    /// included) that takes at least this long, in ms, is slow. 0 turns
+    /// the slow-disk check off.
+    pub slow_write_ms: u64,
+    /// Consecutive slow writes after which this facility's disk counts as
+    /// slow: it stops being preferred as leader and, when it leads, hands
+    /// leadership to the most caught-up voter. One write under
+    /// `slow_write_ms` clears it.
+    pub slow_writes_to_yield: u32,
 }
 
 impl Default for RaftConfig {
@@ -146,6 +163,8 @@ impl Default for RaftConfig {
             pending_proposals_max: 4096,
             ready_rounds_max: 16,
             clock_skew_max_ms: 10_000,
+            slow_write_ms: 200,
+            slow_writes_to_yield: 3,
         }
     }
 }
@@ -172,6 +191,9 @@ impl RaftConfig {
         }
         if self.snapshot_every_entries == 0 || self.ready_rounds_max == 0 {
             return Err("snapshot_every_entries and ready_rounds_max must be > 0".into());
+        }
+        if self.slow_write_ms > 0 && self.slow_writes_to_yield == 0 {
+            return Err("slow_writes_to_yield must be > 0 when slow_write_ms is set".into());
         }
         Ok(())
     }
@@ -403,6 +425,42 @@ pub struct RaftPeerArgs {
     pub setup: RaftSetup,
 }
 
+/// How fast this facility's durable writes have been: a streak of slow
+/// ones ([`RaftConfig::slow_write_ms`], [`RaftConfig::slow_writes_to_yield`])
+/// makes the disk slow until one write is fast again.
+#[derive(Debug, Clone)]
+pub struct DiskWatch {
+    slow_ms: u64,
+    streak_to_yield: u32,
+    streak: u32,
+}
+
+impl DiskWatch {
+    /// A watch with `config`'s thresholds.
+    pub fn new(config: &RaftConfig) -> Self {
+        DiskWatch {
+            slow_ms: config.slow_write_ms,
+            streak_to_yield: config.slow_writes_to_yield,
+            streak: 0,
+        }
+    }
+
+    /// Records one durable write that took `took`.
+    pub fn observe(&mut self, took: std::time::Duration) {
+        let slow = self.slow_ms > 0 && took.as_millis() >= u128::from(self.slow_ms);
+        self.streak = if slow {
+            self.streak.saturating_add(1)
+        } else {
+            0
+        };
+    }
+
+    /// True while the last `slow_writes_to_yield` writes were all slow.
+    pub fn slow(&self) -> bool {
+        self.slow_ms > 0 && self.streak >= self.streak_to_yield
+    }
+}
+
 /// The RaftPeer actor. See the module docs.
 pub struct RaftPeer;
 
@@ -420,6 +478,8 @@ pub struct RaftPeerState {
     transferred_at: Option<u64>,
     /// Ticks between two transfers asked for.
     transfer_cooldown: u64,
+    /// How fast the durable writes have been.
+    disk: DiskWatch,
     /// How the core is rebuilt from the store after a refused write.
     setup: RaftSetup,
     logger: slog::Logger,
@@ -429,38 +489,59 @@ pub struct RaftPeerState {
 }
 
 impl RaftPeerState {
-    /// Leadership follows the detector: a facility a majority of its
-    /// peers suspect is not preferred as leader, and hands leadership
-    /// away when it holds it. Returns whether it asked for a transfer
-    /// (the Ready that sends it is then due).
-    fn follow_detector(&mut self) -> bool {
-        let Some(d) = &self.detection else {
-            return false;
-        };
-        let view = d.view();
-        let suspected = view.self_suspected();
-        let want = if suspected { -1 } else { 0 };
+    /// Leadership follows the facility's health: a facility a majority of
+    /// its peers suspect (the detector), or whose disk is slow
+    /// ([`DiskWatch`]), is not preferred as leader and hands leadership
+    /// away when it holds it (at most once per cooldown): a suspected one
+    /// to the detector's healthiest peer, a slow-disk one to the most
+    /// caught-up voter that the detector (if any) does not suspect.
+    /// Returns whether it asked for a transfer (the Ready that sends it is
+    /// then due).
+    fn follow_health(&mut self) -> bool {
+        let view = self.detection.as_ref().map(|d| d.view());
+        let suspected = view.as_ref().is_some_and(|v| v.self_suspected());
+        let slow_disk = self.disk.slow();
+        let want = if suspected || slow_disk { -1 } else { 0 };
         if self.core.priority() != want {
-            tracing::warn!(suspected, by = ?view.suspected_by, "election priority {want}");
+            tracing::warn!(suspected, slow_disk, "election priority {want}");
             self.core.set_priority(want);
         }
         let now = self.core.ticks();
         let cooled = self
             .transferred_at
             .is_none_or(|t| now >= t + self.transfer_cooldown);
-        if suspected && self.core.is_leader() && cooled {
-            let voters = self.core.voters();
-            if let Some(to) = view.healthiest_peer().filter(|p| voters.contains(p)) {
-                tracing::warn!(%to, by = ?view.suspected_by, "suspected by the majority: handing leadership over");
-                metrics::counter!("bulwark_raft_leader_transfers_total",
-                    "facility" => self.ctx.facility.to_string(), "reason" => "suspected")
-                .increment(1);
-                self.transferred_at = Some(now);
-                self.core.transfer_leader(&to);
-                return true;
-            }
+        if !self.core.is_leader() || !cooled {
+            return false;
         }
-        false
+        let (to, reason) = if suspected {
+            let voters = self.core.voters();
+            let to = view
+                .as_ref()
+                .and_then(|v| v.healthiest_peer())
+                .filter(|p| voters.contains(p));
+            (to, "suspected")
+        } else if slow_disk {
+            let up = |p: &FacilityId| {
+                view.as_ref().is_none_or(|v| {
+                    v.liveness(p)
+                        .is_none_or(|l| l == crate::detect::Liveness::Up)
+                })
+            };
+            let to = self.core.voters_by_progress().into_iter().find(up);
+            (to, "slow_disk")
+        } else {
+            (None, "")
+        };
+        let Some(to) = to else {
+            return false;
+        };
+        tracing::warn!(%to, reason, "handing leadership over");
+        metrics::counter!("bulwark_raft_leader_transfers_total",
+            "facility" => self.ctx.facility.to_string(), "reason" => reason)
+        .increment(1);
+        self.transferred_at = Some(now);
+        self.core.transfer_leader(&to);
+        true
     }
 
     /// The peer's view; a fenced peer shows no leader.
@@ -548,6 +629,7 @@ impl Actor for RaftPeer {
             detection: setup.detection.clone(),
             transferred_at: None,
             transfer_cooldown,
+            disk: DiskWatch::new(&setup.config),
             setup,
             logger,
             fenced: false,
@@ -589,7 +671,7 @@ async fn handle_live(
         RaftMsg::Tick => {
             st.core.tick();
             ready(myself, st).await?;
-            if !st.fenced && st.follow_detector() {
+            if !st.fenced && st.follow_health() {
                 ready(myself, st).await?;
             }
         }
@@ -694,10 +776,16 @@ async fn ready(
     myself: &ActorRef<RaftMsg>,
     st: &mut RaftPeerState,
 ) -> Result<(), ActorProcessingErr> {
-    if st.core.ready_writes() {
+    let writes = st.core.ready_writes();
+    let started = tokio::time::Instant::now();
+    if writes {
         st.disk_latency().await;
     }
-    match st.core.on_ready() {
+    let handled = st.core.on_ready();
+    if writes {
+        st.disk.observe(started.elapsed());
+    }
+    match handled {
         Ok(()) => Ok(()),
         Err(e) if e.is_injected() => {
             fence(st, &e);
@@ -864,5 +952,52 @@ impl slog::Drain for TracingDrain {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod disk_watch_tests {
+    use std::time::Duration;
+
+    use super::{DiskWatch, RaftConfig};
+
+    fn watch(slow_write_ms: u64) -> DiskWatch {
+        DiskWatch::new(&RaftConfig {
+            slow_write_ms,
+            slow_writes_to_yield: 3,
+            ..RaftConfig::default()
+        })
+    }
+
+    #[test]
+    fn a_streak_of_slow_writes_makes_the_disk_slow_and_one_fast_write_clears_it() {
+        let ms = Duration::from_millis;
+        let mut w = watch(200);
+        for _ in 0..2 {
+            w.observe(ms(500));
+        }
+        assert!(!w.slow(), "two slow writes are not a streak of three");
+        w.observe(ms(199));
+        w.observe(ms(200));
+        w.observe(ms(300));
+        assert!(!w.slow(), "the fast write broke the streak");
+        w.observe(ms(250));
+        assert!(w.slow());
+        w.observe(ms(5));
+        assert!(!w.slow());
+    }
+
+    #[test]
+    fn zero_turns_the_check_off() {
+        let mut w = watch(0);
+        for _ in 0..10 {
+            w.observe(Duration::from_secs(5));
+        }
+        assert!(!w.slow());
+        let bad = RaftConfig {
+            slow_writes_to_yield: 0,
+            ..RaftConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("slow_writes_to_yield"));
     }
 }

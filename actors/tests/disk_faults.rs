@@ -10,7 +10,7 @@ use std::time::Duration;
 use bulwark_actors::bft::{evidence_of, validator, Behaviour, BftConfig, LedgerStore};
 use bulwark_actors::keys::PublicKeys;
 use bulwark_actors::ledger::{verify_chain, FinalEntry};
-use bulwark_actors::raft::ProposeOutcome;
+use bulwark_actors::raft::{ProposeOutcome, RaftConfig};
 use bulwark_actors::schedule::{IdempotencyKey, Op, Outcome, Person, Role};
 use bulwark_runtime::Zone;
 use bulwark_storage::{DiskFaultSpec, DiskFaults};
@@ -124,9 +124,22 @@ async fn wait_applied(c: &Cluster, index: u64) {
     panic!("the facilities did not all apply {index}");
 }
 
+/// The harness's configs with the slow-disk hand-over off.
+fn never_yield() -> Vec<RaftConfig> {
+    support::configs_for(3, SEED)
+        .into_iter()
+        .map(|c| RaftConfig {
+            slow_write_ms: 0,
+            ..c
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_slow_leader_disk_delays_its_commits_by_the_latency_and_a_slow_follower_disk_does_not() {
-    let mut c = Cluster::start(3, SEED).await;
+    // With the hand-over off, the slow leader keeps leading: what a slow
+    // disk costs the commits it orders.
+    let mut c = Cluster::start_with(3, SEED, never_yield()).await;
     let (leader, term, _) = c
         .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
         .await
@@ -165,6 +178,90 @@ async fn a_slow_leader_disk_delays_its_commits_by_the_latency_and_a_slow_followe
     }
     assert_eq!(c.violations(), Vec::<String>::new());
     c.shutdown().await;
+}
+
+/// A leader's disk turns slow (500 ms per durable write) while writes
+/// keep coming through a follower; returns the new leader, if leadership
+/// moved within 40 commits, and the commit times after it moved.
+async fn slow_leader_disk(configs: Vec<RaftConfig>) -> (usize, Option<usize>, Vec<Duration>) {
+    let mut c = Cluster::start_with(3, SEED, configs).await;
+    let (leader, term, _) = c
+        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    let via = (leader + 1) % 3;
+    let base = commit_times(&mut c, via, 0..3).await;
+    faults(&c, leader).set(spec(500, 0.0)).unwrap();
+    let mut moved = None;
+    let mut p = 3;
+    while moved.is_none() && p < 43 {
+        // A leader handing over refuses proposals meanwhile (NotLeader);
+        // the client retries the same command (same key), as through the API.
+        let cmd = add_person(&mut c, via, p);
+        let mut done = false;
+        for _ in 0..20 {
+            match c.propose(via, cmd.clone()).await {
+                ProposeOutcome::Committed { .. } => {
+                    done = true;
+                    break;
+                }
+                ProposeOutcome::NotLeader { .. } | ProposeOutcome::TimedOut => {
+                    c.h.step(Duration::from_millis(100)).await;
+                }
+                other => panic!("person {p} via {via}: {other:?}"),
+            }
+        }
+        assert!(done, "person {p} via {via} did not commit in 20 tries");
+        p += 1;
+        for i in 0..3 {
+            if c.status(i)
+                .await
+                .is_some_and(|s| s.is_leader && s.term > term)
+            {
+                moved = Some(i);
+            }
+        }
+    }
+    // Commits after the move: the old leader's disk is still slow, and a
+    // quorum without it masks it (as for any slow follower).
+    let after = match moved {
+        Some(_) => commit_times(&mut c, via, p..p + 3).await,
+        None => Vec::new(),
+    };
+    eprintln!(
+        "SEED={SEED} leader {leader} slow; moved to {moved:?} after {} commits; \
+         commit times: base {base:?}, after the move {after:?}",
+        p - 3
+    );
+    let base_min = *base.iter().min().unwrap();
+    for t in &after {
+        assert!(
+            *t < base_min + Duration::from_millis(500),
+            "after the move {t:?} vs base {base:?}"
+        );
+    }
+    faults(&c, leader).clear();
+    let acked_to = c.status(via).await.unwrap().commit;
+    wait_applied(&c, acked_to).await;
+    assert_eq!(c.violations(), Vec::<String>::new());
+    c.shutdown().await;
+    (leader, moved, after)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_leader_whose_disk_turns_slow_hands_leadership_to_a_caught_up_voter() {
+    let (leader, moved, after) = slow_leader_disk(support::configs_for(3, SEED)).await;
+    let to = moved.expect("leadership moved away from the slow disk");
+    assert_ne!(to, leader);
+    assert_eq!(after.len(), 3);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn with_the_hand_over_off_leadership_stays_on_the_slow_disk() {
+    // The check above fails without the hand-over: the same run keeps the
+    // slow leader for all 40 commits.
+    let (_, moved, _) = slow_leader_disk(never_yield()).await;
+    assert_eq!(moved, None);
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]

@@ -587,6 +587,25 @@ impl RaftCore {
         self.ticks
     }
 
+    /// The other voters, most caught-up first (by the index this leader
+    /// knows each has matched; ties by id). Empty unless this facility
+    /// leads.
+    pub fn voters_by_progress(&self) -> Vec<FacilityId> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let raft = &self.node.raft;
+        let voters = raft.prs().conf().voters().ids();
+        let mut peers: Vec<(u64, &FacilityId)> = raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != raft.id && voters.contains(**id))
+            .filter_map(|(id, pr)| self.members.get(id).map(|f| (pr.matched, f)))
+            .collect();
+        peers.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+        peers.into_iter().map(|(_, f)| f.clone()).collect()
+    }
+
     /// Asks raft-rs to hand leadership to `to`; the next
     /// [`RaftCore::on_ready`] sends the request.
     pub fn transfer_leader(&mut self, to: &FacilityId) {

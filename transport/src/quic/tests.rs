@@ -546,7 +546,10 @@ async fn partial_fault_rule_loses_and_delays_on_a_real_link() {
 fn a_hello_is_accepted_only_from_the_dialled_facility_at_this_version() {
     let alpha = id("alpha");
     let good = codec::encode(&Hello::new(alpha.clone())).unwrap();
-    assert_eq!(Hello::accept(&good, &alpha).unwrap(), Hello::new(alpha.clone()));
+    assert_eq!(
+        Hello::accept(&good, &alpha).unwrap(),
+        Hello::new(alpha.clone())
+    );
 
     let bad_hello = |body: &[u8], why: &str| match Hello::accept(body, &alpha) {
         Err(DialError::BadHello(msg)) => msg,
