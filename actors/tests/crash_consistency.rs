@@ -8,15 +8,13 @@
 //! reference model: everything acknowledged before the crash is there, and
 //! the operation in flight is wholly there or wholly absent.
 //!
-//! `Store` opens only a path, so the writes are made by mirrors of each
-//! store's transactions on the crash backend (same tables, same codec, same
-//! conversions, one durable transaction per call). For each store a
-//! `mirror_writes_what_the_store_writes` test runs the same operations
-//! through the real store on a real file and compares the tables byte for
-//! byte.
+//! The writes are the real stores', over the crash backend: each is opened
+//! on a `Store` from `Store::open_backend` as a starting facility opens it,
+//! driven through its public API, and a reopen drops it and opens the
+//! backend again (clones of the backend share its file).
 //!
 //! Every sync of every seed is a crash point. The default run checks
-//! 1,000+ per store, except the ledger (about 600: each of its images
+//! 1,000+ per store, except the ledger (about 700: each of its images
 //! replays the chain through `ledger verify`); its 1,000+ run is ignored by
 //! default: `cargo test -p bulwark-actors --test crash_consistency --
 //! --ignored`. Other seeds: `CRASH_SEEDS=0..200` before the same command.
@@ -34,39 +32,51 @@ use std::fmt::Debug;
 use std::path::Path;
 
 use bulwark_storage::Store;
-pub use crash::{begin_write, mirror_create, mirror_reopen};
 use crash::{scratch_dir, seeds, write_image, CrashBackend, Image};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 /// The facility that owns every file here.
 pub const FACILITY: &str = "alpha";
 
-/// One store under test: its operations, its model, the mirror of its
-/// writes, and how the real code reads a reopened file.
+/// One store under test: its operations, its model, how the real store is
+/// opened and driven, and how the real code reads a reopened file.
 pub trait Subject {
     /// One call into the store.
     type Op: Clone + Debug;
     /// What the store holds, as the test compares it.
     type Model: Clone + PartialEq + Debug;
+    /// The real store, as the test holds it between operations.
+    type Real;
 
     /// Operations per seed.
     const OPS: usize;
 
-    /// Sets the file up before crashes are counted (the store's first open).
-    fn setup(db: &Database);
-    /// The model right after `setup`.
+    /// Opens the real store on `store` as a starting facility does. The
+    /// first open, on a fresh `Store`, sets the file up before crashes are
+    /// counted.
+    fn open(store: Store) -> Self::Real;
+    /// The model right after the first `open`.
     fn initial() -> Self::Model;
     /// A random operation that is valid in `model`.
     fn random_op(rng: &mut ChaCha8Rng, model: &Self::Model) -> Self::Op;
     /// The operation's effect on the model.
     fn apply_model(model: &mut Self::Model, op: &Self::Op);
-    /// The operation, as the store's transactions, on the mirror. A reopen
-    /// drops `db` and opens the backend again.
-    fn apply_mirror(db: Database, backend: &CrashBackend, op: &Self::Op) -> Database;
+    /// The operation through the real store's public API; it panics unless
+    /// the store returns `Ok` (the operation is then acknowledged). A
+    /// reopen drops `real` and opens the backend again ([`reopen`]).
+    fn apply(real: Self::Real, backend: &CrashBackend, op: &Self::Op) -> Self::Real;
     /// Opens the file at `path` with the real code and reads it back.
     fn read_back(path: &Path, ctx: &str) -> Self::Model;
+}
+
+/// A clean restart of `S` on `backend`: the real `Store::open_backend` on
+/// what the last handle wrote (the caller has dropped it), then `S::open`.
+pub fn reopen<S: Subject>(backend: &CrashBackend) -> S::Real {
+    let opened = crash::open_backend(backend, FACILITY);
+    assert!(!opened.fresh, "a reopened store is not fresh");
+    S::open(opened.store)
 }
 
 /// Opens the image at `path` with the real `Store::open`.
@@ -114,14 +124,15 @@ pub fn run_seed<S: Subject>(seed: u64, dir: &Path) -> usize {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let backend = CrashBackend::new(seed);
     backend.set_capture(false);
-    let mut db = mirror_create(&backend, FACILITY);
-    S::setup(&db);
+    let opened = crash::open_backend(&backend, FACILITY);
+    assert!(opened.fresh);
+    let mut real = S::open(opened.store);
     backend.set_capture(true);
     let mut history = vec![S::initial()];
     let mut checked = 0;
     for _ in 0..S::OPS {
         let op = S::random_op(&mut rng, history.last().unwrap());
-        db = S::apply_mirror(db, &backend, &op);
+        real = S::apply(real, &backend, &op);
         backend.acknowledge();
         let mut model = history.last().unwrap().clone();
         S::apply_model(&mut model, &op);
@@ -131,7 +142,8 @@ pub fn run_seed<S: Subject>(seed: u64, dir: &Path) -> usize {
             checked += 1;
         }
     }
-    drop(db);
+    // Any sync of the clean shutdown is a crash point too.
+    drop(real);
     for image in backend.take_images() {
         check_image::<S>(dir, &image, &history, seed);
         checked += 1;
@@ -149,33 +161,4 @@ pub fn run<S: Subject>(name: &str, default: std::ops::Range<u64>, points_min: us
     }
     println!("{name}: crash points checked: {points}");
     assert!(points >= points_min || std::env::var("CRASH_SEEDS").is_ok());
-}
-
-/// The live file of a mirror after `ops` (clean shutdown), written to
-/// `dir` for the fidelity tests.
-pub fn mirror_file<S: Subject>(dir: &Path, seed: u64, ops: &[S::Op]) -> std::path::PathBuf {
-    let backend = CrashBackend::new(seed);
-    backend.set_capture(false);
-    let mut db = mirror_create(&backend, FACILITY);
-    S::setup(&db);
-    for op in ops {
-        db = S::apply_mirror(db, &backend, op);
-    }
-    drop(db);
-    let path = dir.join("mirror.redb");
-    std::fs::write(&path, backend.live()).unwrap();
-    path
-}
-
-/// `n` random operations of `S` from `seed`.
-pub fn ops<S: Subject>(seed: u64, n: usize) -> Vec<S::Op> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut model = S::initial();
-    (0..n)
-        .map(|_| {
-            let op = S::random_op(&mut rng, &model);
-            S::apply_model(&mut model, &op);
-            op
-        })
-        .collect()
 }

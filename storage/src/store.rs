@@ -69,17 +69,11 @@ impl Store {
                         reason: "the file is empty".into(),
                     });
                 }
-                // The integrity check reads the whole file once: a file altered
-                // behind redb's back is refused as corrupt instead of trusted
-                // (a plain open may panic on such a file).
-                let db = Database::builder()
-                    .set_check_integrity_on_open(true)
+                let db = checked_builder()
                     .open(path)
                     .map_err(|e| open_error(path, e))?;
-                let store = Store::wrap(db, path_buf, facility);
-                store.check_meta()?;
                 Ok(Opened {
-                    store,
+                    store: Store::existing(db, path_buf, facility)?,
                     fresh: false,
                 })
             }
@@ -91,7 +85,7 @@ impl Store {
                 let tmp = creating_path(path);
                 let _ = std::fs::remove_file(&tmp);
                 let db = Database::create(&tmp).map_err(|e| open_error(&tmp, e))?;
-                Store::wrap(db, tmp.clone(), facility).init_meta()?;
+                drop(Store::initialized(db, tmp.clone(), facility)?);
                 let io = |source| StorageError::Io {
                     path: path_buf.clone(),
                     source,
@@ -103,15 +97,73 @@ impl Store {
                         .map_err(io)?;
                 }
                 let db = Database::create(path).map_err(|e| open_error(path, e))?;
-                let store = Store::wrap(db, path_buf, facility);
-                store.check_meta()?;
-                Ok(Opened { store, fresh: true })
+                Ok(Opened {
+                    store: Store::existing(db, path_buf, facility)?,
+                    fresh: true,
+                })
             }
             Err(source) => Err(StorageError::Io {
                 path: path_buf,
                 source,
             }),
         }
+    }
+
+    /// Opens the store held by `backend` for `facility`, creating it when
+    /// the backend is empty: [`Store::open`] over any redb
+    /// [`StorageBackend`](redb::StorageBackend) instead of a file (an
+    /// in-memory store, an embedder's own storage, a test backend that
+    /// injects crashes).
+    ///
+    /// - An empty backend (length 0) gets a new store: the database is
+    ///   created on it and the meta tables are written as [`Store::open`]
+    ///   writes them, in one durable transaction; `fresh` is `true`.
+    /// - A non-empty backend is opened with redb's integrity check (the
+    ///   whole backend is read once) and its meta tables are checked as
+    ///   [`Store::open`] checks them: a damaged backend, one that does not
+    ///   hold a bulwark store, or one that holds another facility's store is
+    ///   refused with the same typed [`StorageError`]s, and no table of it
+    ///   is written; `fresh` is `false`.
+    ///
+    /// `label` names the backend wherever a path would name the file: in
+    /// every error (the `path` field of [`StorageError`]) and as
+    /// [`Store::path`].
+    ///
+    /// Creation is **not** crash-safe here: [`Store::open`] builds a new
+    /// store under a temporary name and renames it into place, and a
+    /// backend has no rename. A crash while an empty backend is being
+    /// created (before its meta tables commit) can leave a backend that
+    /// every later open refuses with a typed error ([`StorageError::Corrupt`],
+    /// [`StorageError::Foreign`] or [`StorageError::Redb`]), never a
+    /// panic. Create stores on a backend when nothing is at stake yet (an
+    /// embedder's first start, a test's set-up), or recreate the backend
+    /// from scratch when that open is refused.
+    pub fn open_backend<B: redb::StorageBackend>(
+        backend: B,
+        label: &Path,
+        facility: &str,
+    ) -> Result<Opened, StorageError> {
+        let len = backend.len().map_err(|source| StorageError::Io {
+            path: label.to_path_buf(),
+            source,
+        })?;
+        if len == 0 {
+            let db = Database::builder()
+                .create_with_backend(backend)
+                .map_err(|e| open_error(label, e))?;
+            let store = Store::initialized(db, label.to_path_buf(), facility)?;
+            store.check_meta()?;
+            return Ok(Opened { store, fresh: true });
+        }
+        // `create_with_backend` only creates on an empty backend, which
+        // this one is not: it opens the store there, or refuses it.
+        let db = checked_builder()
+            .create_with_backend(backend)
+            .map_err(|e| open_error(label, e))?;
+        Ok(Opened {
+            store: Store::existing(db, label.to_path_buf(), facility)?,
+            fresh: false,
+        })
     }
 
     /// The facility that owns the existing store at `path` (checked as
@@ -145,7 +197,24 @@ impl Store {
         }
     }
 
-    /// The file this store lives in.
+    /// `db`, just created, as a new store of `facility`: its meta tables
+    /// and every table of the schema written in one durable transaction.
+    fn initialized(db: Database, path: PathBuf, facility: &str) -> Result<Store, StorageError> {
+        let store = Store::wrap(db, path, facility);
+        store.init_meta()?;
+        Ok(store)
+    }
+
+    /// `db`, an existing database, as `facility`'s store once its meta
+    /// tables say it is one.
+    fn existing(db: Database, path: PathBuf, facility: &str) -> Result<Store, StorageError> {
+        let store = Store::wrap(db, path, facility);
+        store.check_meta()?;
+        Ok(store)
+    }
+
+    /// The file this store lives in (for a store opened with
+    /// [`Store::open_backend`], the label it was given).
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -393,6 +462,15 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A database builder that runs redb's integrity check on open: it reads the
+/// whole file once, so a file altered behind redb's back is refused as
+/// corrupt instead of trusted (a plain open may panic on such a file).
+fn checked_builder() -> redb::Builder {
+    let mut builder = Database::builder();
+    builder.set_check_integrity_on_open(true);
+    builder
 }
 
 /// Maps an error from opening or creating the file to a typed error naming it.

@@ -6,11 +6,9 @@
 //! before the crash is there, and the operation in flight is either wholly
 //! there or wholly absent.
 //!
-//! `Store` opens only a path, so the writes are made by a mirror of its
-//! transactions on the crash backend (same tables, same codec, one durable
-//! transaction per call, as in `storage/src/store.rs`);
-//! `mirror_writes_what_the_store_writes` checks the mirror against the real
-//! `Store` on a real file. Reopening the images uses the real code.
+//! The writes are the real `Store`'s, over the crash backend: it is opened
+//! with `Store::open_backend`, written with `put_state` and
+//! `delete_state`, and a reopen drops it and opens the backend again.
 //!
 //! More seeds: `CRASH_SEEDS=0..200 cargo test -p bulwark-storage --test
 //! crash_consistency`.
@@ -23,12 +21,10 @@ use std::path::Path;
 
 use bulwark_storage::schema;
 use bulwark_storage::{codec, StorageError, Store};
-use crash::{
-    begin_write, mirror_create, mirror_reopen, scratch_dir, seeds, write_image, CrashBackend, Image,
-};
+use crash::{open_backend, scratch_dir, seeds, write_image, CrashBackend, Image};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
 
 const FACILITY: &str = "alpha";
 const OPS_PER_SEED: usize = 60;
@@ -75,33 +71,26 @@ fn apply_model(model: &mut Model, op: &Op) {
     }
 }
 
-/// Mirror of `put_state` / `delete_state` (one durable transaction each).
-fn mirror_apply(db: Database, backend: &CrashBackend, op: &Op) -> Database {
+/// The operation through the real `Store` (one durable transaction per
+/// call); a reopen drops `store` and opens the backend again.
+fn apply(store: Store, backend: &CrashBackend, op: &Op) -> Store {
     match op {
-        Op::Put { key, value } => {
-            let bytes = codec::encode(value).unwrap();
-            let tx = begin_write(&db);
-            tx.open_table(schema::STATE)
-                .unwrap()
-                .insert(key.as_str(), bytes.as_slice())
-                .unwrap();
-            tx.commit().unwrap();
-            db
-        }
+        Op::Put { key, value } => store
+            .put_state(key, value)
+            .unwrap_or_else(|e| panic!("put_state: {e}")),
         Op::Delete { key } => {
-            let tx = begin_write(&db);
-            tx.open_table(schema::STATE)
-                .unwrap()
-                .remove(key.as_str())
-                .unwrap();
-            tx.commit().unwrap();
-            db
+            store
+                .delete_state(key)
+                .unwrap_or_else(|e| panic!("delete_state: {e}"));
         }
         Op::Reopen => {
-            drop(db);
-            mirror_reopen(backend)
+            drop(store);
+            let opened = open_backend(backend, FACILITY);
+            assert!(!opened.fresh, "a reopened store is not fresh");
+            return opened.store;
         }
     }
+    store
 }
 
 /// The state table of an open store, read through the real `Store`.
@@ -148,13 +137,15 @@ fn run_seed(seed: u64, dir: &Path) -> usize {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let backend = CrashBackend::new(seed);
     backend.set_capture(false);
-    let mut db = mirror_create(&backend, FACILITY);
+    let opened = open_backend(&backend, FACILITY);
+    assert!(opened.fresh);
+    let mut store = opened.store;
     backend.set_capture(true);
     let mut history = vec![Model::new()];
     let mut checked = 0;
     for _ in 0..OPS_PER_SEED {
         let op = random_op(&mut rng);
-        db = mirror_apply(db, &backend, &op);
+        store = apply(store, &backend, &op);
         backend.acknowledge();
         let mut model = history.last().unwrap().clone();
         apply_model(&mut model, &op);
@@ -164,7 +155,8 @@ fn run_seed(seed: u64, dir: &Path) -> usize {
             checked += 1;
         }
     }
-    drop(db);
+    // Any sync of the clean shutdown is a crash point too.
+    drop(store);
     for image in backend.take_images() {
         check_image(dir, &image, &history, seed);
         checked += 1;
@@ -185,46 +177,17 @@ fn a_crash_at_any_sync_keeps_every_acknowledged_write_and_no_half_write() {
     assert!(points >= 1_000 || std::env::var("CRASH_SEEDS").is_ok());
 }
 
-/// The mirror's writes and the real `Store`'s give the same state table
-/// for the same operations.
-#[test]
-fn mirror_writes_what_the_store_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("real.redb");
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let mut store = Store::open(&path, FACILITY).unwrap().store;
-    let backend = CrashBackend::new(7);
-    backend.set_capture(false);
-    let mut db = mirror_create(&backend, FACILITY);
-    for _ in 0..OPS_PER_SEED {
-        let op = random_op(&mut rng);
-        match &op {
-            Op::Put { key, value } => store.put_state(key, value).unwrap(),
-            Op::Delete { key } => {
-                store.delete_state(key).unwrap();
-            }
-            Op::Reopen => {
-                drop(store);
-                store = Store::open(&path, FACILITY).unwrap().store;
-            }
-        }
-        db = mirror_apply(db, &backend, &op);
-    }
-    drop(db);
-    let mirror = write_image(dir.path(), &backend.live());
-    let mirror = Store::open(&mirror, FACILITY).unwrap().store;
-    assert_eq!(state_of(&mirror), state_of(&store));
-}
-
-/// A crash while the file is being created (before `init_meta` commits)
+/// A crash while a store is being created (before `init_meta` commits)
 /// leaves a file that `Store::open` refuses with a typed error, never a
-/// panic.
+/// panic. The images are those of `Store::open_backend` creating a store on
+/// an empty backend: the same redb calls and the same `init_meta` as
+/// `Store::open` creating one at `<file>.creating`.
 #[test]
 fn a_crash_during_creation_is_refused_with_a_typed_error() {
     let dir = scratch_dir();
     for seed in seeds(0..16) {
         let backend = CrashBackend::new(seed);
-        drop(mirror_create(&backend, FACILITY));
+        drop(open_backend(&backend, FACILITY));
         let images = backend.take_images();
         // The last images are from after init_meta committed (and the
         // clean shutdown); those must open.
@@ -243,6 +206,37 @@ fn a_crash_during_creation_is_refused_with_a_typed_error() {
     }
 }
 
+/// What `Store::open_backend` documents: creation on a backend is not
+/// crash-safe (there is no rename), so a crash image of the creation, put
+/// back in a backend, opens as a fresh store only when it is empty; any
+/// other either opens as the created store or is refused with a typed
+/// error, never a panic.
+#[test]
+fn a_crash_during_creation_on_a_backend_is_refused_with_a_typed_error() {
+    use redb::StorageBackend as _;
+    let mut refused = 0;
+    for seed in seeds(0..16) {
+        let backend = CrashBackend::new(seed);
+        drop(open_backend(&backend, FACILITY));
+        for image in backend.take_images() {
+            let copy = redb::backends::InMemoryBackend::new();
+            copy.set_len(image.bytes.len() as u64).unwrap();
+            copy.write(0, &image.bytes).unwrap();
+            let ctx = format!("SEED={seed} sync={} crash={:?}", image.sync, image.crash);
+            match Store::open_backend(copy, Path::new(crash::LABEL), FACILITY) {
+                Ok(opened) => assert_eq!(opened.fresh, image.bytes.is_empty(), "{ctx}"),
+                Err(
+                    StorageError::Corrupt { .. }
+                    | StorageError::Foreign { .. }
+                    | StorageError::Redb { .. },
+                ) => refused += 1,
+                Err(e) => panic!("{ctx}: {e}"),
+            }
+        }
+    }
+    println!("creation images refused: {refused}");
+}
+
 /// Regression test for a finding of this suite (issue 9): a crash during
 /// the first `Store::open` of a facility (after `Database::create`, before
 /// `init_meta` commits) used to leave an empty or meta-less file that
@@ -256,7 +250,7 @@ fn a_crash_during_creation_leaves_a_file_that_opens() {
     let dir = scratch_dir();
     for seed in seeds(0..16) {
         let backend = CrashBackend::new(seed);
-        drop(mirror_create(&backend, FACILITY));
+        drop(open_backend(&backend, FACILITY));
         for image in backend.take_images() {
             let path = dir.path().join("facility.redb");
             let _ = std::fs::remove_file(&path);

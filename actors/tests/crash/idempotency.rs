@@ -4,20 +4,20 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use bulwark_actors::flow::idempotency::{IdempotencyStore, Lookup};
-use bulwark_storage::codec;
 use bulwark_storage::schema::IDEMPOTENCY;
+use bulwark_storage::{codec, Store};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use crate::crash::CrashBackend;
-use crate::{begin_write, mirror_file, mirror_reopen, open_store, ops, Subject};
+use crate::{open_store, reopen, Subject};
 
 const TTL_MS: u64 = 1_000;
 const KEYS: u8 = 10;
 
-/// The store's row, field for field (its encoding is what is compared).
+/// The store's row, field for field (the raw table is decoded with it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
     body_hash: [u8; 32],
@@ -123,51 +123,8 @@ fn apply_model(m: &mut Model, op: &Op) {
     }
 }
 
-fn record(body: &[u8], answer: &[u8], now: u64) -> Record {
-    Record {
-        body_hash: *blake3::hash(body).as_bytes(),
-        answer: answer.to_vec(),
-        expires_unix_ms: now.saturating_add(TTL_MS),
-    }
-}
-
-/// Mirror of `IdempotencyStore::remember`.
-fn mirror_remember(db: &Database, key: &[u8], body: &[u8], answer: &[u8], now: u64) {
-    let bytes = codec::encode(&record(body, answer, now)).unwrap();
-    let tx = begin_write(db);
-    tx.open_table(IDEMPOTENCY)
-        .unwrap()
-        .insert(key, bytes.as_slice())
-        .unwrap();
-    tx.commit().unwrap();
-}
-
-/// Mirror of `IdempotencyStore::expire`.
-fn mirror_expire(db: &Database, now: u64, max: usize) {
-    let tx = begin_write(db);
-    {
-        let mut t = tx.open_table(IDEMPOTENCY).unwrap();
-        let mut expired = Vec::new();
-        for row in t.iter().unwrap() {
-            let (k, v) = row.unwrap();
-            let done =
-                codec::decode::<Record>(v.value()).map_or(true, |r| r.expires_unix_ms <= now);
-            if done {
-                expired.push(k.value().to_vec());
-                if expired.len() >= max {
-                    break;
-                }
-            }
-        }
-        for k in expired {
-            t.remove(k.as_slice()).unwrap();
-        }
-    }
-    tx.commit().unwrap();
-}
-
 /// The table, raw.
-fn table(store: &bulwark_storage::Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn table(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
     let tx = store.database().begin_read().unwrap();
     let t = tx.open_table(IDEMPOTENCY).unwrap();
     t.iter()
@@ -182,9 +139,13 @@ fn table(store: &bulwark_storage::Store) -> Vec<(Vec<u8>, Vec<u8>)> {
 impl Subject for Idempotency {
     type Op = Op;
     type Model = Model;
+    type Real = IdempotencyStore;
     const OPS: usize = 70;
 
-    fn setup(_db: &Database) {}
+    /// `IdempotencyStore::new` (it writes nothing).
+    fn open(store: Store) -> IdempotencyStore {
+        IdempotencyStore::new(store, TTL_MS)
+    }
 
     fn initial() -> Model {
         Model::default()
@@ -198,21 +159,26 @@ impl Subject for Idempotency {
         apply_model(model, op)
     }
 
-    fn apply_mirror(db: Database, backend: &CrashBackend, op: &Op) -> Database {
+    fn apply(s: IdempotencyStore, backend: &CrashBackend, op: &Op) -> IdempotencyStore {
         match op {
             Op::Remember {
                 key,
                 body,
                 answer,
                 now,
-            } => mirror_remember(&db, key, body, answer, *now),
-            Op::Expire { now, max } => mirror_expire(&db, *now, *max),
+            } => s
+                .remember(key, body, answer, *now)
+                .unwrap_or_else(|e| panic!("remember: {e}")),
+            Op::Expire { now, max } => {
+                s.expire(*now, *max)
+                    .unwrap_or_else(|e| panic!("expire: {e}"));
+            }
             Op::Reopen => {
-                drop(db);
-                return mirror_reopen(backend);
+                drop(s);
+                return reopen::<Idempotency>(backend);
             }
         }
-        db
+        s
     }
 
     /// The rows, each also answered by the real `lookup`: a retry before
@@ -243,43 +209,4 @@ impl Subject for Idempotency {
 #[test]
 fn a_crash_at_any_sync_keeps_every_remembered_answer() {
     crate::run::<Idempotency>("idempotency", 0..9, 1_000);
-}
-
-#[test]
-fn mirror_writes_what_the_store_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("real.redb");
-    let ops = ops::<Idempotency>(13, 200);
-    let open = || {
-        IdempotencyStore::new(
-            bulwark_storage::Store::open(&path, crate::FACILITY)
-                .unwrap()
-                .store,
-            TTL_MS,
-        )
-    };
-    let mut s = open();
-    for op in &ops {
-        match op {
-            Op::Remember {
-                key,
-                body,
-                answer,
-                now,
-            } => s.remember(key, body, answer, *now).unwrap(),
-            Op::Expire { now, max } => {
-                s.expire(*now, *max).unwrap();
-            }
-            Op::Reopen => {
-                drop(s);
-                s = open();
-            }
-        }
-    }
-    drop(s);
-    let mirror = mirror_file::<Idempotency>(dir.path(), 13, &ops);
-    assert_eq!(
-        table(&open_store(&mirror, "mirror")),
-        table(&open_store(&path, "real"))
-    );
 }

@@ -18,15 +18,14 @@ use bulwark_actors::schedule::{
     Block, BlockId, Command, IdempotencyKey, Op as ScheduleOp, Person, PersonId, Pool, Role,
     ScheduleState,
 };
-use bulwark_storage::codec;
 use bulwark_storage::schema::{BFT_PENDING, BFT_VOTES, EVIDENCE, LEDGER, LEDGER_CERTS};
+use bulwark_storage::{codec, Store};
 use bulwark_transport::FacilityId;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use redb::{Database, ReadableTable, ReadableTableMetadata};
 
 use crate::crash::CrashBackend;
-use crate::{begin_write, dump_u64, mirror_file, mirror_reopen, open_store, ops, Subject};
+use crate::{dump_u64, open_store, reopen, Subject};
 
 /// Heights of the prepared chain.
 const CHAIN_LEN: usize = 120;
@@ -233,52 +232,16 @@ fn batch(votes: &[u64], finals: &[u64]) -> Batch {
     )
 }
 
-/// Mirror of `LedgerStore::write_batch`.
-fn mirror_batch(
-    db: &Database,
-    votes: &[(Link, Vote)],
-    finals: &[(u64, FinalEntry)],
-    ev: &[Evidence],
-) {
-    let tx = begin_write(db);
-    {
-        let mut vt = tx.open_table(BFT_VOTES).unwrap();
-        let mut pt = tx.open_table(BFT_PENDING).unwrap();
-        for (link, vote) in votes {
-            let h = link.entry.height;
-            vt.insert(h, codec::encode(vote).unwrap().as_slice())
-                .unwrap();
-            pt.insert(h, link.bytes.as_slice()).unwrap();
-        }
-        if let Some(last) = finals.last().map(|f| f.0) {
-            let mut lt = tx.open_table(LEDGER).unwrap();
-            let mut ct = tx.open_table(LEDGER_CERTS).unwrap();
-            for (h, fin) in finals {
-                let cert = codec::encode(&fin.cert).unwrap();
-                lt.insert(*h, fin.entry.as_slice()).unwrap();
-                ct.insert(*h, cert.as_slice()).unwrap();
-            }
-            vt.retain_in(..=last, |_, _| false).unwrap();
-            pt.retain_in(..=last, |_, _| false).unwrap();
-        }
-        if !ev.is_empty() {
-            let mut t = tx.open_table(EVIDENCE).unwrap();
-            let next = t.last().unwrap().map_or(0, |(k, _)| k.value() + 1);
-            for (seq, e) in (next..).zip(ev) {
-                t.insert(seq, codec::encode(e).unwrap().as_slice()).unwrap();
-            }
-            assert!(t.len().unwrap() <= bulwark_actors::bft::EVIDENCE_ROWS_MAX);
-        }
-    }
-    tx.commit().unwrap();
-}
-
 impl Subject for Ledger {
     type Op = Op;
     type Model = Model;
+    type Real = LedgerStore;
     const OPS: usize = 70;
 
-    fn setup(_db: &Database) {}
+    /// `LedgerStore::new`, as the validator opens it (it writes nothing).
+    fn open(store: Store) -> LedgerStore {
+        LedgerStore::new(store)
+    }
 
     fn initial() -> Model {
         Model::default()
@@ -292,7 +255,7 @@ impl Subject for Ledger {
         apply_model(model, op)
     }
 
-    fn apply_mirror(db: Database, backend: &CrashBackend, op: &Op) -> Database {
+    fn apply(s: LedgerStore, backend: &CrashBackend, op: &Op) -> LedgerStore {
         match op {
             Op::Batch {
                 votes,
@@ -300,12 +263,13 @@ impl Subject for Ledger {
                 evidence,
             } => {
                 let (votes, finals) = batch(votes, finals);
-                mirror_batch(&db, &votes, &finals, evidence);
-                db
+                s.write_batch(&votes, &finals, evidence)
+                    .unwrap_or_else(|e| panic!("write_batch: {e}"));
+                s
             }
             Op::Reopen => {
-                drop(db);
-                mirror_reopen(backend)
+                drop(s);
+                reopen::<Ledger>(backend)
             }
         }
     }
@@ -343,7 +307,7 @@ impl Subject for Ledger {
 }
 
 /// The five tables, checked row by row against the chain.
-fn rows_of(store: &bulwark_storage::Store, ctx: &str) -> Model {
+fn rows_of(store: &Store, ctx: &str) -> Model {
     let c = chain();
     let db = store.database();
     let ledger = dump_u64(db, LEDGER);
@@ -403,42 +367,4 @@ fn a_crash_at_any_sync_keeps_the_acknowledged_ledger_and_it_verifies() {
 #[ignore = "long: 1,000+ crash points of the ledger"]
 fn a_crash_at_any_of_1000_syncs_keeps_the_acknowledged_ledger_and_it_verifies() {
     crate::run::<Ledger>("ledger", 3..8, 1_000);
-}
-
-#[test]
-fn mirror_writes_what_the_store_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("real.redb");
-    let ops = ops::<Ledger>(17, 150);
-    let open = || {
-        LedgerStore::new(
-            bulwark_storage::Store::open(&path, crate::FACILITY)
-                .unwrap()
-                .store,
-        )
-    };
-    let mut s = open();
-    for op in &ops {
-        match op {
-            Op::Batch {
-                votes,
-                finals,
-                evidence,
-            } => {
-                let (votes, finals) = batch(votes, finals);
-                s.write_batch(&votes, &finals, evidence).unwrap();
-            }
-            Op::Reopen => {
-                drop(s);
-                s = open();
-            }
-        }
-    }
-    drop(s);
-    let mirror = mirror_file::<Ledger>(dir.path(), 17, &ops);
-    let mirror = open_store(&mirror, "mirror");
-    let real = open_store(&path, "real");
-    for t in [LEDGER, LEDGER_CERTS, BFT_VOTES, BFT_PENDING, EVIDENCE] {
-        assert_eq!(dump_u64(mirror.database(), t), dump_u64(real.database(), t));
-    }
 }

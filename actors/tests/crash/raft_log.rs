@@ -5,24 +5,17 @@
 
 use std::path::Path;
 
-use bulwark_actors::raft::wire::{WireConfState, WireEntry, WireHardState, WireSnapshot};
 use bulwark_actors::raft::RaftStore;
-use bulwark_storage::codec;
-use bulwark_storage::schema::{RAFT_LOG, RAFT_META};
+use bulwark_storage::Store;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, Storage as _};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::crash::CrashBackend;
-use crate::{begin_write, dump_u64, mirror_file, mirror_reopen, open_store, ops, Subject};
+use crate::{open_store, reopen, Subject};
 
 const BOOTSTRAP: [u64; 3] = [1, 2, 3];
-const KEY_HARD_STATE: &str = "hard_state";
-const KEY_CONF_STATE: &str = "conf_state";
-const KEY_SNAPSHOT: &str = "snapshot";
-const KEY_INCARNATION: &str = "incarnation";
 
 /// (term, vote, commit).
 type Hs = (u64, u64, u64);
@@ -56,7 +49,8 @@ impl Model {
     }
 }
 
-/// One call into `RaftStore`, carrying everything its transaction writes.
+/// One call into `RaftStore`, carrying what the model needs besides its
+/// arguments.
 #[derive(Debug, Clone)]
 pub enum Op {
     /// `persist(entries, hard_state)`.
@@ -247,86 +241,19 @@ fn snapshot(index: u64, term: u64, voters: &[u64], data: &[u8]) -> Snapshot {
     snap
 }
 
-/// Mirror of `RaftStore::persist`.
-fn mirror_persist(db: &Database, entries: &[(u64, u64, Vec<u8>)], hs: Option<&Hs>) {
-    let tx = begin_write(db);
-    {
-        let mut log = tx.open_table(RAFT_LOG).unwrap();
-        if let Some(first) = entries.first() {
-            log.retain_in(first.0.., |_, _| false).unwrap();
-            for e in entries {
-                let w = WireEntry::from_raft(&raft_entry(e)).unwrap();
-                log.insert(e.0, codec::encode(&w).unwrap().as_slice())
-                    .unwrap();
-            }
-        }
-        if let Some(hs) = hs {
-            let mut meta = tx.open_table(RAFT_META).unwrap();
-            let bytes = codec::encode(&WireHardState::from_raft(&hard_state(hs))).unwrap();
-            meta.insert(KEY_HARD_STATE, bytes.as_slice()).unwrap();
-        }
-    }
-    tx.commit().unwrap();
-}
-
-/// Mirror of `RaftStore::set_conf_state`.
-fn mirror_conf_state(db: &Database, voters: &[u64]) {
-    let bytes = codec::encode(&WireConfState::from_raft(&conf_state(voters))).unwrap();
-    let tx = begin_write(db);
-    tx.open_table(RAFT_META)
-        .unwrap()
-        .insert(KEY_CONF_STATE, bytes.as_slice())
-        .unwrap();
-    tx.commit().unwrap();
-}
-
-/// Mirror of `RaftStore::write_snapshot`.
-fn mirror_snapshot(
-    db: &Database,
-    snap: &Snapshot,
-    delete: impl std::ops::RangeBounds<u64> + 'static,
-    hs: &Hs,
-) {
-    let wire = WireSnapshot::from_raft(snap);
-    let snap_bytes = codec::encode(&wire).unwrap();
-    let cs_bytes = codec::encode(&wire.conf_state).unwrap();
-    let hs_bytes = codec::encode(&WireHardState::from_raft(&hard_state(hs))).unwrap();
-    let tx = begin_write(db);
-    {
-        let mut log = tx.open_table(RAFT_LOG).unwrap();
-        log.retain_in::<u64, _>(delete, |_, _| false).unwrap();
-        let mut meta = tx.open_table(RAFT_META).unwrap();
-        meta.insert(KEY_SNAPSHOT, snap_bytes.as_slice()).unwrap();
-        meta.insert(KEY_CONF_STATE, cs_bytes.as_slice()).unwrap();
-        meta.insert(KEY_HARD_STATE, hs_bytes.as_slice()).unwrap();
-    }
-    tx.commit().unwrap();
-}
-
-/// Mirror of `RaftStore::bump_incarnation` (every `RaftStore::open`).
-fn mirror_bump_incarnation(db: &Database) {
-    let tx = begin_write(db);
-    {
-        let mut meta = tx.open_table(RAFT_META).unwrap();
-        let now = meta
-            .get(KEY_INCARNATION)
-            .unwrap()
-            .map_or(0, |v| codec::decode::<u64>(v.value()).unwrap());
-        let bytes = codec::encode(&(now + 1)).unwrap();
-        meta.insert(KEY_INCARNATION, bytes.as_slice()).unwrap();
-    }
-    tx.commit().unwrap();
-}
-
 impl Subject for RaftLog {
     type Op = Op;
     type Model = Model;
+    type Real = RaftStore;
     const OPS: usize = 70;
 
-    /// Mirror of the first `RaftStore::open` with bootstrap voters.
-    fn setup(db: &Database) {
-        mirror_bump_incarnation(db);
-        mirror_conf_state(db, &BOOTSTRAP);
+    /// `RaftStore::open` with bootstrap voters, as a starting facility
+    /// does: the first open bumps the incarnation and writes the bootstrap
+    /// configuration, every later one bumps the incarnation.
+    fn open(store: Store) -> RaftStore {
+        RaftStore::open(store, Some(&BOOTSTRAP))
+            .unwrap_or_else(|e| panic!("RaftStore::open: {e}"))
+            .0
     }
 
     fn initial() -> Model {
@@ -347,41 +274,38 @@ impl Subject for RaftLog {
         apply_model(model, op)
     }
 
-    fn apply_mirror(db: Database, backend: &CrashBackend, op: &Op) -> Database {
-        match op {
+    fn apply(rs: RaftStore, backend: &CrashBackend, op: &Op) -> RaftStore {
+        let mut rs = rs;
+        let done = match op {
             Op::Append {
                 entries,
-                hard_state,
-            } => mirror_persist(&db, entries, hard_state.as_ref()),
-            Op::SetCommit { hard_state } => mirror_persist(&db, &[], Some(hard_state)),
-            Op::SetConfState { voters } => mirror_conf_state(&db, voters),
+                hard_state: hs,
+            } => {
+                let ents: Vec<Entry> = entries.iter().map(raft_entry).collect();
+                rs.persist(&ents, hs.as_ref().map(hard_state).as_ref())
+            }
+            Op::SetCommit { hard_state } => rs.set_commit(hard_state.2),
+            Op::SetConfState { voters } => rs.set_conf_state(&conf_state(voters)),
             Op::CompactTo {
                 index,
-                term,
                 voters,
                 data,
-                hard_state,
-            } => mirror_snapshot(
-                &db,
-                &snapshot(*index, *term, voters, data),
-                ..=*index,
-                hard_state,
-            ),
+                ..
+            } => rs.compact_to(*index, data.clone(), &conf_state(voters)),
             Op::ApplySnapshot {
                 index,
                 term,
                 voters,
                 data,
-                hard_state,
-            } => mirror_snapshot(&db, &snapshot(*index, *term, voters, data), .., hard_state),
+                ..
+            } => rs.apply_snapshot(&snapshot(*index, *term, voters, data)),
             Op::Reopen => {
-                drop(db);
-                let db = mirror_reopen(backend);
-                mirror_bump_incarnation(&db);
-                return db;
+                drop(rs);
+                return reopen::<RaftLog>(backend);
             }
-        }
-        db
+        };
+        done.unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        rs
     }
 
     /// `RaftStore::open` on the reopened file, as a restarting facility
@@ -421,94 +345,7 @@ fn model_of(rs: &RaftStore) -> Model {
     }
 }
 
-/// Both Raft tables, raw: the log, and the meta table by key.
-type Tables = (Vec<(u64, Vec<u8>)>, Vec<(String, Vec<u8>)>);
-
-fn tables(store: &bulwark_storage::Store) -> Tables {
-    let log = dump_u64(store.database(), RAFT_LOG);
-    let tx = store.database().begin_read().unwrap();
-    let meta = tx
-        .open_table(RAFT_META)
-        .unwrap()
-        .iter()
-        .unwrap()
-        .map(|r| {
-            let (k, v) = r.unwrap();
-            (k.value().to_string(), v.value().to_vec())
-        })
-        .collect();
-    (log, meta)
-}
-
-fn apply_real(rs: RaftStore, path: &Path, op: &Op) -> RaftStore {
-    let mut rs = rs;
-    match op {
-        Op::Append {
-            entries,
-            hard_state: hs,
-        } => {
-            let ents: Vec<Entry> = entries.iter().map(raft_entry).collect();
-            rs.persist(&ents, hs.as_ref().map(hard_state).as_ref())
-                .unwrap();
-        }
-        Op::SetCommit { hard_state } => rs.set_commit(hard_state.2).unwrap(),
-        Op::SetConfState { voters } => rs.set_conf_state(&conf_state(voters)).unwrap(),
-        Op::CompactTo {
-            index,
-            voters,
-            data,
-            ..
-        } => rs
-            .compact_to(*index, data.clone(), &conf_state(voters))
-            .unwrap(),
-        Op::ApplySnapshot {
-            index,
-            term,
-            voters,
-            data,
-            ..
-        } => rs
-            .apply_snapshot(&snapshot(*index, *term, voters, data))
-            .unwrap(),
-        Op::Reopen => {
-            drop(rs);
-            let store = bulwark_storage::Store::open(path, crate::FACILITY)
-                .unwrap()
-                .store;
-            return RaftStore::open(store, Some(&BOOTSTRAP)).unwrap().0;
-        }
-    }
-    rs
-}
-
 #[test]
 fn a_crash_at_any_sync_keeps_the_acknowledged_raft_log() {
     crate::run::<RaftLog>("raft log", 0..5, 1_000);
-}
-
-/// The mirror's transactions write exactly what `RaftStore` writes.
-#[test]
-fn mirror_writes_what_the_store_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("real.redb");
-    let ops = ops::<RaftLog>(11, 200);
-    let store = bulwark_storage::Store::open(&path, crate::FACILITY)
-        .unwrap()
-        .store;
-    let mut rs = RaftStore::open(store, Some(&BOOTSTRAP)).unwrap().0;
-    for op in &ops {
-        rs = apply_real(rs, &path, op);
-    }
-    let mut real = model_of(&rs);
-    real.incarnation += 1; // model_of discounts a reopen's own count
-    drop(rs);
-    let mirror = mirror_file::<RaftLog>(dir.path(), 11, &ops);
-    let mirror = open_store(&mirror, "mirror");
-    let real_store = open_store(&path, "real");
-    assert_eq!(tables(&mirror), tables(&real_store));
-    let mut model = RaftLog::initial();
-    for op in &ops {
-        apply_model(&mut model, op);
-    }
-    assert_eq!(real, model, "the model follows the real store");
 }

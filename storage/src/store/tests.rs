@@ -1,6 +1,7 @@
 use std::io::Write;
 
 use proptest::prelude::*;
+use redb::StorageBackend;
 
 use super::*;
 
@@ -134,6 +135,139 @@ fn undecodable_state_is_a_typed_error() {
     );
 }
 
+/// An in-memory backend whose clones share the bytes, so a store can be
+/// dropped and opened again over what it wrote.
+#[derive(Debug, Clone, Default)]
+struct Shared(Arc<redb::backends::InMemoryBackend>);
+
+impl redb::StorageBackend for Shared {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+}
+
+impl Shared {
+    /// A backend holding `bytes`.
+    fn of(bytes: &[u8]) -> Shared {
+        let b = Shared::default();
+        b.set_len(bytes.len() as u64).unwrap();
+        b.write(0, bytes).unwrap();
+        b
+    }
+
+    /// Every byte it holds.
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = vec![0; self.len().unwrap() as usize];
+        self.read(0, &mut out).unwrap();
+        out
+    }
+}
+
+fn label() -> &'static Path {
+    Path::new("memory:alpha")
+}
+
+#[test]
+fn an_empty_backend_opens_fresh_and_keeps_its_writes_across_a_reopen() {
+    let opened =
+        Store::open_backend(redb::backends::InMemoryBackend::new(), label(), "alpha").unwrap();
+    assert!(opened.fresh);
+    assert_eq!(opened.store.path(), label());
+    drop(opened);
+
+    let backend = Shared::default();
+    let store = Store::open_backend(backend.clone(), label(), "alpha")
+        .unwrap()
+        .store;
+    store.put_state("tally", &42u64).unwrap();
+    store.put_state("gone", &1u64).unwrap();
+    assert!(store.delete_state("gone").unwrap());
+    drop(store);
+
+    let opened = Store::open_backend(backend.clone(), label(), "alpha").unwrap();
+    assert!(!opened.fresh, "a backend holding a store is not fresh");
+    assert_eq!(opened.store.get_state::<u64>("tally").unwrap(), Some(42));
+    assert_eq!(opened.store.get_state::<u64>("gone").unwrap(), None);
+    drop(opened);
+
+    // The same bytes as a file open with `Store::open`, and the reverse.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alpha.redb");
+    std::fs::write(&path, backend.bytes()).unwrap();
+    let store = Store::open(&path, "alpha").unwrap().store;
+    assert_eq!(store.get_state::<u64>("tally").unwrap(), Some(42));
+    store.put_state("tally", &43u64).unwrap();
+    drop(store);
+    let from_file = Shared::of(&std::fs::read(&path).unwrap());
+    let opened = Store::open_backend(from_file, label(), "alpha").unwrap();
+    assert_eq!(opened.store.get_state::<u64>("tally").unwrap(), Some(43));
+}
+
+#[test]
+fn a_backend_of_another_facility_is_refused() {
+    let backend = Shared::default();
+    let store = Store::open_backend(backend.clone(), label(), "alpha")
+        .unwrap()
+        .store;
+    store.put_state("tally", &42u64).unwrap();
+    drop(store);
+    let err = Store::open_backend(backend.clone(), Path::new("memory:bravo"), "bravo").unwrap_err();
+    match &err {
+        StorageError::WrongFacility {
+            path,
+            expected,
+            found,
+        } => {
+            assert_eq!(path, Path::new("memory:bravo"));
+            assert_eq!(expected, "bravo");
+            assert_eq!(found, "alpha");
+        }
+        other => panic!("expected WrongFacility, got {other:?}"),
+    }
+    // Still alpha's store, as it was.
+    let opened = Store::open_backend(backend, label(), "alpha").unwrap();
+    assert_eq!(opened.store.get_state::<u64>("tally").unwrap(), Some(42));
+}
+
+#[test]
+fn a_backend_of_garbage_is_refused_naming_its_label() {
+    let garbage = Shared::of(b"this is a text file, not a database\n");
+    let err = Store::open_backend(garbage.clone(), label(), "alpha").unwrap_err();
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains("memory:alpha"), "{err}");
+    assert_eq!(garbage.bytes(), b"this is a text file, not a database\n");
+}
+
+#[test]
+fn a_backend_of_a_foreign_database_is_refused() {
+    let backend = Shared::default();
+    {
+        let db = Database::builder()
+            .create_with_backend(backend.clone())
+            .unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let def: TableDefinition<&str, u64> = TableDefinition::new("stuff");
+            tx.open_table(def).unwrap().insert("x", 1).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let err = Store::open_backend(backend, label(), "alpha").unwrap_err();
+    assert!(matches!(err, StorageError::Foreign { .. }), "{err:?}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -159,6 +293,30 @@ proptest! {
         bytes[i] ^= xor;
         std::fs::write(&path, &bytes).unwrap();
         if let Ok(opened) = Store::open(&path, "alpha") {
+            prop_assert_eq!(opened.store.facility(), "alpha");
+            let _ = opened.store.get_state::<u64>("k");
+        }
+    }
+    /// Arbitrary bytes in a backend never panic the opener and never open
+    /// as a store.
+    #[test]
+    fn random_backend_bytes_are_refused(bytes in proptest::collection::vec(any::<u8>(), 1..8192)) {
+        prop_assert!(Store::open_backend(Shared::of(&bytes), label(), "alpha").is_err());
+    }
+
+    /// A real store's bytes with one flipped, in a backend: refused with a
+    /// typed error or opened as the same facility's store; never a panic.
+    #[test]
+    fn flipped_backend_bytes_never_panic(at in any::<prop::sample::Index>(), xor in 1u8..=255) {
+        let backend = Shared::default();
+        let store = Store::open_backend(backend.clone(), label(), "alpha").unwrap().store;
+        store.put_state("k", &7u64).unwrap();
+        drop(store);
+        let mut bytes = backend.bytes();
+        let i = at.index(bytes.len());
+        bytes[i] ^= xor;
+        if let Ok(opened) = Store::open_backend(Shared::of(&bytes), label(), "alpha") {
+            prop_assert!(!opened.fresh);
             prop_assert_eq!(opened.store.facility(), "alpha");
             let _ = opened.store.get_state::<u64>("k");
         }

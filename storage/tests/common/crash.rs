@@ -16,6 +16,10 @@
 //! one run yields exactly the images that stopping at each of its syncs
 //! would, at the cost of one run.
 //!
+//! The stores under test run their real code over this backend
+//! (`Store::open_backend`); clones of a `CrashBackend` share its file, so a
+//! test restarts a store by dropping it and opening a clone again.
+//!
 //! Shared by `storage/tests` and `actors/tests` (included by `#[path]`).
 
 #![allow(dead_code)]
@@ -25,7 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use redb::{Database, StorageBackend};
+use redb::StorageBackend;
 
 /// What survives a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,47 +251,13 @@ pub fn seeds(default: std::ops::Range<u64>) -> std::ops::Range<u64> {
     a.parse().expect("seed")..b.parse().expect("seed")
 }
 
-/// Mirror of `Store::open` creating a file for `facility`:
-/// `Database::create`, then `init_meta` in one durable transaction (the
-/// meta rows, then every table of the schema lists).
-pub fn mirror_create(backend: &CrashBackend, facility: &str) -> Database {
-    use bulwark_storage::schema::{
-        BYTES_TABLES, FORMAT_VERSION, META, META_FACILITY, META_FORMAT, STR_TABLES, U64_TABLES,
-    };
-    let db = Database::builder()
-        .create_with_backend(backend.clone())
-        .unwrap();
-    let tx = begin_write(&db);
-    {
-        let mut meta = tx.open_table(META).unwrap();
-        let format = bulwark_storage::codec::encode(&FORMAT_VERSION).unwrap();
-        meta.insert(META_FORMAT, format.as_slice()).unwrap();
-        meta.insert(META_FACILITY, facility.as_bytes()).unwrap();
-    }
-    for t in STR_TABLES {
-        tx.open_table(t).unwrap();
-    }
-    for t in U64_TABLES {
-        tx.open_table(t).unwrap();
-    }
-    for t in BYTES_TABLES {
-        tx.open_table(t).unwrap();
-    }
-    tx.commit().unwrap();
-    db
-}
+/// What the store on a crash backend is called in its errors.
+pub const LABEL: &str = "crash-backend";
 
-/// Mirror of `Store::open` on an existing file.
-pub fn mirror_reopen(backend: &CrashBackend) -> Database {
-    Database::builder()
-        .set_check_integrity_on_open(true)
-        .create_with_backend(backend.clone())
-        .unwrap()
-}
-
-/// Mirror of `Store::begin_write`.
-pub fn begin_write(db: &Database) -> redb::WriteTransaction {
-    let mut tx = db.begin_write().unwrap();
-    tx.set_durability(redb::Durability::Immediate).unwrap();
-    tx
+/// The real `Store::open_backend` for `facility` over (a clone of)
+/// `backend`: a new store when the backend is empty, else the store it
+/// holds. Clones share the file, so this is how a test restarts a store.
+pub fn open_backend(backend: &CrashBackend, facility: &str) -> bulwark_storage::Opened {
+    bulwark_storage::Store::open_backend(backend.clone(), Path::new(LABEL), facility)
+        .unwrap_or_else(|e| panic!("open_backend: {e}"))
 }
