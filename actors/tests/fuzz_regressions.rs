@@ -8,6 +8,14 @@
 //! iterating, `btree.rs:1110` in a `get`), so `bulwark ledger verify` on a
 //! damaged file panics instead of naming the damage. `Store::open`, which
 //! checks integrity on open, refuses the same files with a typed error.
+//!
+//! `tests/data/ledger-verify-region-assert.redb`: stopped a `ledger_verify`
+//! run built with cargo-fuzz's default `-Cdebug-assertions`, which turns
+//! on redb's own `debug_assert!(regional_start < region_size)` (page
+//! addressing, reached by the integrity check's repair). No bulwark build
+//! compiles redb's debug assertions (`[profile.*.package.redb]`); there the
+//! file ends in a typed error from both `Store::open` and `verify_file`,
+//! which the tests below hold.
 
 use std::path::{Path, PathBuf};
 
@@ -16,9 +24,10 @@ use bulwark_actors::keys::Keyring;
 use bulwark_storage::{StorageError, Store};
 use bulwark_transport::FacilityId;
 
-const FIXTURES: [&str; 2] = [
+const FIXTURES: [&str; 3] = [
     "ledger-verify-unreachable.redb",
     "ledger-verify-btree-get.redb",
+    "ledger-verify-region-assert.redb",
 ];
 
 fn fixture(dir: &Path, name: &str) -> PathBuf {
