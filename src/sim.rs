@@ -4,6 +4,7 @@
 //!
 //! - [`cluster`]: [`SimCluster`], the facilities and their APIs.
 //! - [`check`]: the invariant checkers, across facilities.
+//! - [`model`]: the reference schedule the checkers judge decisions by.
 //! - [`client`]: requests and answers as an HTTP client sees them.
 //! - [`workload`]: what the simulated clients send.
 //! - [`run`]: one randomized run of a seed, [`run_seed`].
@@ -42,6 +43,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod model;
 pub mod run;
 pub mod workload;
 

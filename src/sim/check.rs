@@ -8,14 +8,19 @@
 //! - [`RaftObserver`]: one leader per term; every facility applies the
 //!   same entry at each index, in index order (a replay after a restart of
 //!   the RaftPeer is allowed, a gap never).
-//! - [`LedgerChecker`]: no ledger entry is final without a valid
-//!   certificate; honest ledgers never fork and never lose a final entry;
-//!   every final command keeps the schedule's rules when replayed.
-//! - [`ScheduleChecker`]: every schedule keeps every rule
-//!   (`ScheduleState::check_invariants`: no double booking, duty hours,
-//!   leave, staffing) and facilities that applied the same log prefix hold
-//!   the same schedule.
+//!   Each committed command is decided by every facility alike and as the
+//!   reference model ([`super::model`]) decides it.
+//! - [`LedgerChecker`]: no ledger entry is final without a certificate of
+//!   [`QUORUM`] distinct valid signers (counted here, from a table written
+//!   out by hand); honest ledgers never fork and never lose a final entry;
+//!   every final command applies in the reference model, each key once.
+//! - [`ScheduleChecker`]: every schedule keeps every rule (the reference
+//!   model's [`super::model::check_state`]: no double booking, duty hours,
+//!   leave, staffing; and the state's own structural check) and facilities
+//!   that applied the same log prefix hold the same schedule.
 //! - [`check_pools`]: a bulkhead pool's reserve is never lent out.
+//! - [`RetryChecker`]: a retry of a committed write, sent to any
+//!   facility, answers as a retry with the first outcome.
 //! - [`ReadChecker`]: a linearizable read reflects every write
 //!   acknowledged before it began.
 //! - [`check_blame`]: evidence that proves lying (two votes at one height,
@@ -27,16 +32,19 @@ use std::fmt;
 
 use bulwark_actors::bft::evidence::{Evidence, Kind};
 use bulwark_actors::flow::bulkhead::{PoolStatus, FLEX};
+use bulwark_actors::keys::Domain;
 use bulwark_actors::keys::PublicKeys;
-use bulwark_actors::ledger::{self, FinalEntry, Hash, GENESIS};
+use bulwark_actors::ledger::{self, FinalEntry, Hash, Verdict, VoteBody, GENESIS};
 use bulwark_actors::raft::wire::WireSnapshot;
 use bulwark_actors::raft::{AppliedEntry, RaftStatus};
-use bulwark_actors::schedule::{Applied, Outcome, Rule, ScheduleState};
+use bulwark_actors::schedule::Command;
 use bulwark_storage::codec;
 use bulwark_storage::schema::RAFT_META;
 use bulwark_storage::Store;
 use bulwark_transport::FacilityId;
 use redb::ReadableDatabase;
+
+use super::model::{Decision, Model};
 
 /// The properties the simulation checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -57,6 +65,12 @@ pub enum Invariant {
     BulkheadReserve,
     /// A linearizable read reflects every write acknowledged before it.
     LinearizableRead,
+    /// Every committed command is decided as the reference model of the
+    /// schedule decides it (applied, refused for a rule it breaks, or
+    /// answered as a retry), and the final chain holds each key once.
+    ReferenceModel,
+    /// A retry of a committed write answers its first outcome.
+    Idempotency,
     /// Every acknowledged write is on every facility at the end.
     AcknowledgedWrites,
     /// Every answer is one the API documents for the request.
@@ -77,6 +91,8 @@ impl Invariant {
             Invariant::ScheduleRules => "SCHEDULE_RULES",
             Invariant::BulkheadReserve => "BULKHEAD_RESERVE",
             Invariant::LinearizableRead => "LINEARIZABLE_READ",
+            Invariant::ReferenceModel => "REFERENCE_MODEL",
+            Invariant::Idempotency => "IDEMPOTENCY",
             Invariant::AcknowledgedWrites => "ACKNOWLEDGED_WRITES",
             Invariant::ApiContract => "API_CONTRACT",
             Invariant::HonestBlamed => "HONEST_BLAMED",
@@ -133,6 +149,13 @@ pub struct RaftObserver {
     stores: BTreeMap<FacilityId, Store>,
     /// Snapshots installed from a leader, seen as gaps in applied indices.
     snapshot_installs: u64,
+    /// index -> the command and how the first facility applying it
+    /// decided it (none: not a command).
+    decided: BTreeMap<u64, Option<(Command, Decision)>>,
+    /// The reference schedule, fed the committed commands in index order.
+    model: Model,
+    /// The next index the model takes (set by the first entry seen).
+    model_next: Option<u64>,
     violations: Vec<Violation>,
 }
 
@@ -141,6 +164,7 @@ impl RaftObserver {
     /// applied at that index, right after the previous one (or, once per
     /// RaftPeer restart, again from its snapshot).
     pub fn on_applied(&mut self, f: &FacilityId, e: &AppliedEntry) {
+        self.on_decided(f, e);
         match self.applied.get(&e.index) {
             Some((term, hash, first)) if (*term, *hash) != (e.term, e.hash) => {
                 self.violations.push(Violation::new(
@@ -175,6 +199,60 @@ impl RaftObserver {
             *self.replays.entry(f.clone()).or_insert(0) += 1;
         }
         self.last_applied.insert(f.clone(), e.index);
+    }
+
+    /// How `f` decided the command at `e.index`: as every other facility
+    /// did, and (fed to the model in index order) as the reference model
+    /// decides it.
+    fn on_decided(&mut self, f: &FacilityId, e: &AppliedEntry) {
+        let decision = match &e.verdict {
+            Verdict::Admitted(_) => Some(Decision::Applied),
+            Verdict::Rejected { reason, .. } => Some(Decision::Refused(reason.code().to_string())),
+            Verdict::Duplicate => Some(Decision::Duplicate),
+            Verdict::Skipped => None,
+        };
+        let seen = e
+            .payload
+            .as_ref()
+            .zip(decision)
+            .map(|(p, d)| (p.command.clone(), d));
+        match self.decided.get(&e.index) {
+            Some(first) => {
+                let decision = |d: &Option<(Command, Decision)>| d.as_ref().map(|(_, d)| d.clone());
+                if decision(first) != decision(&seen) {
+                    self.violations.push(Violation::new(
+                        Invariant::CommittedEntries,
+                        format!(
+                            "{f} decided index {} as {:?}, another facility as {:?}",
+                            e.index,
+                            decision(&seen),
+                            decision(first)
+                        ),
+                    ));
+                }
+                return;
+            }
+            None => {
+                self.decided.insert(e.index, seen);
+            }
+        }
+        let mut next = *self.model_next.get_or_insert(e.index);
+        while let Some(d) = self.decided.get(&next) {
+            if let Some((cmd, decision)) = d {
+                if let Err(e) = self.model.step(next, cmd, decision) {
+                    self.violations
+                        .push(Violation::new(Invariant::ReferenceModel, e));
+                }
+            }
+            next += 1;
+        }
+        self.model_next = Some(next);
+    }
+
+    /// The reference schedule, having taken every committed command up to
+    /// [`Model::last_index`].
+    pub fn model(&self) -> &Model {
+        &self.model
     }
 
     /// The index of the snapshot in `f`'s Raft store, read without
@@ -274,8 +352,9 @@ pub struct LedgerChecker {
     /// The chain as the honest facilities made it final: each entry's
     /// bytes and hash, by height - 1.
     chain: Vec<(Vec<u8>, Hash)>,
-    /// The chain's commands replayed.
-    replay: ScheduleState,
+    /// The chain's commands, replayed through the reference model: each
+    /// must apply, each key once.
+    replay: Model,
     /// Per facility, the highest height checked.
     seen: BTreeMap<FacilityId, u64>,
 }
@@ -286,7 +365,7 @@ impl LedgerChecker {
         LedgerChecker {
             keys,
             chain: Vec::new(),
-            replay: ScheduleState::new(),
+            replay: Model::new(),
             seen: BTreeMap::new(),
         }
     }
@@ -351,19 +430,62 @@ impl LedgerChecker {
             }
             return Ok(());
         }
-        match self.replay.apply(entry.raft_index, &payload.command) {
-            Applied::Fresh(Outcome::Rejected(r)) if r.rule != Rule::KeyReused => {
-                return Err(broken(format!(
-                    "{f}'s final entry at height {height} breaks {}: {}",
-                    r.rule.code(),
-                    r.detail
-                )))
-            }
-            _ => {}
+        let signers = certified_by(fin, height, &hash, &prev, &self.keys);
+        // Past the table, every validator.
+        let needed = QUORUM
+            .get(self.keys.len())
+            .copied()
+            .unwrap_or(self.keys.len());
+        if signers < needed {
+            return Err(broken(format!(
+                "{f}'s final entry at height {height} has {signers} valid distinct signers of the {needed} needed among {}",
+                self.keys.len()
+            )));
         }
+        self.replay
+            .step(entry.raft_index, &payload.command, &Decision::Applied)
+            .map_err(|e| {
+                Violation::new(
+                    Invariant::ReferenceModel,
+                    format!("{f}'s final entry at height {height}: {e}"),
+                )
+            })?;
         self.chain.push((fin.entry.clone(), hash));
         Ok(())
     }
+}
+
+/// Votes that make an entry final among `n` validators, written out by
+/// hand (⌈(n+f+1)/2⌉ with f = ⌊(n−1)/3⌋ faults tolerated): index `n`.
+/// The checkers count against this table, never against the
+/// implementation's `quorum`.
+pub const QUORUM: [usize; 11] = [1, 1, 2, 2, 3, 4, 4, 5, 6, 6, 7];
+
+/// Distinct facilities with a valid vote in `fin`'s certificate for
+/// (`height`, `hash`, `prev`), counted here: each vote's body decoded, its
+/// fields compared, its signature checked against its signer's key.
+pub fn certified_by(
+    fin: &FinalEntry,
+    height: u64,
+    hash: &Hash,
+    prev: &Hash,
+    keys: &PublicKeys,
+) -> usize {
+    let mut signers = std::collections::BTreeSet::new();
+    for v in &fin.cert.votes {
+        let Ok(body) = codec::decode::<VoteBody>(&v.body) else {
+            continue;
+        };
+        let same = body.height == height && body.hash == *hash && body.prev == *prev;
+        if same
+            && keys
+                .verify(&body.signer, Domain::Vote, &v.body, &v.sig)
+                .is_ok()
+        {
+            signers.insert(body.signer);
+        }
+    }
+    signers.len()
 }
 
 /// Checks the schedules the facilities hold.
@@ -482,6 +604,55 @@ pub fn check_blame(
         }
     }
     Ok(())
+}
+
+/// What clients were told about their writes, by idempotency key: once a
+/// write is answered as committed (200), every later answer for its key
+/// is a 200 with the same effect, either the first answer again (same log
+/// index) or marked `duplicate` (at the retry's own index), or an answer
+/// that decides nothing (202, 429, 503, unreachable).
+#[derive(Debug, Default)]
+pub struct RetryChecker {
+    /// key -> (effect, index) of the first committed answer.
+    committed: BTreeMap<String, (String, u64)>,
+}
+
+impl RetryChecker {
+    /// `facility` answered the write under `key` with `status` and `body`.
+    pub fn on_answer(
+        &mut self,
+        key: &str,
+        facility: &str,
+        status: u16,
+        body: &serde_json::Value,
+    ) -> Result<(), Violation> {
+        let effect = body["effect"].as_str().unwrap_or_default().to_string();
+        let index = body["index"].as_u64().unwrap_or(0);
+        let Some((first_effect, first_index)) = self.committed.get(key) else {
+            if status == 200 {
+                self.committed.insert(key.to_string(), (effect, index));
+            }
+            return Ok(());
+        };
+        let broken = |what: String| {
+            Err(Violation::new(
+                Invariant::Idempotency,
+                format!("{facility} answered a retry of committed write {key} {what}"),
+            ))
+        };
+        match status {
+            // The first answer again (kept by the facility), or a retry
+            // that went through the log and was answered as one.
+            200 if body["duplicate"] != true && index != *first_index => broken(format!(
+                "as a new commit at index {index} (first at {first_index})"
+            )),
+            200 if effect != *first_effect => broken(format!(
+                "with {effect} at index {index}, first {first_effect} at {first_index}"
+            )),
+            200 | 202 | 429 | 503 => Ok(()),
+            _ => broken(format!("with {status} {}", body["code"])),
+        }
+    }
 }
 
 /// Linearizable reads see every write acknowledged before they began.
@@ -664,6 +835,110 @@ mod tests {
         check_blame(&f("alpha"), &fine, &honest).unwrap();
         let e = check_blame(&f("alpha"), &[ev("bravo", invalid())], &honest).unwrap_err();
         assert_eq!(e.invariant, Invariant::HonestBlamed);
+    }
+
+    #[test]
+    fn the_quorum_table_is_the_formula() {
+        for (n, &q) in QUORUM.iter().enumerate().skip(1) {
+            let f = (n - 1) / 3;
+            // Smallest q with 2q > n + f: any two quorums share f + 1
+            // signers, so an honest one.
+            let smallest = (1..=n).find(|q| 2 * q > n + f).unwrap();
+            assert_eq!(q, smallest, "n = {n}");
+        }
+        assert_eq!(&QUORUM[3..=7], &[2, 3, 4, 4, 5]);
+    }
+
+    fn decided(index: u64, command: Option<Command>, verdict: Verdict) -> AppliedEntry {
+        AppliedEntry {
+            index,
+            term: 1,
+            hash: [index as u8; 32],
+            payload: command.map(|command| bulwark_actors::raft::EntryPayload {
+                proposer: f("alpha"),
+                seq: index,
+                anchor: Default::default(),
+                command,
+            }),
+            verdict,
+            leader: None,
+        }
+    }
+
+    fn admitted() -> Verdict {
+        Verdict::Admitted(bulwark_actors::ledger::Link {
+            entry: bulwark_actors::ledger::LedgerEntry {
+                height: 1,
+                prev: GENESIS,
+                raft_index: 1,
+                raft_term: 1,
+                proposer: f("alpha"),
+                at_unix_ms: 0,
+                proposal: vec![],
+            },
+            bytes: vec![],
+            hash: [0; 32],
+        })
+    }
+
+    fn add_person(key: u8, id: &str) -> Command {
+        Command {
+            key: bulwark_actors::schedule::IdempotencyKey([key; 16]),
+            issued_by: f("alpha"),
+            at_unix_ms: 0,
+            hlc: bulwark_actors::hlc::Hlc::ZERO,
+            op: bulwark_actors::schedule::Op::AddPerson(bulwark_actors::schedule::Person {
+                id: id.parse().unwrap(),
+                name: "P".into(),
+                role: bulwark_actors::schedule::Role::Faculty,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_raft_observer_judges_decisions_by_the_reference_model() {
+        let refused = |code: &str| Verdict::Rejected {
+            reason: match code {
+                "ALREADY_EXISTS" => bulwark_actors::ledger::Reason::Rule(
+                    bulwark_actors::schedule::Rule::AlreadyExists,
+                ),
+                _ => bulwark_actors::ledger::Reason::DoubleAssign,
+            },
+            proposer: f("alpha"),
+            shadow: None,
+        };
+        let mut o = RaftObserver::default();
+        o.on_applied(&f("alpha"), &decided(1, None, Verdict::Skipped));
+        o.on_applied(
+            &f("alpha"),
+            &decided(2, Some(add_person(1, "p")), Verdict::Duplicate),
+        );
+        // A retry answered before its first try was decided.
+        assert_eq!(kinds(&o), [Invariant::ReferenceModel]);
+        let mut o = RaftObserver::default();
+        let add = add_person(1, "p");
+        o.on_applied(&f("alpha"), &decided(2, Some(add.clone()), admitted()));
+        o.on_applied(
+            &f("alpha"),
+            &decided(3, Some(add.clone()), Verdict::Duplicate),
+        );
+        o.on_applied(
+            &f("alpha"),
+            &decided(4, Some(add_person(2, "p")), refused("ALREADY_EXISTS")),
+        );
+        assert!(o.violations().is_empty(), "{:?}", o.violations());
+        // The same person added again under a new key and applied.
+        o.on_applied(
+            &f("alpha"),
+            &decided(5, Some(add_person(3, "p")), admitted()),
+        );
+        assert_eq!(kinds(&o), [Invariant::ReferenceModel]);
+        // Another facility decides index 4 otherwise.
+        o.on_applied(
+            &f("bravo"),
+            &decided(4, Some(add_person(2, "p")), refused("DOUBLE_ASSIGN")),
+        );
+        assert_eq!(kinds(&o)[1], Invariant::CommittedEntries);
     }
 
     #[test]

@@ -48,11 +48,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::check::{
-    check_pools, Invariant, LedgerChecker, ReadChecker, ScheduleChecker, Violation,
+    check_pools, Invariant, LedgerChecker, ReadChecker, RetryChecker, ScheduleChecker, Violation,
 };
 use super::client;
 use super::cluster::{SimCluster, SimOptions, STATUS_TIMEOUT};
-use super::workload::{Ack, Op, Workload, Write};
+use super::model;
+use super::workload::{Ack, Op, Shape, Workload, Write};
 
 pub mod end;
 pub mod faults;
@@ -86,6 +87,9 @@ pub struct SimPlan {
     pub four_pct: u32,
     /// Chance, in percent, that a run of 4 has a Byzantine validator.
     pub liar_pct: u32,
+    /// Chance, in percent, that the clients write the duty-edge schedule
+    /// ([`Shape::DutyEdge`]) instead of the daily one.
+    pub duty_edge_pct: u32,
     /// Requests each facility's API serves at once (small, so that the
     /// bulkhead pools borrow and lend).
     pub api_concurrency: u32,
@@ -108,6 +112,7 @@ impl Default for SimPlan {
             fault_pct: 35,
             four_pct: 50,
             liar_pct: 60,
+            duty_edge_pct: 40,
             api_concurrency: 10,
             converge_ms: 60_000,
             known_bugs: false,
@@ -181,6 +186,8 @@ pub struct SeedReport {
     pub liar: Option<String>,
     /// The network model.
     pub network: Network,
+    /// The clients' schedule.
+    pub shape: Shape,
     /// Safety steps run.
     pub steps: usize,
     /// Client requests sent (first tries and retries).
@@ -257,9 +264,11 @@ struct Run<'p> {
     honest: Vec<usize>,
     liar: Option<(usize, Behaviour)>,
     network: Network,
+    shape: Shape,
     ledger: LedgerChecker,
     schedules: ScheduleChecker,
     reads: ReadChecker,
+    retries: RetryChecker,
     work: Workload,
     clients: JoinSet<Done>,
     faults: BTreeMap<FaultKind, u64>,
@@ -303,6 +312,11 @@ impl<'p> Run<'p> {
             )
         });
         let network = Network::draw(&mut rng);
+        let shape = if rng.random_range(0..100) < plan.duty_edge_pct {
+            Shape::DutyEdge
+        } else {
+            Shape::Daily
+        };
         let mut opts = SimOptions::new(n, seed);
         opts.api_concurrency = plan.api_concurrency;
         opts.behaviours = liar.into_iter().collect();
@@ -340,7 +354,9 @@ impl<'p> Run<'p> {
             ledger,
             schedules: ScheduleChecker::default(),
             reads: ReadChecker::default(),
-            work: Workload::new(seed),
+            retries: RetryChecker::default(),
+            work: Workload::new(seed, shape),
+            shape,
             clients: JoinSet::new(),
             faults,
             log: Default::default(),
@@ -385,7 +401,35 @@ impl<'p> Run<'p> {
             let index = self.write_until_committed(w).await?;
             self.reads.on_ack(index);
         }
+        // The duty edge's starting load: assignments the rules allow,
+        // each written until decided (a refusal is an answer too: a rule
+        // that is wrong shows in the reference model's check).
+        for w in self.work.preload() {
+            self.write_until_decided(w).await?;
+        }
         Ok(())
+    }
+
+    /// Sends `w` until it commits or is refused by a rule.
+    async fn write_until_decided(&mut self, w: Write) -> Result<(), SimFailure> {
+        let token = self.c.token().to_string();
+        for attempt in 0..150usize {
+            let via = self.c.leader().await.unwrap_or(attempt % self.c.n());
+            self.ops += 1;
+            let (st, v) = client::json(self.c.call(via, w.request(&token)).await).await;
+            let f = self.c.ids()[via].to_string();
+            self.retries
+                .on_answer(&w.key, &f, st.as_u16(), &v)
+                .map_err(|e| self.fail(e))?;
+            if st == StatusCode::OK || st == StatusCode::CONFLICT {
+                if let Some(Ack::Committed { index, .. }) = self.work.on_write(w, st, &v) {
+                    self.reads.on_ack(index);
+                }
+                return Ok(());
+            }
+            self.c.step(Duration::from_millis(200)).await;
+        }
+        Err(self.stuck(format!("write {} was never decided", w.key)))
     }
 
     /// Sends `w` to the leader (or any facility) until it commits,
@@ -400,6 +444,10 @@ impl<'p> Run<'p> {
             };
             self.ops += 1;
             let (st, v) = client::json(self.c.call(via, w.request(&token)).await).await;
+            let f = self.c.ids()[via].to_string();
+            self.retries
+                .on_answer(&w.key, &f, st.as_u16(), &v)
+                .map_err(|e| self.fail(e))?;
             if st == StatusCode::OK {
                 let index = v["index"].as_u64().unwrap_or(0);
                 self.work.on_write(w, st, &v);
@@ -459,7 +507,10 @@ impl<'p> Run<'p> {
         let unreachable = d.body["code"] == "UNREACHABLE";
         let answer = match (unreachable, d.body["code"].as_str()) {
             (true, _) => "unreachable".to_string(),
-            (false, Some(code)) => format!("{} {code}", d.status.as_u16()),
+            (false, Some(code)) => match d.body["rule"].as_str() {
+                Some(rule) => format!("{} {code} {rule}", d.status.as_u16()),
+                None => format!("{} {code}", d.status.as_u16()),
+            },
             (false, None) => d.status.as_u16().to_string(),
         };
         *self.answers.entry(answer).or_insert(0) += 1;
@@ -478,6 +529,9 @@ impl<'p> Run<'p> {
         let facility = self.c.ids()[d.via].to_string();
         match d.op {
             Op::Write(w) => {
+                self.retries
+                    .on_answer(&w.key, &facility, d.status.as_u16(), &d.body)
+                    .map_err(|v| self.fail(v))?;
                 if let Some(Ack::Committed { index, .. }) = self.work.on_write(w, d.status, &d.body)
                 {
                     self.reads.on_ack(index);
@@ -577,17 +631,37 @@ impl<'p> Run<'p> {
             return Ok(());
         };
         let seen = inspect(&peer, |s: &ScheduleState| {
+            let assignments: Vec<(String, String)> = s
+                .assignments()
+                .map(|(b, p, _)| (b.to_string(), p.to_string()))
+                .collect();
+            let rules = model::check_state(s).and_then(|()| s.check_invariants());
             (
                 s.last_index(),
                 s.digest().unwrap_or_default(),
-                s.check_invariants(),
+                rules,
+                assignments,
             )
         });
-        let Ok(Some((last, digest, invariants))) = tokio::time::timeout(STATUS_TIMEOUT, seen).await
+        let Ok(Some((last, digest, invariants, mut assignments))) =
+            tokio::time::timeout(STATUS_TIMEOUT, seen).await
         else {
             return Ok(());
         };
         let f = self.c.ids()[i].clone();
+        {
+            let obs = self.c.observer();
+            let obs = obs.lock().expect("observer lock");
+            if obs.model().last_index() == last {
+                assignments.sort();
+                if obs.model().assignments() != assignments {
+                    return Err(self.fail(Violation::new(
+                        Invariant::ReferenceModel,
+                        format!("{f}'s schedule at index {last} is not the reference model's"),
+                    )));
+                }
+            }
+        }
         self.schedules
             .observe(&f, last, digest, invariants)
             .map_err(|v| self.fail(v))
@@ -633,6 +707,7 @@ impl<'p> Run<'p> {
             facilities: self.c.n(),
             liar: self.liar.map(|(i, b)| format!("{} {b:?}", self.c.ids()[i])),
             network: self.network,
+            shape: self.shape,
             steps: self.plan.steps,
             ops: self.ops,
             committed: count(|a| matches!(a, Ack::Committed { .. })),

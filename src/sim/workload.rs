@@ -14,6 +14,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::client;
@@ -22,6 +23,8 @@ use super::client;
 pub const PEOPLE: usize = 6;
 /// Blocks the schedule starts with (one per day from day 0).
 pub const BLOCKS: usize = 8;
+/// Blocks the duty-edge schedule starts with (ten days of them).
+pub const EDGE_BLOCKS: usize = 40;
 /// Unanswered writes remembered for a retry, at most.
 pub const PENDING_MAX: usize = 32;
 /// People and blocks the clients may add, at most (bounds the state).
@@ -105,9 +108,25 @@ pub enum Ack {
     Provisional,
 }
 
+/// What the clients' schedule looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// One 8 or 10 h block a day, people picked evenly: the duty limits
+    /// are out of reach.
+    Daily,
+    /// Long and touching blocks (24 h + 4 h handover + 2 h, 12 to 14 h
+    /// days, nights), overlapping ones, most writes assignments of three
+    /// people preloaded near the limits ([`Workload::preload`]): duty
+    /// near 80 h in rolling weeks, shifts at 28 h and past, days on near
+    /// the 1-in-7 limit, double bookings asked for.
+    DutyEdge,
+}
+
 /// The clients' side of one run.
 #[derive(Debug)]
 pub struct Workload {
+    shape: Shape,
     prefix: String,
     next_key: u64,
     people: usize,
@@ -119,9 +138,10 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// The clients of the run of `seed`.
-    pub fn new(seed: u64) -> Workload {
+    /// The clients of the run of `seed`, writing a schedule of `shape`.
+    pub fn new(seed: u64, shape: Shape) -> Workload {
         Workload {
+            shape,
             prefix: format!("s{seed}"),
             next_key: 0,
             people: PEOPLE,
@@ -146,24 +166,73 @@ impl Workload {
         for p in 0..PEOPLE {
             out.push(self.write("/v1/people", person_body(p)));
         }
-        for b in 0..BLOCKS {
-            out.push(self.write("/v1/blocks", block_body(b)));
+        let blocks = match self.shape {
+            Shape::Daily => BLOCKS,
+            Shape::DutyEdge => EDGE_BLOCKS,
+        };
+        self.blocks = blocks;
+        for b in 0..blocks {
+            let body = self.block_body(b);
+            out.push(self.write("/v1/blocks", body));
         }
         out
     }
 
-    /// A person and a block that exist.
+    /// At the duty edge, assignments that bring three people to the
+    /// limits (each allowed): p0 to 69 h 20 min on days 1–5, one long
+    /// day short of 80 h in a week; p1 to six days on in a row (days
+    /// 1–6); p2 to 28 h of continuous duty (24 h + 4 h handover). Daily:
+    /// none.
+    pub fn preload(&mut self) -> Vec<Write> {
+        if self.shape != Shape::DutyEdge {
+            return Vec::new();
+        }
+        let load: [(usize, &[usize]); 3] = [
+            (0, &[4, 5, 12, 13, 15]),
+            (1, &[2, 5, 10, 13, 18, 21]),
+            (2, &[8, 9]),
+        ];
+        let mut out = Vec::new();
+        for (p, blocks) in load {
+            for b in blocks {
+                let body = json!({"person": format!("p{p}"), "block": format!("b{b}")});
+                out.push(self.write("/v1/assignments", body));
+            }
+        }
+        out
+    }
+
+    /// A person and a block that exist (at the duty edge, three people
+    /// take three writes in four).
     fn pick(&self, rng: &mut ChaCha8Rng) -> (String, String) {
+        let person = match self.shape {
+            Shape::DutyEdge if rng.random_range(0..4) > 0 => rng.random_range(0..3),
+            _ => rng.random_range(0..self.people),
+        };
         (
-            format!("p{}", rng.random_range(0..self.people)),
+            format!("p{person}"),
             format!("b{}", rng.random_range(0..self.blocks)),
         )
+    }
+
+    fn block_body(&self, b: usize) -> Value {
+        match self.shape {
+            Shape::Daily => block_body(b),
+            Shape::DutyEdge => edge_block_body(b),
+        }
     }
 
     /// A random new write.
     pub fn next_write(&mut self, rng: &mut ChaCha8Rng) -> Write {
         let (p, b) = self.pick(rng);
-        match rng.random_range(0..100) {
+        let r = match self.shape {
+            Shape::Daily => rng.random_range(0..100),
+            // At the edge: mostly assignments and emergency coverage.
+            Shape::DutyEdge => {
+                [0, 0, 0, 0, 0, 0, 35, 45, 55, 60, 60, 60, 80, 85, 90][rng.random_range(0..15)]
+            }
+        };
+        match r {
             0..=34 => self.write("/v1/assignments", json!({"person": p, "block": b})),
             35..=44 => self.write("/v1/unassignments", json!({"person": p, "block": b})),
             45..=54 => {
@@ -191,9 +260,10 @@ impl Workload {
                 self.people += 1;
                 self.write("/v1/people", person_body(self.people - 1))
             }
-            85..=99 if self.blocks < BLOCKS + ADDED_MAX => {
+            85..=99 if self.blocks < EDGE_BLOCKS.max(BLOCKS) + ADDED_MAX => {
                 self.blocks += 1;
-                self.write("/v1/blocks", block_body(self.blocks - 1))
+                let body = self.block_body(self.blocks - 1);
+                self.write("/v1/blocks", body)
             }
             _ => self.write("/v1/assignments", json!({"person": p, "block": b})),
         }
@@ -208,6 +278,12 @@ impl Workload {
             50..=59 if !self.pending.is_empty() => {
                 let k = rng.random_range(0..self.pending.len());
                 Op::Write(self.pending.swap_remove(k))
+            }
+            // A client that lost the answer to a committed write sends it
+            // again, to whichever facility it reaches.
+            60..=63 if !self.acked.is_empty() => {
+                let k = rng.random_range(0..self.acked.len());
+                Op::Write(self.acked[k].0.clone())
             }
             50..=71 => Op::LinearizableRead { floor },
             72..=86 => Op::StaleRead,
@@ -262,6 +338,33 @@ fn person_body(p: usize) -> Value {
     } else {
         json!({"id": format!("p{p}"), "name": format!("Resident {p}"), "role": "resident", "pgy": 1 + p % 3})
     }
+}
+
+/// Block `b` of the duty-edge schedule: eight kinds, two days further on
+/// every eight blocks. Kinds 0, 1 and 2 touch (24 h, then 4 h of handover,
+/// then 2 h: 28 h and 30 h of continuous duty); 3 overlaps 0; 4, 5 and 7
+/// are long days that reach 80 h in a week on few people.
+fn edge_block_body(b: usize) -> Value {
+    let d = 2 * (b / 8) as u32;
+    let (day, start, minutes) = match b % 8 {
+        0 => (d, 420, 1440),
+        1 => (d + 1, 420, 240),
+        2 => (d + 1, 660, 120),
+        3 => (d, 1140, 720),
+        4 => (d + 1, 420, 840),
+        5 => (d + 2, 420, 840),
+        6 => (d + 1, 1260, 600),
+        _ => (d + 3, 420, 800),
+    };
+    let pool = ["icu", "clinic", "procedures", "call"][b % 4];
+    json!({
+        "id": format!("b{b}"),
+        "day": day,
+        "start_min": start,
+        "duration_min": minutes,
+        "pool": pool,
+        "required": 2 + (b % 2) as u32,
+    })
 }
 
 fn block_body(b: usize) -> Value {
