@@ -571,6 +571,9 @@ fn carry_out(st: &mut BftState) -> Result<(), bulwark_storage::StorageError> {
             other => sends.push(other),
         }
     }
+    if crate::plant::active(crate::plant::Bug::VoteNotDurable) {
+        send_all(st, std::mem::take(&mut sends))?;
+    }
     st.store.write_batch(&votes, &finals, &evidence)?;
     for (h, fin) in &finals {
         if let Some(ws) = st.waiters.remove(h) {
@@ -580,6 +583,11 @@ fn carry_out(st: &mut BftState) -> Result<(), bulwark_storage::StorageError> {
             }
         }
     }
+    send_all(st, sends)
+}
+
+/// Carries out the sends of a batch, in order.
+fn send_all(st: &BftState, sends: Vec<Output>) -> Result<(), bulwark_storage::StorageError> {
     for out in sends {
         match out {
             Output::Send { to, msg } => send(st, to, &msg),

@@ -10,5 +10,6 @@ pub mod heatmap;
 pub mod hlc;
 pub mod keys;
 pub mod ledger;
+pub mod plant;
 pub mod raft;
 pub mod schedule;

@@ -11,6 +11,10 @@
 //!
 //! A replay (`bulwark sim --first S --seeds 1`) runs the same seed the same
 //! way: the run depends on the seed alone.
+//!
+//! `--plant NAME` runs every seed with one planted bug
+//! ([`bulwark_actors::plant`]; binaries built with `--features plant`), to
+//! show the checkers catch it; `--plant list` names them all.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Write as _};
@@ -18,6 +22,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use bulwark_actors::plant::{self, Bug};
 use serde::{Deserialize, Serialize};
 
 use super::run::{run_seed, FaultKind, SeedReport, SimPlan};
@@ -58,6 +63,15 @@ pub struct SimArgs {
     /// Print every seed's report (JSON) on stdout.
     #[arg(long)]
     pub verbose: bool,
+    /// Run every seed with this planted bug (test-only: needs a binary
+    /// built with `--features plant`); `list` prints every name and what it
+    /// breaks.
+    #[arg(long, value_name = "NAME")]
+    pub plant: Option<String>,
+    /// Dispatch no seed after the first failure, and stop the workers still
+    /// running; the failure is reported as usual.
+    #[arg(long)]
+    pub stop_at_first_failure: bool,
     /// Run the seeds in this process, one JSON line per seed (the workers'
     /// mode).
     #[arg(long, hide = true)]
@@ -99,10 +113,32 @@ impl SeedLine {
     }
 }
 
+/// Exit code of a refused `--plant`.
+const EXIT_USAGE: u8 = 2;
+
 /// Runs `bulwark sim`.
 pub fn main(args: SimArgs) -> ExitCode {
+    if args.plant.as_deref() == Some("list") {
+        list_plants();
+        return ExitCode::SUCCESS;
+    }
+    let bug = match chosen_plant(&args) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("bulwark sim: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     if args.worker {
         return worker(&args);
+    }
+    if let Some(b) = bug {
+        eprintln!("bulwark sim: planted bug {}: {}", b.name(), b.what());
+    } else if plant::enabled() && std::env::var_os(plant::ENV_VAR).is_some() {
+        eprintln!(
+            "bulwark sim: {} is ignored here (use --plant NAME); no planted bug",
+            plant::ENV_VAR
+        );
     }
     match Parent::new(&args).run() {
         Ok(code) => code,
@@ -111,6 +147,58 @@ pub fn main(args: SimArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints every planted bug's name and what it breaks.
+fn list_plants() {
+    if !plant::enabled() {
+        eprintln!("bulwark sim: this binary was built without `--features plant`; it can plant none of these");
+    }
+    for b in plant::ALL {
+        println!("{}\t{}", b.name(), b.what());
+    }
+}
+
+/// The bug `--plant` names, chosen for this process (`None`: no flag, and
+/// none is chosen, whatever the environment says). `Err` says why the
+/// flag is refused.
+fn chosen_plant(args: &SimArgs) -> Result<Option<Bug>, String> {
+    let Some(name) = args.plant.as_deref() else {
+        if plant::enabled() {
+            plant::set(None).map_err(|e| e.to_string())?;
+        }
+        return Ok(None);
+    };
+    if !plant::enabled() {
+        return Err(format!(
+            "--plant {name}: this binary was built without `--features plant` \
+             (build it with `cargo build --release --features plant`)"
+        ));
+    }
+    let Some(bug) = Bug::from_name(name) else {
+        let names: Vec<&str> = plant::ALL.iter().map(|b| b.name()).collect();
+        return Err(format!(
+            "--plant {name}: no such planted bug; the names are: {} (or `list`)",
+            names.join(", ")
+        ));
+    };
+    plant::set(Some(bug)).map_err(|e| e.to_string())?;
+    Ok(Some(bug))
+}
+
+/// The command that replays `seed` as this run ran it.
+fn replay(args: &SimArgs, seed: u64) -> String {
+    let mut cmd = format!("bulwark sim --first {seed} --seeds 1");
+    if let Some(p) = &args.plant {
+        cmd.push_str(&format!(" --plant {p}"));
+    }
+    if args.known_bugs {
+        cmd.push_str(" --known-bugs");
+    }
+    if let Some(s) = args.steps {
+        cmd.push_str(&format!(" --steps {s}"));
+    }
+    cmd
 }
 
 /// The workers' mode: every seed in this process, one line each.
@@ -189,6 +277,9 @@ struct Parent<'a> {
     totals: Totals,
     start: Instant,
     last_progress: Instant,
+    /// `--stop-at-first-failure` and a seed failed: nothing new runs, and
+    /// the workers still running were stopped.
+    stopped: bool,
 }
 
 impl<'a> Parent<'a> {
@@ -209,6 +300,7 @@ impl<'a> Parent<'a> {
             totals: Totals::default(),
             start: Instant::now(),
             last_progress: Instant::now(),
+            stopped: false,
         }
     }
 
@@ -242,6 +334,9 @@ impl<'a> Parent<'a> {
             }
             let ev = rx.recv()?;
             self.on_event(ev);
+            if self.args.stop_at_first_failure && !self.totals.failed.is_empty() && !self.stopped {
+                self.stop();
+            }
             if self.last_progress.elapsed() >= PROGRESS_EVERY {
                 self.progress();
             }
@@ -267,6 +362,9 @@ impl<'a> Parent<'a> {
         }
         if self.args.known_bugs {
             cmd.arg("--known-bugs");
+        }
+        if let Some(p) = &self.args.plant {
+            cmd.arg("--plant").arg(p);
         }
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "error");
@@ -317,6 +415,17 @@ impl<'a> Parent<'a> {
         Ok(())
     }
 
+    /// Stops after the first failure: drops the seeds not dispatched and
+    /// kills the workers still running (their unreported seeds are not
+    /// failures).
+    fn stop(&mut self) {
+        self.stopped = true;
+        self.queue.clear();
+        for w in self.workers.values_mut() {
+            let _ = w.child.kill();
+        }
+    }
+
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::Line(id, line) => {
@@ -350,6 +459,9 @@ impl<'a> Parent<'a> {
         let status = w.child.wait();
         w.exit = Some(format!("{status:?}"));
         let mut w = self.workers.remove(&id).expect("worker present");
+        if self.stopped {
+            return;
+        }
         if let Some(seed) = w.left.pop_front() {
             let tail: Vec<String> = w.stderr.drain(..).collect();
             let reason = format!(
@@ -393,7 +505,7 @@ impl<'a> Parent<'a> {
             }
             SeedLine::Failure { seed, reason } => {
                 println!("SEED={seed}: {reason}");
-                println!("  replay: bulwark sim --first {seed} --seeds 1");
+                println!("  replay: {}", replay(self.args, seed));
                 self.totals.failed.push((seed, reason));
             }
         }
@@ -425,7 +537,16 @@ impl<'a> Parent<'a> {
             t.failed.len()
         );
         for (seed, _) in &t.failed {
-            println!("  failed: SEED={seed} (replay: bulwark sim --first {seed} --seeds 1)");
+            println!(
+                "  failed: SEED={seed} (replay: {})",
+                replay(self.args, *seed)
+            );
+        }
+        if self.stopped {
+            println!("  stopped at the first failure (--stop-at-first-failure)");
+        }
+        if let Some(p) = &self.args.plant {
+            println!("planted bug: {p}");
         }
         println!(
             "wall {:.1} s ({:.2} seeds/s, {} jobs); virtual {:.1} s in all, {:.1} s per seed",

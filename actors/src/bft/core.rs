@@ -683,7 +683,7 @@ impl Core {
             }
             return;
         };
-        if old == vote {
+        if old == vote || crate::plant::active(crate::plant::Bug::EquivocationUndetected) {
             return;
         }
         if !self.strict(&body, &vote) {
@@ -775,7 +775,9 @@ impl Core {
         if let Some((hash, seen)) = self.recent_finals.get(&h) {
             if *hash != body.hash {
                 if let Some((_, first)) = seen.get(&body.signer) {
-                    if first.body != vote.body {
+                    if first.body != vote.body
+                        && !crate::plant::active(crate::plant::Bug::EquivocationUndetected)
+                    {
                         let first = first.clone();
                         self.record(
                             body.signer.clone(),

@@ -261,7 +261,7 @@ pub fn judge(
             };
             let next = match (policy, latest) {
                 (ConflictPolicy::ManualReview, _) => Next::Queue,
-                (ConflictPolicy::LastWriteWins, Some(l)) if p.hlc > l.stamp => {
+                (ConflictPolicy::LastWriteWins, Some(l)) if later(p.hlc, l.stamp) => {
                     Next::Replace(vec![l.person])
                 }
                 (ConflictPolicy::LastWriteWins, Some(l)) => Next::Done(Resolution::Superseded {
@@ -285,6 +285,14 @@ pub fn judge(
         }),
     };
     (Some(conflict), next)
+}
+
+/// Whether stamp `a` is later than `b` (last-write-wins).
+fn later(a: Hlc, b: Hlc) -> bool {
+    if crate::plant::active(crate::plant::Bug::LwwReversed) {
+        return a < b;
+    }
+    a > b
 }
 
 /// The key of the reconciling command made for provisional change `key`

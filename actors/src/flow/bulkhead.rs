@@ -200,10 +200,15 @@ impl Pools {
                     continue;
                 }
                 let ost = &self.state[other];
+                let reserved = if crate::plant::active(crate::plant::Bug::ReserveLent) {
+                    0
+                } else {
+                    ospec.reserved
+                };
                 // Idle units above the reserve: the reserve is never lent.
                 let lendable = ospec
                     .capacity
-                    .saturating_sub(ospec.reserved)
+                    .saturating_sub(reserved)
                     .saturating_sub(ost.lent)
                     .min(ospec.capacity - ost.used - ost.lent);
                 let take = lendable.min(need).min(budget);

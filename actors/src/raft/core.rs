@@ -22,6 +22,7 @@ use super::wire::WireMessage;
 use super::{raft_id, ClusterState, ProposeOutcome, RaftConfig, RaftSetup, RaftWire, ReadOutcome};
 use crate::keys::{Domain, Keyring};
 use crate::ledger::{self, Anchor, SignedProposal, Verdict};
+use crate::plant::Bug;
 use crate::schedule::{Applied, Command, IdempotencyKey, ScheduleState};
 
 /// What one entry of the log carries: the command and who proposed it, so
@@ -204,7 +205,11 @@ impl RaftCore {
                 .map_err(|e| RaftCoreError::Snapshot(e.to_string()))?
         };
         let my_id = raft_id(&me);
-        let cfg = config.to_raft(my_id, snap.get_metadata().index);
+        let mut applied = snap.get_metadata().index;
+        if applied > 0 && crate::plant::active(Bug::SnapshotIndexPlusOne) {
+            applied += 1;
+        }
+        let cfg = config.to_raft(my_id, applied);
         let node = RawNode::new(&cfg, rs, logger)?;
         Ok(RaftCore {
             node,
@@ -553,6 +558,15 @@ impl RaftCore {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        if crate::plant::active(Bug::ReadWithoutIndex) {
+            self.out.push(Output::ReadReady {
+                seq,
+                outcome: ReadOutcome::Ready {
+                    read_index: self.applied_index(),
+                },
+            });
+            return Ok(seq);
+        }
         self.node.read_index(self.read_ctx(seq));
         let deadline_tick = self.deadline();
         self.reads.insert(
@@ -685,6 +699,12 @@ impl RaftCore {
             }
             self.note_leader();
             let mut rd = self.node.ready();
+            if crate::plant::active(Bug::SendBeforePersist) {
+                let msgs = rd.take_messages();
+                self.send_all(msgs);
+                let msgs = rd.take_persisted_messages();
+                self.send_all(msgs);
+            }
             // 1. Persist: snapshot, entries, hard state (durable redb commits).
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot().clone();

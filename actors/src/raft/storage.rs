@@ -20,6 +20,7 @@ use raft::{GetEntriesContext, RaftState};
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::wire::{WireConfState, WireEntry, WireHardState, WireSnapshot};
+use crate::plant::Bug;
 
 const KEY_HARD_STATE: &str = "hard_state";
 const KEY_CONF_STATE: &str = "conf_state";
@@ -271,7 +272,11 @@ impl RaftStore {
             }
             if let Some(hs) = hs {
                 let mut meta = tx.open_table(RAFT_META).map_err(|e| s.redb(e))?;
-                let bytes = codec::encode(&WireHardState::from_raft(hs))
+                let mut w = WireHardState::from_raft(hs);
+                if crate::plant::active(Bug::VoteTwicePerTerm) {
+                    w.vote = 0;
+                }
+                let bytes = codec::encode(&w)
                     .map_err(|err| s.codec_error("raft_meta", KEY_HARD_STATE, err))?;
                 meta.insert(KEY_HARD_STATE, bytes.as_slice())
                     .map_err(|e| s.redb(e))?;

@@ -482,7 +482,10 @@ impl ScheduleState {
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Applied {
         self.last_index = self.last_index.max(index);
         let op_hash = op_hash(&cmd.op);
-        if let Some(rec) = self.keys.get(&cmd.key) {
+        let known = self.keys.get(&cmd.key).filter(|r| {
+            !(r.op_hash == op_hash && crate::plant::active(crate::plant::Bug::RetryAppliedTwice))
+        });
+        if let Some(rec) = known {
             if rec.op_hash == op_hash {
                 return Applied::Duplicate {
                     first_index: rec.index,
@@ -510,6 +513,7 @@ impl ScheduleState {
     /// Whether `key` was applied before to the same `op` (a retry).
     pub fn is_duplicate(&self, key: &IdempotencyKey, op: &Op) -> bool {
         self.keys.get(key).is_some_and(|r| r.op_hash == op_hash(op))
+            && !crate::plant::active(crate::plant::Bug::RetryAppliedTwice)
     }
 
     /// Records `cmd` as refused for `rejection` (decided outside the

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::DAY_MIN;
+use crate::plant::{self, Bug};
 
 /// Longest continuous duty, in minutes: 24 h plus 4 h of handover.
 pub const SHIFT_MIN_MAX: u64 = 28 * 60;
@@ -119,7 +120,12 @@ pub fn check(duty: &[Interval]) -> Result<(), (Rule, String)> {
     // Nobody in two places: sorted by start, any overlap shows between
     // neighbours.
     for w in duty.windows(2) {
-        if w[1].start < w[0].end {
+        let overlap = if plant::active(Bug::TouchingIsOverlapFree) {
+            w[0].start < w[1].start && w[1].start < w[0].end
+        } else {
+            w[1].start < w[0].end
+        };
+        if overlap {
             return Err((
                 Rule::DoubleBooking,
                 format!(
@@ -130,6 +136,11 @@ pub fn check(duty: &[Interval]) -> Result<(), (Rule, String)> {
         }
     }
     // Continuous duty: touching intervals make one shift.
+    let shift_max = if plant::active(Bug::Shift30h) {
+        30 * 60
+    } else {
+        SHIFT_MIN_MAX
+    };
     let mut shift: Option<Interval> = None;
     for iv in duty {
         shift = Some(match shift {
@@ -139,11 +150,11 @@ pub fn check(duty: &[Interval]) -> Result<(), (Rule, String)> {
             },
             _ => *iv,
         });
-        if let Some(s) = shift.filter(|s| s.len() > SHIFT_MIN_MAX) {
+        if let Some(s) = shift.filter(|s| s.len() > shift_max) {
             return Err((
                 Rule::ShiftTooLong,
                 format!(
-                    "continuous duty of {} min from minute {} exceeds {SHIFT_MIN_MAX}",
+                    "continuous duty of {} min from minute {} exceeds {shift_max}",
                     s.len(),
                     s.start
                 ),
@@ -152,10 +163,15 @@ pub fn check(duty: &[Interval]) -> Result<(), (Rule, String)> {
     }
     // Rolling 7 days: the busiest window starts where some duty starts or
     // ends where some duty ends.
+    let window = if plant::active(Bug::DutyWindow6Days) {
+        6 * DAY_MIN
+    } else {
+        DUTY_WINDOW_MIN
+    };
     let starts = duty.iter().map(|iv| iv.start);
-    let ends = duty.iter().map(|iv| iv.end.saturating_sub(DUTY_WINDOW_MIN));
+    let ends = duty.iter().map(|iv| iv.end.saturating_sub(window));
     for t in starts.chain(ends) {
-        let busy = busy_in(duty, t, t + DUTY_WINDOW_MIN);
+        let busy = busy_in(duty, t, t + window);
         if busy > DUTY_MIN_MAX {
             return Err((
                 Rule::DutyHours80,
@@ -165,13 +181,21 @@ pub fn check(duty: &[Interval]) -> Result<(), (Rule, String)> {
     }
     // A day off in every 7.
     let days: BTreeSet<u32> = duty.iter().flat_map(Interval::days).collect();
+    let days_on_7 = plant::active(Bug::DaysOn7);
+    let too_many = |(f, l): &(u32, u32)| {
+        if days_on_7 {
+            l - f > DAYS_ON_MAX
+        } else {
+            l - f >= DAYS_ON_MAX
+        }
+    };
     let mut run: Option<(u32, u32)> = None;
     for d in days {
         run = Some(match run {
             Some((first, last)) if last.checked_add(1) == Some(d) => (first, d),
             _ => (d, d),
         });
-        if let Some((first, last)) = run.filter(|(f, l)| l - f >= DAYS_ON_MAX) {
+        if let Some((first, last)) = run.filter(too_many) {
             return Err((
                 Rule::DayOffIn7,
                 format!("duty on every day {first}..={last}"),
