@@ -86,6 +86,40 @@ async fn randomized_runs_keep_every_invariant() {
     }
 }
 
+/// Fixed seeds of the duty-edge workload keep every invariant, and the
+/// workload reaches the duty limits: the three preloaded people are
+/// refused for the 80-hour, day-off or shift rule at least once across
+/// them.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn duty_edge_runs_reach_the_limits_and_keep_every_invariant() {
+    use bulwark::sim::workload::Shape;
+    let plan = SimPlan {
+        duty_edge_pct: 100,
+        ..short_plan(30)
+    };
+    let mut duty_refusals = 0;
+    for seed in [1, 2] {
+        let r = run_seed(seed, &plan).await.unwrap_or_else(|e| {
+            panic!(
+                "SEED={seed}: {e}\nrecent faults:\n{}",
+                e.recent_faults.join("\n")
+            )
+        });
+        assert_eq!(r.shape, Shape::DutyEdge);
+        duty_refusals += r
+            .answers
+            .iter()
+            .filter(|(k, _)| {
+                ["DUTY_HOURS_80", "DAY_OFF_IN_7", "SHIFT_TOO_LONG"]
+                    .iter()
+                    .any(|c| k.ends_with(c))
+            })
+            .map(|(_, n)| n)
+            .sum::<u64>();
+    }
+    assert!(duty_refusals > 0, "no duty refusal in the duty-edge seeds");
+}
+
 /// A small plan for the tests that run many seeds or runs.
 fn short_plan(steps: usize) -> SimPlan {
     SimPlan {

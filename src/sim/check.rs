@@ -23,6 +23,8 @@
 //!   facility, answers as a retry with the first outcome.
 //! - [`ReadChecker`]: a linearizable read reflects every write
 //!   acknowledged before it began.
+//! - [`check_healer`]: a healer resolving a filled block by last write
+//!   wins kept the later stamp (recomputed here from the report's stamps).
 //! - [`check_blame`]: evidence that proves lying (two votes at one height,
 //!   a vote in another's name, a vote for an entry the rules refused, a
 //!   forged proposal) names only the Byzantine facility.
@@ -31,7 +33,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use bulwark_actors::bft::evidence::{Evidence, Kind};
+use bulwark_actors::cap::heal::{Conflict, ConflictPolicy, Report, Resolution};
 use bulwark_actors::flow::bulkhead::{PoolStatus, FLEX};
+use bulwark_actors::hlc::Hlc;
 use bulwark_actors::keys::Domain;
 use bulwark_actors::keys::PublicKeys;
 use bulwark_actors::ledger::{self, FinalEntry, Hash, Verdict, VoteBody, GENESIS};
@@ -77,6 +81,8 @@ pub enum Invariant {
     ApiContract,
     /// No honest facility is blamed with a proof of lying.
     HonestBlamed,
+    /// A healer's last-write-wins keeps the later hybrid-clock stamp.
+    HealerChoice,
     /// With the faults healed, the facilities converge (liveness).
     Convergence,
 }
@@ -96,6 +102,7 @@ impl Invariant {
             Invariant::AcknowledgedWrites => "ACKNOWLEDGED_WRITES",
             Invariant::ApiContract => "API_CONTRACT",
             Invariant::HonestBlamed => "HONEST_BLAMED",
+            Invariant::HealerChoice => "HEALER_CHOICE",
             Invariant::Convergence => "CONVERGENCE",
         }
     }
@@ -575,6 +582,54 @@ pub fn check_pools(f: &FacilityId, pools: &[PoolStatus]) -> Result<(), Violation
     Ok(())
 }
 
+/// Stamp `a` is later than `b`: wall clock first, then the logical
+/// counter, then the node id as the tie-break (written out here, not the
+/// implementation's ordering).
+fn stamp_later(a: &Hlc, b: &Hlc) -> bool {
+    (a.wall_ms, a.logical, a.node) > (b.wall_ms, b.logical, b.node)
+}
+
+/// Each conflict `f`'s healer settled by last write wins over a filled
+/// block went to the later stamp: the provisional change won only if its
+/// stamp is later than every holder's, and lost to a holder only if not.
+pub fn check_healer(f: &FacilityId, reports: &[Report]) -> Result<(), Violation> {
+    for r in reports
+        .iter()
+        .filter(|r| r.policy == ConflictPolicy::LastWriteWins)
+    {
+        for item in &r.items {
+            let Some(Conflict::BlockFilled { holders, block }) = &item.conflict else {
+                continue;
+            };
+            let Some(latest) =
+                holders
+                    .iter()
+                    .map(|h| h.stamp)
+                    .reduce(|a, b| if stamp_later(&b, &a) { b } else { a })
+            else {
+                continue;
+            };
+            let won = match &item.resolution {
+                Resolution::Won { .. } => true,
+                Resolution::Superseded { winner } if !winner.starts_with("rule") => false,
+                _ => continue,
+            };
+            if won != stamp_later(&item.hlc, &latest) {
+                return Err(Violation::new(
+                    Invariant::HealerChoice,
+                    format!(
+                        "{f}'s healer let provisional change {} ({:?}) {} on {block} against a holder stamped {latest:?}",
+                        item.id,
+                        item.hlc,
+                        if won { "win" } else { "lose" }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Evidence recorded by an honest validator proves lying only against
 /// facilities not in `honest`. Evidence that an honest facility can earn
 /// under faults is not a proof of lying and is not judged: a proposal the
@@ -835,6 +890,56 @@ mod tests {
         check_blame(&f("alpha"), &fine, &honest).unwrap();
         let e = check_blame(&f("alpha"), &[ev("bravo", invalid())], &honest).unwrap_err();
         assert_eq!(e.invariant, Invariant::HonestBlamed);
+    }
+
+    #[test]
+    fn the_healer_check_recomputes_last_write_wins() {
+        use bulwark_actors::cap::heal::{Holder, Item};
+        let stamp = |wall_ms| Hlc {
+            wall_ms,
+            logical: 0,
+            node: 1,
+        };
+        let report = |hlc, resolution| Report {
+            round: 1,
+            facility: f("alpha"),
+            policy: ConflictPolicy::LastWriteWins,
+            at_unix_ms: 0,
+            items: vec![Item {
+                id: 7,
+                hlc,
+                operation: "emergency_coverage".into(),
+                target: None,
+                conflict: Some(Conflict::BlockFilled {
+                    block: "b1".parse().unwrap(),
+                    holders: vec![
+                        Holder {
+                            person: "p1".parse().unwrap(),
+                            stamp: stamp(5),
+                        },
+                        Holder {
+                            person: "p2".parse().unwrap(),
+                            stamp: stamp(9),
+                        },
+                    ],
+                }),
+                resolution,
+            }],
+        };
+        let won = || Resolution::Won {
+            index: 3,
+            height: None,
+            replaced: vec![],
+        };
+        let lost = || Resolution::Superseded {
+            winner: "p2 on b1".into(),
+        };
+        check_healer(&f("alpha"), &[report(stamp(10), won())]).unwrap();
+        check_healer(&f("alpha"), &[report(stamp(7), lost())]).unwrap();
+        // The earlier change won over the latest holder: caught.
+        let e = check_healer(&f("alpha"), &[report(stamp(7), won())]).unwrap_err();
+        assert_eq!(e.invariant, Invariant::HealerChoice);
+        assert!(check_healer(&f("alpha"), &[report(stamp(10), lost())]).is_err());
     }
 
     #[test]

@@ -486,9 +486,10 @@ impl SimCluster {
             task.abort();
             let _ = task.await;
         }
-        if self.harness.is_up(i) {
-            self.harness.crash(i).await;
-        }
+        // A node that stopped by itself (its root supervisor gave up) is
+        // still in its slot: stop and remove it too, or it could never
+        // restart.
+        self.harness.crash(i).await;
         self.detections.lock().expect("detections lock")[i] = None;
         // The observer's handle too, so the store can reopen.
         self.observer

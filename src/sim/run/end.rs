@@ -20,9 +20,12 @@ use serde_json::Value;
 
 use super::{BoxFut, Run, SimFailure};
 use crate::http::api::command_key;
-use crate::sim::check::{check_blame, Invariant, Violation};
+use crate::sim::check::{check_blame, check_healer, Invariant, Violation};
 use crate::sim::client;
+use crate::sim::cluster::STATUS_TIMEOUT;
 use crate::sim::workload::{Ack, Write};
+use bulwark_actors::cap::heal::{HealerMsg, HEALER};
+use bulwark_runtime::Zone;
 
 /// Virtual ms between two polls of the liveness phase.
 const POLL_MS: u64 = 100;
@@ -43,7 +46,25 @@ impl Run<'_> {
         self.wait_final().await?;
         self.check_step().await?;
         self.check_end().await?;
+        self.check_healers().await?;
         self.check_blame().await
+    }
+
+    /// Every healer's last-write-wins decisions pick the later stamp.
+    async fn check_healers(&self) -> Result<(), SimFailure> {
+        for i in 0..self.c.n() {
+            let f = &self.c.ids()[i];
+            let node = self.c.harness().node(i);
+            let Some(healer) = node.ctx().find::<HealerMsg>(Zone::Consensus, HEALER) else {
+                continue;
+            };
+            let reports = healer.call(HealerMsg::Reports, Some(STATUS_TIMEOUT)).await;
+            let Ok(ractor::rpc::CallResult::Success(reports)) = reports else {
+                return Err(self.stuck(format!("{f}: the healer did not answer")));
+            };
+            check_healer(f, &reports).map_err(|v| self.fail(v))?;
+        }
+        Ok(())
     }
 
     /// No honest validator holds proof of lying against an honest
