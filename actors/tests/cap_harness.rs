@@ -194,7 +194,7 @@ async fn partition_scenario(policy: ConflictPolicy, seed: u64) -> (Cluster, usiz
     // ... a change that could never apply is refused at once ...
     let cmd = c.command(m2, cover(2, 4));
     match c.submit(m2, cmd, false).await {
-        GateOutcome::Refused(r) => assert_eq!(r.rule, Rule::BlockFull),
+        GateOutcome::Refused { rejection, .. } => assert_eq!(rejection.rule, Rule::BlockFull),
         other => panic!("{other:?}"),
     }
     // ... and a final approval fails fast with the partition error.

@@ -740,7 +740,17 @@ pub fn written(o: GateOutcome) -> Result<(StatusCode, WriteAnswer), ApiError> {
             },
         )),
         GateOutcome::Partitioned(p) => Err(ApiError::partitioned(&p)),
-        GateOutcome::Refused(r) => Err(ApiError::rule(&r)),
+        GateOutcome::Refused {
+            rejection,
+            partition,
+        } => {
+            // Judged in a partition: the body says so, and that it
+            // decides nothing for the key.
+            let mut e = ApiError::rule(&rejection);
+            e.body.partition = Some(partition.code().into());
+            e.body.mode = Some("AP".into());
+            Err(e)
+        }
     }
 }
 
@@ -1450,14 +1460,27 @@ mod tests {
             ),
             ("PARTITIONED", Some("MINORITY"), Some("CP"))
         );
-        let r = written(GateOutcome::Refused(Rejection {
-            rule: Rule::DoubleBooking,
-            detail: "x".into(),
-        }))
+        let r = written(GateOutcome::Refused {
+            rejection: Rejection {
+                rule: Rule::DoubleBooking,
+                detail: "x".into(),
+            },
+            partition: PartitionState::Minority,
+        })
         .unwrap_err();
         assert_eq!(
-            (r.status, r.body.rule.as_deref()),
-            (StatusCode::CONFLICT, Some("DOUBLE_BOOKING"))
+            (
+                r.status,
+                r.body.rule.as_deref(),
+                r.body.partition.as_deref(),
+                r.body.mode.as_deref()
+            ),
+            (
+                StatusCode::CONFLICT,
+                Some("DOUBLE_BOOKING"),
+                Some("MINORITY"),
+                Some("AP")
+            )
         );
         let (st, a) = written(GateOutcome::Provisional {
             id: 3,

@@ -159,6 +159,10 @@ impl SimOptions {
     }
 }
 
+/// Applied entries between snapshots in the simulation's default Raft
+/// settings.
+pub const SNAPSHOT_EVERY: u64 = 64;
+
 /// Each facility's Raft settings for `seed`: the node's defaults, with a
 /// fixed campaign timeout per facility (`max = min + 1`, so raft-rs's
 /// `thread_rng` draw has one value), the facilities' timeouts two ticks
@@ -173,7 +177,7 @@ pub fn raft_configs(n: usize, seed: u64) -> Vec<RaftConfig> {
             election_ticks: 10,
             election_ticks_min: min,
             election_ticks_max: min + 1,
-            snapshot_every_entries: 64,
+            snapshot_every_entries: SNAPSHOT_EVERY,
             ..RaftConfig::default()
         })
         .collect()

@@ -87,6 +87,9 @@ pub struct SimPlan {
     pub four_pct: u32,
     /// Chance, in percent, that a run of 4 has a Byzantine validator.
     pub liar_pct: u32,
+    /// Chance, in percent, that the facilities snapshot every 3 to 13
+    /// applied entries instead of every 64.
+    pub small_snapshot_pct: u32,
     /// Chance, in percent, that the clients write the duty-edge schedule
     /// ([`Shape::DutyEdge`]) instead of the daily one.
     pub duty_edge_pct: u32,
@@ -113,6 +116,7 @@ impl Default for SimPlan {
             four_pct: 50,
             liar_pct: 60,
             duty_edge_pct: 40,
+            small_snapshot_pct: 30,
             api_concurrency: 10,
             converge_ms: 60_000,
             known_bugs: false,
@@ -188,6 +192,8 @@ pub struct SeedReport {
     pub network: Network,
     /// The clients' schedule.
     pub shape: Shape,
+    /// Applied entries between snapshots.
+    pub snapshot_every: u64,
     /// Safety steps run.
     pub steps: usize,
     /// Client requests sent (first tries and retries).
@@ -265,6 +271,7 @@ struct Run<'p> {
     liar: Option<(usize, Behaviour)>,
     network: Network,
     shape: Shape,
+    snapshot_every: u64,
     ledger: LedgerChecker,
     schedules: ScheduleChecker,
     reads: ReadChecker,
@@ -319,6 +326,18 @@ impl<'p> Run<'p> {
         };
         let mut opts = SimOptions::new(n, seed);
         opts.api_concurrency = plan.api_concurrency;
+        // Small snapshot intervals in a share of seeds: the log compacts
+        // often, so lagging facilities install snapshots from the leader
+        // and restarts start from snapshots.
+        let snapshot_every = (rng.random_range(0..100) < plan.small_snapshot_pct)
+            .then(|| [3, 5, 8, 13][rng.random_range(0..4)]);
+        if let Some(every) = snapshot_every {
+            let mut raft = super::cluster::raft_configs(n, seed);
+            for r in &mut raft {
+                r.snapshot_every_entries = every;
+            }
+            opts.raft = Some(raft);
+        }
         opts.behaviours = liar.into_iter().collect();
         let c = SimCluster::start(opts).await.map_err(|e| SimFailure {
             seed,
@@ -357,6 +376,7 @@ impl<'p> Run<'p> {
             retries: RetryChecker::default(),
             work: Workload::new(seed, shape),
             shape,
+            snapshot_every: snapshot_every.unwrap_or(super::cluster::SNAPSHOT_EVERY),
             clients: JoinSet::new(),
             faults,
             log: Default::default(),
@@ -708,6 +728,7 @@ impl<'p> Run<'p> {
             liar: self.liar.map(|(i, b)| format!("{} {b:?}", self.c.ids()[i])),
             network: self.network,
             shape: self.shape,
+            snapshot_every: self.snapshot_every,
             steps: self.plan.steps,
             ops: self.ops,
             committed: count(|a| matches!(a, Ack::Committed { .. })),

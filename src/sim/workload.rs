@@ -135,6 +135,8 @@ pub struct Workload {
     pending: Vec<Write>,
     /// Writes acknowledged (2xx), with their acknowledgement.
     acked: Vec<(Write, Ack)>,
+    /// Final writes made so far (each adds a new person).
+    finals: usize,
 }
 
 impl Workload {
@@ -148,6 +150,7 @@ impl Workload {
             blocks: BLOCKS,
             pending: Vec::new(),
             acked: Vec::new(),
+            finals: 0,
         }
     }
 
@@ -295,7 +298,12 @@ impl Workload {
 
     /// The write that shows the healed cluster commits: a new person.
     pub fn next_final_write(&mut self) -> Write {
-        let body = json!({"id": "final", "name": "Final check", "role": "faculty"});
+        self.finals += 1;
+        let id = match self.finals {
+            1 => "final".to_string(),
+            k => format!("final-{k}"),
+        };
+        let body = json!({"id": id, "name": "Final check", "role": "faculty"});
         self.write("/v1/people", body)
     }
 

@@ -72,9 +72,18 @@ pub enum GateOutcome {
     },
     /// A CP operation without a quorum.
     Partitioned(PartitionError),
-    /// An AP operation the local schedule refuses (it could never apply),
-    /// or the provisional store is full or failing.
-    Refused(Rejection),
+    /// An AP operation this facility's partition-time view refuses (the
+    /// local schedule with its pending provisional changes), or the
+    /// provisional store is full or failing. Judged without a quorum, it
+    /// decides nothing for the command's key: a retry after the partition
+    /// heals goes through consensus (a write the majority committed may be
+    /// refused here by a facility that has not seen it yet).
+    Refused {
+        /// Why.
+        rejection: Rejection,
+        /// The partition state it was judged in.
+        partition: PartitionState,
+    },
 }
 
 /// How current a read is.
@@ -161,11 +170,12 @@ impl GateState {
     /// Checks `command` against the local schedule with the pending
     /// provisional changes applied, then stores it durably.
     async fn provisional(&self, command: Command, partition: PartitionState) -> GateOutcome {
-        let refused = |detail: String| {
-            GateOutcome::Refused(Rejection {
+        let refused = |detail: String| GateOutcome::Refused {
+            rejection: Rejection {
                 rule: Rule::InvalidInput,
                 detail,
-            })
+            },
+            partition,
         };
         let pending = match self.store.with_status(&Status::Pending) {
             Ok(p) => p,
@@ -193,7 +203,10 @@ impl GateState {
             })
             .await;
             if let Some(Some(rejection)) = verdict {
-                return GateOutcome::Refused(rejection);
+                return GateOutcome::Refused {
+                    rejection,
+                    partition,
+                };
             }
         }
         let p = Provisional {

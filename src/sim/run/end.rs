@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use super::{BoxFut, Run, SimFailure};
 use crate::http::api::command_key;
-use crate::sim::check::{check_blame, check_healer, Invariant, Violation};
+use crate::sim::check::{check_blame, check_healer, check_liar_named, Invariant, Violation};
 use crate::sim::client;
 use crate::sim::cluster::STATUS_TIMEOUT;
 use crate::sim::workload::{Ack, Write};
@@ -29,6 +29,9 @@ use bulwark_runtime::Zone;
 
 /// Virtual ms between two polls of the liveness phase.
 const POLL_MS: u64 = 100;
+
+/// New heights the end writes, at most, for a lying validator to be named.
+pub const LIAR_HEIGHTS: usize = 6;
 
 impl Run<'_> {
     /// Heals every fault, then waits for the cluster to converge and
@@ -47,7 +50,8 @@ impl Run<'_> {
         self.check_step().await?;
         self.check_end().await?;
         self.check_healers().await?;
-        self.check_blame().await
+        self.check_blame().await?;
+        self.check_liar().await
     }
 
     /// Every healer's last-write-wins decisions pick the later stamp.
@@ -83,6 +87,41 @@ impl Run<'_> {
             check_blame(f, &ev, &honest).map_err(|v| self.fail(v))?;
         }
         Ok(())
+    }
+
+    /// A validator that equivocates or forges votes is named, with a
+    /// proof, by an honest facility. Naming needs an honest validator to
+    /// see both of a pair of votes (relays are not retried, and faults
+    /// lose some), so the healed cluster writes up to [`LIAR_HEIGHTS`]
+    /// more entries, each a new height to lie at, until it is named.
+    async fn check_liar(&mut self) -> Result<(), SimFailure> {
+        let Some((l, lie)) = self.liar else {
+            return Ok(());
+        };
+        let liar = self.c.ids()[l].clone();
+        let mut last = None;
+        for _ in 0..=LIAR_HEIGHTS {
+            let mut all = Vec::new();
+            for &i in &self.honest {
+                let f = self.c.ids()[i].clone();
+                let v = bft::validator(self.c.harness().node(i));
+                let v = v.ok_or_else(|| self.stuck(format!("{f}: no validator")))?;
+                let ev = bft::evidence_of(&v)
+                    .await
+                    .ok_or_else(|| self.stuck(format!("{f}: the validator did not answer")))?;
+                all.extend(ev);
+            }
+            match check_liar_named(&liar, lie, &all, self.c.keys()) {
+                Ok(()) => return Ok(()),
+                Err(v) => last = Some(v),
+            }
+            let w = self.work.next_final_write();
+            let index = self.write_until_committed(w).await?;
+            self.wait_applied(index).await?;
+            self.wait_final().await?;
+            self.c.step(Duration::from_secs(1)).await;
+        }
+        Err(self.fail(last.expect("checked at least once")))
     }
 
     /// Polls `f` every 100 ms of virtual time until it holds, within the
