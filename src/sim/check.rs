@@ -676,13 +676,7 @@ pub fn check_liar_named(
         }
         _ => false,
     };
-    // Judged only while the liar's votes reach the honest facilities: one
-    // suspected of withholding (its votes stopped arriving, e.g. its
-    // validator is still catching up after a restart) lies to nobody.
-    let withholding = evidence
-        .iter()
-        .any(|e| e.offender == *liar && matches!(e.kind, Kind::Withholding { .. }));
-    let judged = matches!(lie, Behaviour::Equivocate | Behaviour::ForgeVotes) && !withholding;
+    let judged = matches!(lie, Behaviour::Equivocate | Behaviour::ForgeVotes);
     if !judged || evidence.iter().any(|e| e.offender == *liar && proven(e)) {
         return Ok(());
     }

@@ -87,6 +87,15 @@ pub struct SimPlan {
     pub four_pct: u32,
     /// Chance, in percent, that a run of 4 has a Byzantine validator.
     pub liar_pct: u32,
+    /// Judge `LIAR_NAMED` at the end ([`super::check::check_liar_named`]).
+    /// Off by default: on code without a planted bug it still fails about
+    /// 2 seeds in 1,000 (an equivocation that no honest validator records,
+    /// under investigation). `BULWARK_SIM_JUDGE_LIAR=1` turns it on for
+    /// `bulwark sim` and its workers.
+    pub judge_liar: bool,
+    /// Chance, in percent, that the API pools are lopsided
+    /// ([`lopsided_pools`]) instead of the node's split.
+    pub lopsided_pools_pct: u32,
     /// Chance, in percent, that the facilities snapshot every 3 to 13
     /// applied entries instead of every 64.
     pub small_snapshot_pct: u32,
@@ -117,12 +126,34 @@ impl Default for SimPlan {
             liar_pct: 60,
             duty_edge_pct: 40,
             small_snapshot_pct: 30,
+            lopsided_pools_pct: 30,
+            judge_liar: std::env::var_os("BULWARK_SIM_JUDGE_LIAR").is_some(),
             api_concurrency: 10,
             converge_ms: 60_000,
             known_bugs: false,
             plant: None,
         }
     }
+}
+
+/// API pools a deployment may configure, lopsided: writes own 3 units
+/// and may borrow 4, reads own 4 and keep 3 of them reserved, the
+/// operator's 1 is protected, flex has 1. A burst of writes borrows flex
+/// and the one unit reads may lend, and no more.
+pub fn lopsided_pools() -> bulwark_actors::flow::bulkhead::Pools {
+    use bulwark_actors::flow::bulkhead::{PoolSpec, Pools};
+    let spec = |capacity, reserved, borrow_limit, protected| PoolSpec {
+        capacity,
+        reserved,
+        borrow_limit,
+        protected,
+    };
+    let specs = std::collections::BTreeMap::from([
+        ("writes".to_string(), spec(3, 1, 4, false)),
+        ("reads".to_string(), spec(4, 3, 1, false)),
+        ("operator".to_string(), spec(1, 1, 0, true)),
+    ]);
+    Pools::new(specs, 1).expect("a valid split")
 }
 
 /// A violation planted in a run (test-only).
@@ -331,6 +362,13 @@ impl<'p> Run<'p> {
         // and restarts start from snapshots.
         let snapshot_every = (rng.random_range(0..100) < plan.small_snapshot_pct)
             .then(|| [3, 5, 8, 13][rng.random_range(0..4)]);
+        // Lopsided API pools in a share of seeds: writes may borrow all
+        // they own, reads keep most of theirs reserved, so lending runs
+        // into a reserve when it is wrong about one.
+        let lopsided = rng.random_range(0..100) < plan.lopsided_pools_pct;
+        if lopsided {
+            opts.pools = Some(std::sync::Arc::new(|_| lopsided_pools()));
+        }
         if let Some(every) = snapshot_every {
             let mut raft = super::cluster::raft_configs(n, seed);
             for r in &mut raft {

@@ -11,12 +11,14 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use bulwark_actors::bft::{self, LedgerStore};
+use bulwark_actors::bft::{self, Behaviour, LedgerStore};
 use bulwark_actors::ledger::{self, FinalEntry};
 use bulwark_actors::raft::{inspect, raft_peer};
 use bulwark_actors::schedule::{Outcome, ScheduleState};
+use bulwark_transport::simnet::{LinkParams, UniformModel};
 use bulwark_transport::FacilityId;
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::{BoxFut, Run, SimFailure};
 use crate::http::api::command_key;
@@ -90,15 +92,27 @@ impl Run<'_> {
     }
 
     /// A validator that equivocates or forges votes is named, with a
-    /// proof, by an honest facility. Naming needs an honest validator to
-    /// see both of a pair of votes (relays are not retried, and faults
-    /// lose some), so the healed cluster writes up to [`LIAR_HEIGHTS`]
-    /// more entries, each a new height to lie at, until it is named.
+    /// proof, by an honest facility, once its lies reach them. Naming
+    /// needs an honest validator to see both votes of a pair, and relays
+    /// are not retried: so the check waits until the liar's validator has
+    /// caught up with the honest final height (one that cannot within the
+    /// convergence time lies to nobody and is not judged), makes every link
+    /// lossless, and writes up to [`LIAR_HEIGHTS`] new heights, each one
+    /// to lie at, until the liar is named.
     async fn check_liar(&mut self) -> Result<(), SimFailure> {
         let Some((l, lie)) = self.liar else {
             return Ok(());
         };
+        if !self.plan.judge_liar || !matches!(lie, Behaviour::Equivocate | Behaviour::ForgeVotes) {
+            return Ok(());
+        }
         let liar = self.c.ids()[l].clone();
+        if !self.liar_caught_up(l).await {
+            return Ok(());
+        }
+        let net = self.c.harness().net().clone();
+        net.set_model(Box::new(UniformModel));
+        net.set_default_link(LinkParams::default());
         let mut last = None;
         for _ in 0..=LIAR_HEIGHTS {
             let mut all = Vec::new();
@@ -122,6 +136,26 @@ impl Run<'_> {
             self.c.step(Duration::from_secs(1)).await;
         }
         Err(self.fail(last.expect("checked at least once")))
+    }
+
+    /// Whether the liar's validator reaches the honest final height within
+    /// the convergence time.
+    async fn liar_caught_up(&mut self, l: usize) -> bool {
+        let target = self.ledger.height();
+        let deadline = Instant::now() + Duration::from_millis(self.plan.converge_ms);
+        while Instant::now() < deadline {
+            let v = bft::validator(self.c.harness().node(l));
+            if let Some(v) = v {
+                if bft::status(&v)
+                    .await
+                    .is_some_and(|s| s.final_height >= target)
+                {
+                    return true;
+                }
+            }
+            self.c.step(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     /// Polls `f` every 100 ms of virtual time until it holds, within the
