@@ -88,10 +88,8 @@ pub struct SimPlan {
     /// Chance, in percent, that a run of 4 has a Byzantine validator.
     pub liar_pct: u32,
     /// Judge `LIAR_NAMED` at the end ([`super::check::check_liar_named`]).
-    /// Off by default: on code without a planted bug it still fails about
-    /// 2 seeds in 1,000 (an equivocation that no honest validator records,
-    /// under investigation). `BULWARK_SIM_JUDGE_LIAR=1` turns it on for
-    /// `bulwark sim` and its workers.
+    /// On by default; `BULWARK_SIM_SKIP_LIAR=1` turns it off for `bulwark
+    /// sim` and its workers.
     pub judge_liar: bool,
     /// Chance, in percent, that the API pools are lopsided
     /// ([`lopsided_pools`]) instead of the node's split.
@@ -127,7 +125,7 @@ impl Default for SimPlan {
             duty_edge_pct: 40,
             small_snapshot_pct: 30,
             lopsided_pools_pct: 30,
-            judge_liar: std::env::var_os("BULWARK_SIM_JUDGE_LIAR").is_some(),
+            judge_liar: std::env::var_os("BULWARK_SIM_SKIP_LIAR").is_none(),
             api_concurrency: 10,
             converge_ms: 60_000,
             known_bugs: false,

@@ -772,9 +772,14 @@ impl Core {
 
     fn on_late_vote(&mut self, from: &FacilityId, body: VoteBody, vote: Vote, now_unix_ms: u64) {
         let h = body.height;
-        if let Some((hash, seen)) = self.recent_finals.get(&h) {
+        let kept_before = self
+            .recent_finals
+            .get(&h)
+            .and_then(|(_, seen)| seen.get(&body.signer).cloned());
+        self.remember_late(&body, &vote, now_unix_ms);
+        if let Some((hash, _)) = self.recent_finals.get(&h) {
             if *hash != body.hash {
-                if let Some((_, first)) = seen.get(&body.signer) {
+                if let Some((_, first)) = &kept_before {
                     if first.body != vote.body
                         && !crate::plant::active(crate::plant::Bug::EquivocationUndetected)
                     {
@@ -931,6 +936,46 @@ impl Core {
             }
         }
         removed
+    }
+
+    /// A vote for a recent final height that arrived after it was final:
+    /// kept as its signer's vote there if none was (verified first), so a
+    /// conflicting one arriving later, in either order, is seen as
+    /// equivocation. A vote for the final entry that meets a kept vote for
+    /// another entry is recorded here; the other order below.
+    fn remember_late(&mut self, body: &VoteBody, vote: &Vote, now_unix_ms: u64) {
+        let h = body.height;
+        let Some((final_hash, seen)) = self.recent_finals.get(&h) else {
+            return;
+        };
+        let final_hash = *final_hash;
+        match seen.get(&body.signer).cloned() {
+            None => {
+                if self.strict(body, vote) {
+                    if let Some((_, seen)) = self.recent_finals.get_mut(&h) {
+                        seen.insert(body.signer.clone(), (body.hash, vote.clone()));
+                    }
+                }
+            }
+            Some((kept_hash, kept))
+                if kept_hash != final_hash
+                    && body.hash == final_hash
+                    && !crate::plant::active(crate::plant::Bug::EquivocationUndetected) =>
+            {
+                if self.strict(body, vote) {
+                    self.record(
+                        body.signer.clone(),
+                        Kind::Equivocation {
+                            height: h,
+                            first: kept,
+                            second: vote.clone(),
+                        },
+                        now_unix_ms,
+                    );
+                }
+            }
+            Some(_) => {}
+        }
     }
 
     fn advance(&mut self, h: u64, hash: Hash, now_unix_ms: u64) {
