@@ -331,6 +331,38 @@ async fn a_cut_off_facility_answers_partitioned_for_cp_and_provisional_for_ap() 
         .unwrap();
     assert_eq!(v["staleness"]["partition"], "ISOLATED", "{v}");
     assert_eq!(v["staleness"]["provisional_pending"], 1, "{v}");
+    // The majority adds p2; charlie, cut off, has not seen it and refuses
+    // an AP write naming p2 by its own view: a 409 that says it was judged
+    // in a partition, and decides nothing for its key.
+    until("p2 committed at alpha", || async {
+        let (st, _) = post_json(
+            &c,
+            &format!("{alpha}/v1/people"),
+            "p2",
+            json!({"id": "p2", "name": "P Two", "role": "faculty"}),
+        )
+        .await;
+        ok(st).then_some(())
+    })
+    .await;
+    let cover2 = json!({"person": "p2", "block": "b1"});
+    let (st, v) = post_json(
+        &c,
+        &format!("{charlie}/v1/emergency"),
+        "cover-2",
+        cover2.clone(),
+    )
+    .await;
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(
+        (
+            v["rule"].as_str(),
+            v["partition"].as_str(),
+            v["mode"].as_str()
+        ),
+        (Some("UNKNOWN_PERSON"), Some("ISOLATED"), Some("AP")),
+        "{v}"
+    );
 
     // Heal: the healer replays the change through consensus.
     assert!(fs[2].transport.faults().remove(cut));
@@ -347,6 +379,27 @@ async fn a_cut_off_facility_answers_partitioned_for_cp_and_provisional_for_ap() 
         (b["assigned"][0]["person"] == "p1" && b["assigned"][0]["emergency"] == true).then_some(())
     })
     .await;
+    // The partition-time refusal was not kept: the retry at charlie now
+    // goes through consensus (b1 is full: a refusal the schedule decided,
+    // with no partition named).
+    let (st, v) = until("the retry decided by consensus", || async {
+        let (st, v) = post_json(
+            &c,
+            &format!("{charlie}/v1/emergency"),
+            "cover-2",
+            cover2.clone(),
+        )
+        .await;
+        // Until charlie sees the heal: before, it answers 503 or judges
+        // by its own view again (a 409 naming the partition).
+        (st != 503 && v["partition"].is_null()).then_some((st, v))
+    })
+    .await;
+    assert_eq!(
+        (st, v["rule"].as_str(), v["partition"].as_str()),
+        (409, Some("BLOCK_FULL"), None),
+        "{v}"
+    );
     for f in fs {
         f.stop().await;
     }

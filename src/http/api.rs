@@ -624,7 +624,12 @@ async fn write_inner<B: DeserializeOwned>(
     };
     let (status, answer) = match written(outcome) {
         Ok((status, a)) => (status, serde_json::to_vec(&a)),
-        Err(e) if e.status == StatusCode::CONFLICT => (e.status, serde_json::to_vec(&e.body)),
+        // A refusal the schedule decided. One judged in a partition
+        // (`partition` set) decided nothing: like the answers below it is
+        // not remembered, so a retry after the heal reaches consensus.
+        Err(e) if e.status == StatusCode::CONFLICT && e.body.partition.is_none() => {
+            (e.status, serde_json::to_vec(&e.body))
+        }
         // Not final (no quorum, no leader, timed out): not remembered, so a
         // retry with the same key tries again.
         Err(e) => return Err(e),

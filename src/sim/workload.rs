@@ -169,10 +169,7 @@ impl Workload {
         for p in 0..PEOPLE {
             out.push(self.write("/v1/people", person_body(p)));
         }
-        let blocks = match self.shape {
-            Shape::Daily => BLOCKS,
-            Shape::DutyEdge => EDGE_BLOCKS,
-        };
+        let blocks = self.first_blocks();
         self.blocks = blocks;
         for b in 0..blocks {
             let body = self.block_body(b);
@@ -216,6 +213,14 @@ impl Workload {
             format!("p{person}"),
             format!("b{}", rng.random_range(0..self.blocks)),
         )
+    }
+
+    /// The blocks the schedule starts with.
+    fn first_blocks(&self) -> usize {
+        match self.shape {
+            Shape::Daily => BLOCKS,
+            Shape::DutyEdge => EDGE_BLOCKS,
+        }
     }
 
     fn block_body(&self, b: usize) -> Value {
@@ -263,7 +268,7 @@ impl Workload {
                 self.people += 1;
                 self.write("/v1/people", person_body(self.people - 1))
             }
-            85..=99 if self.blocks < EDGE_BLOCKS.max(BLOCKS) + ADDED_MAX => {
+            85..=99 if self.blocks < self.first_blocks() + ADDED_MAX => {
                 self.blocks += 1;
                 let body = self.block_body(self.blocks - 1);
                 self.write("/v1/blocks", body)

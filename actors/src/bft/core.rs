@@ -962,7 +962,13 @@ impl Core {
                     && body.hash == final_hash
                     && !crate::plant::active(crate::plant::Bug::EquivocationUndetected) =>
             {
-                if self.strict(body, vote) {
+                // The kept vote may have been stored unverified (a catch-up
+                // keeps the votes it was given): both must verify before
+                // they accuse anyone.
+                let kept_ok = kept
+                    .decode()
+                    .is_ok_and(|kb| kb.signer == body.signer && self.strict(&kb, &kept));
+                if kept_ok && self.strict(body, vote) {
                     self.record(
                         body.signer.clone(),
                         Kind::Equivocation {

@@ -114,20 +114,24 @@ impl Run<'_> {
         net.set_model(Box::new(UniformModel));
         net.set_default_link(LinkParams::default());
         let mut last = None;
-        for _ in 0..=LIAR_HEIGHTS {
+        for written in 0..=LIAR_HEIGHTS {
             let mut all = Vec::new();
             for &i in &self.honest {
                 let f = self.c.ids()[i].clone();
                 let v = bft::validator(self.c.harness().node(i));
                 let v = v.ok_or_else(|| self.stuck(format!("{f}: no validator")))?;
-                let ev = bft::evidence_of(&v)
-                    .await
-                    .ok_or_else(|| self.stuck(format!("{f}: the validator did not answer")))?;
+                let ev = tokio::time::timeout(STATUS_TIMEOUT, bft::evidence_of(&v)).await;
+                let ev = ev.ok().flatten();
+                let ev =
+                    ev.ok_or_else(|| self.stuck(format!("{f}: the validator did not answer")))?;
                 all.extend(ev);
             }
             match check_liar_named(&liar, lie, &all, self.c.keys()) {
                 Ok(()) => return Ok(()),
                 Err(v) => last = Some(v),
+            }
+            if written == LIAR_HEIGHTS {
+                break;
             }
             let w = self.work.next_final_write();
             let index = self.write_until_committed(w).await?;
@@ -146,8 +150,10 @@ impl Run<'_> {
         while Instant::now() < deadline {
             let v = bft::validator(self.c.harness().node(l));
             if let Some(v) = v {
-                if bft::status(&v)
-                    .await
+                let status = tokio::time::timeout(STATUS_TIMEOUT, bft::status(&v)).await;
+                if status
+                    .ok()
+                    .flatten()
                     .is_some_and(|s| s.final_height >= target)
                 {
                     return true;
