@@ -468,7 +468,36 @@ impl<'p> Run<'p> {
 
     /// Sends `w` until it commits or is refused by a rule.
     async fn write_until_decided(&mut self, w: Write) -> Result<(), SimFailure> {
+        let decided = |st: StatusCode| st == StatusCode::OK || st == StatusCode::CONFLICT;
+        let (st, v) = self.write_until(&w, decided, "was never decided").await?;
+        if let Some(Ack::Committed { index, .. }) = self.work.on_write(w, st, &v) {
+            self.reads.on_ack(index);
+        }
+        Ok(())
+    }
+
+    /// Sends `w` to the leader (or any facility) until it commits,
+    /// stepping 200 ms between tries, at most 150 tries; its log index.
+    async fn write_until_committed(&mut self, w: Write) -> Result<u64, SimFailure> {
+        let committed = |st: StatusCode| st == StatusCode::OK;
+        let (st, v) = self.write_until(&w, committed, "did not commit").await?;
+        let index = v["index"].as_u64().unwrap_or(0);
+        self.work.on_write(w, st, &v);
+        Ok(index)
+    }
+
+    /// Sends `w` to the leader (or any facility) until `done` holds for
+    /// the answer's status, stepping 200 ms between tries, at most 150
+    /// tries; every answer goes to the retry checker. The last answer, or
+    /// a failure saying `w` `what`.
+    async fn write_until(
+        &mut self,
+        w: &Write,
+        done: impl Fn(StatusCode) -> bool,
+        what: &str,
+    ) -> Result<(StatusCode, Value), SimFailure> {
         let token = self.c.token().to_string();
+        let mut last = String::new();
         for attempt in 0..150usize {
             let via = self.c.leader().await.unwrap_or(attempt % self.c.n());
             self.ops += 1;
@@ -477,42 +506,13 @@ impl<'p> Run<'p> {
             self.retries
                 .on_answer(&w.key, &f, st.as_u16(), &v)
                 .map_err(|e| self.fail(e))?;
-            if st == StatusCode::OK || st == StatusCode::CONFLICT {
-                if let Some(Ack::Committed { index, .. }) = self.work.on_write(w, st, &v) {
-                    self.reads.on_ack(index);
-                }
-                return Ok(());
-            }
-            self.c.step(Duration::from_millis(200)).await;
-        }
-        Err(self.stuck(format!("write {} was never decided", w.key)))
-    }
-
-    /// Sends `w` to the leader (or any facility) until it commits,
-    /// stepping 200 ms between tries, at most 150 tries; its log index.
-    async fn write_until_committed(&mut self, w: Write) -> Result<u64, SimFailure> {
-        let token = self.c.token().to_string();
-        let mut last = String::new();
-        for attempt in 0..150usize {
-            let via = match self.c.leader().await {
-                Some(l) => l,
-                None => attempt % self.c.n(),
-            };
-            self.ops += 1;
-            let (st, v) = client::json(self.c.call(via, w.request(&token)).await).await;
-            let f = self.c.ids()[via].to_string();
-            self.retries
-                .on_answer(&w.key, &f, st.as_u16(), &v)
-                .map_err(|e| self.fail(e))?;
-            if st == StatusCode::OK {
-                let index = v["index"].as_u64().unwrap_or(0);
-                self.work.on_write(w, st, &v);
-                return Ok(index);
+            if done(st) {
+                return Ok((st, v));
             }
             last = format!("{st} {v}");
             self.c.step(Duration::from_millis(200)).await;
         }
-        Err(self.stuck(format!("write {} did not commit: {last}", w.key)))
+        Err(self.stuck(format!("write {} {what}: {last}", w.key)))
     }
 
     async fn safety_step(&mut self, s: usize) -> Result<(), SimFailure> {
