@@ -207,7 +207,7 @@ async fn every_acknowledged_command_survives_a_restart_of_every_facility() {
         let missing = read(f, move |s| {
             acked
                 .iter()
-                .filter(|(k, i, o)| s.outcome_of(k) != Some((*i, o)))
+                .filter(|(k, i, o)| s.outcome_of(k) != Some((*i, o.clone())))
                 .count()
         })
         .await;

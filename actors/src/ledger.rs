@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::{Domain, KeyError, PublicKeys, Sig};
 use crate::raft::EntryPayload;
-use crate::schedule::{Applied, Outcome, Rejection, Rule, ScheduleState};
+use crate::schedule::{Applied, Outcome, Rejection, Rule, Schedule, ScheduleState, Tables};
 
 /// A blake3 hash.
 pub type Hash = [u8; 32];
@@ -177,7 +177,7 @@ impl ChainHead {
         }
     }
 
-    fn push(&mut self, link: &Link) {
+    pub(crate) fn push(&mut self, link: &Link) {
         self.height = link.entry.height;
         self.recent.push_back(link.hash);
         while self.recent.len() as u64 > ANCHOR_WINDOW {
@@ -293,8 +293,8 @@ pub struct Admission {
 /// Decides one committed normal entry: checks it, applies it to `state`
 /// and extends the chain. Deterministic: the same log gives the same state
 /// and the same chain on every facility.
-pub fn admit(
-    state: &mut ScheduleState,
+pub fn admit<T: Tables>(
+    state: &mut Schedule<T>,
     keys: &PublicKeys,
     index: u64,
     term: u64,
@@ -381,7 +381,7 @@ pub fn admit(
         },
         Applied::Fresh(Outcome::Applied(_)) => match link(entry) {
             Some(l) => {
-                state.chain_mut().push(&l);
+                state.push_link(&l);
                 Verdict::Admitted(l)
             }
             None => {

@@ -88,7 +88,7 @@ async fn held(c: &Cluster, i: usize, acked: &[Acked]) -> Held {
         digest: s.digest().expect("digest"),
         present: acked
             .iter()
-            .map(|(k, index, outcome)| s.outcome_of(k) == Some((*index, outcome)))
+            .map(|(k, index, outcome)| s.outcome_of(k) == Some((*index, outcome.clone())))
             .collect(),
     })
     .await

@@ -257,7 +257,9 @@ async fn every_acknowledged_command_survives_a_restart_of_every_facility() {
                 .read(i, move |s| {
                     acked
                         .iter()
-                        .filter(|(k, index, outcome)| s.outcome_of(k) != Some((*index, outcome)))
+                        .filter(|(k, index, outcome)| {
+                            s.outcome_of(k) != Some((*index, outcome.clone()))
+                        })
                         .count()
                 })
                 .await

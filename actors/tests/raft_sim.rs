@@ -231,7 +231,9 @@ async fn run_seed(seed: u64, steps: usize) -> Result<(), String> {
             .local_read(i, move |s| {
                 let missing = acked
                     .iter()
-                    .filter(|(k, index, outcome)| s.outcome_of(k) != Some((*index, outcome)))
+                    .filter(|(k, index, outcome)| {
+                        s.outcome_of(k) != Some((*index, outcome.clone()))
+                    })
                     .count();
                 (missing, s.check_invariants(), s.digest().unwrap())
             })

@@ -22,10 +22,11 @@
 //! every verdict and every snapshot, is the same on every facility.
 
 pub mod rules;
+pub mod tables;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::hlc::Hlc;
 use crate::ledger::ChainHead;
 pub use rules::{Interval, Rule};
+pub use tables::{KeyRecord, MemTables, Tables, Understaffed};
 
 /// Minutes in a day.
 pub const DAY_MIN: u64 = 1440;
@@ -418,13 +420,6 @@ pub struct RejectionRecord {
     pub rejection: Rejection,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct KeyRecord {
-    index: u64,
-    op_hash: [u8; 32],
-    outcome: Outcome,
-}
-
 /// An assignment of a person to a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
@@ -448,48 +443,55 @@ pub enum SnapshotError {
     Invalid(String),
 }
 
-/// The schedule. See the module docs.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct ScheduleState {
-    last_index: u64,
-    people: BTreeMap<PersonId, Person>,
-    blocks: BTreeMap<BlockId, Block>,
-    assignments: BTreeMap<BlockId, BTreeMap<PersonId, Assignment>>,
-    leave: BTreeMap<PersonId, BTreeSet<u32>>,
-    approved_through: Option<u32>,
-    keys: BTreeMap<IdempotencyKey, KeyRecord>,
-    rejections: VecDeque<RejectionRecord>,
-    rejected_total: u64,
-    /// The ledger chain's head: which committed commands joined the chain
-    /// (see [`crate::ledger::admit`]).
-    chain: ChainHead,
-    /// Derived: each person's blocks by start time. Rebuilt on restore.
-    #[serde(skip)]
-    by_person: BTreeMap<PersonId, BTreeMap<(u64, BlockId), Interval>>,
-    /// Derived: idempotency keys by the index they applied at.
-    #[serde(skip)]
-    key_order: BTreeMap<u64, IdempotencyKey>,
+/// The schedule over its [`Tables`]. See the module docs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Schedule<T> {
+    t: T,
 }
 
-impl ScheduleState {
-    /// An empty schedule.
-    pub fn new() -> ScheduleState {
-        ScheduleState::default()
+/// The schedule in memory: tests, the simulation's replays, `ledger
+/// verify`, and the snapshot format.
+pub type ScheduleState = Schedule<MemTables>;
+
+/// Minutes around a new block within which a duty rule can involve it:
+/// the rolling 7 days, a 7-day run of days and a 28-hour shift all fit in
+/// 8 days either side.
+const DUTY_REACH_MIN: u64 = 8 * DAY_MIN;
+
+impl<T: Tables> Schedule<T> {
+    /// The schedule over `tables`.
+    pub fn over(tables: T) -> Schedule<T> {
+        Schedule { t: tables }
+    }
+
+    /// The tables.
+    pub fn tables(&self) -> &T {
+        &self.t
+    }
+
+    /// The tables, to write.
+    pub fn tables_mut(&mut self) -> &mut T {
+        &mut self.t
+    }
+
+    /// Gives the tables back.
+    pub fn into_tables(self) -> T {
+        self.t
     }
 
     /// Applies the command committed at `index`. Deterministic: the same
     /// commands in the same order give the same state on every facility.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Applied {
-        self.last_index = self.last_index.max(index);
+        self.bump(index);
         let op_hash = op_hash(&cmd.op);
-        let known = self.keys.get(&cmd.key).filter(|r| {
+        let known = self.t.key(&cmd.key).filter(|r| {
             !(r.op_hash == op_hash && crate::plant::active(crate::plant::Bug::RetryAppliedTwice))
         });
         if let Some(rec) = known {
             if rec.op_hash == op_hash {
                 return Applied::Duplicate {
                     first_index: rec.index,
-                    outcome: rec.outcome.clone(),
+                    outcome: rec.outcome,
                 };
             }
             let rejection = Rejection {
@@ -512,7 +514,7 @@ impl ScheduleState {
 
     /// Whether `key` was applied before to the same `op` (a retry).
     pub fn is_duplicate(&self, key: &IdempotencyKey, op: &Op) -> bool {
-        self.keys.get(key).is_some_and(|r| r.op_hash == op_hash(op))
+        self.t.key(key).is_some_and(|r| r.op_hash == op_hash(op))
             && !crate::plant::active(crate::plant::Bug::RetryAppliedTwice)
     }
 
@@ -520,8 +522,8 @@ impl ScheduleState {
     /// schedule's own rules, e.g. by the ledger's checks): it changes
     /// nothing but the rejection log and the key, as a rule would.
     pub fn reject(&mut self, index: u64, cmd: &Command, rejection: Rejection) -> Applied {
-        self.last_index = self.last_index.max(index);
-        if self.keys.contains_key(&cmd.key) {
+        self.bump(index);
+        if self.t.key(&cmd.key).is_some() {
             return self.apply(index, cmd);
         }
         self.record_rejection(index, cmd, &rejection);
@@ -532,11 +534,56 @@ impl ScheduleState {
 
     /// The ledger chain's head.
     pub fn chain(&self) -> &ChainHead {
-        &self.chain
+        self.t.chain()
     }
 
-    pub(crate) fn chain_mut(&mut self) -> &mut ChainHead {
-        &mut self.chain
+    pub(crate) fn push_link(&mut self, link: &crate::ledger::Link) {
+        self.t.push_link(link);
+    }
+
+    /// The last log index applied.
+    pub fn last_index(&self) -> u64 {
+        self.t.last_index()
+    }
+
+    /// The last approved day, if any.
+    pub fn approved_through(&self) -> Option<u32> {
+        self.t.approved_through()
+    }
+
+    /// The first outcome recorded for `key`, with its index.
+    pub fn outcome_of(&self, key: &IdempotencyKey) -> Option<(u64, Outcome)> {
+        self.t.key(key).map(|r| (r.index, r.outcome))
+    }
+
+    /// The person `id`, if it exists.
+    pub fn person_of(&self, id: &PersonId) -> Option<Person> {
+        self.t.person(id)
+    }
+
+    /// The block `id`, if it exists.
+    pub fn block_of(&self, id: &BlockId) -> Option<Block> {
+        self.t.block(id)
+    }
+
+    /// The people on `block`.
+    pub fn assignees(&self, block: &BlockId) -> Vec<PersonId> {
+        self.t
+            .assignments_on(block)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// The assignments on `block`, by person.
+    pub fn assignments_on(&self, block: &BlockId) -> Vec<(PersonId, Assignment)> {
+        self.t.assignments_on(block)
+    }
+
+    fn bump(&mut self, index: u64) {
+        if index > self.t.last_index() {
+            self.t.set_last_index(index);
+        }
     }
 
     fn remember_key(
@@ -546,7 +593,7 @@ impl ScheduleState {
         op_hash: [u8; 32],
         outcome: Outcome,
     ) {
-        self.keys.insert(
+        self.t.remember_key(
             key,
             KeyRecord {
                 index,
@@ -554,27 +601,16 @@ impl ScheduleState {
                 outcome,
             },
         );
-        self.key_order.insert(index, key);
-        while self.keys.len() > IDEMPOTENCY_KEYS_MAX {
-            let Some((_, oldest)) = self.key_order.pop_first() else {
-                break;
-            };
-            self.keys.remove(&oldest);
-        }
     }
 
     fn record_rejection(&mut self, index: u64, cmd: &Command, rejection: &Rejection) {
-        self.rejected_total += 1;
-        self.rejections.push_back(RejectionRecord {
+        self.t.record_rejection(RejectionRecord {
             index,
             key: cmd.key,
             op: cmd.op.name().to_string(),
             issued_by: cmd.issued_by.clone(),
             rejection: rejection.clone(),
         });
-        while self.rejections.len() > REJECTIONS_KEPT {
-            self.rejections.pop_front();
-        }
     }
 
     /// Runs `op`: on `Err` nothing has changed.
@@ -590,42 +626,42 @@ impl ScheduleState {
                         ));
                     }
                 }
-                if self.people.contains_key(&p.id) {
+                if self.t.person(&p.id).is_some() {
                     return Err(reject(
                         Rule::AlreadyExists,
                         format!("person {} exists", p.id),
                     ));
                 }
-                self.people.insert(p.id.clone(), p.clone());
+                self.t.put_person(p);
                 Ok(Effect::PersonAdded)
             }
             Op::AddBlock(b) => {
                 b.validate().map_err(|d| reject(Rule::InvalidInput, d))?;
-                if self.blocks.contains_key(&b.id) {
+                if self.t.block(&b.id).is_some() {
                     return Err(reject(
                         Rule::AlreadyExists,
                         format!("block {} exists", b.id),
                     ));
                 }
-                self.blocks.insert(b.id.clone(), b.clone());
+                self.t.put_block(b);
                 Ok(Effect::BlockAdded)
             }
             Op::Assign { person, block } => {
-                self.check_open(person, block, false)?;
-                self.check_person_with(person, &[], &[block])?;
-                self.insert_assignment(index, stamp, person, block, false);
+                let b = self.check_open(person, block, false)?;
+                self.check_person_with(person, &[], &[&b])?;
+                self.insert_assignment(index, stamp, person, &b, false);
                 Ok(Effect::Assigned)
             }
             Op::EmergencyCoverage { block, person } => {
-                self.check_open(person, block, true)?;
-                self.check_person_with(person, &[], &[block])?;
-                self.insert_assignment(index, stamp, person, block, true);
+                let b = self.check_open(person, block, true)?;
+                self.check_person_with(person, &[], &[&b])?;
+                self.insert_assignment(index, stamp, person, &b, true);
                 Ok(Effect::Covered)
             }
             Op::Unassign { person, block } => {
-                self.check_assigned(person, block)?;
-                self.check_not_frozen(block)?;
-                self.remove_assignment(person, block);
+                let (b, _) = self.check_assigned(person, block)?;
+                self.check_not_frozen(&b)?;
+                self.t.remove_assignment(&b, person);
                 Ok(Effect::Unassigned)
             }
             Op::Swap {
@@ -640,26 +676,24 @@ impl ScheduleState {
                         "a swap needs two people and two blocks".into(),
                     ));
                 }
-                self.check_assigned(a, a_block)?;
-                self.check_assigned(b, b_block)?;
-                self.check_not_frozen(a_block)?;
-                self.check_not_frozen(b_block)?;
+                let (ab, ia) = self.check_assigned(a, a_block)?;
+                let (bb, ib) = self.check_assigned(b, b_block)?;
+                self.check_not_frozen(&ab)?;
+                self.check_not_frozen(&bb)?;
                 for (p, blk) in [(a, b_block), (b, a_block)] {
-                    if self.is_assigned(p, blk) {
+                    if self.t.assignment(blk, p).is_some() {
                         return Err(reject(
                             Rule::DoubleBooking,
                             format!("{p} is already on {blk}"),
                         ));
                     }
                 }
-                self.check_person_with(a, &[a_block], &[b_block])?;
-                self.check_person_with(b, &[b_block], &[a_block])?;
-                let ia = self.assignments[a_block][a];
-                let ib = self.assignments[b_block][b];
-                self.remove_assignment(a, a_block);
-                self.remove_assignment(b, b_block);
-                self.insert_assignment(index, stamp, a, b_block, ia.emergency);
-                self.insert_assignment(index, stamp, b, a_block, ib.emergency);
+                self.check_person_with(a, &[a_block], &[&bb])?;
+                self.check_person_with(b, &[b_block], &[&ab])?;
+                self.t.remove_assignment(&ab, a);
+                self.t.remove_assignment(&bb, b);
+                self.insert_assignment(index, stamp, a, &bb, ia.emergency);
+                self.insert_assignment(index, stamp, b, &ab, ib.emergency);
                 Ok(Effect::Swapped)
             }
             Op::Leave {
@@ -674,40 +708,37 @@ impl ScheduleState {
                         format!("leave {from_day}..={to_day} must be 1 to {LEAVE_DAYS_MAX} days"),
                     ));
                 }
+                // A block touching those days starts at most one longest
+                // block before the first.
+                let from = (u64::from(*from_day) * DAY_MIN).saturating_sub(rules::SHIFT_MIN_MAX);
+                let to = (u64::from(*to_day) + 1) * DAY_MIN;
                 let vacated: Vec<BlockId> = self
-                    .by_person
-                    .get(person)
+                    .t
+                    .duty_starting(person, from, to)
                     .into_iter()
-                    .flat_map(|m| m.iter())
-                    .filter(|(_, iv)| iv.days().any(|d| (*from_day..=*to_day).contains(&d)))
-                    .map(|((_, blk), _)| blk.clone())
+                    .filter(|(iv, _)| iv.days().any(|d| (*from_day..=*to_day).contains(&d)))
+                    .map(|(_, blk)| blk)
                     .collect();
                 for blk in &vacated {
-                    self.remove_assignment(person, blk);
+                    if let Some(b) = self.t.block(blk) {
+                        self.t.remove_assignment(&b, person);
+                    }
                 }
-                self.leave
-                    .entry(person.clone())
-                    .or_default()
-                    .extend(*from_day..=*to_day);
+                self.t.add_leave(person, *from_day, *to_day);
                 Ok(Effect::LeaveGranted { vacated })
             }
             Op::Approve { through_day } => {
-                if self.approved_through.is_some_and(|d| d >= *through_day) {
+                if let Some(d) = self.t.approved_through().filter(|d| d >= through_day) {
                     return Err(reject(
                         Rule::AlreadyApproved,
-                        format!(
-                            "days through {} are already approved",
-                            self.approved_through.unwrap_or(0)
-                        ),
+                        format!("days through {d} are already approved"),
                     ));
                 }
                 let short: Vec<String> = self
-                    .blocks
-                    .values()
-                    .filter(|b| b.day <= *through_day)
-                    .filter(|b| self.staffed(&b.id) < usize::from(b.required))
-                    .take(8)
-                    .map(|b| format!("{} ({}/{})", b.id, self.staffed(&b.id), b.required))
+                    .t
+                    .understaffed(*through_day, 8)
+                    .into_iter()
+                    .map(|u| format!("{} ({}/{})", u.block, u.staffed, u.required))
                     .collect();
                 if !short.is_empty() {
                     return Err(reject(
@@ -715,7 +746,7 @@ impl ScheduleState {
                         format!("blocks not fully staffed: {}", short.join(", ")),
                     ));
                 }
-                self.approved_through = Some(*through_day);
+                self.t.set_approved_through(*through_day);
                 Ok(Effect::Approved {
                     through_day: *through_day,
                 })
@@ -733,27 +764,28 @@ impl ScheduleState {
                     ));
                 }
                 self.person(cover)?;
-                let required = usize::from(self.block(block)?.required);
+                let b = self.block(block)?;
+                let required = usize::from(b.required);
                 for p in remove {
                     self.check_assigned(p, block)?;
                 }
-                if self.is_assigned(cover, block) {
+                if self.t.assignment(block, cover).is_some() {
                     return Err(reject(
                         Rule::DoubleBooking,
                         format!("{cover} is already on {block}"),
                     ));
                 }
-                if self.staffed(block) - remove.len() >= required {
+                if self.t.assignments_on(block).len() - remove.len() >= required {
                     return Err(reject(
                         Rule::BlockFull,
                         format!("{block} keeps its {required} people"),
                     ));
                 }
-                self.check_person_with(cover, &[], &[block])?;
+                self.check_person_with(cover, &[], &[&b])?;
                 for p in remove {
-                    self.remove_assignment(p, block);
+                    self.t.remove_assignment(&b, p);
                 }
-                self.insert_assignment(index, stamp, cover, block, true);
+                self.insert_assignment(index, stamp, cover, &b, true);
                 Ok(Effect::Reconciled {
                     removed: remove.clone(),
                 })
@@ -761,46 +793,43 @@ impl ScheduleState {
         }
     }
 
-    fn person(&self, id: &PersonId) -> Result<&Person, Rejection> {
-        self.people
-            .get(id)
+    fn person(&self, id: &PersonId) -> Result<Person, Rejection> {
+        self.t
+            .person(id)
             .ok_or_else(|| reject(Rule::UnknownPerson, format!("no person {id}")))
     }
 
-    fn block(&self, id: &BlockId) -> Result<&Block, Rejection> {
-        self.blocks
-            .get(id)
+    fn block(&self, id: &BlockId) -> Result<Block, Rejection> {
+        self.t
+            .block(id)
             .ok_or_else(|| reject(Rule::UnknownBlock, format!("no block {id}")))
     }
 
-    fn is_assigned(&self, person: &PersonId, block: &BlockId) -> bool {
-        self.assignments
-            .get(block)
-            .is_some_and(|m| m.contains_key(person))
-    }
-
-    fn staffed(&self, block: &BlockId) -> usize {
-        self.assignments.get(block).map_or(0, BTreeMap::len)
-    }
-
-    fn check_assigned(&self, person: &PersonId, block: &BlockId) -> Result<(), Rejection> {
+    /// The block and the person's assignment to it.
+    fn check_assigned(
+        &self,
+        person: &PersonId,
+        block: &BlockId,
+    ) -> Result<(Block, Assignment), Rejection> {
         self.person(person)?;
-        self.block(block)?;
-        if !self.is_assigned(person, block) {
-            return Err(reject(
+        let b = self.block(block)?;
+        match self.t.assignment(block, person) {
+            Some(a) => Ok((b, a)),
+            None => Err(reject(
                 Rule::NotAssigned,
                 format!("{person} is not on {block}"),
-            ));
+            )),
         }
-        Ok(())
     }
 
-    fn check_not_frozen(&self, block: &BlockId) -> Result<(), Rejection> {
-        let b = self.block(block)?;
-        if self.approved_through.is_some_and(|d| b.day <= d) {
+    fn check_not_frozen(&self, b: &Block) -> Result<(), Rejection> {
+        if self.t.approved_through().is_some_and(|d| b.day <= d) {
             return Err(reject(
                 Rule::Frozen,
-                format!("{block} is finally approved; only leave and emergency coverage change it"),
+                format!(
+                    "{} is finally approved; only leave and emergency coverage change it",
+                    b.id
+                ),
             ));
         }
         Ok(())
@@ -813,51 +842,61 @@ impl ScheduleState {
         person: &PersonId,
         block: &BlockId,
         emergency: bool,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Block, Rejection> {
         self.person(person)?;
         let b = self.block(block)?;
-        if self.is_assigned(person, block) {
+        let on = self.t.assignments_on(block);
+        if on.iter().any(|(p, _)| p == person) {
             return Err(reject(
                 Rule::DoubleBooking,
                 format!("{person} is already on {block}"),
             ));
         }
-        if self.staffed(block) >= usize::from(b.required) {
+        if on.len() >= usize::from(b.required) {
             return Err(reject(
                 Rule::BlockFull,
                 format!("{block} has its {} people", b.required),
             ));
         }
         if !emergency {
-            self.check_not_frozen(block)?;
+            self.check_not_frozen(&b)?;
         }
-        Ok(())
+        Ok(b)
     }
 
     /// Checks every rule for `person`'s duty after leaving `drop` and
-    /// taking `add`.
+    /// taking `add`. The state before keeps every rule, so a broken rule
+    /// involves an added block: only the person's duty within
+    /// [`DUTY_REACH_MIN`] of the added blocks is read.
     fn check_person_with(
         &self,
         person: &PersonId,
         drop: &[&BlockId],
-        add: &[&BlockId],
+        add: &[&Block],
     ) -> Result<(), Rejection> {
+        let ivs: Vec<Interval> = add.iter().map(|b| b.interval()).collect();
+        let from = ivs.iter().map(|iv| iv.start).min().unwrap_or(0);
+        let to = ivs.iter().map(|iv| iv.end).max().unwrap_or(0);
         let mut duty: Vec<Interval> = self
-            .by_person
-            .get(person)
+            .t
+            .duty_starting(
+                person,
+                from.saturating_sub(DUTY_REACH_MIN),
+                to.saturating_add(DUTY_REACH_MIN),
+            )
             .into_iter()
-            .flat_map(|m| m.iter())
-            .filter(|((_, blk), _)| !drop.contains(&blk))
-            .map(|(_, iv)| *iv)
+            .filter(|(_, blk)| !drop.contains(&blk))
+            .map(|(iv, _)| iv)
             .collect();
-        let leave = self.leave.get(person);
-        for blk in add {
-            let iv = self.block(blk)?.interval();
-            if let Some(day) = leave.and_then(|l| iv.days().find(|d| l.contains(d))) {
-                return Err(reject(
-                    Rule::OnLeave,
-                    format!("{person} is on leave on day {day}"),
-                ));
+        for iv in ivs {
+            let (first, last) = (iv.days().next(), iv.days().last());
+            if let (Some(first), Some(last)) = (first, last) {
+                if let Some(day) = self.t.leave_day_in(person, first, last) {
+                    return Err(reject(
+                        Rule::OnLeave,
+                        format!("{person} is on leave on day {day}"),
+                    ));
+                }
             }
             duty.push(iv);
         }
@@ -870,88 +909,51 @@ impl ScheduleState {
         index: u64,
         stamp: Hlc,
         person: &PersonId,
-        block: &BlockId,
+        block: &Block,
         emergency: bool,
     ) {
-        let iv = self.blocks[block].interval();
-        self.assignments.entry(block.clone()).or_default().insert(
-            person.clone(),
+        self.t.insert_assignment(
+            block,
+            person,
             Assignment {
                 index,
                 emergency,
                 stamp,
             },
         );
-        self.by_person
-            .entry(person.clone())
-            .or_default()
-            .insert((iv.start, block.clone()), iv);
     }
+}
 
-    fn remove_assignment(&mut self, person: &PersonId, block: &BlockId) {
-        let iv = self.blocks[block].interval();
-        if let Some(m) = self.assignments.get_mut(block) {
-            m.remove(person);
-            if m.is_empty() {
-                self.assignments.remove(block);
-            }
-        }
-        if let Some(m) = self.by_person.get_mut(person) {
-            m.remove(&(iv.start, block.clone()));
-            if m.is_empty() {
-                self.by_person.remove(person);
-            }
-        }
+impl ScheduleState {
+    /// An empty schedule.
+    pub fn new() -> ScheduleState {
+        ScheduleState::default()
     }
 
     /// The exact bytes of the state (the derived indices are rebuilt on
     /// restore, not stored).
     pub fn snapshot(&self) -> Result<Vec<u8>, CodecError> {
-        codec::encode(self)
+        codec::encode(&self.t)
     }
 
     /// The state from [`ScheduleState::snapshot`] bytes. The decoded state is
     /// checked against every invariant before it is trusted.
     pub fn restore(bytes: &[u8]) -> Result<ScheduleState, SnapshotError> {
-        let mut st: ScheduleState = codec::decode(bytes)?;
-        st.rebuild()?;
+        let mut t: MemTables = codec::decode(bytes)?;
+        t.rebuild().map_err(SnapshotError::Invalid)?;
+        let st = Schedule { t };
         st.check_invariants().map_err(SnapshotError::Invalid)?;
         Ok(st)
-    }
-
-    fn rebuild(&mut self) -> Result<(), SnapshotError> {
-        self.by_person.clear();
-        for (blk, people) in &self.assignments {
-            let iv = self
-                .blocks
-                .get(blk)
-                .ok_or_else(|| {
-                    SnapshotError::Invalid(format!("assignment to unknown block {blk}"))
-                })?
-                .interval();
-            for p in people.keys() {
-                self.by_person
-                    .entry(p.clone())
-                    .or_default()
-                    .insert((iv.start, blk.clone()), iv);
-            }
-        }
-        self.key_order = self.keys.iter().map(|(k, r)| (r.index, *k)).collect();
-        if self.key_order.len() != self.keys.len() {
-            return Err(SnapshotError::Invalid(
-                "two idempotency keys at one index".into(),
-            ));
-        }
-        Ok(())
     }
 
     /// Checks every invariant of the state: references resolve, no block is
     /// over-staffed, nobody works on leave, every person's duty keeps every
     /// rule, the derived indices agree, the bounded records are in bounds.
     pub fn check_invariants(&self) -> Result<(), String> {
-        self.chain.check()?;
-        for (blk, people) in &self.assignments {
-            let b = self
+        let t = &self.t;
+        t.chain.check()?;
+        for (blk, people) in &t.assignments {
+            let b = t
                 .blocks
                 .get(blk)
                 .ok_or(format!("assignment to unknown block {blk}"))?;
@@ -963,10 +965,10 @@ impl ScheduleState {
                 ));
             }
             for p in people.keys() {
-                if !self.people.contains_key(p) {
+                if !t.people.contains_key(p) {
                     return Err(format!("unknown person {p} on {blk}"));
                 }
-                let on_leave = self
+                let on_leave = t
                     .leave
                     .get(p)
                     .and_then(|l| b.interval().days().find(|d| l.contains(d)));
@@ -976,75 +978,60 @@ impl ScheduleState {
             }
         }
         let mut derived = 0usize;
-        for (p, duty) in &self.by_person {
+        for (p, duty) in &t.by_person {
             derived += duty.len();
             let ivs: Vec<Interval> = duty.values().copied().collect();
             rules::check(&ivs).map_err(|(rule, d)| format!("{p} breaks {}: {d}", rule.code()))?;
             for (_, blk) in duty.keys() {
-                if !self.is_assigned(p, blk) {
+                if t.assignment(blk, p).is_none() {
                     return Err(format!("index has {p} on {blk}, assignments do not"));
                 }
             }
         }
-        let direct: usize = self.assignments.values().map(BTreeMap::len).sum();
+        let direct: usize = t.assignments.values().map(BTreeMap::len).sum();
         if derived != direct {
             return Err(format!("index holds {derived} assignments, state {direct}"));
         }
-        if self.keys.len() > IDEMPOTENCY_KEYS_MAX || self.rejections.len() > REJECTIONS_KEPT {
+        for b in t.blocks.values() {
+            let open = t.staffed(&b.id) < usize::from(b.required);
+            if open != t.open.contains(&(b.day, b.id.clone())) {
+                return Err(format!("the open-slot index disagrees on {}", b.id));
+            }
+        }
+        if t.open.len() > t.blocks.len() {
+            return Err("the open-slot index names unknown blocks".into());
+        }
+        if t.keys.len() > IDEMPOTENCY_KEYS_MAX || t.rejections.len() > REJECTIONS_KEPT {
             return Err("a bounded record is over its bound".into());
         }
-        if self.rejected_total < self.rejections.len() as u64 {
+        if t.rejected_total < t.rejections.len() as u64 {
             return Err("fewer rejections counted than kept".into());
         }
         Ok(())
     }
 
-    /// The last log index applied.
-    pub fn last_index(&self) -> u64 {
-        self.last_index
-    }
-
     /// Every person.
     pub fn people(&self) -> impl Iterator<Item = &Person> {
-        self.people.values()
+        self.t.people.values()
     }
 
     /// Every block.
     pub fn blocks(&self) -> impl Iterator<Item = &Block> {
-        self.blocks.values()
-    }
-
-    /// The people on `block`.
-    pub fn assignees(&self, block: &BlockId) -> Vec<PersonId> {
-        self.assignments
-            .get(block)
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// The assignments on `block`, by person.
-    pub fn assignments_on(&self, block: &BlockId) -> Vec<(PersonId, Assignment)> {
-        self.assignments
-            .get(block)
-            .map(|m| m.iter().map(|(p, a)| (p.clone(), *a)).collect())
-            .unwrap_or_default()
-    }
-
-    /// The block `id`, if it exists.
-    pub fn block_of(&self, id: &BlockId) -> Option<&Block> {
-        self.blocks.get(id)
+        self.t.blocks.values()
     }
 
     /// Every assignment as (block, person, assignment).
     pub fn assignments(&self) -> impl Iterator<Item = (&BlockId, &PersonId, &Assignment)> {
-        self.assignments
+        self.t
+            .assignments
             .iter()
             .flat_map(|(b, m)| m.iter().map(move |(p, a)| (b, p, a)))
     }
 
     /// The blocks `person` works, by start time.
     pub fn duty_of(&self, person: &PersonId) -> Vec<BlockId> {
-        self.by_person
+        self.t
+            .by_person
             .get(person)
             .map(|m| m.keys().map(|(_, b)| b.clone()).collect())
             .unwrap_or_default()
@@ -1052,30 +1039,21 @@ impl ScheduleState {
 
     /// The days `person` is on leave, in order.
     pub fn leave_of(&self, person: &PersonId) -> Vec<u32> {
-        self.leave
+        self.t
+            .leave
             .get(person)
             .map(|d| d.iter().copied().collect())
             .unwrap_or_default()
     }
 
-    /// The last approved day, if any.
-    pub fn approved_through(&self) -> Option<u32> {
-        self.approved_through
-    }
-
     /// The rejections kept, oldest first.
     pub fn rejections(&self) -> impl Iterator<Item = &RejectionRecord> {
-        self.rejections.iter()
+        self.t.rejections.iter()
     }
 
     /// Rejections ever recorded.
     pub fn rejected_total(&self) -> u64 {
-        self.rejected_total
-    }
-
-    /// The first outcome recorded for `key`, with its index.
-    pub fn outcome_of(&self, key: &IdempotencyKey) -> Option<(u64, &Outcome)> {
-        self.keys.get(key).map(|r| (r.index, &r.outcome))
+        self.t.rejected_total
     }
 
     /// blake3 of the snapshot: equal digests, equal schedules.

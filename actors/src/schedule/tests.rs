@@ -90,14 +90,14 @@ impl Run {
             other => panic!("{op:?} should break {rule:?}, got {other:?}"),
         }
         let mut after = self.st.clone();
-        assert_eq!(after.rejected_total, before.rejected_total + 1);
-        let rec = after.rejections.pop_back().unwrap();
+        assert_eq!(after.t.rejected_total, before.t.rejected_total + 1);
+        let rec = after.t.rejections.pop_back().unwrap();
         assert_eq!(rec.rejection.rule, rule);
-        after.rejected_total -= 1;
-        after.rejections = before.rejections.clone();
-        after.keys = before.keys.clone();
-        after.key_order = before.key_order.clone();
-        after.last_index = before.last_index;
+        after.t.rejected_total -= 1;
+        after.t.rejections = before.t.rejections.clone();
+        after.t.keys = before.t.keys.clone();
+        after.t.key_order = before.t.key_order.clone();
+        after.t.last_index = before.t.last_index;
         assert_eq!(after, before, "a rejected command changed the schedule");
     }
 }
@@ -373,7 +373,7 @@ fn idempotency_keys_are_bounded_oldest_first() {
             ),
         );
     }
-    assert_eq!(st.keys.len(), IDEMPOTENCY_KEYS_MAX);
+    assert_eq!(st.t.keys.len(), IDEMPOTENCY_KEYS_MAX);
     assert!(st.outcome_of(&cmd(1, person("x")).key).is_none());
     assert!(st.outcome_of(&cmd(n, person("x")).key).is_some());
     st.check_invariants().unwrap();
@@ -419,7 +419,7 @@ fn restore_refuses_garbage_and_states_that_break_invariants() {
     r.ok(assign("ann", "a"));
     // Forge a double booking behind the rules' back.
     let mut forged = r.st.clone();
-    forged.assignments.entry(bid("b")).or_default().insert(
+    forged.t.assignments.entry(bid("b")).or_default().insert(
         pid("ann"),
         Assignment {
             index: 9,
@@ -585,14 +585,14 @@ proptest! {
             let before = st.clone();
             match st.apply(index, &c) {
                 Applied::Fresh(Outcome::Rejected(_)) => {
-                    prop_assert_eq!(&st.people, &before.people);
-                    prop_assert_eq!(&st.assignments, &before.assignments);
-                    prop_assert_eq!(&st.leave, &before.leave);
-                    prop_assert_eq!(st.approved_through, before.approved_through);
+                    prop_assert_eq!(&st.t.people, &before.t.people);
+                    prop_assert_eq!(&st.t.assignments, &before.t.assignments);
+                    prop_assert_eq!(&st.t.leave, &before.t.leave);
+                    prop_assert_eq!(st.t.approved_through, before.t.approved_through);
                 }
                 Applied::Duplicate { .. } => {
-                    prop_assert_eq!(&st.assignments, &before.assignments);
-                    prop_assert_eq!(&st.keys, &before.keys);
+                    prop_assert_eq!(&st.t.assignments, &before.t.assignments);
+                    prop_assert_eq!(&st.t.keys, &before.t.keys);
                 }
                 Applied::Fresh(Outcome::Applied(_)) => {}
             }

@@ -1,0 +1,319 @@
+//! Where a schedule's state lives. The rules in [`super::Schedule`] read
+//! and write it only through [`Tables`], so the same code runs over the
+//! in-memory [`MemTables`] (tests, the simulation's replays, `ledger
+//! verify`) and over the replica's redb tables.
+//!
+//! Every query a command needs is bounded by the command, never by the
+//! length of the history: one person, one block (at most
+//! [`super::BLOCK_REQUIRED_MAX`] people), one person's duty in a window
+//! of days, one key.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Assignment, Block, BlockId, IdempotencyKey, Interval, Outcome, Person, PersonId,
+    RejectionRecord, IDEMPOTENCY_KEYS_MAX, REJECTIONS_KEPT,
+};
+use crate::ledger::{ChainHead, Link};
+
+/// The first outcome of an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The log index it applied at.
+    pub index: u64,
+    /// blake3 of the command's op: a retry carries the same op.
+    pub op_hash: [u8; 32],
+    /// The outcome it got.
+    pub outcome: Outcome,
+}
+
+/// A block that has fewer people than it requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Understaffed {
+    /// The block.
+    pub block: BlockId,
+    /// People on it.
+    pub staffed: usize,
+    /// People it requires.
+    pub required: u8,
+}
+
+/// The state a schedule reads and writes. Reads return owned values; a
+/// backend whose reads can fail (a disk) records the failure and refuses
+/// to commit what was computed from it.
+pub trait Tables {
+    /// The last log index applied.
+    fn last_index(&self) -> u64;
+    /// Sets the last log index applied.
+    fn set_last_index(&mut self, index: u64);
+    /// The last finally approved day.
+    fn approved_through(&self) -> Option<u32>;
+    /// Sets the last finally approved day.
+    fn set_approved_through(&mut self, day: u32);
+    /// The ledger chain's head.
+    fn chain(&self) -> &ChainHead;
+    /// Appends `link` to the chain.
+    fn push_link(&mut self, link: &Link);
+
+    /// The person `id`.
+    fn person(&self, id: &PersonId) -> Option<Person>;
+    /// Adds (or replaces) a person.
+    fn put_person(&mut self, person: &Person);
+    /// The block `id`.
+    fn block(&self, id: &BlockId) -> Option<Block>;
+    /// Adds a block (it has nobody yet).
+    fn put_block(&mut self, block: &Block);
+
+    /// The assignments on `block`, by person.
+    fn assignments_on(&self, block: &BlockId) -> Vec<(PersonId, Assignment)>;
+    /// `person`'s assignment to `block`.
+    fn assignment(&self, block: &BlockId, person: &PersonId) -> Option<Assignment>;
+    /// Puts `person` on `block`, keeping every index.
+    fn insert_assignment(&mut self, block: &Block, person: &PersonId, assignment: Assignment);
+    /// Takes `person` off `block`, keeping every index.
+    fn remove_assignment(&mut self, block: &Block, person: &PersonId);
+    /// `person`'s blocks that start in `[from, to)` minutes, by start time.
+    fn duty_starting(&self, person: &PersonId, from: u64, to: u64) -> Vec<(Interval, BlockId)>;
+    /// Blocks on days up to `through_day` with fewer people than they need,
+    /// earliest day first, at most `limit`.
+    fn understaffed(&self, through_day: u32, limit: usize) -> Vec<Understaffed>;
+
+    /// The first day of `from..=to` that `person` is on leave.
+    fn leave_day_in(&self, person: &PersonId, from: u32, to: u32) -> Option<u32>;
+    /// Grants `person` leave for days `from..=to`.
+    fn add_leave(&mut self, person: &PersonId, from: u32, to: u32);
+
+    /// The record of `key`.
+    fn key(&self, key: &IdempotencyKey) -> Option<KeyRecord>;
+    /// Records `key`'s first outcome; beyond [`IDEMPOTENCY_KEYS_MAX`] keys
+    /// the oldest (by log index) is forgotten.
+    fn remember_key(&mut self, key: IdempotencyKey, record: KeyRecord);
+    /// Records a rejection; the last [`REJECTIONS_KEPT`] are kept and all
+    /// are counted.
+    fn record_rejection(&mut self, record: RejectionRecord);
+}
+
+/// The schedule's state in memory. Its encoding is the snapshot format of
+/// `ScheduleState` (the derived indices are rebuilt, not stored).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MemTables {
+    pub(super) last_index: u64,
+    pub(super) people: BTreeMap<PersonId, Person>,
+    pub(super) blocks: BTreeMap<BlockId, Block>,
+    pub(super) assignments: BTreeMap<BlockId, BTreeMap<PersonId, Assignment>>,
+    pub(super) leave: BTreeMap<PersonId, BTreeSet<u32>>,
+    pub(super) approved_through: Option<u32>,
+    pub(super) keys: BTreeMap<IdempotencyKey, KeyRecord>,
+    pub(super) rejections: VecDeque<RejectionRecord>,
+    pub(super) rejected_total: u64,
+    /// The ledger chain's head: which committed commands joined the chain
+    /// (see [`crate::ledger::admit`]).
+    pub(super) chain: ChainHead,
+    /// Derived: each person's blocks by start time.
+    #[serde(skip)]
+    pub(super) by_person: BTreeMap<PersonId, BTreeMap<(u64, BlockId), Interval>>,
+    /// Derived: idempotency keys by the index they applied at.
+    #[serde(skip)]
+    pub(super) key_order: BTreeMap<u64, IdempotencyKey>,
+    /// Derived: blocks with an open slot, by day.
+    #[serde(skip)]
+    pub(super) open: BTreeSet<(u32, BlockId)>,
+}
+
+impl MemTables {
+    /// Rebuilds the derived indices from the stored fields.
+    pub(super) fn rebuild(&mut self) -> Result<(), String> {
+        self.by_person.clear();
+        self.open.clear();
+        for (blk, people) in &self.assignments {
+            let iv = self
+                .blocks
+                .get(blk)
+                .ok_or_else(|| format!("assignment to unknown block {blk}"))?
+                .interval();
+            for p in people.keys() {
+                self.by_person
+                    .entry(p.clone())
+                    .or_default()
+                    .insert((iv.start, blk.clone()), iv);
+            }
+        }
+        for b in self.blocks.values() {
+            if self.staffed(&b.id) < usize::from(b.required) {
+                self.open.insert((b.day, b.id.clone()));
+            }
+        }
+        self.key_order = self.keys.iter().map(|(k, r)| (r.index, *k)).collect();
+        if self.key_order.len() != self.keys.len() {
+            return Err("two idempotency keys at one index".into());
+        }
+        Ok(())
+    }
+
+    pub(super) fn staffed(&self, block: &BlockId) -> usize {
+        self.assignments.get(block).map_or(0, BTreeMap::len)
+    }
+
+    fn reopen(&mut self, block: &Block) {
+        if self.staffed(&block.id) < usize::from(block.required) {
+            self.open.insert((block.day, block.id.clone()));
+        } else {
+            self.open.remove(&(block.day, block.id.clone()));
+        }
+    }
+}
+
+impl Tables for MemTables {
+    fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    fn set_last_index(&mut self, index: u64) {
+        self.last_index = index;
+    }
+
+    fn approved_through(&self) -> Option<u32> {
+        self.approved_through
+    }
+
+    fn set_approved_through(&mut self, day: u32) {
+        self.approved_through = Some(day);
+    }
+
+    fn chain(&self) -> &ChainHead {
+        &self.chain
+    }
+
+    fn push_link(&mut self, link: &Link) {
+        self.chain.push(link);
+    }
+
+    fn person(&self, id: &PersonId) -> Option<Person> {
+        self.people.get(id).cloned()
+    }
+
+    fn put_person(&mut self, person: &Person) {
+        self.people.insert(person.id.clone(), person.clone());
+    }
+
+    fn block(&self, id: &BlockId) -> Option<Block> {
+        self.blocks.get(id).cloned()
+    }
+
+    fn put_block(&mut self, block: &Block) {
+        self.blocks.insert(block.id.clone(), block.clone());
+        self.reopen(block);
+    }
+
+    fn assignments_on(&self, block: &BlockId) -> Vec<(PersonId, Assignment)> {
+        self.assignments
+            .get(block)
+            .map(|m| m.iter().map(|(p, a)| (p.clone(), *a)).collect())
+            .unwrap_or_default()
+    }
+
+    fn assignment(&self, block: &BlockId, person: &PersonId) -> Option<Assignment> {
+        self.assignments.get(block)?.get(person).copied()
+    }
+
+    fn insert_assignment(&mut self, block: &Block, person: &PersonId, assignment: Assignment) {
+        let iv = block.interval();
+        self.assignments
+            .entry(block.id.clone())
+            .or_default()
+            .insert(person.clone(), assignment);
+        self.by_person
+            .entry(person.clone())
+            .or_default()
+            .insert((iv.start, block.id.clone()), iv);
+        self.reopen(block);
+    }
+
+    fn remove_assignment(&mut self, block: &Block, person: &PersonId) {
+        let iv = block.interval();
+        if let Some(m) = self.assignments.get_mut(&block.id) {
+            m.remove(person);
+            if m.is_empty() {
+                self.assignments.remove(&block.id);
+            }
+        }
+        if let Some(m) = self.by_person.get_mut(person) {
+            m.remove(&(iv.start, block.id.clone()));
+            if m.is_empty() {
+                self.by_person.remove(person);
+            }
+        }
+        self.reopen(block);
+    }
+
+    fn duty_starting(&self, person: &PersonId, from: u64, to: u64) -> Vec<(Interval, BlockId)> {
+        let Some(m) = self.by_person.get(person) else {
+            return Vec::new();
+        };
+        if from >= to {
+            return Vec::new();
+        }
+        let lo = (from, min_block_id());
+        m.range(lo..)
+            .take_while(|((start, _), _)| *start < to)
+            .map(|((_, b), iv)| (*iv, b.clone()))
+            .collect()
+    }
+
+    fn understaffed(&self, through_day: u32, limit: usize) -> Vec<Understaffed> {
+        self.open
+            .iter()
+            .take_while(|(day, _)| *day <= through_day)
+            .take(limit)
+            .filter_map(|(_, id)| {
+                let b = self.blocks.get(id)?;
+                Some(Understaffed {
+                    block: id.clone(),
+                    staffed: self.staffed(id),
+                    required: b.required,
+                })
+            })
+            .collect()
+    }
+
+    fn leave_day_in(&self, person: &PersonId, from: u32, to: u32) -> Option<u32> {
+        self.leave.get(person)?.range(from..=to).next().copied()
+    }
+
+    fn add_leave(&mut self, person: &PersonId, from: u32, to: u32) {
+        self.leave
+            .entry(person.clone())
+            .or_default()
+            .extend(from..=to);
+    }
+
+    fn key(&self, key: &IdempotencyKey) -> Option<KeyRecord> {
+        self.keys.get(key).cloned()
+    }
+
+    fn remember_key(&mut self, key: IdempotencyKey, record: KeyRecord) {
+        self.key_order.insert(record.index, key);
+        self.keys.insert(key, record);
+        while self.keys.len() > IDEMPOTENCY_KEYS_MAX {
+            let Some((_, oldest)) = self.key_order.pop_first() else {
+                break;
+            };
+            self.keys.remove(&oldest);
+        }
+    }
+
+    fn record_rejection(&mut self, record: RejectionRecord) {
+        self.rejected_total += 1;
+        self.rejections.push_back(record);
+        while self.rejections.len() > REJECTIONS_KEPT {
+            self.rejections.pop_front();
+        }
+    }
+}
+
+/// The smallest block id, to start a range at a minute.
+fn min_block_id() -> BlockId {
+    BlockId(String::new())
+}
