@@ -9,6 +9,7 @@
 
 use crate::facility::{self, Facility};
 use bulwark_actors::raft::{inspect, ProposeOutcome, RaftMsg, ReadOutcome, RAFT};
+use bulwark_actors::replica::ScheduleView;
 use bulwark_actors::schedule::{
     Block, BlockId, Command, IdempotencyKey, Op, Outcome, Person, PersonId, Pool, Role,
     ScheduleState,
@@ -286,15 +287,16 @@ async fn consensus(fs: &[Facility]) -> DemoResult<()> {
         if !matches!(ready, ReadOutcome::Ready { .. }) {
             return Err(format!("{}: read {ready:?}", f.node.facility()).into());
         }
-        let (view, rejected) = inspect(&peer, |s: &ScheduleState| {
+        let (view, rejected) = inspect(&peer, |v: &ScheduleView| {
+            let s: ScheduleState = v.to_state()?;
             let view: Vec<String> = s
                 .assignments()
                 .map(|(b, p, _)| format!("{b}={p}"))
                 .collect();
-            (view, s.rejected_total())
+            Ok::<_, bulwark_storage::StorageError>((view, s.rejected_total()))
         })
         .await
-        .ok_or("the RaftPeer stopped")?;
+        .ok_or("the RaftPeer stopped")??;
         println!(
             "  {}: {} (rejections recorded: {rejected})",
             f.node.facility(),
@@ -312,7 +314,7 @@ async fn consensus(fs: &[Facility]) -> DemoResult<()> {
 /// admitted, and shows the ledger heads (one chain, everywhere).
 async fn finality(fs: &[Facility]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("== BFT: signed votes, quorum certificates, one hash-chained ledger ==");
-    let target = inspect(&fs[0].raft().ok_or("no RaftPeer")?, |s: &ScheduleState| {
+    let target = inspect(&fs[0].raft().ok_or("no RaftPeer")?, |s: &ScheduleView| {
         s.chain().height()
     })
     .await

@@ -105,7 +105,11 @@ async fn read<T: Send + 'static>(
             .unwrap()
             .unwrap();
         if matches!(ready, ReadOutcome::Ready { .. }) {
-            return inspect(&peer, g).await.expect("RaftPeer answers");
+            return inspect(&peer, move |v| {
+                g(&v.to_state().expect("the replica reads back"))
+            })
+            .await
+            .expect("RaftPeer answers");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

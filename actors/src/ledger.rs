@@ -148,6 +148,33 @@ impl ChainHead {
         self.recent.back().copied().unwrap_or(GENESIS)
     }
 
+    /// The recent hashes, oldest first, with their heights.
+    pub(crate) fn recent(&self) -> impl Iterator<Item = (u64, Hash)> + '_ {
+        let first = self.height + 1 - self.recent.len() as u64;
+        self.recent
+            .iter()
+            .enumerate()
+            .map(move |(i, h)| (first + i as u64, *h))
+    }
+
+    /// Each proposer's latest admitted timestamp.
+    pub(crate) fn last_at(&self) -> &BTreeMap<FacilityId, u64> {
+        &self.last_at
+    }
+
+    /// A head from its stored parts (checked with [`ChainHead::check`]).
+    pub(crate) fn from_parts(
+        height: u64,
+        recent: VecDeque<Hash>,
+        last_at: BTreeMap<FacilityId, u64>,
+    ) -> ChainHead {
+        ChainHead {
+            height,
+            recent,
+            last_at,
+        }
+    }
+
     /// The anchor a proposer signs now.
     pub fn anchor(&self) -> Anchor {
         Anchor {
@@ -157,7 +184,7 @@ impl ChainHead {
     }
 
     /// The hash at `height`, if it is among the recent ones.
-    fn hash_at(&self, height: u64) -> Option<Hash> {
+    pub(crate) fn hash_at(&self, height: u64) -> Option<Hash> {
         if height == 0 {
             return (self.height < ANCHOR_WINDOW).then_some(GENESIS);
         }
@@ -276,6 +303,99 @@ pub enum Verdict {
     /// Not a proposal (the leader's empty entry, a configuration change) or
     /// bytes that do not decode; nothing changed.
     Skipped,
+}
+
+/// A [`Verdict`] in the compact form the replica keeps for the entries
+/// since the log's compaction point, so that after a restart the
+/// validators see them again as they were decided ([`relink`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Recorded {
+    /// Admitted at `height`.
+    Admitted {
+        /// Its height.
+        height: u64,
+    },
+    /// Rejected; it would have had `height`.
+    Rejected {
+        /// Why.
+        reason: Reason,
+        /// Who proposed it (as claimed).
+        proposer: FacilityId,
+        /// The height it would have had.
+        height: u64,
+    },
+    /// A retry of a command already decided.
+    Duplicate,
+    /// Not a proposal.
+    Skipped,
+}
+
+impl Verdict {
+    /// The verdict's compact record.
+    pub fn recorded(&self) -> Recorded {
+        match self {
+            Verdict::Admitted(l) => Recorded::Admitted {
+                height: l.entry.height,
+            },
+            Verdict::Rejected {
+                reason,
+                proposer,
+                shadow,
+            } => Recorded::Rejected {
+                reason: reason.clone(),
+                proposer: proposer.clone(),
+                height: shadow.as_ref().map_or(0, |l| l.entry.height),
+            },
+            Verdict::Duplicate => Recorded::Duplicate,
+            Verdict::Skipped => Recorded::Skipped,
+        }
+    }
+}
+
+/// Rebuilds the payload and verdict of the committed entry at `index`
+/// from its bytes and its [`Recorded`] verdict, with `chain` holding the
+/// hash before its height. A record whose link cannot be rebuilt (the hash
+/// before it left the anchor window) reads as [`Verdict::Skipped`].
+pub fn relink(
+    chain: &ChainHead,
+    index: u64,
+    term: u64,
+    data: &[u8],
+    rec: &Recorded,
+) -> (Option<EntryPayload>, Verdict) {
+    let payload = codec::decode_limited::<SignedProposal>(data, ENTRY_LEN_MAX)
+        .ok()
+        .and_then(|s| codec::decode_limited::<EntryPayload>(&s.body, ENTRY_LEN_MAX).ok());
+    let link = |height: u64| -> Option<Link> {
+        let p = payload.as_ref()?;
+        let prev = chain.hash_at(height.checked_sub(1)?)?;
+        let entry = LedgerEntry {
+            height,
+            prev,
+            raft_index: index,
+            raft_term: term,
+            proposer: p.proposer.clone(),
+            at_unix_ms: p.command.at_unix_ms,
+            proposal: data.to_vec(),
+        };
+        let (bytes, hash) = entry.encode().ok()?;
+        Some(Link { entry, bytes, hash })
+    };
+    let verdict = match rec {
+        Recorded::Admitted { height } => link(*height).map_or(Verdict::Skipped, Verdict::Admitted),
+        Recorded::Rejected {
+            reason,
+            proposer,
+            height,
+        } => Verdict::Rejected {
+            reason: reason.clone(),
+            proposer: proposer.clone(),
+            shadow: link(*height),
+        },
+        Recorded::Duplicate => Verdict::Duplicate,
+        Recorded::Skipped => Verdict::Skipped,
+    };
+    (payload, verdict)
 }
 
 /// [`admit`]'s result.

@@ -12,4 +12,5 @@ pub mod keys;
 pub mod ledger;
 pub mod plant;
 pub mod raft;
+pub mod replica;
 pub mod schedule;

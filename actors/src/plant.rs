@@ -22,7 +22,7 @@ pub enum Bug {
     RetryAppliedTwice,
     /// A linearizable read is served without the read-index confirmation.
     ReadWithoutIndex,
-    /// A restart from a snapshot starts applying one past the snapshot.
+    /// A restart resumes applying one past the replica's applied index.
     SnapshotIndexPlusOne,
     /// The 80-hour rule looks at 6 days instead of 7.
     DutyWindow6Days,
@@ -108,7 +108,7 @@ impl Bug {
                 "raft/core.rs read: a linearizable read is served at the local applied index without the read-index round"
             }
             Bug::SnapshotIndexPlusOne => {
-                "raft/core.rs open: after a restart from a snapshot, raft-rs is told the applied index is the snapshot's plus one"
+                "raft/core.rs open: after a restart, the replica's applied index is taken as one more than it is, so the next committed entry is never applied"
             }
             Bug::DutyWindow6Days => {
                 "schedule/rules.rs check: the rolling 80-hour window is 6 days instead of 7"

@@ -84,7 +84,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::Keyring;
-use crate::schedule::{Command, Outcome, ScheduleState};
+use crate::replica::ScheduleView;
+use crate::schedule::{Command, Outcome};
 use wire::WireMessage;
 
 /// The RaftPeer's registered name.
@@ -286,6 +287,30 @@ pub enum RaftWire {
         /// Why.
         outcome: ProposeOutcome,
     },
+    /// A follower asks the leader for the chunk of snapshot `id` that
+    /// starts at `cursor`.
+    SnapshotFetch {
+        /// The snapshot, as its descriptor names it.
+        id: u64,
+        /// Where the chunk starts.
+        cursor: crate::replica::snapshot::Cursor,
+    },
+    /// The leader's answer: one sealed chunk.
+    SnapshotChunk {
+        /// The snapshot.
+        id: u64,
+        /// Where the chunk starts (the fetch's cursor).
+        at: crate::replica::snapshot::Cursor,
+        /// The encoded chunk.
+        bytes: Vec<u8>,
+        /// blake3 of `bytes`.
+        checksum: [u8; 32],
+    },
+    /// The leader no longer holds snapshot `id`.
+    SnapshotGone {
+        /// The snapshot.
+        id: u64,
+    },
 }
 
 /// A snapshot of a RaftPeer's view.
@@ -327,8 +352,9 @@ pub enum RaftMsg {
         /// Where the outcome goes.
         reply: RpcReplyPort<ReadOutcome>,
     },
-    /// Run `f` on the applied schedule (reads, tests).
-    Inspect(Box<dyn FnOnce(&ScheduleState) + Send>),
+    /// Run `f` on a view of the applied schedule (reads, tests). If the
+    /// view cannot be opened, `f` is dropped unrun.
+    Inspect(Box<dyn FnOnce(&ScheduleView) + Send>),
     /// Run `f` on the applied schedule if this replica has applied at least
     /// `at` (a linearizable read's confirmed index), else on `None`: a core
     /// rebuilt from its store since the read was confirmed starts again
@@ -545,6 +571,24 @@ impl RaftPeerState {
     }
 
     /// The peer's view; a fenced peer shows no leader.
+    /// A view of the applied schedule, or `None` (logged) when the store
+    /// cannot open one.
+    fn view(&self) -> Option<ScheduleView> {
+        match self.core.view() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::error!(error = %e, "the replica's view could not be opened");
+                None
+            }
+        }
+    }
+
+    fn inspect(&self, f: Box<dyn FnOnce(&ScheduleView) + Send>) {
+        if let Some(v) = self.view() {
+            f(&v);
+        }
+    }
+
     fn status(&self) -> RaftStatus {
         let c = &self.core;
         let live = !self.fenced;
@@ -584,7 +628,7 @@ pub fn raft_child(setup: RaftSetup) -> (Zone, ChildDef) {
 }
 
 /// A read run on the schedule if it has applied the read index.
-pub type ReadAtFn = Box<dyn FnOnce(Option<&ScheduleState>) + Send>;
+pub type ReadAtFn = Box<dyn FnOnce(Option<&ScheduleView>) + Send>;
 
 /// The running RaftPeer of `node`, if any.
 pub fn raft_peer(node: &Node) -> Option<ActorRef<RaftMsg>> {
@@ -708,9 +752,12 @@ async fn handle_live(
                 let _ = reply.send(outcome);
             }
         },
-        RaftMsg::Inspect(f) => f(st.core.schedule()),
+        RaftMsg::Inspect(f) => st.inspect(f),
         RaftMsg::InspectAt { at, f } => {
-            f((st.core.applied_index() >= at).then(|| st.core.schedule()));
+            let view = (st.core.replica_applied() >= at)
+                .then(|| st.view())
+                .flatten();
+            f(view.as_ref());
         }
         RaftMsg::Status(reply) => {
             let _ = reply.send(st.status());
@@ -756,7 +803,7 @@ async fn handle_fenced(
         RaftMsg::Read { reply } => {
             let _ = reply.send(ReadOutcome::NotLeader { hint: None });
         }
-        RaftMsg::Inspect(f) => f(st.core.schedule()),
+        RaftMsg::Inspect(f) => st.inspect(f),
         RaftMsg::InspectAt { f, .. } => f(None),
         RaftMsg::Status(reply) => {
             let _ = reply.send(st.status());
@@ -896,10 +943,10 @@ fn flush_outputs(st: &mut RaftPeerState) {
 /// [`RaftMsg::Read`] first and wait for [`ReadOutcome::Ready`].
 pub async fn inspect<T: Send + 'static>(
     peer: &ActorRef<RaftMsg>,
-    f: impl FnOnce(&ScheduleState) -> T + Send + 'static,
+    f: impl FnOnce(&ScheduleView) -> T + Send + 'static,
 ) -> Option<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    peer.cast(RaftMsg::Inspect(Box::new(move |s: &ScheduleState| {
+    peer.cast(RaftMsg::Inspect(Box::new(move |s: &ScheduleView| {
         let _ = tx.send(f(s));
     })))
     .ok()?;

@@ -1,6 +1,7 @@
 //! Crash consistency of the actors' stores, by redb's own method: the Raft
-//! log (`RaftStore`), the ledger (`LedgerStore`) and the idempotency store
-//! (`IdempotencyStore`) are driven through seeded random operations on a
+//! log (`RaftStore`), the replica's schedule tables (`Replica`), the ledger
+//! (`LedgerStore`) and the idempotency store (`IdempotencyStore`) are
+//! driven through seeded random operations on a
 //! backend that takes a crash image at every sync
 //! (`storage/tests/common/crash.rs`: power loss, power loss with reordered
 //! writes, process crash). Each image is reopened with the real code
@@ -27,6 +28,8 @@ mod idempotency;
 mod ledger;
 #[path = "crash/raft_log.rs"]
 mod raft_log;
+#[path = "crash/replica.rs"]
+mod replica;
 
 use std::fmt::Debug;
 use std::path::Path;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bulwark_actors::raft::{
     inspect, raft_peer, AppliedEntry, ProposeOutcome, RaftMsg, RaftStatus, ReadOutcome,
 };
-use bulwark_actors::schedule::{Command, IdempotencyKey, Op, Outcome, ScheduleState};
+use bulwark_actors::schedule::{Command, IdempotencyKey, Op, Outcome};
 use bulwark_runtime::lincheck::{check, Operation, SlotModel, SlotOp, SlotOut, Verdict};
 use bulwark_transport::simnet::LinkParams;
 use bulwark_transport::FacilityId;
@@ -114,7 +114,7 @@ fn spawn_op(
                         return None;
                     }
                 }
-                let v = inspect(&peer, |s: &ScheduleState| {
+                let v = inspect(&peer, |s: &bulwark_actors::replica::ScheduleView| {
                     s.assignees(&block(0))
                         .first()
                         .map(|p| p.as_str()[1..].parse::<u32>().unwrap())

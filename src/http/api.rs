@@ -39,6 +39,7 @@ use bulwark_actors::hlc::Hlc;
 use bulwark_actors::keys::PublicKeys;
 use bulwark_actors::ledger::{self, LedgerEntry, GENESIS};
 use bulwark_actors::raft::{ProposeOutcome, RaftMsg, RaftStatus, RAFT};
+use bulwark_actors::replica::ScheduleView as ReplicaView;
 use bulwark_actors::schedule::{
     Block, BlockId, Command, Effect, IdempotencyKey, Op, Outcome, Person, PersonId, Pool, Role,
     ScheduleState,
@@ -939,7 +940,12 @@ async fn get_schedule(
         Some("stale") => Consistency::Stale,
         Some(_) => return Err(ApiError::bad("consistency", "linearizable or stale")),
     };
-    gate_read(svc, consistency, schedule_view).await.map(Json)
+    gate_read(svc, consistency, |v, stale| {
+        v.to_state().map(|s| schedule_view(&s, stale))
+    })
+    .await?
+    .map(Json)
+    .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 1_000))
 }
 
 /// Runs `f` on the schedule through the CapGate (which refuses a
@@ -947,7 +953,7 @@ async fn get_schedule(
 pub(crate) async fn gate_read<T: Send + 'static>(
     svc: &Service,
     consistency: Consistency,
-    f: impl FnOnce(&ScheduleState, &Staleness) -> T + Send + 'static,
+    f: impl FnOnce(&ReplicaView, &Staleness) -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     let gate = svc
         .ctx

@@ -142,7 +142,9 @@ pub(crate) async fn get_coverage(
     if !(1..=2).contains(&lose) {
         return Err(ApiError::bad("lose", "1 (N-1) or 2 (N-2)"));
     }
-    let state = gate_read(svc, Consistency::Linearizable, |st, _| st.clone()).await?;
+    let state = gate_read(svc, Consistency::Linearizable, |v, _| v.to_state())
+        .await?
+        .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 1_000))?;
     // Up to 1,000 pairs of schedule copies: off the async threads.
     tokio::task::spawn_blocking(move || check(&state, lose))
         .await

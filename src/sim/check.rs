@@ -43,9 +43,10 @@ use bulwark_actors::keys::PublicKeys;
 use bulwark_actors::ledger::{self, FinalEntry, Hash, Verdict, VoteBody, GENESIS};
 use bulwark_actors::raft::wire::WireSnapshot;
 use bulwark_actors::raft::{AppliedEntry, RaftStatus};
+use bulwark_actors::replica::Meta as ReplicaMeta;
 use bulwark_actors::schedule::Command;
 use bulwark_storage::codec;
-use bulwark_storage::schema::RAFT_META;
+use bulwark_storage::schema::{RAFT_META, SCHED_META};
 use bulwark_storage::Store;
 use bulwark_transport::FacilityId;
 use redb::ReadableDatabase;
@@ -278,11 +279,24 @@ impl RaftObserver {
         let store = self.stores.get(f)?;
         let tx = store.database().begin_read().ok()?;
         let meta = tx.open_table(RAFT_META).ok()?;
-        let Some(bytes) = meta.get(RAFT_SNAPSHOT_KEY).ok()? else {
-            return Some(0);
+        let raft = match meta.get(RAFT_SNAPSHOT_KEY).ok()? {
+            Some(bytes) => codec::decode::<WireSnapshot>(bytes.value()).ok()?.index,
+            None => 0,
         };
-        let snap: WireSnapshot = codec::decode(bytes.value()).ok()?;
-        Some(snap.index)
+        // A snapshot whose rows the replica installed covers its entries
+        // even before raft-rs records it (or when raft-rs refuses it).
+        let installed = tx
+            .open_table(SCHED_META)
+            .ok()
+            .and_then(|t| {
+                t.get(b"meta".as_slice())
+                    .ok()
+                    .flatten()
+                    .map(|v| v.value().to_vec())
+            })
+            .and_then(|b| codec::decode::<ReplicaMeta>(&b).ok())
+            .map_or(0, |m| m.installed);
+        Some(raft.max(installed))
     }
 
     /// Facility `f`'s node started with `store`.

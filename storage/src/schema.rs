@@ -36,6 +36,59 @@ pub const RECONCILIATION: TableDefinition<u64, &[u8]> = TableDefinition::new("re
 /// Idempotency keys already applied, with their outcome and expiry.
 pub const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
 
+// The replica: the applied schedule, written in one transaction with the
+// applied index. Keys are order-preserving bytes (ids never hold 0x00, so
+// `id 0x00 rest` sorts by id first); numbers are big-endian.
+
+/// The replica's scalars: applied index, approval, counters, chain height.
+pub const SCHED_META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_meta");
+/// People by id.
+pub const SCHED_PEOPLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_people");
+/// Blocks by id.
+pub const SCHED_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_blocks");
+/// Assignments by `block 0x00 person`.
+pub const SCHED_ASSIGN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_assign");
+/// Each person's duty by `person 0x00 start(u64) block`: the interval.
+pub const SCHED_DUTY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_duty");
+/// Blocks with an open slot by `day(u32) block`.
+pub const SCHED_OPEN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_open");
+/// Leave by `person 0x00 day(u32)`.
+pub const SCHED_LEAVE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_leave");
+/// Idempotency keys' first outcomes, by key.
+pub const SCHED_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_keys");
+/// Idempotency keys by the log index they applied at (oldest forgotten first).
+pub const SCHED_KEY_ORDER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_key_order");
+/// The last rejections, by sequence.
+pub const SCHED_REJECTIONS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("sched_rejections");
+/// The ledger chain's recent hashes, by height.
+pub const SCHED_CHAIN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_chain");
+/// The ledger's verdict on each entry since the log's compaction point, by
+/// index, for showing entries delivered again (after a restart, or after a
+/// snapshot whose index the log then reached) to the validators as they
+/// were decided. Each facility prunes it at its own compaction point; a
+/// snapshot carries the sender's.
+pub const SCHED_VERDICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_verdicts");
+/// A snapshot being received, by sequence: rows of the tables above.
+pub const SCHED_STAGING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_staging");
+
+/// The replica's tables, in the order a snapshot streams them (the index in
+/// this list is the table's number in a snapshot row).
+pub const SCHED_TABLES: [TableDefinition<&[u8], &[u8]>; 12] = [
+    SCHED_META,
+    SCHED_PEOPLE,
+    SCHED_BLOCKS,
+    SCHED_ASSIGN,
+    SCHED_DUTY,
+    SCHED_OPEN,
+    SCHED_LEAVE,
+    SCHED_KEYS,
+    SCHED_KEY_ORDER,
+    SCHED_REJECTIONS,
+    SCHED_CHAIN,
+    SCHED_VERDICTS,
+];
+
 /// Every `&str`-keyed table (backups copy these lists: a new table must
 /// join one).
 pub const STR_TABLES: [TableDefinition<&str, &[u8]>; 3] = [META, STATE, RAFT_META];
@@ -51,10 +104,29 @@ pub const U64_TABLES: [TableDefinition<u64, &[u8]>; 8] = [
     RECONCILIATION,
 ];
 /// Every `&[u8]`-keyed table.
-pub const BYTES_TABLES: [TableDefinition<&[u8], &[u8]>; 1] = [IDEMPOTENCY];
+pub const BYTES_TABLES: [TableDefinition<&[u8], &[u8]>; 14] = [
+    IDEMPOTENCY,
+    SCHED_META,
+    SCHED_PEOPLE,
+    SCHED_BLOCKS,
+    SCHED_ASSIGN,
+    SCHED_DUTY,
+    SCHED_OPEN,
+    SCHED_LEAVE,
+    SCHED_KEYS,
+    SCHED_KEY_ORDER,
+    SCHED_REJECTIONS,
+    SCHED_CHAIN,
+    SCHED_VERDICTS,
+    SCHED_STAGING,
+];
 
 /// The format this build writes and accepts.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// - 1: the applied schedule lived in memory, restored from a snapshot blob.
+/// - 2: the applied schedule lives in the `sched_*` tables. A format-1 file
+///   is refused with a message naming both versions.
+pub const FORMAT_VERSION: u32 = 2;
 /// Key in [`META`] holding the format version.
 pub const META_FORMAT: &str = "format";
 /// Key in [`META`] holding the owning facility id.

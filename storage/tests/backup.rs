@@ -32,8 +32,9 @@ fn a_backup_holds_every_row_of_every_table_and_opens_as_the_same_facility() {
 
     let dest = dir.path().join("backup.redb");
     let info = store.backup_to(&dest).unwrap();
-    // meta (2 rows) + state + raft_meta + 1+2+…+8 + idempotency.
-    assert_eq!(info.rows, 2 + 2 + 36 + 1);
+    // meta (2 rows) + state + raft_meta + 1+2+…+8 + one row in each
+    // bytes-keyed table.
+    assert_eq!(info.rows, 2 + 2 + 36 + BYTES_TABLES.len() as u64);
     assert!(info.bytes > 0);
     assert!(!dir.path().join("backup.redb.partial").exists());
     // A second backup to the same file is refused; the first is untouched.

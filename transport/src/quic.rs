@@ -69,7 +69,8 @@ use crate::{
 /// The ALPN protocol id; a peer speaking anything else is refused.
 pub const ALPN: &[u8] = b"bulwark/1";
 /// Version carried in the hello; a peer with another is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: both ends send a hello, and it carries the sender's boot id.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Application code when a stream is stopped for a bad frame.
 pub const STOP_FRAME_ERROR: u32 = 0x10;
 /// Application close code when a newer connection from the same peer
@@ -273,23 +274,37 @@ impl QuicStats {
     }
 }
 
-/// The first frame on each connection: the sender's facility and protocol
-/// version. A dialler accepts only the facility it dialled (whose pinned
-/// certificate the handshake already checked) at [`PROTOCOL_VERSION`].
+/// The first frame each end sends on a connection: the sender's facility,
+/// protocol version and boot id. Each end accepts only the facility whose
+/// pinned certificate the handshake checked, at [`PROTOCOL_VERSION`].
+///
+/// The boot id is drawn at random when a transport starts. A facility that
+/// receives a hello on a new incoming connection with another boot id than
+/// its own outgoing link last saw knows the peer restarted: that link is
+/// writing into a dead connection, so it is dropped and dialled again at
+/// once, not after the idle timeout.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Hello {
     /// The facility that sent it.
     pub facility: FacilityId,
     /// Its protocol version.
     pub protocol: u32,
+    /// The sender's boot id (0: none given).
+    pub boot: u64,
 }
 
 impl Hello {
-    /// This build's hello from `facility`.
+    /// This build's hello from `facility`, with no boot id.
     pub fn new(facility: FacilityId) -> Self {
+        Hello::booted(facility, 0)
+    }
+
+    /// This build's hello from `facility` booted as `boot`.
+    pub fn booted(facility: FacilityId, boot: u64) -> Self {
         Hello {
             facility,
             protocol: PROTOCOL_VERSION,
+            boot,
         }
     }
 
@@ -299,7 +314,7 @@ impl Hello {
     pub fn accept(body: &[u8], expected: &FacilityId) -> Result<Hello, DialError> {
         let hello = codec::decode_limited::<Hello>(body, HELLO_LEN_MAX)
             .map_err(|e| DialError::BadHello(e.to_string()))?;
-        let want = Hello::new(expected.clone());
+        let want = Hello::booted(expected.clone(), hello.boot);
         if hello != want {
             return Err(DialError::BadHello(format!(
                 "got {hello:?}, expected {want:?}"
@@ -320,10 +335,18 @@ struct Peer {
     tx: mpsc::Sender<Outgoing>,
     rx: tokio::sync::Mutex<mpsc::Receiver<Outgoing>>,
     status: watch::Sender<LinkStatus>,
+    /// The boot id in the hello of the outgoing link's connection.
+    linked_boot: AtomicU64,
+    /// The boot id in the hello of the newest incoming connection.
+    heard_boot: AtomicU64,
+    /// Wakes the outgoing link when `heard_boot` changes.
+    restarted: tokio::sync::Notify,
 }
 
 struct Inner {
     id: FacilityId,
+    /// This transport's boot id (see [`Hello`]).
+    boot: u64,
     pin: Pin,
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
@@ -417,12 +440,16 @@ impl QuicTransport {
                     tx,
                     rx: tokio::sync::Mutex::new(rx),
                     status,
+                    linked_boot: AtomicU64::new(0),
+                    heard_boot: AtomicU64::new(0),
+                    restarted: tokio::sync::Notify::new(),
                 };
                 (spec.id.clone(), peer)
             })
             .collect();
         let seed = config.seed.unwrap_or_else(|| rand::rng().random());
         let inner = Inner {
+            boot: rand::rng().random_range(1..u64::MAX),
             id: identity.id.clone(),
             pin: identity.pin(),
             endpoint,
@@ -479,7 +506,7 @@ impl QuicTransport {
             .peers
             .get(peer)
             .ok_or_else(|| DialError::Failed(format!("{peer} is not a configured peer")))?;
-        let conn = self.inner.dial(&p.spec).await?;
+        let (conn, _) = self.inner.dial(&p.spec).await?;
         conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"probe done");
         Ok(())
     }
@@ -603,8 +630,9 @@ impl Inner {
         half + Duration::from_micros(jitter)
     }
 
-    /// Connects to `spec` and waits for its hello.
-    async fn dial(&self, spec: &PeerSpec) -> Result<quinn::Connection, DialError> {
+    /// Connects to `spec`, waits for its hello and sends ours. Returns the
+    /// connection and the peer's boot id.
+    async fn dial(&self, spec: &PeerSpec) -> Result<(quinn::Connection, u64), DialError> {
         let connecting = self
             .endpoint
             .connect_with(self.client.clone(), spec.addr, &server_name(&spec.id))
@@ -635,11 +663,17 @@ impl Inner {
             }
             Ok(r) => r?,
         };
-        if let Err(e) = Hello::accept(&body, &spec.id) {
-            conn.close(VarInt::from_u32(CLOSE_BAD_HELLO), b"bad hello");
-            return Err(e);
+        let hello = match Hello::accept(&body, &spec.id) {
+            Ok(h) => h,
+            Err(e) => {
+                conn.close(VarInt::from_u32(CLOSE_BAD_HELLO), b"bad hello");
+                return Err(e);
+            }
+        };
+        if send_hello(self, &conn).await.is_err() {
+            return Err(DialError::Failed("our hello could not be sent".into()));
         }
-        Ok(conn)
+        Ok((conn, hello.boot))
     }
 
     /// Hands a received payload to the node, after the fault plan.
@@ -714,18 +748,22 @@ async fn run_link(inner: Arc<Inner>, peer_id: FacilityId) {
             return;
         }
         match inner.dial(&peer.spec).await {
-            Ok(conn) => {
+            Ok((conn, boot)) => {
                 attempt = 0;
+                peer.linked_boot.store(boot, Ordering::Relaxed);
                 peer.status.send_replace(LinkStatus::Up);
                 metrics::gauge!("bulwark_quic_link_up", "peer" => label.clone()).set(1.0);
                 tracing::info!(peer = %peer_id, "link up");
-                let why = pump(&inner, &conn, &mut queue).await;
+                let why = pump(&inner, peer, &conn, &mut queue).await;
                 peer.status.send_replace(LinkStatus::Down);
                 metrics::gauge!("bulwark_quic_link_up", "peer" => label.clone()).set(0.0);
                 tracing::info!(peer = %peer_id, %why, "link down");
                 conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"link reset");
-                if why == PumpEnd::QueueClosed {
-                    return;
+                match why {
+                    PumpEnd::QueueClosed => return,
+                    // The peer is back as a new process: dial it now.
+                    PumpEnd::PeerRestarted => continue,
+                    PumpEnd::ConnectionLost(_) => {}
                 }
             }
             Err(e) => {
@@ -744,6 +782,7 @@ async fn run_link(inner: Arc<Inner>, peer_id: FacilityId) {
 #[derive(Debug, PartialEq, Eq)]
 enum PumpEnd {
     ConnectionLost(String),
+    PeerRestarted,
     QueueClosed,
 }
 
@@ -751,6 +790,7 @@ impl std::fmt::Display for PumpEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PumpEnd::ConnectionLost(e) => write!(f, "connection lost: {e}"),
+            PumpEnd::PeerRestarted => f.write_str("the peer restarted"),
             PumpEnd::QueueClosed => f.write_str("queue closed"),
         }
     }
@@ -759,14 +799,24 @@ impl std::fmt::Display for PumpEnd {
 /// Sends queued payloads over `conn` until it fails.
 async fn pump(
     inner: &Inner,
+    peer: &Peer,
     conn: &quinn::Connection,
     queue: &mut mpsc::Receiver<Outgoing>,
 ) -> PumpEnd {
     let mut stream: Option<quinn::SendStream> = None;
+    let restarted = || {
+        let heard = peer.heard_boot.load(Ordering::Relaxed);
+        heard != 0 && heard != peer.linked_boot.load(Ordering::Relaxed)
+    };
     loop {
+        if restarted() {
+            metrics::counter!("bulwark_quic_peer_restarts_total").increment(1);
+            return PumpEnd::PeerRestarted;
+        }
         let out = tokio::select! {
             biased;
             e = conn.closed() => return PumpEnd::ConnectionLost(e.to_string()),
+            () = peer.restarted.notified() => continue,
             out = queue.recv() => match out {
                 Some(out) => out,
                 None => return PumpEnd::QueueClosed,
@@ -868,6 +918,26 @@ async fn serve_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     if send_hello(&inner, &conn).await.is_err() {
         return;
     }
+    // The dialler's hello comes first, on its first stream.
+    let hello = async {
+        let mut recv = conn.accept_uni().await.map_err(dial_error)?;
+        let body = read_frame(&mut recv, HELLO_LEN_MAX)
+            .await
+            .map_err(|e| DialError::BadHello(e.to_string()))?;
+        Hello::accept(&body, &peer)
+    };
+    let boot = match tokio::time::timeout(inner.config.hello_timeout, hello).await {
+        Ok(Ok(h)) => h.boot,
+        _ => {
+            conn.close(VarInt::from_u32(CLOSE_BAD_HELLO), b"no hello");
+            return;
+        }
+    };
+    if let Some(p) = inner.peers.get(&peer) {
+        if boot != 0 && p.heard_boot.swap(boot, Ordering::Relaxed) != boot {
+            p.restarted.notify_one();
+        }
+    }
     let mut readers = JoinSet::new();
     loop {
         tokio::select! {
@@ -899,7 +969,7 @@ async fn serve_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
 }
 
 async fn send_hello(inner: &Inner, conn: &quinn::Connection) -> Result<(), ()> {
-    let hello = Hello::new(inner.id.clone());
+    let hello = Hello::booted(inner.id.clone(), inner.boot);
     let body = codec::encode(&hello).map_err(|_| ())?;
     let frame = frame::encode(&body).map_err(|_| ())?;
     let mut s = conn.open_uni().await.map_err(|_| ())?;

@@ -28,7 +28,8 @@ use super::{decide, mode_of, Consistency, Decision, Mode, PartitionError, Partit
 use crate::detect::Detection;
 use crate::hlc::Hlc;
 use crate::raft::{inspect, ProposeOutcome, RaftMsg, ReadOutcome, RAFT};
-use crate::schedule::{Applied, Command, Outcome, Rejection, Rule, ScheduleState};
+use crate::replica::ScheduleView;
+use crate::schedule::{Applied, Command, Outcome, Overlay, Rejection, Rule, Schedule};
 
 /// The CapGate's registered name.
 pub const CAP_GATE: &str = "cap_gate";
@@ -114,7 +115,7 @@ pub enum ReadError {
 }
 
 /// A read to run on the schedule.
-pub type ReadFn = Box<dyn FnOnce(Result<(&ScheduleState, Staleness), ReadError>) + Send>;
+pub type ReadFn = Box<dyn FnOnce(Result<(&ScheduleView, Staleness), ReadError>) + Send>;
 
 /// Messages of the [`CapGate`].
 pub enum GateMsg {
@@ -189,8 +190,9 @@ impl GateState {
         }
         if let Some(raft) = self.raft() {
             let cmd = command.clone();
-            let verdict = inspect(&raft, move |s: &ScheduleState| {
-                let mut trial = s.clone();
+            let verdict = inspect(&raft, move |s: &ScheduleView| {
+                // A trial run over the view: writes stay in memory.
+                let mut trial = Schedule::over(Overlay::new(s.tables()));
                 let mut index = s.last_index();
                 for p in &pending {
                     index += 1;
@@ -374,7 +376,7 @@ impl Actor for CapGate {
                     // and 8003).
                     let _ = raft.cast(RaftMsg::InspectAt {
                         at,
-                        f: Box::new(move |s: Option<&ScheduleState>| match s {
+                        f: Box::new(move |s: Option<&ScheduleView>| match s {
                             Some(s) => {
                                 let staleness = Staleness {
                                     applied_index: s.last_index(),

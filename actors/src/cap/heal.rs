@@ -32,8 +32,9 @@ use super::store::{Provisional, ProvisionalStore, Status};
 use crate::detect::Detection;
 use crate::hlc::Hlc;
 use crate::raft::{inspect, ProposeOutcome, RaftMsg, RAFT};
+use crate::replica::ScheduleView;
 use crate::schedule::{
-    BlockId, Command, IdempotencyKey, Op, Outcome, PersonId, Rejection, Rule, ScheduleState,
+    BlockId, Command, IdempotencyKey, Op, Outcome, PersonId, Rejection, Rule, Schedule, TablesRead,
 };
 
 /// The Healer's registered name.
@@ -234,10 +235,10 @@ pub fn target(op: &Op) -> Option<(BlockId, PersonId)> {
 
 /// Judges a provisional change the schedule refused with `rejection`,
 /// against the committed `state`. Deterministic.
-pub fn judge(
+pub fn judge<T: TablesRead>(
     p: &Provisional,
     rejection: &Rejection,
-    state: &ScheduleState,
+    state: &Schedule<T>,
     policy: ConflictPolicy,
 ) -> (Option<Conflict>, Next) {
     if let Op::EmergencyCoverage { block, person } = &p.command.op {
@@ -493,7 +494,7 @@ impl HealerState {
             return Replay::Later;
         };
         let (pp, policy) = (p.clone(), self.setup.policy);
-        let Some((conflict, next)) = inspect(&raft, move |s: &ScheduleState| {
+        let Some((conflict, next)) = inspect(&raft, move |s: &ScheduleView| {
             judge(&pp, &rejection, s, policy)
         })
         .await
@@ -591,7 +592,7 @@ impl HealerState {
             };
             let raft = self.raft().ok_or("no RaftPeer")?;
             let b = block.clone();
-            let latest = inspect(&raft, move |s: &ScheduleState| {
+            let latest = inspect(&raft, move |s: &ScheduleView| {
                 let mut on = s.assignments_on(&b);
                 on.sort_by_key(|(_, a)| a.stamp);
                 on.last().map(|(p, _)| p.clone())
@@ -689,6 +690,8 @@ mod tests {
             op,
         }
     }
+
+    use crate::schedule::ScheduleState;
 
     fn world() -> ScheduleState {
         let mut s = ScheduleState::new();

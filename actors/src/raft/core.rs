@@ -6,6 +6,20 @@
 //! Every Ready is handled in the order the consensus issue fixes: persist
 //! (snapshot, entries, hard state) durably, then send, then apply committed
 //! entries, then advance.
+//!
+//! The applied state is the [`Replica`]'s, in redb: committed entries are
+//! applied in one transaction per batch that also moves its applied index,
+//! so a restart resumes from disk. Entries at or before that index that
+//! raft-rs delivers again after a restart change nothing; the validators
+//! see them again with the verdict recorded when they applied.
+//!
+//! Snapshots stream ([`crate::replica::snapshot`]): when raft-rs asks for
+//! one, the leader holds a read transaction of its replica, hashes its rows
+//! a few chunks per tick, and then offers raft-rs a snapshot whose data is
+//! only a [`snap::Descriptor`]. A follower that receives it fetches the
+//! rows chunk by chunk ([`RaftWire::SnapshotFetch`]), stages them, checks
+//! the digest, installs them in one transaction, and only then steps the
+//! snapshot message into raft-rs.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +29,7 @@ use raft::eraftpb::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, EntryType, MessageType,
 };
 use raft::{RawNode, StateRole};
+use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
 
 use super::storage::RaftStore;
@@ -23,7 +38,8 @@ use super::{raft_id, ClusterState, ProposeOutcome, RaftConfig, RaftSetup, RaftWi
 use crate::keys::{Domain, Keyring};
 use crate::ledger::{self, Anchor, SignedProposal, Verdict};
 use crate::plant::Bug;
-use crate::schedule::{Applied, Command, IdempotencyKey, ScheduleState};
+use crate::replica::{snapshot as snap, Replica, ScheduleView};
+use crate::schedule::{Applied, Command, IdempotencyKey};
 
 /// What one entry of the log carries: the command and who proposed it, so
 /// the proposer can answer its client when the entry applies.
@@ -101,7 +117,10 @@ pub struct RaftCore {
     me: FacilityId,
     my_id: u64,
     members: BTreeMap<u64, FacilityId>,
-    schedule: ScheduleState,
+    replica: Replica,
+    /// Entries at or before this index are not applied again (the replica
+    /// holds them); see [`RaftCore::open`].
+    skip_through: u64,
     config: RaftConfig,
     ticks: u64,
     next_seq: u64,
@@ -113,8 +132,13 @@ pub struct RaftCore {
     /// A configuration change applied: the next snapshot must carry it, or
     /// a facility it added would refuse the older one.
     snapshot_due: bool,
-    /// After a snapshot that was too large, no new try before this index.
-    compact_retry_at: u64,
+    /// The snapshot this facility holds to send.
+    outgoing: Option<Outgoing>,
+    /// The snapshot this facility is receiving.
+    incoming: Option<Incoming>,
+    /// The next outgoing snapshot's id (the store's incarnation in the
+    /// high half).
+    next_snap_id: u64,
     /// Signs proposals; checks every proposer's signature.
     keyring: Keyring,
     /// The leader of each recent term, as seen here.
@@ -124,9 +148,40 @@ pub struct RaftCore {
 /// Terms whose leader is remembered.
 const TERM_LEADERS_KEPT: usize = 256;
 
-/// Largest schedule snapshot: it travels in one Raft message, which also
-/// carries the snapshot's metadata.
-pub const SNAPSHOT_DATA_LEN_MAX: usize = codec::MESSAGE_LEN_MAX - 64 * 1024;
+/// Chunks of the digest pass over an outgoing snapshot per tick.
+const DIGEST_CHUNKS_PER_TICK: usize = 8;
+
+/// A snapshot this leader holds to send: one read transaction of its
+/// replica, at one applied index.
+struct Outgoing {
+    id: u64,
+    tx: redb::ReadTransaction,
+    index: u64,
+    term: u64,
+    conf: raft::eraftpb::ConfState,
+    hasher: snap::RowHasher,
+    /// Where the digest pass is; `None` once it is done.
+    digesting: Option<snap::Cursor>,
+    used_tick: u64,
+}
+
+/// A snapshot this follower is receiving.
+struct Incoming {
+    from: FacilityId,
+    desc: snap::Descriptor,
+    /// The snapshot message, stepped into raft-rs once the rows are in.
+    msg: raft::eraftpb::Message,
+    hasher: snap::RowHasher,
+    cursor: snap::Cursor,
+    asked_tick: u64,
+    started: std::time::Instant,
+    /// Fetches sent since the last chunk that moved the cursor.
+    tries: u32,
+}
+
+/// Fetches of one chunk before a transfer is given up (the leader sends a
+/// new snapshot message later).
+const FETCH_TRIES_MAX: u32 = 10;
 
 /// Why the core could not start or continue.
 #[derive(Debug, thiserror::Error)]
@@ -192,31 +247,35 @@ impl RaftCore {
         let voters: Vec<u64> = initial.iter().map(raft_id).collect();
         let bootstrap = start == ClusterState::New && fresh_store;
         let path = store.path().to_path_buf();
+        let replica = Replica::open(store.clone())?;
         let (rs, empty) = RaftStore::open(store, bootstrap.then_some(voters.as_slice()))?;
         let incarnation = rs.incarnation();
         if empty && start == ClusterState::New && !fresh_store {
             return Err(RaftCoreError::UnexpectedlyEmpty { path });
         }
-        let snap = rs.latest_snapshot().clone();
-        let schedule = if snap.get_metadata().index == 0 {
-            ScheduleState::new()
-        } else {
-            ScheduleState::restore(&snap.data)
-                .map_err(|e| RaftCoreError::Snapshot(e.to_string()))?
-        };
-        let my_id = raft_id(&me);
-        let mut applied = snap.get_metadata().index;
-        if applied > 0 && crate::plant::active(Bug::SnapshotIndexPlusOne) {
-            applied += 1;
+        let snap_index = rs.latest_snapshot().get_metadata().index;
+        if replica.applied() < snap_index {
+            return Err(RaftCoreError::Snapshot(format!(
+                "the replica has applied {} but the log is compacted to {snap_index}",
+                replica.applied()
+            )));
         }
-        let cfg = config.to_raft(my_id, applied);
+        // raft-rs delivers the entries after the compaction point again;
+        // those the replica holds change nothing (see `apply`).
+        let mut skip_through = replica.applied();
+        if skip_through > 0 && crate::plant::active(Bug::SnapshotIndexPlusOne) {
+            skip_through += 1;
+        }
+        let my_id = raft_id(&me);
+        let cfg = config.to_raft(my_id, snap_index);
         let node = RawNode::new(&cfg, rs, logger)?;
         Ok(RaftCore {
             node,
             me,
             my_id,
             members,
-            schedule,
+            replica,
+            skip_through,
             config,
             ticks: 0,
             // Sequence numbers never repeat across restarts: the high half
@@ -227,7 +286,9 @@ impl RaftCore {
             out: Vec::new(),
             emit_applied: false,
             snapshot_due: false,
-            compact_retry_at: 0,
+            outgoing: None,
+            incoming: None,
+            next_snap_id: incarnation << 32,
             keyring: setup.keyring.clone(),
             term_leaders: BTreeMap::new(),
         })
@@ -243,9 +304,15 @@ impl RaftCore {
         std::mem::take(&mut self.out)
     }
 
-    /// The applied schedule.
-    pub fn schedule(&self) -> &ScheduleState {
-        &self.schedule
+    /// A consistent view of the applied schedule.
+    pub fn view(&self) -> Result<ScheduleView, StorageError> {
+        self.replica.read()
+    }
+
+    /// The replica's applied index (at least [`RaftCore::applied_index`]
+    /// once a restart has replayed).
+    pub fn replica_applied(&self) -> u64 {
+        self.replica.applied()
     }
 
     /// The leader as this facility knows it.
@@ -314,6 +381,7 @@ impl RaftCore {
             live
         });
         self.retry_reads();
+        self.drive_snapshots();
     }
 
     /// raft-rs drops a read-index request silently when the leader has not
@@ -373,6 +441,9 @@ impl RaftCore {
                     }
                 };
                 self.guard_reject_hint(&mut m);
+                if m.msg_type == MessageType::MsgSnapshot && !self.receive_snapshot(from, &m)? {
+                    return Ok(());
+                }
                 match self.node.step(m) {
                     Ok(())
                     | Err(raft::Error::StepPeerNotFound)
@@ -394,6 +465,298 @@ impl RaftCore {
                     self.out.push(Output::Proposed { seq, outcome });
                 }
             }
+            RaftWire::SnapshotFetch { id, cursor } => self.serve_chunk(from, id, cursor),
+            RaftWire::SnapshotChunk {
+                id,
+                at,
+                bytes,
+                checksum,
+            } => self.on_chunk(from, id, at, &bytes, &checksum)?,
+            RaftWire::SnapshotGone { id } => {
+                if self
+                    .incoming
+                    .as_ref()
+                    .is_some_and(|i| i.from == *from && i.desc.id == id)
+                {
+                    tracing::warn!(%from, id, "the leader dropped the snapshot being fetched");
+                    self.incoming = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A snapshot message from the leader: `Ok(true)` when raft-rs may take
+    /// it now (the replica already holds its index), `Ok(false)` when its
+    /// rows are fetched first.
+    fn receive_snapshot(
+        &mut self,
+        from: &FacilityId,
+        m: &raft::eraftpb::Message,
+    ) -> Result<bool, RaftCoreError> {
+        let meta = m.get_snapshot().get_metadata();
+        let desc = match codec::decode_limited::<snap::Descriptor>(&m.get_snapshot().data, 4096) {
+            Ok(d) if d.index == meta.index => d,
+            Ok(_) | Err(_) => {
+                metrics::counter!("bulwark_snapshot_refused_total", "reason" => "descriptor")
+                    .increment(1);
+                tracing::warn!(%from, index = meta.index, "snapshot message without a valid descriptor dropped");
+                return Ok(false);
+            }
+        };
+        if desc.index <= self.replica.applied() {
+            return Ok(true);
+        }
+        if let Some(i) = &self.incoming {
+            if i.from == *from && i.desc == desc {
+                return Ok(false); // already fetching it
+            }
+        }
+        snap::clear_staging(self.replica.store())?;
+        tracing::info!(%from, index = desc.index, rows = desc.rows, bytes = desc.bytes,
+            "receiving a snapshot");
+        let cursor = snap::Cursor::default();
+        self.out.push(Output::Send {
+            to: from.clone(),
+            msg: RaftWire::SnapshotFetch {
+                id: desc.id,
+                cursor: cursor.clone(),
+            },
+        });
+        self.incoming = Some(Incoming {
+            from: from.clone(),
+            desc,
+            msg: m.clone(),
+            hasher: snap::RowHasher::default(),
+            cursor,
+            asked_tick: self.ticks,
+            started: std::time::Instant::now(),
+            tries: 1,
+        });
+        Ok(false)
+    }
+
+    /// Serves one chunk of the held snapshot `id`.
+    fn serve_chunk(&mut self, to: &FacilityId, id: u64, cursor: snap::Cursor) {
+        let store = self.replica.store().clone();
+        let chunk = match &mut self.outgoing {
+            Some(o) if o.id == id && o.digesting.is_none() => {
+                o.used_tick = self.ticks;
+                snap::read_chunk(&store, &o.tx, &cursor, snap::CHUNK_BYTES)
+                    .and_then(|c| snap::seal(&c))
+            }
+            _ => {
+                self.out.push(Output::Send {
+                    to: to.clone(),
+                    msg: RaftWire::SnapshotGone { id },
+                });
+                return;
+            }
+        };
+        match chunk {
+            Ok((bytes, checksum)) => {
+                metrics::counter!("bulwark_snapshot_sent_bytes_total")
+                    .increment(bytes.len() as u64);
+                self.out.push(Output::Send {
+                    to: to.clone(),
+                    msg: RaftWire::SnapshotChunk {
+                        id,
+                        at: cursor,
+                        bytes,
+                        checksum,
+                    },
+                })
+            }
+            Err(e) => {
+                tracing::error!(error = %e, id, "snapshot chunk could not be read; dropped");
+                self.outgoing = None;
+                self.node.mut_store().offer_snapshot(None);
+                self.out.push(Output::Send {
+                    to: to.clone(),
+                    msg: RaftWire::SnapshotGone { id },
+                });
+            }
+        }
+    }
+
+    /// One chunk of the snapshot being received.
+    fn on_chunk(
+        &mut self,
+        from: &FacilityId,
+        id: u64,
+        at: snap::Cursor,
+        bytes: &[u8],
+        checksum: &[u8; 32],
+    ) -> Result<(), RaftCoreError> {
+        let Some(inc) = self.incoming.as_mut() else {
+            return Ok(());
+        };
+        if inc.from != *from || inc.desc.id != id || inc.cursor != at {
+            return Ok(()); // late or duplicate
+        }
+        let chunk = match snap::open(bytes, checksum, inc.hasher.rows()) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!("bulwark_snapshot_refused_total", "reason" => "chunk")
+                    .increment(1);
+                tracing::warn!(%from, error = %e, "damaged snapshot chunk refused; asking again");
+                self.ask_again();
+                return Ok(());
+            }
+        };
+        let store = self.replica.store().clone();
+        let first = inc.hasher.rows();
+        snap::stage(&store, first, &chunk.rows, &mut inc.hasher)?;
+        metrics::counter!("bulwark_snapshot_received_bytes_total").increment(bytes.len() as u64);
+        inc.tries = 0;
+        if let Some(next) = chunk.next {
+            inc.cursor = next.clone();
+            inc.asked_tick = self.ticks;
+            inc.tries = 1;
+            let to = inc.from.clone();
+            self.out.push(Output::Send {
+                to,
+                msg: RaftWire::SnapshotFetch { id, cursor: next },
+            });
+            return Ok(());
+        }
+        let Some(inc) = self.incoming.take() else {
+            return Ok(());
+        };
+        match snap::install(&store, &inc.desc, &inc.hasher) {
+            Ok(()) => {}
+            Err(snap::SnapshotError::Stale { index, applied }) => {
+                tracing::info!(%from, index, applied, "snapshot no longer needed: the log caught up");
+                return Ok(());
+            }
+            Err(snap::SnapshotError::Storage(e)) => return Err(e.into()),
+            Err(e) => {
+                metrics::counter!("bulwark_snapshot_refused_total", "reason" => "digest")
+                    .increment(1);
+                tracing::warn!(%from, error = %e, "snapshot refused; the old state stays");
+                return Ok(());
+            }
+        }
+        self.replica.reload()?;
+        let secs = inc.started.elapsed().as_secs_f64();
+        metrics::counter!("bulwark_snapshot_installed_total").increment(1);
+        tracing::info!(%from, index = inc.desc.index, rows = inc.desc.rows, bytes = inc.desc.bytes,
+            secs, "snapshot installed");
+        match self.node.step(inc.msg) {
+            Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => {}
+            Err(e) => tracing::debug!(%from, error = %e, "step refused"),
+        }
+        Ok(())
+    }
+
+    /// Asks the leader again for the chunk at the incoming cursor, or gives
+    /// the transfer up after [`FETCH_TRIES_MAX`] tries.
+    fn ask_again(&mut self) {
+        let Some(inc) = self.incoming.as_mut() else {
+            return;
+        };
+        if inc.tries >= FETCH_TRIES_MAX {
+            tracing::warn!(from = %inc.from, index = inc.desc.index, "snapshot transfer given up");
+            self.incoming = None;
+            return;
+        }
+        inc.tries += 1;
+        inc.asked_tick = self.ticks;
+        let (to, id, cursor) = (inc.from.clone(), inc.desc.id, inc.cursor.clone());
+        self.out.push(Output::Send {
+            to,
+            msg: RaftWire::SnapshotFetch { id, cursor },
+        });
+    }
+
+    /// Each tick: the leader's digest pass over the snapshot it holds, its
+    /// expiry, a new one when raft-rs wants one; the follower's re-ask for a
+    /// chunk that did not come.
+    fn drive_snapshots(&mut self) {
+        let resend = self.config.election_ticks as u64;
+        if self
+            .incoming
+            .as_ref()
+            .is_some_and(|i| self.ticks >= i.asked_tick + resend)
+        {
+            self.ask_again();
+        }
+        if let Err(e) = self.drive_outgoing() {
+            tracing::error!(error = %e, "outgoing snapshot dropped");
+            self.outgoing = None;
+            self.node.mut_store().offer_snapshot(None);
+        }
+    }
+
+    fn drive_outgoing(&mut self) -> Result<(), RaftCoreError> {
+        let hold = 20 * self.config.election_ticks as u64;
+        let wanted = self.node.store().snapshot_wanted();
+        let stale = self.outgoing.as_ref().is_some_and(|o| {
+            self.ticks > o.used_tick + hold || wanted.is_some_and(|w| w > o.index)
+        });
+        if stale || (self.outgoing.is_some() && !self.is_leader()) {
+            self.outgoing = None;
+            self.node.mut_store().offer_snapshot(None);
+        }
+        if self.outgoing.is_none() && wanted.is_some() && self.is_leader() {
+            let store = self.replica.store().clone();
+            let tx = store.database().begin_read().map_err(|e| store.redb(e))?;
+            let index = self.replica.applied();
+            let term = raft::Storage::term(self.node.store(), index)?;
+            self.next_snap_id += 1;
+            self.outgoing = Some(Outgoing {
+                id: self.next_snap_id,
+                tx,
+                index,
+                term,
+                conf: self.node.store().conf_state().clone(),
+                hasher: snap::RowHasher::default(),
+                digesting: Some(snap::Cursor::default()),
+                used_tick: self.ticks,
+            });
+        }
+        let Some(o) = self.outgoing.as_mut() else {
+            return Ok(());
+        };
+        let store = self.replica.store().clone();
+        let mut done = None;
+        for _ in 0..DIGEST_CHUNKS_PER_TICK {
+            let Some(cursor) = o.digesting.take() else {
+                break;
+            };
+            let chunk = snap::read_chunk(&store, &o.tx, &cursor, snap::CHUNK_BYTES)?;
+            for r in &chunk.rows {
+                o.hasher.add(r.table, &r.key, &r.value);
+            }
+            o.digesting = chunk.next;
+            if o.digesting.is_none() {
+                done = Some(snap::Descriptor {
+                    id: o.id,
+                    index: o.index,
+                    rows: o.hasher.rows(),
+                    bytes: o.hasher.bytes(),
+                    digest: o.hasher.digest(),
+                });
+            }
+        }
+        if let Some(desc) = done {
+            let data =
+                codec::encode(&desc).map_err(|e| store.codec_error("snapshot", desc.index, e))?;
+            let mut snapshot = raft::eraftpb::Snapshot {
+                data: data.into(),
+                ..Default::default()
+            };
+            let meta = snapshot.mut_metadata();
+            meta.index = o.index;
+            meta.term = o.term;
+            meta.set_conf_state(o.conf.clone());
+            tracing::info!(
+                index = desc.index,
+                rows = desc.rows,
+                bytes = desc.bytes,
+                "snapshot ready to send"
+            );
+            self.node.mut_store().offer_snapshot(Some(snapshot));
         }
         Ok(())
     }
@@ -415,7 +778,7 @@ impl RaftCore {
         let payload = EntryPayload {
             proposer: self.me.clone(),
             seq,
-            anchor: self.schedule.chain().anchor(),
+            anchor: self.replica.chain().anchor(),
             command,
         };
         let encode_err = |e: bulwark_storage::CodecError| ProposeOutcome::Rejected {
@@ -707,10 +1070,16 @@ impl RaftCore {
             }
             // 1. Persist: snapshot, entries, hard state (durable redb commits).
             if !rd.snapshot().is_empty() {
-                let snap = rd.snapshot().clone();
-                self.node.mut_store().apply_snapshot(&snap)?;
-                self.schedule = ScheduleState::restore(&snap.data)
-                    .map_err(|e| RaftCoreError::Snapshot(e.to_string()))?;
+                let snapshot = rd.snapshot().clone();
+                let index = snapshot.get_metadata().index;
+                if self.replica.applied() < index {
+                    // Only a snapshot whose rows are installed is stepped.
+                    return Err(RaftCoreError::Snapshot(format!(
+                        "raft-rs took a snapshot at {index}; the replica holds {}",
+                        self.replica.applied()
+                    )));
+                }
+                self.node.mut_store().apply_snapshot(&snapshot)?;
             }
             if !rd.entries().is_empty() || rd.hs().is_some() {
                 let hs = rd.hs().cloned();
@@ -799,6 +1168,14 @@ impl RaftCore {
     }
 
     fn apply(&mut self, entries: Vec<raft::eraftpb::Entry>) -> Result<(), RaftCoreError> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        let tx = self.replica.begin()?;
+        let mut sched = self.replica.schedule(&tx);
+        let compacted = self.node.store().latest_snapshot().get_metadata().index;
+        let held = self.skip_through.max(self.replica.applied());
+        let mut conf = None;
         for e in entries {
             // Guard for tikv/raft-rs#543/#561: nothing beyond the commit index
             // (and, in 0.7.0, beyond what is persisted) is ever applied.
@@ -810,40 +1187,66 @@ impl RaftCore {
             );
             let mut payload = None;
             let mut verdict = Verdict::Skipped;
-            match e.entry_type {
-                EntryType::EntryNormal => {
-                    let adm = ledger::admit(
-                        &mut self.schedule,
-                        self.keyring.public(),
-                        e.index,
-                        e.term,
-                        &e.data,
-                    );
-                    let height = match &adm.verdict {
-                        Verdict::Admitted(link) => Some(link.entry.height),
-                        _ => None,
-                    };
-                    if let (Some(p), Some(applied)) = (&adm.payload, adm.applied) {
-                        self.answer(e.index, p, applied, height);
-                    } else if let (Some(p), Verdict::Rejected { reason, .. }) =
-                        (&adm.payload, &adm.verdict)
-                    {
-                        self.answer_refused(p, reason.code());
+            if e.index <= held {
+                // Applied before a restart (or carried by an installed
+                // snapshot): the replica holds it. Shown again as decided;
+                // an entry an installed snapshot carried, with no verdict
+                // recorded here, is not shown (as raft-rs shows none of
+                // the entries a snapshot replaces).
+                if e.entry_type == EntryType::EntryNormal && self.emit_applied {
+                    match self.replica.verdict_at(e.index)? {
+                        Some(rec) => {
+                            (payload, verdict) =
+                                ledger::relink(sched.chain(), e.index, e.term, &e.data, &rec);
+                        }
+                        None if !e.data.is_empty() => continue,
+                        None => {}
                     }
-                    payload = adm.payload;
-                    verdict = adm.verdict;
                 }
-                EntryType::EntryConfChangeV2 => {
-                    let cc: ConfChangeV2 =
-                        protobuf::Message::parse_from_bytes(&e.data).map_err(|err| {
-                            RaftCoreError::Snapshot(format!("conf change at {}: {err}", e.index))
-                        })?;
-                    let cs = self.node.apply_conf_change(&cc)?;
-                    self.node.mut_store().set_conf_state(&cs)?;
-                    self.snapshot_due = true;
-                }
-                EntryType::EntryConfChange => {
-                    tracing::error!(index = e.index, "v1 conf change ignored");
+            } else {
+                match e.entry_type {
+                    EntryType::EntryNormal => {
+                        let adm = ledger::admit(
+                            &mut sched,
+                            self.keyring.public(),
+                            e.index,
+                            e.term,
+                            &e.data,
+                        );
+                        let height = match &adm.verdict {
+                            Verdict::Admitted(link) => Some(link.entry.height),
+                            _ => None,
+                        };
+                        if let (Some(p), Some(applied)) = (&adm.payload, adm.applied) {
+                            self.answer(e.index, p, applied, height);
+                        } else if let (Some(p), Verdict::Rejected { reason, .. }) =
+                            (&adm.payload, &adm.verdict)
+                        {
+                            self.answer_refused(p, reason.code());
+                        }
+                        if !e.data.is_empty() {
+                            self.replica
+                                .record_verdict(&tx, e.index, &adm.verdict.recorded())?;
+                        }
+                        payload = adm.payload;
+                        verdict = adm.verdict;
+                    }
+                    EntryType::EntryConfChangeV2 => {
+                        let cc: ConfChangeV2 = protobuf::Message::parse_from_bytes(&e.data)
+                            .map_err(|err| {
+                                RaftCoreError::Snapshot(format!(
+                                    "conf change at {}: {err}",
+                                    e.index
+                                ))
+                            })?;
+                        let cs = self.node.apply_conf_change(&cc)?;
+                        self.node.store().stage_conf_state(&tx, &cs)?;
+                        conf = Some(cs);
+                        self.snapshot_due = true;
+                    }
+                    EntryType::EntryConfChange => {
+                        tracing::error!(index = e.index, "v1 conf change ignored");
+                    }
                 }
             }
             if self.emit_applied {
@@ -864,6 +1267,12 @@ impl RaftCore {
                     leader,
                 })));
             }
+        }
+        self.replica.prune_verdicts(&tx, compacted)?;
+        let done = sched.into_tables().finish()?;
+        self.replica.commit(tx, done, last)?;
+        if let Some(cs) = conf {
+            self.node.mut_store().note_conf_state(&cs);
         }
         Ok(())
     }
@@ -967,30 +1376,12 @@ impl RaftCore {
         if !due && applied < snap_index + self.config.snapshot_every_entries {
             return Ok(());
         }
-        if !due && applied < self.compact_retry_at {
-            return Ok(());
-        }
         self.snapshot_due = false;
-        let data = match self.schedule.snapshot() {
-            Ok(d) if d.len() <= SNAPSHOT_DATA_LEN_MAX => d,
-            too_large => {
-                // The snapshot must fit one message to reach a follower.
-                // Chunked transfer is not built: keep serving, keep the log,
-                // and say so loudly; try again after another interval.
-                let len = too_large.as_ref().map_or(0, Vec::len);
-                metrics::counter!("bulwark_raft_snapshot_too_large_total").increment(1);
-                tracing::error!(
-                    applied,
-                    len,
-                    limit = SNAPSHOT_DATA_LEN_MAX,
-                    "schedule snapshot too large; log not compacted"
-                );
-                self.compact_retry_at = applied + self.config.snapshot_every_entries;
-                return Ok(());
-            }
-        };
+        // The replica holds the state: compaction writes only the point
+        // (and makes every apply batch before it durable). Nothing is ever
+        // skipped for size.
         let cs = self.node.store().conf_state().clone();
-        self.node.mut_store().compact_to(applied, data, &cs)?;
+        self.node.mut_store().compact_to(applied, &cs)?;
         Ok(())
     }
 

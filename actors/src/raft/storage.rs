@@ -1,8 +1,11 @@
 //! raft-rs `Storage` over the facility's redb file.
 //!
 //! Layout: `RAFT_LOG` holds entries by index (as [`WireEntry`]), `RAFT_META`
-//! holds the hard state, the conf state and the latest snapshot (metadata and
-//! the state machine's bytes). Every write is one durable redb transaction:
+//! holds the hard state, the conf state and the latest compaction point (a
+//! snapshot's metadata; the state itself is the replica's, in its own
+//! tables). A snapshot to send is made by the replica and offered here
+//! ([`RaftStore::offer_snapshot`]) when raft-rs asks for one
+//! ([`RaftStore::snapshot_wanted`]). Every write is one durable redb transaction:
 //! when a method returns `Ok`, what it wrote survives a crash, and a crash in
 //! the middle leaves the previous state (redb commits atomically).
 //!
@@ -38,6 +41,10 @@ pub struct RaftStore {
     entries: Vec<Entry>,
     /// How many times this store has been opened for Raft.
     incarnation: u64,
+    /// A snapshot made to be sent, if any.
+    offered: Option<Snapshot>,
+    /// The index raft-rs asked a snapshot for and was not given.
+    wanted: std::sync::Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for RaftStore {
@@ -139,6 +146,8 @@ impl RaftStore {
             entries,
             store,
             incarnation: 0,
+            offered: None,
+            wanted: std::sync::Mutex::new(None),
         };
         rs.bump_incarnation()?;
         if empty {
@@ -303,18 +312,55 @@ impl RaftStore {
 
     /// Durably records the configuration.
     pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StorageError> {
+        let tx = self.store.begin_write()?;
+        self.stage_conf_state(&tx, cs)?;
+        tx.commit().map_err(|e| self.store.redb(e))?;
+        self.conf_state = cs.clone();
+        Ok(())
+    }
+
+    /// Writes the configuration in `tx` (the replica's batch that applies
+    /// the change); [`RaftStore::note_conf_state`] after it commits.
+    pub fn stage_conf_state(
+        &self,
+        tx: &redb::WriteTransaction,
+        cs: &ConfState,
+    ) -> Result<(), StorageError> {
         let s = &self.store;
         let bytes = codec::encode(&WireConfState::from_raft(cs))
             .map_err(|err| s.codec_error("raft_meta", KEY_CONF_STATE, err))?;
-        let tx = s.begin_write()?;
-        {
-            let mut meta = tx.open_table(RAFT_META).map_err(|e| s.redb(e))?;
-            meta.insert(KEY_CONF_STATE, bytes.as_slice())
-                .map_err(|e| s.redb(e))?;
-        }
-        tx.commit().map_err(|e| s.redb(e))?;
-        self.conf_state = cs.clone();
+        let mut meta = tx.open_table(RAFT_META).map_err(|e| s.redb(e))?;
+        meta.insert(KEY_CONF_STATE, bytes.as_slice())
+            .map_err(|e| s.redb(e))?;
         Ok(())
+    }
+
+    /// The configuration staged by [`RaftStore::stage_conf_state`] is
+    /// committed.
+    pub fn note_conf_state(&mut self, cs: &ConfState) {
+        self.conf_state = cs.clone();
+    }
+
+    /// The index raft-rs last asked a snapshot for and was not given.
+    pub fn snapshot_wanted(&self) -> Option<u64> {
+        *self.wanted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Offers `snap` (the replica's, at its index) to raft-rs's next
+    /// request; `None` withdraws the offer.
+    pub fn offer_snapshot(&mut self, snap: Option<Snapshot>) {
+        if let Some(s) = &snap {
+            let mut wanted = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+            if wanted.is_some_and(|w| w <= s.get_metadata().index) {
+                *wanted = None;
+            }
+        }
+        self.offered = snap;
+    }
+
+    /// The offered snapshot's index.
+    pub fn offered_index(&self) -> Option<u64> {
+        self.offered.as_ref().map(|s| s.get_metadata().index)
     }
 
     /// Durably installs a snapshot received from the leader: the log is
@@ -330,15 +376,11 @@ impl RaftStore {
         Ok(())
     }
 
-    /// Durably records a snapshot of the state machine at `index` (which
-    /// must be applied, so committed and in the log) and compacts the log up
-    /// to it.
-    pub fn compact_to(
-        &mut self,
-        index: u64,
-        data: Vec<u8>,
-        cs: &ConfState,
-    ) -> Result<(), StorageError> {
+    /// Durably records the compaction point `index` (which must be
+    /// applied, so committed and in the log; the replica holds the state)
+    /// and compacts the log up to it. Its commit also makes every earlier
+    /// apply batch durable.
+    pub fn compact_to(&mut self, index: u64, cs: &ConfState) -> Result<(), StorageError> {
         assert!(
             index > self.snapshot_index() && index <= self.last(),
             "snapshot at {index} outside ({}, {}]",
@@ -351,7 +393,6 @@ impl RaftStore {
         );
         let term = self.entries[(index - self.first()) as usize].term;
         let mut snap = Snapshot::default();
-        snap.data = data.into();
         let meta = snap.mut_metadata();
         meta.index = index;
         meta.term = term;
@@ -449,12 +490,21 @@ impl raft::Storage for RaftStore {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot_index() < request_index {
-            return Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            ));
+        // A snapshot older than the compaction point would leave the
+        // follower short of the log again.
+        let need = request_index.max(self.snapshot_index());
+        match &self.offered {
+            Some(s) if s.get_metadata().index >= need => Ok(s.clone()),
+            _ => {
+                // The replica makes one (RaftCore::drive_snapshots); raft-rs
+                // asks again at its next probe.
+                let mut wanted = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+                *wanted = Some(wanted.map_or(need, |w| w.max(need)));
+                Err(raft::Error::Store(
+                    raft::StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
         }
-        Ok(self.snapshot.clone())
     }
 }
 
@@ -488,7 +538,7 @@ mod tests {
         rs.persist(&ents, Some(&hs)).unwrap();
         rs.set_commit(70).unwrap();
         let cs = rs.conf_state().clone();
-        rs.compact_to(40, b"state@40".to_vec(), &cs).unwrap();
+        rs.compact_to(40, &cs).unwrap();
         // A new leader replaces entries from 71 on.
         let tail: Vec<Entry> = (71..=75).map(|i| entry(i, 2)).collect();
         rs.persist(&tail, None).unwrap();
@@ -504,7 +554,6 @@ mod tests {
             assert_eq!(got.len(), 35);
             assert_eq!(&got[0].data[..], b"e41");
             assert_eq!(rs.latest_snapshot().get_metadata().index, 40);
-            assert_eq!(&rs.latest_snapshot().data[..], b"state@40");
         };
         check(&rs);
         drop(rs);

@@ -21,10 +21,11 @@
 //! Only `BTreeMap`/`BTreeSet` hold state, so iteration order, and with it
 //! every verdict and every snapshot, is the same on every facility.
 
+pub mod overlay;
 pub mod rules;
 pub mod tables;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -36,8 +37,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::hlc::Hlc;
 use crate::ledger::ChainHead;
+pub use overlay::Overlay;
 pub use rules::{Interval, Rule};
-pub use tables::{KeyRecord, MemTables, Tables, Understaffed};
+pub use tables::{KeyRecord, MemTables, Tables, TablesRead, Understaffed};
 
 /// Minutes in a day.
 pub const DAY_MIN: u64 = 1440;
@@ -458,7 +460,7 @@ pub type ScheduleState = Schedule<MemTables>;
 /// 8 days either side.
 const DUTY_REACH_MIN: u64 = 8 * DAY_MIN;
 
-impl<T: Tables> Schedule<T> {
+impl<T> Schedule<T> {
     /// The schedule over `tables`.
     pub fn over(tables: T) -> Schedule<T> {
         Schedule { t: tables }
@@ -478,7 +480,55 @@ impl<T: Tables> Schedule<T> {
     pub fn into_tables(self) -> T {
         self.t
     }
+}
 
+impl<T: TablesRead> Schedule<T> {
+    /// The ledger chain's head.
+    pub fn chain(&self) -> &ChainHead {
+        self.t.chain()
+    }
+
+    /// The last log index applied.
+    pub fn last_index(&self) -> u64 {
+        self.t.last_index()
+    }
+
+    /// The last approved day, if any.
+    pub fn approved_through(&self) -> Option<u32> {
+        self.t.approved_through()
+    }
+
+    /// The first outcome recorded for `key`, with its index.
+    pub fn outcome_of(&self, key: &IdempotencyKey) -> Option<(u64, Outcome)> {
+        self.t.key(key).map(|r| (r.index, r.outcome))
+    }
+
+    /// The person `id`, if it exists.
+    pub fn person_of(&self, id: &PersonId) -> Option<Person> {
+        self.t.person(id)
+    }
+
+    /// The block `id`, if it exists.
+    pub fn block_of(&self, id: &BlockId) -> Option<Block> {
+        self.t.block(id)
+    }
+
+    /// The people on `block`.
+    pub fn assignees(&self, block: &BlockId) -> Vec<PersonId> {
+        self.t
+            .assignments_on(block)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// The assignments on `block`, by person.
+    pub fn assignments_on(&self, block: &BlockId) -> Vec<(PersonId, Assignment)> {
+        self.t.assignments_on(block)
+    }
+}
+
+impl<T: Tables> Schedule<T> {
     /// Applies the command committed at `index`. Deterministic: the same
     /// commands in the same order give the same state on every facility.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Applied {
@@ -532,52 +582,8 @@ impl<T: Tables> Schedule<T> {
         Applied::Fresh(outcome)
     }
 
-    /// The ledger chain's head.
-    pub fn chain(&self) -> &ChainHead {
-        self.t.chain()
-    }
-
     pub(crate) fn push_link(&mut self, link: &crate::ledger::Link) {
         self.t.push_link(link);
-    }
-
-    /// The last log index applied.
-    pub fn last_index(&self) -> u64 {
-        self.t.last_index()
-    }
-
-    /// The last approved day, if any.
-    pub fn approved_through(&self) -> Option<u32> {
-        self.t.approved_through()
-    }
-
-    /// The first outcome recorded for `key`, with its index.
-    pub fn outcome_of(&self, key: &IdempotencyKey) -> Option<(u64, Outcome)> {
-        self.t.key(key).map(|r| (r.index, r.outcome))
-    }
-
-    /// The person `id`, if it exists.
-    pub fn person_of(&self, id: &PersonId) -> Option<Person> {
-        self.t.person(id)
-    }
-
-    /// The block `id`, if it exists.
-    pub fn block_of(&self, id: &BlockId) -> Option<Block> {
-        self.t.block(id)
-    }
-
-    /// The people on `block`.
-    pub fn assignees(&self, block: &BlockId) -> Vec<PersonId> {
-        self.t
-            .assignments_on(block)
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect()
-    }
-
-    /// The assignments on `block`, by person.
-    pub fn assignments_on(&self, block: &BlockId) -> Vec<(PersonId, Assignment)> {
-        self.t.assignments_on(block)
     }
 
     fn bump(&mut self, index: u64) {

@@ -43,50 +43,50 @@ pub struct Understaffed {
 /// The state a schedule reads and writes. Reads return owned values; a
 /// backend whose reads can fail (a disk) records the failure and refuses
 /// to commit what was computed from it.
-pub trait Tables {
+pub trait TablesRead {
     /// The last log index applied.
     fn last_index(&self) -> u64;
-    /// Sets the last log index applied.
-    fn set_last_index(&mut self, index: u64);
     /// The last finally approved day.
     fn approved_through(&self) -> Option<u32>;
-    /// Sets the last finally approved day.
-    fn set_approved_through(&mut self, day: u32);
     /// The ledger chain's head.
     fn chain(&self) -> &ChainHead;
-    /// Appends `link` to the chain.
-    fn push_link(&mut self, link: &Link);
-
     /// The person `id`.
     fn person(&self, id: &PersonId) -> Option<Person>;
-    /// Adds (or replaces) a person.
-    fn put_person(&mut self, person: &Person);
     /// The block `id`.
     fn block(&self, id: &BlockId) -> Option<Block>;
-    /// Adds a block (it has nobody yet).
-    fn put_block(&mut self, block: &Block);
-
     /// The assignments on `block`, by person.
     fn assignments_on(&self, block: &BlockId) -> Vec<(PersonId, Assignment)>;
     /// `person`'s assignment to `block`.
     fn assignment(&self, block: &BlockId, person: &PersonId) -> Option<Assignment>;
-    /// Puts `person` on `block`, keeping every index.
-    fn insert_assignment(&mut self, block: &Block, person: &PersonId, assignment: Assignment);
-    /// Takes `person` off `block`, keeping every index.
-    fn remove_assignment(&mut self, block: &Block, person: &PersonId);
     /// `person`'s blocks that start in `[from, to)` minutes, by start time.
     fn duty_starting(&self, person: &PersonId, from: u64, to: u64) -> Vec<(Interval, BlockId)>;
     /// Blocks on days up to `through_day` with fewer people than they need,
     /// earliest day first, at most `limit`.
     fn understaffed(&self, through_day: u32, limit: usize) -> Vec<Understaffed>;
-
     /// The first day of `from..=to` that `person` is on leave.
     fn leave_day_in(&self, person: &PersonId, from: u32, to: u32) -> Option<u32>;
-    /// Grants `person` leave for days `from..=to`.
-    fn add_leave(&mut self, person: &PersonId, from: u32, to: u32);
-
     /// The record of `key`.
     fn key(&self, key: &IdempotencyKey) -> Option<KeyRecord>;
+}
+
+/// [`TablesRead`] and the writes a command makes.
+pub trait Tables: TablesRead {
+    /// Sets the last log index applied.
+    fn set_last_index(&mut self, index: u64);
+    /// Sets the last finally approved day.
+    fn set_approved_through(&mut self, day: u32);
+    /// Appends `link` to the chain.
+    fn push_link(&mut self, link: &Link);
+    /// Adds (or replaces) a person.
+    fn put_person(&mut self, person: &Person);
+    /// Adds a block (it has nobody yet).
+    fn put_block(&mut self, block: &Block);
+    /// Puts `person` on `block`, keeping every index.
+    fn insert_assignment(&mut self, block: &Block, person: &PersonId, assignment: Assignment);
+    /// Takes `person` off `block`, keeping every index.
+    fn remove_assignment(&mut self, block: &Block, person: &PersonId);
+    /// Grants `person` leave for days `from..=to`.
+    fn add_leave(&mut self, person: &PersonId, from: u32, to: u32);
     /// Records `key`'s first outcome; beyond [`IDEMPOTENCY_KEYS_MAX`] keys
     /// the oldest (by log index) is forgotten.
     fn remember_key(&mut self, key: IdempotencyKey, record: KeyRecord);
@@ -99,32 +99,32 @@ pub trait Tables {
 /// `ScheduleState` (the derived indices are rebuilt, not stored).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct MemTables {
-    pub(super) last_index: u64,
-    pub(super) people: BTreeMap<PersonId, Person>,
-    pub(super) blocks: BTreeMap<BlockId, Block>,
-    pub(super) assignments: BTreeMap<BlockId, BTreeMap<PersonId, Assignment>>,
-    pub(super) leave: BTreeMap<PersonId, BTreeSet<u32>>,
-    pub(super) approved_through: Option<u32>,
-    pub(super) keys: BTreeMap<IdempotencyKey, KeyRecord>,
-    pub(super) rejections: VecDeque<RejectionRecord>,
-    pub(super) rejected_total: u64,
+    pub(crate) last_index: u64,
+    pub(crate) people: BTreeMap<PersonId, Person>,
+    pub(crate) blocks: BTreeMap<BlockId, Block>,
+    pub(crate) assignments: BTreeMap<BlockId, BTreeMap<PersonId, Assignment>>,
+    pub(crate) leave: BTreeMap<PersonId, BTreeSet<u32>>,
+    pub(crate) approved_through: Option<u32>,
+    pub(crate) keys: BTreeMap<IdempotencyKey, KeyRecord>,
+    pub(crate) rejections: VecDeque<RejectionRecord>,
+    pub(crate) rejected_total: u64,
     /// The ledger chain's head: which committed commands joined the chain
     /// (see [`crate::ledger::admit`]).
-    pub(super) chain: ChainHead,
+    pub(crate) chain: ChainHead,
     /// Derived: each person's blocks by start time.
     #[serde(skip)]
-    pub(super) by_person: BTreeMap<PersonId, BTreeMap<(u64, BlockId), Interval>>,
+    pub(crate) by_person: BTreeMap<PersonId, BTreeMap<(u64, BlockId), Interval>>,
     /// Derived: idempotency keys by the index they applied at.
     #[serde(skip)]
-    pub(super) key_order: BTreeMap<u64, IdempotencyKey>,
+    pub(crate) key_order: BTreeMap<u64, IdempotencyKey>,
     /// Derived: blocks with an open slot, by day.
     #[serde(skip)]
-    pub(super) open: BTreeSet<(u32, BlockId)>,
+    pub(crate) open: BTreeSet<(u32, BlockId)>,
 }
 
 impl MemTables {
     /// Rebuilds the derived indices from the stored fields.
-    pub(super) fn rebuild(&mut self) -> Result<(), String> {
+    pub(crate) fn rebuild(&mut self) -> Result<(), String> {
         self.by_person.clear();
         self.open.clear();
         for (blk, people) in &self.assignments {
@@ -152,7 +152,7 @@ impl MemTables {
         Ok(())
     }
 
-    pub(super) fn staffed(&self, block: &BlockId) -> usize {
+    pub(crate) fn staffed(&self, block: &BlockId) -> usize {
         self.assignments.get(block).map_or(0, BTreeMap::len)
     }
 
@@ -165,46 +165,25 @@ impl MemTables {
     }
 }
 
-impl Tables for MemTables {
+impl TablesRead for MemTables {
     fn last_index(&self) -> u64 {
         self.last_index
-    }
-
-    fn set_last_index(&mut self, index: u64) {
-        self.last_index = index;
     }
 
     fn approved_through(&self) -> Option<u32> {
         self.approved_through
     }
 
-    fn set_approved_through(&mut self, day: u32) {
-        self.approved_through = Some(day);
-    }
-
     fn chain(&self) -> &ChainHead {
         &self.chain
-    }
-
-    fn push_link(&mut self, link: &Link) {
-        self.chain.push(link);
     }
 
     fn person(&self, id: &PersonId) -> Option<Person> {
         self.people.get(id).cloned()
     }
 
-    fn put_person(&mut self, person: &Person) {
-        self.people.insert(person.id.clone(), person.clone());
-    }
-
     fn block(&self, id: &BlockId) -> Option<Block> {
         self.blocks.get(id).cloned()
-    }
-
-    fn put_block(&mut self, block: &Block) {
-        self.blocks.insert(block.id.clone(), block.clone());
-        self.reopen(block);
     }
 
     fn assignments_on(&self, block: &BlockId) -> Vec<(PersonId, Assignment)> {
@@ -216,36 +195,6 @@ impl Tables for MemTables {
 
     fn assignment(&self, block: &BlockId, person: &PersonId) -> Option<Assignment> {
         self.assignments.get(block)?.get(person).copied()
-    }
-
-    fn insert_assignment(&mut self, block: &Block, person: &PersonId, assignment: Assignment) {
-        let iv = block.interval();
-        self.assignments
-            .entry(block.id.clone())
-            .or_default()
-            .insert(person.clone(), assignment);
-        self.by_person
-            .entry(person.clone())
-            .or_default()
-            .insert((iv.start, block.id.clone()), iv);
-        self.reopen(block);
-    }
-
-    fn remove_assignment(&mut self, block: &Block, person: &PersonId) {
-        let iv = block.interval();
-        if let Some(m) = self.assignments.get_mut(&block.id) {
-            m.remove(person);
-            if m.is_empty() {
-                self.assignments.remove(&block.id);
-            }
-        }
-        if let Some(m) = self.by_person.get_mut(person) {
-            m.remove(&(iv.start, block.id.clone()));
-            if m.is_empty() {
-                self.by_person.remove(person);
-            }
-        }
-        self.reopen(block);
     }
 
     fn duty_starting(&self, person: &PersonId, from: u64, to: u64) -> Vec<(Interval, BlockId)> {
@@ -282,15 +231,68 @@ impl Tables for MemTables {
         self.leave.get(person)?.range(from..=to).next().copied()
     }
 
+    fn key(&self, key: &IdempotencyKey) -> Option<KeyRecord> {
+        self.keys.get(key).cloned()
+    }
+}
+
+impl Tables for MemTables {
+    fn set_last_index(&mut self, index: u64) {
+        self.last_index = index;
+    }
+
+    fn set_approved_through(&mut self, day: u32) {
+        self.approved_through = Some(day);
+    }
+
+    fn push_link(&mut self, link: &Link) {
+        self.chain.push(link);
+    }
+
+    fn put_person(&mut self, person: &Person) {
+        self.people.insert(person.id.clone(), person.clone());
+    }
+
+    fn put_block(&mut self, block: &Block) {
+        self.blocks.insert(block.id.clone(), block.clone());
+        self.reopen(block);
+    }
+
+    fn insert_assignment(&mut self, block: &Block, person: &PersonId, assignment: Assignment) {
+        let iv = block.interval();
+        self.assignments
+            .entry(block.id.clone())
+            .or_default()
+            .insert(person.clone(), assignment);
+        self.by_person
+            .entry(person.clone())
+            .or_default()
+            .insert((iv.start, block.id.clone()), iv);
+        self.reopen(block);
+    }
+
+    fn remove_assignment(&mut self, block: &Block, person: &PersonId) {
+        let iv = block.interval();
+        if let Some(m) = self.assignments.get_mut(&block.id) {
+            m.remove(person);
+            if m.is_empty() {
+                self.assignments.remove(&block.id);
+            }
+        }
+        if let Some(m) = self.by_person.get_mut(person) {
+            m.remove(&(iv.start, block.id.clone()));
+            if m.is_empty() {
+                self.by_person.remove(person);
+            }
+        }
+        self.reopen(block);
+    }
+
     fn add_leave(&mut self, person: &PersonId, from: u32, to: u32) {
         self.leave
             .entry(person.clone())
             .or_default()
             .extend(from..=to);
-    }
-
-    fn key(&self, key: &IdempotencyKey) -> Option<KeyRecord> {
-        self.keys.get(key).cloned()
     }
 
     fn remember_key(&mut self, key: IdempotencyKey, record: KeyRecord) {

@@ -6,7 +6,7 @@ fn fac() -> FacilityId {
     "alpha".parse().unwrap()
 }
 
-fn cmd(n: u64, op: Op) -> Command {
+pub(crate) fn cmd(n: u64, op: Op) -> Command {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&n.to_le_bytes());
     Command {
@@ -514,7 +514,7 @@ proptest! {
     }
 }
 
-fn arb_op() -> impl Strategy<Value = Op> {
+pub(crate) fn arb_op() -> impl Strategy<Value = Op> {
     let p = (0u8..5).prop_map(|i| pid(&format!("p{i}")));
     let b = (0u8..12).prop_map(|i| bid(&format!("b{i}")));
     prop_oneof![
@@ -620,4 +620,44 @@ fn the_same_commands_give_the_same_digest() {
     let mut other = build();
     other.apply(99, &cmd(99, assign("ann", "d4")));
     assert_ne!(build().digest().unwrap(), other.digest().unwrap());
+}
+
+pub(crate) fn person_op(id: &str) -> Op {
+    person(id)
+}
+
+/// A 10-hour block on `day`, in the morning (`half` 0) or the evening.
+pub(crate) fn block_op(id: &str, day: u32, half: u32) -> Op {
+    block(id, day, if half == 0 { 6 * 60 } else { 17 * 60 }, 600, 1)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A trial over an overlay gives the verdicts of the same commands on a
+    /// copy, and leaves its base untouched.
+    #[test]
+    fn an_overlay_trial_agrees_with_a_copy_and_leaves_the_base(
+        base_ops in prop::collection::vec(arb_op(), 1..60),
+        trial_ops in prop::collection::vec(arb_op(), 1..30),
+    ) {
+        let mut base = ScheduleState::new();
+        for (i, op) in base_ops.into_iter().enumerate() {
+            base.apply(i as u64 + 1, &cmd(i as u64 + 1, op));
+        }
+        let before = base.clone();
+        let mut copy = base.clone();
+        let mut trial = Schedule::over(Overlay::new(base.tables()));
+        for (i, op) in trial_ops.into_iter().enumerate() {
+            let n = 1000 + i as u64;
+            let c = cmd(n, op);
+            prop_assert_eq!(trial.apply(n, &c), copy.apply(n, &c));
+            prop_assert_eq!(
+                trial.tables().understaffed(u32::MAX, 8),
+                copy.tables().understaffed(u32::MAX, 8)
+            );
+        }
+        drop(trial);
+        prop_assert_eq!(base, before);
+    }
 }

@@ -411,7 +411,9 @@ impl Cluster {
             .is_up(i)
             .then(|| raft_peer(self.h.node(i)))
             .flatten()?;
-        inspect(&peer, f).await
+        inspect(&peer, move |v| v.to_state().ok().map(|s| f(&s)))
+            .await
+            .flatten()
     }
 
     pub async fn crash(&mut self, i: usize) {
@@ -495,7 +497,10 @@ impl Cluster {
         gate.cast(GateMsg::Read {
             consistency,
             f: Box::new(move |r| {
-                let _ = tx.send(r.map(|(s, st)| f(s, &st)));
+                let _ = tx.send(r.map(|(s, st)| {
+                    let s = s.to_state().expect("the replica reads back");
+                    f(&s, &st)
+                }));
             }),
         })
         .expect("gate runs");

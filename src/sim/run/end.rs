@@ -14,6 +14,7 @@ use axum::http::StatusCode;
 use bulwark_actors::bft::{self, Behaviour, LedgerStore};
 use bulwark_actors::ledger::{self, FinalEntry};
 use bulwark_actors::raft::{inspect, raft_peer};
+use bulwark_actors::replica::ScheduleView;
 use bulwark_actors::schedule::{Outcome, ScheduleState};
 use bulwark_transport::simnet::{LinkParams, UniformModel};
 use bulwark_transport::FacilityId;
@@ -227,7 +228,7 @@ impl Run<'_> {
             let Some(peer) = raft_peer(self.c.harness().node(i)) else {
                 return Err(self.stuck(format!("{}: no RaftPeer", self.c.ids()[i])));
             };
-            let h = inspect(&peer, |s: &ScheduleState| s.chain().height()).await;
+            let h = inspect(&peer, |s: &ScheduleView| s.chain().height()).await;
             target = target.max(h.unwrap_or(0));
         }
         self.poll_until("ledger entries not final", move |r| {
@@ -309,15 +310,21 @@ impl Run<'_> {
             let f = &self.c.ids()[i];
             let peer = raft_peer(self.c.harness().node(i)).ok_or(format!("{f}: no RaftPeer"))?;
             let acked = acked.to_vec();
-            let read = inspect(&peer, move |s: &ScheduleState| {
+            let read = inspect(&peer, move |v: &ScheduleView| {
+                let s = v.to_state().map_err(|e| e.to_string())?;
+                let s = &s;
                 let lost: Vec<String> = acked
                     .iter()
                     .filter(|(w, a)| !present(s, w, a))
                     .map(|(w, a)| format!("{} {} {a:?}", w.key, w.path))
                     .collect();
-                (lost, s.last_index(), s.digest().unwrap_or_default())
+                Ok::<_, String>((lost, s.last_index(), s.digest().unwrap_or_default()))
             });
-            out.push(read.await.ok_or(format!("{f}: no final read"))?);
+            out.push(
+                read.await
+                    .ok_or(format!("{f}: no final read"))?
+                    .map_err(|e| format!("{f}: final read: {e}"))?,
+            );
         }
         Ok(out)
     }

@@ -311,6 +311,13 @@ async fn bad_frames_and_datagrams_stop_only_their_stream() {
     let body = read_frame(&mut hello, HELLO_LEN_MAX).await.unwrap();
     let hello: Hello = codec::decode(&body).unwrap();
     assert_eq!(hello.facility, id("alpha"));
+    // The dialler's hello comes first.
+    let mut s = conn.open_uni().await.unwrap();
+    let ours = codec::encode(&Hello::booted(id("bravo"), 9)).unwrap();
+    s.write_all(&crate::frame::encode(&ours).unwrap())
+        .await
+        .unwrap();
+    s.finish().unwrap();
 
     // 1. A length prefix far beyond the limit: stream stopped, nothing allocated.
     let mut s = conn.open_uni().await.unwrap();
@@ -563,6 +570,7 @@ fn a_hello_is_accepted_only_from_the_dialled_facility_at_this_version() {
     let newer = codec::encode(&Hello {
         facility: alpha.clone(),
         protocol: PROTOCOL_VERSION + 1,
+        boot: 7,
     })
     .unwrap();
     bad_hello(&newer, "another version");

@@ -1,0 +1,174 @@
+use proptest::prelude::*;
+
+use super::snapshot::{self, Cursor, Descriptor, SnapshotError};
+use super::*;
+use crate::schedule::tests::{arb_op, cmd};
+use crate::schedule::{Applied, ScheduleState};
+
+fn store(dir: &std::path::Path, name: &str) -> Store {
+    Store::open(&dir.join(format!("{name}.redb")), "alpha")
+        .unwrap()
+        .store
+}
+
+/// Applies `ops` to a replica (one batch per `batch` commands) and to the
+/// in-memory schedule; returns both.
+fn run(dir: &std::path::Path, ops: &[(Op, u8)], batch: usize) -> (Replica, ScheduleState) {
+    let mut replica = Replica::open(store(dir, "a")).unwrap();
+    let mut mem = ScheduleState::new();
+    for (n, group) in ops.chunks(batch.max(1)).enumerate() {
+        let tx = replica.begin().unwrap();
+        let mut sched = replica.schedule(&tx);
+        let mut last = 0;
+        for (i, (op, retry)) in group.iter().enumerate() {
+            let index = (n * batch + i) as u64 + 1;
+            // One in eight repeats the previous command's key.
+            let k = if *retry == 0 && index > 1 {
+                index - 1
+            } else {
+                index
+            };
+            let c = cmd(k, op.clone());
+            let on_disk: Applied = sched.apply(index, &c);
+            let in_mem: Applied = mem.apply(index, &c);
+            assert_eq!(on_disk, in_mem, "index {index}: {op:?}");
+            last = index;
+        }
+        let done = sched.into_tables().finish().unwrap();
+        replica.commit(tx, done, last).unwrap();
+    }
+    (replica, mem)
+}
+
+use crate::schedule::Op;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The rules over redb give the verdicts and the state of the rules in
+    /// memory, batch by batch, and a restart reads back the same state.
+    #[test]
+    fn the_replica_on_disk_agrees_with_the_schedule_in_memory(
+        ops in prop::collection::vec((arb_op(), 0u8..8), 1..120),
+        batch in 1usize..9,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (replica, mem) = run(dir.path(), &ops, batch);
+        let view = replica.read().unwrap();
+        let back = view.tables().to_mem().unwrap();
+        prop_assert_eq!(&back, mem.tables());
+        prop_assert_eq!(replica.applied(), ops.len() as u64);
+        let path = replica.store().path().to_path_buf();
+        drop(view);
+        drop(replica);
+        let reopened = Replica::open(Store::open(&path, "alpha").unwrap().store).unwrap();
+        prop_assert_eq!(reopened.applied(), ops.len() as u64);
+        let back = reopened.read().unwrap().tables().to_mem().unwrap();
+        prop_assert_eq!(&back, mem.tables());
+    }
+}
+
+/// Streams every row of `from` in chunks of `max` bytes into `to`'s
+/// staging; returns the descriptor and the receiver's hasher.
+fn transfer(from: &Replica, to: &Store, max: usize) -> (Descriptor, snapshot::RowHasher, usize) {
+    let tx = from.store().database().begin_read().unwrap();
+    let all = snapshot::digest_all(from.store(), &tx).unwrap();
+    let desc = Descriptor {
+        id: 1,
+        index: from.applied(),
+        rows: all.rows(),
+        bytes: all.bytes(),
+        digest: all.digest(),
+    };
+    snapshot::clear_staging(to).unwrap();
+    let mut h = snapshot::RowHasher::default();
+    let mut cursor = Cursor::default();
+    let mut chunks = 0;
+    loop {
+        let chunk = snapshot::read_chunk(from.store(), &tx, &cursor, max).unwrap();
+        let (bytes, sum) = snapshot::seal(&chunk).unwrap();
+        let got = snapshot::open(&bytes, &sum, h.rows()).unwrap();
+        snapshot::stage(to, h.rows(), &got.rows, &mut h).unwrap();
+        chunks += 1;
+        match got.next {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    (desc, h, chunks)
+}
+
+fn busy_replica(dir: &std::path::Path) -> (Replica, ScheduleState) {
+    let mut ops = Vec::new();
+    for p in 0..5 {
+        ops.push((crate::schedule::tests::person_op(&format!("p{p}")), 1));
+    }
+    for b in 0..40u32 {
+        ops.push((
+            crate::schedule::tests::block_op(&format!("b{b}"), b / 2, b % 2),
+            1,
+        ));
+    }
+    for b in 0..40u32 {
+        ops.push((
+            Op::Assign {
+                person: format!("p{}", b % 5).parse().unwrap(),
+                block: format!("b{b}").parse().unwrap(),
+            },
+            1,
+        ));
+    }
+    run(dir, &ops, 7)
+}
+
+#[test]
+fn a_snapshot_streams_in_chunks_and_installs_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, mem) = busy_replica(dir.path());
+    let b_store = store(dir.path(), "b");
+    let (desc, h, chunks) = transfer(&a, &b_store, 512);
+    assert!(
+        chunks > 5,
+        "{chunks} chunks: the test must cross chunk bounds"
+    );
+    snapshot::install(&b_store, &desc, &h).unwrap();
+    let b = Replica::open(b_store).unwrap();
+    assert_eq!(b.applied(), a.applied());
+    let back = b.read().unwrap().tables().to_mem().unwrap();
+    assert_eq!(&back, mem.tables());
+}
+
+#[test]
+fn a_damaged_chunk_or_digest_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = busy_replica(dir.path());
+    // The receiver already holds a state of its own.
+    let (b_before, b_mem) = {
+        let sub = dir.path().join("b");
+        std::fs::create_dir(&sub).unwrap();
+        let ops = vec![(crate::schedule::tests::person_op("zed"), 1)];
+        let (r, m) = run(&sub, &ops, 1);
+        (r, m)
+    };
+    let b_store = b_before.store().clone();
+    // A flipped byte fails the chunk's checksum.
+    let tx = a.store().database().begin_read().unwrap();
+    let chunk = snapshot::read_chunk(a.store(), &tx, &Cursor::default(), 4096).unwrap();
+    let (mut bytes, sum) = snapshot::seal(&chunk).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    assert!(matches!(
+        snapshot::open(&bytes, &sum, 0),
+        Err(SnapshotError::DamagedChunk { .. })
+    ));
+    // Rows that do not hash to the descriptor are not installed.
+    let (mut desc, h, _) = transfer(&a, &b_store, 4096);
+    desc.digest[0] ^= 1;
+    assert!(matches!(
+        snapshot::install(&b_store, &desc, &h),
+        Err(SnapshotError::Mismatch { .. })
+    ));
+    let back = b_before.read().unwrap().tables().to_mem().unwrap();
+    assert_eq!(&back, b_mem.tables());
+    assert_eq!(b_before.applied(), 1);
+}

@@ -1,0 +1,245 @@
+//! [`Overlay`]: tables that read through to a base and keep their own
+//! writes in memory, for trial runs (the CAP gate judges a provisional
+//! change against the committed schedule plus the changes still pending)
+//! without touching the base. Its memory is what the trial writes.
+//!
+//! Two simplifications, both harmless for a short trial: keys are never
+//! forgotten (a trial adds a handful), and rejections are counted, not
+//! kept.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::tables::{KeyRecord, Tables, TablesRead, Understaffed};
+use super::{
+    Assignment, Block, BlockId, IdempotencyKey, Interval, Person, PersonId, RejectionRecord,
+};
+use crate::ledger::{ChainHead, Link};
+
+/// Tables over `base` whose writes stay here. See the module docs.
+pub struct Overlay<'a, B> {
+    base: &'a B,
+    last_index: Option<u64>,
+    approved_through: Option<u32>,
+    chain: Option<ChainHead>,
+    people: BTreeMap<PersonId, Person>,
+    blocks: BTreeMap<BlockId, Block>,
+    /// `None`: removed here.
+    assign: BTreeMap<(BlockId, PersonId), Option<Assignment>>,
+    /// `None`: removed here.
+    duty: BTreeMap<PersonId, BTreeMap<(u64, BlockId), Option<Interval>>>,
+    leave: BTreeMap<PersonId, BTreeSet<u32>>,
+    keys: BTreeMap<IdempotencyKey, KeyRecord>,
+    rejected: u64,
+}
+
+impl<'a, B: TablesRead> Overlay<'a, B> {
+    /// Empty writes over `base`.
+    pub fn new(base: &'a B) -> Overlay<'a, B> {
+        Overlay {
+            base,
+            last_index: None,
+            approved_through: None,
+            chain: None,
+            people: BTreeMap::new(),
+            blocks: BTreeMap::new(),
+            assign: BTreeMap::new(),
+            duty: BTreeMap::new(),
+            leave: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            rejected: 0,
+        }
+    }
+
+    /// Rejections the trial recorded.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+
+    fn min_person() -> PersonId {
+        PersonId(String::new())
+    }
+
+    fn min_block() -> BlockId {
+        BlockId(String::new())
+    }
+}
+
+impl<B: TablesRead> TablesRead for Overlay<'_, B> {
+    fn last_index(&self) -> u64 {
+        self.last_index.unwrap_or_else(|| self.base.last_index())
+    }
+
+    fn approved_through(&self) -> Option<u32> {
+        self.approved_through
+            .or_else(|| self.base.approved_through())
+    }
+
+    fn chain(&self) -> &ChainHead {
+        self.chain.as_ref().unwrap_or_else(|| self.base.chain())
+    }
+
+    fn person(&self, id: &PersonId) -> Option<Person> {
+        self.people
+            .get(id)
+            .cloned()
+            .or_else(|| self.base.person(id))
+    }
+
+    fn block(&self, id: &BlockId) -> Option<Block> {
+        self.blocks.get(id).cloned().or_else(|| self.base.block(id))
+    }
+
+    fn assignments_on(&self, block: &BlockId) -> Vec<(PersonId, Assignment)> {
+        let mut on: BTreeMap<PersonId, Assignment> =
+            self.base.assignments_on(block).into_iter().collect();
+        let from = (block.clone(), Self::min_person());
+        for ((b, p), a) in self.assign.range(from..) {
+            if b != block {
+                break;
+            }
+            match a {
+                Some(a) => on.insert(p.clone(), *a),
+                None => on.remove(p),
+            };
+        }
+        on.into_iter().collect()
+    }
+
+    fn assignment(&self, block: &BlockId, person: &PersonId) -> Option<Assignment> {
+        match self.assign.get(&(block.clone(), person.clone())) {
+            Some(a) => *a,
+            None => self.base.assignment(block, person),
+        }
+    }
+
+    fn duty_starting(&self, person: &PersonId, from: u64, to: u64) -> Vec<(Interval, BlockId)> {
+        let mut duty: BTreeMap<(u64, BlockId), Interval> = self
+            .base
+            .duty_starting(person, from, to)
+            .into_iter()
+            .map(|(iv, b)| ((iv.start, b), iv))
+            .collect();
+        if let Some(mine) = self.duty.get(person) {
+            for ((start, b), iv) in mine.range((from, Self::min_block())..) {
+                if *start >= to {
+                    break;
+                }
+                match iv {
+                    Some(iv) => duty.insert((*start, b.clone()), *iv),
+                    None => duty.remove(&(*start, b.clone())),
+                };
+            }
+        }
+        duty.into_iter().map(|((_, b), iv)| (iv, b)).collect()
+    }
+
+    fn understaffed(&self, through_day: u32, limit: usize) -> Vec<Understaffed> {
+        // Blocks this trial touched may have filled or opened: ask the base
+        // for enough to make up for them, then judge every candidate here.
+        let touched: BTreeSet<&BlockId> = self
+            .assign
+            .keys()
+            .map(|(b, _)| b)
+            .chain(self.blocks.keys())
+            .collect();
+        let mut candidates: BTreeSet<(u32, BlockId)> = self
+            .base
+            .understaffed(through_day, limit.saturating_add(touched.len()))
+            .into_iter()
+            .filter_map(|u| Some((self.block(&u.block)?.day, u.block)))
+            .collect();
+        for b in touched {
+            if let Some(blk) = self.block(b) {
+                if blk.day <= through_day {
+                    candidates.insert((blk.day, b.clone()));
+                }
+            }
+        }
+        candidates
+            .into_iter()
+            .filter_map(|(_, id)| {
+                let b = self.block(&id)?;
+                let staffed = self.assignments_on(&id).len();
+                (staffed < usize::from(b.required)).then_some(Understaffed {
+                    block: id,
+                    staffed,
+                    required: b.required,
+                })
+            })
+            .take(limit)
+            .collect()
+    }
+
+    fn leave_day_in(&self, person: &PersonId, from: u32, to: u32) -> Option<u32> {
+        let mine = self
+            .leave
+            .get(person)
+            .and_then(|l| l.range(from..=to).next().copied());
+        match (mine, self.base.leave_day_in(person, from, to)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn key(&self, key: &IdempotencyKey) -> Option<KeyRecord> {
+        self.keys.get(key).cloned().or_else(|| self.base.key(key))
+    }
+}
+
+impl<B: TablesRead> Tables for Overlay<'_, B> {
+    fn set_last_index(&mut self, index: u64) {
+        self.last_index = Some(index);
+    }
+
+    fn set_approved_through(&mut self, day: u32) {
+        self.approved_through = Some(day);
+    }
+
+    fn push_link(&mut self, link: &Link) {
+        let mut chain = self.chain().clone();
+        chain.push(link);
+        self.chain = Some(chain);
+    }
+
+    fn put_person(&mut self, person: &Person) {
+        self.people.insert(person.id.clone(), person.clone());
+    }
+
+    fn put_block(&mut self, block: &Block) {
+        self.blocks.insert(block.id.clone(), block.clone());
+    }
+
+    fn insert_assignment(&mut self, block: &Block, person: &PersonId, assignment: Assignment) {
+        let iv = block.interval();
+        self.assign
+            .insert((block.id.clone(), person.clone()), Some(assignment));
+        self.duty
+            .entry(person.clone())
+            .or_default()
+            .insert((iv.start, block.id.clone()), Some(iv));
+    }
+
+    fn remove_assignment(&mut self, block: &Block, person: &PersonId) {
+        let iv = block.interval();
+        self.assign.insert((block.id.clone(), person.clone()), None);
+        self.duty
+            .entry(person.clone())
+            .or_default()
+            .insert((iv.start, block.id.clone()), None);
+    }
+
+    fn add_leave(&mut self, person: &PersonId, from: u32, to: u32) {
+        self.leave
+            .entry(person.clone())
+            .or_default()
+            .extend(from..=to);
+    }
+
+    fn remember_key(&mut self, key: IdempotencyKey, record: KeyRecord) {
+        self.keys.insert(key, record);
+    }
+
+    fn record_rejection(&mut self, _record: RejectionRecord) {
+        self.rejected += 1;
+    }
+}
