@@ -69,6 +69,10 @@ use crate::raft::{AppliedEntry, AppliedTap};
 use evidence::Evidence;
 use wire::BftWire;
 
+/// Most bytes of final entries in one catch-up answer (the codec's limit
+/// is 4 MiB).
+const FINALS_BYTES_MAX: usize = 3 * 1024 * 1024;
+
 /// The BftValidator's registered name.
 pub const BFT: &str = "bft";
 
@@ -592,7 +596,19 @@ fn send_all(st: &BftState, sends: Vec<Output>) -> Result<(), bulwark_storage::St
         match out {
             Output::Send { to, msg } => send(st, to, &msg),
             Output::ServeFinals { to, from, max } => {
-                let finals = st.store.finals(from, max)?;
+                let mut finals = st.store.finals(from, max)?;
+                // Batches make large entries: keep the message under the
+                // codec's limit (at least one entry, which always fits).
+                let mut total = 0usize;
+                let keep = finals
+                    .iter()
+                    .take_while(|f| {
+                        total += f.entry.len() + 2048;
+                        total <= FINALS_BYTES_MAX
+                    })
+                    .count()
+                    .max(1);
+                finals.truncate(keep);
                 if !finals.is_empty() {
                     send(st, to, &BftWire::Finals(finals));
                 }

@@ -169,7 +169,8 @@ pub fn mode_of(op: &Op, emergency: bool) -> Mode {
         | Op::Swap { .. }
         | Op::Leave { .. }
         | Op::Approve { .. }
-        | Op::Reconcile { .. } => Mode::Cp,
+        | Op::Reconcile { .. }
+        | Op::Batch(_) => Mode::Cp,
     }
 }
 

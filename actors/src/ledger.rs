@@ -46,7 +46,8 @@ pub const ANCHOR_WINDOW: u64 = 1024;
 pub const CLOCK_STEP_BACK_MAX_MS: u64 = 5_000;
 
 /// Largest encoded ledger entry (a proposal is at most
-/// [`crate::raft::RaftConfig::entry_len_max`], 64 KiB by default).
+/// [`crate::raft::RaftConfig::entry_len_max`], 192 KiB by default, and
+/// never more than this less 16 KiB).
 pub const ENTRY_LEN_MAX: usize = 256 * 1024;
 
 /// Largest encoded certificate (7 votes take about 1 KiB).

@@ -158,7 +158,7 @@ impl Default for RaftConfig {
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
             max_uncommitted_size: 16 * 1024 * 1024,
-            entry_len_max: 64 * 1024,
+            entry_len_max: 192 * 1024,
             snapshot_every_entries: 1000,
             proposal_timeout_ticks: 100,
             pending_proposals_max: 4096,
@@ -186,9 +186,11 @@ impl RaftConfig {
             return Err("election_ticks_max must exceed election_ticks_min".into());
         }
         if self.entry_len_max == 0
-            || self.entry_len_max > bulwark_storage::codec::MESSAGE_LEN_MAX as u64 / 4
+            || self.entry_len_max + 16 * 1024 > crate::ledger::ENTRY_LEN_MAX as u64
         {
-            return Err("entry_len_max must be in 1..=MESSAGE_LEN_MAX/4".into());
+            return Err(
+                "entry_len_max must be in 1..=240 KiB (a ledger entry holds the proposal)".into(),
+            );
         }
         if self.snapshot_every_entries == 0 || self.ready_rounds_max == 0 {
             return Err("snapshot_every_entries and ready_rounds_max must be > 0".into());

@@ -42,7 +42,7 @@ use bulwark_actors::raft::{ProposeOutcome, RaftMsg, RaftStatus, RAFT};
 use bulwark_actors::replica::ScheduleView as ReplicaView;
 use bulwark_actors::schedule::{
     Block, BlockId, Command, Effect, IdempotencyKey, Op, Outcome, Person, PersonId, Pool, Role,
-    ScheduleState,
+    ScheduleState, BATCH_OPS_MAX,
 };
 use bulwark_runtime::{NodeCtx, Zone};
 use bulwark_storage::codec;
@@ -129,6 +129,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(post_leave))
         .routes(routes!(post_emergency))
         .routes(routes!(post_approvals))
+        .routes(routes!(post_batch))
         .routes(routes!(get_schedule))
         .routes(routes!(get_cluster))
         .routes(routes!(get_ledger))
@@ -233,9 +234,12 @@ pub struct WriteAnswer {
     /// `committed` (200) or `provisional` (202: accepted in a partition,
     /// replayed through consensus on heal).
     pub status: String,
-    /// The schedule's effect (`assigned`, `swapped`, …).
+    /// The schedule's effect (`assigned`, `swapped`, …, `batch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effect: Option<String>,
+    /// A batch's outcome for each of its commands, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcomes: Vec<ItemOutcome>,
     /// Blocks vacated by leave.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vacated: Vec<String>,
@@ -257,6 +261,127 @@ pub struct WriteAnswer {
     /// The partition state it was accepted in (provisional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
+}
+
+/// One command's outcome in a batch.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ItemOutcome {
+    /// `applied` or `rejected`.
+    pub status: String,
+    /// What an applied command did (`assigned`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+    /// The rule a rejected command broke (`DOUBLE_BOOKING`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Why, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl ItemOutcome {
+    fn of(o: &Outcome) -> ItemOutcome {
+        match o {
+            Outcome::Applied(e) => ItemOutcome {
+                status: "applied".into(),
+                effect: Some(effect_name(e).0.into()),
+                code: None,
+                detail: None,
+            },
+            Outcome::Rejected(r) => ItemOutcome {
+                status: "rejected".into(),
+                effect: None,
+                code: Some(r.rule.code().into()),
+                detail: Some(r.detail.clone()),
+            },
+        }
+    }
+}
+
+/// One command of a batch: `op` names it, the other fields are the body of
+/// that write's own endpoint.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum BatchItem {
+    /// As `POST /v1/people`.
+    AddPerson(PersonBody),
+    /// As `POST /v1/blocks`.
+    AddBlock(BlockBody),
+    /// As `POST /v1/assignments`.
+    Assign(AssignBody),
+    /// As `POST /v1/unassignments`.
+    Unassign(AssignBody),
+    /// As `POST /v1/swaps` (not marked emergency).
+    Swap(SwapBody),
+    /// As `POST /v1/leave`.
+    Leave(LeaveBody),
+    /// As `POST /v1/approvals`.
+    Approve(ApprovalBody),
+}
+
+/// Up to 1,000 commands, committed as one Raft entry and one ledger entry.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// The commands, run in order.
+    pub commands: Vec<BatchItem>,
+}
+
+/// Largest batch body.
+pub const BATCH_BODY_LEN_MAX: usize = 1024 * 1024;
+
+fn batch_op(b: BatchBody) -> Result<(Op, bool), ApiError> {
+    if b.commands.is_empty() || b.commands.len() > BATCH_OPS_MAX {
+        return Err(ApiError::bad(
+            "commands",
+            format!("1 to {BATCH_OPS_MAX} commands"),
+        ));
+    }
+    let mut ops = Vec::with_capacity(b.commands.len());
+    for (i, c) in b.commands.into_iter().enumerate() {
+        let at = |mut e: ApiError| {
+            e.body.field = e.body.field.map(|f| format!("commands[{i}].{f}"));
+            e
+        };
+        let op = match c {
+            BatchItem::AddPerson(b) => person_op(b),
+            BatchItem::AddBlock(b) => block_op(b),
+            BatchItem::Assign(b) => assign_op(b),
+            BatchItem::Unassign(b) => unassign_op(b),
+            BatchItem::Swap(b) if b.emergency => Err(ApiError::bad(
+                "emergency",
+                "an emergency swap is an AP write: send it alone",
+            )),
+            BatchItem::Swap(b) => swap_op(b),
+            BatchItem::Leave(b) => leave_op(b),
+            BatchItem::Approve(b) => approval_op(b),
+        };
+        ops.push(op.map_err(at)?.0);
+    }
+    Ok((Op::Batch(ops), false))
+}
+
+/// Runs up to 1,000 commands as one entry (CP): each gets its own outcome
+/// in `outcomes`, in order; the Idempotency-Key covers the whole batch.
+#[utoipa::path(
+    post,
+    path = "/batch",
+    tag = "writes",
+    request_body = BatchBody,
+    params(WriteHeaders),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Committed; each command's outcome in `outcomes`", body = WriteAnswer),
+        (status = 400, description = "Bad input, naming the command and field", body = ErrorBody),
+        (status = 401, description = "Missing or bad bearer token", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB, or the entry over the Raft entry limit", body = ErrorBody),
+        (status = 422, description = "Idempotency key reused with another body", body = ErrorBody),
+        (status = 429, description = "Overloaded; Retry-After", body = ErrorBody),
+        (status = 503, description = "PARTITIONED, NO_LEADER, TIMED_OUT", body = ErrorBody),
+    )
+)]
+async fn post_batch(State(s): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+    write_limited::<BatchBody>(&s, &headers, body, BATCH_BODY_LEN_MAX, batch_op).await
 }
 
 // ---------------------------------------------------------------- writes
@@ -298,92 +423,95 @@ macro_rules! write_endpoint {
     };
 }
 
+fn person_op(b: PersonBody) -> Result<(Op, bool), ApiError> {
+    let role = match (b.role.as_str(), b.pgy) {
+        ("resident", Some(pgy)) if (1..=7).contains(&pgy) => Role::Resident { pgy },
+        ("resident", _) => return Err(ApiError::bad("pgy", "a resident needs pgy 1 to 7")),
+        ("faculty", None) => Role::Faculty,
+        ("faculty", Some(_)) => return Err(ApiError::bad("pgy", "faculty have no pgy")),
+        _ => return Err(ApiError::bad("role", "role is resident or faculty")),
+    };
+    if b.name.is_empty() || b.name.chars().count() > 128 || b.name.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "name",
+            "1 to 128 characters, no control characters",
+        ));
+    }
+    Ok((
+        Op::AddPerson(Person {
+            id: b.id.parse()?,
+            name: b.name,
+            role,
+        }),
+        false,
+    ))
+}
+
 write_endpoint!(
     post_people,
     "/people",
     PersonBody,
     "Adds a person.",
-    |b: PersonBody| {
-        let role = match (b.role.as_str(), b.pgy) {
-            ("resident", Some(pgy)) if (1..=7).contains(&pgy) => Role::Resident { pgy },
-            ("resident", _) => return Err(ApiError::bad("pgy", "a resident needs pgy 1 to 7")),
-            ("faculty", None) => Role::Faculty,
-            ("faculty", Some(_)) => return Err(ApiError::bad("pgy", "faculty have no pgy")),
-            _ => return Err(ApiError::bad("role", "role is resident or faculty")),
-        };
-        if b.name.is_empty() || b.name.chars().count() > 128 || b.name.chars().any(char::is_control)
-        {
-            return Err(ApiError::bad(
-                "name",
-                "1 to 128 characters, no control characters",
-            ));
-        }
-        Ok((
-            Op::AddPerson(Person {
-                id: b.id.parse()?,
-                name: b.name,
-                role,
-            }),
-            false,
-        ))
-    }
+    person_op
 );
+
+fn block_op(b: BlockBody) -> Result<(Op, bool), ApiError> {
+    let pool = match b.pool.as_str() {
+        "icu" => Pool::Icu,
+        "clinic" => Pool::Clinic,
+        "procedures" => Pool::Procedures,
+        "call" => Pool::Call,
+        _ => return Err(ApiError::bad("pool", "icu, clinic, procedures or call")),
+    };
+    Ok((
+        Op::AddBlock(Block {
+            id: b.id.parse()?,
+            day: b.day,
+            start_min: b.start_min,
+            duration_min: b.duration_min,
+            pool,
+            required: b.required,
+        }),
+        false,
+    ))
+}
 
 write_endpoint!(
     post_blocks,
     "/blocks",
     BlockBody,
     "Adds a block (one shift on one day in one pool).",
-    |b: BlockBody| {
-        let pool = match b.pool.as_str() {
-            "icu" => Pool::Icu,
-            "clinic" => Pool::Clinic,
-            "procedures" => Pool::Procedures,
-            "call" => Pool::Call,
-            _ => return Err(ApiError::bad("pool", "icu, clinic, procedures or call")),
-        };
-        Ok((
-            Op::AddBlock(Block {
-                id: b.id.parse()?,
-                day: b.day,
-                start_min: b.start_min,
-                duration_min: b.duration_min,
-                pool,
-                required: b.required,
-            }),
-            false,
-        ))
-    }
+    block_op
 );
+
+fn assign_op(b: AssignBody) -> Result<(Op, bool), ApiError> {
+    let (person, block) = b.ids()?;
+    Ok((Op::Assign { person, block }, false))
+}
 
 write_endpoint!(
     post_assignments,
     "/assignments",
     AssignBody,
     "Puts a person on a block (CP: refused in a minority).",
-    |b: AssignBody| {
-        let (person, block) = b.ids()?;
-        Ok((Op::Assign { person, block }, false))
-    }
+    assign_op
 );
+
+fn unassign_op(b: AssignBody) -> Result<(Op, bool), ApiError> {
+    let (person, block) = b.ids()?;
+    Ok((Op::Unassign { person, block }, false))
+}
 
 write_endpoint!(
     post_unassignments,
     "/unassignments",
     AssignBody,
     "Takes a person off a block (CP).",
-    |b: AssignBody| {
-        let (person, block) = b.ids()?;
-        Ok((Op::Unassign { person, block }, false))
-    }
+    unassign_op
 );
 
-write_endpoint!(
-    post_swaps,
-    "/swaps",
-    SwapBody,
-    "Exchanges two people's blocks, both or neither (CP; AP when marked emergency).",
-    |b: SwapBody| Ok((
+fn swap_op(b: SwapBody) -> Result<(Op, bool), ApiError> {
+    Ok((
         Op::Swap {
             a: b.a.parse()?,
             a_block: b.a_block.parse()?,
@@ -392,26 +520,36 @@ write_endpoint!(
         },
         b.emergency,
     ))
+}
+
+write_endpoint!(
+    post_swaps,
+    "/swaps",
+    SwapBody,
+    "Exchanges two people's blocks, both or neither (CP; AP when marked emergency).",
+    swap_op
 );
+
+fn leave_op(b: LeaveBody) -> Result<(Op, bool), ApiError> {
+    if b.to_day < b.from_day {
+        return Err(ApiError::bad("to_day", "to_day is before from_day"));
+    }
+    Ok((
+        Op::Leave {
+            person: b.person.parse()?,
+            from_day: b.from_day,
+            to_day: b.to_day,
+        },
+        false,
+    ))
+}
 
 write_endpoint!(
     post_leave,
     "/leave",
     LeaveBody,
     "Grants leave; the person's blocks on those days are vacated (CP).",
-    |b: LeaveBody| {
-        if b.to_day < b.from_day {
-            return Err(ApiError::bad("to_day", "to_day is before from_day"));
-        }
-        Ok((
-            Op::Leave {
-                person: b.person.parse()?,
-                from_day: b.from_day,
-                to_day: b.to_day,
-            },
-            false,
-        ))
-    }
+    leave_op
 );
 
 write_endpoint!(
@@ -425,17 +563,21 @@ write_endpoint!(
     }
 );
 
-write_endpoint!(
-    post_approvals,
-    "/approvals",
-    ApprovalBody,
-    "Final approval of every day up to through_day (CP).",
-    |b: ApprovalBody| Ok((
+fn approval_op(b: ApprovalBody) -> Result<(Op, bool), ApiError> {
+    Ok((
         Op::Approve {
             through_day: b.through_day,
         },
         false,
     ))
+}
+
+write_endpoint!(
+    post_approvals,
+    "/approvals",
+    ApprovalBody,
+    "Final approval of every day up to through_day (CP).",
+    approval_op
 );
 
 /// Checks the bearer token.
@@ -484,8 +626,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(s.to_string())
 }
 
-/// Reads at most [`BODY_LEN_MAX`] bytes of a JSON body.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+/// Reads at most `limit` bytes of a JSON body.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -508,17 +654,17 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes,
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
-            format!("the body exceeds {BODY_LEN_MAX} bytes"),
+            format!("the body exceeds {limit} bytes"),
         )
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > BODY_LEN_MAX as u64) {
+    if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, BODY_LEN_MAX)
+    axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| too_large())
 }
@@ -547,7 +693,17 @@ async fn write<B: DeserializeOwned>(
     body: Body,
     op_of: impl FnOnce(B) -> Result<(Op, bool), ApiError>,
 ) -> Response {
-    match write_inner(s, headers, body, op_of).await {
+    write_limited(s, headers, body, BODY_LEN_MAX, op_of).await
+}
+
+async fn write_limited<B: DeserializeOwned>(
+    s: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    op_of: impl FnOnce(B) -> Result<(Op, bool), ApiError>,
+) -> Response {
+    match write_inner(s, headers, body, limit, op_of).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -557,12 +713,13 @@ async fn write_inner<B: DeserializeOwned>(
     s: &ApiState,
     headers: &HeaderMap,
     body: Body,
+    limit: usize,
     op_of: impl FnOnce(B) -> Result<(Op, bool), ApiError>,
 ) -> Result<Response, ApiError> {
     let svc = service(s)?;
     authorize(svc, headers)?;
     let key = idempotency_key(headers)?;
-    let bytes = read_body(headers, body).await?;
+    let bytes = read_body(headers, body, limit).await?;
     let (op, emergency) = op_of(decode_json::<B>(&bytes)?)?;
     let now = svc.now_ms();
     let store_failed = |e: bulwark_actors::flow::idempotency::IdempotencyError| {
@@ -679,6 +836,7 @@ fn effect_name(e: &Effect) -> (&'static str, Vec<String>) {
         Effect::Covered => ("covered", vec![]),
         Effect::Reconciled { .. } => ("reconciled", vec![]),
         Effect::Approved { .. } => ("approved", vec![]),
+        Effect::Batch { .. } => ("batch", vec![]),
     }
 }
 
@@ -687,6 +845,7 @@ pub fn written(o: GateOutcome) -> Result<(StatusCode, WriteAnswer), ApiError> {
     let blank = WriteAnswer {
         status: String::new(),
         effect: None,
+        outcomes: vec![],
         vacated: vec![],
         index: None,
         height: None,
@@ -704,11 +863,16 @@ pub fn written(o: GateOutcome) -> Result<(StatusCode, WriteAnswer), ApiError> {
         }) => match outcome {
             Outcome::Applied(effect) => {
                 let (name, vacated) = effect_name(&effect);
+                let outcomes = match &effect {
+                    Effect::Batch { outcomes } => outcomes.iter().map(ItemOutcome::of).collect(),
+                    _ => Vec::new(),
+                };
                 Ok((
                     StatusCode::OK,
                     WriteAnswer {
                         status: "committed".into(),
                         effect: Some(name.into()),
+                        outcomes,
                         vacated,
                         index: Some(index),
                         height,
@@ -1430,6 +1594,7 @@ mod tests {
                 "/v1/admin/chaos",
                 "/v1/approvals",
                 "/v1/assignments",
+                "/v1/batch",
                 "/v1/blocks",
                 "/v1/cluster",
                 "/v1/coverage",

@@ -292,6 +292,16 @@ impl Model {
                 }
                 self.duty_after(c, &[], &[b], &mut broken);
             }
+            // A batch is refused only as a whole shape; each command in it
+            // is judged, in order, when it applies.
+            Op::Batch(ops) => {
+                let nested = ops
+                    .iter()
+                    .any(|o| matches!(o, Op::Batch(_) | Op::EmergencyCoverage { .. }));
+                if ops.is_empty() || ops.len() > 1000 || nested {
+                    broken.insert("INVALID_INPUT");
+                }
+            }
         }
         broken
     }
@@ -407,6 +417,14 @@ impl Model {
         let put = |on: &mut BTreeMap<String, BTreeSet<String>>, p: &str, b: &str| {
             on.entry(b.to_string()).or_default().insert(p.to_string());
         };
+        if let Op::Batch(ops) = op {
+            for sub in ops {
+                if self.evaluate(sub).is_empty() {
+                    self.apply(sub);
+                }
+            }
+            return;
+        }
         match op {
             Op::AddPerson(p) => {
                 self.people.insert(p.id.to_string());
@@ -463,6 +481,7 @@ impl Model {
                 }
                 put(&mut self.on, cover.as_str(), block.as_str());
             }
+            Op::Batch(_) => {}
         }
     }
 

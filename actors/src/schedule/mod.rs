@@ -54,6 +54,8 @@ pub const LEAVE_DAYS_MAX: u32 = 366;
 pub const IDEMPOTENCY_KEYS_MAX: usize = 16_384;
 /// Rejections kept in the record (the total is counted beyond it).
 pub const REJECTIONS_KEPT: usize = 1024;
+/// Most commands in one [`Op::Batch`].
+pub const BATCH_OPS_MAX: usize = 1000;
 
 macro_rules! text_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
@@ -316,6 +318,12 @@ pub enum Op {
         /// The provisional change that won.
         cover: PersonId,
     },
+    /// Up to [`BATCH_OPS_MAX`] commands as one entry: each runs in order
+    /// and gets its own outcome (a refused one changes nothing, the others
+    /// still apply); the batch's key makes the whole idempotent. No batch
+    /// nests another or emergency coverage (an AP write), and refusals
+    /// inside are answered, not recorded in the rejections.
+    Batch(Vec<Op>),
 }
 
 impl Op {
@@ -331,6 +339,7 @@ impl Op {
             Op::EmergencyCoverage { .. } => "emergency_coverage",
             Op::Approve { .. } => "approve",
             Op::Reconcile { .. } => "reconcile",
+            Op::Batch(_) => "batch",
         }
     }
 }
@@ -365,6 +374,11 @@ pub enum Effect {
     Approved {
         /// Last approved day.
         through_day: u32,
+    },
+    /// A batch ran: each command's outcome, in order.
+    Batch {
+        /// The outcomes.
+        outcomes: Vec<Outcome>,
     },
 }
 
@@ -795,6 +809,31 @@ impl<T: Tables> Schedule<T> {
                 Ok(Effect::Reconciled {
                     removed: remove.clone(),
                 })
+            }
+            Op::Batch(ops) => {
+                if ops.is_empty() || ops.len() > BATCH_OPS_MAX {
+                    return Err(reject(
+                        Rule::InvalidInput,
+                        format!("a batch holds 1 to {BATCH_OPS_MAX} commands"),
+                    ));
+                }
+                if ops
+                    .iter()
+                    .any(|o| matches!(o, Op::Batch(_) | Op::EmergencyCoverage { .. }))
+                {
+                    return Err(reject(
+                        Rule::InvalidInput,
+                        "a batch holds no batch and no emergency coverage".into(),
+                    ));
+                }
+                let outcomes = ops
+                    .iter()
+                    .map(|op| match self.execute(index, stamp, op) {
+                        Ok(e) => Outcome::Applied(e),
+                        Err(r) => Outcome::Rejected(r),
+                    })
+                    .collect();
+                Ok(Effect::Batch { outcomes })
             }
         }
     }

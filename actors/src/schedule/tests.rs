@@ -661,3 +661,63 @@ proptest! {
         prop_assert_eq!(base, before);
     }
 }
+
+#[test]
+fn a_batch_runs_each_command_with_its_own_outcome_and_applies_once() {
+    let mut r = Run::new();
+    r.ok(person("ann"));
+    r.ok(block("a", 0, 0, 600, 1));
+    let batch = Op::Batch(vec![
+        person("bob"),
+        block("b", 1, 0, 600, 1),
+        assign("ann", "a"),
+        assign("bob", "a"), // full: refused, the rest still applies
+        assign("bob", "b"),
+    ]);
+    let c = cmd(100, batch.clone());
+    let first = r.st.apply(100, &c);
+    let Applied::Fresh(Outcome::Applied(Effect::Batch { outcomes })) = &first else {
+        panic!("{first:?}");
+    };
+    let rules: Vec<Option<Rule>> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Applied(_) => None,
+            Outcome::Rejected(r) => Some(r.rule),
+        })
+        .collect();
+    assert_eq!(rules, [None, None, None, Some(Rule::BlockFull), None]);
+    assert_eq!(r.st.assignees(&bid("a")), [pid("ann")]);
+    assert_eq!(r.st.assignees(&bid("b")), [pid("bob")]);
+    r.st.check_invariants().unwrap();
+    // A retry answers the first outcome and changes nothing.
+    let before = r.st.clone();
+    match r.st.apply(101, &c) {
+        Applied::Duplicate {
+            first_index,
+            outcome,
+        } => {
+            assert_eq!(first_index, 100);
+            assert_eq!(Applied::Fresh(outcome), first);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.st.tables().people, before.tables().people);
+    // Shapes refused whole: empty, too long, nested, emergency inside.
+    r.rejected(Op::Batch(vec![]), Rule::InvalidInput);
+    r.rejected(
+        Op::Batch(vec![person("x"); BATCH_OPS_MAX + 1]),
+        Rule::InvalidInput,
+    );
+    r.rejected(
+        Op::Batch(vec![Op::Batch(vec![person("y")])]),
+        Rule::InvalidInput,
+    );
+    r.rejected(
+        Op::Batch(vec![Op::EmergencyCoverage {
+            block: bid("b"),
+            person: pid("ann"),
+        }]),
+        Rule::InvalidInput,
+    );
+}
