@@ -459,3 +459,74 @@ async fn rto_and_rpo_over_leader_kills() {
     );
     assert_eq!(lost, 0);
 }
+
+/// Restart time over repeated `kill -9` of a follower
+/// (`-- --ignored --nocapture`; the figures in docs/BENCHMARKS.md come
+/// from this). Each round: a follower is killed with SIGKILL, started
+/// again at once, and timed from its process start to its first
+/// successful linearizable read and its first acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: BULWARK_RESTART_ROUNDS rounds (default 5)"]
+async fn a_killed_follower_serves_again_soon_after_its_restart() {
+    let rounds: usize = std::env::var("BULWARK_RESTART_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let root = tempfile::tempdir().unwrap();
+    let mut s = sites(root.path(), &NAMES, "[backup]\nevery_s = 0\n");
+    for x in s.iter_mut() {
+        x.start();
+    }
+    let c = client();
+    leader(&c, &s[0]).await;
+    for i in 0..rounds + 2 {
+        let (person, block) = setup_bodies(i);
+        let url = |p| s[0].url(p);
+        assert_eq!(
+            write_until_final(&c, &url("/v1/people"), &format!("person-{i}"), &person)
+                .await
+                .0,
+            200
+        );
+        assert_eq!(
+            write_until_final(&c, &url("/v1/blocks"), &format!("block-{i}"), &block)
+                .await
+                .0,
+            200
+        );
+    }
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    for round in 0..rounds {
+        let lead = leader(&c, &s[0]).await;
+        let li = NAMES.iter().position(|n| *n == lead).unwrap();
+        let fi = (li + 1 + round % 2) % 3;
+        s[fi].kill();
+        s[fi].start();
+        let started = Instant::now();
+        until(Duration::from_secs(30), "a linearizable read", || async {
+            let (st, _) = get(&c, &s[fi].url("/v1/schedule?consistency=linearizable")).await;
+            (st == 200).then_some(())
+        })
+        .await;
+        let read = started.elapsed();
+        let (st, v) = assign(&c, &s[fi], round).await;
+        assert_eq!(st, 200, "{v}");
+        let write = started.elapsed();
+        eprintln!("round {round}: {} restarted; first read after {read:?}, first write acked after {write:?}", s[fi].id);
+        reads.push(read);
+        writes.push(write);
+    }
+    reads.sort();
+    writes.sort();
+    let ms = |d: &Duration| d.as_millis();
+    eprintln!(
+        "restart -> first linearizable read over {rounds} kill -9 rounds: min {} ms, median {} ms, max {} ms; first write: min {} ms, median {} ms, max {} ms",
+        ms(&reads[0]),
+        ms(&reads[rounds / 2]),
+        ms(&reads[rounds - 1]),
+        ms(&writes[0]),
+        ms(&writes[rounds / 2]),
+        ms(&writes[rounds - 1]),
+    );
+}

@@ -62,19 +62,15 @@ async fn digest(c: &reqwest::Client, site: &Site) -> Option<(String, usize)> {
     Some((v["digest"].as_str()?.to_string(), n))
 }
 
-async fn all_agree(c: &reqwest::Client, s: &[Site], want: usize) -> String {
-    until(
-        Duration::from_secs(180),
-        "every facility at the same schedule",
-        || async {
-            let mut seen = Vec::new();
-            for x in s {
-                seen.push(digest(c, x).await?);
-            }
-            let same = seen.windows(2).all(|w| w[0] == w[1]);
-            (same && seen[0].1 == want).then(|| seen[0].0.clone())
-        },
-    )
+async fn all_agree(c: &reqwest::Client, s: &[Site], want: usize, what: &str) -> String {
+    until(Duration::from_secs(180), what, || async {
+        let mut seen = Vec::new();
+        for x in s {
+            seen.push(digest(c, x).await?);
+        }
+        let same = seen.windows(2).all(|w| w[0] == w[1]);
+        (same && seen[0].1 == want).then(|| seen[0].0.clone())
+    })
     .await
 }
 
@@ -120,11 +116,55 @@ async fn a_schedule_past_the_old_snapshot_ceiling_streams_and_survives_kill_9_of
     applied += load(&c, &s[0], "assign", assigns).await;
     assert_eq!(applied, PEOPLE + 2 * DAYS * BLOCKS_PER_DAY);
     let want = DAYS * BLOCKS_PER_DAY;
-    let digest = all_agree(&c, &s[..2], want).await;
+    let digest = all_agree(&c, &s[..2], want, "alpha and bravo agree after the load").await;
+
+    // Bounded reads: one person's four weeks, and a day's blocks by pages.
+    let (st, v) = get(&c, &s[1].url("/v1/people/p7?from_day=14&to_day=41")).await;
+    assert_eq!(st, 200, "{v}");
+    let days: Vec<u64> = v["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["day"].as_u64().unwrap())
+        .collect();
+    let want_days: Vec<u64> = (14..=41u64)
+        .filter(|d| (0..BLOCKS_PER_DAY).any(|k| person_of(*d as usize, k) == 7))
+        .collect();
+    assert_eq!(days, want_days);
+    let (st, v) = get(&c, &s[1].url("/v1/people/nobody")).await;
+    assert_eq!((st, v["code"].as_str()), (404, Some("NOT_FOUND")));
+    let (st, _) = get(&c, &s[1].url("/v1/schedule?limit=0")).await;
+    assert_eq!(st, 400);
+    let mut cursor: Option<String> = None;
+    let mut seen = 0;
+    for _ in 0..10 {
+        let mut url = s[0].url("/v1/schedule?from_day=30&to_day=30&limit=200");
+        if let Some(c) = &cursor {
+            url += &format!("&cursor={c}");
+        }
+        let (st, v) = get(&c, &url).await;
+        assert_eq!(st, 200, "{v}");
+        let page = v["blocks"].as_array().unwrap();
+        assert!(page.len() <= 200);
+        assert!(page
+            .iter()
+            .all(|b| b["day"] == 30 && b["assigned"].as_array().unwrap().len() == 1));
+        seen += page.len();
+        match v["next"].as_str() {
+            Some(n) => cursor = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, BLOCKS_PER_DAY);
+    let (_, b) = get(&c, &s[0].url("/v1/blocks/d30k7")).await;
+    assert_eq!(
+        b["block"]["assigned"][0]["person"],
+        format!("p{}", person_of(30, 7))
+    );
 
     // charlie comes back far behind the compacted log: a streamed snapshot.
     s[2].start();
-    let caught = all_agree(&c, &s, want).await;
+    let caught = all_agree(&c, &s, want, "charlie caught up").await;
     assert_eq!(caught, digest);
     let (_, m) = get(&c, &s[2].url("/metrics")).await;
     let text = if m.is_null() {
@@ -156,7 +196,7 @@ async fn a_schedule_past_the_old_snapshot_ceiling_streams_and_survives_kill_9_of
     for x in s.iter_mut() {
         x.start();
     }
-    let after = all_agree(&c, &s, want).await;
+    let after = all_agree(&c, &s, want, "all agree after kill -9 of everyone").await;
     assert_eq!(
         after, digest,
         "the schedule changed across kill -9 of every process"

@@ -42,7 +42,7 @@ use bulwark_actors::raft::{ProposeOutcome, RaftMsg, RaftStatus, RAFT};
 use bulwark_actors::replica::ScheduleView as ReplicaView;
 use bulwark_actors::schedule::{
     Block, BlockId, Command, Effect, IdempotencyKey, Op, Outcome, Person, PersonId, Pool, Role,
-    ScheduleState, BATCH_OPS_MAX,
+    Schedule, ScheduleState, TablesRead, BATCH_OPS_MAX,
 };
 use bulwark_runtime::{NodeCtx, Zone};
 use bulwark_storage::codec;
@@ -131,6 +131,8 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(post_approvals))
         .routes(routes!(post_batch))
         .routes(routes!(get_schedule))
+        .routes(routes!(get_person))
+        .routes(routes!(get_block))
         .routes(routes!(get_cluster))
         .routes(routes!(get_ledger))
         .routes(routes!(get_evidence))
@@ -939,6 +941,134 @@ pub struct ScheduleQuery {
     /// `linearizable` (default; confirmed by a quorum, refused in a
     /// minority) or `stale` (the local state, with its staleness).
     pub consistency: Option<String>,
+    /// Paged: blocks from this day (default 0).
+    pub from_day: Option<u32>,
+    /// Paged: blocks up to this day (default: the last).
+    pub to_day: Option<u32>,
+    /// Paged: only this pool's blocks (`icu`, `clinic`, `procedures`, `call`).
+    pub pool: Option<String>,
+    /// Paged: the `next` of the previous page.
+    pub cursor: Option<String>,
+    /// Paged: blocks per page, 1 to 1,000 (default 500).
+    pub limit: Option<usize>,
+}
+
+impl ScheduleQuery {
+    fn paged(&self) -> bool {
+        self.from_day.is_some()
+            || self.to_day.is_some()
+            || self.pool.is_some()
+            || self.cursor.is_some()
+            || self.limit.is_some()
+    }
+}
+
+/// Most blocks in one page of `GET /v1/schedule`.
+pub const PAGE_LEN_MAX: usize = 1_000;
+/// Most days one read of a person's duty covers.
+pub const PERSON_DAYS_MAX: u32 = 366;
+
+fn consistency_of(q: Option<&str>) -> Result<Consistency, ApiError> {
+    match q {
+        None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("stale") => Ok(Consistency::Stale),
+        Some(_) => Err(ApiError::bad("consistency", "linearizable or stale")),
+    }
+}
+
+fn staleness_view(staleness: &Staleness) -> StalenessView {
+    StalenessView {
+        consistency: match staleness.consistency {
+            Consistency::Linearizable => "linearizable".into(),
+            Consistency::Stale => "stale".into(),
+        },
+        partition: staleness.partition.code().into(),
+        applied_index: staleness.applied_index,
+        stale_ms: staleness.stale_ms,
+        provisional_pending: staleness.provisional_pending,
+    }
+}
+
+fn block_view<T: TablesRead>(s: &Schedule<T>, b: &Block) -> BlockView {
+    BlockView {
+        id: b.id.to_string(),
+        day: b.day,
+        start_min: b.start_min,
+        duration_min: b.duration_min,
+        pool: pool_name(b.pool).into(),
+        required: b.required,
+        assigned: s
+            .assignments_on(&b.id)
+            .into_iter()
+            .map(|(p, a)| AssigneeView {
+                person: p.to_string(),
+                emergency: a.emergency,
+                index: a.index,
+            })
+            .collect(),
+    }
+}
+
+fn person_view(p: &Person, leave_days: Vec<u32>) -> PersonView {
+    PersonView {
+        id: p.id.to_string(),
+        name: p.name.clone(),
+        role: match p.role {
+            Role::Resident { .. } => "resident".into(),
+            Role::Faculty => "faculty".into(),
+        },
+        pgy: match p.role {
+            Role::Resident { pgy } => Some(pgy),
+            Role::Faculty => None,
+        },
+        leave_days,
+    }
+}
+
+/// A page of blocks, by day.
+fn schedule_page(
+    v: &ReplicaView,
+    staleness: &Staleness,
+    q: &ScheduleQuery,
+    pool: Option<Pool>,
+) -> Result<ScheduleView, ApiError> {
+    let limit = q.limit.unwrap_or(500);
+    let (from_day, after) = match q.cursor.as_deref() {
+        Some(c) => {
+            let (d, id) = parse_cursor(c)?;
+            (d, Some(id))
+        }
+        None => (q.from_day.unwrap_or(0), None),
+    };
+    let to_day = q.to_day.unwrap_or(u32::MAX);
+    let page = v
+        .tables()
+        .blocks_by_day(from_day, after.as_ref(), to_day, limit);
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|b| format!("{}:{}", b.day, b.id)))
+        .flatten();
+    let blocks = page
+        .iter()
+        .filter(|b| pool.is_none_or(|p| b.pool == p))
+        .map(|b| block_view(v, b))
+        .collect();
+    Ok(ScheduleView {
+        staleness: staleness_view(staleness),
+        approved_through: v.approved_through(),
+        digest: String::new(),
+        people: Vec::new(),
+        blocks,
+        next,
+    })
+}
+
+fn parse_cursor(c: &str) -> Result<(u32, BlockId), ApiError> {
+    let bad = || ApiError::bad("cursor", "the `next` of a previous page");
+    let (day, id) = c.split_once(':').ok_or_else(bad)?;
+    Ok((
+        day.parse().map_err(|_| bad())?,
+        id.parse().map_err(|_| bad())?,
+    ))
 }
 
 /// How current a read is.
@@ -1017,6 +1147,9 @@ pub struct ScheduleView {
     pub people: Vec<PersonView>,
     /// Blocks.
     pub blocks: Vec<BlockView>,
+    /// Paged reads: the cursor of the next page (none: the last page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 fn pool_name(p: Pool) -> &'static str {
@@ -1078,18 +1211,23 @@ fn schedule_view(st: &ScheduleState, staleness: &Staleness) -> ScheduleView {
                     .collect(),
             })
             .collect(),
+        next: None,
     }
 }
 
-/// The schedule, linearizable or stale.
+/// The schedule, linearizable or stale. Without paging parameters, the
+/// whole schedule with its digest (its size is the history's: for small
+/// networks and checks). With any of `from_day`, `to_day`, `pool`,
+/// `cursor`, `limit`: one page of at most `limit` blocks in (day, id)
+/// order, each with its people, and `next` for the following page.
 #[utoipa::path(
     get,
     path = "/schedule",
     tag = "reads",
     params(ScheduleQuery),
     responses(
-        (status = 200, description = "The schedule and its staleness", body = ScheduleView),
-        (status = 400, description = "Bad consistency", body = ErrorBody),
+        (status = 200, description = "The schedule (or a page of it) and its staleness", body = ScheduleView),
+        (status = 400, description = "A bad parameter, named", body = ErrorBody),
         (status = 503, description = "PARTITIONED (linearizable in a minority) or UNAVAILABLE", body = ErrorBody),
     )
 )]
@@ -1098,18 +1236,154 @@ async fn get_schedule(
     q: Result<Query<ScheduleQuery>, QueryRejection>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     let svc = service(&s)?;
-    let q = q.map_err(|e| ApiError::bad("consistency", e.body_text()))?;
-    let consistency = match q.consistency.as_deref() {
-        None | Some("linearizable") => Consistency::Linearizable,
-        Some("stale") => Consistency::Stale,
-        Some(_) => return Err(ApiError::bad("consistency", "linearizable or stale")),
-    };
+    let q = q.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let consistency = consistency_of(q.consistency.as_deref())?;
+    if q.paged() {
+        if q.limit.is_some_and(|l| l == 0 || l > PAGE_LEN_MAX) {
+            return Err(ApiError::bad("limit", format!("1 to {PAGE_LEN_MAX}")));
+        }
+        let pool = match q.pool.as_deref() {
+            None => None,
+            Some("icu") => Some(Pool::Icu),
+            Some("clinic") => Some(Pool::Clinic),
+            Some("procedures") => Some(Pool::Procedures),
+            Some("call") => Some(Pool::Call),
+            Some(_) => return Err(ApiError::bad("pool", "icu, clinic, procedures or call")),
+        };
+        if let Some(c) = q.cursor.as_deref() {
+            parse_cursor(c)?;
+        }
+        return gate_read(svc, consistency, move |v, stale| {
+            schedule_page(v, stale, &q, pool)
+        })
+        .await?
+        .map(Json);
+    }
     gate_read(svc, consistency, |v, stale| {
         v.to_state().map(|s| schedule_view(&s, stale))
     })
     .await?
     .map(Json)
     .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 1_000))
+}
+
+/// How one person's or block's read is served.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DetailQuery {
+    /// `linearizable` (default) or `stale`.
+    pub consistency: Option<String>,
+    /// A person's duty and leave from this day (default 0).
+    pub from_day: Option<u32>,
+    /// ... up to this day (default `from_day` + 365; at most 366 days).
+    pub to_day: Option<u32>,
+}
+
+/// One person, their leave and their blocks in a range of days.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PersonDetail {
+    /// How current it is.
+    pub staleness: StalenessView,
+    /// The person (leave days within the range).
+    pub person: PersonView,
+    /// Their blocks that start within the range, by start time.
+    pub blocks: Vec<BlockView>,
+}
+
+/// One block and who is on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BlockDetail {
+    /// How current it is.
+    pub staleness: StalenessView,
+    /// The block.
+    pub block: BlockView,
+}
+
+/// One person's duty over a range of days: read from the person's own
+/// index, so its cost is the range's, not the history's.
+#[utoipa::path(
+    get,
+    path = "/people/{id}",
+    tag = "reads",
+    params(("id" = String, Path, description = "The person's id"), DetailQuery),
+    responses(
+        (status = 200, description = "The person and their blocks in the range", body = PersonDetail),
+        (status = 400, description = "A bad parameter, named", body = ErrorBody),
+        (status = 404, description = "No such person", body = ErrorBody),
+        (status = 503, description = "PARTITIONED (linearizable in a minority) or UNAVAILABLE", body = ErrorBody),
+    )
+)]
+async fn get_person(
+    State(s): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    q: Result<Query<DetailQuery>, QueryRejection>,
+) -> Result<Json<PersonDetail>, ApiError> {
+    let svc = service(&s)?;
+    let q = q.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let consistency = consistency_of(q.consistency.as_deref())?;
+    let id: PersonId = id.parse()?;
+    let from = q.from_day.unwrap_or(0);
+    let to = q.to_day.unwrap_or(from.saturating_add(PERSON_DAYS_MAX - 1));
+    if to < from || to - from >= PERSON_DAYS_MAX {
+        return Err(ApiError::bad(
+            "to_day",
+            format!("from_day..=to_day covers 1 to {PERSON_DAYS_MAX} days"),
+        ));
+    }
+    gate_read(svc, consistency, move |v, stale| {
+        let p = v.person_of(&id)?;
+        let t = v.tables();
+        let start = u64::from(from) * bulwark_actors::schedule::DAY_MIN;
+        let end = (u64::from(to) + 1) * bulwark_actors::schedule::DAY_MIN;
+        let blocks = t
+            .duty_starting(&id, start, end)
+            .into_iter()
+            .filter_map(|(_, b)| v.block_of(&b))
+            .map(|b| block_view(v, &b))
+            .collect();
+        Some(PersonDetail {
+            staleness: staleness_view(stale),
+            person: person_view(&p, t.leave_days(&id, from, to)),
+            blocks,
+        })
+    })
+    .await?
+    .map(Json)
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such person"))
+}
+
+/// One block and who is on it.
+#[utoipa::path(
+    get,
+    path = "/blocks/{id}",
+    tag = "reads",
+    params(("id" = String, Path, description = "The block's id"), DetailQuery),
+    responses(
+        (status = 200, description = "The block", body = BlockDetail),
+        (status = 400, description = "A bad parameter, named", body = ErrorBody),
+        (status = 404, description = "No such block", body = ErrorBody),
+        (status = 503, description = "PARTITIONED (linearizable in a minority) or UNAVAILABLE", body = ErrorBody),
+    )
+)]
+async fn get_block(
+    State(s): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    q: Result<Query<DetailQuery>, QueryRejection>,
+) -> Result<Json<BlockDetail>, ApiError> {
+    let svc = service(&s)?;
+    let q = q.map_err(|e| ApiError::bad("query", e.body_text()))?;
+    let consistency = consistency_of(q.consistency.as_deref())?;
+    let id: BlockId = id.parse()?;
+    gate_read(svc, consistency, move |v, stale| {
+        let b = v.block_of(&id)?;
+        Some(BlockDetail {
+            staleness: staleness_view(stale),
+            block: block_view(v, &b),
+        })
+    })
+    .await?
+    .map(Json)
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such block"))
 }
 
 /// Runs `f` on the schedule through the CapGate (which refuses a
@@ -1596,6 +1870,7 @@ mod tests {
                 "/v1/assignments",
                 "/v1/batch",
                 "/v1/blocks",
+                "/v1/blocks/{id}",
                 "/v1/cluster",
                 "/v1/coverage",
                 "/v1/emergency",
@@ -1603,6 +1878,7 @@ mod tests {
                 "/v1/leave",
                 "/v1/ledger/{height}",
                 "/v1/people",
+                "/v1/people/{id}",
                 "/v1/schedule",
                 "/v1/swaps",
                 "/v1/unassignments",

@@ -50,6 +50,8 @@ pub const SCHED_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sc
 pub const SCHED_ASSIGN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_assign");
 /// Each person's duty by `person 0x00 start(u64) block`: the interval.
 pub const SCHED_DUTY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_duty");
+/// Every block by `day(u32) block`: reads of a range of days.
+pub const SCHED_DAYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_days");
 /// Blocks with an open slot by `day(u32) block`.
 pub const SCHED_OPEN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_open");
 /// Leave by `person 0x00 day(u32)`.
@@ -74,10 +76,11 @@ pub const SCHED_STAGING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("s
 
 /// The replica's tables, in the order a snapshot streams them (the index in
 /// this list is the table's number in a snapshot row).
-pub const SCHED_TABLES: [TableDefinition<&[u8], &[u8]>; 12] = [
+pub const SCHED_TABLES: [TableDefinition<&[u8], &[u8]>; 13] = [
     SCHED_META,
     SCHED_PEOPLE,
     SCHED_BLOCKS,
+    SCHED_DAYS,
     SCHED_ASSIGN,
     SCHED_DUTY,
     SCHED_OPEN,
@@ -104,11 +107,12 @@ pub const U64_TABLES: [TableDefinition<u64, &[u8]>; 8] = [
     RECONCILIATION,
 ];
 /// Every `&[u8]`-keyed table.
-pub const BYTES_TABLES: [TableDefinition<&[u8], &[u8]>; 14] = [
+pub const BYTES_TABLES: [TableDefinition<&[u8], &[u8]>; 15] = [
     IDEMPOTENCY,
     SCHED_META,
     SCHED_PEOPLE,
     SCHED_BLOCKS,
+    SCHED_DAYS,
     SCHED_ASSIGN,
     SCHED_DUTY,
     SCHED_OPEN,

@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bulwark_storage::schema::{
-    SCHED_ASSIGN, SCHED_BLOCKS, SCHED_CHAIN, SCHED_DUTY, SCHED_KEYS, SCHED_KEY_ORDER, SCHED_LEAVE,
-    SCHED_OPEN, SCHED_PEOPLE, SCHED_REJECTIONS,
+    SCHED_ASSIGN, SCHED_BLOCKS, SCHED_CHAIN, SCHED_DAYS, SCHED_DUTY, SCHED_KEYS, SCHED_KEY_ORDER,
+    SCHED_LEAVE, SCHED_OPEN, SCHED_PEOPLE, SCHED_REJECTIONS,
 };
 use bulwark_storage::{codec, StorageError, Store};
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
@@ -267,6 +267,48 @@ impl<S: Source> Reader<S> {
         be_u32(&k[prefix(p).len()..])
     }
 
+    fn leave_days(&self, person: &PersonId, from: u32, to: u32) -> Vec<u32> {
+        let p = person.as_str();
+        let hi = match to.checked_add(1) {
+            Some(t) => leave_key(p, t),
+            None => prefix_end(p),
+        };
+        let head = prefix(p).len();
+        self.range(SCHED_LEAVE, &leave_key(p, from), &hi, usize::MAX)
+            .into_iter()
+            .filter_map(|(k, _)| be_u32(k.get(head..)?))
+            .collect()
+    }
+
+    fn blocks_by_day(
+        &self,
+        from_day: u32,
+        after: Option<&BlockId>,
+        to_day: u32,
+        limit: usize,
+    ) -> Vec<Block> {
+        let from = match after {
+            // The first key after `after`'s own.
+            Some(b) => {
+                let mut k = open_key(from_day, b.as_str());
+                k.push(0);
+                k
+            }
+            None => from_day.to_be_bytes().to_vec(),
+        };
+        let to = match to_day.checked_add(1) {
+            Some(d) => d.to_be_bytes().to_vec(),
+            None => Vec::new(),
+        };
+        self.range(SCHED_DAYS, &from, &to, limit)
+            .into_iter()
+            .filter_map(|(k, _)| {
+                let id = std::str::from_utf8(k.get(4..)?).ok()?;
+                self.get(SCHED_BLOCKS, "sched_blocks", id.as_bytes())
+            })
+            .collect()
+    }
+
     /// Every row of `def` decoded as `(key, T)`.
     fn all<T: DeserializeOwned>(&self, def: Def, table: &'static str) -> Vec<(Vec<u8>, T)> {
         self.range(def, &[], &[], usize::MAX)
@@ -339,6 +381,20 @@ macro_rules! tables_read {
 
             fn key(&self, key: &IdempotencyKey) -> Option<KeyRecord> {
                 self.r.get(SCHED_KEYS, "sched_keys", &key.0)
+            }
+
+            fn leave_days(&self, person: &PersonId, from: u32, to: u32) -> Vec<u32> {
+                self.r.leave_days(person, from, to)
+            }
+
+            fn blocks_by_day(
+                &self,
+                from_day: u32,
+                after: Option<&BlockId>,
+                to_day: u32,
+                limit: usize,
+            ) -> Vec<Block> {
+                self.r.blocks_by_day(from_day, after, to_day, limit)
             }
         }
     };
@@ -459,6 +515,7 @@ impl Tables for RedbTables<'_> {
             block.id.as_str().as_bytes(),
             block,
         );
+        self.put_raw(SCHED_DAYS, &open_key(block.day, block.id.as_str()), &[]);
         self.reopen(block);
     }
 
@@ -654,6 +711,19 @@ impl RedbRead {
             .collect();
         if order != derived || self.meta.keys_len != t.keys.len() as u64 {
             return Err(r.corrupt("sched_key_order disagrees with sched_keys"));
+        }
+        let days: Vec<Vec<u8>> = r
+            .range(SCHED_DAYS, &[], &[], usize::MAX)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let derived: Vec<Vec<u8>> = t
+            .by_day
+            .iter()
+            .map(|(day, b)| open_key(*day, b.as_str()))
+            .collect();
+        if days != derived {
+            return Err(r.corrupt("sched_days disagrees with sched_blocks"));
         }
         if let Some(e) = r.take_fault() {
             return Err(e);

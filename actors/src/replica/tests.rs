@@ -3,6 +3,7 @@ use proptest::prelude::*;
 use super::snapshot::{self, Cursor, Descriptor, SnapshotError};
 use super::*;
 use crate::schedule::tests::{arb_op, cmd};
+use crate::schedule::TablesRead;
 use crate::schedule::{Applied, ScheduleState};
 
 fn store(dir: &std::path::Path, name: &str) -> Store {
@@ -57,6 +58,19 @@ proptest! {
         let view = replica.read().unwrap();
         let back = view.tables().to_mem().unwrap();
         prop_assert_eq!(&back, mem.tables());
+        // Paging by day reads the same blocks from either.
+        let (mut after, mut pages) = (None::<(u32, crate::schedule::BlockId)>, 0);
+        loop {
+            let (d, a) = after.clone().map_or((0, None), |(d, b)| (d, Some(b)));
+            let disk = view.tables().blocks_by_day(d, a.as_ref(), u32::MAX, 3);
+            let ram = mem.tables().blocks_by_day(d, a.as_ref(), u32::MAX, 3);
+            prop_assert_eq!(&disk, &ram);
+            pages += 1;
+            match disk.last() {
+                Some(b) if disk.len() == 3 && pages < 100 => after = Some((b.day, b.id.clone())),
+                _ => break,
+            }
+        }
         prop_assert_eq!(replica.applied(), ops.len() as u64);
         let path = replica.store().path().to_path_buf();
         drop(view);

@@ -1043,6 +1043,13 @@ impl ScheduleState {
                 return Err(format!("the open-slot index disagrees on {}", b.id));
             }
         }
+        if t.by_day.len() != t.blocks.len()
+            || t.blocks
+                .values()
+                .any(|b| !t.by_day.contains(&(b.day, b.id.clone())))
+        {
+            return Err("the by-day index disagrees with the blocks".into());
+        }
         if t.open.len() > t.blocks.len() {
             return Err("the open-slot index names unknown blocks".into());
         }

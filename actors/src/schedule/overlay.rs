@@ -184,6 +184,40 @@ impl<B: TablesRead> TablesRead for Overlay<'_, B> {
     fn key(&self, key: &IdempotencyKey) -> Option<KeyRecord> {
         self.keys.get(key).cloned().or_else(|| self.base.key(key))
     }
+
+    fn leave_days(&self, person: &PersonId, from: u32, to: u32) -> Vec<u32> {
+        let mut days: BTreeSet<u32> = self.base.leave_days(person, from, to).into_iter().collect();
+        if let Some(l) = self.leave.get(person) {
+            days.extend(l.range(from..=to));
+        }
+        days.into_iter().collect()
+    }
+
+    fn blocks_by_day(
+        &self,
+        from_day: u32,
+        after: Option<&BlockId>,
+        to_day: u32,
+        limit: usize,
+    ) -> Vec<Block> {
+        let mut all: BTreeMap<(u32, BlockId), Block> = self
+            .base
+            .blocks_by_day(from_day, after, to_day, limit)
+            .into_iter()
+            .map(|b| ((b.day, b.id.clone()), b))
+            .collect();
+        for b in self.blocks.values() {
+            let k = (b.day, b.id.clone());
+            let past = match after {
+                Some(a) => k > (from_day, a.clone()),
+                None => b.day >= from_day,
+            };
+            if b.day <= to_day && past {
+                all.insert(k, b.clone());
+            }
+        }
+        all.into_values().take(limit).collect()
+    }
 }
 
 impl<B: TablesRead> Tables for Overlay<'_, B> {

@@ -65,6 +65,17 @@ pub trait TablesRead {
     fn understaffed(&self, through_day: u32, limit: usize) -> Vec<Understaffed>;
     /// The first day of `from..=to` that `person` is on leave.
     fn leave_day_in(&self, person: &PersonId, from: u32, to: u32) -> Option<u32>;
+    /// The days of `from..=to` that `person` is on leave, in order.
+    fn leave_days(&self, person: &PersonId, from: u32, to: u32) -> Vec<u32>;
+    /// Blocks on days `from_day..=to_day` in (day, id) order, at most
+    /// `limit`; with `after`, only those after (`from_day`, `after`).
+    fn blocks_by_day(
+        &self,
+        from_day: u32,
+        after: Option<&BlockId>,
+        to_day: u32,
+        limit: usize,
+    ) -> Vec<Block>;
     /// The record of `key`.
     fn key(&self, key: &IdempotencyKey) -> Option<KeyRecord>;
 }
@@ -120,6 +131,9 @@ pub struct MemTables {
     /// Derived: blocks with an open slot, by day.
     #[serde(skip)]
     pub(crate) open: BTreeSet<(u32, BlockId)>,
+    /// Derived: every block, by day.
+    #[serde(skip)]
+    pub(crate) by_day: BTreeSet<(u32, BlockId)>,
 }
 
 impl MemTables {
@@ -140,10 +154,12 @@ impl MemTables {
                     .insert((iv.start, blk.clone()), iv);
             }
         }
+        self.by_day.clear();
         for b in self.blocks.values() {
             if self.staffed(&b.id) < usize::from(b.required) {
                 self.open.insert((b.day, b.id.clone()));
             }
+            self.by_day.insert((b.day, b.id.clone()));
         }
         self.key_order = self.keys.iter().map(|(k, r)| (r.index, *k)).collect();
         if self.key_order.len() != self.keys.len() {
@@ -231,6 +247,33 @@ impl TablesRead for MemTables {
         self.leave.get(person)?.range(from..=to).next().copied()
     }
 
+    fn leave_days(&self, person: &PersonId, from: u32, to: u32) -> Vec<u32> {
+        self.leave
+            .get(person)
+            .map(|l| l.range(from..=to).copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn blocks_by_day(
+        &self,
+        from_day: u32,
+        after: Option<&BlockId>,
+        to_day: u32,
+        limit: usize,
+    ) -> Vec<Block> {
+        use std::ops::Bound;
+        let lo = match after {
+            Some(a) => Bound::Excluded((from_day, a.clone())),
+            None => Bound::Included((from_day, min_block_id())),
+        };
+        self.by_day
+            .range((lo, Bound::Unbounded))
+            .take_while(|(d, _)| *d <= to_day)
+            .take(limit)
+            .filter_map(|(_, id)| self.blocks.get(id).cloned())
+            .collect()
+    }
+
     fn key(&self, key: &IdempotencyKey) -> Option<KeyRecord> {
         self.keys.get(key).cloned()
     }
@@ -255,6 +298,7 @@ impl Tables for MemTables {
 
     fn put_block(&mut self, block: &Block) {
         self.blocks.insert(block.id.clone(), block.clone());
+        self.by_day.insert((block.day, block.id.clone()));
         self.reopen(block);
     }
 
