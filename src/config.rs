@@ -186,6 +186,8 @@ pub struct ConsensusSection {
     pub heartbeat_ticks: usize,
     /// Applied entries between snapshots (log compaction).
     pub snapshot_every_entries: u64,
+    /// Bytes of log entries kept before compaction, whatever their count.
+    pub snapshot_every_bytes: u64,
     /// Ticks a proposal or read waits for its outcome.
     pub proposal_timeout_ticks: u64,
     /// A durable Raft write that takes at least this long, in ms, is slow;
@@ -207,6 +209,7 @@ impl Default for ConsensusSection {
             election_ticks_max: r.election_ticks_max,
             heartbeat_ticks: r.heartbeat_ticks,
             snapshot_every_entries: r.snapshot_every_entries,
+            snapshot_every_bytes: r.snapshot_every_bytes,
             proposal_timeout_ticks: r.proposal_timeout_ticks,
             slow_write_ms: r.slow_write_ms,
             slow_writes_to_yield: r.slow_writes_to_yield,
@@ -224,6 +227,7 @@ impl ConsensusSection {
             election_ticks_max: self.election_ticks_max,
             heartbeat_ticks: self.heartbeat_ticks,
             snapshot_every_entries: self.snapshot_every_entries,
+            snapshot_every_bytes: self.snapshot_every_bytes,
             proposal_timeout_ticks: self.proposal_timeout_ticks,
             slow_write_ms: self.slow_write_ms,
             slow_writes_to_yield: self.slow_writes_to_yield,

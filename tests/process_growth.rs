@@ -111,10 +111,16 @@ async fn a_schedule_past_the_old_snapshot_ceiling_streams_and_survives_kill_9_of
             );
         }
     }
+    let loading = std::time::Instant::now();
     let mut applied = load(&c, &s[0], "people", people).await;
     applied += load(&c, &s[1], "blocks", blocks).await;
     applied += load(&c, &s[0], "assign", assigns).await;
     assert_eq!(applied, PEOPLE + 2 * DAYS * BLOCKS_PER_DAY);
+    eprintln!(
+        "loaded {applied} writes in batches of {BATCH} in {:?} ({:.0} writes/s)",
+        loading.elapsed(),
+        applied as f64 / loading.elapsed().as_secs_f64()
+    );
     let want = DAYS * BLOCKS_PER_DAY;
     let digest = all_agree(&c, &s[..2], want, "alpha and bravo agree after the load").await;
 
@@ -164,7 +170,9 @@ async fn a_schedule_past_the_old_snapshot_ceiling_streams_and_survives_kill_9_of
 
     // charlie comes back far behind the compacted log: a streamed snapshot.
     s[2].start();
+    let catching = std::time::Instant::now();
     let caught = all_agree(&c, &s, want, "charlie caught up").await;
+    eprintln!("charlie caught up in {:?}", catching.elapsed());
     assert_eq!(caught, digest);
     let (_, m) = get(&c, &s[2].url("/metrics")).await;
     let text = if m.is_null() {
@@ -196,6 +204,20 @@ async fn a_schedule_past_the_old_snapshot_ceiling_streams_and_survives_kill_9_of
     for x in s.iter_mut() {
         x.start();
     }
+    let restarting = std::time::Instant::now();
+    until(
+        Duration::from_secs(60),
+        "a first linearizable read",
+        || async {
+            let (st, _) = get(&c, &s[0].url("/v1/people/p7?from_day=0&to_day=27")).await;
+            (st == 200).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "after kill -9 of every process: first linearizable person read {:?} after the starts",
+        restarting.elapsed()
+    );
     let after = all_agree(&c, &s, want, "all agree after kill -9 of everyone").await;
     assert_eq!(
         after, digest,
@@ -204,4 +226,145 @@ async fn a_schedule_past_the_old_snapshot_ceiling_streams_and_survives_kill_9_of
     for x in &s {
         assert!(!x.log().contains("panicked"), "{}: {}", x.id, x.log());
     }
+}
+
+fn rss_kib(site: &Site) -> u64 {
+    let Some(pid) = site.proc.as_ref().map(std::process::Child::id) else {
+        return 0;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn store_bytes(site: &Site) -> u64 {
+    std::fs::read_dir(site.dir.join("data"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1e3
+}
+
+/// The issue-19 growth benchmark (`cargo test --release --test
+/// process_growth growth_benchmark -- --ignored --nocapture`;
+/// `BULWARK_GROWTH_ASSIGNMENTS`, default 1,000,000; the figures in
+/// docs/BENCHMARKS.md come from this). Loads blocks and assignments
+/// through `POST /v1/batch` (1,500 people; 500 twelve-hour blocks a day,
+/// each filled) and after every 100,000 assignments measures, at the
+/// leader: single-write latency (20 new blocks assigned one request each),
+/// the batch throughput of that step, one person's four-week linearizable
+/// read (20 reads), each node's RSS and store size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: BULWARK_GROWTH_ASSIGNMENTS assignments (default 1,000,000)"]
+async fn growth_benchmark() {
+    let total: usize = std::env::var("BULWARK_GROWTH_ASSIGNMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let root = tempfile::tempdir().unwrap();
+    let mut s = sites(root.path(), &NAMES, "[backup]\nevery_s = 0\n");
+    for x in s.iter_mut() {
+        x.start();
+    }
+    let c = client();
+    let lead = leader(&c, &s[0]).await;
+    let li = NAMES.iter().position(|n| *n == lead).unwrap();
+    let people: Vec<Value> = (0..PEOPLE)
+        .map(|p| json!({"op": "add_person", "id": format!("p{p}"), "name": format!("Resident {p}"), "role": "resident", "pgy": 1 + p % 7}))
+        .collect();
+    load(&c, &s[li], "people", people).await;
+    let step = 100_000;
+    let mut done = 0;
+    // Probe blocks live on their own days past the loaded range.
+    let probe_day = (total / BLOCKS_PER_DAY + 10) as u32;
+    let mut probe = 0usize;
+    eprintln!("assignments | batch writes/s | single write p50 / p99 ms | person 4-week read p50 / p99 ms | RSS MiB (a, b, c) | store MiB (a, b, c)");
+    while done < total {
+        let n = step.min(total - done);
+        let mut blocks = Vec::with_capacity(n);
+        let mut assigns = Vec::with_capacity(n);
+        for i in done..done + n {
+            let (d, k) = (i / BLOCKS_PER_DAY, i % BLOCKS_PER_DAY);
+            let id = format!("d{d}k{k}");
+            blocks.push(json!({"op": "add_block", "id": id, "day": d, "start_min": 420, "duration_min": 720, "pool": "icu", "required": 1}));
+            assigns.push(
+                json!({"op": "assign", "person": format!("p{}", person_of(d, k)), "block": id}),
+            );
+        }
+        let t = std::time::Instant::now();
+        load(&c, &s[li], &format!("blocks{done}"), blocks).await;
+        load(&c, &s[li], &format!("assign{done}"), assigns).await;
+        let rate = (2 * n) as f64 / t.elapsed().as_secs_f64();
+        done += n;
+        let mut writes = Vec::new();
+        for _ in 0..20 {
+            let id = format!("probe{probe}");
+            // One probe block a day, each for its own person on a free day.
+            let day = probe_day + probe as u32 * 3;
+            probe += 1;
+            let body = json!({"id": id, "day": day, "start_min": 420, "duration_min": 600, "pool": "clinic", "required": 1});
+            let (st, v) =
+                write_until_final(&c, &s[li].url("/v1/blocks"), &format!("{id}-b"), &body).await;
+            assert_eq!(st, 200, "{v}");
+            let t = std::time::Instant::now();
+            let body = json!({"person": format!("p{}", probe % PEOPLE), "block": id});
+            let (st, v) = post(&c, &s[li].url("/v1/assignments"), &format!("{id}-a"), &body).await;
+            assert_eq!(st, 200, "{v}");
+            writes.push(t.elapsed());
+        }
+        let last_day = (done / BLOCKS_PER_DAY).saturating_sub(1);
+        let from = last_day.saturating_sub(27);
+        let mut reads = Vec::new();
+        for r in 0..20 {
+            let url = s[li].url(&format!(
+                "/v1/people/p{}?from_day={from}&to_day={last_day}",
+                r * 71 % PEOPLE
+            ));
+            let t = std::time::Instant::now();
+            let (st, v) = get(&c, &url).await;
+            assert_eq!(st, 200, "{v}");
+            reads.push(t.elapsed());
+        }
+        let rss: Vec<u64> = s.iter().map(|x| rss_kib(x) / 1024).collect();
+        let store: Vec<u64> = s.iter().map(|x| store_bytes(x) >> 20).collect();
+        eprintln!(
+            "{done} | {rate:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {rss:?} | {store:?}",
+            pct(&mut writes, 0.5),
+            pct(&mut writes, 0.99),
+            pct(&mut reads, 0.5),
+            pct(&mut reads, 0.99),
+        );
+    }
+    // A follower killed at the end serves again soon after its restart.
+    let fi = (li + 1) % 3;
+    s[fi].kill();
+    s[fi].start();
+    let t = std::time::Instant::now();
+    until(
+        Duration::from_secs(60),
+        "the restarted follower's first read",
+        || async {
+            let (st, _) = get(&c, &s[fi].url("/v1/people/p1?from_day=0&to_day=27")).await;
+            (st == 200).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "at {done}: kill -9 of a follower, first linearizable read {:?} after its start",
+        t.elapsed()
+    );
 }

@@ -185,6 +185,8 @@ pub struct AppliedFeed {
 struct FeedInner {
     entries: VecDeque<AppliedEntry>,
     cap: usize,
+    /// Estimated memory of `entries` ([`feed_cost`]).
+    bytes: usize,
     subscriber: Option<ActorRef<BftMsg>>,
     wake_queued: bool,
 }
@@ -219,9 +221,15 @@ impl AppliedFeed {
         if g.entries.back().is_some_and(|last| e.index <= last.index) {
             return;
         }
+        g.bytes += feed_cost(e);
         g.entries.push_back(e.clone());
-        while g.entries.len() > g.cap {
-            g.entries.pop_front();
+        // Bounded by count and by memory: a batch entry decodes to a few
+        // hundred KiB (found by the growth benchmark: 16,384 batch entries
+        // held ~75 MiB per 100,000 assignments).
+        while g.entries.len() > g.cap || (g.bytes > FEED_BYTES_MAX && g.entries.len() > 1) {
+            if let Some(old) = g.entries.pop_front() {
+                g.bytes = g.bytes.saturating_sub(feed_cost(&old));
+            }
         }
         if !g.wake_queued {
             if let Some(s) = &g.subscriber {
@@ -248,6 +256,24 @@ impl AppliedFeed {
             .cloned()
             .collect()
     }
+}
+
+/// Most memory the applied-entry feed holds (estimated); beyond it the
+/// oldest entries go (a validator that has not read them catches up by
+/// final entries).
+const FEED_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// An applied entry's memory, estimated from its encoded proposal (the
+/// decoded command takes a few times its encoding).
+fn feed_cost(e: &AppliedEntry) -> usize {
+    let encoded = match &e.verdict {
+        crate::ledger::Verdict::Admitted(l) => l.bytes.len(),
+        crate::ledger::Verdict::Rejected {
+            shadow: Some(l), ..
+        } => l.bytes.len(),
+        _ => 0,
+    };
+    512 + 4 * encoded
 }
 
 /// How to make a facility's BftValidator.

@@ -126,6 +126,9 @@ pub struct RaftConfig {
     pub entry_len_max: u64,
     /// Applied entries between snapshots (log compaction).
     pub snapshot_every_entries: u64,
+    /// Bytes of log entries held (in memory and on disk) before the log is
+    /// compacted, whatever their count (batches make large entries).
+    pub snapshot_every_bytes: u64,
     /// Ticks a proposal or read may wait for its outcome.
     pub proposal_timeout_ticks: u64,
     /// Proposals in flight at once, beyond which new ones are rejected.
@@ -160,6 +163,7 @@ impl Default for RaftConfig {
             max_uncommitted_size: 16 * 1024 * 1024,
             entry_len_max: 192 * 1024,
             snapshot_every_entries: 1000,
+            snapshot_every_bytes: 16 * 1024 * 1024,
             proposal_timeout_ticks: 100,
             pending_proposals_max: 4096,
             ready_rounds_max: 16,
@@ -192,8 +196,14 @@ impl RaftConfig {
                 "entry_len_max must be in 1..=240 KiB (a ledger entry holds the proposal)".into(),
             );
         }
-        if self.snapshot_every_entries == 0 || self.ready_rounds_max == 0 {
-            return Err("snapshot_every_entries and ready_rounds_max must be > 0".into());
+        if self.snapshot_every_entries == 0
+            || self.snapshot_every_bytes == 0
+            || self.ready_rounds_max == 0
+        {
+            return Err(
+                "snapshot_every_entries, snapshot_every_bytes and ready_rounds_max must be > 0"
+                    .into(),
+            );
         }
         if self.slow_write_ms > 0 && self.slow_writes_to_yield == 0 {
             return Err("slow_writes_to_yield must be > 0 when slow_write_ms is set".into());

@@ -84,7 +84,9 @@ impl Store {
                 // never a file every later open refuses.
                 let tmp = creating_path(path);
                 let _ = std::fs::remove_file(&tmp);
-                let db = Database::create(&tmp).map_err(|e| open_error(&tmp, e))?;
+                let db = cached_builder()
+                    .create(&tmp)
+                    .map_err(|e| open_error(&tmp, e))?;
                 drop(Store::initialized(db, tmp.clone(), facility)?);
                 let io = |source| StorageError::Io {
                     path: path_buf.clone(),
@@ -96,7 +98,9 @@ impl Store {
                         .and_then(|d| d.sync_all())
                         .map_err(io)?;
                 }
-                let db = Database::create(path).map_err(|e| open_error(path, e))?;
+                let db = cached_builder()
+                    .create(path)
+                    .map_err(|e| open_error(path, e))?;
                 Ok(Opened {
                     store: Store::existing(db, path_buf, facility)?,
                     fresh: true,
@@ -148,7 +152,7 @@ impl Store {
             source,
         })?;
         if len == 0 {
-            let db = Database::builder()
+            let db = cached_builder()
                 .create_with_backend(backend)
                 .map_err(|e| open_error(label, e))?;
             let store = Store::initialized(db, label.to_path_buf(), facility)?;
@@ -467,8 +471,18 @@ impl Store {
 /// A database builder that runs redb's integrity check on open: it reads the
 /// whole file once, so a file altered behind redb's back is refused as
 /// corrupt instead of trusted (a plain open may panic on such a file).
-fn checked_builder() -> redb::Builder {
+/// redb's page cache per store: what the schedule's size costs in memory
+/// (redb's own default is 1 GiB).
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+fn cached_builder() -> redb::Builder {
     let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    builder
+}
+
+fn checked_builder() -> redb::Builder {
+    let mut builder = cached_builder();
     builder.set_check_integrity_on_open(true);
     builder
 }

@@ -1372,7 +1372,9 @@ impl RaftCore {
     fn maybe_compact(&mut self) -> Result<(), RaftCoreError> {
         let applied = self.applied_index();
         let snap_index = self.node.store().latest_snapshot().get_metadata().index;
-        let due = self.snapshot_due && applied > snap_index;
+        let due = (self.snapshot_due
+            || self.node.store().log_bytes() >= self.config.snapshot_every_bytes)
+            && applied > snap_index;
         if !due && applied < snap_index + self.config.snapshot_every_entries {
             return Ok(());
         }

@@ -39,6 +39,8 @@ pub struct RaftStore {
     /// Entries after the snapshot, contiguous: `entries[i].index ==
     /// snapshot index + 1 + i`.
     entries: Vec<Entry>,
+    /// Bytes of entry data in `entries`.
+    log_bytes: u64,
     /// How many times this store has been opened for Raft.
     incarnation: u64,
     /// A snapshot made to be sent, if any.
@@ -146,9 +148,11 @@ impl RaftStore {
             entries,
             store,
             incarnation: 0,
+            log_bytes: 0,
             offered: None,
             wanted: std::sync::Mutex::new(None),
         };
+        rs.recount();
         rs.bump_incarnation()?;
         if empty {
             if let Some(voters) = bootstrap_voters {
@@ -199,6 +203,15 @@ impl RaftStore {
         tx.commit().map_err(|e| s.redb(e))?;
         self.incarnation = next;
         Ok(())
+    }
+
+    fn recount(&mut self) {
+        self.log_bytes = self.entries.iter().map(|e| e.data.len() as u64).sum();
+    }
+
+    /// Bytes of entry data after the compaction point.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
     }
 
     /// How many times the store has been opened for Raft (from 1).
@@ -296,6 +309,7 @@ impl RaftStore {
             let keep = (first.index - self.first()) as usize;
             self.entries.truncate(keep);
             self.entries.extend_from_slice(entries);
+            self.recount();
         }
         if let Some(hs) = hs {
             self.hard_state = hs.clone();
@@ -372,6 +386,7 @@ impl RaftStore {
         hs.term = hs.term.max(m.term);
         self.write_snapshot(snap, .., &hs)?;
         self.entries.clear();
+        self.log_bytes = 0;
         self.hard_state = hs;
         Ok(())
     }
@@ -402,6 +417,7 @@ impl RaftStore {
         let drop_n = (index + 1 - self.first()) as usize;
         self.write_snapshot(&snap, ..=index, &hs)?;
         self.entries.drain(..drop_n);
+        self.recount();
         Ok(())
     }
 
