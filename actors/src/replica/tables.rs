@@ -671,15 +671,22 @@ impl RedbRead {
     }
 
     /// The index tables agree with what `t` (read from the data tables)
-    /// derives: each person's duty, the open slots, the key order.
+    /// derives: each person's duty, the open slots, the blocks by day, the
+    /// key order.
     fn check_indexes(&self, t: &MemTables) -> Result<(), StorageError> {
         let r = &self.r;
-        let duty: Vec<Vec<u8>> = r
-            .range(SCHED_DUTY, &[], &[], usize::MAX)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        let derived: Vec<Vec<u8>> = t
+        let keys = |def: Def| -> Vec<Vec<u8>> {
+            r.range(def, &[], &[], usize::MAX)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        let by_day = |set: &std::collections::BTreeSet<(u32, BlockId)>| -> Vec<Vec<u8>> {
+            set.iter()
+                .map(|(day, b)| open_key(*day, b.as_str()))
+                .collect()
+        };
+        let duty: Vec<Vec<u8>> = t
             .by_person
             .iter()
             .flat_map(|(p, m)| {
@@ -687,21 +694,14 @@ impl RedbRead {
                     .map(move |(start, b)| duty_key(p.as_str(), *start, b.as_str()))
             })
             .collect();
-        if duty != derived {
+        if keys(SCHED_DUTY) != duty {
             return Err(r.corrupt("sched_duty disagrees with sched_assign"));
         }
-        let open: Vec<Vec<u8>> = r
-            .range(SCHED_OPEN, &[], &[], usize::MAX)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        let derived: Vec<Vec<u8>> = t
-            .open
-            .iter()
-            .map(|(day, b)| open_key(*day, b.as_str()))
-            .collect();
-        if open != derived {
+        if keys(SCHED_OPEN) != by_day(&t.open) {
             return Err(r.corrupt("sched_open disagrees with the blocks' staffing"));
+        }
+        if keys(SCHED_DAYS) != by_day(&t.by_day) {
+            return Err(r.corrupt("sched_days disagrees with sched_blocks"));
         }
         let order: Vec<(Vec<u8>, Vec<u8>)> = r.range(SCHED_KEY_ORDER, &[], &[], usize::MAX);
         let derived: Vec<(Vec<u8>, Vec<u8>)> = t
@@ -711,19 +711,6 @@ impl RedbRead {
             .collect();
         if order != derived || self.meta.keys_len != t.keys.len() as u64 {
             return Err(r.corrupt("sched_key_order disagrees with sched_keys"));
-        }
-        let days: Vec<Vec<u8>> = r
-            .range(SCHED_DAYS, &[], &[], usize::MAX)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        let derived: Vec<Vec<u8>> = t
-            .by_day
-            .iter()
-            .map(|(day, b)| open_key(*day, b.as_str()))
-            .collect();
-        if days != derived {
-            return Err(r.corrupt("sched_days disagrees with sched_blocks"));
         }
         if let Some(e) = r.take_fault() {
             return Err(e);

@@ -186,3 +186,39 @@ fn a_damaged_chunk_or_digest_is_refused_and_changes_nothing() {
     assert_eq!(&back, b_mem.tables());
     assert_eq!(b_before.applied(), 1);
 }
+
+#[test]
+fn an_index_that_disagrees_with_its_data_is_refused_on_read_back() {
+    use bulwark_storage::schema::{SCHED_DAYS, SCHED_DUTY, SCHED_OPEN};
+    for (name, table) in [
+        ("sched_duty", SCHED_DUTY),
+        ("sched_open", SCHED_OPEN),
+        ("sched_days", SCHED_DAYS),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = busy_replica(dir.path());
+        assert!(a.read().unwrap().tables().to_mem().is_ok());
+        // Drop one row of the index behind the rules' back (or, for an
+        // empty one, add a stray row).
+        let tx = a.store().begin_write().unwrap();
+        {
+            let mut t = tx.open_table(table).unwrap();
+            let first = t.first().unwrap().map(|(k, _)| k.value().to_vec());
+            match first {
+                Some(k) => {
+                    t.remove(k.as_slice()).unwrap();
+                }
+                None => {
+                    t.insert([0u8, 0, 0, 1, b'x'].as_slice(), [].as_slice())
+                        .unwrap();
+                }
+            }
+        }
+        tx.commit().unwrap();
+        let back = a.read().unwrap().tables().to_mem();
+        assert!(
+            matches!(back, Err(bulwark_storage::StorageError::Corrupt { .. })),
+            "{name}: {back:?}",
+        );
+    }
+}
