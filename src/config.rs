@@ -43,6 +43,31 @@ pub struct FacilityConfig {
     /// Chaos experiments against this facility.
     #[serde(default)]
     pub chaos: ChaosSection,
+    /// The schedule's data life cycle.
+    #[serde(default)]
+    pub schedule: ScheduleSection,
+}
+
+/// `[schedule]`: every key optional; archiving is off unless
+/// `archive_after_days` > 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSection {
+    /// Days kept in the hot tables before the last finally approved day:
+    /// older approved days are archived (`POST /v1/archive`, proposed by
+    /// the leader). 0: never archive on its own.
+    pub archive_after_days: u32,
+    /// Seconds between the leader's looks for days to archive.
+    pub archive_every_s: u64,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        ScheduleSection {
+            archive_after_days: 0,
+            archive_every_s: 600,
+        }
+    }
 }
 
 /// `[chaos]`: off unless `enabled = true`.
@@ -463,6 +488,12 @@ impl FacilityConfig {
         }
         if self.backup.every_s > 0 && self.backup.keep == 0 {
             return Err(invalid("backup.keep", "keep at least one backup".into()));
+        }
+        if self.schedule.archive_after_days > 0 && self.schedule.archive_every_s == 0 {
+            return Err(invalid(
+                "schedule.archive_every_s",
+                "at least 1 second while archive_after_days is set".into(),
+            ));
         }
         self.supervision
             .validate()

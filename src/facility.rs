@@ -278,18 +278,37 @@ pub async fn probe(ctx: NodeCtx) -> http::Probes {
         .map(|_| ())
         .map_err(|e| e.to_string());
     let peer = ctx.find::<RaftMsg>(Zone::Consensus, RAFT);
-    let leader = match peer {
+    let status = match peer {
         Some(p) => match p
             .call(RaftMsg::Status, Some(std::time::Duration::from_secs(1)))
             .await
         {
-            Ok(ractor::rpc::CallResult::Success(s)) if s.leader.is_some() => Ok(()),
-            Ok(_) => Err("no leader known".to_string()),
+            Ok(ractor::rpc::CallResult::Success(s)) => Ok(s),
+            Ok(_) => Err("the RaftPeer did not answer".to_string()),
             Err(e) => Err(e.to_string()),
         },
         None => Err("the RaftPeer is not running".to_string()),
     };
-    http::Probes { store, leader }
+    let replica = match &status {
+        Ok(s) => match &s.fault {
+            Some(why) => Err(format!(
+                "quarantined: {why}; restore the store from a backup (bulwark restore)"
+            )),
+            None => Ok(()),
+        },
+        // Not known: the leader check reports the RaftPeer.
+        Err(_) => Ok(()),
+    };
+    let leader = match status {
+        Ok(s) if s.leader.is_some() => Ok(()),
+        Ok(_) => Err("no leader known".to_string()),
+        Err(e) => Err(e),
+    };
+    http::Probes {
+        store,
+        leader,
+        replica,
+    }
 }
 
 /// Starts one facility per name on loopback QUIC, each pinning all the

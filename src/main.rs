@@ -56,6 +56,23 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ChaosCmd,
     },
+    /// Load a schedule from a CSV file through a running node's
+    /// `POST /v1/batch` (header row; an `op` column and the fields of each
+    /// command's endpoint). Running it again with the same file applies
+    /// nothing twice. Exits 1 if a row was refused (each is listed).
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+        /// The node's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:8401")]
+        url: String,
+        /// The bearer token (default: $BULWARK_API__TOKEN).
+        #[arg(long, env = "BULWARK_API__TOKEN", hide_env_values = true)]
+        token: String,
+        /// Rows per batch (at most 1,000).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
     /// Print the cluster as a node sees it (from its HTTP API).
     Status {
         /// The node's HTTP address.
@@ -173,6 +190,12 @@ fn main() -> ExitCode {
                 cmd: LedgerCmd::Verify { db, config },
             } => ledger_verify(db, config),
             Cmd::Status { url } => status(url).await,
+            Cmd::Import {
+                file,
+                url,
+                token,
+                batch,
+            } => return import(file, url, token, batch).await,
             Cmd::Backup { config, db, out } => backup(config, db, out).await,
             Cmd::Restore {
                 config,
@@ -188,6 +211,37 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => fail(e.to_string()),
     }
+}
+
+async fn import(
+    file: PathBuf,
+    url: String,
+    token: String,
+    batch: usize,
+) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
+    let r = bulwark::import::run(&url, &token, &file, batch).await?;
+    for (line, code, detail) in &r.refused {
+        println!("line {line}: refused {code}: {detail}");
+    }
+    println!(
+        "{}: {} applied, {} refused{}",
+        file.display(),
+        r.applied,
+        r.refused.len(),
+        if r.replayed > 0 {
+            format!(
+                " ({} batches answered from an earlier import of this file)",
+                r.replayed
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(if r.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn fail(msg: String) -> ExitCode {
@@ -340,6 +394,24 @@ async fn node(path: PathBuf) -> AnyResult {
                     }
                     Ok(Err(e)) => tracing::error!(error = %e, "scheduled backup failed"),
                     Err(e) => tracing::error!(error = %e, "scheduled backup task failed"),
+                }
+            }
+        });
+    }
+    if cfg.schedule.archive_after_days > 0 {
+        let ctx = f.node.ctx().clone();
+        let keep = cfg.schedule.archive_after_days;
+        let every = std::time::Duration::from_secs(cfg.schedule.archive_every_s);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let timeout = std::time::Duration::from_secs(10);
+                match bulwark::archive::round(&ctx, keep, timeout).await {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "archive round stopped; the next one retries")
+                    }
                 }
             }
         });

@@ -148,6 +148,7 @@ async fn the_check_loop_reports_probes_and_a_stopped_tree() {
             Probes {
                 store: Ok(()),
                 leader: Err("no leader known".into()),
+                replica: Ok(()),
             }
         },
     ));

@@ -170,7 +170,10 @@ pub fn mode_of(op: &Op, emergency: bool) -> Mode {
         | Op::Leave { .. }
         | Op::Approve { .. }
         | Op::Reconcile { .. }
-        | Op::Batch(_) => Mode::Cp,
+        | Op::Batch(_)
+        | Op::RetirePerson { .. }
+        | Op::RetireBlock { .. }
+        | Op::Archive { .. } => Mode::Cp,
     }
 }
 

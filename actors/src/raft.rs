@@ -344,6 +344,9 @@ pub struct RaftStatus {
     pub voters: Vec<FacilityId>,
     /// A joint configuration is in force.
     pub joint: bool,
+    /// Why this facility is out of consensus with an unusable replica
+    /// (quarantined), if it is.
+    pub fault: Option<String>,
 }
 
 /// Messages of the [`RaftPeer`].
@@ -613,6 +616,7 @@ impl RaftPeerState {
             applied: c.applied_index(),
             voters: c.voters(),
             joint: c.in_joint(),
+            fault: c.recovering(),
         }
     }
 
@@ -639,34 +643,75 @@ pub fn raft_child(setup: RaftSetup) -> (Zone, ChildDef) {
     (Zone::Consensus, def)
 }
 
-/// A read run on the schedule if it has applied the read index.
-pub type ReadAtFn = Box<dyn FnOnce(Option<&ScheduleView>) + Send>;
+/// A read given the schedule's view (a redb read transaction, owned) if
+/// it has applied the read index. The read runs wherever the receiver
+/// puts it, never on the RaftPeer: a long read must not stall consensus.
+pub type ReadAtFn = Box<dyn FnOnce(Option<ScheduleView>) + Send>;
 
 /// The running RaftPeer of `node`, if any.
 pub fn raft_peer(node: &Node) -> Option<ActorRef<RaftMsg>> {
     node.ctx().find(Zone::Consensus, RAFT)
 }
 
+/// The RaftPeer's state: running, or quarantined because its replica
+/// does not open.
+pub enum PeerState {
+    /// In consensus (or fenced, retrying).
+    Running(Box<RaftPeerState>),
+    /// Out of consensus for good: the replica does not open. It votes for
+    /// nobody and acknowledges nothing (as if the facility were down),
+    /// refuses proposals and reads with the reason, and reports it in its
+    /// status (so `/health/ready` fails, naming it). The remedy is the
+    /// operator's: restore the store from a backup (`bulwark restore`),
+    /// after which it catches up from its peers.
+    Quarantined {
+        /// Its context.
+        ctx: NodeCtx,
+        /// Why.
+        reason: String,
+    },
+}
+
 impl Actor for RaftPeer {
     type Msg = RaftMsg;
-    type State = RaftPeerState;
+    type State = PeerState;
     type Arguments = RaftPeerArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<RaftMsg>,
         args: RaftPeerArgs,
-    ) -> Result<RaftPeerState, ActorProcessingErr> {
+    ) -> Result<PeerState, ActorProcessingErr> {
         let setup = args.setup;
         setup.config.validate()?;
         let logger = tracing_logger(&args.ctx.facility);
-        let mut core = RaftCore::open(
+        let opened = RaftCore::open(
             args.ctx.store.clone(),
             args.ctx.facility.clone(),
             &setup,
             args.ctx.fresh_store,
             &logger,
-        )?;
+        );
+        let mut core = match opened {
+            Ok(core) => core,
+            Err(e) if e.quarantines() => {
+                let reason = e.to_string();
+                tracing::error!(
+                    facility = %args.ctx.facility,
+                    %reason,
+                    "quarantined: this facility stays out of consensus until its store is restored (bulwark restore)"
+                );
+                metrics::gauge!("bulwark_replica_quarantined").set(1.0);
+                args.ctx
+                    .router
+                    .register(RAFT, myself.clone(), RaftMsg::Remote);
+                return Ok(PeerState::Quarantined {
+                    ctx: args.ctx,
+                    reason,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         core.emit_applied(setup.tap.is_some());
         let transfer_cooldown = 2 * setup.config.election_ticks as u64;
         args.ctx
@@ -674,7 +719,7 @@ impl Actor for RaftPeer {
             .register(RAFT, myself.clone(), RaftMsg::Remote);
         let tick = std::time::Duration::from_millis(setup.config.tick_ms);
         let ticker = myself.send_interval(tick, || RaftMsg::Tick);
-        Ok(RaftPeerState {
+        Ok(PeerState::Running(Box::new(RaftPeerState {
             core,
             ctx: args.ctx,
             proposals: BTreeMap::new(),
@@ -689,15 +734,22 @@ impl Actor for RaftPeer {
             setup,
             logger,
             fenced: false,
-        })
+        })))
     }
 
     async fn handle(
         &self,
         myself: ActorRef<RaftMsg>,
         msg: RaftMsg,
-        st: &mut RaftPeerState,
+        st: &mut PeerState,
     ) -> Result<(), ActorProcessingErr> {
+        let st = match st {
+            PeerState::Running(st) => st,
+            PeerState::Quarantined { ctx, reason } => {
+                handle_quarantined(ctx, reason, msg);
+                return Ok(());
+            }
+        };
         if st.fenced {
             handle_fenced(&myself, msg, st).await?;
         } else {
@@ -710,11 +762,49 @@ impl Actor for RaftPeer {
     async fn post_stop(
         &self,
         myself: ActorRef<RaftMsg>,
-        st: &mut RaftPeerState,
+        st: &mut PeerState,
     ) -> Result<(), ActorProcessingErr> {
-        st.ticker.abort();
-        st.ctx.router.unregister(RAFT, myself.get_id());
+        let ctx = match st {
+            PeerState::Running(st) => {
+                st.ticker.abort();
+                &st.ctx
+            }
+            PeerState::Quarantined { ctx, .. } => ctx,
+        };
+        ctx.router.unregister(RAFT, myself.get_id());
         Ok(())
+    }
+}
+
+/// A quarantined peer takes part in nothing and answers with its reason.
+fn handle_quarantined(ctx: &NodeCtx, reason: &str, msg: RaftMsg) {
+    let why = format!("this facility is quarantined: {reason}");
+    match msg {
+        RaftMsg::Tick | RaftMsg::Remote(_) | RaftMsg::TransferLeader(_) | RaftMsg::Flush => {}
+        RaftMsg::Propose { reply, .. } => {
+            let _ = reply.send(ProposeOutcome::Rejected { reason: why });
+        }
+        RaftMsg::Read { reply } => {
+            let _ = reply.send(ReadOutcome::NotLeader { hint: None });
+        }
+        RaftMsg::Inspect(_) => {}
+        RaftMsg::InspectAt { f, .. } => f(None),
+        RaftMsg::Status(reply) => {
+            let _ = reply.send(RaftStatus {
+                facility: ctx.facility.clone(),
+                leader: None,
+                is_leader: false,
+                term: 0,
+                commit: 0,
+                applied: 0,
+                voters: Vec::new(),
+                joint: false,
+                fault: Some(reason.to_string()),
+            });
+        }
+        RaftMsg::ChangeVoters { reply, .. } => {
+            let _ = reply.send(Err(why));
+        }
     }
 }
 
@@ -769,7 +859,7 @@ async fn handle_live(
             let view = (st.core.replica_applied() >= at)
                 .then(|| st.view())
                 .flatten();
-            f(view.as_ref());
+            f(view);
         }
         RaftMsg::Status(reply) => {
             let _ = reply.send(st.status());

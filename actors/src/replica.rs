@@ -38,8 +38,11 @@ use crate::ledger::{ChainHead, Hash, Recorded, ANCHOR_WINDOW};
 use crate::schedule::Schedule;
 pub use tables::{RedbRead, RedbTables};
 
-/// The key of the one row of `sched_meta`.
+/// The key of the scalars' row of `sched_meta`.
 pub(crate) const META_KEY: &[u8] = b"meta";
+/// The key of the last archived day in `sched_meta` (a row of its own, so
+/// a store written before archiving existed reads as it was).
+pub(crate) const ARCHIVED_KEY: &[u8] = b"archived";
 
 /// The replica's scalars, one row.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -61,6 +64,9 @@ pub struct Meta {
     /// The index of the last snapshot installed here (0: none). Entries up
     /// to it may have no recorded verdict here.
     pub installed: u64,
+    /// The last archived day (stored under [`ARCHIVED_KEY`]).
+    #[serde(skip)]
+    pub archived_through: Option<u32>,
 }
 
 /// A batch's scalars and chain head, from [`RedbTables::finish`].
@@ -98,6 +104,23 @@ impl Replica {
             meta,
             chain: Arc::new(chain),
         })
+    }
+
+    /// Empties every replica table in one durable transaction and opens
+    /// the empty replica: for a replica that does not open, whose state
+    /// the facility then takes again from its peers (the Raft log, with
+    /// every vote and acknowledged entry, is kept).
+    pub fn reset(store: Store) -> Result<Replica, StorageError> {
+        let tx = store.begin_write()?;
+        for def in bulwark_storage::schema::SCHED_TABLES
+            .into_iter()
+            .chain([bulwark_storage::schema::SCHED_STAGING])
+        {
+            let mut t = tx.open_table(def).map_err(|e| store.redb(e))?;
+            t.retain(|_, _| false).map_err(|e| store.redb(e))?;
+        }
+        tx.commit().map_err(|e| store.redb(e))?;
+        Replica::open(store)
     }
 
     /// The last Raft index applied.
@@ -243,6 +266,10 @@ fn write_meta(store: &Store, tx: &WriteTransaction, meta: &Meta) -> Result<(), S
     let mut t = tx.open_table(SCHED_META).map_err(|e| store.redb(e))?;
     t.insert(META_KEY, bytes.as_slice())
         .map_err(|e| store.redb(e))?;
+    if let Some(day) = meta.archived_through {
+        t.insert(ARCHIVED_KEY, day.to_be_bytes().as_slice())
+            .map_err(|e| store.redb(e))?;
+    }
     Ok(())
 }
 
@@ -253,11 +280,21 @@ fn load(store: &Store) -> Result<(Meta, ChainHead), StorageError> {
     };
     let tx = store.database().begin_read().map_err(|e| store.redb(e))?;
     let meta = match tx.open_table(SCHED_META) {
-        Ok(t) => match t.get(META_KEY).map_err(|e| store.redb(e))? {
-            Some(v) => codec::decode::<Meta>(v.value())
-                .map_err(|e| store.codec_error("sched_meta", "meta", e))?,
-            None => Meta::default(),
-        },
+        Ok(t) => {
+            let mut meta = match t.get(META_KEY).map_err(|e| store.redb(e))? {
+                Some(v) => codec::decode::<Meta>(v.value())
+                    .map_err(|e| store.codec_error("sched_meta", "meta", e))?,
+                None => Meta::default(),
+            };
+            if let Some(v) = t.get(ARCHIVED_KEY).map_err(|e| store.redb(e))? {
+                let day: [u8; 4] = v
+                    .value()
+                    .try_into()
+                    .map_err(|_| corrupt("sched_meta archived is not a day".into()))?;
+                meta.archived_through = Some(u32::from_be_bytes(day));
+            }
+            meta
+        }
         Err(redb::TableError::TableDoesNotExist(_)) => Meta::default(),
         Err(e) => return Err(store.redb(e)),
     };

@@ -381,6 +381,7 @@ fn the_step_checkers_catch_planted_violations() {
         applied: 0,
         voters: vec![],
         joint: false,
+        fault: None,
     };
     let mut o = Observed::default();
     o.on_status(&status("alpha", 3));

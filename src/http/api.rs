@@ -130,6 +130,8 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(post_emergency))
         .routes(routes!(post_approvals))
         .routes(routes!(post_batch))
+        .routes(routes!(post_retirements))
+        .routes(routes!(post_archive))
         .routes(routes!(get_schedule))
         .routes(routes!(get_person))
         .routes(routes!(get_block))
@@ -230,6 +232,31 @@ pub struct ApprovalBody {
     pub through_day: u32,
 }
 
+/// A retirement: a person from a day on (`person` and `from_day`), or a
+/// block nobody is on (`block`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetireBody {
+    /// The person to retire (with `from_day`).
+    #[serde(default)]
+    pub person: Option<String>,
+    /// The first day the person cannot work.
+    #[serde(default)]
+    pub from_day: Option<u32>,
+    /// The block to remove (alone).
+    #[serde(default)]
+    pub block: Option<String>,
+}
+
+/// Archive the finally approved days up to `through_day` (at most 7 past
+/// the last archived day).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveBody {
+    /// Last day archived.
+    pub through_day: u32,
+}
+
 /// A write's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WriteAnswer {
@@ -319,6 +346,8 @@ pub enum BatchItem {
     Leave(LeaveBody),
     /// As `POST /v1/approvals`.
     Approve(ApprovalBody),
+    /// As `POST /v1/retirements`.
+    Retire(RetireBody),
 }
 
 /// Up to 1,000 commands, committed as one Raft entry and one ledger entry.
@@ -357,6 +386,7 @@ fn batch_op(b: BatchBody) -> Result<(Op, bool), ApiError> {
             BatchItem::Swap(b) => swap_op(b),
             BatchItem::Leave(b) => leave_op(b),
             BatchItem::Approve(b) => approval_op(b),
+            BatchItem::Retire(b) => retire_op(b),
         };
         ops.push(op.map_err(at)?.0);
     }
@@ -580,6 +610,49 @@ write_endpoint!(
     ApprovalBody,
     "Final approval of every day up to through_day (CP).",
     approval_op
+);
+
+fn retire_op(b: RetireBody) -> Result<(Op, bool), ApiError> {
+    let op = match (b.person, b.from_day, b.block) {
+        (Some(p), Some(from_day), None) => Op::RetirePerson {
+            person: p.parse()?,
+            from_day,
+        },
+        (None, None, Some(blk)) => Op::RetireBlock {
+            block: blk.parse()?,
+        },
+        (Some(_), None, None) => {
+            return Err(ApiError::bad("from_day", "a person retires from a day"))
+        }
+        _ => {
+            return Err(ApiError::bad(
+                "person",
+                "either person and from_day, or block alone",
+            ))
+        }
+    };
+    Ok((op, false))
+}
+
+write_endpoint!(
+    post_retirements,
+    "/retirements",
+    RetireBody,
+    "Retires a person from a day on (refused while they hold a block on or after it), or removes a block nobody is on (CP).",
+    retire_op
+);
+
+write_endpoint!(
+    post_archive,
+    "/archive",
+    ArchiveBody,
+    "Moves the finally approved days up to through_day out of the hot tables; they stay readable by day through GET /v1/schedule (CP).",
+    |b: ArchiveBody| Ok((
+        Op::Archive {
+            through_day: b.through_day
+        },
+        false
+    ))
 );
 
 /// Checks the bearer token.
@@ -839,6 +912,9 @@ fn effect_name(e: &Effect) -> (&'static str, Vec<String>) {
         Effect::Reconciled { .. } => ("reconciled", vec![]),
         Effect::Approved { .. } => ("approved", vec![]),
         Effect::Batch { .. } => ("batch", vec![]),
+        Effect::PersonRetired => ("person_retired", vec![]),
+        Effect::BlockRetired => ("block_retired", vec![]),
+        Effect::Archived { .. } => ("archived", vec![]),
     }
 }
 
@@ -990,6 +1066,14 @@ fn staleness_view(staleness: &Staleness) -> StalenessView {
 }
 
 fn block_view<T: TablesRead>(s: &Schedule<T>, b: &Block) -> BlockView {
+    block_with(b, &s.assignments_on(&b.id), false)
+}
+
+fn block_with(
+    b: &Block,
+    on: &[(PersonId, bulwark_actors::schedule::Assignment)],
+    archived: bool,
+) -> BlockView {
     BlockView {
         id: b.id.to_string(),
         day: b.day,
@@ -997,15 +1081,15 @@ fn block_view<T: TablesRead>(s: &Schedule<T>, b: &Block) -> BlockView {
         duration_min: b.duration_min,
         pool: pool_name(b.pool).into(),
         required: b.required,
-        assigned: s
-            .assignments_on(&b.id)
-            .into_iter()
+        assigned: on
+            .iter()
             .map(|(p, a)| AssigneeView {
                 person: p.to_string(),
                 emergency: a.emergency,
                 index: a.index,
             })
             .collect(),
+        archived,
     }
 }
 
@@ -1041,20 +1125,40 @@ fn schedule_page(
         None => (q.from_day.unwrap_or(0), None),
     };
     let to_day = q.to_day.unwrap_or(u32::MAX);
-    let page = v
-        .tables()
-        .blocks_by_day(from_day, after.as_ref(), to_day, limit);
-    let next = (page.len() == limit)
-        .then(|| page.last().map(|b| format!("{}:{}", b.day, b.id)))
+    let t = v.tables();
+    let keep = |b: &Block| pool.is_none_or(|p| b.pool == p);
+    let (mut blocks, mut read, mut last) = (Vec::new(), 0, None);
+    // Archived days come first (they are the oldest), then the hot ones.
+    let mut hot = Some((from_day, after));
+    if let Some(through) = t.archived_through().filter(|d| from_day <= *d) {
+        let page = t.archived_blocks(
+            from_day,
+            hot.take().and_then(|h| h.1).as_ref(),
+            to_day.min(through),
+            limit,
+        );
+        read += page.len();
+        last = page.last().map(|a| (a.block.day, a.block.id.clone()));
+        blocks.extend(
+            page.iter()
+                .filter(|a| keep(&a.block))
+                .map(|a| block_with(&a.block, &a.assigned, true)),
+        );
+        hot = through.checked_add(1).map(|d| (d, None));
+    }
+    if let Some((from, after)) = hot.filter(|(d, _)| read < limit && *d <= to_day) {
+        let page = t.blocks_by_day(from, after.as_ref(), to_day, limit - read);
+        read += page.len();
+        last = page.last().map(|b| (b.day, b.id.clone())).or(last);
+        blocks.extend(page.iter().filter(|b| keep(b)).map(|b| block_view(v, b)));
+    }
+    let next = (read == limit)
+        .then(|| last.map(|(day, id)| format!("{day}:{id}")))
         .flatten();
-    let blocks = page
-        .iter()
-        .filter(|b| pool.is_none_or(|p| b.pool == p))
-        .map(|b| block_view(v, b))
-        .collect();
     Ok(ScheduleView {
         staleness: staleness_view(staleness),
         approved_through: v.approved_through(),
+        archived_through: t.archived_through(),
         digest: String::new(),
         people: Vec::new(),
         blocks,
@@ -1131,6 +1235,9 @@ pub struct BlockView {
     pub required: u8,
     /// People on it.
     pub assigned: Vec<AssigneeView>,
+    /// Read from the archive (see `POST /v1/archive`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub archived: bool,
 }
 
 /// The schedule as read here.
@@ -1140,6 +1247,10 @@ pub struct ScheduleView {
     pub staleness: StalenessView,
     /// Days up to this one are finally approved.
     pub approved_through: Option<u32>,
+    /// Days up to this one are archived: paged reads serve them from the
+    /// archive; a person's duty read no longer holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_through: Option<u32>,
     /// blake3 of the whole state (equal on facilities that applied the
     /// same log prefix), hex.
     pub digest: String,
@@ -1174,6 +1285,7 @@ fn schedule_view(st: &ScheduleState, staleness: &Staleness) -> ScheduleView {
             provisional_pending: staleness.provisional_pending,
         },
         approved_through: st.approved_through(),
+        archived_through: st.tables().archived_through(),
         digest: st.digest().map(hex::encode).unwrap_or_default(),
         people: st
             .people()
@@ -1191,26 +1303,7 @@ fn schedule_view(st: &ScheduleState, staleness: &Staleness) -> ScheduleView {
                 leave_days: st.leave_of(&p.id),
             })
             .collect(),
-        blocks: st
-            .blocks()
-            .map(|b| BlockView {
-                id: b.id.to_string(),
-                day: b.day,
-                start_min: b.start_min,
-                duration_min: b.duration_min,
-                pool: pool_name(b.pool).into(),
-                required: b.required,
-                assigned: st
-                    .assignments_on(&b.id)
-                    .into_iter()
-                    .map(|(p, a)| AssigneeView {
-                        person: p.to_string(),
-                        emergency: a.emergency,
-                        index: a.index,
-                    })
-                    .collect(),
-            })
-            .collect(),
+        blocks: st.blocks().map(|b| block_view(st, b)).collect(),
         next: None,
     }
 }
@@ -1867,6 +1960,7 @@ mod tests {
                 "/v1/admin/backup",
                 "/v1/admin/chaos",
                 "/v1/approvals",
+                "/v1/archive",
                 "/v1/assignments",
                 "/v1/batch",
                 "/v1/blocks",
@@ -1879,6 +1973,7 @@ mod tests {
                 "/v1/ledger/{height}",
                 "/v1/people",
                 "/v1/people/{id}",
+                "/v1/retirements",
                 "/v1/schedule",
                 "/v1/swaps",
                 "/v1/unassignments",

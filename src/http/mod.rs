@@ -130,6 +130,7 @@ impl ApiState {
         h.register("links", Kind::Ready);
         h.register("store", Kind::Ready);
         h.register("leader", Kind::Deep);
+        h.register("replica", Kind::Ready);
         ApiState {
             prometheus,
             transport,
@@ -260,6 +261,9 @@ pub struct Probes {
     pub store: Result<(), String>,
     /// A Raft leader is known.
     pub leader: Result<(), String>,
+    /// The replica (the applied schedule) opened: the facility is not
+    /// quarantined.
+    pub replica: Result<(), String>,
 }
 
 /// Runs the standard checks every `every` until `running` turns false:
@@ -286,6 +290,7 @@ where
             );
             h.report("store", p.store);
             h.report("leader", p.leader);
+            h.report("replica", p.replica);
         }
         let levels = sample(&state).await;
         let now_ms = std::time::SystemTime::now()

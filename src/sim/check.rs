@@ -835,6 +835,7 @@ mod tests {
             applied: 0,
             voters: vec![],
             joint: false,
+            fault: None,
         }
     }
 

@@ -37,6 +37,10 @@ const WEEK_DUTY_MAX: u64 = 80 * 60;
 const SHIFT_MAX: u64 = 28 * 60;
 /// Days in a row with duty that break the day-off rule.
 const DAYS_IN_A_ROW_BAD: usize = 7;
+/// Days after the archived ones that take no change (`ARCHIVED`).
+const ARCHIVE_QUIET_DAYS: u64 = 8;
+/// Most days one archive command moves.
+const ARCHIVE_STEP_DAYS: u64 = 7;
 
 /// The duty rules' codes.
 pub const DUTY_RULES: [&str; 4] = [
@@ -106,6 +110,13 @@ pub struct Model {
     approved: Option<u64>,
     /// Every key decided, with its command.
     keys: BTreeMap<[u8; 16], Op>,
+    /// Person -> the first day they cannot work.
+    retired: BTreeMap<String, u64>,
+    /// The last archived day.
+    archived: Option<u64>,
+    /// Archived blocks and who was on them: gone from the schedule, but
+    /// still their people's duty (the rules hold over the whole history).
+    past: Vec<(Slot, BTreeSet<String>)>,
     /// The last index of a command the model decided.
     last_index: u64,
 }
@@ -200,6 +211,7 @@ impl Model {
                 }
             }
             Op::AddBlock(b) => {
+                self.live_day(u64::from(b.day), &mut broken);
                 let bad = b.start_min >= 1440
                     || b.duration_min == 0
                     || u64::from(b.duration_min) > SHIFT_MAX
@@ -248,6 +260,7 @@ impl Model {
                 if from_day > to_day || u64::from(*to_day) - u64::from(*from_day) + 1 > 366 {
                     broken.insert("INVALID_INPUT");
                 }
+                self.live_day(u64::from(*from_day), &mut broken);
             }
             Op::Approve { through_day } => {
                 let through = u64::from(*through_day);
@@ -295,15 +308,74 @@ impl Model {
             // A batch is refused only as a whole shape; each command in it
             // is judged, in order, when it applies.
             Op::Batch(ops) => {
-                let nested = ops
-                    .iter()
-                    .any(|o| matches!(o, Op::Batch(_) | Op::EmergencyCoverage { .. }));
+                let nested = ops.iter().any(|o| {
+                    matches!(
+                        o,
+                        Op::Batch(_) | Op::EmergencyCoverage { .. } | Op::Archive { .. }
+                    )
+                });
                 if ops.is_empty() || ops.len() > 1000 || nested {
+                    broken.insert("INVALID_INPUT");
+                }
+            }
+            Op::RetirePerson { person, from_day } => {
+                let (p, from) = (person.as_str(), u64::from(*from_day));
+                if self.known(&[p], &[], &mut broken) {
+                    self.live_day(from, &mut broken);
+                    if self.retired.contains_key(p) {
+                        broken.insert("RETIRED");
+                    }
+                    let holds = self
+                        .on
+                        .iter()
+                        .any(|(b, people)| people.contains(p) && self.blocks[b].day >= from);
+                    if holds {
+                        broken.insert("HOLDS_ASSIGNMENTS");
+                    }
+                }
+            }
+            Op::RetireBlock { block } => {
+                if self.known(&[], &[block.as_str()], &mut broken) {
+                    if self.frozen(block.as_str()) {
+                        broken.insert("FROZEN");
+                    }
+                    if self.staffed(block.as_str()) > 0 {
+                        broken.insert("HOLDS_ASSIGNMENTS");
+                    }
+                }
+            }
+            Op::Archive { through_day } => {
+                let through = u64::from(*through_day);
+                if self.approved.is_none_or(|a| through > a) {
+                    broken.insert("NOT_FINAL");
+                }
+                let first = self.archived.map_or(0, |a| a + 1);
+                if through < first {
+                    broken.insert("ARCHIVED");
+                } else if through - first + 1 > ARCHIVE_STEP_DAYS {
                     broken.insert("INVALID_INPUT");
                 }
             }
         }
         broken
+    }
+
+    /// `ARCHIVED` if `day` is archived or within the quiet days after.
+    fn live_day(&self, day: u64, broken: &mut BTreeSet<&'static str>) {
+        if self.archived.is_some_and(|a| day <= a + ARCHIVE_QUIET_DAYS) {
+            broken.insert("ARCHIVED");
+        }
+    }
+
+    /// `RETIRED` or `ARCHIVED` for `p` working the blocks `add`.
+    fn may_work(&self, p: &str, add: &[&str], broken: &mut BTreeSet<&'static str>) {
+        for b in add {
+            let day = self.blocks[*b].day;
+            self.live_day(day, broken);
+            if self.retired.get(p).is_some_and(|r| day >= *r) {
+                broken.insert("RETIRED");
+            }
+        }
     }
 
     /// `person` takes a slot on `block` (an assignment, or emergency
@@ -403,12 +475,19 @@ impl Model {
                 broken.insert("ON_LEAVE");
             }
         }
+        self.may_work(p, add, broken);
         let mut slots: Vec<Slot> = self
             .on
             .iter()
             .filter(|(b, people)| people.contains(p) && !drop.contains(&b.as_str()))
             .map(|(b, _)| self.blocks[b])
             .collect();
+        slots.extend(
+            self.past
+                .iter()
+                .filter(|(_, people)| people.contains(p))
+                .map(|(s, _)| *s),
+        );
         slots.extend(add.iter().map(|b| self.blocks[*b]));
         broken.extend(duty_rules(&slots));
     }
@@ -482,6 +561,29 @@ impl Model {
                 put(&mut self.on, cover.as_str(), block.as_str());
             }
             Op::Batch(_) => {}
+            Op::RetirePerson { person, from_day } => {
+                self.retired
+                    .insert(person.to_string(), u64::from(*from_day));
+            }
+            Op::RetireBlock { block } => {
+                self.blocks.remove(block.as_str());
+            }
+            Op::Archive { through_day } => {
+                let through = u64::from(*through_day);
+                let first = self.archived.map_or(0, |a| a + 1);
+                let moving: Vec<String> = self
+                    .blocks
+                    .iter()
+                    .filter(|(_, s)| (first..=through).contains(&s.day))
+                    .map(|(b, _)| b.clone())
+                    .collect();
+                for b in moving {
+                    let slot = self.blocks.remove(&b).expect("listed above");
+                    self.past
+                        .push((slot, self.on.remove(&b).unwrap_or_default()));
+                }
+                self.archived = Some(through);
+            }
         }
     }
 

@@ -71,12 +71,17 @@ pub const SCHED_CHAIN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sch
 /// were decided. Each facility prunes it at its own compaction point; a
 /// snapshot carries the sender's.
 pub const SCHED_VERDICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_verdicts");
+/// Retired people: `person` -> the first day they cannot work (u32).
+pub const SCHED_RETIRED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_retired");
+/// Archived blocks with their people by `day(u32) block`, out of the hot
+/// tables (see `Op::Archive`).
+pub const SCHED_ARCHIVE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_archive");
 /// A snapshot being received, by sequence: rows of the tables above.
 pub const SCHED_STAGING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_staging");
 
 /// The replica's tables, in the order a snapshot streams them (the index in
 /// this list is the table's number in a snapshot row).
-pub const SCHED_TABLES: [TableDefinition<&[u8], &[u8]>; 13] = [
+pub const SCHED_TABLES: [TableDefinition<&[u8], &[u8]>; 15] = [
     SCHED_META,
     SCHED_PEOPLE,
     SCHED_BLOCKS,
@@ -90,6 +95,8 @@ pub const SCHED_TABLES: [TableDefinition<&[u8], &[u8]>; 13] = [
     SCHED_REJECTIONS,
     SCHED_CHAIN,
     SCHED_VERDICTS,
+    SCHED_RETIRED,
+    SCHED_ARCHIVE,
 ];
 
 /// Every `&str`-keyed table (backups copy these lists: a new table must
@@ -107,7 +114,7 @@ pub const U64_TABLES: [TableDefinition<u64, &[u8]>; 8] = [
     RECONCILIATION,
 ];
 /// Every `&[u8]`-keyed table.
-pub const BYTES_TABLES: [TableDefinition<&[u8], &[u8]>; 15] = [
+pub const BYTES_TABLES: [TableDefinition<&[u8], &[u8]>; 17] = [
     IDEMPOTENCY,
     SCHED_META,
     SCHED_PEOPLE,
@@ -123,6 +130,8 @@ pub const BYTES_TABLES: [TableDefinition<&[u8], &[u8]>; 15] = [
     SCHED_CHAIN,
     SCHED_VERDICTS,
     SCHED_STAGING,
+    SCHED_RETIRED,
+    SCHED_ARCHIVE,
 ];
 
 /// The format this build writes and accepts.

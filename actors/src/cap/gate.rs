@@ -376,14 +376,14 @@ impl Actor for CapGate {
                     // and 8003).
                     let _ = raft.cast(RaftMsg::InspectAt {
                         at,
-                        f: Box::new(move |s: Option<&ScheduleView>| match s {
-                            Some(s) => {
+                        f: Box::new(move |s: Option<ScheduleView>| match s {
+                            Some(s) => off_actor(move || {
                                 let staleness = Staleness {
                                     applied_index: s.last_index(),
                                     ..staleness
                                 };
-                                f(Ok((s, staleness)));
-                            }
+                                f(Ok((&s, staleness)));
+                            }),
                             None => f(Err(ReadError::Unavailable(format!(
                                 "this replica is behind the read index {at} (rebuilt from its store); retry"
                             )))),
@@ -393,5 +393,18 @@ impl Actor for CapGate {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs a read of a view off the RaftPeer: on the blocking pool of a
+/// multi-threaded runtime (a node), so a long read takes neither the
+/// RaftPeer nor an async worker; inline on a current-thread runtime (the
+/// simulation), where it keeps the schedule of events deterministic.
+fn off_actor(read: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+            drop(tokio::task::spawn_blocking(read));
+        }
+        _ => read(),
     }
 }

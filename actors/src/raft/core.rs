@@ -121,6 +121,9 @@ pub struct RaftCore {
     /// Entries at or before this index are not applied again (the replica
     /// holds them); see [`RaftCore::open`].
     skip_through: u64,
+    /// The replica did not open and was emptied: nothing is applied or
+    /// read until a snapshot from the leader is installed.
+    recovering: Option<Recovery>,
     config: RaftConfig,
     ticks: u64,
     next_seq: u64,
@@ -183,6 +186,15 @@ struct Incoming {
 /// new snapshot message later).
 const FETCH_TRIES_MAX: u32 = 10;
 
+/// A replica taken again from the peers (see [`RaftCore::open`]).
+#[derive(Debug, Clone)]
+struct Recovery {
+    /// Why the replica did not open.
+    reason: String,
+    /// raft-rs took the request for a snapshot.
+    requested: bool,
+}
+
 /// Why the core could not start or continue.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -196,6 +208,11 @@ pub enum RaftCoreError {
     /// The stored snapshot does not restore.
     #[error("snapshot does not restore: {0}")]
     Snapshot(String),
+    /// The replica (the applied schedule) does not open, or holds less
+    /// than the log needs: the facility cannot take part until its state
+    /// is restored (see [`RaftCoreError::quarantines`]).
+    #[error("the replica does not open: {0}")]
+    Replica(String),
     /// An existing store holds no Raft state while the config says to start
     /// a new cluster.
     #[error(
@@ -215,6 +232,13 @@ impl RaftCoreError {
     /// intact, so the core can be rebuilt from it in place.
     pub fn is_injected(&self) -> bool {
         matches!(self, RaftCoreError::Storage(e) if e.is_injected())
+    }
+
+    /// True when the facility's applied state is unusable: restarting the
+    /// actor cannot help, so the RaftPeer starts quarantined (out of
+    /// consensus, saying why) instead of failing into a restart loop.
+    pub fn quarantines(&self) -> bool {
+        matches!(self, RaftCoreError::Replica(_))
     }
 }
 
@@ -247,19 +271,44 @@ impl RaftCore {
         let voters: Vec<u64> = initial.iter().map(raft_id).collect();
         let bootstrap = start == ClusterState::New && fresh_store;
         let path = store.path().to_path_buf();
-        let replica = Replica::open(store.clone())?;
-        let (rs, empty) = RaftStore::open(store, bootstrap.then_some(voters.as_slice()))?;
+        let opened = match Replica::open(store.clone()) {
+            Ok(r) => Ok(r),
+            Err(e) if e.is_injected() => return Err(e.into()),
+            Err(e) => Err(e.to_string()),
+        };
+        let (rs, empty) = RaftStore::open(store.clone(), bootstrap.then_some(voters.as_slice()))?;
         let incarnation = rs.incarnation();
         if empty && start == ClusterState::New && !fresh_store {
             return Err(RaftCoreError::UnexpectedlyEmpty { path });
         }
         let snap_index = rs.latest_snapshot().get_metadata().index;
-        if replica.applied() < snap_index {
-            return Err(RaftCoreError::Snapshot(format!(
-                "the replica has applied {} but the log is compacted to {snap_index}",
-                replica.applied()
-            )));
-        }
+        let opened = opened.and_then(|r| match r.applied() < snap_index {
+            true => Err(format!(
+                "it has applied {} but the log is compacted to {snap_index}",
+                r.applied()
+            )),
+            false => Ok(r),
+        });
+        // A replica that does not open is derived state: it is emptied and
+        // taken again, by replaying the log if the log holds everything,
+        // else from a snapshot of the leader's (the Raft log, votes and
+        // acknowledged entries stay). Only an emptying that fails
+        // quarantines the facility.
+        let (replica, recovering) = match opened {
+            Ok(r) => (r, None),
+            Err(reason) => {
+                tracing::error!(%reason, snap_index, "the replica does not open; emptying it to take it again from the peers");
+                metrics::counter!("bulwark_replica_recoveries_total").increment(1);
+                let r = Replica::reset(store).map_err(|e| {
+                    RaftCoreError::Replica(format!("{reason}; emptying it failed: {e}"))
+                })?;
+                let recovering = (snap_index > 0).then_some(Recovery {
+                    reason,
+                    requested: false,
+                });
+                (r, recovering)
+            }
+        };
         // raft-rs delivers the entries after the compaction point again;
         // those the replica holds change nothing (see `apply`).
         let mut skip_through = replica.applied();
@@ -276,6 +325,7 @@ impl RaftCore {
             members,
             replica,
             skip_through,
+            recovering,
             config,
             ticks: 0,
             // Sequence numbers never repeat across restarts: the high half
@@ -304,9 +354,49 @@ impl RaftCore {
         std::mem::take(&mut self.out)
     }
 
-    /// A consistent view of the applied schedule.
+    /// A consistent view of the applied schedule (none while the replica
+    /// is being taken again from the peers).
     pub fn view(&self) -> Result<ScheduleView, StorageError> {
+        if let Some(r) = &self.recovering {
+            return Err(StorageError::Corrupt {
+                path: self.replica.store().path().to_path_buf(),
+                reason: format!("recovering from the leader's snapshot: {}", r.reason),
+            });
+        }
         self.replica.read()
+    }
+
+    /// Why the replica is being taken again from the peers, if it is.
+    pub fn recovering(&self) -> Option<String> {
+        self.recovering.as_ref().map(|r| {
+            format!(
+                "the replica did not open ({}); waiting for a snapshot from the leader",
+                r.reason
+            )
+        })
+    }
+
+    /// While recovering: asks the leader for a snapshot (raft-rs takes the
+    /// request once this follower holds an entry of the current term), and
+    /// hands leadership away if this facility was elected.
+    fn drive_recovery(&mut self) {
+        let Some(r) = self.recovering.as_mut() else {
+            return;
+        };
+        if self.node.raft.state == StateRole::Leader {
+            let to = self.voters_by_progress().into_iter().next();
+            if let Some(to) = to {
+                tracing::warn!(%to, "elected while recovering its replica; handing leadership over");
+                self.node.transfer_leader(raft_id(&to));
+            }
+            return;
+        }
+        if !r.requested && self.node.raft.leader_id != raft::INVALID_ID {
+            r.requested = self.node.request_snapshot().is_ok();
+            if r.requested {
+                tracing::info!("asked the leader for a snapshot to take the replica again");
+            }
+        }
     }
 
     /// The replica's applied index (at least [`RaftCore::applied_index`]
@@ -381,6 +471,7 @@ impl RaftCore {
             live
         });
         self.retry_reads();
+        self.drive_recovery();
         self.drive_snapshots();
     }
 
@@ -638,6 +729,9 @@ impl RaftCore {
             }
         }
         self.replica.reload()?;
+        if let Some(r) = self.recovering.take() {
+            tracing::warn!(index = inc.desc.index, reason = %r.reason, "replica taken again from the leader's snapshot");
+        }
         let secs = inc.started.elapsed().as_secs_f64();
         metrics::counter!("bulwark_snapshot_installed_total").increment(1);
         tracing::info!(%from, index = inc.desc.index, rows = inc.desc.rows, bytes = inc.desc.bytes,
@@ -1171,6 +1265,11 @@ impl RaftCore {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(());
         };
+        if self.recovering.is_some() {
+            // The snapshot asked for starts at this follower's last log
+            // index or later: it carries these entries.
+            return Ok(());
+        }
         let tx = self.replica.begin()?;
         let mut sched = self.replica.schedule(&tx);
         let compacted = self.node.store().latest_snapshot().get_metadata().index;
@@ -1370,6 +1469,9 @@ impl RaftCore {
     }
 
     fn maybe_compact(&mut self) -> Result<(), RaftCoreError> {
+        if self.recovering.is_some() {
+            return Ok(());
+        }
         let applied = self.applied_index();
         let snap_index = self.node.store().latest_snapshot().get_metadata().index;
         let due = (self.snapshot_due

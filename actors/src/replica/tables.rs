@@ -9,8 +9,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bulwark_storage::schema::{
-    SCHED_ASSIGN, SCHED_BLOCKS, SCHED_CHAIN, SCHED_DAYS, SCHED_DUTY, SCHED_KEYS, SCHED_KEY_ORDER,
-    SCHED_LEAVE, SCHED_OPEN, SCHED_PEOPLE, SCHED_REJECTIONS,
+    SCHED_ARCHIVE, SCHED_ASSIGN, SCHED_BLOCKS, SCHED_CHAIN, SCHED_DAYS, SCHED_DUTY, SCHED_KEYS,
+    SCHED_KEY_ORDER, SCHED_LEAVE, SCHED_OPEN, SCHED_PEOPLE, SCHED_REJECTIONS, SCHED_RETIRED,
 };
 use bulwark_storage::{codec, StorageError, Store};
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
@@ -20,8 +20,9 @@ use serde::Serialize;
 use super::{Done, Meta};
 use crate::ledger::{ChainHead, Link, ANCHOR_WINDOW};
 use crate::schedule::{
-    Assignment, Block, BlockId, IdempotencyKey, Interval, KeyRecord, MemTables, Person, PersonId,
-    RejectionRecord, Tables, TablesRead, Understaffed, IDEMPOTENCY_KEYS_MAX, REJECTIONS_KEPT,
+    ArchivedBlock, Assignment, Block, BlockId, IdempotencyKey, Interval, KeyRecord, MemTables,
+    Person, PersonId, RejectionRecord, Tables, TablesRead, Understaffed, IDEMPOTENCY_KEYS_MAX,
+    REJECTIONS_KEPT,
 };
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -280,6 +281,62 @@ impl<S: Source> Reader<S> {
             .collect()
     }
 
+    /// Rows of a `day(u32) block` keyed table for days `from_day..=to_day`,
+    /// after (`from_day`, `after`) if given, at most `limit`.
+    fn day_rows(
+        &self,
+        def: Def,
+        from_day: u32,
+        after: Option<&BlockId>,
+        to_day: u32,
+        limit: usize,
+    ) -> Rows {
+        let from = match after {
+            // The first key after `after`'s own.
+            Some(b) => {
+                let mut k = open_key(from_day, b.as_str());
+                k.push(0);
+                k
+            }
+            None => from_day.to_be_bytes().to_vec(),
+        };
+        let to = match to_day.checked_add(1) {
+            Some(d) => d.to_be_bytes().to_vec(),
+            None => Vec::new(),
+        };
+        self.range(def, &from, &to, limit)
+    }
+
+    fn archived_blocks(
+        &self,
+        from_day: u32,
+        after: Option<&BlockId>,
+        to_day: u32,
+        limit: usize,
+    ) -> Vec<ArchivedBlock> {
+        self.day_rows(SCHED_ARCHIVE, from_day, after, to_day, limit)
+            .into_iter()
+            .filter_map(|(k, v)| self.decode("sched_archive", &k, &v))
+            .collect()
+    }
+
+    fn retired_from(&self, person: &PersonId) -> Option<u32> {
+        match self.src.get(SCHED_RETIRED, person.as_str().as_bytes()) {
+            Ok(Some(v)) => match be_u32(&v) {
+                Some(d) => Some(d),
+                None => {
+                    self.fail(self.corrupt("sched_retired holds no day"));
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                self.fail(self.store.redb(e));
+                None
+            }
+        }
+    }
+
     fn blocks_by_day(
         &self,
         from_day: u32,
@@ -395,6 +452,24 @@ macro_rules! tables_read {
                 limit: usize,
             ) -> Vec<Block> {
                 self.r.blocks_by_day(from_day, after, to_day, limit)
+            }
+
+            fn archived_through(&self) -> Option<u32> {
+                self.meta.archived_through
+            }
+
+            fn retired_from(&self, person: &PersonId) -> Option<u32> {
+                self.r.retired_from(person)
+            }
+
+            fn archived_blocks(
+                &self,
+                from_day: u32,
+                after: Option<&BlockId>,
+                to_day: u32,
+                limit: usize,
+            ) -> Vec<ArchivedBlock> {
+                self.r.archived_blocks(from_day, after, to_day, limit)
             }
         }
     };
@@ -569,6 +644,44 @@ impl Tables for RedbTables<'_> {
         }
         self.meta.rejected_total += 1;
     }
+
+    fn retire_person(&mut self, person: &PersonId, day: u32) {
+        self.put_raw(
+            SCHED_RETIRED,
+            person.as_str().as_bytes(),
+            &day.to_be_bytes(),
+        );
+    }
+
+    fn remove_block(&mut self, block: &Block) {
+        let key = open_key(block.day, block.id.as_str());
+        self.delete(SCHED_BLOCKS, block.id.as_str().as_bytes());
+        self.delete(SCHED_DAYS, &key);
+        self.delete(SCHED_OPEN, &key);
+    }
+
+    fn archive_block(&mut self, block: &Block) {
+        let assigned = self.r.assignments_on(&block.id);
+        let (b, start) = (block.id.as_str(), block.interval().start);
+        for (p, _) in &assigned {
+            self.delete(SCHED_ASSIGN, &pair(b, p.as_str()));
+            self.delete(SCHED_DUTY, &duty_key(p.as_str(), start, b));
+        }
+        self.remove_block(block);
+        self.put(
+            SCHED_ARCHIVE,
+            "sched_archive",
+            &open_key(block.day, b),
+            &ArchivedBlock {
+                block: block.clone(),
+                assigned,
+            },
+        );
+    }
+
+    fn set_archived_through(&mut self, day: u32) {
+        self.meta.archived_through = Some(day);
+    }
 }
 
 /// The schedule's tables in one read transaction: a consistent view.
@@ -613,6 +726,7 @@ impl RedbRead {
         let mut t = MemTables {
             last_index: self.meta.last_index,
             approved_through: self.meta.approved_through,
+            archived_through: self.meta.archived_through,
             rejected_total: self.meta.rejected_total,
             chain: (*self.chain).clone(),
             ..MemTables::default()
@@ -655,6 +769,17 @@ impl RedbRead {
                 return Err(r.corrupt("sched_keys key is not 16 bytes"));
             };
             t.keys.insert(IdempotencyKey(key), rec);
+        }
+        for (k, v) in r.range(SCHED_RETIRED, &[], &[], usize::MAX) {
+            let person: Option<PersonId> =
+                std::str::from_utf8(&k).ok().and_then(|s| s.parse().ok());
+            let (Some(person), Some(day)) = (person, be_u32(&v)) else {
+                return Err(r.corrupt("sched_retired row is not a person and a day"));
+            };
+            t.retired.insert(person, day);
+        }
+        for (_, a) in r.all::<ArchivedBlock>(SCHED_ARCHIVE, "sched_archive") {
+            t.archive.insert((a.block.day, a.block.id.clone()), a);
         }
         let rejections: VecDeque<RejectionRecord> = r
             .all::<RejectionRecord>(SCHED_REJECTIONS, "sched_rejections")

@@ -56,6 +56,13 @@ pub const IDEMPOTENCY_KEYS_MAX: usize = 16_384;
 pub const REJECTIONS_KEPT: usize = 1024;
 /// Most commands in one [`Op::Batch`].
 pub const BATCH_OPS_MAX: usize = 1000;
+/// Most days one [`Op::Archive`] moves out of the hot tables (it reads and
+/// moves every block of them in one apply).
+pub const ARCHIVE_DAYS_MAX: u32 = 7;
+/// Days after the archived ones that no command may change: a change reads
+/// a person's duty up to [`DUTY_REACH_MIN`] back, and that duty must still
+/// be in the hot tables for the verdict to be the whole history's.
+pub const ARCHIVE_MARGIN_DAYS: u32 = 8;
 
 macro_rules! text_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
@@ -324,6 +331,29 @@ pub enum Op {
     /// nests another or emergency coverage (an AP write), and refusals
     /// inside are answered, not recorded in the rejections.
     Batch(Vec<Op>),
+    /// Retire a person from `from_day` on: no block on or after that day
+    /// can take them. Refused while they hold such a block. The person and
+    /// their past duty stay.
+    RetirePerson {
+        /// Who.
+        person: PersonId,
+        /// The first day they cannot work.
+        from_day: u32,
+    },
+    /// Remove a block nobody is on and that is not finally approved.
+    RetireBlock {
+        /// Which.
+        block: BlockId,
+    },
+    /// Move every block of the finally approved days up to `through_day`
+    /// (at most [`ARCHIVE_DAYS_MAX`] days past the last archived one) and
+    /// who was on it out of the hot tables into the archive. The days
+    /// within [`ARCHIVE_MARGIN_DAYS`] after it stop taking changes; the
+    /// ledger keeps every entry.
+    Archive {
+        /// The last day archived.
+        through_day: u32,
+    },
 }
 
 impl Op {
@@ -340,6 +370,9 @@ impl Op {
             Op::Approve { .. } => "approve",
             Op::Reconcile { .. } => "reconcile",
             Op::Batch(_) => "batch",
+            Op::RetirePerson { .. } => "retire_person",
+            Op::RetireBlock { .. } => "retire_block",
+            Op::Archive { .. } => "archive",
         }
     }
 }
@@ -379,6 +412,17 @@ pub enum Effect {
     Batch {
         /// The outcomes.
         outcomes: Vec<Outcome>,
+    },
+    /// A person was retired.
+    PersonRetired,
+    /// A block was removed.
+    BlockRetired,
+    /// Days up to `through_day` were archived.
+    Archived {
+        /// The last day archived.
+        through_day: u32,
+        /// Blocks moved.
+        blocks: u32,
     },
 }
 
@@ -445,6 +489,16 @@ pub struct Assignment {
     pub emergency: bool,
     /// The timestamp of the command that made it ([`Command::stamp`]).
     pub stamp: Hlc,
+}
+
+/// A block moved out of the hot tables by [`Op::Archive`], with who was on
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedBlock {
+    /// The block.
+    pub block: Block,
+    /// Its people, by id.
+    pub assigned: Vec<(PersonId, Assignment)>,
 }
 
 /// Why a snapshot does not restore.
@@ -657,6 +711,7 @@ impl<T: Tables> Schedule<T> {
             }
             Op::AddBlock(b) => {
                 b.validate().map_err(|d| reject(Rule::InvalidInput, d))?;
+                self.check_live_day(b.day)?;
                 if self.t.block(&b.id).is_some() {
                     return Err(reject(
                         Rule::AlreadyExists,
@@ -728,6 +783,7 @@ impl<T: Tables> Schedule<T> {
                         format!("leave {from_day}..={to_day} must be 1 to {LEAVE_DAYS_MAX} days"),
                     ));
                 }
+                self.check_live_day(*from_day)?;
                 // A block touching those days starts at most one longest
                 // block before the first.
                 let from = (u64::from(*from_day) * DAY_MIN).saturating_sub(rules::SHIFT_MIN_MAX);
@@ -817,13 +873,15 @@ impl<T: Tables> Schedule<T> {
                         format!("a batch holds 1 to {BATCH_OPS_MAX} commands"),
                     ));
                 }
-                if ops
-                    .iter()
-                    .any(|o| matches!(o, Op::Batch(_) | Op::EmergencyCoverage { .. }))
-                {
+                if ops.iter().any(|o| {
+                    matches!(
+                        o,
+                        Op::Batch(_) | Op::EmergencyCoverage { .. } | Op::Archive { .. }
+                    )
+                }) {
                     return Err(reject(
                         Rule::InvalidInput,
-                        "a batch holds no batch and no emergency coverage".into(),
+                        "a batch holds no batch, no emergency coverage and no archive".into(),
                     ));
                 }
                 let outcomes = ops
@@ -835,6 +893,92 @@ impl<T: Tables> Schedule<T> {
                     .collect();
                 Ok(Effect::Batch { outcomes })
             }
+            Op::RetirePerson { person, from_day } => {
+                self.person(person)?;
+                self.check_live_day(*from_day)?;
+                if let Some(d) = self.t.retired_from(person) {
+                    return Err(reject(
+                        Rule::Retired,
+                        format!("{person} is retired from day {d}"),
+                    ));
+                }
+                let from = u64::from(*from_day) * DAY_MIN;
+                // A block that starts the day before may run into `from_day`
+                // but is the day before's: only blocks on or after it count.
+                if let Some((_, blk)) = self.t.duty_starting(person, from, u64::MAX).first() {
+                    return Err(reject(
+                        Rule::HoldsAssignments,
+                        format!("{person} is on {blk}, on or after day {from_day}"),
+                    ));
+                }
+                self.t.retire_person(person, *from_day);
+                Ok(Effect::PersonRetired)
+            }
+            Op::RetireBlock { block } => {
+                let b = self.block(block)?;
+                self.check_not_frozen(&b)?;
+                let on = self.t.assignments_on(block);
+                if let Some((p, _)) = on.first() {
+                    return Err(reject(
+                        Rule::HoldsAssignments,
+                        format!("{p} and {} more are on {block}", on.len() - 1),
+                    ));
+                }
+                self.t.remove_block(&b);
+                Ok(Effect::BlockRetired)
+            }
+            Op::Archive { through_day } => {
+                let approved = self.t.approved_through();
+                if approved.is_none_or(|d| *through_day > d) {
+                    return Err(reject(
+                        Rule::NotFinal,
+                        format!(
+                            "only finally approved days are archived (approved through {})",
+                            approved.map_or("none".into(), |d| d.to_string())
+                        ),
+                    ));
+                }
+                let from = self.t.archived_through().map_or(0, |d| d + 1);
+                if *through_day < from {
+                    return Err(reject(
+                        Rule::Archived,
+                        format!("days through {} are archived", from - 1),
+                    ));
+                }
+                if through_day - from >= ARCHIVE_DAYS_MAX {
+                    return Err(reject(
+                        Rule::InvalidInput,
+                        format!(
+                            "one archive moves at most {ARCHIVE_DAYS_MAX} days (from day {from})"
+                        ),
+                    ));
+                }
+                let blocks = self.t.blocks_by_day(from, None, *through_day, usize::MAX);
+                for b in &blocks {
+                    self.t.archive_block(b);
+                }
+                self.t.set_archived_through(*through_day);
+                Ok(Effect::Archived {
+                    through_day: *through_day,
+                    blocks: u32::try_from(blocks.len()).unwrap_or(u32::MAX),
+                })
+            }
+        }
+    }
+
+    /// Refuses a change on `day` if the day is archived or within
+    /// [`ARCHIVE_MARGIN_DAYS`] after the archive.
+    fn check_live_day(&self, day: u32) -> Result<(), Rejection> {
+        match self.t.archived_through() {
+            Some(t) if u64::from(day) <= u64::from(t) + u64::from(ARCHIVE_MARGIN_DAYS) => {
+                Err(reject(
+                    Rule::Archived,
+                    format!(
+                        "day {day} is archived or within {ARCHIVE_MARGIN_DAYS} days of the archive (days through {t})"
+                    ),
+                ))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -933,6 +1077,16 @@ impl<T: Tables> Schedule<T> {
             .filter(|(_, blk)| !drop.contains(&blk))
             .map(|(iv, _)| iv)
             .collect();
+        let retired = self.t.retired_from(person);
+        for b in add {
+            self.check_live_day(b.day)?;
+            if let Some(d) = retired.filter(|d| b.day >= *d) {
+                return Err(reject(
+                    Rule::Retired,
+                    format!("{person} is retired from day {d}"),
+                ));
+            }
+        }
         for iv in ivs {
             let (first, last) = (iv.days().next(), iv.days().last());
             if let (Some(first), Some(last)) = (first, last) {
@@ -1058,6 +1212,30 @@ impl ScheduleState {
         }
         if t.rejected_total < t.rejections.len() as u64 {
             return Err("fewer rejections counted than kept".into());
+        }
+        if let Some(through) = t.archived_through {
+            if let Some(b) = t.blocks.values().find(|b| b.day <= through) {
+                return Err(format!("{} is on archived day {}", b.id, b.day));
+            }
+        }
+        for ((day, id), a) in &t.archive {
+            if (a.block.day, &a.block.id) != (*day, id)
+                || t.archived_through.is_none_or(|d| *day > d)
+            {
+                return Err(format!("archive row {day}:{id} is misplaced"));
+            }
+        }
+        if let Some(p) = t.retired.keys().find(|p| !t.people.contains_key(*p)) {
+            return Err(format!("unknown person {p} retired"));
+        }
+        for (p, from) in &t.retired {
+            let late = t.by_person.get(p).and_then(|d| {
+                d.keys()
+                    .find(|(start, _)| *start >= u64::from(*from) * DAY_MIN)
+            });
+            if let Some((_, blk)) = late {
+                return Err(format!("{p} is retired from day {from} but on {blk}"));
+            }
         }
         Ok(())
     }

@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::tables::{KeyRecord, Tables, TablesRead, Understaffed};
 use super::{
-    Assignment, Block, BlockId, IdempotencyKey, Interval, Person, PersonId, RejectionRecord,
+    ArchivedBlock, Assignment, Block, BlockId, IdempotencyKey, Interval, Person, PersonId,
+    RejectionRecord,
 };
 use crate::ledger::{ChainHead, Link};
 
@@ -30,6 +31,11 @@ pub struct Overlay<'a, B> {
     leave: BTreeMap<PersonId, BTreeSet<u32>>,
     keys: BTreeMap<IdempotencyKey, KeyRecord>,
     rejected: u64,
+    /// Blocks removed or archived here.
+    gone: BTreeSet<BlockId>,
+    archive: BTreeMap<(u32, BlockId), ArchivedBlock>,
+    archived_through: Option<u32>,
+    retired: BTreeMap<PersonId, u32>,
 }
 
 impl<'a, B: TablesRead> Overlay<'a, B> {
@@ -47,6 +53,10 @@ impl<'a, B: TablesRead> Overlay<'a, B> {
             leave: BTreeMap::new(),
             keys: BTreeMap::new(),
             rejected: 0,
+            gone: BTreeSet::new(),
+            archive: BTreeMap::new(),
+            archived_through: None,
+            retired: BTreeMap::new(),
         }
     }
 
@@ -86,6 +96,9 @@ impl<B: TablesRead> TablesRead for Overlay<'_, B> {
     }
 
     fn block(&self, id: &BlockId) -> Option<Block> {
+        if self.gone.contains(id) {
+            return None;
+        }
         self.blocks.get(id).cloned().or_else(|| self.base.block(id))
     }
 
@@ -202,8 +215,14 @@ impl<B: TablesRead> TablesRead for Overlay<'_, B> {
     ) -> Vec<Block> {
         let mut all: BTreeMap<(u32, BlockId), Block> = self
             .base
-            .blocks_by_day(from_day, after, to_day, limit)
+            .blocks_by_day(
+                from_day,
+                after,
+                to_day,
+                limit.saturating_add(self.gone.len()),
+            )
             .into_iter()
+            .filter(|b| !self.gone.contains(&b.id))
             .map(|b| ((b.day, b.id.clone()), b))
             .collect();
         for b in self.blocks.values() {
@@ -214,6 +233,43 @@ impl<B: TablesRead> TablesRead for Overlay<'_, B> {
             };
             if b.day <= to_day && past {
                 all.insert(k, b.clone());
+            }
+        }
+        all.into_values().take(limit).collect()
+    }
+
+    fn archived_through(&self) -> Option<u32> {
+        self.archived_through
+            .or_else(|| self.base.archived_through())
+    }
+
+    fn retired_from(&self, person: &PersonId) -> Option<u32> {
+        self.retired
+            .get(person)
+            .copied()
+            .or_else(|| self.base.retired_from(person))
+    }
+
+    fn archived_blocks(
+        &self,
+        from_day: u32,
+        after: Option<&BlockId>,
+        to_day: u32,
+        limit: usize,
+    ) -> Vec<ArchivedBlock> {
+        let mut all: BTreeMap<(u32, BlockId), ArchivedBlock> = self
+            .base
+            .archived_blocks(from_day, after, to_day, limit)
+            .into_iter()
+            .map(|a| ((a.block.day, a.block.id.clone()), a))
+            .collect();
+        for (k, a) in &self.archive {
+            let past = match after {
+                Some(b) => *k > (from_day, b.clone()),
+                None => k.0 >= from_day,
+            };
+            if k.0 <= to_day && past {
+                all.insert(k.clone(), a.clone());
             }
         }
         all.into_values().take(limit).collect()
@@ -240,6 +296,7 @@ impl<B: TablesRead> Tables for Overlay<'_, B> {
     }
 
     fn put_block(&mut self, block: &Block) {
+        self.gone.remove(&block.id);
         self.blocks.insert(block.id.clone(), block.clone());
     }
 
@@ -275,5 +332,33 @@ impl<B: TablesRead> Tables for Overlay<'_, B> {
 
     fn record_rejection(&mut self, _record: RejectionRecord) {
         self.rejected += 1;
+    }
+
+    fn retire_person(&mut self, person: &PersonId, day: u32) {
+        self.retired.insert(person.clone(), day);
+    }
+
+    fn remove_block(&mut self, block: &Block) {
+        self.blocks.remove(&block.id);
+        self.gone.insert(block.id.clone());
+    }
+
+    fn archive_block(&mut self, block: &Block) {
+        let assigned = self.assignments_on(&block.id);
+        for (p, _) in &assigned {
+            self.remove_assignment(block, p);
+        }
+        self.remove_block(block);
+        self.archive.insert(
+            (block.day, block.id.clone()),
+            ArchivedBlock {
+                block: block.clone(),
+                assigned,
+            },
+        );
+    }
+
+    fn set_archived_through(&mut self, day: u32) {
+        self.archived_through = Some(day);
     }
 }

@@ -78,6 +78,14 @@ pub enum Rule {
     /// The proposal's timestamp steps back past its proposer's previous one
     /// by more than the allowed skew.
     TimeTravel,
+    /// The person is retired from that day.
+    Retired,
+    /// The person or block still holds assignments.
+    HoldsAssignments,
+    /// The day is archived, or too near the archive to change.
+    Archived,
+    /// Only finally approved days can be archived.
+    NotFinal,
 }
 
 impl Rule {
@@ -101,6 +109,10 @@ impl Rule {
             Rule::KeyReused => "KEY_REUSED",
             Rule::ChainBreak => "CHAIN_BREAK",
             Rule::TimeTravel => "TIME_TRAVEL",
+            Rule::Retired => "RETIRED",
+            Rule::HoldsAssignments => "HOLDS_ASSIGNMENTS",
+            Rule::Archived => "ARCHIVED",
+            Rule::NotFinal => "NOT_FINAL",
         }
     }
 

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Assignment, Block, BlockId, IdempotencyKey, Interval, Outcome, Person, PersonId,
+    ArchivedBlock, Assignment, Block, BlockId, IdempotencyKey, Interval, Outcome, Person, PersonId,
     RejectionRecord, IDEMPOTENCY_KEYS_MAX, REJECTIONS_KEPT,
 };
 use crate::ledger::{ChainHead, Link};
@@ -78,6 +78,19 @@ pub trait TablesRead {
     ) -> Vec<Block>;
     /// The record of `key`.
     fn key(&self, key: &IdempotencyKey) -> Option<KeyRecord>;
+    /// The last archived day.
+    fn archived_through(&self) -> Option<u32>;
+    /// The day `person` is retired from.
+    fn retired_from(&self, person: &PersonId) -> Option<u32>;
+    /// Archived blocks on days `from_day..=to_day` in (day, id) order, at
+    /// most `limit`; with `after`, only those after (`from_day`, `after`).
+    fn archived_blocks(
+        &self,
+        from_day: u32,
+        after: Option<&BlockId>,
+        to_day: u32,
+        limit: usize,
+    ) -> Vec<ArchivedBlock>;
 }
 
 /// [`TablesRead`] and the writes a command makes.
@@ -104,6 +117,15 @@ pub trait Tables: TablesRead {
     /// Records a rejection; the last [`REJECTIONS_KEPT`] are kept and all
     /// are counted.
     fn record_rejection(&mut self, record: RejectionRecord);
+    /// Retires `person` from `day` on.
+    fn retire_person(&mut self, person: &PersonId, day: u32);
+    /// Removes `block` (nobody is on it) and its index rows.
+    fn remove_block(&mut self, block: &Block);
+    /// Moves `block` and its assignments out of every hot table and index
+    /// into the archive.
+    fn archive_block(&mut self, block: &Block);
+    /// Sets the last archived day.
+    fn set_archived_through(&mut self, day: u32);
 }
 
 /// The schedule's state in memory. Its encoding is the snapshot format of
@@ -122,6 +144,12 @@ pub struct MemTables {
     /// The ledger chain's head: which committed commands joined the chain
     /// (see [`crate::ledger::admit`]).
     pub(crate) chain: ChainHead,
+    /// The last archived day.
+    pub(crate) archived_through: Option<u32>,
+    /// Retired people, with the first day they cannot work.
+    pub(crate) retired: BTreeMap<PersonId, u32>,
+    /// Archived blocks with their people, by (day, id).
+    pub(crate) archive: BTreeMap<(u32, BlockId), ArchivedBlock>,
     /// Derived: each person's blocks by start time.
     #[serde(skip)]
     pub(crate) by_person: BTreeMap<PersonId, BTreeMap<(u64, BlockId), Interval>>,
@@ -277,6 +305,34 @@ impl TablesRead for MemTables {
     fn key(&self, key: &IdempotencyKey) -> Option<KeyRecord> {
         self.keys.get(key).cloned()
     }
+
+    fn archived_through(&self) -> Option<u32> {
+        self.archived_through
+    }
+
+    fn retired_from(&self, person: &PersonId) -> Option<u32> {
+        self.retired.get(person).copied()
+    }
+
+    fn archived_blocks(
+        &self,
+        from_day: u32,
+        after: Option<&BlockId>,
+        to_day: u32,
+        limit: usize,
+    ) -> Vec<ArchivedBlock> {
+        use std::ops::Bound;
+        let lo = match after {
+            Some(a) => Bound::Excluded((from_day, a.clone())),
+            None => Bound::Included((from_day, min_block_id())),
+        };
+        self.archive
+            .range((lo, Bound::Unbounded))
+            .take_while(|((d, _), _)| *d <= to_day)
+            .take(limit)
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
 }
 
 impl Tables for MemTables {
@@ -356,6 +412,36 @@ impl Tables for MemTables {
         while self.rejections.len() > REJECTIONS_KEPT {
             self.rejections.pop_front();
         }
+    }
+
+    fn retire_person(&mut self, person: &PersonId, day: u32) {
+        self.retired.insert(person.clone(), day);
+    }
+
+    fn remove_block(&mut self, block: &Block) {
+        let key = (block.day, block.id.clone());
+        self.blocks.remove(&block.id);
+        self.by_day.remove(&key);
+        self.open.remove(&key);
+    }
+
+    fn archive_block(&mut self, block: &Block) {
+        let assigned = self.assignments_on(&block.id);
+        for (p, _) in &assigned {
+            self.remove_assignment(block, p);
+        }
+        self.remove_block(block);
+        self.archive.insert(
+            (block.day, block.id.clone()),
+            ArchivedBlock {
+                block: block.clone(),
+                assigned,
+            },
+        );
+    }
+
+    fn set_archived_through(&mut self, day: u32) {
+        self.archived_through = Some(day);
     }
 }
 

@@ -559,13 +559,18 @@ pub(crate) fn arb_op() -> impl Strategy<Value = Op> {
         }),
         (b.clone(), p.clone()).prop_map(|(block, person)| Op::EmergencyCoverage { block, person }),
         (0u32..10).prop_map(|through_day| Op::Approve { through_day }),
-        (b, prop::collection::vec(p.clone(), 0..3), p).prop_map(|(block, remove, cover)| {
-            Op::Reconcile {
-                block,
-                remove,
-                cover,
+        (b.clone(), prop::collection::vec(p.clone(), 0..3), p.clone()).prop_map(
+            |(block, remove, cover)| {
+                Op::Reconcile {
+                    block,
+                    remove,
+                    cover,
+                }
             }
-        }),
+        ),
+        (p, 0u32..12).prop_map(|(person, from_day)| Op::RetirePerson { person, from_day }),
+        b.prop_map(|block| Op::RetireBlock { block }),
+        (0u32..10).prop_map(|through_day| Op::Archive { through_day }),
     ]
 }
 
@@ -720,4 +725,139 @@ fn a_batch_runs_each_command_with_its_own_outcome_and_applies_once() {
         }]),
         Rule::InvalidInput,
     );
+}
+
+#[test]
+fn a_person_retires_only_without_blocks_from_that_day() {
+    let mut r = Run::new();
+    days_of_12h(&mut r, "ann", 4);
+    r.ok(assign("ann", "d0"));
+    r.ok(assign("ann", "d2"));
+    let retire = |from_day| Op::RetirePerson {
+        person: pid("ann"),
+        from_day,
+    };
+    r.rejected(retire(2), Rule::HoldsAssignments);
+    r.rejected(retire(1), Rule::HoldsAssignments);
+    r.ok(Op::Unassign {
+        person: pid("ann"),
+        block: bid("d2"),
+    });
+    // Her past block stays hers; from day 1 on she takes nothing.
+    r.ok(retire(1));
+    r.rejected(retire(3), Rule::Retired);
+    r.rejected(assign("ann", "d3"), Rule::Retired);
+    r.rejected(person("ann"), Rule::AlreadyExists);
+    assert_eq!(r.st.duty_of(&pid("ann")), vec![bid("d0")]);
+    r.rejected(
+        Op::RetirePerson {
+            person: pid("nobody"),
+            from_day: 0,
+        },
+        Rule::UnknownPerson,
+    );
+}
+
+#[test]
+fn a_block_is_removed_only_when_empty_and_not_final() {
+    let mut r = Run::new();
+    days_of_12h(&mut r, "ann", 3);
+    r.ok(assign("ann", "d0"));
+    let retire = |b: &str| Op::RetireBlock { block: bid(b) };
+    r.rejected(retire("d0"), Rule::HoldsAssignments);
+    r.ok(retire("d1"));
+    r.rejected(retire("d1"), Rule::UnknownBlock);
+    r.rejected(assign("ann", "d1"), Rule::UnknownBlock);
+    // Approval no longer waits on the removed block.
+    r.ok(Op::Approve { through_day: 1 });
+    r.rejected(
+        Op::Unassign {
+            person: pid("ann"),
+            block: bid("d0"),
+        },
+        Rule::Frozen,
+    );
+    r.ok(block("d1", 5, 7 * 60, 12 * 60, 1));
+    r.ok(assign("ann", "d1"));
+}
+
+#[test]
+fn archiving_moves_final_days_out_and_quiets_the_days_after() {
+    let mut r = Run::new();
+    days_of_12h(&mut r, "ann", 20);
+    r.ok(person("cy"));
+    for d in 0..20 {
+        let who = if d % 7 == 6 { "cy" } else { "ann" };
+        r.ok(assign(who, &format!("d{d}")));
+    }
+    let archive = |through_day| Op::Archive { through_day };
+    r.rejected(archive(2), Rule::NotFinal);
+    r.ok(Op::Approve { through_day: 5 });
+    r.rejected(archive(6), Rule::NotFinal);
+    r.rejected(archive(ARCHIVE_DAYS_MAX), Rule::NotFinal);
+    r.ok(Op::Approve { through_day: 19 });
+    r.rejected(archive(ARCHIVE_DAYS_MAX), Rule::InvalidInput);
+    let o = r.apply(archive(3));
+    assert_eq!(
+        o,
+        Outcome::Applied(Effect::Archived {
+            through_day: 3,
+            blocks: 4
+        })
+    );
+    r.st.check_invariants().unwrap();
+    r.rejected(archive(3), Rule::Archived);
+    // The archived blocks left the hot tables, with their duty.
+    assert!(r.st.block_of(&bid("d0")).is_none());
+    assert_eq!(r.st.duty_of(&pid("ann")).first(), Some(&bid("d4")));
+    let old = r.st.tables().archived_blocks(0, None, 100, 100);
+    let ids: Vec<String> = old.iter().map(|a| a.block.id.to_string()).collect();
+    assert_eq!(ids, ["d0", "d1", "d2", "d3"]);
+    assert!(old.iter().all(|a| a.assigned.len() == 1));
+    assert_eq!(
+        r.st.tables()
+            .archived_blocks(1, Some(&bid("d1")), 2, 10)
+            .len(),
+        1
+    );
+    // Days within the margin take no change that adds duty or leave; the
+    // days after it do.
+    let margin = 3 + ARCHIVE_MARGIN_DAYS;
+    r.rejected(block("late", margin, 0, 60, 1), Rule::Archived);
+    r.rejected(
+        Op::Leave {
+            person: pid("ann"),
+            from_day: margin,
+            to_day: margin + 1,
+        },
+        Rule::Archived,
+    );
+    r.rejected(
+        Op::RetirePerson {
+            person: pid("ann"),
+            from_day: margin,
+        },
+        Rule::Archived,
+    );
+    r.ok(person("bob"));
+    r.ok(Op::Leave {
+        person: pid("ann"),
+        from_day: 12,
+        to_day: 12,
+    });
+    r.ok(Op::EmergencyCoverage {
+        block: bid("d12"),
+        person: pid("bob"),
+    });
+    r.ok(block("fresh", margin + 1, 0, 60, 1));
+    r.ok(archive(10));
+    r.rejected(
+        Op::EmergencyCoverage {
+            block: bid("d6"),
+            person: pid("bob"),
+        },
+        Rule::UnknownBlock,
+    );
+    // A batch carries no archive.
+    r.rejected(Op::Batch(vec![archive(11)]), Rule::InvalidInput);
 }

@@ -242,9 +242,15 @@ fn decision(a: &Applied) -> Decision {
     }
 }
 
-#[test]
-fn the_model_and_the_schedule_agree_on_random_commands_at_the_duty_limits() {
-    let (mut accepted, mut duty_refusals) = (0, 0);
+/// Runs 20 seeds of `ops` random commands from `op` over four people and
+/// thirty blocks on `days` days, the model judging every decision; returns
+/// (accepted, refused by a duty rule, refused for any reason by code).
+fn agree_over(
+    days: u32,
+    ops: usize,
+    op: impl Fn(&mut ChaCha8Rng) -> Op,
+) -> (usize, usize, BTreeMap<String, usize>) {
+    let (mut accepted, mut duty_refusals, mut codes) = (0, 0, BTreeMap::new());
     for seed in 0..20u64 {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut m = Model::new();
@@ -262,7 +268,7 @@ fn the_model_and_the_schedule_agree_on_random_commands_at_the_duty_limits() {
                 n,
                 block(
                     &format!("b{k}"),
-                    k % 10,
+                    k % days,
                     [0, 480, 1200][k as usize % 3],
                     [480, 720, 1200, 1440, 1680][k as usize % 5],
                 ),
@@ -271,21 +277,24 @@ fn the_model_and_the_schedule_agree_on_random_commands_at_the_duty_limits() {
             m.step(n, &c, &d).unwrap();
         }
         let mut sent: Vec<Command> = Vec::new();
-        for _ in 0..300 {
+        for _ in 0..ops {
             n += 1;
             // Now and then a retry of an earlier command, or its key reused.
             let c = match rng.random_range(0..100) {
                 0..=9 if !sent.is_empty() => sent[rng.random_range(0..sent.len())].clone(),
                 10..=11 if !sent.is_empty() => Command {
-                    op: random_op(&mut rng),
+                    op: op(&mut rng),
                     ..sent[rng.random_range(0..sent.len())].clone()
                 },
-                _ => cmd(n, random_op(&mut rng)),
+                _ => cmd(n, op(&mut rng)),
             };
             sent.push(c.clone());
             let d = decision(&st.apply(n, &c));
             accepted += usize::from(d == Decision::Applied);
             duty_refusals += usize::from(d == Decision::Refused("ACGME_VIOLATION".into()));
+            if let Decision::Refused(code) = &d {
+                *codes.entry(code.clone()).or_insert(0) += 1;
+            }
             m.step(n, &c, &d)
                 .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             if n % 16 == 0 {
@@ -299,10 +308,66 @@ fn the_model_and_the_schedule_agree_on_random_commands_at_the_duty_limits() {
         theirs.sort();
         assert_eq!(m.assignments(), theirs, "seed {seed}");
     }
+    (accepted, duty_refusals, codes)
+}
+
+#[test]
+fn the_model_and_the_schedule_agree_on_random_commands_at_the_duty_limits() {
+    let (accepted, duty_refusals, _) = agree_over(10, 300, random_op);
     eprintln!("{accepted} accepted, {duty_refusals} refused by a duty rule");
     // The run reached the limits, both ways.
     assert!(accepted > 500, "{accepted} accepted");
     assert!(duty_refusals > 100, "{duty_refusals} duty refusals");
+}
+
+/// A random op of the data's life cycle (retiring people and blocks,
+/// approving and archiving days) among the usual ones, over 40 days.
+fn life_cycle_op(rng: &mut ChaCha8Rng) -> Op {
+    let who = |rng: &mut ChaCha8Rng| pid(&format!("p{}", rng.random_range(0..4)));
+    match rng.random_range(0..100) {
+        0..=5 => Op::RetirePerson {
+            person: who(rng),
+            from_day: rng.random_range(0..45),
+        },
+        6..=11 => Op::RetireBlock {
+            block: bid(&format!("b{}", rng.random_range(0..30))),
+        },
+        12..=19 => Op::Approve {
+            through_day: rng.random_range(0..40),
+        },
+        20..=29 => Op::Archive {
+            through_day: rng.random_range(0..40),
+        },
+        30..=39 => {
+            let id = format!("n{}", rng.random_range(0..30));
+            Op::AddBlock(Block {
+                id: bid(&id),
+                day: rng.random_range(0..45),
+                start_min: 480,
+                duration_min: 720,
+                pool: Pool::Call,
+                required: 1,
+            })
+        }
+        40..=49 => Op::Assign {
+            person: who(rng),
+            block: bid(&format!("n{}", rng.random_range(0..30))),
+        },
+        _ => random_op(rng),
+    }
+}
+
+#[test]
+fn the_model_and_the_schedule_agree_on_retirements_and_archives() {
+    let (accepted, _, codes) = agree_over(40, 400, life_cycle_op);
+    eprintln!("{accepted} accepted; refusals {codes:?}");
+    // Each life-cycle rule was reached.
+    for code in ["RETIRED", "HOLDS_ASSIGNMENTS", "ARCHIVED", "NOT_FINAL"] {
+        assert!(
+            codes.get(code).copied().unwrap_or(0) > 5,
+            "{code}: {codes:?}"
+        );
+    }
 }
 
 #[test]
