@@ -3,7 +3,8 @@
 //!
 //! The schedule starts with [`PEOPLE`] people and [`BLOCKS`] one-day
 //! blocks. Clients then add people and blocks, assign, unassign, swap,
-//! grant leave, cover emergencies and approve days, and read the
+//! grant leave, cover emergencies, approve days, retire people and blocks
+//! and archive approved days, and read the
 //! schedule (linearizable and stale), the cluster view, the ledger and the
 //! evidence. Every write carries a fresh idempotency key; a write that got
 //! no final answer (a time-out, no leader, a partition, an unreachable
@@ -260,9 +261,25 @@ impl Workload {
                 )
             }
             60..=79 => self.write("/v1/emergency", json!({"person": p, "block": b})),
-            80..=84 => {
+            80..=82 => {
                 let day = rng.random_range(0..4u32);
                 self.write("/v1/approvals", json!({"through_day": day}))
+            }
+            // The data's life cycle: a retirement (a person from a day, or
+            // a block), or the archive of approved days.
+            83 => match rng.random_range(0..2) {
+                0 => {
+                    let from = rng.random_range(0..(BLOCKS as u32 + 4));
+                    self.write(
+                        "/v1/retirements",
+                        json!({"person": p, "from_day": from}),
+                    )
+                }
+                _ => self.write("/v1/retirements", json!({"block": b})),
+            },
+            84 => {
+                let day = rng.random_range(0..4u32);
+                self.write("/v1/archive", json!({"through_day": day}))
             }
             85..=92 if self.people < PEOPLE + ADDED_MAX => {
                 self.people += 1;
