@@ -276,7 +276,7 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
 /// `BULWARK_GROWTH_ASSIGNMENTS`, default 1,000,000; the figures in
 /// docs/BENCHMARKS.md come from this). Loads blocks and assignments
 /// through `POST /v1/batch` (1,500 people; 500 twelve-hour blocks a day,
-/// each filled) and after every 100,000 assignments measures, at the
+/// each filled) and at 10,000 and every 100,000 assignments measures, at the
 /// leader: single-write latency (20 new blocks assigned one request each),
 /// the batch throughput of that step, one person's four-week linearizable
 /// read (20 reads), each node's RSS and store size.
@@ -299,14 +299,18 @@ async fn growth_benchmark() {
         .map(|p| json!({"op": "add_person", "id": format!("p{p}"), "name": format!("Resident {p}"), "role": "resident", "pgy": 1 + p % 7}))
         .collect();
     load(&c, &s[li], "people", people).await;
-    let step = 100_000;
     let mut done = 0;
     // Probe blocks live on their own days past the loaded range.
     let probe_day = (total / BLOCKS_PER_DAY + 10) as u32;
     let mut probe = 0usize;
     eprintln!("assignments | batch writes/s | single write p50 / p99 ms | person 4-week read p50 / p99 ms | RSS MiB (a, b, c) | store MiB (a, b, c)");
     while done < total {
-        let n = step.min(total - done);
+        // Rows at 10,000 (the baseline), then every 100,000.
+        let next = match done {
+            d if d < 10_000 => 10_000,
+            d => (d / 100_000 + 1) * 100_000,
+        };
+        let n = next.min(total) - done;
         let mut blocks = Vec::with_capacity(n);
         let mut assigns = Vec::with_capacity(n);
         for i in done..done + n {
