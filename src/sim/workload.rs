@@ -270,10 +270,7 @@ impl Workload {
             83 => match rng.random_range(0..2) {
                 0 => {
                     let from = rng.random_range(0..(BLOCKS as u32 + 4));
-                    self.write(
-                        "/v1/retirements",
-                        json!({"person": p, "from_day": from}),
-                    )
+                    self.write("/v1/retirements", json!({"person": p, "from_day": from}))
                 }
                 _ => self.write("/v1/retirements", json!({"block": b})),
             },

@@ -385,7 +385,7 @@ impl Actor for CapGate {
                                 f(Ok((&s, staleness)));
                             }),
                             None => f(Err(ReadError::Unavailable(format!(
-                                "this replica is behind the read index {at} (rebuilt from its store); retry"
+                                "this replica cannot serve the read index {at} now (rebuilt from its store, or taking its state again from its peers: see /health/ready); retry"
                             )))),
                         }),
                     });
