@@ -383,4 +383,64 @@ async fn growth_benchmark() {
         "at {done}: kill -9 of a follower, first linearizable read {:?} after its start",
         t.elapsed()
     );
+
+    // A follower stopped while 100,000 more assignments commit (the log
+    // is compacted past it) catches up by a streamed snapshot.
+    let more = 100_000.min(total);
+    s[fi].kill();
+    let mut blocks = Vec::with_capacity(more);
+    let mut assigns = Vec::with_capacity(more);
+    for i in done..done + more {
+        let (d, k) = (i / BLOCKS_PER_DAY, i % BLOCKS_PER_DAY);
+        // Past the probes' days.
+        let d = d + probe_day as usize + 3 * probe + 10;
+        let id = format!("m{d}k{k}");
+        blocks.push(json!({"op": "add_block", "id": id, "day": d, "start_min": 420, "duration_min": 720, "pool": "icu", "required": 1}));
+        assigns
+            .push(json!({"op": "assign", "person": format!("p{}", person_of(d, k)), "block": id}));
+    }
+    let last = assigns.last().unwrap()["block"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    load(&c, &s[li], "more-blocks", blocks).await;
+    load(&c, &s[li], "more-assign", assigns).await;
+    s[fi].start();
+    let t = std::time::Instant::now();
+    until(
+        Duration::from_secs(1_800),
+        "the stopped follower caught up",
+        || async {
+            let (st, v) = get(&c, &s[fi].url(&format!("/v1/blocks/{last}"))).await;
+            (st == 200
+                && v["block"]["assigned"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty()))
+            .then_some(())
+        },
+    )
+    .await;
+    let secs = t.elapsed().as_secs_f64();
+    let (_, text) = get_text(&c, &s[fi].url("/metrics")).await;
+    let installed = metric(&text, "bulwark_snapshot_installed_total");
+    let bytes = metric(&text, "bulwark_snapshot_received_bytes_total");
+    eprintln!(
+        "at {}: a follower stopped for {more} more assignments caught up in {secs:.1} s from its start; \
+         {installed} snapshot(s) installed, {:.1} MB received ({:.1} MB/s)",
+        done + more,
+        bytes / 1e6,
+        bytes / 1e6 / secs
+    );
+    assert!(
+        installed >= 1.0,
+        "the follower caught up without a snapshot"
+    );
+}
+
+/// GET `url` as text.
+async fn get_text(c: &reqwest::Client, url: &str) -> (u16, String) {
+    match c.get(url).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
 }

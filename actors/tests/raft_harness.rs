@@ -380,3 +380,65 @@ async fn leadership_moves_to_the_facility_asked_for() {
     committed(&c.propose(target, cmd).await);
     c.shutdown().await;
 }
+
+/// A damaged snapshot chunk is refused and fetched again: while every
+/// chunk-sized payload to a follower that fell behind the compacted log
+/// arrives with a byte flipped, it refuses each chunk (its checksum) and
+/// installs nothing; once the link is clean it installs the leader's state.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_damaged_snapshot_chunk_is_refused_and_fetched_again() {
+    use bulwark_transport::{FaultRule, Selector};
+    let mut c = Cluster::start(3, 11).await;
+    let (leader, _, _) = c
+        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let lag = (leader + 1) % 3;
+    c.crash(lag).await;
+    // Past the harness's compaction point (40 entries): lag needs a snapshot.
+    c.seed_schedule(leader, 4, 120).await;
+    let rule =
+        c.h.net()
+            .faults()
+            .add(FaultRule::Corrupt {
+                from: Selector::Any,
+                to: Selector::one(&c.h.id(lag)),
+                every: 1,
+                min_len: 16 * 1024,
+            })
+            .unwrap();
+    c.restart(lag).await;
+    let refused = |c: &support::Cluster| {
+        c.h.counter(
+            lag,
+            "bulwark_snapshot_refused_total",
+            &[("reason", "chunk")],
+        )
+    };
+    for _ in 0..2_000 {
+        if refused(&c) >= 2 {
+            break;
+        }
+        c.h.step(Duration::from_millis(5)).await;
+    }
+    assert!(refused(&c) >= 2, "no damaged chunk was refused");
+    assert_eq!(c.h.counter(lag, "bulwark_snapshot_installed_total", &[]), 0);
+    assert_ne!(
+        c.local_read(lag, |s| s.blocks().count()).await,
+        Some(120),
+        "a damaged snapshot was installed"
+    );
+    assert!(c.h.net().faults().remove(rule));
+    let mut blocks = None;
+    for _ in 0..2_000 {
+        blocks = c.local_read(lag, |s| s.blocks().count()).await;
+        if blocks == Some(120) {
+            break;
+        }
+        c.h.step(Duration::from_millis(5)).await;
+    }
+    assert_eq!(blocks, Some(120), "the clean transfer did not install");
+    assert!(c.h.counter(lag, "bulwark_snapshot_installed_total", &[]) >= 1);
+    assert_eq!(c.violations(), Vec::<String>::new());
+    c.shutdown().await;
+}

@@ -1,5 +1,5 @@
-//! FaultPlan: drop, delay, slow-down, partial and partition rules that every
-//! transport obeys.
+//! FaultPlan: drop, delay, slow-down, partial, partition and corruption
+//! rules that every transport obeys.
 //!
 //! The sender consults the plan for each payload before it leaves, so the
 //! same rules cut a SimNet link in a test and a QUIC link in a real
@@ -16,6 +16,7 @@ use crate::{FacilityId, TrafficClass};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -102,6 +103,22 @@ pub enum FaultRule {
         /// Chance that an affected payload is lost (0.0..=1.0).
         loss: f64,
     },
+    /// Every `every`-th payload of at least `min_len` bytes from `from` to
+    /// `to` arrives with one byte in its middle flipped: a damaged frame
+    /// that still arrives whole, for the checks above the transport (a
+    /// snapshot chunk's checksum, a signature) to catch. Counted, not
+    /// drawn, so a test sees exactly which payloads suffer; a retry is a
+    /// new payload and is counted again.
+    Corrupt {
+        /// Senders covered.
+        from: Selector,
+        /// Receivers covered.
+        to: Selector,
+        /// One payload in this many (at least 1).
+        every: u32,
+        /// Smaller payloads pass untouched.
+        min_len: usize,
+    },
     /// Nothing crosses between `side_a` and `side_b`; with `one_way`, only
     /// traffic from `side_a` to `side_b` is cut.
     Partition {
@@ -143,6 +160,9 @@ pub enum FaultPlanError {
     /// An added delay above [`FAULT_DELAY_MS_MAX`].
     #[error("delay {0} ms is above {FAULT_DELAY_MS_MAX} ms")]
     DelayTooLong(u64),
+    /// A [`FaultRule::Corrupt`] with `every` = 0.
+    #[error("a corruption rule needs every >= 1")]
+    BadEvery,
 }
 
 impl FaultRule {
@@ -175,7 +195,10 @@ impl FaultRule {
                 }
                 delay(delay_ms)
             }
-            FaultRule::Drop { .. } | FaultRule::Partition { .. } => Ok(()),
+            FaultRule::Corrupt { every: 0, .. } => Err(FaultPlanError::BadEvery),
+            FaultRule::Drop { .. } | FaultRule::Partition { .. } | FaultRule::Corrupt { .. } => {
+                Ok(())
+            }
         }
     }
 }
@@ -197,7 +220,7 @@ fn ramped(delay_ms: u64, ramp_ms: Option<u64>, since: Duration) -> Duration {
 #[derive(Debug, Default)]
 struct Rules {
     next_id: u64,
-    rules: Vec<(RuleId, FaultRule, Instant)>,
+    rules: Vec<(RuleId, FaultRule, Instant, AtomicU64)>,
 }
 
 /// A shared, run-time-changeable set of [`FaultRule`]s.
@@ -223,7 +246,7 @@ impl FaultPlan {
         }
         let id = RuleId(inner.next_id);
         inner.next_id += 1;
-        inner.rules.push((id, rule, added));
+        inner.rules.push((id, rule, added, AtomicU64::new(0)));
         Ok(id)
     }
 
@@ -244,7 +267,7 @@ impl FaultPlan {
     pub fn remove(&self, id: RuleId) -> bool {
         let mut inner = self.inner.write().expect("fault plan lock");
         let before = inner.rules.len();
-        inner.rules.retain(|(rid, _, _)| *rid != id);
+        inner.rules.retain(|(rid, ..)| *rid != id);
         inner.rules.len() != before
     }
 
@@ -256,7 +279,32 @@ impl FaultPlan {
     /// The rules in force.
     pub fn rules(&self) -> Vec<FaultRule> {
         let inner = self.inner.read().expect("fault plan lock");
-        inner.rules.iter().map(|(_, r, _)| r.clone()).collect()
+        inner.rules.iter().map(|(_, r, ..)| r.clone()).collect()
+    }
+
+    /// Applies the [`FaultRule::Corrupt`] rules to a payload about to leave
+    /// `from` for `to`: true if a byte of it was flipped.
+    pub fn corrupt(&self, from: &FacilityId, to: &FacilityId, payload: &mut [u8]) -> bool {
+        let inner = self.inner.read().expect("fault plan lock");
+        for (_, rule, _, seen) in &inner.rules {
+            if let FaultRule::Corrupt {
+                from: f,
+                to: t,
+                every,
+                min_len,
+            } = rule
+            {
+                if f.covers(from) && t.covers(to) && payload.len() >= (*min_len).max(1) {
+                    let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n % u64::from(*every) == 0 {
+                        let mid = payload.len() / 2;
+                        payload[mid] ^= 0x5a;
+                        return true;
+                    }
+                }
+            }
+        }
+        false
     }
 
     /// Decides one payload's fate: the first rule that drops it wins,
@@ -274,7 +322,7 @@ impl FaultPlan {
     ) -> Verdict {
         let inner = self.inner.read().expect("fault plan lock");
         let mut delay = Duration::ZERO;
-        for (_, rule, added) in &inner.rules {
+        for (_, rule, added, _) in &inner.rules {
             match rule {
                 FaultRule::Partition {
                     side_a,
@@ -335,6 +383,8 @@ impl FaultPlan {
                         delay += Duration::from_millis(*delay_ms);
                     }
                 }
+                // Applied to the bytes by `corrupt`.
+                FaultRule::Corrupt { .. } => {}
             }
         }
         Verdict::Deliver(delay)

@@ -564,6 +564,10 @@ impl Transport for QuicTransport {
             Verdict::Deliver(d) if d.is_zero() => None,
             Verdict::Deliver(d) => Some(Instant::now() + d),
         };
+        let mut payload = payload;
+        if self.inner.faults.corrupt(&self.inner.id, to, &mut payload) {
+            metrics::counter!("bulwark_transport_fault_corrupted_total").increment(1);
+        }
         let out = Outgoing {
             class,
             payload,

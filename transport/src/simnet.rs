@@ -377,6 +377,8 @@ impl SimNet {
             }
             Verdict::Deliver(d) => d,
         };
+        let mut payload = payload;
+        self.faults.corrupt(from, to, &mut payload);
         let params = *st
             .links
             .get(&(from.clone(), to.clone()))

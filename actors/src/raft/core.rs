@@ -154,6 +154,13 @@ const TERM_LEADERS_KEPT: usize = 256;
 /// Chunks of the digest pass over an outgoing snapshot per tick.
 const DIGEST_CHUNKS_PER_TICK: usize = 8;
 
+/// Chunks the leader sends for one fetch, each from where the previous one
+/// ended: the follower asks again only after the last of them, so a
+/// transfer takes one round trip per window, not per chunk. A lost or
+/// damaged chunk drops the rest of its window (they no longer start at the
+/// follower's cursor) and is asked for again.
+pub const FETCH_WINDOW: u32 = 4;
+
 /// A snapshot this leader holds to send: one read transaction of its
 /// replica, at one applied index.
 struct Outgoing {
@@ -180,6 +187,8 @@ struct Incoming {
     started: std::time::Instant,
     /// Fetches sent since the last chunk that moved the cursor.
     tries: u32,
+    /// Chunks of the last fetch's window still to come.
+    window_left: u32,
 }
 
 /// Fetches of one chunk before a transfer is given up (the leader sends a
@@ -589,7 +598,7 @@ impl RaftCore {
         let desc = match codec::decode_limited::<snap::Descriptor>(&m.get_snapshot().data, 4096) {
             Ok(d) if d.index == meta.index => d,
             Ok(_) | Err(_) => {
-                metrics::counter!("bulwark_snapshot_refused_total", "reason" => "descriptor")
+                metrics::counter!("bulwark_snapshot_refused_total", "facility" => self.me.to_string(), "reason" => "descriptor")
                     .increment(1);
                 tracing::warn!(%from, index = meta.index, "snapshot message without a valid descriptor dropped");
                 return Ok(false);
@@ -623,30 +632,48 @@ impl RaftCore {
             asked_tick: self.ticks,
             started: std::time::Instant::now(),
             tries: 1,
+            window_left: FETCH_WINDOW,
         });
         Ok(false)
     }
 
-    /// Serves one chunk of the held snapshot `id`.
+    /// Serves a window of [`FETCH_WINDOW`] chunks of the held snapshot `id`
+    /// from `cursor`.
     fn serve_chunk(&mut self, to: &FacilityId, id: u64, cursor: snap::Cursor) {
+        let mut at = Some(cursor);
+        for _ in 0..FETCH_WINDOW {
+            let Some(cursor) = at.take() else {
+                return;
+            };
+            at = self.serve_one(to, id, cursor);
+        }
+    }
+
+    /// Serves the chunk at `cursor`; the cursor of the next one, if any.
+    fn serve_one(
+        &mut self,
+        to: &FacilityId,
+        id: u64,
+        cursor: snap::Cursor,
+    ) -> Option<snap::Cursor> {
         let store = self.replica.store().clone();
         let chunk = match &mut self.outgoing {
             Some(o) if o.id == id && o.digesting.is_none() => {
                 o.used_tick = self.ticks;
                 snap::read_chunk(&store, &o.tx, &cursor, snap::CHUNK_BYTES)
-                    .and_then(|c| snap::seal(&c))
+                    .and_then(|c| Ok((snap::seal(&c)?, c.next)))
             }
             _ => {
                 self.out.push(Output::Send {
                     to: to.clone(),
                     msg: RaftWire::SnapshotGone { id },
                 });
-                return;
+                return None;
             }
         };
         match chunk {
-            Ok((bytes, checksum)) => {
-                metrics::counter!("bulwark_snapshot_sent_bytes_total")
+            Ok(((bytes, checksum), next)) => {
+                metrics::counter!("bulwark_snapshot_sent_bytes_total", "facility" => self.me.to_string())
                     .increment(bytes.len() as u64);
                 self.out.push(Output::Send {
                     to: to.clone(),
@@ -656,7 +683,8 @@ impl RaftCore {
                         bytes,
                         checksum,
                     },
-                })
+                });
+                next
             }
             Err(e) => {
                 tracing::error!(error = %e, id, "snapshot chunk could not be read; dropped");
@@ -666,6 +694,7 @@ impl RaftCore {
                     to: to.clone(),
                     msg: RaftWire::SnapshotGone { id },
                 });
+                None
             }
         }
     }
@@ -688,7 +717,7 @@ impl RaftCore {
         let chunk = match snap::open(bytes, checksum, inc.hasher.rows()) {
             Ok(c) => c,
             Err(e) => {
-                metrics::counter!("bulwark_snapshot_refused_total", "reason" => "chunk")
+                metrics::counter!("bulwark_snapshot_refused_total", "facility" => self.me.to_string(), "reason" => "chunk")
                     .increment(1);
                 tracing::warn!(%from, error = %e, "damaged snapshot chunk refused; asking again");
                 self.ask_again();
@@ -698,17 +727,22 @@ impl RaftCore {
         let store = self.replica.store().clone();
         let first = inc.hasher.rows();
         snap::stage(&store, first, &chunk.rows, &mut inc.hasher)?;
-        metrics::counter!("bulwark_snapshot_received_bytes_total").increment(bytes.len() as u64);
+        metrics::counter!("bulwark_snapshot_received_bytes_total", "facility" => self.me.to_string()).increment(bytes.len() as u64);
         inc.tries = 0;
+        inc.window_left = inc.window_left.saturating_sub(1);
         if let Some(next) = chunk.next {
             inc.cursor = next.clone();
             inc.asked_tick = self.ticks;
-            inc.tries = 1;
-            let to = inc.from.clone();
-            self.out.push(Output::Send {
-                to,
-                msg: RaftWire::SnapshotFetch { id, cursor: next },
-            });
+            if inc.window_left == 0 {
+                // The window is in: ask for the next one.
+                inc.tries = 1;
+                inc.window_left = FETCH_WINDOW;
+                let to = inc.from.clone();
+                self.out.push(Output::Send {
+                    to,
+                    msg: RaftWire::SnapshotFetch { id, cursor: next },
+                });
+            }
             return Ok(());
         }
         let Some(inc) = self.incoming.take() else {
@@ -722,7 +756,7 @@ impl RaftCore {
             }
             Err(snap::SnapshotError::Storage(e)) => return Err(e.into()),
             Err(e) => {
-                metrics::counter!("bulwark_snapshot_refused_total", "reason" => "digest")
+                metrics::counter!("bulwark_snapshot_refused_total", "facility" => self.me.to_string(), "reason" => "digest")
                     .increment(1);
                 tracing::warn!(%from, error = %e, "snapshot refused; the old state stays");
                 return Ok(());
@@ -733,7 +767,8 @@ impl RaftCore {
             tracing::warn!(index = inc.desc.index, reason = %r.reason, "replica taken again from the leader's snapshot");
         }
         let secs = inc.started.elapsed().as_secs_f64();
-        metrics::counter!("bulwark_snapshot_installed_total").increment(1);
+        metrics::counter!("bulwark_snapshot_installed_total", "facility" => self.me.to_string())
+            .increment(1);
         tracing::info!(%from, index = inc.desc.index, rows = inc.desc.rows, bytes = inc.desc.bytes,
             secs, "snapshot installed");
         match self.node.step(inc.msg) {
@@ -756,6 +791,7 @@ impl RaftCore {
         }
         inc.tries += 1;
         inc.asked_tick = self.ticks;
+        inc.window_left = FETCH_WINDOW;
         let (to, id, cursor) = (inc.from.clone(), inc.desc.id, inc.cursor.clone());
         self.out.push(Output::Send {
             to,
