@@ -44,10 +44,12 @@ pub enum Bug {
     ReserveLent,
     /// The Raft hard state is stored without the vote.
     VoteTwicePerTerm,
+    /// The Raft log and hard state commit without an fsync.
+    LogNotSynced,
 }
 
 /// Every planted bug, in a stable order.
-pub const ALL: [Bug; 15] = [
+pub const ALL: [Bug; 16] = [
     Bug::SendBeforePersist,
     Bug::QuorumMinusOne,
     Bug::RetryAppliedTwice,
@@ -63,6 +65,7 @@ pub const ALL: [Bug; 15] = [
     Bug::DeadlineGrows,
     Bug::ReserveLent,
     Bug::VoteTwicePerTerm,
+    Bug::LogNotSynced,
 ];
 
 impl Bug {
@@ -84,6 +87,7 @@ impl Bug {
             Bug::DeadlineGrows => "deadline-grows",
             Bug::ReserveLent => "reserve-lent",
             Bug::VoteTwicePerTerm => "vote-twice-per-term",
+            Bug::LogNotSynced => "log-not-synced",
         }
     }
 
@@ -139,6 +143,9 @@ impl Bug {
             }
             Bug::VoteTwicePerTerm => {
                 "raft/storage.rs persist: the hard state is written with term and commit but without the vote"
+            }
+            Bug::LogNotSynced => {
+                "raft/storage.rs persist: the log's entries and hard state commit with Durability::None, so what a facility acknowledged can vanish in a power loss"
             }
         }
     }

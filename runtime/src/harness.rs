@@ -10,6 +10,7 @@
 //! default, so each facility's counters can be read (they carry a
 //! `facility` label). That is why it needs the current-thread runtime.
 
+use crate::disk::{Crash, SimDisk};
 use crate::node::{ChildDef, Node, NodeConfig, NodeError};
 use crate::router::{Router, RouterConfig};
 use crate::supervision::{SupervisionConfig, Zone};
@@ -17,6 +18,8 @@ use crate::VirtualClock;
 use bulwark_transport::simnet::{SimNet, TraceEvent};
 use bulwark_transport::{FacilityId, FaultPlanError, RuleId};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +39,8 @@ struct Slot {
     dir: PathBuf,
     clock: VirtualClock,
     node: Option<Node>,
+    /// The facility's disk, with power loss on.
+    disk: Option<SimDisk>,
 }
 
 /// Builds a [`Harness`] with options.
@@ -44,6 +49,7 @@ pub struct HarnessBuilder {
     seed: u64,
     supervision: SupervisionConfig,
     extra: ExtraChildren,
+    power_loss: bool,
 }
 
 impl HarnessBuilder {
@@ -62,6 +68,15 @@ impl HarnessBuilder {
         self
     }
 
+    /// Runs every store on a [`SimDisk`]: a crash then loses what was not
+    /// synced (a power loss) or keeps it (a process kill), drawn from the
+    /// seed at each crash. Off: a crash closes the store's file, and a
+    /// restart opens it with everything written.
+    pub fn power_loss(mut self, on: bool) -> Self {
+        self.power_loss = on;
+        self
+    }
+
     /// Starts every facility.
     pub async fn start(self) -> Result<Harness, NodeError> {
         eprintln!("SEED={} facilities={}", self.seed, self.n);
@@ -75,6 +90,7 @@ impl HarnessBuilder {
                 dir: tmp.path().join(id.as_str()),
                 clock: VirtualClock::new(),
                 node: None,
+                disk: self.power_loss.then(SimDisk::new),
             })
             .collect();
         let mut h = Harness {
@@ -86,6 +102,8 @@ impl HarnessBuilder {
             extra: self.extra,
             recorder,
             counters: Default::default(),
+            crash_rng: ChaCha8Rng::seed_from_u64(self.seed ^ 0x0d15_c0de),
+            power_losses: 0,
             _guard: guard,
             _tmp: tmp,
         };
@@ -116,6 +134,9 @@ pub struct Harness {
     /// Counter totals so far: the recorder's snapshots drain counters, so
     /// every snapshot is folded in here.
     counters: std::sync::Mutex<std::collections::HashMap<metrics_util::CompositeKey, u64>>,
+    /// Draws each crash's kind, with power loss on.
+    crash_rng: ChaCha8Rng,
+    power_losses: u64,
     _guard: metrics::LocalRecorderGuard<'static>,
     _tmp: tempfile::TempDir,
 }
@@ -133,6 +154,7 @@ impl Harness {
             seed,
             supervision: SupervisionConfig::default(),
             extra: Arc::new(|_| Vec::new()),
+            power_loss: false,
         }
     }
 
@@ -208,12 +230,30 @@ impl Harness {
         self.node(i).ctx().kill_actor(zone, name)
     }
 
-    /// Crashes facility `i`: its tree stops and in-flight traffic to it is lost.
+    /// Crashes facility `i`: its tree stops and in-flight traffic to it is
+    /// lost. With power loss on, its disk keeps what the drawn crash keeps
+    /// (taken before the tree stops: nothing it writes while stopping
+    /// lands).
     pub async fn crash(&mut self, i: usize) {
         self.net.leave(&self.ids[i]);
-        if let Some(node) = self.slots[i].node.take() {
-            node.stop().await;
+        let Some(node) = self.slots[i].node.take() else {
+            return;
+        };
+        if let Some(disk) = &self.slots[i].disk {
+            let kind = if self.crash_rng.random_bool(0.5) {
+                self.power_losses += 1;
+                Crash::PowerLoss
+            } else {
+                Crash::ProcessKill
+            };
+            self.slots[i].disk = Some(disk.crash(kind));
         }
+        node.stop().await;
+    }
+
+    /// Crashes that lost what was not synced, so far.
+    pub fn power_losses(&self) -> u64 {
+        self.power_losses
     }
 
     /// Restarts a crashed facility from its redb file.
@@ -236,7 +276,20 @@ impl Harness {
         };
         let clock = Arc::new(self.slots[i].clock.clone());
         let extra = (self.extra)(i);
-        let node = Node::start(config, Arc::new(transport), inbound, clock, extra).await?;
+        let node = match &self.slots[i].disk {
+            Some(disk) => {
+                Node::start_on(
+                    config,
+                    Arc::new(transport),
+                    inbound,
+                    clock,
+                    extra,
+                    disk.clone(),
+                )
+                .await?
+            }
+            None => Node::start(config, Arc::new(transport), inbound, clock, extra).await?,
+        };
         self.slots[i].node = Some(node);
         Ok(())
     }

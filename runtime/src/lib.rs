@@ -22,6 +22,7 @@
 
 pub mod builtin;
 mod clock;
+pub mod disk;
 pub mod envelope;
 pub mod harness;
 pub mod lincheck;

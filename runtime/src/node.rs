@@ -178,6 +178,30 @@ impl Node {
         clock: Arc<dyn Clock>,
         extra: Vec<(Zone, ChildDef)>,
     ) -> Result<Node, NodeError> {
+        Self::start_in(config, transport, inbound, clock, extra, None).await
+    }
+
+    /// [`Node::start`] with the store on `disk` instead of the file under
+    /// `data_dir` (the harness's power-loss runs).
+    pub async fn start_on(
+        config: NodeConfig,
+        transport: Arc<dyn Transport>,
+        inbound: mpsc::Receiver<Inbound>,
+        clock: Arc<dyn Clock>,
+        extra: Vec<(Zone, ChildDef)>,
+        disk: crate::disk::SimDisk,
+    ) -> Result<Node, NodeError> {
+        Self::start_in(config, transport, inbound, clock, extra, Some(disk)).await
+    }
+
+    async fn start_in(
+        config: NodeConfig,
+        transport: Arc<dyn Transport>,
+        inbound: mpsc::Receiver<Inbound>,
+        clock: Arc<dyn Clock>,
+        extra: Vec<(Zone, ChildDef)>,
+        disk: Option<crate::disk::SimDisk>,
+    ) -> Result<Node, NodeError> {
         config.supervision.validate().map_err(NodeError::Config)?;
         if transport.local_id() != &config.facility {
             return Err(NodeError::WrongTransport {
@@ -188,7 +212,10 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             NodeError::Config(format!("data_dir {}: {e}", config.data_dir.display()))
         })?;
-        let opened = Store::open(&config.db_path(), config.facility.as_str())?;
+        let opened = match disk {
+            Some(d) => Store::open_backend(d, &config.db_path(), config.facility.as_str())?,
+            None => Store::open(&config.db_path(), config.facility.as_str())?,
+        };
         let router = Router::new(transport.clone(), clock.clone(), config.router.clone());
         let ctx = NodeCtx {
             facility: config.facility.clone(),

@@ -102,6 +102,10 @@ pub struct SimOptions {
     pub health_checks: bool,
     /// Serve `/v1/admin/chaos` on every facility (`[chaos] enabled`).
     pub chaos: bool,
+    /// Stores on [`bulwark_runtime::disk::SimDisk`]s: a crash loses what
+    /// was not synced (a power loss) or keeps it (a process kill), drawn
+    /// per crash.
+    pub power_loss: bool,
 }
 
 impl SimOptions {
@@ -121,6 +125,7 @@ impl SimOptions {
             supervision: SupervisionConfig::default(),
             health_checks: true,
             chaos: false,
+            power_loss: false,
         }
     }
 
@@ -332,6 +337,7 @@ impl SimCluster {
         let children = children_fn(&opts, &ids, &rings, &observer, &detections);
         let harness = Harness::builder(opts.n, opts.seed)
             .supervision(opts.supervision.clone())
+            .power_loss(opts.power_loss)
             .children(children)
             .start()
             .await?;

@@ -240,6 +240,9 @@ pub struct SeedReport {
     pub height: u64,
     /// Snapshots a lagging facility installed from a leader.
     pub snapshot_installs: u64,
+    /// Crashes that lost what was not synced.
+    #[serde(default)]
+    pub power_losses: u64,
     /// SimNet payloads traced.
     pub trace_events: u64,
     /// blake3 of the SimNet trace (equal runs, equal digests), hex.
@@ -356,6 +359,8 @@ impl<'p> Run<'p> {
         };
         let mut opts = SimOptions::new(n, seed);
         opts.api_concurrency = plan.api_concurrency;
+        // Every crash loses what was not synced, or keeps it, as drawn.
+        opts.power_loss = true;
         // Small snapshot intervals in a share of seeds: the log compacts
         // often, so lagging facilities install snapshots from the leader
         // and restarts start from snapshots.
@@ -785,6 +790,7 @@ impl<'p> Run<'p> {
                 .lock()
                 .expect("observer lock")
                 .snapshot_installs(),
+            power_losses: self.c.harness().power_losses(),
             trace_events: trace.len() as u64,
             trace_digest: h.finalize().to_hex()[..16].to_string(),
             answers: self.answers.clone(),

@@ -275,7 +275,11 @@ impl RaftStore {
             }
         }
         let s = &self.store;
-        let tx = s.begin_write()?;
+        let mut tx = s.begin_write()?;
+        if crate::plant::active(Bug::LogNotSynced) {
+            tx.set_durability(redb::Durability::None)
+                .map_err(|e| s.redb(redb::Error::from(e)))?;
+        }
         {
             let mut log = tx.open_table(RAFT_LOG).map_err(|e| s.redb(e))?;
             if let Some(first) = entries.first() {
