@@ -442,3 +442,101 @@ async fn a_damaged_snapshot_chunk_is_refused_and_fetched_again() {
     assert_eq!(c.violations(), Vec::<String>::new());
     c.shutdown().await;
 }
+
+/// A voter that forgot its vote in a restart could elect a second leader in
+/// its term. The leader A is cut off; X wins the next term with Y's vote
+/// (their messages slowed by half a tick); Y crashes before X's first
+/// append reaches it. Once A has stepped down (alone, still in the old
+/// term), Y restarts beside A, away from X: A campaigns for X's term, and Y
+/// must refuse (its hard state keeps the vote). Returns the violations
+/// seen (one leader per term, by every facility's status).
+async fn forgotten_vote(seed: u64) -> Vec<String> {
+    use bulwark_transport::{FaultRule, Selector};
+    let mut c = Cluster::start(3, seed).await;
+    let (a, _, _) = c
+        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (b, d) = ((a + 1) % 3, (a + 2) % 3);
+    // Half a tick: the first candidate's two rounds (pre-vote, vote) end
+    // before the other's timeout, two ticks later, and its first append
+    // is still in flight for a while after it leads.
+    let delay_ms = (c.tick().as_millis() / 2) as u64;
+    let slow = |from: usize, to: usize| FaultRule::Delay {
+        from: Selector::one(&c.h.id(from)),
+        to: Selector::one(&c.h.id(to)),
+        delay_ms,
+    };
+    c.h.partition(&[a], &[b, d]).unwrap();
+    c.h.net().faults().add(slow(b, d)).unwrap();
+    c.h.net().faults().add(slow(d, b)).unwrap();
+    let mut found = None;
+    for _ in 0..20_000 {
+        for i in [b, d] {
+            if let Some(s) = c.status(i).await {
+                if s.is_leader {
+                    found = Some((i, s.term));
+                }
+            }
+        }
+        if found.is_some() {
+            break;
+        }
+        c.h.step(Duration::from_millis(1)).await;
+    }
+    let Some((x, _)) = found else {
+        return vec!["no leader among the two".into()];
+    };
+    let y = if x == b { d } else { b };
+    c.crash(y).await;
+    c.h.heal();
+    c.h.partition(&[x], &[a, y]).unwrap();
+    // A, alone now, gives up leading (check-quorum) and stays in its old
+    // term (its pre-votes find nobody); then Y comes back beside it.
+    for _ in 0..3_000 {
+        if c.status(a).await.is_some_and(|s| !s.is_leader) {
+            break;
+        }
+        c.h.step(Duration::from_millis(10)).await;
+    }
+    c.restart(y).await;
+    // A and Y elect one of them; every status is checked for a second
+    // leader in a term.
+    for _ in 0..300 {
+        for i in 0..3 {
+            c.status(i).await;
+        }
+        c.h.step(Duration::from_millis(10)).await;
+    }
+    let v = c.violations();
+    c.shutdown().await;
+    v
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_restarted_voter_does_not_vote_twice_in_a_term() {
+    for seed in [1, 2, 3, 4, 5, 6] {
+        assert_eq!(
+            forgotten_vote(seed).await,
+            Vec::<String>::new(),
+            "seed {seed}"
+        );
+    }
+}
+
+/// The scenario catches the planted `vote-twice-per-term` (the hard state
+/// stored without the vote):
+/// `BULWARK_PLANT=vote-twice-per-term cargo test -p bulwark-actors
+/// --features plant --test raft_harness forgotten`.
+#[cfg(feature = "plant")]
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_forgotten_vote_scenario_catches_a_hard_state_without_the_vote() {
+    if !bulwark_actors::plant::active(bulwark_actors::plant::Bug::VoteTwicePerTerm) {
+        return;
+    }
+    let mut caught = 0;
+    for seed in [1, 2, 3, 4, 5, 6] {
+        caught += usize::from(!forgotten_vote(seed).await.is_empty());
+    }
+    assert!(caught > 0, "no seed elected two leaders in one term");
+}
