@@ -6,6 +6,7 @@
 use crate::facility::DetectionSpec;
 use bulwark_actors::cap::heal::ConflictPolicy;
 use bulwark_actors::detect::{DetectConfig, PhiConfig};
+use bulwark_actors::flow::admission::AdmissionConfig;
 use bulwark_actors::keys::{self, Keyring, PublicKeys};
 use bulwark_actors::raft::{ClusterState, RaftConfig};
 use bulwark_runtime::SupervisionConfig;
@@ -46,6 +47,62 @@ pub struct FacilityConfig {
     /// The schedule's data life cycle.
     #[serde(default)]
     pub schedule: ScheduleSection,
+    /// Admission of API requests.
+    #[serde(default)]
+    pub flow: FlowSection,
+}
+
+/// `[flow]`: the admission controller every `/v1` request passes (a token
+/// bucket for the rate, then an adaptive concurrency limit that follows
+/// latency, then a bounded queue). Every key optional; the defaults are
+/// the embedded ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowSection {
+    /// Requests admitted per second, sustained.
+    pub admission_rate_per_s: u64,
+    /// Requests admitted at once after a quiet spell.
+    pub admission_burst: u64,
+    /// Requests that may wait; more are refused (429).
+    pub admission_queue_len: usize,
+    /// How long a request may wait, in ms.
+    pub admission_queue_timeout_ms: u64,
+    /// The latency the adaptive concurrency limit aims for, in ms.
+    pub admission_target_latency_ms: u64,
+    /// The adaptive limit's ceiling (requests in flight).
+    pub admission_limit_max: u32,
+}
+
+impl Default for FlowSection {
+    fn default() -> Self {
+        let a = AdmissionConfig::default();
+        FlowSection {
+            admission_rate_per_s: a.rate_per_s,
+            admission_burst: a.burst,
+            admission_queue_len: a.queue_len_max,
+            admission_queue_timeout_ms: a.queue_timeout_ms,
+            admission_target_latency_ms: a.target_latency_ms,
+            admission_limit_max: a.limit_max,
+        }
+    }
+}
+
+impl FlowSection {
+    /// The admission controller's settings.
+    pub fn admission(&self) -> AdmissionConfig {
+        let d = AdmissionConfig::default();
+        AdmissionConfig {
+            rate_per_s: self.admission_rate_per_s,
+            burst: self.admission_burst,
+            queue_len_max: self.admission_queue_len,
+            queue_timeout_ms: self.admission_queue_timeout_ms,
+            target_latency_ms: self.admission_target_latency_ms,
+            limit_max: self.admission_limit_max,
+            limit_initial: d.limit_initial.min(self.admission_limit_max),
+            limit_min: d.limit_min.min(self.admission_limit_max),
+            ..d
+        }
+    }
 }
 
 /// `[schedule]`: every key optional; archiving is off unless
@@ -489,6 +546,25 @@ impl FacilityConfig {
         if self.backup.every_s > 0 && self.backup.keep == 0 {
             return Err(invalid("backup.keep", "keep at least one backup".into()));
         }
+        let f = &self.flow;
+        for (key, v) in [
+            ("flow.admission_rate_per_s", f.admission_rate_per_s),
+            ("flow.admission_burst", f.admission_burst),
+            ("flow.admission_queue_len", f.admission_queue_len as u64),
+            (
+                "flow.admission_queue_timeout_ms",
+                f.admission_queue_timeout_ms,
+            ),
+            (
+                "flow.admission_target_latency_ms",
+                f.admission_target_latency_ms,
+            ),
+            ("flow.admission_limit_max", u64::from(f.admission_limit_max)),
+        ] {
+            if !(1..=1_000_000).contains(&v) {
+                return Err(invalid(key, "1 to 1000000".into()));
+            }
+        }
         if self.schedule.archive_after_days > 0 && self.schedule.archive_every_s == 0 {
             return Err(invalid(
                 "schedule.archive_every_s",
@@ -616,6 +692,40 @@ vote_key = "{VOTE}"
         assert!(err.to_string().contains("`consensus`"), "{err}");
         let bad = "[consensus]\ninitial_cluster_state = \"maybe\"\n";
         assert!(FacilityConfig::parse(&text(bad), Path::new("a.toml")).is_err());
+    }
+
+    #[test]
+    fn admission_and_archive_settings_are_read_and_checked() {
+        let cfg = FacilityConfig::parse(&text(""), Path::new("a.toml")).unwrap();
+        assert_eq!(cfg.flow.admission(), AdmissionConfig::default());
+        let ok = "[flow]
+admission_rate_per_s = 5000
+admission_burst = 500
+
+[schedule]
+archive_after_days = 90
+";
+        let cfg = FacilityConfig::parse(&text(ok), Path::new("a.toml")).unwrap();
+        let a = cfg.flow.admission();
+        assert_eq!((a.rate_per_s, a.burst), (5000, 500));
+        assert_eq!(cfg.schedule.archive_after_days, 90);
+        let bad = "[flow]
+admission_rate_per_s = 0
+";
+        let err = FacilityConfig::parse(&text(bad), Path::new("a.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("flow.admission_rate_per_s"),
+            "{err}"
+        );
+        let bad = "[schedule]
+archive_after_days = 30
+archive_every_s = 0
+";
+        let err = FacilityConfig::parse(&text(bad), Path::new("a.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("schedule.archive_every_s"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -221,8 +221,14 @@ pub fn consensus_children(
 /// BackpressureController every `/v1` request passes, and the
 /// BulkheadPool with the API's `pools` ([`http::api_pools`]).
 pub fn api_flow_children(pools: Pools) -> Vec<(Zone, ChildDef)> {
+    api_flow_children_with(pools, AdmissionConfig::default())
+}
+
+/// [`api_flow_children`] with the admission controller's settings
+/// (`[flow]` in a facility's config).
+pub fn api_flow_children_with(pools: Pools, admission: AdmissionConfig) -> Vec<(Zone, ChildDef)> {
     vec![
-        backpressure_child(AdmissionConfig::default(), 10),
+        backpressure_child(admission, 10),
         bulkhead_child_with(pools),
     ]
 }

@@ -318,7 +318,10 @@ async fn node(path: PathBuf) -> AnyResult {
         .collect();
     // Every /v1 request passes the admission controller and the API's
     // bulkheads (flow zone).
-    let flow = facility::api_flow_children(http::api_pools(cfg.api.concurrency));
+    let flow = facility::api_flow_children_with(
+        http::api_pools(cfg.api.concurrency),
+        cfg.flow.admission(),
+    );
     let spec = FacilitySpec {
         identity,
         data_dir: cfg.facility.data_dir.clone(),
