@@ -565,6 +565,14 @@ impl FacilityConfig {
                 return Err(invalid(key, "1 to 1000000".into()));
             }
         }
+        let keep = self.schedule.archive_after_days;
+        let margin = bulwark_actors::schedule::ARCHIVE_MARGIN_DAYS;
+        if keep > 0 && keep < margin {
+            return Err(invalid(
+                "schedule.archive_after_days",
+                format!("0 (off) or at least {margin}: the archive stays {margin} days behind the last approved day"),
+            ));
+        }
         if self.schedule.archive_after_days > 0 && self.schedule.archive_every_s == 0 {
             return Err(invalid(
                 "schedule.archive_every_s",

@@ -16,10 +16,14 @@
 //! assign,,,,,,,,,,p1,icu-1
 //! ```
 //!
-//! Every batch's idempotency key is derived from the file's bytes and the
-//! batch's place in it: importing the same file again (after a crash, a
-//! timeout, or to be sure) applies nothing twice and reports the first
-//! outcomes.
+//! Every batch's idempotency key is derived from the file's bytes, the
+//! batch size and the batch's place in it: importing the same file again
+//! with the same `--batch` (after a crash, a timeout, or to be sure)
+//! applies nothing twice and reports the first outcomes. With another
+//! batch size the keys differ: the rows are sent again, and the schedule's
+//! own rules refuse what already exists (`ALREADY_EXISTS`,
+//! `DOUBLE_BOOKING`), so nothing is applied twice either, but the report
+//! lists those refusals.
 
 use std::path::Path;
 use std::time::Duration;

@@ -58,8 +58,9 @@ enum Cmd {
     },
     /// Load a schedule from a CSV file through a running node's
     /// `POST /v1/batch` (header row; an `op` column and the fields of each
-    /// command's endpoint). Running it again with the same file applies
-    /// nothing twice. Exits 1 if a row was refused (each is listed).
+    /// command's endpoint). Running it again with the same file and batch
+    /// size applies nothing twice. Exits 1 if a row was refused (each is
+    /// listed).
     Import {
         /// The CSV file.
         file: PathBuf,

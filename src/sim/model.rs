@@ -117,6 +117,8 @@ pub struct Model {
     /// Archived blocks and who was on them: gone from the schedule, but
     /// still their people's duty (the rules hold over the whole history).
     past: Vec<(Slot, BTreeSet<String>)>,
+    /// Archived block ids: never used again.
+    archived_ids: BTreeSet<String>,
     /// The last index of a command the model decided.
     last_index: u64,
 }
@@ -220,7 +222,9 @@ impl Model {
                 if bad {
                     broken.insert("INVALID_INPUT");
                 }
-                if self.blocks.contains_key(b.id.as_str()) {
+                if self.blocks.contains_key(b.id.as_str())
+                    || self.archived_ids.contains(b.id.as_str())
+                {
                     broken.insert("ALREADY_EXISTS");
                 }
             }
@@ -346,8 +350,20 @@ impl Model {
             }
             Op::Archive { through_day } => {
                 let through = u64::from(*through_day);
-                if self.approved.is_none_or(|a| through > a) {
+                // The archive stays the quiet days behind the last approval.
+                if self
+                    .approved
+                    .is_none_or(|a| through + ARCHIVE_QUIET_DAYS > a)
+                {
                     broken.insert("NOT_FINAL");
+                }
+                // A block short of people (left so by leave) stays hot.
+                let short = self
+                    .blocks
+                    .iter()
+                    .any(|(id, s)| s.day <= through && self.staffed(id) < s.required);
+                if short {
+                    broken.insert("UNDERSTAFFED");
                 }
                 let first = self.archived.map_or(0, |a| a + 1);
                 if through < first {
@@ -440,8 +456,12 @@ impl Model {
             broken.insert("UNKNOWN_PERSON");
             ok = false;
         }
-        if blocks.iter().any(|b| !self.blocks.contains_key(*b)) {
-            broken.insert("UNKNOWN_BLOCK");
+        for b in blocks.iter().filter(|b| !self.blocks.contains_key(**b)) {
+            broken.insert(if self.archived_ids.contains(*b) {
+                "ARCHIVED"
+            } else {
+                "UNKNOWN_BLOCK"
+            });
             ok = false;
         }
         ok
@@ -581,6 +601,7 @@ impl Model {
                     let slot = self.blocks.remove(&b).expect("listed above");
                     self.past
                         .push((slot, self.on.remove(&b).unwrap_or_default()));
+                    self.archived_ids.insert(b);
                 }
                 self.archived = Some(through);
             }

@@ -76,12 +76,16 @@ pub const SCHED_RETIRED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("s
 /// Archived blocks with their people by `day(u32) block`, out of the hot
 /// tables (see `Op::Archive`).
 pub const SCHED_ARCHIVE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_archive");
+/// Archived blocks' days by block id (`id` -> day u32): an archived id is
+/// not used again.
+pub const SCHED_ARCHIVED_IDS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("sched_archived_ids");
 /// A snapshot being received, by sequence: rows of the tables above.
 pub const SCHED_STAGING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sched_staging");
 
 /// The replica's tables, in the order a snapshot streams them (the index in
 /// this list is the table's number in a snapshot row).
-pub const SCHED_TABLES: [TableDefinition<&[u8], &[u8]>; 15] = [
+pub const SCHED_TABLES: [TableDefinition<&[u8], &[u8]>; 16] = [
     SCHED_META,
     SCHED_PEOPLE,
     SCHED_BLOCKS,
@@ -97,6 +101,7 @@ pub const SCHED_TABLES: [TableDefinition<&[u8], &[u8]>; 15] = [
     SCHED_VERDICTS,
     SCHED_RETIRED,
     SCHED_ARCHIVE,
+    SCHED_ARCHIVED_IDS,
 ];
 
 /// Every `&str`-keyed table (backups copy these lists: a new table must
@@ -114,7 +119,7 @@ pub const U64_TABLES: [TableDefinition<u64, &[u8]>; 8] = [
     RECONCILIATION,
 ];
 /// Every `&[u8]`-keyed table.
-pub const BYTES_TABLES: [TableDefinition<&[u8], &[u8]>; 17] = [
+pub const BYTES_TABLES: [TableDefinition<&[u8], &[u8]>; 18] = [
     IDEMPOTENCY,
     SCHED_META,
     SCHED_PEOPLE,
@@ -132,6 +137,7 @@ pub const BYTES_TABLES: [TableDefinition<&[u8], &[u8]>; 17] = [
     SCHED_STAGING,
     SCHED_RETIRED,
     SCHED_ARCHIVE,
+    SCHED_ARCHIVED_IDS,
 ];
 
 /// The format this build writes and accepts.

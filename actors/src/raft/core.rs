@@ -200,8 +200,6 @@ const FETCH_TRIES_MAX: u32 = 10;
 struct Recovery {
     /// Why the replica did not open.
     reason: String,
-    /// raft-rs took the request for a snapshot.
-    requested: bool,
 }
 
 /// Why the core could not start or continue.
@@ -311,10 +309,7 @@ impl RaftCore {
                 let r = Replica::reset(store).map_err(|e| {
                     RaftCoreError::Replica(format!("{reason}; emptying it failed: {e}"))
                 })?;
-                let recovering = (snap_index > 0).then_some(Recovery {
-                    reason,
-                    requested: false,
-                });
+                let recovering = (snap_index > 0).then_some(Recovery { reason });
                 (r, recovering)
             }
         };
@@ -389,9 +384,9 @@ impl RaftCore {
     /// request once this follower holds an entry of the current term), and
     /// hands leadership away if this facility was elected.
     fn drive_recovery(&mut self) {
-        let Some(r) = self.recovering.as_mut() else {
+        if self.recovering.is_none() {
             return;
-        };
+        }
         if self.node.raft.state == StateRole::Leader {
             let to = self.voters_by_progress().into_iter().next();
             if let Some(to) = to {
@@ -400,11 +395,16 @@ impl RaftCore {
             }
             return;
         }
-        if !r.requested && self.node.raft.leader_id != raft::INVALID_ID {
-            r.requested = self.node.request_snapshot().is_ok();
-            if r.requested {
-                tracing::info!("asked the leader for a snapshot to take the replica again");
-            }
+        // raft-rs forgets the request whenever this facility campaigns or
+        // leads (`reset`): ask again whenever none is pending and no
+        // transfer is under way.
+        let pending = self.node.raft.pending_request_snapshot != raft::INVALID_INDEX;
+        if !pending
+            && self.incoming.is_none()
+            && self.node.raft.leader_id != raft::INVALID_ID
+            && self.node.request_snapshot().is_ok()
+        {
+            tracing::info!("asked the leader for a snapshot to take the replica again");
         }
     }
 
@@ -943,6 +943,11 @@ impl RaftCore {
         // again there; the idempotency key still makes it apply once).
         command.at_unix_ms = now_unix_ms;
         command.issued_by = self.me.clone();
+        if let Some(why) = self.recovering() {
+            // Its chain head is empty: a proposal anchored there would be
+            // refused by every replica, under the client's key.
+            return Err(ProposeOutcome::Rejected { reason: why });
+        }
         if self.proposals.len() >= self.config.pending_proposals_max {
             return Err(ProposeOutcome::Rejected {
                 reason: "too many proposals in flight".into(),
@@ -1046,7 +1051,7 @@ impl RaftCore {
     /// Starts a linearizable read (read-index). [`Output::ReadReady`] with
     /// the returned sequence number says when the local state may serve it.
     pub fn read(&mut self) -> Result<u64, ReadOutcome> {
-        if self.node.raft.leader_id == raft::INVALID_ID {
+        if self.node.raft.leader_id == raft::INVALID_ID || self.recovering.is_some() {
             return Err(ReadOutcome::NotLeader { hint: None });
         }
         let seq = self.next_seq;

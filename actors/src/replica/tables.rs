@@ -9,8 +9,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bulwark_storage::schema::{
-    SCHED_ARCHIVE, SCHED_ASSIGN, SCHED_BLOCKS, SCHED_CHAIN, SCHED_DAYS, SCHED_DUTY, SCHED_KEYS,
-    SCHED_KEY_ORDER, SCHED_LEAVE, SCHED_OPEN, SCHED_PEOPLE, SCHED_REJECTIONS, SCHED_RETIRED,
+    SCHED_ARCHIVE, SCHED_ARCHIVED_IDS, SCHED_ASSIGN, SCHED_BLOCKS, SCHED_CHAIN, SCHED_DAYS,
+    SCHED_DUTY, SCHED_KEYS, SCHED_KEY_ORDER, SCHED_LEAVE, SCHED_OPEN, SCHED_PEOPLE,
+    SCHED_REJECTIONS, SCHED_RETIRED,
 };
 use bulwark_storage::{codec, StorageError, Store};
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
@@ -320,6 +321,23 @@ impl<S: Source> Reader<S> {
             .collect()
     }
 
+    fn archived_day(&self, id: &BlockId) -> Option<u32> {
+        match self.src.get(SCHED_ARCHIVED_IDS, id.as_str().as_bytes()) {
+            Ok(Some(v)) => match be_u32(&v) {
+                Some(d) => Some(d),
+                None => {
+                    self.fail(self.corrupt("sched_archived_ids holds no day"));
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                self.fail(self.store.redb(e));
+                None
+            }
+        }
+    }
+
     fn retired_from(&self, person: &PersonId) -> Option<u32> {
         match self.src.get(SCHED_RETIRED, person.as_str().as_bytes()) {
             Ok(Some(v)) => match be_u32(&v) {
@@ -460,6 +478,10 @@ macro_rules! tables_read {
 
             fn retired_from(&self, person: &PersonId) -> Option<u32> {
                 self.r.retired_from(person)
+            }
+
+            fn archived_day(&self, id: &BlockId) -> Option<u32> {
+                self.r.archived_day(id)
             }
 
             fn archived_blocks(
@@ -668,6 +690,7 @@ impl Tables for RedbTables<'_> {
             self.delete(SCHED_DUTY, &duty_key(p.as_str(), start, b));
         }
         self.remove_block(block);
+        self.put_raw(SCHED_ARCHIVED_IDS, b.as_bytes(), &block.day.to_be_bytes());
         self.put(
             SCHED_ARCHIVE,
             "sched_archive",
@@ -827,6 +850,14 @@ impl RedbRead {
         }
         if keys(SCHED_DAYS) != by_day(&t.by_day) {
             return Err(r.corrupt("sched_days disagrees with sched_blocks"));
+        }
+        let ids: Vec<(Vec<u8>, Vec<u8>)> = t
+            .archived_ids
+            .iter()
+            .map(|(b, d)| (b.as_str().as_bytes().to_vec(), d.to_be_bytes().to_vec()))
+            .collect();
+        if r.range(SCHED_ARCHIVED_IDS, &[], &[], usize::MAX) != ids {
+            return Err(r.corrupt("sched_archived_ids disagrees with sched_archive"));
         }
         let order: Vec<(Vec<u8>, Vec<u8>)> = r.range(SCHED_KEY_ORDER, &[], &[], usize::MAX);
         let derived: Vec<(Vec<u8>, Vec<u8>)> = t

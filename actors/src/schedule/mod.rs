@@ -718,6 +718,12 @@ impl<T: Tables> Schedule<T> {
                         format!("block {} exists", b.id),
                     ));
                 }
+                if let Some(day) = self.t.archived_day(&b.id) {
+                    return Err(reject(
+                        Rule::AlreadyExists,
+                        format!("block {} exists, archived with day {day}", b.id),
+                    ));
+                }
                 self.t.put_block(b);
                 Ok(Effect::BlockAdded)
             }
@@ -929,12 +935,26 @@ impl<T: Tables> Schedule<T> {
             }
             Op::Archive { through_day } => {
                 let approved = self.t.approved_through();
-                if approved.is_none_or(|d| *through_day > d) {
+                // The archive stays ARCHIVE_MARGIN_DAYS behind the last
+                // approved day, so the days it quiets are final ones.
+                let reach = u64::from(*through_day) + u64::from(ARCHIVE_MARGIN_DAYS);
+                if approved.is_none_or(|d| reach > u64::from(d)) {
                     return Err(reject(
                         Rule::NotFinal,
                         format!(
-                            "only finally approved days are archived (approved through {})",
+                            "only finally approved days at least {ARCHIVE_MARGIN_DAYS} days before the last approved one are archived (approved through {})",
                             approved.map_or("none".into(), |d| d.to_string())
+                        ),
+                    ));
+                }
+                // A block left short since its approval (by leave) still
+                // holds approval back: it stays hot.
+                if let Some(u) = self.t.understaffed(*through_day, 1).first() {
+                    return Err(reject(
+                        Rule::Understaffed,
+                        format!(
+                            "{} ({}/{}) is not fully staffed: it is not archived",
+                            u.block, u.staffed, u.required
                         ),
                     ));
                 }
@@ -991,7 +1011,13 @@ impl<T: Tables> Schedule<T> {
     fn block(&self, id: &BlockId) -> Result<Block, Rejection> {
         self.t
             .block(id)
-            .ok_or_else(|| reject(Rule::UnknownBlock, format!("no block {id}")))
+            .ok_or_else(|| match self.t.archived_day(id) {
+                Some(day) => reject(
+                    Rule::Archived,
+                    format!("block {id} is archived (day {day})"),
+                ),
+                None => reject(Rule::UnknownBlock, format!("no block {id}")),
+            })
     }
 
     /// The block and the person's assignment to it.

@@ -250,6 +250,14 @@ impl<B: TablesRead> TablesRead for Overlay<'_, B> {
             .or_else(|| self.base.retired_from(person))
     }
 
+    fn archived_day(&self, id: &BlockId) -> Option<u32> {
+        self.archive
+            .keys()
+            .find(|(_, b)| b == id)
+            .map(|(d, _)| *d)
+            .or_else(|| self.base.archived_day(id))
+    }
+
     fn archived_blocks(
         &self,
         from_day: u32,

@@ -82,6 +82,8 @@ pub trait TablesRead {
     fn archived_through(&self) -> Option<u32>;
     /// The day `person` is retired from.
     fn retired_from(&self, person: &PersonId) -> Option<u32>;
+    /// The day of the archived block `id`, if it was archived.
+    fn archived_day(&self, id: &BlockId) -> Option<u32>;
     /// Archived blocks on days `from_day..=to_day` in (day, id) order, at
     /// most `limit`; with `after`, only those after (`from_day`, `after`).
     fn archived_blocks(
@@ -150,6 +152,9 @@ pub struct MemTables {
     pub(crate) retired: BTreeMap<PersonId, u32>,
     /// Archived blocks with their people, by (day, id).
     pub(crate) archive: BTreeMap<(u32, BlockId), ArchivedBlock>,
+    /// Derived: archived blocks' days by id.
+    #[serde(skip)]
+    pub(crate) archived_ids: BTreeMap<BlockId, u32>,
     /// Derived: each person's blocks by start time.
     #[serde(skip)]
     pub(crate) by_person: BTreeMap<PersonId, BTreeMap<(u64, BlockId), Interval>>,
@@ -188,6 +193,10 @@ impl MemTables {
                 self.open.insert((b.day, b.id.clone()));
             }
             self.by_day.insert((b.day, b.id.clone()));
+        }
+        self.archived_ids = self.archive.keys().map(|(d, b)| (b.clone(), *d)).collect();
+        if self.archived_ids.len() != self.archive.len() {
+            return Err("two archived blocks under one id".into());
         }
         self.key_order = self.keys.iter().map(|(k, r)| (r.index, *k)).collect();
         if self.key_order.len() != self.keys.len() {
@@ -314,6 +323,10 @@ impl TablesRead for MemTables {
         self.retired.get(person).copied()
     }
 
+    fn archived_day(&self, id: &BlockId) -> Option<u32> {
+        self.archived_ids.get(id).copied()
+    }
+
     fn archived_blocks(
         &self,
         from_day: u32,
@@ -431,6 +444,7 @@ impl Tables for MemTables {
             self.remove_assignment(block, p);
         }
         self.remove_block(block);
+        self.archived_ids.insert(block.id.clone(), block.day);
         self.archive.insert(
             (block.day, block.id.clone()),
             ArchivedBlock {

@@ -856,8 +856,12 @@ fn archiving_moves_final_days_out_and_quiets_the_days_after() {
             block: bid("d6"),
             person: pid("bob"),
         },
-        Rule::UnknownBlock,
+        Rule::Archived,
     );
+    // An archived id is not used again.
+    r.rejected(block("d6", 30, 0, 60, 1), Rule::AlreadyExists);
+    // The archive stays 8 days behind the last approved day.
+    r.rejected(archive(12), Rule::NotFinal);
     // A batch carries no archive.
     r.rejected(Op::Batch(vec![archive(11)]), Rule::InvalidInput);
 }
