@@ -173,6 +173,9 @@ struct Outgoing {
     /// Where the digest pass is; `None` once it is done.
     digesting: Option<snap::Cursor>,
     used_tick: u64,
+    /// The windows served lately: to whom, from which cursor, at which
+    /// tick. A fetch for a window still in flight is not served twice.
+    served: Vec<(FacilityId, snap::Cursor, u64)>,
 }
 
 /// A snapshot this follower is receiving.
@@ -640,6 +643,19 @@ impl RaftCore {
     /// Serves a window of [`FETCH_WINDOW`] chunks of the held snapshot `id`
     /// from `cursor`.
     fn serve_chunk(&mut self, to: &FacilityId, id: u64, cursor: snap::Cursor) {
+        // A follower asks again only an election timeout after its last
+        // chunk; a fetch for the same cursor sooner than that after it was
+        // served is a duplicate of a window still in flight (a slow
+        // leader, a reordered message). Serving it again would only add
+        // load when the leader is already behind.
+        let (ticks, fresh) = (self.ticks, self.config.election_ticks as u64);
+        if let Some(o) = self.outgoing.as_mut().filter(|o| o.id == id) {
+            o.served.retain(|(_, _, at)| ticks < at + fresh);
+            if o.served.iter().any(|(t, c, _)| t == to && *c == cursor) {
+                return;
+            }
+            o.served.push((to.clone(), cursor.clone(), ticks));
+        }
         let mut at = Some(cursor);
         for _ in 0..FETCH_WINDOW {
             let Some(cursor) = at.take() else {
@@ -843,6 +859,7 @@ impl RaftCore {
                 hasher: snap::RowHasher::default(),
                 digesting: Some(snap::Cursor::default()),
                 used_tick: self.ticks,
+                served: Vec::new(),
             });
         }
         let Some(o) = self.outgoing.as_mut() else {
