@@ -321,15 +321,16 @@ impl<S: Source> Reader<S> {
             .collect()
     }
 
-    fn archived_day(&self, id: &BlockId) -> Option<u32> {
-        match self.src.get(SCHED_ARCHIVED_IDS, id.as_str().as_bytes()) {
-            Ok(Some(v)) => match be_u32(&v) {
-                Some(d) => Some(d),
-                None => {
-                    self.fail(self.corrupt("sched_archived_ids holds no day"));
-                    None
+    /// The day stored under `key` in `def` (a big-endian u32).
+    fn day(&self, def: Def, table: &'static str, key: &[u8]) -> Option<u32> {
+        match self.src.get(def, key) {
+            Ok(Some(v)) => {
+                let day = be_u32(&v);
+                if day.is_none() {
+                    self.fail(self.corrupt(&format!("{table} holds no day")));
                 }
-            },
+                day
+            }
             Ok(None) => None,
             Err(e) => {
                 self.fail(self.store.redb(e));
@@ -338,21 +339,16 @@ impl<S: Source> Reader<S> {
         }
     }
 
+    fn archived_day(&self, id: &BlockId) -> Option<u32> {
+        self.day(
+            SCHED_ARCHIVED_IDS,
+            "sched_archived_ids",
+            id.as_str().as_bytes(),
+        )
+    }
+
     fn retired_from(&self, person: &PersonId) -> Option<u32> {
-        match self.src.get(SCHED_RETIRED, person.as_str().as_bytes()) {
-            Ok(Some(v)) => match be_u32(&v) {
-                Some(d) => Some(d),
-                None => {
-                    self.fail(self.corrupt("sched_retired holds no day"));
-                    None
-                }
-            },
-            Ok(None) => None,
-            Err(e) => {
-                self.fail(self.store.redb(e));
-                None
-            }
-        }
+        self.day(SCHED_RETIRED, "sched_retired", person.as_str().as_bytes())
     }
 
     fn blocks_by_day(
@@ -362,20 +358,7 @@ impl<S: Source> Reader<S> {
         to_day: u32,
         limit: usize,
     ) -> Vec<Block> {
-        let from = match after {
-            // The first key after `after`'s own.
-            Some(b) => {
-                let mut k = open_key(from_day, b.as_str());
-                k.push(0);
-                k
-            }
-            None => from_day.to_be_bytes().to_vec(),
-        };
-        let to = match to_day.checked_add(1) {
-            Some(d) => d.to_be_bytes().to_vec(),
-            None => Vec::new(),
-        };
-        self.range(SCHED_DAYS, &from, &to, limit)
+        self.day_rows(SCHED_DAYS, from_day, after, to_day, limit)
             .into_iter()
             .filter_map(|(k, _)| {
                 let id = std::str::from_utf8(k.get(4..)?).ok()?;
