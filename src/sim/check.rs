@@ -31,22 +31,25 @@
 //!   a vote in another's name, a vote for an entry the rules refused, a
 //!   forged proposal) names only the Byzantine facility.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use bulwark_actors::bft::evidence::{Evidence, Kind};
+use bulwark_actors::bft::wire::BftWire;
+use bulwark_actors::bft::BFT;
 use bulwark_actors::cap::heal::{Conflict, ConflictPolicy, Report, Resolution};
 use bulwark_actors::flow::bulkhead::{PoolStatus, FLEX};
 use bulwark_actors::hlc::Hlc;
 use bulwark_actors::keys::Domain;
 use bulwark_actors::keys::PublicKeys;
-use bulwark_actors::ledger::{self, FinalEntry, Hash, Verdict, VoteBody, GENESIS};
+use bulwark_actors::ledger::{self, FinalEntry, Hash, Verdict, Vote, VoteBody, GENESIS};
 use bulwark_actors::raft::wire::WireSnapshot;
 use bulwark_actors::raft::{AppliedEntry, RaftStatus};
 use bulwark_actors::replica::Meta as ReplicaMeta;
 use bulwark_actors::schedule::Command;
+use bulwark_runtime::Envelope;
 use bulwark_storage::codec;
-use bulwark_storage::schema::{RAFT_META, SCHED_META};
+use bulwark_storage::schema::{BFT_VOTES, LEDGER, RAFT_META, SCHED_META};
 use bulwark_storage::Store;
 use bulwark_transport::FacilityId;
 use redb::ReadableDatabase;
@@ -91,6 +94,9 @@ pub enum Invariant {
     LiarNamed,
     /// With the faults healed, the facilities converge (liveness).
     Convergence,
+    /// An honest validator's vote is on its disk (its vote or the final
+    /// entry) before it is on the wire.
+    VoteDurable,
 }
 
 impl Invariant {
@@ -111,6 +117,7 @@ impl Invariant {
             Invariant::HealerChoice => "HEALER_CHOICE",
             Invariant::LiarNamed => "LIAR_NAMED",
             Invariant::Convergence => "CONVERGENCE",
+            Invariant::VoteDurable => "VOTE_DURABLE",
         }
     }
 }
@@ -146,6 +153,28 @@ impl std::error::Error for Violation {}
 /// here without opening a RaftStore).
 const RAFT_SNAPSHOT_KEY: &str = "snapshot";
 
+/// True if `store` holds the vote `body` (as `bytes`) in its vote table, or
+/// a final entry at its height with the voted hash.
+fn vote_on_disk(store: &Store, body: &VoteBody, bytes: &[u8]) -> bool {
+    let Ok(tx) = store.database().begin_read() else {
+        return false;
+    };
+    let voted = tx.open_table(BFT_VOTES).ok().and_then(|t| {
+        let row = t.get(body.height).ok()??;
+        codec::decode::<Vote>(row.value()).ok()
+    });
+    if voted.is_some_and(|v| v.body == bytes) {
+        return true;
+    }
+    tx.open_table(LEDGER)
+        .ok()
+        .and_then(|t| {
+            let row = t.get(body.height).ok()??;
+            Some(*blake3::hash(row.value()).as_bytes() == body.hash)
+        })
+        .unwrap_or(false)
+}
+
 /// Watches the RaftPeers' applied entries and statuses.
 #[derive(Debug, Default)]
 pub struct RaftObserver {
@@ -170,6 +199,10 @@ pub struct RaftObserver {
     model: Model,
     /// The next index the model takes (set by the first entry seen).
     model_next: Option<u64>,
+    /// Validators that lie: what they send is not judged by VOTE_DURABLE.
+    liars: BTreeSet<FacilityId>,
+    /// Own votes seen on the wire and found on their signer's disk.
+    votes_checked: u64,
     violations: Vec<Violation>,
 }
 
@@ -297,6 +330,57 @@ impl RaftObserver {
             .and_then(|b| codec::decode::<ReplicaMeta>(&b).ok())
             .map_or(0, |m| m.installed);
         Some(raft.max(installed))
+    }
+
+    /// Validators in `liars` lie on purpose: their sends are not judged.
+    pub fn set_liars(&mut self, liars: impl IntoIterator<Item = FacilityId>) {
+        self.liars = liars.into_iter().collect();
+    }
+
+    /// A payload `from` put on the wire (the SimNet's tap): each of its
+    /// own BFT votes must already be on its disk, as its vote row or as
+    /// the final entry of that height (`VOTE_DURABLE`). Read from the
+    /// tables directly, not through the validator's store code.
+    pub fn on_wire(&mut self, from: &FacilityId, payload: &[u8]) {
+        if self.liars.contains(from) {
+            return;
+        }
+        let Some(store) = self.stores.get(from) else {
+            return; // starting or stopping: not judged
+        };
+        let Ok(env) = codec::decode::<Envelope>(payload) else {
+            return;
+        };
+        if env.to.actor != BFT {
+            return;
+        }
+        let Ok(BftWire::Votes(votes)) = codec::decode::<BftWire>(&env.body) else {
+            return;
+        };
+        for vote in votes {
+            let Ok(body) = codec::decode::<VoteBody>(&vote.body) else {
+                continue;
+            };
+            if body.signer != *from {
+                continue; // a relayed vote of another signer
+            }
+            let held = vote_on_disk(store, &body, &vote.body);
+            self.votes_checked += 1;
+            if !held {
+                self.violations.push(Violation::new(
+                    Invariant::VoteDurable,
+                    format!(
+                        "{from} sent its vote at height {} before its disk held it",
+                        body.height
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Own votes checked by `VOTE_DURABLE` so far.
+    pub fn votes_checked(&self) -> u64 {
+        self.votes_checked
     }
 
     /// Facility `f`'s node started with `store`.
@@ -1129,5 +1213,81 @@ mod tests {
         r.check("alpha", 7, 7).unwrap();
         let e = r.check("alpha", 7, 6).unwrap_err();
         assert_eq!(e.invariant, Invariant::LinearizableRead);
+    }
+
+    /// VOTE_DURABLE fails for an own vote the signer's disk does not hold,
+    /// and passes once the vote row (or the final entry) is there; relayed
+    /// votes and liars are not judged.
+    #[test]
+    fn a_vote_on_the_wire_before_the_disk_is_a_violation() {
+        use bulwark_actors::keys::Keyring;
+        use bulwark_runtime::{Address, Kind as EnvKind};
+        let ids = [f("alpha"), f("bravo")];
+        let rings = Keyring::deterministic(&ids, 7);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), "alpha")
+            .unwrap()
+            .store;
+        let body = VoteBody {
+            signer: f("alpha"),
+            height: 3,
+            hash: [9; 32],
+            prev: [8; 32],
+        };
+        let vote = Vote::sign(&rings[&ids[0]], &body).unwrap();
+        let relayed = Vote::sign(
+            &rings[&ids[1]],
+            &VoteBody {
+                signer: f("bravo"),
+                ..body.clone()
+            },
+        )
+        .unwrap();
+        let wire = |from: &FacilityId, votes: Vec<Vote>| {
+            codec::encode(&Envelope {
+                from: from.clone(),
+                to: Address::new(f("charlie"), BFT),
+                trace_id: 1,
+                deadline_unix_ms: None,
+                kind: EnvKind::OneWay,
+                body: codec::encode(&BftWire::Votes(votes)).unwrap(),
+            })
+            .unwrap()
+        };
+        let mut obs = RaftObserver::default();
+        obs.on_store(&ids[0], store.clone());
+        obs.on_store(&ids[1], store.clone());
+        obs.set_liars([f("bravo")]);
+        // A relayed vote, and a liar's own: not judged.
+        obs.on_wire(&ids[0], &wire(&ids[0], vec![relayed.clone()]));
+        obs.on_wire(&ids[1], &wire(&ids[1], vec![relayed]));
+        assert!(obs.violations().is_empty());
+        assert_eq!(obs.votes_checked(), 0);
+        // Its own vote, not on its disk: caught.
+        obs.on_wire(&ids[0], &wire(&ids[0], vec![vote.clone()]));
+        assert_eq!(obs.violations().len(), 1);
+        assert_eq!(obs.violations()[0].invariant, Invariant::VoteDurable);
+        // Written (the row the validator writes), it passes.
+        let tx = store.database().begin_write().unwrap();
+        {
+            let mut t = tx.open_table(BFT_VOTES).unwrap();
+            t.insert(3, codec::encode(&vote).unwrap().as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        obs.on_wire(&ids[0], &wire(&ids[0], vec![vote.clone()]));
+        assert_eq!(obs.violations().len(), 1);
+        assert_eq!(obs.votes_checked(), 2);
+        // Another vote body at that height in the row does not count.
+        let other = Vote::sign(
+            &rings[&ids[0]],
+            &VoteBody {
+                hash: [1; 32],
+                ..body
+            },
+        )
+        .unwrap();
+        obs.on_wire(&ids[0], &wire(&ids[0], vec![other]));
+        assert_eq!(obs.violations().len(), 2);
     }
 }

@@ -346,6 +346,23 @@ impl SimCluster {
             &ids[..],
             "the harness names facilities alike"
         );
+        {
+            let liars = opts
+                .behaviours
+                .iter()
+                .filter(|(_, b)| *b != Behaviour::Honest);
+            let mut obs = observer.lock().expect("observer lock");
+            obs.set_liars(liars.map(|(i, _)| ids[*i].clone()));
+        }
+        let tap_observer = observer.clone();
+        harness
+            .net()
+            .set_tap(Arc::new(move |from, _to, _class, payload| {
+                tap_observer
+                    .lock()
+                    .expect("observer lock")
+                    .on_wire(from, payload)
+            }));
         let endpoints = ids
             .iter()
             .map(|_| Endpoint {

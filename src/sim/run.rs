@@ -243,6 +243,10 @@ pub struct SeedReport {
     /// Crashes that lost what was not synced.
     #[serde(default)]
     pub power_losses: u64,
+    /// Own BFT votes the wire tap saw and checked against their signer's
+    /// disk (`VOTE_DURABLE`).
+    #[serde(default)]
+    pub votes_checked: u64,
     /// SimNet payloads traced.
     pub trace_events: u64,
     /// blake3 of the SimNet trace (equal runs, equal digests), hex.
@@ -770,6 +774,11 @@ impl<'p> Run<'p> {
         }
         let acked = self.work.acked();
         let count = |p: fn(&Ack) -> bool| acked.iter().filter(|(_, a)| p(a)).count() as u64;
+        let (snapshot_installs, votes_checked) = {
+            let obs = self.c.observer();
+            let obs = obs.lock().expect("observer lock");
+            (obs.snapshot_installs(), obs.votes_checked())
+        };
         SeedReport {
             seed: self.seed,
             facilities: self.c.n(),
@@ -784,13 +793,9 @@ impl<'p> Run<'p> {
             faults: self.faults.clone(),
             virtual_ms: self.start.elapsed().as_millis() as u64,
             height: self.ledger.height(),
-            snapshot_installs: self
-                .c
-                .observer()
-                .lock()
-                .expect("observer lock")
-                .snapshot_installs(),
+            snapshot_installs,
             power_losses: self.c.harness().power_losses(),
+            votes_checked,
             trace_events: trace.len() as u64,
             trace_digest: h.finalize().to_hex()[..16].to_string(),
             answers: self.answers.clone(),

@@ -248,7 +248,13 @@ impl State {
 pub struct SimNet {
     state: Arc<Mutex<State>>,
     faults: FaultPlan,
+    tap: Arc<Mutex<Option<Tap>>>,
 }
+
+/// Sees every payload a facility puts on the net, as it leaves the sender
+/// (before faults judge it): `(from, to, class, payload)`. Checkers use it
+/// to compare what a facility said with what its disk held at that moment.
+pub type Tap = Arc<dyn Fn(&FacilityId, &FacilityId, TrafficClass, &[u8]) + Send + Sync>;
 
 impl SimNet {
     /// A network whose every chance is drawn from `seed`.
@@ -265,7 +271,14 @@ impl SimNet {
                 incarnations: 0,
             })),
             faults: FaultPlan::new(),
+            tap: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Installs `tap` (replacing any earlier one): from now on it sees every
+    /// payload sent, before the net's faults act on it.
+    pub fn set_tap(&self, tap: Tap) {
+        *self.tap.lock().expect("simnet tap lock") = Some(tap);
     }
 
     /// Adds (or re-adds, after a crash) a facility. Its inbound channel holds
@@ -365,6 +378,10 @@ impl SimNet {
     }
 
     fn route(&self, from: &FacilityId, to: &FacilityId, class: TrafficClass, payload: Vec<u8>) {
+        let tap = self.tap.lock().expect("simnet tap lock").clone();
+        if let Some(tap) = tap {
+            tap(from, to, class, &payload);
+        }
         let mut st = self.lock();
         let st = &mut *st;
         let Some(incarnation) = st.nodes.get(to).map(|s| s.incarnation) else {
