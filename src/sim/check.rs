@@ -43,8 +43,8 @@ use bulwark_actors::hlc::Hlc;
 use bulwark_actors::keys::Domain;
 use bulwark_actors::keys::PublicKeys;
 use bulwark_actors::ledger::{self, FinalEntry, Hash, Verdict, Vote, VoteBody, GENESIS};
-use bulwark_actors::raft::wire::WireSnapshot;
-use bulwark_actors::raft::{AppliedEntry, RaftStatus};
+use bulwark_actors::raft::wire::{WireHardState, WireSnapshot};
+use bulwark_actors::raft::{AppliedEntry, RaftStatus, RaftWire, RAFT};
 use bulwark_actors::replica::Meta as ReplicaMeta;
 use bulwark_actors::schedule::Command;
 use bulwark_runtime::Envelope;
@@ -97,6 +97,9 @@ pub enum Invariant {
     /// An honest validator's vote is on its disk (its vote or the final
     /// entry) before it is on the wire.
     VoteDurable,
+    /// A Raft vote granted is in the voter's hard state on disk (that term,
+    /// that candidate) before the grant is on the wire.
+    RaftVoteDurable,
 }
 
 impl Invariant {
@@ -118,6 +121,7 @@ impl Invariant {
             Invariant::LiarNamed => "LIAR_NAMED",
             Invariant::Convergence => "CONVERGENCE",
             Invariant::VoteDurable => "VOTE_DURABLE",
+            Invariant::RaftVoteDurable => "RAFT_VOTE_DURABLE",
         }
     }
 }
@@ -152,6 +156,21 @@ impl std::error::Error for Violation {}
 /// The key of the Raft snapshot in [`RAFT_META`] (the RaftStore's, read
 /// here without opening a RaftStore).
 const RAFT_SNAPSHOT_KEY: &str = "snapshot";
+
+/// `MsgRequestVoteResponse` in raft-rs's `eraftpb::MessageType`, written
+/// out here (a test checks it against raft-rs).
+const MSG_REQUEST_VOTE_RESPONSE: u8 = 6;
+
+/// The key of the hard state in [`RAFT_META`] (the RaftStore's).
+const RAFT_HARD_STATE_KEY: &str = "hard_state";
+
+/// The Raft hard state in `store`, read from the table directly.
+fn hard_state_on_disk(store: &Store) -> Option<WireHardState> {
+    let tx = store.database().begin_read().ok()?;
+    let meta = tx.open_table(RAFT_META).ok()?;
+    let row = meta.get(RAFT_HARD_STATE_KEY).ok()??;
+    codec::decode::<WireHardState>(row.value()).ok()
+}
 
 /// True if `store` holds the vote `body` (as `bytes`) in its vote table, or
 /// a final entry at its height with the voted hash.
@@ -203,6 +222,8 @@ pub struct RaftObserver {
     liars: BTreeSet<FacilityId>,
     /// Own votes seen on the wire and found on their signer's disk.
     votes_checked: u64,
+    /// Raft vote grants seen on the wire and checked against the hard state.
+    grants_checked: u64,
     violations: Vec<Violation>,
 }
 
@@ -339,19 +360,39 @@ impl RaftObserver {
 
     /// A payload `from` put on the wire (the SimNet's tap): each of its
     /// own BFT votes must already be on its disk, as its vote row or as
-    /// the final entry of that height (`VOTE_DURABLE`). Read from the
-    /// tables directly, not through the validator's store code.
+    /// the final entry of that height (`VOTE_DURABLE`), and a Raft vote it
+    /// grants must be in its hard state (`RAFT_VOTE_DURABLE`). Read from
+    /// the tables directly, not through the validator's or RaftStore's code.
     pub fn on_wire(&mut self, from: &FacilityId, payload: &[u8]) {
-        if self.liars.contains(from) {
-            return;
-        }
         let Some(store) = self.stores.get(from) else {
             return; // starting or stopping: not judged
         };
         let Ok(env) = codec::decode::<Envelope>(payload) else {
             return;
         };
-        if env.to.actor != BFT {
+        if env.to.actor == RAFT {
+            if let Ok(RaftWire::Raft(m)) = codec::decode::<RaftWire>(&env.body) {
+                if m.msg_type == MSG_REQUEST_VOTE_RESPONSE && !m.reject {
+                    let hs = hard_state_on_disk(store);
+                    self.grants_checked += 1;
+                    // A later term on disk is a later Ready, persisted in order.
+                    let held = hs.is_some_and(|hs| {
+                        hs.term > m.term || (hs.term == m.term && hs.vote == m.to)
+                    });
+                    if !held {
+                        self.violations.push(Violation::new(
+                            Invariant::RaftVoteDurable,
+                            format!(
+                                "{from} granted its vote in term {} to raft id {} while its disk held {hs:?}",
+                                m.term, m.to
+                            ),
+                        ));
+                    }
+                }
+            }
+            return;
+        }
+        if env.to.actor != BFT || self.liars.contains(from) {
             return;
         }
         let Ok(BftWire::Votes(votes)) = codec::decode::<BftWire>(&env.body) else {
@@ -376,6 +417,11 @@ impl RaftObserver {
                 ));
             }
         }
+    }
+
+    /// Raft vote grants checked by `RAFT_VOTE_DURABLE` so far.
+    pub fn grants_checked(&self) -> u64 {
+        self.grants_checked
     }
 
     /// Own votes checked by `VOTE_DURABLE` so far.
@@ -1289,5 +1335,85 @@ mod tests {
         .unwrap();
         obs.on_wire(&ids[0], &wire(&ids[0], vec![other]));
         assert_eq!(obs.violations().len(), 2);
+    }
+
+    /// RAFT_VOTE_DURABLE fails for a grant the voter's hard state does not
+    /// hold (no vote, another candidate, an older term), and passes for one
+    /// it does; refusals are not judged.
+    #[test]
+    fn a_raft_vote_granted_before_the_hard_state_is_a_violation() {
+        use bulwark_actors::raft::wire::WireMessage;
+        use bulwark_runtime::{Address, Kind as EnvKind};
+        assert_eq!(
+            MSG_REQUEST_VOTE_RESPONSE,
+            raft::eraftpb::MessageType::MsgRequestVoteResponse as u8
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), "alpha")
+            .unwrap()
+            .store;
+        let set_hs = |term: u64, vote: u64| {
+            let tx = store.database().begin_write().unwrap();
+            {
+                let mut t = tx.open_table(RAFT_META).unwrap();
+                let hs = WireHardState {
+                    term,
+                    vote,
+                    commit: 0,
+                };
+                t.insert(RAFT_HARD_STATE_KEY, codec::encode(&hs).unwrap().as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        };
+        let grant = |term: u64, to: u64, reject: bool| {
+            let m = WireMessage {
+                msg_type: MSG_REQUEST_VOTE_RESPONSE,
+                to,
+                from: 1,
+                term,
+                log_term: 0,
+                index: 0,
+                entries: Vec::new(),
+                commit: 0,
+                commit_term: 0,
+                snapshot: None,
+                request_snapshot: 0,
+                reject,
+                reject_hint: 0,
+                context: Vec::new(),
+                priority: 0,
+            };
+            codec::encode(&Envelope {
+                from: f("alpha"),
+                to: Address::new(f("bravo"), RAFT),
+                trace_id: 1,
+                deadline_unix_ms: None,
+                kind: EnvKind::OneWay,
+                body: codec::encode(&RaftWire::Raft(Box::new(m))).unwrap(),
+            })
+            .unwrap()
+        };
+        let mut obs = RaftObserver::default();
+        obs.on_store(&f("alpha"), store.clone());
+        set_hs(5, 0);
+        obs.on_wire(&f("alpha"), &grant(5, 2, true));
+        assert!(obs.violations().is_empty(), "a refusal is not judged");
+        obs.on_wire(&f("alpha"), &grant(5, 2, false));
+        set_hs(5, 3);
+        obs.on_wire(&f("alpha"), &grant(5, 2, false));
+        set_hs(4, 2);
+        obs.on_wire(&f("alpha"), &grant(5, 2, false));
+        assert_eq!(obs.violations().len(), 3);
+        assert!(obs
+            .violations()
+            .iter()
+            .all(|v| v.invariant == Invariant::RaftVoteDurable));
+        set_hs(5, 2);
+        obs.on_wire(&f("alpha"), &grant(5, 2, false));
+        set_hs(6, 0);
+        obs.on_wire(&f("alpha"), &grant(5, 2, false));
+        assert_eq!(obs.violations().len(), 3);
+        assert_eq!(obs.grants_checked(), 5);
     }
 }

@@ -247,6 +247,10 @@ pub struct SeedReport {
     /// disk (`VOTE_DURABLE`).
     #[serde(default)]
     pub votes_checked: u64,
+    /// Raft vote grants the tap saw and checked against the voter's hard
+    /// state (`RAFT_VOTE_DURABLE`).
+    #[serde(default)]
+    pub grants_checked: u64,
     /// SimNet payloads traced.
     pub trace_events: u64,
     /// blake3 of the SimNet trace (equal runs, equal digests), hex.
@@ -774,10 +778,14 @@ impl<'p> Run<'p> {
         }
         let acked = self.work.acked();
         let count = |p: fn(&Ack) -> bool| acked.iter().filter(|(_, a)| p(a)).count() as u64;
-        let (snapshot_installs, votes_checked) = {
+        let (snapshot_installs, votes_checked, grants_checked) = {
             let obs = self.c.observer();
             let obs = obs.lock().expect("observer lock");
-            (obs.snapshot_installs(), obs.votes_checked())
+            (
+                obs.snapshot_installs(),
+                obs.votes_checked(),
+                obs.grants_checked(),
+            )
         };
         SeedReport {
             seed: self.seed,
@@ -796,6 +804,7 @@ impl<'p> Run<'p> {
             snapshot_installs,
             power_losses: self.c.harness().power_losses(),
             votes_checked,
+            grants_checked,
             trace_events: trace.len() as u64,
             trace_digest: h.finalize().to_hex()[..16].to_string(),
             answers: self.answers.clone(),
