@@ -91,7 +91,14 @@ fn consensus(c: &mut Criterion) {
                     set.spawn(async move {
                         let command = command();
                         let out = peer
-                            .call(|reply| RaftMsg::Propose { command, reply }, Some(T))
+                            .call(
+                                |reply| RaftMsg::Propose {
+                                    command,
+                                    deadline: None,
+                                    reply,
+                                },
+                                Some(T),
+                            )
                             .await
                             .unwrap()
                             .unwrap();

@@ -91,6 +91,7 @@ pub async fn round(ctx: &NodeCtx, keep_days: u32, timeout: Duration) -> Result<R
                 |reply| GateMsg::Submit {
                     command,
                     emergency: false,
+                    deadline: Some(tokio::time::Instant::now() + timeout),
                     reply,
                 },
                 Some(timeout),

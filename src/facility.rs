@@ -479,11 +479,19 @@ impl Facility {
         timeout: std::time::Duration,
     ) -> Option<ProposeOutcome> {
         let peer = self.raft()?;
-        peer.call(|reply| RaftMsg::Propose { command, reply }, Some(timeout))
-            .await
-            .ok()?
-            .success_or(())
-            .ok()
+        let deadline = Some(tokio::time::Instant::now() + timeout);
+        peer.call(
+            |reply| RaftMsg::Propose {
+                command,
+                deadline,
+                reply,
+            },
+            Some(timeout),
+        )
+        .await
+        .ok()?
+        .success_or(())
+        .ok()
     }
 }
 

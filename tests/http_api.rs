@@ -405,3 +405,109 @@ async fn a_cut_off_facility_answers_partitioned_for_cp_and_provisional_for_ap() 
         f.stop().await;
     }
 }
+
+/// A write's deadline rides with the work it causes. A bad
+/// `Bulwark-Timeout-Ms` is a 400 naming the header. With the link from a
+/// follower to the leader slower than the budget, a write sent to the
+/// follower with a 300 ms budget answers 503 TIMED_OUT, and its forward,
+/// arriving after its deadline, is dropped by the leader: a later write on
+/// the same slow link commits, and the first is not in the schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_past_its_deadline_is_dropped_by_the_leader() {
+    use bulwark_actors::raft::RaftConfig;
+    use bulwark_transport::{FaultRule, Selector, Transport};
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let fs = start_loopback_cluster(
+        dir.path(),
+        &["alpha", "bravo", "charlie"],
+        SupervisionConfig::default(),
+        Some(RaftConfig::default()),
+        Arc::new(RealClock),
+    )
+    .await
+    .unwrap();
+    let leader = until("a leader", || async {
+        for (i, f) in fs.iter().enumerate() {
+            if f.raft_status(Duration::from_secs(1)).await?.is_leader {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await;
+    let follower = (leader + 1) % 3;
+    let url = serve(&fs[follower], TOKEN).await;
+    let c = reqwest::Client::new();
+    let person = |id: &str| json!({"id": id, "name": "Dr Late", "role": "faculty"});
+    until("a first write commits", || async {
+        let (st, _) = post_json(&c, &format!("{url}/v1/people"), "warm", person("warm")).await;
+        (st == 200).then_some(())
+    })
+    .await;
+
+    for bad in ["0", "soon", "-5"] {
+        let r = c
+            .post(format!("{url}/v1/people"))
+            .bearer_auth(TOKEN)
+            .header("idempotency-key", format!("bad-{bad}"))
+            .header("bulwark-timeout-ms", bad)
+            .json(&person("never"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{bad}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["field"], "Bulwark-Timeout-Ms", "{v}");
+    }
+
+    let ids: Vec<_> = fs.iter().map(|f| f.node.ctx().facility.clone()).collect();
+    let slow = fs[follower]
+        .transport
+        .faults()
+        .add(FaultRule::Delay {
+            from: Selector::one(&ids[follower]),
+            to: Selector::one(&ids[leader]),
+            delay_ms: 1_500,
+        })
+        .unwrap();
+    let r = c
+        .post(format!("{url}/v1/people"))
+        .bearer_auth(TOKEN)
+        .header("idempotency-key", "late")
+        .header("bulwark-timeout-ms", "300")
+        .json(&person("late"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "TIMED_OUT", "{v}");
+    // Sent after it on the same slow link, with the default budget: once it
+    // commits, the late forward has reached the leader before it.
+    let (st, v) = post_json(&c, &format!("{url}/v1/people"), "marker", person("marker")).await;
+    assert_eq!(st, 200, "{v}");
+    fs[follower].transport.faults().remove(slow);
+    let body: serde_json::Value = c
+        .get(format!("{url}/v1/schedule"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let people: Vec<&str> = body["people"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert!(people.contains(&"marker"), "{people:?}");
+    assert!(
+        !people.contains(&"late"),
+        "the expired forward was applied: {people:?}"
+    );
+    for f in fs {
+        f.stop().await;
+    }
+}

@@ -359,6 +359,9 @@ pub enum RaftMsg {
     Propose {
         /// The command.
         command: Command,
+        /// The request's deadline, if it has one: past it the proposal is
+        /// refused as timed out, and a forward to the leader carries it.
+        deadline: Option<tokio::time::Instant>,
         /// Where the outcome goes.
         reply: RpcReplyPort<ProposeOutcome>,
     },
@@ -834,8 +837,19 @@ async fn handle_live(
                 }
             }
         }
-        RaftMsg::Propose { command, reply } => {
-            match st.core.propose(command, st.ctx.clock.unix_ms()) {
+        RaftMsg::Propose {
+            command,
+            deadline,
+            reply,
+        } => {
+            let now = st.ctx.clock.unix_ms();
+            // The monotonic deadline as this facility's wall clock reads it
+            // now (an envelope's deadline is wall-clock ms).
+            let deadline_unix_ms = deadline.map(|d| {
+                let left = d.saturating_duration_since(tokio::time::Instant::now());
+                now.saturating_add(left.as_millis() as u64)
+            });
+            match st.core.propose(command, now, deadline_unix_ms) {
                 Ok(seq) => {
                     st.proposals.insert(seq, reply);
                     queue_flush(myself, st)?;
@@ -1005,22 +1019,34 @@ fn queue_flush(
     Ok(())
 }
 
+/// Sends `msg` to `to`'s RaftPeer, with the envelope's deadline if any.
+fn send(st: &RaftPeerState, to: FacilityId, msg: &RaftWire, deadline_unix_ms: Option<u64>) {
+    let body = match codec::encode(msg) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "raft message does not encode");
+            return;
+        }
+    };
+    if let Err(e) = st
+        .ctx
+        .router
+        .send(Address::new(to, RAFT), body, deadline_unix_ms)
+    {
+        metrics::counter!("bulwark_raft_send_failed_total").increment(1);
+        tracing::debug!(error = %e, "raft send failed");
+    }
+}
+
 fn flush_outputs(st: &mut RaftPeerState) {
     for out in st.core.drain() {
         match out {
-            Output::Send { to, msg } => {
-                let body = match codec::encode(&msg) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!(error = %e, "raft message does not encode");
-                        continue;
-                    }
-                };
-                if let Err(e) = st.ctx.router.send(Address::new(to, RAFT), body, None) {
-                    metrics::counter!("bulwark_raft_send_failed_total").increment(1);
-                    tracing::debug!(error = %e, "raft send failed");
-                }
-            }
+            Output::Send { to, msg } => send(st, to, &msg, None),
+            Output::SendBy {
+                to,
+                msg,
+                deadline_unix_ms,
+            } => send(st, to, &msg, Some(deadline_unix_ms)),
             Output::Proposed { seq, outcome } => {
                 if let Some(reply) = st.proposals.remove(&seq) {
                     let _ = reply.send(outcome);

@@ -85,7 +85,11 @@ fn spawn_op(
                 let key = command.key;
                 let outcome = peer
                     .call(
-                        |reply| RaftMsg::Propose { command, reply },
+                        |reply| RaftMsg::Propose {
+                            command,
+                            deadline: None,
+                            reply,
+                        },
                         Some(CALL_TIMEOUT),
                     )
                     .await

@@ -13,6 +13,10 @@
 //!   key with another body is refused (422 KEY_REUSED); the key also
 //!   becomes the schedule command's key, so a retry at another facility
 //!   applies once too;
+//! - may carry a `Bulwark-Timeout-Ms` budget (default and most:
+//!   [`WRITE_TIMEOUT`]); the deadline it makes rides in every envelope the
+//!   write causes, shrinking at each hop, and expired work is dropped and
+//!   counted (`bulwark_deadline_expired_total`);
 //! - go through the CapGate: CP operations in a minority answer 503
 //!   PARTITIONED with the state and the mode; AP operations there answer
 //!   202 with the provisional change.
@@ -425,6 +429,11 @@ struct WriteHeaders {
     /// 1 to 128 visible ASCII characters; a retry carries the same key.
     #[param(rename = "Idempotency-Key")]
     idempotency_key: String,
+    /// The request's time budget in ms (1 or more; above the default of
+    /// 10,000 it is the default). Every hop it causes (the forward to the
+    /// leader) carries what is left of it, and work past it is dropped.
+    #[param(rename = "Bulwark-Timeout-Ms")]
+    timeout_ms: Option<u64>,
 }
 
 macro_rules! write_endpoint {
@@ -680,6 +689,25 @@ pub(crate) fn authorize(svc: &Service, headers: &HeaderMap) -> Result<(), ApiErr
     Ok(())
 }
 
+/// The header a write names its time budget in, in ms.
+pub const TIMEOUT_HEADER: &str = "bulwark-timeout-ms";
+
+/// The write's time budget: its `Bulwark-Timeout-Ms`, at most
+/// [`WRITE_TIMEOUT`] (a budget can shorten the default, never lengthen
+/// it), or the default.
+fn write_budget(headers: &HeaderMap) -> Result<Duration, ApiError> {
+    let Some(v) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(WRITE_TIMEOUT);
+    };
+    let ms = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&ms| ms >= 1)
+        .ok_or_else(|| ApiError::bad("Bulwark-Timeout-Ms", "a whole number of ms, 1 or more"))?;
+    Ok(Duration::from_millis(ms).min(WRITE_TIMEOUT))
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let field = "Idempotency-Key";
     let v = headers
@@ -794,6 +822,9 @@ async fn write_inner<B: DeserializeOwned>(
     let svc = service(s)?;
     authorize(svc, headers)?;
     let key = idempotency_key(headers)?;
+    // The budget runs from the request's arrival: time in the admission
+    // queue counts.
+    let deadline = super::arrived() + write_budget(headers)?;
     let bytes = read_body(headers, body, limit).await?;
     let (op, emergency) = op_of(decode_json::<B>(&bytes)?)?;
     let now = svc.now_ms();
@@ -833,9 +864,14 @@ async fn write_inner<B: DeserializeOwned>(
             |reply| GateMsg::Submit {
                 command,
                 emergency,
+                deadline: Some(deadline),
                 reply,
             },
-            Some(WRITE_TIMEOUT),
+            Some(
+                deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .max(Duration::from_millis(1)),
+            ),
         )
         .await
     {

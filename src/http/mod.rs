@@ -320,9 +320,22 @@ pub fn overloaded(r: Rejected) -> Response {
     .into_response()
 }
 
+tokio::task_local! {
+    /// When the request being served arrived, before any queue: a write's
+    /// deadline runs from here ([`arrived`]).
+    static ARRIVED: tokio::time::Instant;
+}
+
+/// When the request being served arrived (now, outside a request).
+pub fn arrived() -> tokio::time::Instant {
+    ARRIVED
+        .try_with(|t| *t)
+        .unwrap_or_else(|_| tokio::time::Instant::now())
+}
+
 async fn admit(State(s): State<ApiState>, req: Request, next: Next) -> Response {
     let t = tokio::time::Instant::now();
-    let resp = admitted(&s, req, next).await;
+    let resp = ARRIVED.scope(t, admitted(&s, req, next)).await;
     let latency_ms = t.elapsed().as_millis() as u64;
     s.slo
         .lock()

@@ -38,21 +38,27 @@ use bulwark_actors::bft::evidence::{Evidence, Kind};
 use bulwark_actors::bft::wire::BftWire;
 use bulwark_actors::bft::BFT;
 use bulwark_actors::cap::heal::{Conflict, ConflictPolicy, Report, Resolution};
+use bulwark_actors::cap::store::{Provisional, ROW_LEN_MAX as PROVISIONAL_ROW_LEN_MAX};
 use bulwark_actors::flow::bulkhead::{PoolStatus, FLEX};
 use bulwark_actors::hlc::Hlc;
 use bulwark_actors::keys::Domain;
 use bulwark_actors::keys::PublicKeys;
-use bulwark_actors::ledger::{self, FinalEntry, Hash, Verdict, Vote, VoteBody, GENESIS};
+use bulwark_actors::ledger::{
+    self, FinalEntry, Hash, SignedProposal, Verdict, Vote, VoteBody, ENTRY_LEN_MAX, GENESIS,
+};
 use bulwark_actors::raft::wire::{WireHardState, WireSnapshot};
-use bulwark_actors::raft::{AppliedEntry, RaftStatus, RaftWire, RAFT};
+use bulwark_actors::raft::{AppliedEntry, EntryPayload, RaftStatus, RaftWire, RAFT};
 use bulwark_actors::replica::Meta as ReplicaMeta;
-use bulwark_actors::schedule::Command;
-use bulwark_runtime::Envelope;
+use bulwark_actors::schedule::{Command, IdempotencyKey};
+use bulwark_runtime::{Clock, Envelope, VirtualClock};
 use bulwark_storage::codec;
-use bulwark_storage::schema::{BFT_VOTES, LEDGER, RAFT_META, SCHED_META};
+use bulwark_storage::schema::{BFT_VOTES, LEDGER, PROVISIONAL, RAFT_META, SCHED_META};
 use bulwark_storage::Store;
 use bulwark_transport::FacilityId;
 use redb::ReadableDatabase;
+use redb::ReadableTable;
+use std::time::Duration;
+use tokio::time::Instant;
 
 use super::model::{Decision, Model};
 
@@ -100,6 +106,9 @@ pub enum Invariant {
     /// A Raft vote granted is in the voter's hard state on disk (that term,
     /// that candidate) before the grant is on the wire.
     RaftVoteDurable,
+    /// Work a request causes on another facility (a forwarded proposal)
+    /// carries a deadline no later than the request's own.
+    DeadlineShrinks,
 }
 
 impl Invariant {
@@ -122,6 +131,7 @@ impl Invariant {
             Invariant::Convergence => "CONVERGENCE",
             Invariant::VoteDurable => "VOTE_DURABLE",
             Invariant::RaftVoteDurable => "RAFT_VOTE_DURABLE",
+            Invariant::DeadlineShrinks => "DEADLINE_SHRINKS",
         }
     }
 }
@@ -170,6 +180,25 @@ fn hard_state_on_disk(store: &Store) -> Option<WireHardState> {
     let meta = tx.open_table(RAFT_META).ok()?;
     let row = meta.get(RAFT_HARD_STATE_KEY).ok()??;
     codec::decode::<WireHardState>(row.value()).ok()
+}
+
+/// True if `store` holds a provisional change keyed `key` (a healer
+/// proposes those under the client's key, on its own time).
+fn provisional_on_disk(store: &Store, key: &IdempotencyKey) -> bool {
+    let Ok(tx) = store.database().begin_read() else {
+        return false;
+    };
+    let Ok(t) = tx.open_table(PROVISIONAL) else {
+        return false;
+    };
+    let Ok(rows) = t.iter() else {
+        return false;
+    };
+    let found = rows.flatten().any(|(_, v)| {
+        codec::decode_limited::<Provisional>(v.value(), PROVISIONAL_ROW_LEN_MAX)
+            .is_ok_and(|p| p.command.key == *key)
+    });
+    found
 }
 
 /// True if `store` holds the vote `body` (as `bytes`) in its vote table, or
@@ -224,6 +253,15 @@ pub struct RaftObserver {
     votes_checked: u64,
     /// Raft vote grants seen on the wire and checked against the hard state.
     grants_checked: u64,
+    /// Per command key, the client's attempt in flight: (the facility it
+    /// was sent to, when it began, its deadline), on tokio's clock.
+    budgets: BTreeMap<IdempotencyKey, (FacilityId, Instant, Instant)>,
+    /// Each facility's wall clock, to read a forward's deadline against.
+    clocks: BTreeMap<FacilityId, VirtualClock>,
+    /// When each facility's clock skew last changed.
+    skewed_at: BTreeMap<FacilityId, Instant>,
+    /// Forwards whose deadline was checked against their request's.
+    forwards_checked: u64,
     violations: Vec<Violation>,
 }
 
@@ -364,16 +402,20 @@ impl RaftObserver {
     /// grants must be in its hard state (`RAFT_VOTE_DURABLE`). Read from
     /// the tables directly, not through the validator's or RaftStore's code.
     pub fn on_wire(&mut self, from: &FacilityId, payload: &[u8]) {
-        let Some(store) = self.stores.get(from) else {
+        if !self.stores.contains_key(from) {
             return; // starting or stopping: not judged
-        };
+        }
         let Ok(env) = codec::decode::<Envelope>(payload) else {
             return;
         };
         if env.to.actor == RAFT {
-            if let Ok(RaftWire::Raft(m)) = codec::decode::<RaftWire>(&env.body) {
+            let wire = codec::decode::<RaftWire>(&env.body);
+            if let Ok(RaftWire::Forward { payload }) = &wire {
+                self.check_forward(from, env.deadline_unix_ms, payload);
+            }
+            if let Ok(RaftWire::Raft(m)) = wire {
                 if m.msg_type == MSG_REQUEST_VOTE_RESPONSE && !m.reject {
-                    let hs = hard_state_on_disk(store);
+                    let hs = self.stores.get(from).and_then(hard_state_on_disk);
                     self.grants_checked += 1;
                     // A later term on disk is a later Ready, persisted in order.
                     let held = hs.is_some_and(|hs| {
@@ -405,7 +447,10 @@ impl RaftObserver {
             if body.signer != *from {
                 continue; // a relayed vote of another signer
             }
-            let held = vote_on_disk(store, &body, &vote.body);
+            let held = self
+                .stores
+                .get(from)
+                .is_some_and(|store| vote_on_disk(store, &body, &vote.body));
             self.votes_checked += 1;
             if !held {
                 self.violations.push(Violation::new(
@@ -417,6 +462,84 @@ impl RaftObserver {
                 ));
             }
         }
+    }
+
+    /// A client sends a write whose command key is `key` to `via` with
+    /// `budget`: until its answer, a proposal `via` forwards for that key
+    /// must end within it.
+    pub fn on_budget(&mut self, key: IdempotencyKey, via: &FacilityId, budget: Duration) {
+        let now = Instant::now();
+        self.budgets.insert(key, (via.clone(), now, now + budget));
+    }
+
+    /// The client's attempt for `key` was answered: what is proposed for
+    /// it from now on (the healer settling a provisional write, say) is no
+    /// longer that request's work.
+    pub fn on_answered(&mut self, key: &IdempotencyKey) {
+        self.budgets.remove(key);
+    }
+
+    /// Facility `f`'s wall clock (the checker reads deadlines against it).
+    pub fn on_clock(&mut self, f: &FacilityId, clock: VirtualClock) {
+        self.clocks.insert(f.clone(), clock);
+    }
+
+    /// Facility `f`'s clock skew changed now.
+    pub fn on_skew(&mut self, f: &FacilityId) {
+        self.skewed_at.insert(f.clone(), Instant::now());
+    }
+
+    /// `DEADLINE_SHRINKS`: a proposal `from` forwards while its client's
+    /// budgeted attempt there is in flight must carry a deadline, and what
+    /// is left of it by `from`'s clock may not exceed what is left of the
+    /// budget (1 ms for rounding). Not judged when `from`'s skew changed
+    /// since the attempt began (the wall clock jumped under the deadline).
+    fn check_forward(&mut self, from: &FacilityId, deadline: Option<u64>, payload: &[u8]) {
+        let limit = ENTRY_LEN_MAX;
+        let Ok(signed) = codec::decode_limited::<SignedProposal>(payload, limit) else {
+            return;
+        };
+        let Ok(p) = codec::decode_limited::<EntryPayload>(&signed.body, limit) else {
+            return;
+        };
+        let Some((via, began, until)) = self.budgets.get(&p.command.key) else {
+            return;
+        };
+        let (began, until) = (*began, *until);
+        if via != from || until <= Instant::now() {
+            return; // not this attempt's facility, or its client gave up
+        }
+        if self
+            .stores
+            .get(from)
+            .is_some_and(|store| provisional_on_disk(store, &p.command.key))
+        {
+            return; // the healer settling a provisional write: its own work
+        }
+        let Some(clock) = self.clocks.get(from) else {
+            return;
+        };
+        if self.skewed_at.get(from).is_some_and(|&at| at >= began) {
+            return;
+        }
+        self.forwards_checked += 1;
+        let now = Instant::now();
+        let left_client = until.saturating_duration_since(now).as_millis() as u64;
+        let left_forward = deadline.map(|d| d.saturating_sub(clock.unix_ms()));
+        if left_forward.is_none_or(|l| l > left_client + 1) {
+            self.violations.push(Violation::new(
+                Invariant::DeadlineShrinks,
+                format!(
+                    "{from} forwarded key {:?} with {left_forward:?} ms left; its client had {left_client} ms",
+                    p.command.key
+                ),
+            ));
+        }
+    }
+
+    /// Forwards checked by `DEADLINE_SHRINKS` so far.
+    pub fn forwards_checked(&self) -> u64 {
+        self.forwards_checked
     }
 
     /// Raft vote grants checked by `RAFT_VOTE_DURABLE` so far.

@@ -269,6 +269,7 @@ struct Totals {
     snapshot_installs: u64,
     votes_checked: u64,
     grants_checked: u64,
+    forwards_checked: u64,
 }
 
 struct Parent<'a> {
@@ -497,6 +498,7 @@ impl<'a> Parent<'a> {
                 t.snapshot_installs += r.snapshot_installs;
                 t.votes_checked += r.votes_checked;
                 t.grants_checked += r.grants_checked;
+                t.forwards_checked += r.forwards_checked;
                 *t.by_size.entry(r.facilities).or_insert(0) += 1;
                 *t.networks.entry(format!("{:?}", r.network)).or_insert(0) += 1;
                 for (k, v) in &r.answers {
@@ -572,14 +574,15 @@ impl<'a> Parent<'a> {
             liars.join(", ")
         );
         println!(
-            "per seed: {:.1} requests, {:.1} committed, {:.1} provisional, final height {:.1}, {:.2} snapshot installs, {:.1} own BFT votes and {:.1} Raft vote grants checked on the wire",
+            "per seed: {:.1} requests, {:.1} committed, {:.1} provisional, final height {:.1}, {:.2} snapshot installs, checked on the wire: {:.1} own BFT votes, {:.1} Raft vote grants, {:.1} forward deadlines",
             t.ops as f64 / ok,
             t.committed as f64 / ok,
             t.provisional as f64 / ok,
             t.height as f64 / ok,
             t.snapshot_installs as f64 / ok,
             t.votes_checked as f64 / ok,
-            t.grants_checked as f64 / ok
+            t.grants_checked as f64 / ok,
+            t.forwards_checked as f64 / ok
         );
         let nets: Vec<String> = t.networks.iter().map(|(n, k)| format!("{n} {k}")).collect();
         println!("networks: {}", nets.join(", "));

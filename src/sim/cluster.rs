@@ -353,6 +353,9 @@ impl SimCluster {
                 .filter(|(_, b)| *b != Behaviour::Honest);
             let mut obs = observer.lock().expect("observer lock");
             obs.set_liars(liars.map(|(i, _)| ids[*i].clone()));
+            for (i, f) in ids.iter().enumerate() {
+                obs.on_clock(f, harness.clock(i).clone());
+            }
         }
         let tap_observer = observer.clone();
         harness

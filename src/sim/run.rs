@@ -251,6 +251,10 @@ pub struct SeedReport {
     /// state (`RAFT_VOTE_DURABLE`).
     #[serde(default)]
     pub grants_checked: u64,
+    /// Forwarded proposals whose deadline was checked against their
+    /// client's budget (`DEADLINE_SHRINKS`).
+    #[serde(default)]
+    pub forwards_checked: u64,
     /// SimNet payloads traced.
     pub trace_events: u64,
     /// blake3 of the SimNet trace (equal runs, equal digests), hex.
@@ -515,7 +519,9 @@ impl<'p> Run<'p> {
         for attempt in 0..150usize {
             let via = self.c.leader().await.unwrap_or(attempt % self.c.n());
             self.ops += 1;
+            self.note_budget(w, via);
             let (st, v) = client::json(self.c.call(via, w.request(&token)).await).await;
+            self.note_answered(w);
             let f = self.c.ids()[via].to_string();
             self.retries
                 .on_answer(&w.key, &f, st.as_u16(), &v)
@@ -552,12 +558,39 @@ impl<'p> Run<'p> {
         self.check_step().await
     }
 
+    /// Tells the checker the budget `w` is sent to `via` with
+    /// (`DEADLINE_SHRINKS`).
+    fn note_budget(&self, w: &Write, via: usize) {
+        if let Some(ms) = w.timeout_ms {
+            let key = crate::http::api::command_key(&w.key);
+            let f = self.c.ids()[via].clone();
+            self.c.observer().lock().expect("observer lock").on_budget(
+                key,
+                &f,
+                Duration::from_millis(ms),
+            );
+        }
+    }
+
+    /// Tells the checker `w`'s attempt was answered.
+    fn note_answered(&self, w: &Write) {
+        let key = crate::http::api::command_key(&w.key);
+        self.c
+            .observer()
+            .lock()
+            .expect("observer lock")
+            .on_answered(&key);
+    }
+
     /// Starts one client request on a random facility.
     fn send_op(&mut self) {
         let via = self.rng.random_range(0..self.c.n());
         let op = self
             .work
             .next_op(&mut self.rng, self.reads.floor(), self.ledger.height());
+        if let Op::Write(w) = &op {
+            self.note_budget(w, via);
+        }
         let req = op.request(self.c.token());
         let api = self.c.api();
         self.ops += 1;
@@ -599,6 +632,7 @@ impl<'p> Run<'p> {
         let facility = self.c.ids()[d.via].to_string();
         match d.op {
             Op::Write(w) => {
+                self.note_answered(&w);
                 self.retries
                     .on_answer(&w.key, &facility, d.status.as_u16(), &d.body)
                     .map_err(|v| self.fail(v))?;
@@ -778,13 +812,14 @@ impl<'p> Run<'p> {
         }
         let acked = self.work.acked();
         let count = |p: fn(&Ack) -> bool| acked.iter().filter(|(_, a)| p(a)).count() as u64;
-        let (snapshot_installs, votes_checked, grants_checked) = {
+        let (snapshot_installs, votes_checked, grants_checked, forwards_checked) = {
             let obs = self.c.observer();
             let obs = obs.lock().expect("observer lock");
             (
                 obs.snapshot_installs(),
                 obs.votes_checked(),
                 obs.grants_checked(),
+                obs.forwards_checked(),
             )
         };
         SeedReport {
@@ -805,6 +840,7 @@ impl<'p> Run<'p> {
             power_losses: self.c.harness().power_losses(),
             votes_checked,
             grants_checked,
+            forwards_checked,
             trace_events: trace.len() as u64,
             trace_digest: h.finalize().to_hex()[..16].to_string(),
             answers: self.answers.clone(),

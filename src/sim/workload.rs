@@ -40,12 +40,43 @@ pub struct Write {
     pub path: &'static str,
     /// The JSON body.
     pub body: Value,
+    /// Its time budget (`Bulwark-Timeout-Ms`), if the client sets one.
+    pub timeout_ms: Option<u64>,
+}
+
+/// Budgets a client gives a quarter of its writes, in ms: all shorter
+/// than a RaftPeer's own proposal timeout (5 s), so a forward that took
+/// its own timeout instead of what is left would outlive its request.
+const BUDGETS_MS: [u64; 3] = [300, 800, 2_000];
+
+/// The budget of the write keyed `key`: from the key's hash, so the
+/// workload's draws (and every seed's run) stay as they were.
+pub fn budget_of(key: &str) -> Option<u64> {
+    let h = blake3::hash(key.as_bytes());
+    let b = h.as_bytes();
+    (b[0] % 4 == 0).then(|| BUDGETS_MS[b[1] as usize % BUDGETS_MS.len()])
 }
 
 impl Write {
+    /// A write keyed `key`, with the budget [`budget_of`] gives it.
+    pub fn new(key: String, path: &'static str, body: Value) -> Write {
+        let timeout_ms = budget_of(&key);
+        Write {
+            key,
+            path,
+            body,
+            timeout_ms,
+        }
+    }
+
     /// The request, with `token`.
     pub fn request(&self, token: &str) -> Request<Body> {
-        client::post(self.path, token, &self.key, &self.body)
+        let mut r = client::post(self.path, token, &self.key, &self.body);
+        if let Some(ms) = self.timeout_ms {
+            r.headers_mut()
+                .insert(crate::http::api::TIMEOUT_HEADER, ms.into());
+        }
+        r
     }
 }
 
@@ -157,11 +188,7 @@ impl Workload {
 
     fn write(&mut self, path: &'static str, body: Value) -> Write {
         self.next_key += 1;
-        Write {
-            key: format!("{}-w{}", self.prefix, self.next_key),
-            path,
-            body,
-        }
+        Write::new(format!("{}-w{}", self.prefix, self.next_key), path, body)
     }
 
     /// The writes that set the schedule up: people, then blocks.

@@ -126,6 +126,9 @@ pub enum GateMsg {
         command: Command,
         /// The emergency mark.
         emergency: bool,
+        /// The request's deadline, if it has one: the consensus call waits
+        /// no longer, and one already past is answered as timed out.
+        deadline: Option<tokio::time::Instant>,
         /// The outcome.
         reply: RpcReplyPort<GateOutcome>,
     },
@@ -277,6 +280,7 @@ impl Actor for CapGate {
             GateMsg::Submit {
                 mut command,
                 emergency,
+                deadline,
                 reply,
             } => {
                 let mode = mode_of(&command.op, emergency);
@@ -305,13 +309,26 @@ impl Actor for CapGate {
                             }));
                             return Ok(());
                         };
-                        let timeout = st.setup.consensus_timeout.as_millis() as u64;
+                        let mut timeout = st.setup.consensus_timeout;
+                        if let Some(d) = deadline {
+                            let left = d.saturating_duration_since(tokio::time::Instant::now());
+                            if left.is_zero() {
+                                metrics::counter!("bulwark_deadline_expired_total", "stage" => "gate")
+                                    .increment(1);
+                                let _ =
+                                    reply.send(GateOutcome::Consensus(ProposeOutcome::TimedOut));
+                                return Ok(());
+                            }
+                            timeout = timeout.min(left);
+                        }
+                        let timeout = timeout.as_millis() as u64;
                         tokio::spawn(async move {
                             let cmd = command.clone();
                             let out = ractor::call_t!(
                                 raft,
                                 |r| RaftMsg::Propose {
                                     command: cmd,
+                                    deadline,
                                     reply: r
                                 },
                                 timeout

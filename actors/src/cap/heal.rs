@@ -396,7 +396,11 @@ impl HealerState {
         let raft = self.raft()?;
         ractor::call_t!(
             raft,
-            |reply| RaftMsg::Propose { command, reply },
+            |reply| RaftMsg::Propose {
+                command,
+                deadline: None,
+                reply,
+            },
             self.setup.propose_timeout.as_millis() as u64
         )
         .ok()

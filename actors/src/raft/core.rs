@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::storage::RaftStore;
 use super::wire::WireMessage;
 use super::{raft_id, ClusterState, ProposeOutcome, RaftConfig, RaftSetup, RaftWire, ReadOutcome};
+use crate::flow::timeout::child_deadline;
 use crate::keys::{Domain, Keyring};
 use crate::ledger::{self, Anchor, SignedProposal, Verdict};
 use crate::plant::Bug;
@@ -64,6 +65,16 @@ pub enum Output {
         to: FacilityId,
         /// The message.
         msg: RaftWire,
+    },
+    /// Send to a peer's RaftPeer work done for a request: the envelope
+    /// carries the deadline, and the peer drops it unread once past.
+    SendBy {
+        /// The peer.
+        to: FacilityId,
+        /// The message.
+        msg: RaftWire,
+        /// Wall-clock ms (this facility's clock) after which it is dropped.
+        deadline_unix_ms: u64,
     },
     /// A proposal of ours has its outcome.
     Proposed {
@@ -950,11 +961,26 @@ impl RaftCore {
     /// with `now_unix_ms` (the proposer's clock). The outcome comes later as
     /// [`Output::Proposed`] with the returned sequence number, or at once as
     /// `Err`.
+    ///
+    /// `deadline_unix_ms` is the request's own deadline: the proposal
+    /// times out by then at the latest, and a forward to the leader carries
+    /// the earlier of it and this hop's own timeout
+    /// ([`crate::flow::timeout::child_deadline`]); one already past is
+    /// refused as timed out before anything is proposed.
     pub fn propose(
         &mut self,
         mut command: Command,
         now_unix_ms: u64,
+        deadline_unix_ms: Option<u64>,
     ) -> Result<u64, ProposeOutcome> {
+        let hop_ms = self
+            .config
+            .proposal_timeout_ticks
+            .saturating_mul(self.config.tick_ms);
+        let Some(deadline) = child_deadline(deadline_unix_ms, now_unix_ms, hop_ms) else {
+            metrics::counter!("bulwark_deadline_expired_total", "stage" => "propose").increment(1);
+            return Err(ProposeOutcome::TimedOut);
+        };
         // This facility accepted it from its client: it is the issuer, and
         // its clock stamps it (a retry through another facility is issued
         // again there; the idempotency key still makes it apply once).
@@ -987,12 +1013,17 @@ impl RaftCore {
                 return Err(ProposeOutcome::NotLeader { hint: None });
             };
             via = Some(self.node.raft.leader_id);
-            self.out.push(Output::Send {
+            self.out.push(Output::SendBy {
                 to: leader,
                 msg: RaftWire::Forward { payload: bytes },
+                deadline_unix_ms: deadline,
             });
         }
-        let deadline_tick = self.deadline();
+        // The ticks left before the deadline, rounded up.
+        let left = deadline
+            .saturating_sub(now_unix_ms)
+            .div_ceil(self.config.tick_ms.max(1));
+        let deadline_tick = self.deadline().min(self.ticks + left);
         self.proposals.insert(
             seq,
             Pending {
@@ -1601,5 +1632,72 @@ mod tests {
         let (core, fresh) = open(dir.path(), ClusterState::New);
         assert!(!fresh);
         assert_eq!(core.unwrap().voters().len(), 3);
+    }
+
+    /// A proposal's deadline: one already past is refused before anything
+    /// is proposed; a forward to the leader carries the earlier of the
+    /// request's deadline and this hop's own timeout, never a later one.
+    #[test]
+    fn a_forward_carries_the_shrinking_deadline_and_a_past_one_is_refused() {
+        use crate::schedule::{Op, Person, PersonId, Role};
+        use raft::eraftpb::{Message, MessageType};
+        let dir = tempfile::tempdir().unwrap();
+        let (core, _) = open(dir.path(), ClusterState::New);
+        let mut core = core.unwrap();
+        // bravo leads term 1: a heartbeat tells alpha so.
+        let bravo: FacilityId = "bravo".parse().unwrap();
+        let mut hb = Message::default();
+        hb.set_msg_type(MessageType::MsgHeartbeat);
+        hb.from = raft_id(&bravo);
+        hb.to = raft_id(core.facility());
+        hb.term = 1;
+        let wire = crate::raft::wire::WireMessage::from_raft(&hb).unwrap();
+        core.on_peer(&bravo, RaftWire::Raft(Box::new(wire)), 0)
+            .unwrap();
+        assert_eq!(core.leader(), Some(bravo.clone()));
+        let mut n = 0u8;
+        let mut command = || {
+            n += 1;
+            Command {
+                key: IdempotencyKey([n; 16]),
+                issued_by: bravo.clone(),
+                at_unix_ms: 0,
+                hlc: crate::hlc::Hlc::ZERO,
+                op: Op::AddPerson(Person {
+                    id: format!("p{n}").parse::<PersonId>().unwrap(),
+                    name: "Dr P".into(),
+                    role: Role::Resident { pgy: 1 },
+                }),
+            }
+        };
+        let now = 1_000_000;
+        let hop = RaftConfig::default().proposal_timeout_ticks * RaftConfig::default().tick_ms;
+        let forwarded = |core: &mut RaftCore| -> Vec<u64> {
+            core.drain()
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::SendBy {
+                        to,
+                        msg: RaftWire::Forward { .. },
+                        deadline_unix_ms,
+                    } if to == bravo => Some(deadline_unix_ms),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            core.propose(command(), now, Some(now)),
+            Err(ProposeOutcome::TimedOut)
+        );
+        assert!(
+            forwarded(&mut core).is_empty(),
+            "nothing left for the leader"
+        );
+        core.propose(command(), now, Some(now + 300)).unwrap();
+        assert_eq!(forwarded(&mut core), vec![now + 300]);
+        core.propose(command(), now, Some(now + 10 * hop)).unwrap();
+        assert_eq!(forwarded(&mut core), vec![now + hop]);
+        core.propose(command(), now, None).unwrap();
+        assert_eq!(forwarded(&mut core), vec![now + hop]);
     }
 }

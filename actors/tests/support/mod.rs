@@ -364,7 +364,11 @@ impl Cluster {
         };
         match peer
             .call(
-                |reply| RaftMsg::Propose { command, reply },
+                |reply| RaftMsg::Propose {
+                    command,
+                    deadline: None,
+                    reply,
+                },
                 Some(CALL_TIMEOUT),
             )
             .await
@@ -473,6 +477,7 @@ impl Cluster {
             |reply| GateMsg::Submit {
                 command,
                 emergency,
+                deadline: None,
                 reply
             },
             CALL_TIMEOUT.as_millis() as u64

@@ -278,6 +278,8 @@ impl Run<'_> {
         let skew = self.rng.random_range(-SKEW_MS_MAX..=SKEW_MS_MAX);
         self.last_fault = Some(format!("{skew} ms"));
         self.c.harness().clock(i).set_skew_ms(skew);
+        let f = self.c.ids()[i].clone();
+        self.c.observer().lock().expect("observer lock").on_skew(&f);
         Some(FaultKind::ClockSkew)
     }
 
@@ -347,6 +349,8 @@ impl Run<'_> {
         }
         for i in 0..self.c.n() {
             self.c.harness().clock(i).set_skew_ms(0);
+            let f = self.c.ids()[i].clone();
+            self.c.observer().lock().expect("observer lock").on_skew(&f);
         }
         for i in 0..self.c.n() {
             if !self.c.is_up(i) {

@@ -48,11 +48,11 @@ impl Run<'_> {
             }
             Plant::LentReserve => self.plant_lent_reserve().await,
             Plant::LostWrite => {
-                let w = Write {
-                    key: format!("s{}-planted", self.seed),
-                    path: "/v1/people",
-                    body: serde_json::json!({"id": "planted"}),
-                };
+                let w = Write::new(
+                    format!("s{}-planted", self.seed),
+                    "/v1/people",
+                    serde_json::json!({"id": "planted"}),
+                );
                 let ack = Ack::Committed {
                     index: 1,
                     duplicate: false,
