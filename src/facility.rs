@@ -278,11 +278,18 @@ pub fn api_state(node: &Node, spec: ApiSpec<'_>) -> ApiState {
 /// One round of a facility's own health probes ([`http::run_checks`]):
 /// the store answers a read, and the RaftPeer knows a leader.
 pub async fn probe(ctx: NodeCtx) -> http::Probes {
+    // A durable write, not a read: a disk that refuses writes (full, read
+    // only, failing) must turn readiness off. One small fsync per check.
+    let now = ctx.clock.unix_ms();
     let store = ctx
         .store
-        .get_state::<u64>("health.probe")
-        .map(|_| ())
-        .map_err(|e| e.to_string());
+        .put_state("health.probe", &now)
+        .and_then(|()| ctx.store.get_state::<u64>("health.probe"))
+        .map_err(|e| format!("the store refuses a write: {e}"))
+        .and_then(|v| match v {
+            Some(t) if t == now => Ok(()),
+            other => Err(format!("the store read back {other:?}, not {now}")),
+        });
     let peer = ctx.find::<RaftMsg>(Zone::Consensus, RAFT);
     let status = match peer {
         Some(p) => match p
@@ -294,6 +301,12 @@ pub async fn probe(ctx: NodeCtx) -> http::Probes {
             Err(e) => Err(e.to_string()),
         },
         None => Err("the RaftPeer is not running".to_string()),
+    };
+    // Liveness: the consensus zone's actor answers (a wedged or stopped
+    // RaftPeer is a facility that can never serve again on its own).
+    let actors = match &status {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("the RaftPeer does not answer: {e}")),
     };
     let replica = match &status {
         Ok(s) => match &s.fault {
@@ -314,6 +327,7 @@ pub async fn probe(ctx: NodeCtx) -> http::Probes {
         store,
         leader,
         replica,
+        actors,
     }
 }
 

@@ -77,3 +77,52 @@ async fn chaos_run_partitions_a_live_cluster_and_releases_every_lever() {
         "{v}"
     );
 }
+
+/// Readiness follows the disk: a facility whose store refuses writes (the
+/// disk lever, every write refused) turns `/health/ready` 503 naming the
+/// store within the grace, while staying live; cleared, it turns 200 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_the_store_refuses_writes_and_returns_after() {
+    use std::time::Duration;
+    let root = tempfile::tempdir().unwrap();
+    let mut s = sites(
+        root.path(),
+        &NAMES,
+        "[backup]\nevery_s = 0\n\n[chaos]\nenabled = true\n",
+    );
+    for x in s.iter_mut() {
+        x.start();
+    }
+    let c = client();
+    leader(&c, &s[0]).await;
+    let ready = |x: &Site| {
+        let (c, url) = (c.clone(), x.url("/health/ready"));
+        async move { get(&c, &url).await }
+    };
+    until(Duration::from_secs(60), "charlie ready", || async {
+        (ready(&s[2]).await.0 == 200).then_some(())
+    })
+    .await;
+    let lever =
+        serde_json::json!({"action": {"kind": "disk", "latency_ms": 0, "write_failure": 1.0}});
+    let (st, v) = post(&c, &s[2].url("/v1/admin/chaos"), "disk-on", &lever).await;
+    assert_eq!(st, 200, "{v}");
+    let body = until(Duration::from_secs(60), "charlie not ready", || async {
+        let (st, body) = ready(&s[2]).await;
+        (st == 503).then_some(body)
+    })
+    .await;
+    assert!(body.to_string().contains("store"), "{body}");
+    assert_eq!(
+        get(&c, &s[2].url("/health/live")).await.0,
+        200,
+        "still live"
+    );
+    let clear = serde_json::json!({"action": {"kind": "clear"}});
+    let (st, v) = post(&c, &s[2].url("/v1/admin/chaos"), "disk-off", &clear).await;
+    assert_eq!(st, 200, "{v}");
+    until(Duration::from_secs(60), "charlie ready again", || async {
+        (ready(&s[2]).await.0 == 200).then_some(())
+    })
+    .await;
+}

@@ -84,12 +84,10 @@ async fn health_and_admission_over_http() {
     let (code, body) = get(addr, "/health/deep").await;
     assert_eq!(code, 503);
     assert!(body.contains("no leader"), "{body}");
-    assert_eq!(
-        get(addr, "/health/ready").await.0,
-        200,
-        "ready does not need a leader"
-    );
+    let (code, body) = get(addr, "/health/ready").await;
+    assert_eq!(code, 503, "ready needs a leader known: {body}");
     assert_eq!(get(addr, "/health/live").await.0, 200);
+    state.health.lock().unwrap().report("leader", Ok(()));
 
     // Admission: the first /v1 request passes (this facility runs no
     // schedule: 503 from the handler), the next is refused. Operator
@@ -149,6 +147,7 @@ async fn the_check_loop_reports_probes_and_a_stopped_tree() {
                 store: Ok(()),
                 leader: Err("no leader known".into()),
                 replica: Ok(()),
+                actors: Err("the RaftPeer does not answer".into()),
             }
         },
     ));
@@ -156,8 +155,8 @@ async fn the_check_loop_reports_probes_and_a_stopped_tree() {
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     {
         let h = state.health.lock().unwrap();
-        assert!(h.healthy(Kind::Ready), "one facility of one is a majority");
-        assert!(!h.healthy(Kind::Deep), "no leader after the grace");
+        assert!(!h.healthy(Kind::Ready), "no leader after the grace");
+        assert!(!h.healthy(Kind::Live), "an actor that does not answer");
     }
     running.store(false, std::sync::atomic::Ordering::Relaxed);
     task.await.unwrap();

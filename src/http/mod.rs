@@ -129,8 +129,9 @@ impl ApiState {
         h.register("tree", Kind::Live);
         h.register("links", Kind::Ready);
         h.register("store", Kind::Ready);
-        h.register("leader", Kind::Deep);
+        h.register("leader", Kind::Ready);
         h.register("replica", Kind::Ready);
+        h.register("actors", Kind::Live);
         ApiState {
             prometheus,
             transport,
@@ -264,6 +265,8 @@ pub struct Probes {
     /// The replica (the applied schedule) opened: the facility is not
     /// quarantined.
     pub replica: Result<(), String>,
+    /// The actors that must answer do (liveness).
+    pub actors: Result<(), String>,
 }
 
 /// Runs the standard checks every `every` until `running` turns false:
@@ -291,6 +294,7 @@ where
             h.report("store", p.store);
             h.report("leader", p.leader);
             h.report("replica", p.replica);
+            h.report("actors", p.actors);
         }
         let levels = sample(&state).await;
         let now_ms = std::time::SystemTime::now()
