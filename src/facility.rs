@@ -450,6 +450,28 @@ impl Facility {
         raft_peer(&self.node)
     }
 
+    /// A planned stop's first step: if this facility leads, it hands
+    /// leadership to the most caught-up voter and waits, at most `within`,
+    /// until it no longer leads. Returns the facility asked to take over.
+    pub async fn hand_over(&self, within: std::time::Duration) -> Option<FacilityId> {
+        let peer = self.raft()?;
+        let to = peer
+            .call(RaftMsg::StepDown, Some(std::time::Duration::from_secs(1)))
+            .await
+            .ok()?
+            .success_or(())
+            .ok()??;
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            match self.raft_status(std::time::Duration::from_secs(1)).await {
+                Some(s) if s.is_leader => {}
+                _ => break,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Some(to)
+    }
+
     /// The RaftPeer's view, or `None` if it does not answer in `timeout`.
     pub async fn raft_status(&self, timeout: std::time::Duration) -> Option<RaftStatus> {
         let peer = self.raft()?;

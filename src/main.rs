@@ -433,21 +433,48 @@ async fn node(path: PathBuf) -> AnyResult {
         cfg.facility.quic_listen,
         listener.local_addr()?
     );
-    let server = tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-        listener,
-        http::app(state),
-    )));
+    let (quit, quitting) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(std::future::IntoFuture::into_future(
+        axum::serve(listener, http::app(state)).with_graceful_shutdown(async move {
+            let _ = quitting.await;
+        }),
+    ));
     let stopped = tokio::select! {
         _ = tokio::signal::ctrl_c() => false,
+        _ = terminated() => false,
         _ = f.node.wait_stopped(std::time::Duration::MAX) => true,
     };
-    running.store(false, Ordering::Relaxed);
-    server.abort();
     if stopped {
+        running.store(false, Ordering::Relaxed);
+        server.abort();
         return Err("supervision tree stopped: restart intensity exceeded at the root".into());
     }
+    // A planned stop (SIGTERM, Ctrl-C): a leader hands leadership to a
+    // caught-up voter first, so writes move on within a round trip instead
+    // of an election timeout; then the API stops taking requests and
+    // finishes those in flight (a few seconds at most), then the tree.
+    eprintln!("bulwark: {} stopping", cfg.facility.id);
+    if let Some(to) = f.hand_over(std::time::Duration::from_secs(3)).await {
+        eprintln!("bulwark: leadership handed to {to}");
+    }
+    let _ = quit.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+    running.store(false, Ordering::Relaxed);
     f.node.stop().await;
     Ok(())
+}
+
+/// Resolves when the process gets SIGTERM (never where there is none).
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut s) = signal(SignalKind::terminate()) {
+            s.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 async fn chaos_run(

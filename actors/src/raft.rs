@@ -387,6 +387,10 @@ pub enum RaftMsg {
     Status(RpcReplyPort<RaftStatus>),
     /// Hand leadership to another facility.
     TransferLeader(FacilityId),
+    /// A planned stop: if this facility leads, hand leadership to the most
+    /// caught-up voter the detector does not suspect. Answers the facility
+    /// asked to take over (`None`: not leading, or no voter to take it).
+    StepDown(RpcReplyPort<Option<FacilityId>>),
     /// Add and remove voters in one change (joint consensus for more than
     /// one). Answers when the leader has taken the change into its log; the
     /// status shows when it is in force.
@@ -588,6 +592,28 @@ impl RaftPeerState {
         true
     }
 
+    /// A planned stop ([`RaftMsg::StepDown`]): the transfer it asked for.
+    fn step_down(&mut self) -> Option<FacilityId> {
+        if !self.core.is_leader() {
+            return None;
+        }
+        let view = self.detection.as_ref().map(|d| d.view());
+        let up = |p: &FacilityId| {
+            view.as_ref().is_none_or(|v| {
+                v.liveness(p)
+                    .is_none_or(|l| l == crate::detect::Liveness::Up)
+            })
+        };
+        let to = self.core.voters_by_progress().into_iter().find(up)?;
+        tracing::warn!(%to, "planned stop: handing leadership over");
+        metrics::counter!("bulwark_raft_leader_transfers_total",
+            "facility" => self.ctx.facility.to_string(), "reason" => "planned_stop")
+        .increment(1);
+        self.transferred_at = Some(self.core.ticks());
+        self.core.transfer_leader(&to);
+        Some(to)
+    }
+
     /// The peer's view; a fenced peer shows no leader.
     /// A view of the applied schedule, or `None` (logged) when the store
     /// cannot open one.
@@ -784,6 +810,9 @@ fn handle_quarantined(ctx: &NodeCtx, reason: &str, msg: RaftMsg) {
     let why = format!("this facility is quarantined: {reason}");
     match msg {
         RaftMsg::Tick | RaftMsg::Remote(_) | RaftMsg::TransferLeader(_) | RaftMsg::Flush => {}
+        RaftMsg::StepDown(reply) => {
+            let _ = reply.send(None);
+        }
         RaftMsg::Propose { reply, .. } => {
             let _ = reply.send(ProposeOutcome::Rejected { reason: why });
         }
@@ -882,6 +911,13 @@ async fn handle_live(
             st.core.transfer_leader(&to);
             ready(myself, st).await?;
         }
+        RaftMsg::StepDown(reply) => {
+            let to = st.step_down();
+            if to.is_some() {
+                ready(myself, st).await?;
+            }
+            let _ = reply.send(to);
+        }
         RaftMsg::ChangeVoters { add, remove, reply } => {
             let mut taken = st.core.change_voters(&add, &remove);
             if taken.is_ok() {
@@ -913,6 +949,9 @@ async fn handle_fenced(
     match msg {
         RaftMsg::Tick => rebuild(myself, st).await?,
         RaftMsg::Remote(_) | RaftMsg::TransferLeader(_) => {}
+        RaftMsg::StepDown(reply) => {
+            let _ = reply.send(None);
+        }
         RaftMsg::Propose { reply, .. } => {
             let _ = reply.send(ProposeOutcome::NotLeader { hint: None });
         }

@@ -55,6 +55,22 @@ impl Site {
         }
     }
 
+    /// SIGTERM (a planned stop), then waits for the process to exit;
+    /// returns whether it exited with status 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.proc.take() else {
+            return false;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !sent {
+            let _ = c.kill();
+        }
+        c.wait().is_ok_and(|s| s.success())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
     }
