@@ -14,6 +14,7 @@
 //! the [`Detection`] handle.
 
 pub mod actor;
+pub mod partition;
 
 pub use actor::{
     detector_child, ClusterView, DetectConfig, DetectMsg, Detection, FailureDetector, Heartbeat,
@@ -239,7 +240,7 @@ impl Membership {
 pub struct Detector {
     me: FacilityId,
     membership: Membership,
-    monitor: crate::cap::PartitionMonitor,
+    monitor: partition::PartitionMonitor,
     reports: BTreeMap<FacilityId, (Vec<FacilityId>, u64)>,
     report_fresh_ms: u64,
 }
@@ -259,7 +260,7 @@ impl Detector {
         Detector {
             me,
             membership,
-            monitor: crate::cap::PartitionMonitor::new(peers.len() + 1, now_ms),
+            monitor: partition::PartitionMonitor::new(peers.len() + 1, now_ms),
             reports: BTreeMap::new(),
             report_fresh_ms: config.report_fresh_ms,
         }
@@ -405,7 +406,7 @@ mod tests {
         }
         let (v, _) = d.view(Vec::new(), 20_000, 1_000_000);
         assert!(v.self_suspected());
-        assert_eq!(v.partition, crate::cap::PartitionState::Connected);
+        assert_eq!(v.partition, partition::PartitionState::Connected);
         // charlie goes quiet: Down, and alpha is left a majority with bravo.
         let mut events = Vec::new();
         for t in 20_001..40_000u64 {
@@ -417,8 +418,8 @@ mod tests {
         }
         assert_eq!(d.suspects(), vec![ids[2].clone()]);
         assert!(events.contains(&MembershipEvent::Partition {
-            from: crate::cap::PartitionState::Connected,
-            to: crate::cap::PartitionState::Majority,
+            from: partition::PartitionState::Connected,
+            to: partition::PartitionState::Majority,
         }));
         // Reports go stale: charlie's accusation no longer counts.
         let (v, _) = d.view(Vec::new(), 40_000, 1_040_000);

@@ -22,31 +22,24 @@
 //! predecessor is fixed by the log order. An anchor that is not one of the
 //! chain's last [`ANCHOR_WINDOW`] entries breaks the chain.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 
 use bulwark_storage::{codec, CodecError};
 use bulwark_transport::FacilityId;
 use serde::{Deserialize, Serialize};
 
+pub use crate::chain::{Anchor, ChainHead, Hash, LedgerEntry, Link, ANCHOR_WINDOW, GENESIS};
 use crate::keys::{Domain, KeyError, PublicKeys, Sig};
-use crate::raft::EntryPayload;
-use crate::schedule::{Applied, Outcome, Rejection, Rule, Schedule, ScheduleState, Tables};
-
-/// A blake3 hash.
-pub type Hash = [u8; 32];
-
-/// The previous hash of the first entry.
-pub const GENESIS: Hash = [0; 32];
-
-/// How many recent chain entries a proposal may anchor to.
-pub const ANCHOR_WINDOW: u64 = 1024;
+use crate::schedule::{
+    Applied, Command, Outcome, Rejection, Rule, Schedule, ScheduleState, Tables,
+};
 
 /// How far a proposer's timestamp may step back from its previous admitted
 /// one (its own clock stepping back, or its own proposals reordered).
 pub const CLOCK_STEP_BACK_MAX_MS: u64 = 5_000;
 
 /// Largest encoded ledger entry (a proposal is at most
-/// [`crate::raft::RaftConfig::entry_len_max`], 192 KiB by default, and
+/// the RaftPeer's `entry_len_max`, 192 KiB by default, and
 /// never more than this less 16 KiB).
 pub const ENTRY_LEN_MAX: usize = 256 * 1024;
 
@@ -56,13 +49,18 @@ pub const CERTIFICATE_LEN_MAX: usize = 64 * 1024;
 /// Largest number of signers in a validator set.
 pub const SIGNERS_MAX: usize = 64;
 
-/// The ledger position a proposer has seen; signed with its proposal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Anchor {
-    /// Height (0: the empty chain).
-    pub height: u64,
-    /// Hash of the entry at `height` ([`GENESIS`] at 0).
-    pub hash: Hash,
+/// What one entry of the log carries: the command and who proposed it, so
+/// the proposer can answer its client when the entry applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryPayload {
+    /// The facility that proposed (and signed) it.
+    pub proposer: FacilityId,
+    /// The proposer's sequence number for this proposal.
+    pub seq: u64,
+    /// The ledger head the proposer had seen.
+    pub anchor: Anchor,
+    /// The command.
+    pub command: Command,
 }
 
 /// A Raft entry's data: the proposer's payload bytes and its signature.
@@ -74,33 +72,7 @@ pub struct SignedProposal {
     pub sig: Sig,
 }
 
-/// One entry of the ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerEntry {
-    /// Position in the chain, from 1.
-    pub height: u64,
-    /// Hash of the entry at `height - 1` ([`GENESIS`] for the first).
-    pub prev: Hash,
-    /// The Raft log index it was committed at.
-    pub raft_index: u64,
-    /// The Raft term it was proposed in.
-    pub raft_term: u64,
-    /// Who proposed and signed it.
-    pub proposer: FacilityId,
-    /// The proposer's timestamp.
-    pub at_unix_ms: u64,
-    /// The encoded [`SignedProposal`], exactly as committed.
-    pub proposal: Vec<u8>,
-}
-
 impl LedgerEntry {
-    /// The entry's bytes and their blake3 hash.
-    pub fn encode(&self) -> Result<(Vec<u8>, Hash), CodecError> {
-        let bytes = codec::encode(self)?;
-        let hash = *blake3::hash(&bytes).as_bytes();
-        Ok((bytes, hash))
-    }
-
     /// The proposal's payload, after checking its signature over the bytes
     /// stored.
     pub fn verified_payload(&self, keys: &PublicKeys) -> Result<EntryPayload, String> {
@@ -114,116 +86,6 @@ impl LedgerEntry {
             return Err("entry fields disagree with the signed proposal".into());
         }
         Ok(payload)
-    }
-}
-
-/// A chain entry as [`admit`] made it: the entry, its bytes and its hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    /// The entry.
-    pub entry: LedgerEntry,
-    /// Its encoding (what the hash is over).
-    pub bytes: Vec<u8>,
-    /// blake3 of `bytes`.
-    pub hash: Hash,
-}
-
-/// The chain's head as the replicated state knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct ChainHead {
-    height: u64,
-    /// Hashes of the last entries, oldest first; the last is the head.
-    recent: VecDeque<Hash>,
-    /// Each proposer's latest admitted timestamp.
-    last_at: BTreeMap<FacilityId, u64>,
-}
-
-impl ChainHead {
-    /// The head's height (0: empty).
-    pub fn height(&self) -> u64 {
-        self.height
-    }
-
-    /// The head's hash ([`GENESIS`] when empty).
-    pub fn hash(&self) -> Hash {
-        self.recent.back().copied().unwrap_or(GENESIS)
-    }
-
-    /// The recent hashes, oldest first, with their heights.
-    pub(crate) fn recent(&self) -> impl Iterator<Item = (u64, Hash)> + '_ {
-        let first = self.height + 1 - self.recent.len() as u64;
-        self.recent
-            .iter()
-            .enumerate()
-            .map(move |(i, h)| (first + i as u64, *h))
-    }
-
-    /// Each proposer's latest admitted timestamp.
-    pub(crate) fn last_at(&self) -> &BTreeMap<FacilityId, u64> {
-        &self.last_at
-    }
-
-    /// A head from its stored parts (checked with [`ChainHead::check`]).
-    pub(crate) fn from_parts(
-        height: u64,
-        recent: VecDeque<Hash>,
-        last_at: BTreeMap<FacilityId, u64>,
-    ) -> ChainHead {
-        ChainHead {
-            height,
-            recent,
-            last_at,
-        }
-    }
-
-    /// The anchor a proposer signs now.
-    pub fn anchor(&self) -> Anchor {
-        Anchor {
-            height: self.height,
-            hash: self.hash(),
-        }
-    }
-
-    /// The hash at `height`, if it is among the recent ones.
-    pub(crate) fn hash_at(&self, height: u64) -> Option<Hash> {
-        if height == 0 {
-            return (self.height < ANCHOR_WINDOW).then_some(GENESIS);
-        }
-        let back = self.height.checked_sub(height)?;
-        let pos = (self.recent.len() as u64).checked_sub(back + 1)?;
-        self.recent.get(pos as usize).copied()
-    }
-
-    fn check_anchor(&self, a: &Anchor) -> Result<(), String> {
-        match self.hash_at(a.height) {
-            Some(h) if h == a.hash => Ok(()),
-            Some(_) => Err(format!("anchor at height {} has another hash", a.height)),
-            None => Err(format!(
-                "anchor height {} is not among the chain's last {ANCHOR_WINDOW} (head {})",
-                a.height, self.height
-            )),
-        }
-    }
-
-    pub(crate) fn push(&mut self, link: &Link) {
-        self.height = link.entry.height;
-        self.recent.push_back(link.hash);
-        while self.recent.len() as u64 > ANCHOR_WINDOW {
-            self.recent.pop_front();
-        }
-        let last = self.last_at.entry(link.entry.proposer.clone()).or_default();
-        *last = (*last).max(link.entry.at_unix_ms);
-    }
-
-    /// Checks the head's own consistency (after a restore).
-    pub fn check(&self) -> Result<(), String> {
-        if self.recent.len() as u64 > ANCHOR_WINDOW || self.recent.len() as u64 > self.height {
-            return Err("chain head keeps more hashes than entries".into());
-        }
-        if self.height > 0 && self.recent.is_empty() {
-            return Err("chain head at height > 0 without a hash".into());
-        }
-        Ok(())
     }
 }
 
@@ -439,7 +301,7 @@ pub fn admit<T: Tables>(
     };
     let proposer = payload.proposer.clone();
     let entry = LedgerEntry {
-        height: state.chain().height + 1,
+        height: state.chain().height() + 1,
         prev: state.chain().hash(),
         raft_index: index,
         raft_term: term,
@@ -477,7 +339,7 @@ pub fn admit<T: Tables>(
     } else {
         state
             .chain()
-            .last_at
+            .last_at()
             .get(&proposer)
             .filter(|&&last| cmd.at_unix_ms.saturating_add(CLOCK_STEP_BACK_MAX_MS) < last)
             .map(|last| Rejection {
@@ -814,7 +676,7 @@ mod tests {
     }
 
     struct Chain {
-        rings: BTreeMap<FacilityId, Keyring>,
+        rings: std::collections::BTreeMap<FacilityId, Keyring>,
         state: ScheduleState,
         index: u64,
     }

@@ -3,11 +3,13 @@
 
 pub mod bft;
 pub mod cap;
+pub mod chain;
 pub mod chaos;
 pub mod detect;
 pub mod flow;
 pub mod heatmap;
 pub mod hlc;
+pub mod ids;
 pub mod keys;
 pub mod ledger;
 pub mod plant;

@@ -91,12 +91,7 @@ use wire::WireMessage;
 /// The RaftPeer's registered name.
 pub const RAFT: &str = "raft";
 
-/// The raft id of a facility: the first 8 bytes of blake3 of its id, never 0.
-pub fn raft_id(f: &FacilityId) -> u64 {
-    let h = blake3::hash(f.as_str().as_bytes());
-    let id = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
-    id.max(1)
-}
+pub use crate::ids::raft_id;
 
 /// Settings of a RaftPeer. [`Default`] gives the embedded defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,7 +240,7 @@ pub enum ProposeOutcome {
         duplicate: bool,
         /// The ledger height it was given (`None` when the command changed
         /// nothing: refused by a rule, or a retry). It is final once the
-        /// validators certify it ([`crate::bft::BftMsg::AwaitFinal`]).
+        /// validators certify it (the validator's `AwaitFinal`).
         height: Option<u64>,
     },
     /// No leader could take it; `hint` is the leader as last known.

@@ -5,7 +5,7 @@
 //! step) it sends each peer a [`Heartbeat`] on the unreliable path (QUIC
 //! datagrams): a sequence number, the sender's hybrid logical clock, and
 //! the peers the sender currently suspects. Every `tick_ms` it recomputes
-//! φ per peer, the partition state ([`crate::cap::PartitionMonitor`]),
+//! φ per peer, the partition state ([`super::partition::PartitionMonitor`]),
 //! and who suspects this facility, and publishes:
 //! - the latest [`ClusterView`] (a `watch` channel: CapGate, Healer,
 //!   RaftPeer and the HTTP API read it);
@@ -26,8 +26,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
+use super::partition::PartitionState;
 use super::{Change, Detector, Liveness, PhiConfig};
-use crate::cap::PartitionState;
 use crate::hlc::{Hlc, HlcClock};
 
 /// The FailureDetector's registered name.
@@ -140,7 +140,7 @@ impl ClusterView {
                     suspects: Vec::new(),
                 })
                 .collect(),
-            partition: crate::cap::partition_state(peers.len() + 1, peers.len()),
+            partition: super::partition::partition_state(peers.len() + 1, peers.len()),
             partition_since_unix_ms: 0,
             stale_ms: 0,
             suspected_by: Vec::new(),
@@ -212,7 +212,7 @@ pub struct Detection {
 impl Detection {
     /// The handle of `facility` among `peers`.
     pub fn new(facility: FacilityId, peers: &[FacilityId], config: DetectConfig) -> Detection {
-        let node = crate::raft::raft_id(&facility);
+        let node = crate::ids::raft_id(&facility);
         let (view, _) = watch::channel(ClusterView::initial(facility, peers));
         let (events, _) = broadcast::channel(1024);
         Detection {

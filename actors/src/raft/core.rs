@@ -30,31 +30,18 @@ use raft::eraftpb::{
 };
 use raft::{RawNode, StateRole};
 use redb::ReadableDatabase;
-use serde::{Deserialize, Serialize};
 
 use super::storage::RaftStore;
 use super::wire::WireMessage;
 use super::{raft_id, ClusterState, ProposeOutcome, RaftConfig, RaftSetup, RaftWire, ReadOutcome};
 use crate::flow::timeout::child_deadline;
 use crate::keys::{Domain, Keyring};
-use crate::ledger::{self, Anchor, SignedProposal, Verdict};
+use crate::ledger::{self, SignedProposal, Verdict};
 use crate::plant::Bug;
 use crate::replica::{snapshot as snap, Replica, ScheduleView};
 use crate::schedule::{Applied, Command, IdempotencyKey};
 
-/// What one entry of the log carries: the command and who proposed it, so
-/// the proposer can answer its client when the entry applies.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntryPayload {
-    /// The facility that proposed (and signed) it.
-    pub proposer: FacilityId,
-    /// The proposer's sequence number for this proposal.
-    pub seq: u64,
-    /// The ledger head the proposer had seen.
-    pub anchor: Anchor,
-    /// The command.
-    pub command: Command,
-}
+pub use crate::ledger::EntryPayload;
 
 /// Something the actor must do after a call into the core.
 #[derive(Debug)]

@@ -35,8 +35,8 @@ use bulwark_storage::{codec, CodecError};
 use bulwark_transport::FacilityId;
 use serde::{Deserialize, Serialize};
 
+use crate::chain::ChainHead;
 use crate::hlc::Hlc;
-use crate::ledger::ChainHead;
 pub use overlay::Overlay;
 pub use rules::{Interval, Rule};
 pub use tables::{KeyRecord, MemTables, Tables, TablesRead, Understaffed};
@@ -250,7 +250,7 @@ impl Command {
             Hlc {
                 wall_ms: self.at_unix_ms,
                 logical: 0,
-                node: crate::raft::raft_id(&self.issued_by),
+                node: crate::ids::raft_id(&self.issued_by),
             }
         } else {
             self.hlc
@@ -650,7 +650,7 @@ impl<T: Tables> Schedule<T> {
         Applied::Fresh(outcome)
     }
 
-    pub(crate) fn push_link(&mut self, link: &crate::ledger::Link) {
+    pub(crate) fn push_link(&mut self, link: &crate::chain::Link) {
         self.t.push_link(link);
     }
 

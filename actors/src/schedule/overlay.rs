@@ -14,7 +14,7 @@ use super::{
     ArchivedBlock, Assignment, Block, BlockId, IdempotencyKey, Interval, Person, PersonId,
     RejectionRecord,
 };
-use crate::ledger::{ChainHead, Link};
+use crate::chain::{ChainHead, Link};
 
 /// Tables over `base` whose writes stay here. See the module docs.
 pub struct Overlay<'a, B> {

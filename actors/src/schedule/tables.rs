@@ -16,7 +16,7 @@ use super::{
     ArchivedBlock, Assignment, Block, BlockId, IdempotencyKey, Interval, Outcome, Person, PersonId,
     RejectionRecord, IDEMPOTENCY_KEYS_MAX, REJECTIONS_KEPT,
 };
-use crate::ledger::{ChainHead, Link};
+use crate::chain::{ChainHead, Link};
 
 /// The first outcome of an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,7 +144,7 @@ pub struct MemTables {
     pub(crate) rejections: VecDeque<RejectionRecord>,
     pub(crate) rejected_total: u64,
     /// The ledger chain's head: which committed commands joined the chain
-    /// (see [`crate::ledger::admit`]).
+    /// (see the ledger's `admit`).
     pub(crate) chain: ChainHead,
     /// The last archived day.
     pub(crate) archived_through: Option<u32>,
