@@ -133,6 +133,28 @@ async fn duty_edge_runs_reach_the_limits_and_keep_every_invariant() {
     assert!(duty_refusals > 0, "no duty refusal in the duty-edge seeds");
 }
 
+/// The first long seed (minutes of virtual time: ten times the steps) keeps
+/// every invariant.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_long_run_keeps_every_invariant() {
+    let plan = SimPlan::default();
+    let seed = (0..1_000)
+        .find(|&s| bulwark::sim::run::is_long(s, plan.long_pct))
+        .expect("a long seed among the first 1,000");
+    let r = run_seed(seed, &plan).await.unwrap_or_else(|e| {
+        panic!(
+            "SEED={seed}: {e}\nrecent faults:\n{}",
+            e.recent_faults.join("\n")
+        )
+    });
+    assert_eq!(r.steps, plan.steps * plan.long_factor);
+    assert!(
+        r.virtual_ms >= 60_000,
+        "{} ms of virtual time",
+        r.virtual_ms
+    );
+}
+
 /// A small plan for the tests that run many seeds or runs.
 fn short_plan(steps: usize) -> SimPlan {
     SimPlan {

@@ -262,6 +262,8 @@ struct Totals {
     committed: u64,
     provisional: u64,
     by_size: BTreeMap<usize, u64>,
+    /// Runs longer than the plan's steps, and their seeds (first few).
+    long: (u64, Vec<u64>),
     liars: BTreeMap<String, u64>,
     networks: BTreeMap<String, u64>,
     answers: BTreeMap<String, u64>,
@@ -319,7 +321,7 @@ impl<'a> Parent<'a> {
 
     fn run(mut self) -> Result<ExitCode, Box<dyn std::error::Error>> {
         eprintln!(
-            "bulwark sim: seeds {}..{} ({}), {} jobs, {} steps each, stores in {}",
+            "bulwark sim: seeds {}..{} ({}), {} jobs, {} steps each (some runs long), stores in {}",
             self.args.first,
             self.args.first.saturating_add(self.args.seeds),
             self.args.seeds,
@@ -500,6 +502,12 @@ impl<'a> Parent<'a> {
                 t.grants_checked += r.grants_checked;
                 t.forwards_checked += r.forwards_checked;
                 *t.by_size.entry(r.facilities).or_insert(0) += 1;
+                if r.steps > self.args.plan().steps {
+                    t.long.0 += 1;
+                    if t.long.1.len() < 8 {
+                        t.long.1.push(r.seed);
+                    }
+                }
                 *t.networks.entry(format!("{:?}", r.network)).or_insert(0) += 1;
                 for (k, v) in &r.answers {
                     *t.answers.entry(k.clone()).or_insert(0) += v;
@@ -569,9 +577,11 @@ impl<'a> Parent<'a> {
             .collect();
         let liars: Vec<String> = t.liars.iter().map(|(l, k)| format!("{l} {k}")).collect();
         println!(
-            "clusters: {}; Byzantine validators: {}",
+            "clusters: {}; Byzantine validators: {}; long runs: {} (seeds {:?})",
             sizes.join(", "),
-            liars.join(", ")
+            liars.join(", "),
+            t.long.0,
+            t.long.1
         );
         println!(
             "per seed: {:.1} requests, {:.1} committed, {:.1} provisional, final height {:.1}, {:.2} snapshot installs, checked on the wire: {:.1} own BFT votes, {:.1} Raft vote grants, {:.1} forward deadlines",

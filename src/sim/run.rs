@@ -73,6 +73,13 @@ pub const LIES: [Behaviour; 5] = [
     Behaviour::Withhold,
 ];
 
+/// True if seed `seed` runs long (`pct` percent of seeds), from a hash
+/// of the seed apart from its random stream.
+pub fn is_long(seed: u64, pct: u32) -> bool {
+    let h = blake3::hash(&[b"long".as_slice(), &seed.to_le_bytes()].concat());
+    u32::from(h.as_bytes()[0]) * 100 / 256 < pct
+}
+
 /// How big a run is and what it draws.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimPlan {
@@ -101,6 +108,12 @@ pub struct SimPlan {
     /// Chance, in percent, that the clients write the duty-edge schedule
     /// ([`Shape::DutyEdge`]) instead of the daily one.
     pub duty_edge_pct: u32,
+    /// Chance, in percent, that a run is long: [`SimPlan::long_factor`]
+    /// times the steps (minutes of virtual time). Drawn from the seed's
+    /// own hash, so the other draws of every seed stay as they were.
+    pub long_pct: u32,
+    /// How many times the steps a long run takes.
+    pub long_factor: usize,
     /// Requests each facility's API serves at once (small, so that the
     /// bulkhead pools borrow and lend).
     pub api_concurrency: u32,
@@ -124,6 +137,8 @@ impl Default for SimPlan {
             four_pct: 50,
             liar_pct: 60,
             duty_edge_pct: 40,
+            long_pct: 2,
+            long_factor: 10,
             small_snapshot_pct: 30,
             lopsided_pools_pct: 30,
             judge_liar: std::env::var_os("BULWARK_SIM_SKIP_LIAR").is_none(),
@@ -310,6 +325,8 @@ struct Done {
 struct Run<'p> {
     seed: u64,
     plan: &'p SimPlan,
+    /// Safety steps of this run (more in a long one).
+    steps: usize,
     rng: ChaCha8Rng,
     c: SimCluster,
     honest: Vec<usize>,
@@ -415,7 +432,13 @@ impl<'p> Run<'p> {
         if liar.is_some() {
             faults.insert(FaultKind::Byzantine, 1);
         }
+        let steps = if is_long(seed, plan.long_pct) {
+            plan.steps.saturating_mul(plan.long_factor.max(1))
+        } else {
+            plan.steps
+        };
         Ok(Run {
+            steps,
             seed,
             plan,
             rng,
@@ -460,7 +483,7 @@ impl<'p> Run<'p> {
 
     async fn drive(&mut self) -> Result<(), SimFailure> {
         self.setup().await?;
-        for s in 0..self.plan.steps {
+        for s in 0..self.steps {
             self.step = Some(s);
             self.safety_step(s).await?;
         }
@@ -829,7 +852,7 @@ impl<'p> Run<'p> {
             network: self.network,
             shape: self.shape,
             snapshot_every: self.snapshot_every,
-            steps: self.plan.steps,
+            steps: self.steps,
             ops: self.ops,
             committed: count(|a| matches!(a, Ack::Committed { .. })),
             provisional: count(|a| matches!(a, Ack::Provisional)),
