@@ -564,27 +564,37 @@ impl RaftPeerState {
                 .filter(|p| voters.contains(p));
             (to, "suspected")
         } else if slow_disk {
-            let up = |p: &FacilityId| {
-                view.as_ref().is_none_or(|v| {
-                    v.liveness(p)
-                        .is_none_or(|l| l == crate::detect::Liveness::Up)
-                })
-            };
-            let to = self.core.voters_by_progress().into_iter().find(up);
-            (to, "slow_disk")
+            (self.caught_up_voter(view.as_ref()), "slow_disk")
         } else {
             (None, "")
         };
         let Some(to) = to else {
             return false;
         };
+        self.hand_to(&to, reason);
+        true
+    }
+
+    /// The most caught-up voter that `view` (if any) does not suspect.
+    fn caught_up_voter(&self, view: Option<&crate::detect::ClusterView>) -> Option<FacilityId> {
+        let up = |p: &FacilityId| {
+            view.is_none_or(|v| {
+                v.liveness(p)
+                    .is_none_or(|l| l == crate::detect::Liveness::Up)
+            })
+        };
+        self.core.voters_by_progress().into_iter().find(up)
+    }
+
+    /// Asks raft-rs to hand leadership to `to`, for `reason` (logged,
+    /// counted, and the cooldown starts).
+    fn hand_to(&mut self, to: &FacilityId, reason: &'static str) {
         tracing::warn!(%to, reason, "handing leadership over");
         metrics::counter!("bulwark_raft_leader_transfers_total",
             "facility" => self.ctx.facility.to_string(), "reason" => reason)
         .increment(1);
-        self.transferred_at = Some(now);
-        self.core.transfer_leader(&to);
-        true
+        self.transferred_at = Some(self.core.ticks());
+        self.core.transfer_leader(to);
     }
 
     /// A planned stop ([`RaftMsg::StepDown`]): the transfer it asked for.
@@ -593,19 +603,8 @@ impl RaftPeerState {
             return None;
         }
         let view = self.detection.as_ref().map(|d| d.view());
-        let up = |p: &FacilityId| {
-            view.as_ref().is_none_or(|v| {
-                v.liveness(p)
-                    .is_none_or(|l| l == crate::detect::Liveness::Up)
-            })
-        };
-        let to = self.core.voters_by_progress().into_iter().find(up)?;
-        tracing::warn!(%to, "planned stop: handing leadership over");
-        metrics::counter!("bulwark_raft_leader_transfers_total",
-            "facility" => self.ctx.facility.to_string(), "reason" => "planned_stop")
-        .increment(1);
-        self.transferred_at = Some(self.core.ticks());
-        self.core.transfer_leader(&to);
+        let to = self.caught_up_voter(view.as_ref())?;
+        self.hand_to(&to, "planned_stop");
         Some(to)
     }
 
