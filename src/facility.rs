@@ -276,7 +276,8 @@ pub fn api_state(node: &Node, spec: ApiSpec<'_>) -> ApiState {
 }
 
 /// One round of a facility's own health probes ([`http::run_checks`]):
-/// the store answers a read, and the RaftPeer knows a leader.
+/// the store takes a durable write, the RaftPeer answers, knows a leader,
+/// and its replica is open.
 pub async fn probe(ctx: NodeCtx) -> http::Probes {
     // A durable write, not a read: a disk that refuses writes (full, read
     // only, failing) must turn readiness off. One small fsync per check.
