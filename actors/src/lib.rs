@@ -12,6 +12,7 @@ pub mod hlc;
 pub mod ids;
 pub mod keys;
 pub mod ledger;
+pub mod machine;
 pub mod plant;
 pub mod raft;
 pub mod replica;

@@ -70,8 +70,9 @@ pub mod core;
 mod storage;
 pub mod wire;
 
-pub use self::core::{AppliedEntry, EntryPayload, Output, RaftCore, RaftCoreError};
+pub use self::core::{Output, RaftCore, RaftCoreError, ShownEntry};
 pub use self::storage::RaftStore;
+pub use crate::ledger::{AppliedEntry, EntryPayload};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -84,7 +85,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::Keyring;
-use crate::replica::ScheduleView;
+use crate::replica::{ScheduleMachine, ScheduleView};
 use crate::schedule::{Command, Outcome};
 use wire::WireMessage;
 
@@ -225,33 +226,19 @@ impl RaftConfig {
     }
 }
 
-/// How a proposal ended.
+/// How a proposal of a schedule command ended (see
+/// [`crate::machine::ProposeOutcome`]).
+pub type ProposeOutcome = crate::machine::ProposeOutcome<Outcome>;
+
+/// Why a leader could not take a forwarded proposal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ProposeOutcome {
-    /// Committed at `index` and applied; `outcome` is the schedule's verdict
-    /// (applied, or rejected with the rule). `duplicate` when the idempotency
-    /// key had already been applied (the first outcome is repeated).
-    Committed {
-        /// Log index.
-        index: u64,
-        /// The schedule's verdict.
-        outcome: Outcome,
-        /// A retry of an already applied command.
-        duplicate: bool,
-        /// The ledger height it was given (`None` when the command changed
-        /// nothing: refused by a rule, or a retry). It is final once the
-        /// validators certify it (the validator's `AwaitFinal`).
-        height: Option<u64>,
-    },
-    /// No leader could take it; `hint` is the leader as last known.
+pub enum Refusal {
+    /// It does not lead; `hint` is the leader as it knows it.
     NotLeader {
         /// The leader, if known.
         hint: Option<FacilityId>,
     },
-    /// No outcome in time. The command may still commit later; retry with
-    /// the same idempotency key.
-    TimedOut,
-    /// Refused before reaching the log.
+    /// It refused the proposal.
     Rejected {
         /// Why.
         reason: String,
@@ -292,7 +279,7 @@ pub enum RaftWire {
         /// The follower's sequence number.
         seq: u64,
         /// Why.
-        outcome: ProposeOutcome,
+        refusal: Refusal,
     },
     /// A follower asks the leader for the chunk of snapshot `id` that
     /// starts at `cursor`.
@@ -300,14 +287,14 @@ pub enum RaftWire {
         /// The snapshot, as its descriptor names it.
         id: u64,
         /// Where the chunk starts.
-        cursor: crate::replica::snapshot::Cursor,
+        cursor: bulwark_storage::stream::Cursor,
     },
     /// The leader's answer: one sealed chunk.
     SnapshotChunk {
         /// The snapshot.
         id: u64,
         /// Where the chunk starts (the fetch's cursor).
-        at: crate::replica::snapshot::Cursor,
+        at: bulwark_storage::stream::Cursor,
         /// The encoded chunk.
         bytes: Vec<u8>,
         /// blake3 of `bytes`.
@@ -509,7 +496,7 @@ pub struct RaftPeer;
 
 /// The RaftPeer's state.
 pub struct RaftPeerState {
-    core: RaftCore,
+    core: RaftCore<ScheduleMachine>,
     ctx: NodeCtx,
     proposals: BTreeMap<u64, RpcReplyPort<ProposeOutcome>>,
     reads: BTreeMap<u64, RpcReplyPort<ReadOutcome>>,
@@ -713,6 +700,7 @@ impl Actor for RaftPeer {
             args.ctx.facility.clone(),
             &setup,
             args.ctx.fresh_store,
+            &setup.keyring,
             &logger,
         );
         let mut core = match opened {
@@ -1023,6 +1011,7 @@ async fn rebuild(
         st.ctx.facility.clone(),
         &st.setup,
         st.ctx.fresh_store,
+        &st.setup.keyring,
         &st.logger,
     );
     match opened {
@@ -1090,8 +1079,23 @@ fn flush_outputs(st: &mut RaftPeerState) {
                     let _ = reply.send(outcome);
                 }
             }
-            Output::Applied(entry) => {
+            Output::Applied(e) => {
                 if let Some(tap) = &st.tap {
+                    let ShownEntry {
+                        index,
+                        term,
+                        hash,
+                        shown,
+                        leader,
+                    } = *e;
+                    let entry = AppliedEntry {
+                        index,
+                        term,
+                        hash,
+                        payload: shown.payload,
+                        verdict: shown.verdict,
+                        leader,
+                    };
                     tap(st.core.facility(), &entry);
                 }
             }

@@ -20,6 +20,7 @@
 //! commit (the Raft log's own, or a compaction's) makes them durable too. A
 //! crash loses at most applied work that the log replays.
 
+mod machine;
 pub mod snapshot;
 mod tables;
 #[cfg(test)]
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::{ChainHead, Hash, Recorded, ANCHOR_WINDOW};
 use crate::schedule::Schedule;
+pub use machine::{ScheduleMachine, Shown};
 pub use tables::{RedbRead, RedbTables};
 
 /// The key of the scalars' row of `sched_meta`.

@@ -23,6 +23,7 @@ mod error;
 mod faults;
 pub mod schema;
 mod store;
+pub mod stream;
 
 pub use error::{CodecError, StorageError};
 pub use faults::{DiskFaultError, DiskFaultSpec, DiskFaults, DISK_LATENCY_MS_MAX};

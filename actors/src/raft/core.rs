@@ -1,51 +1,52 @@
 //! The RaftPeer's core: raft-rs's `RawNode` over the redb [`RaftStore`],
-//! the schedule it applies to, and the proposals waiting for an outcome.
-//! No tokio and no ractor here: the actor feeds ticks, peer messages and
-//! proposals in, and drains [`Output`]s.
+//! the state machine it applies to ([`StateMachine`]), and the proposals
+//! waiting for an outcome. No tokio and no ractor here: the actor feeds
+//! ticks, peer messages and proposals in, and drains [`Output`]s.
+//!
+//! The core never names what the entries mean: it hands a client's
+//! command to the machine to encode, a forwarded proposal to the machine
+//! to check, and committed entries to the machine to apply; it answers its
+//! own proposals from what the machine decided.
 //!
 //! Every Ready is handled in the order the consensus issue fixes: persist
 //! (snapshot, entries, hard state) durably, then send, then apply committed
 //! entries, then advance.
 //!
-//! The applied state is the [`Replica`]'s, in redb: committed entries are
+//! The applied state is the machine's, in redb: committed entries are
 //! applied in one transaction per batch that also moves its applied index,
 //! so a restart resumes from disk. Entries at or before that index that
-//! raft-rs delivers again after a restart change nothing; the validators
-//! see them again with the verdict recorded when they applied.
+//! raft-rs delivers again after a restart change nothing; a tap sees them
+//! again as the machine decided them then.
 //!
-//! Snapshots stream ([`crate::replica::snapshot`]): when raft-rs asks for
-//! one, the leader holds a read transaction of its replica, hashes its rows
-//! a few chunks per tick, and then offers raft-rs a snapshot whose data is
-//! only a [`snap::Descriptor`]. A follower that receives it fetches the
+//! Snapshots stream ([`bulwark_storage::stream`]): when raft-rs asks for
+//! one, the leader holds a read of its machine's state
+//! ([`StateMachine::snapshot_source`]), hashes its rows a few chunks per
+//! tick, and then offers raft-rs a snapshot whose data is only a
+//! [`snap::Descriptor`]. A follower that receives it fetches the
 //! rows chunk by chunk ([`RaftWire::SnapshotFetch`]), stages them, checks
 //! the digest, installs them in one transaction, and only then steps the
 //! snapshot message into raft-rs.
 
 use std::collections::BTreeMap;
 
+use bulwark_storage::stream::{self as snap, SnapshotError};
 use bulwark_storage::{codec, StorageError, Store};
 use bulwark_transport::FacilityId;
 use raft::eraftpb::{
-    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, EntryType, MessageType,
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, MessageType,
 };
 use raft::{RawNode, StateRole};
-use redb::ReadableDatabase;
 
 use super::storage::RaftStore;
 use super::wire::WireMessage;
-use super::{raft_id, ClusterState, ProposeOutcome, RaftConfig, RaftSetup, RaftWire, ReadOutcome};
+use super::{raft_id, ClusterState, RaftConfig, RaftSetup, RaftWire, ReadOutcome, Refusal};
 use crate::flow::timeout::child_deadline;
-use crate::keys::{Domain, Keyring};
-use crate::ledger::{self, SignedProposal, Verdict};
+use crate::machine::{Answer, Batch, Decided, ForwardRefused, ProposeOutcome, StateMachine};
 use crate::plant::Bug;
-use crate::replica::{snapshot as snap, Replica, ScheduleView};
-use crate::schedule::{Applied, Command, IdempotencyKey};
-
-pub use crate::ledger::EntryPayload;
 
 /// Something the actor must do after a call into the core.
 #[derive(Debug)]
-pub enum Output {
+pub enum Output<M: StateMachine> {
     /// Send to a peer's RaftPeer.
     Send {
         /// The peer.
@@ -68,10 +69,10 @@ pub enum Output {
         /// The proposal's sequence number.
         seq: u64,
         /// Its outcome.
-        outcome: ProposeOutcome,
+        outcome: ProposeOutcome<M::Outcome>,
     },
     /// An entry was applied (only when [`RaftCore::emit_applied`] is on).
-    Applied(Box<AppliedEntry>),
+    Applied(Box<ShownEntry<M::Shown>>),
     /// A linearizable read may now be served from the local state.
     ReadReady {
         /// The read's sequence number.
@@ -83,25 +84,23 @@ pub enum Output {
 
 /// One applied log entry, as the applied-entry tap sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppliedEntry {
+pub struct ShownEntry<S> {
     /// Log index.
     pub index: u64,
     /// Term it was proposed in.
     pub term: u64,
     /// blake3 of the entry's type and data.
     pub hash: [u8; 32],
-    /// The decoded payload of a normal, non-empty entry.
-    pub payload: Option<EntryPayload>,
-    /// The ledger's verdict on it.
-    pub verdict: Verdict,
+    /// What the machine shows of it.
+    pub shown: S,
     /// The leader of `term`, as far as this facility saw it.
     pub leader: Option<FacilityId>,
 }
 
-struct Pending {
+struct Pending<K> {
     deadline_tick: u64,
     /// The proposal's idempotency key (none for reads).
-    key: Option<IdempotencyKey>,
+    key: Option<K>,
     /// When the request last went to raft-rs (reads only).
     issued_tick: u64,
     /// The leader a proposal was forwarded to (raft id; none when this
@@ -110,13 +109,13 @@ struct Pending {
 }
 
 /// The core. See the module docs.
-pub struct RaftCore {
+pub struct RaftCore<M: StateMachine> {
     node: RawNode<RaftStore>,
     me: FacilityId,
     my_id: u64,
     members: BTreeMap<u64, FacilityId>,
-    replica: Replica,
-    /// Entries at or before this index are not applied again (the replica
+    machine: M,
+    /// Entries at or before this index are not applied again (the machine
     /// holds them); see [`RaftCore::open`].
     skip_through: u64,
     /// The replica did not open and was emptied: nothing is applied or
@@ -125,23 +124,21 @@ pub struct RaftCore {
     config: RaftConfig,
     ticks: u64,
     next_seq: u64,
-    proposals: BTreeMap<u64, Pending>,
+    proposals: BTreeMap<u64, Pending<M::Key>>,
     /// Reads waiting for their read index, then for it to be applied.
-    reads: BTreeMap<u64, (Pending, Option<u64>)>,
-    out: Vec<Output>,
+    reads: BTreeMap<u64, (Pending<M::Key>, Option<u64>)>,
+    out: Vec<Output<M>>,
     emit_applied: bool,
     /// A configuration change applied: the next snapshot must carry it, or
     /// a facility it added would refuse the older one.
     snapshot_due: bool,
     /// The snapshot this facility holds to send.
-    outgoing: Option<Outgoing>,
+    outgoing: Option<Outgoing<M::Source>>,
     /// The snapshot this facility is receiving.
     incoming: Option<Incoming>,
     /// The next outgoing snapshot's id (the store's incarnation in the
     /// high half).
     next_snap_id: u64,
-    /// Signs proposals; checks every proposer's signature.
-    keyring: Keyring,
     /// The leader of each recent term, as seen here.
     term_leaders: BTreeMap<u64, u64>,
 }
@@ -159,11 +156,11 @@ const DIGEST_CHUNKS_PER_TICK: usize = 8;
 /// follower's cursor) and is asked for again.
 pub const FETCH_WINDOW: u32 = 4;
 
-/// A snapshot this leader holds to send: one read transaction of its
-/// replica, at one applied index.
-struct Outgoing {
+/// A snapshot this leader holds to send: one read of its machine's state,
+/// at one applied index.
+struct Outgoing<S> {
     id: u64,
-    tx: redb::ReadTransaction,
+    tx: S,
     index: u64,
     term: u64,
     conf: raft::eraftpb::ConfState,
@@ -250,8 +247,9 @@ impl RaftCoreError {
     }
 }
 
-impl RaftCore {
-    /// Opens the Raft state in `store` for `me` as `setup` describes.
+impl<M: StateMachine> RaftCore<M> {
+    /// Opens the Raft state in `store` for `me` as `setup` describes, and
+    /// the machine's state in the same store with `cx`.
     ///
     /// A store with Raft state resumes from it. A store without any:
     /// - with [`ClusterState::New`] and a store created by this start
@@ -266,8 +264,9 @@ impl RaftCore {
         me: FacilityId,
         setup: &RaftSetup,
         fresh_store: bool,
+        cx: &M::Context,
         logger: &slog::Logger,
-    ) -> Result<RaftCore, RaftCoreError> {
+    ) -> Result<RaftCore<M>, RaftCoreError> {
         let start = setup.start;
         let config = setup.config.clone();
         let members: BTreeMap<u64, FacilityId> = setup
@@ -279,7 +278,7 @@ impl RaftCore {
         let voters: Vec<u64> = initial.iter().map(raft_id).collect();
         let bootstrap = start == ClusterState::New && fresh_store;
         let path = store.path().to_path_buf();
-        let opened = match Replica::open(store.clone()) {
+        let opened = match M::open(store.clone(), cx) {
             Ok(r) => Ok(r),
             Err(e) if e.is_injected() => return Err(e.into()),
             Err(e) => Err(e.to_string()),
@@ -302,12 +301,12 @@ impl RaftCore {
         // else from a snapshot of the leader's (the Raft log, votes and
         // acknowledged entries stay). Only an emptying that fails
         // quarantines the facility.
-        let (replica, recovering) = match opened {
+        let (machine, recovering) = match opened {
             Ok(r) => (r, None),
             Err(reason) => {
                 tracing::error!(%reason, snap_index, "the replica does not open; emptying it to take it again from the peers");
                 metrics::counter!("bulwark_replica_recoveries_total").increment(1);
-                let r = Replica::reset(store).map_err(|e| {
+                let r = M::reset(store, cx).map_err(|e| {
                     RaftCoreError::Replica(format!("{reason}; emptying it failed: {e}"))
                 })?;
                 let recovering = (snap_index > 0).then_some(Recovery { reason });
@@ -316,7 +315,7 @@ impl RaftCore {
         };
         // raft-rs delivers the entries after the compaction point again;
         // those the replica holds change nothing (see `apply`).
-        let mut skip_through = replica.applied();
+        let mut skip_through = machine.applied();
         if skip_through > 0 && crate::plant::active(Bug::SnapshotIndexPlusOne) {
             skip_through += 1;
         }
@@ -328,7 +327,7 @@ impl RaftCore {
             me,
             my_id,
             members,
-            replica,
+            machine,
             skip_through,
             recovering,
             config,
@@ -344,7 +343,6 @@ impl RaftCore {
             outgoing: None,
             incoming: None,
             next_snap_id: incarnation << 32,
-            keyring: setup.keyring.clone(),
             term_leaders: BTreeMap::new(),
         })
     }
@@ -355,20 +353,20 @@ impl RaftCore {
     }
 
     /// Takes what the actor must do now.
-    pub fn drain(&mut self) -> Vec<Output> {
+    pub fn drain(&mut self) -> Vec<Output<M>> {
         std::mem::take(&mut self.out)
     }
 
-    /// A consistent view of the applied schedule (none while the replica
-    /// is being taken again from the peers).
-    pub fn view(&self) -> Result<ScheduleView, StorageError> {
+    /// A consistent view of the applied state (none while it is being
+    /// taken again from the peers).
+    pub fn view(&self) -> Result<M::View, StorageError> {
         if let Some(r) = &self.recovering {
             return Err(StorageError::Corrupt {
-                path: self.replica.store().path().to_path_buf(),
+                path: self.machine.store().path().to_path_buf(),
                 reason: format!("recovering from the leader's snapshot: {}", r.reason),
             });
         }
-        self.replica.read()
+        self.machine.view()
     }
 
     /// Why the replica is being taken again from the peers, if it is.
@@ -412,7 +410,7 @@ impl RaftCore {
     /// The replica's applied index (at least [`RaftCore::applied_index`]
     /// once a restart has replayed).
     pub fn replica_applied(&self) -> u64 {
-        self.replica.applied()
+        self.machine.applied()
     }
 
     /// The leader as this facility knows it.
@@ -554,15 +552,19 @@ impl RaftCore {
             }
             RaftWire::Forward { payload } => {
                 let outcome = self.propose_forwarded(from, payload, now_unix_ms);
-                if let Err((seq, outcome)) = outcome {
+                if let Err((seq, refusal)) = outcome {
                     self.out.push(Output::Send {
                         to: from.clone(),
-                        msg: RaftWire::ForwardRefused { seq, outcome },
+                        msg: RaftWire::ForwardRefused { seq, refusal },
                     });
                 }
             }
-            RaftWire::ForwardRefused { seq, outcome } => {
+            RaftWire::ForwardRefused { seq, refusal } => {
                 if self.proposals.remove(&seq).is_some() {
+                    let outcome = match refusal {
+                        Refusal::NotLeader { hint } => ProposeOutcome::NotLeader { hint },
+                        Refusal::Rejected { reason } => ProposeOutcome::Rejected { reason },
+                    };
                     self.out.push(Output::Proposed { seq, outcome });
                 }
             }
@@ -605,7 +607,7 @@ impl RaftCore {
                 return Ok(false);
             }
         };
-        if desc.index <= self.replica.applied() {
+        if desc.index <= self.machine.applied() {
             return Ok(true);
         }
         if let Some(i) = &self.incoming {
@@ -613,7 +615,7 @@ impl RaftCore {
                 return Ok(false); // already fetching it
             }
         }
-        snap::clear_staging(self.replica.store())?;
+        self.machine.clear_staging()?;
         tracing::info!(%from, index = desc.index, rows = desc.rows, bytes = desc.bytes,
             "receiving a snapshot");
         let cursor = snap::Cursor::default();
@@ -670,11 +672,11 @@ impl RaftCore {
         id: u64,
         cursor: snap::Cursor,
     ) -> Option<snap::Cursor> {
-        let store = self.replica.store().clone();
         let chunk = match &mut self.outgoing {
             Some(o) if o.id == id && o.digesting.is_none() => {
                 o.used_tick = self.ticks;
-                snap::read_chunk(&store, &o.tx, &cursor, snap::CHUNK_BYTES)
+                self.machine
+                    .read_chunk(&o.tx, &cursor, snap::CHUNK_BYTES)
                     .and_then(|c| Ok((snap::seal(&c)?, c.next)))
             }
             _ => {
@@ -738,9 +740,19 @@ impl RaftCore {
                 return Ok(());
             }
         };
-        let store = self.replica.store().clone();
         let first = inc.hasher.rows();
-        snap::stage(&store, first, &chunk.rows, &mut inc.hasher)?;
+        match self.machine.stage(first, &chunk.rows, &mut inc.hasher) {
+            Ok(()) => {}
+            Err(SnapshotError::Storage(e)) => return Err(e.into()),
+            Err(e) => {
+                metrics::counter!("bulwark_snapshot_refused_total", "facility" => self.me.to_string(), "reason" => "chunk")
+                    .increment(1);
+                tracing::warn!(%from, error = %e, "snapshot chunk refused; asking again");
+                // The rows staged so far stay; the hasher has not moved.
+                self.ask_again();
+                return Ok(());
+            }
+        }
         metrics::counter!("bulwark_snapshot_received_bytes_total", "facility" => self.me.to_string()).increment(bytes.len() as u64);
         inc.tries = 0;
         inc.window_left = inc.window_left.saturating_sub(1);
@@ -762,13 +774,13 @@ impl RaftCore {
         let Some(inc) = self.incoming.take() else {
             return Ok(());
         };
-        match snap::install(&store, &inc.desc, &inc.hasher) {
+        match self.machine.install(&inc.desc, &inc.hasher) {
             Ok(()) => {}
-            Err(snap::SnapshotError::Stale { index, applied }) => {
+            Err(SnapshotError::Stale { index, applied }) => {
                 tracing::info!(%from, index, applied, "snapshot no longer needed: the log caught up");
                 return Ok(());
             }
-            Err(snap::SnapshotError::Storage(e)) => return Err(e.into()),
+            Err(SnapshotError::Storage(e)) => return Err(e.into()),
             Err(e) => {
                 metrics::counter!("bulwark_snapshot_refused_total", "facility" => self.me.to_string(), "reason" => "digest")
                     .increment(1);
@@ -776,7 +788,6 @@ impl RaftCore {
                 return Ok(());
             }
         }
-        self.replica.reload()?;
         if let Some(r) = self.recovering.take() {
             tracing::warn!(index = inc.desc.index, reason = %r.reason, "replica taken again from the leader's snapshot");
         }
@@ -843,9 +854,8 @@ impl RaftCore {
             self.node.mut_store().offer_snapshot(None);
         }
         if self.outgoing.is_none() && wanted.is_some() && self.is_leader() {
-            let store = self.replica.store().clone();
-            let tx = store.database().begin_read().map_err(|e| store.redb(e))?;
-            let index = self.replica.applied();
+            let tx = self.machine.snapshot_source()?;
+            let index = self.machine.applied();
             let term = raft::Storage::term(self.node.store(), index)?;
             self.next_snap_id += 1;
             self.outgoing = Some(Outgoing {
@@ -863,13 +873,12 @@ impl RaftCore {
         let Some(o) = self.outgoing.as_mut() else {
             return Ok(());
         };
-        let store = self.replica.store().clone();
         let mut done = None;
         for _ in 0..DIGEST_CHUNKS_PER_TICK {
             let Some(cursor) = o.digesting.take() else {
                 break;
             };
-            let chunk = snap::read_chunk(&store, &o.tx, &cursor, snap::CHUNK_BYTES)?;
+            let chunk = self.machine.read_chunk(&o.tx, &cursor, snap::CHUNK_BYTES)?;
             for r in &chunk.rows {
                 o.hasher.add(r.table, &r.key, &r.value);
             }
@@ -885,6 +894,7 @@ impl RaftCore {
             }
         }
         if let Some(desc) = done {
+            let store = self.machine.store();
             let data =
                 codec::encode(&desc).map_err(|e| store.codec_error("snapshot", desc.index, e))?;
             let mut snapshot = raft::eraftpb::Snapshot {
@@ -919,31 +929,6 @@ impl RaftCore {
         }
     }
 
-    fn payload_bytes(&self, seq: u64, command: Command) -> Result<Vec<u8>, ProposeOutcome> {
-        let payload = EntryPayload {
-            proposer: self.me.clone(),
-            seq,
-            anchor: self.replica.chain().anchor(),
-            command,
-        };
-        let encode_err = |e: bulwark_storage::CodecError| ProposeOutcome::Rejected {
-            reason: format!("cannot encode: {e}"),
-        };
-        let body = codec::encode(&payload).map_err(encode_err)?;
-        let sig = self.keyring.sign(Domain::Proposal, &body);
-        let bytes = codec::encode(&SignedProposal { body, sig }).map_err(encode_err)?;
-        if bytes.len() as u64 > self.config.entry_len_max {
-            return Err(ProposeOutcome::Rejected {
-                reason: format!(
-                    "command of {} bytes exceeds {}",
-                    bytes.len(),
-                    self.config.entry_len_max
-                ),
-            });
-        }
-        Ok(bytes)
-    }
-
     /// Proposes `command`, issued and signed by this facility and stamped
     /// with `now_unix_ms` (the proposer's clock). The outcome comes later as
     /// [`Output::Proposed`] with the returned sequence number, or at once as
@@ -956,10 +941,10 @@ impl RaftCore {
     /// refused as timed out before anything is proposed.
     pub fn propose(
         &mut self,
-        mut command: Command,
+        command: M::Command,
         now_unix_ms: u64,
         deadline_unix_ms: Option<u64>,
-    ) -> Result<u64, ProposeOutcome> {
+    ) -> Result<u64, ProposeOutcome<M::Outcome>> {
         let hop_ms = self
             .config
             .proposal_timeout_ticks
@@ -968,11 +953,6 @@ impl RaftCore {
             metrics::counter!("bulwark_deadline_expired_total", "stage" => "propose").increment(1);
             return Err(ProposeOutcome::TimedOut);
         };
-        // This facility accepted it from its client: it is the issuer, and
-        // its clock stamps it (a retry through another facility is issued
-        // again there; the idempotency key still makes it apply once).
-        command.at_unix_ms = now_unix_ms;
-        command.issued_by = self.me.clone();
         if let Some(why) = self.recovering() {
             // Its chain head is empty: a proposal anchored there would be
             // refused by every replica, under the client's key.
@@ -985,8 +965,20 @@ impl RaftCore {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let key = command.key;
-        let bytes = self.payload_bytes(seq, command)?;
+        let key = M::key(&command);
+        let bytes = self
+            .machine
+            .propose(&self.me, seq, command, now_unix_ms)
+            .map_err(|reason| ProposeOutcome::Rejected { reason })?;
+        if bytes.len() as u64 > self.config.entry_len_max {
+            return Err(ProposeOutcome::Rejected {
+                reason: format!(
+                    "command of {} bytes exceeds {}",
+                    bytes.len(),
+                    self.config.entry_len_max
+                ),
+            });
+        }
         let via;
         if self.is_leader() {
             self.node
@@ -1028,55 +1020,45 @@ impl RaftCore {
         from: &FacilityId,
         payload: Vec<u8>,
         now_unix_ms: u64,
-    ) -> Result<(), (u64, ProposeOutcome)> {
+    ) -> Result<(), (u64, Refusal)> {
         let limit = self.config.entry_len_max as usize;
-        let decoded = codec::decode_limited::<SignedProposal>(&payload, limit)
-            .and_then(|sp| codec::decode_limited::<EntryPayload>(&sp.body, limit).map(|p| (sp, p)));
-        let (signed, decoded) = match decoded {
-            Ok(d) => d,
+        let fwd = match self.machine.check_forwarded(from, &payload, limit) {
+            Ok(f) => f,
             Err(e) => {
-                metrics::counter!("bulwark_raft_forward_refused_total", "reason" => "malformed")
+                let reason = match e {
+                    ForwardRefused::Malformed(_) => "malformed",
+                    ForwardRefused::Forged => "forged",
+                };
+                metrics::counter!("bulwark_raft_forward_refused_total", "reason" => reason)
                     .increment(1);
-                tracing::warn!(error = %e, "malformed forwarded proposal dropped");
+                tracing::warn!(%from, error = %e, "forwarded proposal dropped");
                 return Ok(());
             }
         };
-        // The proposer is bound to the authenticated sender, and signed it.
-        let signed_ok = self
-            .keyring
-            .public()
-            .verify(from, Domain::Proposal, &signed.body, &signed.sig)
-            .is_ok();
-        if decoded.proposer != *from || decoded.command.issued_by != *from || !signed_ok {
-            metrics::counter!("bulwark_raft_forward_refused_total", "reason" => "forged")
-                .increment(1);
-            tracing::warn!(%from, "forwarded proposal with a forged proposer or signature dropped");
-            return Ok(());
-        }
         let skew = self.config.clock_skew_max_ms;
-        if decoded.command.at_unix_ms.abs_diff(now_unix_ms) > skew {
+        if fwd.at_unix_ms.abs_diff(now_unix_ms) > skew {
             return Err((
-                decoded.seq,
-                ProposeOutcome::Rejected {
+                fwd.seq,
+                Refusal::Rejected {
                     reason: format!(
                         "TIME_TRAVEL: timestamp {} is more than {skew} ms from the leader's clock {now_unix_ms}",
-                        decoded.command.at_unix_ms
+                        fwd.at_unix_ms
                     ),
                 },
             ));
         }
         if !self.is_leader() {
             return Err((
-                decoded.seq,
-                ProposeOutcome::NotLeader {
+                fwd.seq,
+                Refusal::NotLeader {
                     hint: self.leader(),
                 },
             ));
         }
         self.node.propose(Vec::new(), payload).map_err(|e| {
             (
-                decoded.seq,
-                ProposeOutcome::Rejected {
+                fwd.seq,
+                Refusal::Rejected {
                     reason: format!("leader dropped the proposal: {e}"),
                 },
             )
@@ -1242,11 +1224,11 @@ impl RaftCore {
             if !rd.snapshot().is_empty() {
                 let snapshot = rd.snapshot().clone();
                 let index = snapshot.get_metadata().index;
-                if self.replica.applied() < index {
+                if self.machine.applied() < index {
                     // Only a snapshot whose rows are installed is stepped.
                     return Err(RaftCoreError::Snapshot(format!(
-                        "raft-rs took a snapshot at {index}; the replica holds {}",
-                        self.replica.applied()
+                        "raft-rs took a snapshot at {index}; the machine holds {}",
+                        self.machine.applied()
                     )));
                 }
                 self.node.mut_store().apply_snapshot(&snapshot)?;
@@ -1338,20 +1320,15 @@ impl RaftCore {
     }
 
     fn apply(&mut self, entries: Vec<raft::eraftpb::Entry>) -> Result<(), RaftCoreError> {
-        let Some(last) = entries.last().map(|e| e.index) else {
+        if entries.is_empty() {
             return Ok(());
-        };
+        }
         if self.recovering.is_some() {
             // The snapshot asked for starts at this follower's last log
             // index or later: it carries these entries.
             return Ok(());
         }
-        let tx = self.replica.begin()?;
-        let mut sched = self.replica.schedule(&tx);
-        let compacted = self.node.store().latest_snapshot().get_metadata().index;
-        let held = self.skip_through.max(self.replica.applied());
-        let mut conf = None;
-        for e in entries {
+        for e in &entries {
             // Guard for tikv/raft-rs#543/#561: nothing beyond the commit index
             // (and, in 0.7.0, beyond what is persisted) is ever applied.
             assert!(
@@ -1360,148 +1337,89 @@ impl RaftCore {
                 e.index,
                 self.commit_index()
             );
-            let mut payload = None;
-            let mut verdict = Verdict::Skipped;
-            if e.index <= held {
-                // Applied before a restart (or carried by an installed
-                // snapshot): the replica holds it. Shown again as decided;
-                // an entry an installed snapshot carried, with no verdict
-                // recorded here, is not shown (as raft-rs shows none of
-                // the entries a snapshot replaces).
-                if e.entry_type == EntryType::EntryNormal && self.emit_applied {
-                    match self.replica.verdict_at(e.index)? {
-                        Some(rec) => {
-                            (payload, verdict) =
-                                ledger::relink(sched.chain(), e.index, e.term, &e.data, &rec);
-                        }
-                        None if !e.data.is_empty() => continue,
-                        None => {}
-                    }
-                }
-            } else {
-                match e.entry_type {
-                    EntryType::EntryNormal => {
-                        let adm = ledger::admit(
-                            &mut sched,
-                            self.keyring.public(),
-                            e.index,
-                            e.term,
-                            &e.data,
-                        );
-                        let height = match &adm.verdict {
-                            Verdict::Admitted(link) => Some(link.entry.height),
-                            _ => None,
-                        };
-                        if let (Some(p), Some(applied)) = (&adm.payload, adm.applied) {
-                            self.answer(e.index, p, applied, height);
-                        } else if let (Some(p), Verdict::Rejected { reason, .. }) =
-                            (&adm.payload, &adm.verdict)
-                        {
-                            self.answer_refused(p, reason.code());
-                        }
-                        if !e.data.is_empty() {
-                            self.replica
-                                .record_verdict(&tx, e.index, &adm.verdict.recorded())?;
-                        }
-                        payload = adm.payload;
-                        verdict = adm.verdict;
-                    }
-                    EntryType::EntryConfChangeV2 => {
-                        let cc: ConfChangeV2 = protobuf::Message::parse_from_bytes(&e.data)
-                            .map_err(|err| {
-                                RaftCoreError::Snapshot(format!(
-                                    "conf change at {}: {err}",
-                                    e.index
-                                ))
-                            })?;
-                        let cs = self.node.apply_conf_change(&cc)?;
-                        self.node.store().stage_conf_state(&tx, &cs)?;
-                        conf = Some(cs);
-                        self.snapshot_due = true;
-                    }
-                    EntryType::EntryConfChange => {
-                        tracing::error!(index = e.index, "v1 conf change ignored");
-                    }
-                }
-            }
-            if self.emit_applied {
-                let mut h = blake3::Hasher::new();
-                h.update(&[e.entry_type as u8]);
-                h.update(&e.data);
-                let leader = self
-                    .term_leaders
-                    .get(&e.term)
-                    .and_then(|id| self.members.get(id))
-                    .cloned();
-                self.out.push(Output::Applied(Box::new(AppliedEntry {
-                    index: e.index,
-                    term: e.term,
-                    hash: *h.finalize().as_bytes(),
-                    payload,
-                    verdict,
-                    leader,
-                })));
-            }
         }
-        self.replica.prune_verdicts(&tx, compacted)?;
-        let done = sched.into_tables().finish()?;
-        self.replica.commit(tx, done, last)?;
+        let batch = Batch {
+            entries: &entries,
+            held_through: self.skip_through,
+            compacted: self.node.store().latest_snapshot().get_metadata().index,
+            show: self.emit_applied,
+        };
+        let (node, snapshot_due) = (&mut self.node, &mut self.snapshot_due);
+        let mut conf = None;
+        let mut on_conf = |tx: &redb::WriteTransaction,
+                           e: &raft::eraftpb::Entry|
+         -> Result<(), RaftCoreError> {
+            let cc: ConfChangeV2 = protobuf::Message::parse_from_bytes(&e.data).map_err(|err| {
+                RaftCoreError::Snapshot(format!("conf change at {}: {err}", e.index))
+            })?;
+            let cs = node.apply_conf_change(&cc)?;
+            node.store().stage_conf_state(tx, &cs)?;
+            conf = Some(cs);
+            *snapshot_due = true;
+            Ok(())
+        };
+        let decided = self.machine.apply(batch, &mut on_conf)?;
         if let Some(cs) = conf {
             self.node.mut_store().note_conf_state(&cs);
+        }
+        for (e, d) in entries.iter().zip(decided) {
+            self.answer(e.index, &d);
+            let Some(shown) = d.shown else {
+                continue;
+            };
+            let mut h = blake3::Hasher::new();
+            h.update(&[e.entry_type as u8]);
+            h.update(&e.data);
+            let leader = self
+                .term_leaders
+                .get(&e.term)
+                .and_then(|id| self.members.get(id))
+                .cloned();
+            self.out.push(Output::Applied(Box::new(ShownEntry {
+                index: e.index,
+                term: e.term,
+                hash: *h.finalize().as_bytes(),
+                shown,
+                leader,
+            })));
         }
         Ok(())
     }
 
-    /// Answers our own proposal whose entry was refused before the schedule
-    /// saw it (a forged signature cannot be ours, but a rejection is
-    /// answered all the same).
-    fn answer_refused(&mut self, payload: &EntryPayload, code: &str) {
-        if payload.proposer != self.me {
+    /// Answers our own proposal that `d` decided. Ours if the origin, the
+    /// sequence number and the key all match: an entry re-applied after a
+    /// restart never answers a new proposal.
+    fn answer(&mut self, index: u64, d: &Decided<M>) {
+        let (Some(origin), Some(answer)) = (&d.origin, &d.answer) else {
             return;
-        }
-        if let Some(p) = self.proposals.get(&payload.seq) {
-            if p.key == Some(payload.command.key) {
-                self.proposals.remove(&payload.seq);
-                self.out.push(Output::Proposed {
-                    seq: payload.seq,
-                    outcome: ProposeOutcome::Rejected {
-                        reason: format!("{code}: refused by the ledger's checks"),
-                    },
-                });
-            }
-        }
-    }
-
-    fn answer(
-        &mut self,
-        index: u64,
-        payload: &EntryPayload,
-        applied: Applied,
-        height: Option<u64>,
-    ) {
-        // Ours if the origin, the sequence number and the key all match: an
-        // entry re-applied after a restart never answers a new proposal.
-        let ours = payload.proposer == self.me
+        };
+        let ours = origin.proposer == self.me
             && self
                 .proposals
-                .get(&payload.seq)
-                .is_some_and(|p| p.key == Some(payload.command.key));
+                .get(&origin.seq)
+                .is_some_and(|p| p.key == Some(origin.key));
         if !ours {
             return;
         }
-        self.proposals.remove(&payload.seq);
-        let (outcome, duplicate) = match applied {
-            Applied::Fresh(outcome) => (outcome, false),
-            Applied::Duplicate { outcome, .. } => (outcome, true),
-        };
-        self.out.push(Output::Proposed {
-            seq: payload.seq,
-            outcome: ProposeOutcome::Committed {
+        self.proposals.remove(&origin.seq);
+        let outcome = match answer.clone() {
+            Answer::Applied {
+                outcome,
+                duplicate,
+                height,
+            } => ProposeOutcome::Committed {
                 index,
                 outcome,
                 duplicate,
                 height,
             },
+            // Refused before the state saw it (a forged signature cannot be
+            // ours, but a refusal is answered all the same).
+            Answer::Refused { reason } => ProposeOutcome::Rejected { reason },
+        };
+        self.out.push(Output::Proposed {
+            seq: origin.seq,
+            outcome,
         });
     }
 
@@ -1574,8 +1492,13 @@ impl RaftCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::Keyring;
+    use crate::replica::ScheduleMachine;
+    use crate::schedule::{Command, IdempotencyKey};
 
-    fn open(dir: &std::path::Path, start: ClusterState) -> (Result<RaftCore, RaftCoreError>, bool) {
+    type Core = RaftCore<ScheduleMachine>;
+
+    fn open(dir: &std::path::Path, start: ClusterState) -> (Result<Core, RaftCoreError>, bool) {
         let me: FacilityId = "alpha".parse().unwrap();
         let members: Vec<FacilityId> = ["alpha", "bravo", "charlie"]
             .iter()
@@ -1587,7 +1510,7 @@ mod tests {
         let rings = Keyring::deterministic(&members, 1);
         let mut setup = RaftSetup::new(members, rings[&me].clone());
         setup.start = start;
-        let core = RaftCore::open(opened.store, me, &setup, fresh, &logger);
+        let core = RaftCore::open(opened.store, me, &setup, fresh, &setup.keyring, &logger);
         (core, fresh)
     }
 
@@ -1659,7 +1582,7 @@ mod tests {
         };
         let now = 1_000_000;
         let hop = RaftConfig::default().proposal_timeout_ticks * RaftConfig::default().tick_ms;
-        let forwarded = |core: &mut RaftCore| -> Vec<u64> {
+        let forwarded = |core: &mut Core| -> Vec<u64> {
             core.drain()
                 .into_iter()
                 .filter_map(|o| match o {

@@ -12,138 +12,18 @@
 //!   rows matches the descriptor's, installs them in one durable
 //!   transaction ([`install`]). A chunk or a digest that does not match is
 //!   a typed [`SnapshotError`] that leaves the replica as it was.
+//!
+//! The chunks, cursors, descriptor and digest are the storage crate's
+//! ([`bulwark_storage::stream`]), the same for any state machine's tables;
+//! which tables, and how they are staged and installed, is the replica's.
 
 use bulwark_storage::schema::{SCHED_META, SCHED_STAGING, SCHED_TABLES};
 use bulwark_storage::{codec, StorageError, Store};
 use redb::{Durability, ReadTransaction, ReadableTable, WriteTransaction};
-use serde::{Deserialize, Serialize};
 
-use crate::ledger::Hash;
-
-/// Most bytes of rows in one chunk.
-pub const CHUNK_BYTES: usize = 1024 * 1024;
-/// Framing a chunk may add to its rows.
-const CHUNK_SLACK: usize = 64 * 1024;
-
-/// What the Raft snapshot message carries instead of the state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Descriptor {
-    /// Which held snapshot of the sender (it serves chunks by this id).
-    pub id: u64,
-    /// The applied index the rows are at.
-    pub index: u64,
-    /// Rows in all.
-    pub rows: u64,
-    /// Bytes of rows in all.
-    pub bytes: u64,
-    /// blake3 over every row ([`RowHasher`]).
-    pub digest: Hash,
-}
-
-/// Where a chunk starts: table number and the last key already sent.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Cursor {
-    /// Index into [`SCHED_TABLES`].
-    pub table: u8,
-    /// The last key sent from `table` (none: from its first row).
-    pub after: Option<Vec<u8>>,
-    /// Rows sent before this cursor.
-    pub rows: u64,
-}
-
-/// One row of a replica table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Row {
-    /// Index into [`SCHED_TABLES`].
-    pub table: u8,
-    /// The key's bytes.
-    pub key: Vec<u8>,
-    /// The value's bytes.
-    pub value: Vec<u8>,
-}
-
-/// Up to [`CHUNK_BYTES`] of rows, and where the next chunk starts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Chunk {
-    /// The rows, in order.
-    pub rows: Vec<Row>,
-    /// Where the next chunk starts; none: this was the last.
-    pub next: Option<Cursor>,
-}
-
-/// Why a snapshot could not be sent, received or installed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SnapshotError {
-    /// The store failed.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    /// A chunk's bytes do not match its checksum, or do not decode.
-    #[error("snapshot chunk at row {at} is damaged: {why}")]
-    DamagedChunk {
-        /// Rows before the chunk.
-        at: u64,
-        /// What is wrong.
-        why: String,
-    },
-    /// The rows do not hash to the descriptor's digest, or their count or
-    /// size differs.
-    #[error("snapshot at index {index} does not match its descriptor: {why}")]
-    Mismatch {
-        /// The snapshot's index.
-        index: u64,
-        /// What differs.
-        why: String,
-    },
-    /// The replica has already applied the snapshot's index (it caught up
-    /// by the log while the rows came): installing would move it back.
-    #[error("snapshot at index {index} is behind the replica, which has applied {applied}")]
-    Stale {
-        /// The snapshot's index.
-        index: u64,
-        /// The replica's applied index.
-        applied: u64,
-    },
-    /// A row names a table that does not exist.
-    #[error("snapshot row names table {0}, which does not exist")]
-    UnknownTable(u8),
-}
-
-/// blake3 over rows, each framed by its table and lengths.
-#[derive(Default)]
-pub struct RowHasher {
-    h: blake3::Hasher,
-    rows: u64,
-    bytes: u64,
-}
-
-impl RowHasher {
-    /// Adds one row.
-    pub fn add(&mut self, table: u8, key: &[u8], value: &[u8]) {
-        self.h.update(&[table]);
-        self.h.update(&(key.len() as u64).to_le_bytes());
-        self.h.update(key);
-        self.h.update(&(value.len() as u64).to_le_bytes());
-        self.h.update(value);
-        self.rows += 1;
-        self.bytes += (key.len() + value.len()) as u64;
-    }
-
-    /// Rows added.
-    pub fn rows(&self) -> u64 {
-        self.rows
-    }
-
-    /// Bytes added.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    /// The digest so far.
-    pub fn digest(&self) -> Hash {
-        *self.h.finalize().as_bytes()
-    }
-}
+pub use bulwark_storage::stream::{
+    open, seal, Chunk, Cursor, Descriptor, Row, RowHasher, SnapshotError, CHUNK_BYTES,
+};
 
 /// Reads the chunk that starts at `from` from `tx`.
 pub fn read_chunk(
@@ -213,41 +93,6 @@ pub fn digest_all(store: &Store, tx: &ReadTransaction) -> Result<RowHasher, Stor
     }
 }
 
-/// Encodes a chunk for the wire, with its checksum.
-pub fn seal(chunk: &Chunk) -> Result<(Vec<u8>, Hash), StorageError> {
-    let bytes = codec::encode(chunk).map_err(|e| StorageError::Corrupt {
-        path: Default::default(),
-        reason: format!("snapshot chunk does not encode: {e}"),
-    })?;
-    let sum = *blake3::hash(&bytes).as_bytes();
-    Ok((bytes, sum))
-}
-
-/// Checks and decodes a chunk received as `bytes` with `checksum`; `at` is
-/// the receiver's row count so far (for the error).
-pub fn open(bytes: &[u8], checksum: &Hash, at: u64) -> Result<Chunk, SnapshotError> {
-    if blake3::hash(bytes).as_bytes() != checksum {
-        return Err(SnapshotError::DamagedChunk {
-            at,
-            why: "checksum mismatch".into(),
-        });
-    }
-    let chunk: Chunk = codec::decode_limited(bytes, CHUNK_BYTES + CHUNK_SLACK).map_err(|e| {
-        SnapshotError::DamagedChunk {
-            at,
-            why: e.to_string(),
-        }
-    })?;
-    if let Some(r) = chunk
-        .rows
-        .iter()
-        .find(|r| r.table as usize >= SCHED_TABLES.len())
-    {
-        return Err(SnapshotError::UnknownTable(r.table));
-    }
-    Ok(chunk)
-}
-
 /// Empties the staging table (a new transfer begins).
 pub fn clear_staging(store: &Store) -> Result<(), StorageError> {
     let mut tx = store.begin_write()?;
@@ -267,7 +112,10 @@ pub fn stage(
     first: u64,
     rows: &[Row],
     hasher: &mut RowHasher,
-) -> Result<(), StorageError> {
+) -> Result<(), SnapshotError> {
+    if let Some(r) = rows.iter().find(|r| r.table as usize >= SCHED_TABLES.len()) {
+        return Err(SnapshotError::UnknownTable(r.table));
+    }
     let mut tx = store.begin_write()?;
     tx.set_durability(Durability::None)
         .map_err(|e| store.redb(redb::Error::from(e)))?;
@@ -282,7 +130,8 @@ pub fn stage(
             hasher.add(r.table, &r.key, &r.value);
         }
     }
-    tx.commit().map_err(|e| store.redb(e))
+    tx.commit().map_err(|e| store.redb(e))?;
+    Ok(())
 }
 
 /// Replaces the replica's tables by the staged rows, in one durable
@@ -290,22 +139,7 @@ pub fn stage(
 /// is as it was (the staging is kept for a look, and cleared by the next
 /// transfer).
 pub fn install(store: &Store, desc: &Descriptor, hasher: &RowHasher) -> Result<(), SnapshotError> {
-    let mismatch = |why: String| SnapshotError::Mismatch {
-        index: desc.index,
-        why,
-    };
-    if hasher.rows() != desc.rows || hasher.bytes() != desc.bytes {
-        return Err(mismatch(format!(
-            "{} rows / {} bytes received, {} / {} described",
-            hasher.rows(),
-            hasher.bytes(),
-            desc.rows,
-            desc.bytes
-        )));
-    }
-    if hasher.digest() != desc.digest {
-        return Err(mismatch("digest differs".into()));
-    }
+    hasher.check(desc)?;
     let tx = store.begin_write()?;
     let applied = {
         let t = tx.open_table(SCHED_META).map_err(|e| store.redb(e))?;
