@@ -266,7 +266,7 @@ const FEED_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// An applied entry's memory, estimated from its encoded proposal (the
 /// decoded command takes a few times its encoding).
 fn feed_cost(e: &AppliedEntry) -> usize {
-    let encoded = match &e.verdict {
+    let encoded = match &e.shown.verdict {
         crate::ledger::Verdict::Admitted(l) => l.bytes.len(),
         crate::ledger::Verdict::Rejected {
             shadow: Some(l), ..

@@ -261,24 +261,6 @@ pub fn relink(
     (payload, verdict)
 }
 
-/// One applied log entry, as the validators and the simulation's checks
-/// see it: the RaftPeer's tap of what the schedule's machine decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppliedEntry {
-    /// Log index.
-    pub index: u64,
-    /// Term it was proposed in.
-    pub term: u64,
-    /// blake3 of the entry's type and data.
-    pub hash: [u8; 32],
-    /// The decoded payload of a normal, non-empty entry.
-    pub payload: Option<EntryPayload>,
-    /// The ledger's verdict on it.
-    pub verdict: Verdict,
-    /// The leader of `term`, as far as this facility saw it.
-    pub leader: Option<FacilityId>,
-}
-
 /// [`admit`]'s result.
 #[derive(Debug)]
 pub struct Admission {

@@ -145,21 +145,21 @@ pub enum ForwardRefused {
 }
 
 /// The replicated state machine. See the module docs.
-pub trait StateMachine: Sized + Send + 'static {
+pub trait StateMachine: Sized + Send + Sync + 'static {
     /// A client's command.
     type Command: Send + std::fmt::Debug + 'static;
     /// A command's idempotency key.
     type Key: Copy + Eq + std::fmt::Debug + Send + Sync + 'static;
     /// What applying a command answers.
-    type Outcome: Clone + std::fmt::Debug + Send + 'static;
+    type Outcome: Clone + std::fmt::Debug + Send + Sync + 'static;
     /// A consistent read of the applied state.
     type View: Send + 'static;
     /// What a tap of applied entries shows of one entry.
     type Shown: Clone + std::fmt::Debug + Send + Sync + 'static;
     /// What opening the machine needs besides its store (keys).
-    type Context: Clone + Send + 'static;
+    type Context: Clone + Send + Sync + 'static;
     /// A consistent read of the state to stream out as a snapshot.
-    type Source: Send + 'static;
+    type Source: Send + Sync + 'static;
 
     /// Opens the machine's state in `store`.
     fn open(store: Store, cx: &Self::Context) -> Result<Self, StorageError>;

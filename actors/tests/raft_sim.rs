@@ -398,8 +398,10 @@ fn the_step_checkers_catch_planted_violations() {
         index,
         term,
         hash: [byte; 32],
-        payload: None,
-        verdict: bulwark_actors::ledger::Verdict::Skipped,
+        shown: bulwark_actors::replica::Shown {
+            payload: None,
+            verdict: bulwark_actors::ledger::Verdict::Skipped,
+        },
         leader: None,
     };
     let mut o = Observed::default();

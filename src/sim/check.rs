@@ -315,13 +315,14 @@ impl RaftObserver {
     /// did, and (fed to the model in index order) as the reference model
     /// decides it.
     fn on_decided(&mut self, f: &FacilityId, e: &AppliedEntry) {
-        let decision = match &e.verdict {
+        let decision = match &e.shown.verdict {
             Verdict::Admitted(_) => Some(Decision::Applied),
             Verdict::Rejected { reason, .. } => Some(Decision::Refused(reason.code().to_string())),
             Verdict::Duplicate => Some(Decision::Duplicate),
             Verdict::Skipped => None,
         };
         let seen = e
+            .shown
             .payload
             .as_ref()
             .zip(decision)
@@ -1097,8 +1098,10 @@ mod tests {
             index,
             term,
             hash: [byte; 32],
-            payload: None,
-            verdict: Verdict::Skipped,
+            shown: bulwark_actors::replica::Shown {
+                payload: None,
+                verdict: Verdict::Skipped,
+            },
             leader: None,
         }
     }
@@ -1286,13 +1289,15 @@ mod tests {
             index,
             term: 1,
             hash: [index as u8; 32],
-            payload: command.map(|command| bulwark_actors::raft::EntryPayload {
-                proposer: f("alpha"),
-                seq: index,
-                anchor: Default::default(),
-                command,
-            }),
-            verdict,
+            shown: bulwark_actors::replica::Shown {
+                payload: command.map(|command| bulwark_actors::raft::EntryPayload {
+                    proposer: f("alpha"),
+                    seq: index,
+                    anchor: Default::default(),
+                    command,
+                }),
+                verdict,
+            },
             leader: None,
         }
     }

@@ -312,11 +312,12 @@ impl Core {
         }
         self.cursor = e.index;
         let assigned = e
+            .shown
             .payload
             .as_ref()
             .map(|p| assigned_people(&p.command.op))
             .unwrap_or_default();
-        match &e.verdict {
+        match &e.shown.verdict {
             Verdict::Admitted(link) => {
                 self.patterns_note(&link.entry.proposer, false, &assigned, now_unix_ms);
                 let ahead = link.entry.at_unix_ms.saturating_sub(now_unix_ms);

@@ -59,8 +59,10 @@ fn entries(len: u64) -> Vec<AppliedEntry> {
                 index: i,
                 term: 1,
                 hash: [0; 32],
-                payload: adm.payload,
-                verdict: adm.verdict,
+                shown: crate::replica::Shown {
+                    payload: adm.payload,
+                    verdict: adm.verdict,
+                },
                 leader: Some(ids()[0].clone()),
             }
         })
@@ -68,7 +70,7 @@ fn entries(len: u64) -> Vec<AppliedEntry> {
 }
 
 fn link(e: &AppliedEntry) -> Link {
-    match &e.verdict {
+    match &e.shown.verdict {
         Verdict::Admitted(l) => l.clone(),
         other => panic!("{other:?}"),
     }

@@ -37,9 +37,10 @@ use raft::eraftpb::{
 };
 use raft::{RawNode, StateRole};
 
+use super::actor::RaftSetup;
 use super::storage::RaftStore;
 use super::wire::WireMessage;
-use super::{raft_id, ClusterState, RaftConfig, RaftSetup, RaftWire, ReadOutcome, Refusal};
+use super::{raft_id, ClusterState, RaftConfig, RaftWire, ReadOutcome, Refusal};
 use crate::flow::timeout::child_deadline;
 use crate::machine::{Answer, Batch, Decided, ForwardRefused, ProposeOutcome, StateMachine};
 use crate::plant::Bug;
@@ -249,7 +250,7 @@ impl RaftCoreError {
 
 impl<M: StateMachine> RaftCore<M> {
     /// Opens the Raft state in `store` for `me` as `setup` describes, and
-    /// the machine's state in the same store with `cx`.
+    /// the machine's state in the same store.
     ///
     /// A store with Raft state resumes from it. A store without any:
     /// - with [`ClusterState::New`] and a store created by this start
@@ -262,9 +263,8 @@ impl<M: StateMachine> RaftCore<M> {
     pub fn open(
         store: Store,
         me: FacilityId,
-        setup: &RaftSetup,
+        setup: &RaftSetup<M>,
         fresh_store: bool,
-        cx: &M::Context,
         logger: &slog::Logger,
     ) -> Result<RaftCore<M>, RaftCoreError> {
         let start = setup.start;
@@ -278,7 +278,7 @@ impl<M: StateMachine> RaftCore<M> {
         let voters: Vec<u64> = initial.iter().map(raft_id).collect();
         let bootstrap = start == ClusterState::New && fresh_store;
         let path = store.path().to_path_buf();
-        let opened = match M::open(store.clone(), cx) {
+        let opened = match M::open(store.clone(), &setup.keyring) {
             Ok(r) => Ok(r),
             Err(e) if e.is_injected() => return Err(e.into()),
             Err(e) => Err(e.to_string()),
@@ -306,7 +306,7 @@ impl<M: StateMachine> RaftCore<M> {
             Err(reason) => {
                 tracing::error!(%reason, snap_index, "the replica does not open; emptying it to take it again from the peers");
                 metrics::counter!("bulwark_replica_recoveries_total").increment(1);
-                let r = M::reset(store, cx).map_err(|e| {
+                let r = M::reset(store, &setup.keyring).map_err(|e| {
                     RaftCoreError::Replica(format!("{reason}; emptying it failed: {e}"))
                 })?;
                 let recovering = (snap_index > 0).then_some(Recovery { reason });
@@ -1510,7 +1510,7 @@ mod tests {
         let rings = Keyring::deterministic(&members, 1);
         let mut setup = RaftSetup::new(members, rings[&me].clone());
         setup.start = start;
-        let core = RaftCore::open(opened.store, me, &setup, fresh, &setup.keyring, &logger);
+        let core = RaftCore::open(opened.store, me, &setup, fresh, &logger);
         (core, fresh)
     }
 

@@ -24,8 +24,10 @@ impl Run<'_> {
                     index: 1,
                     term: u64::MAX,
                     hash: [7; 32],
-                    payload: None,
-                    verdict: ledger::Verdict::Skipped,
+                    shown: bulwark_actors::replica::Shown {
+                        payload: None,
+                        verdict: ledger::Verdict::Skipped,
+                    },
                     leader: None,
                 };
                 let obs = self.c.observer();
