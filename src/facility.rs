@@ -311,9 +311,7 @@ pub async fn probe(ctx: NodeCtx) -> http::Probes {
     };
     let replica = match &status {
         Ok(s) => match &s.fault {
-            Some(why) => Err(format!(
-                "quarantined: {why}; restore the store from a backup (bulwark restore)"
-            )),
+            Some(why) => Err(why.clone()),
             None => Ok(()),
         },
         // Not known: the leader check reports the RaftPeer.

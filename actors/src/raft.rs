@@ -73,7 +73,7 @@ pub mod wire;
 
 pub use self::actor::{inspect, raft_child, PeerState, RaftPeerArgs, RaftPeerState};
 pub use self::core::{Output, RaftCore, RaftCoreError, ShownEntry};
-pub use self::storage::RaftStore;
+pub use self::storage::{Fence, RaftStore};
 pub use crate::ledger::EntryPayload;
 
 use std::fmt::Write as _;
@@ -325,6 +325,17 @@ pub enum RaftWire {
     SnapshotGone {
         /// The snapshot.
         id: u64,
+    },
+    /// A facility whose store was created by this start asks whether the
+    /// cluster has a history, and whether it was part of it (the vote
+    /// fence, [`core`]).
+    Probe,
+    /// The answer to a [`RaftWire::Probe`].
+    ProbeAnswer {
+        /// The answering facility's commit index.
+        commit: u64,
+        /// It had heard from the asking facility, with a history, before.
+        knew_you: bool,
     },
 }
 

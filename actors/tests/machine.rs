@@ -7,6 +7,11 @@
 //! everywhere in the same order, and a facility cut off while the log is
 //! compacted past it comes back by a streamed snapshot of the machine's
 //! rows. Nothing here knows the schedule, the ledger or the validators.
+//!
+//! The same harness shows the vote fence of a store created by this start
+//! (`RaftCore`'s module docs): a first start lifts it, a facility that
+//! starts late catches up and then votes, and a facility whose store was
+//! wiped is refused its vote for good while it still follows.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -332,7 +337,10 @@ struct Cluster {
     cut: Option<FacilityId>,
     answers: BTreeMap<(FacilityId, u64), ProposeOutcome<Option<String>>>,
     now_ms: u64,
-    _dir: tempfile::TempDir,
+    members: Vec<FacilityId>,
+    /// Facilities not running (no ticks, no messages).
+    down: Vec<FacilityId>,
+    dir: tempfile::TempDir,
 }
 
 fn f(name: &str) -> FacilityId {
@@ -341,38 +349,53 @@ fn f(name: &str) -> FacilityId {
 
 impl Cluster {
     fn new() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
         let members = vec![f("alpha"), f("bravo"), f("charlie")];
-        let mut cores = BTreeMap::new();
-        for (i, me) in members.iter().enumerate() {
-            let opened = Store::open(&dir.path().join(format!("{me}.redb")), me.as_str()).unwrap();
-            let mut setup = RaftSetup::<Kv>::new(members.clone(), ());
-            // Distinct, fixed election timeouts: alpha campaigns first.
-            let min = 10 + 4 * i;
-            setup.config = RaftConfig {
-                election_ticks_min: min,
-                election_ticks_max: min + 1,
-                snapshot_every_entries: 20,
-                ..RaftConfig::default()
-            };
-            let core = RaftCore::open(
-                opened.store,
-                me.clone(),
-                &setup,
-                opened.fresh,
-                &tracing_logger(me),
-            )
-            .unwrap();
-            cores.insert(me.clone(), core);
-        }
-        Cluster {
-            cores,
+        let mut c = Cluster {
+            cores: BTreeMap::new(),
             queue: VecDeque::new(),
             cut: None,
             answers: BTreeMap::new(),
             now_ms: 1_000_000,
-            _dir: dir,
+            members: members.clone(),
+            down: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for me in &members {
+            c.start(me);
         }
+        c
+    }
+
+    /// Opens `me`'s core from its store (created if missing).
+    fn start(&mut self, me: &FacilityId) {
+        let i = self.members.iter().position(|m| m == me).unwrap();
+        let path = self.dir.path().join(format!("{me}.redb"));
+        let opened = Store::open(&path, me.as_str()).unwrap();
+        let mut setup = RaftSetup::<Kv>::new(self.members.clone(), ());
+        // Distinct, fixed election timeouts: alpha campaigns first.
+        let min = 10 + 4 * i;
+        setup.config = RaftConfig {
+            election_ticks_min: min,
+            election_ticks_max: min + 1,
+            snapshot_every_entries: 20,
+            ..RaftConfig::default()
+        };
+        let core = RaftCore::open(
+            opened.store,
+            me.clone(),
+            &setup,
+            opened.fresh,
+            &tracing_logger(me),
+        )
+        .unwrap();
+        self.cores.insert(me.clone(), core);
+    }
+
+    /// Stops `me`, deletes its store, and starts it again on a new one.
+    fn wipe(&mut self, me: &FacilityId) {
+        self.cores.remove(me);
+        std::fs::remove_file(self.dir.path().join(format!("{me}.redb"))).unwrap();
+        self.start(me);
     }
 
     fn collect(&mut self, from: &FacilityId) {
@@ -396,6 +419,9 @@ impl Cluster {
         self.now_ms += 50;
         let names: Vec<FacilityId> = self.cores.keys().cloned().collect();
         for n in &names {
+            if self.down.contains(n) {
+                continue;
+            }
             self.cores.get_mut(n).unwrap().tick();
             self.collect(n);
         }
@@ -403,7 +429,10 @@ impl Cluster {
             let Some((from, to, msg)) = self.queue.pop_front() else {
                 return;
             };
-            if self.cut.as_ref().is_some_and(|c| *c == from || *c == to) {
+            if self.cut.as_ref().is_some_and(|c| *c == from || *c == to)
+                || self.down.contains(&from)
+                || self.down.contains(&to)
+            {
                 continue;
             }
             let now = self.now_ms;
@@ -420,7 +449,7 @@ impl Cluster {
     fn leader(&self) -> Option<FacilityId> {
         self.cores
             .values()
-            .find(|c| c.is_leader())
+            .find(|c| c.is_leader() && !self.down.contains(c.facility()))
             .map(|c| c.facility().clone())
     }
 
@@ -506,4 +535,101 @@ fn three_cores_replicate_a_machine_of_their_own_and_a_cut_one_catches_up_by_snap
         INSTALLS.load(std::sync::atomic::Ordering::SeqCst) >= 1,
         "charlie caught up without a snapshot"
     );
+}
+
+fn elect(c: &mut Cluster) {
+    for _ in 0..200 {
+        if c.leader().is_some() {
+            return;
+        }
+        c.tick();
+    }
+    panic!("no leader");
+}
+
+fn settle(c: &mut Cluster) {
+    for _ in 0..100 {
+        c.tick();
+    }
+}
+
+#[test]
+fn a_first_start_lifts_every_fence_and_a_late_starter_votes_once_caught_up() {
+    use bulwark_actors::raft::Fence;
+    let mut c = Cluster::new();
+    // charlie is not running while the others start and take writes.
+    c.down.push(f("charlie"));
+    elect(&mut c);
+    for n in ["alpha", "bravo"] {
+        assert_eq!(
+            c.cores[&f(n)].fence(),
+            None,
+            "{n}: two of three starting new is a first start"
+        );
+    }
+    for id in 0..30 {
+        c.put(&f("alpha"), id);
+        c.tick();
+    }
+    let commit = c.cores[&f("alpha")].commit_index();
+    assert!(commit > 30);
+    // charlie starts for the first time, late: the cluster has a history it
+    // never saw, and nobody heard from it, so it may vote once caught up.
+    c.down.clear();
+    for _ in 0..3 {
+        c.tick();
+    }
+    assert!(
+        matches!(c.cores[&f("charlie")].fence(), Some(Fence::UntilCommit(t)) if *t >= commit - 1),
+        "{:?}",
+        c.cores[&f("charlie")].fence()
+    );
+    settle(&mut c);
+    assert_eq!(c.cores[&f("charlie")].fence(), None);
+    let views: Vec<_> = c.cores.values().map(|k| k.view().unwrap()).collect();
+    assert!(views.iter().all(|v| *v == views[0]));
+}
+
+#[test]
+fn a_wiped_store_follows_but_never_votes_again() {
+    use bulwark_actors::raft::Fence;
+    let mut c = Cluster::new();
+    elect(&mut c);
+    for id in 0..40 {
+        c.put(&f("alpha"), id);
+        c.tick();
+    }
+    settle(&mut c);
+    c.wipe(&f("charlie"));
+    for _ in 0..3 {
+        c.tick();
+    }
+    match c.cores[&f("charlie")].fence() {
+        Some(Fence::Refused(reason)) => assert!(reason.contains("were lost"), "{reason}"),
+        other => panic!("a wiped store was not refused its vote: {other:?}"),
+    }
+    // It still follows: it catches up and applies what the others apply.
+    for id in 40..60 {
+        c.put(&f("bravo"), id);
+        c.tick();
+    }
+    settle(&mut c);
+    let views: Vec<_> = c.cores.values().map(|k| k.view().unwrap()).collect();
+    assert!(
+        views.iter().all(|v| *v == views[0]),
+        "charlie did not follow"
+    );
+    // With alpha down, bravo cannot be elected by charlie's vote: no
+    // leader, rather than one chosen by a voter that forgot.
+    c.down.push(f("alpha"));
+    settle(&mut c);
+    settle(&mut c);
+    assert_eq!(c.leader(), None, "a wiped facility helped elect a leader");
+    // The fence survives charlie's restart.
+    c.cores.remove(&f("charlie"));
+    c.start(&f("charlie"));
+    assert!(matches!(
+        c.cores[&f("charlie")].fence(),
+        Some(Fence::Refused(_))
+    ));
 }

@@ -287,7 +287,10 @@ impl<M: StateMachine> RaftPeerState<M> {
             applied: c.applied_index(),
             voters: c.voters(),
             joint: c.in_joint(),
-            fault: c.recovering(),
+            fault: c.recovering().or_else(|| match c.fence() {
+                Some(super::Fence::Refused(reason)) => Some(reason.clone()),
+                _ => None,
+            }),
         }
     }
 
@@ -477,7 +480,9 @@ fn handle_quarantined<M: StateMachine>(ctx: &NodeCtx, reason: &str, msg: RaftMsg
                 applied: 0,
                 voters: Vec::new(),
                 joint: false,
-                fault: Some(reason.to_string()),
+                fault: Some(format!(
+                    "quarantined: {reason}; restore the store from a backup (bulwark restore)"
+                )),
             });
         }
         RaftMsg::ChangeVoters { reply, .. } => {

@@ -18,6 +18,24 @@
 //! raft-rs delivers again after a restart change nothing; a tap sees them
 //! again as the machine decided them then.
 //!
+//! **The vote fence.** A voter that forgot its votes and its log can help
+//! elect a leader that lacks committed entries, so a store that may have
+//! lost them never votes until that is ruled out. A store created by this
+//! start that bootstraps a new cluster is fenced ([`Fence`], durable): it
+//! neither grants nor asks for votes (pre-votes, votes, leadership
+//! transfers) and asks every voter ([`RaftWire::Probe`]):
+//! - a majority of voters (itself included) know of no committed entry: a
+//!   first start; the fence lifts;
+//! - a voter with a history that never heard from it: it is new to a
+//!   cluster that started without it; it votes once it has committed the
+//!   highest commit index the answers named and an entry of the current
+//!   leader's term (so it holds everything committed before it started);
+//! - a voter that *had* heard from it (an acknowledged append, a vote
+//!   request or a leader's message with a history, recorded durably the
+//!   first time from each peer): its store was wiped or replaced. It
+//!   follows and acknowledges (truthfully: it persists what it acks) but
+//!   never votes again under this identity, and its status says why.
+//!
 //! Snapshots stream ([`bulwark_storage::stream`]): when raft-rs asks for
 //! one, the leader holds a read of its machine's state
 //! ([`StateMachine::snapshot_source`]), hashes its rows a few chunks per
@@ -38,7 +56,7 @@ use raft::eraftpb::{
 use raft::{RawNode, StateRole};
 
 use super::actor::RaftSetup;
-use super::storage::RaftStore;
+use super::storage::{Fence, RaftStore};
 use super::wire::WireMessage;
 use super::{raft_id, ClusterState, RaftConfig, RaftWire, ReadOutcome, Refusal};
 use crate::flow::timeout::child_deadline;
@@ -142,6 +160,14 @@ pub struct RaftCore<M: StateMachine> {
     next_snap_id: u64,
     /// The leader of each recent term, as seen here.
     term_leaders: BTreeMap<u64, u64>,
+    /// Why this facility withholds its votes, if it does (module docs).
+    fence: Option<Fence>,
+    /// Voters that answered a probe as starting new too.
+    fresh_answers: std::collections::BTreeSet<u64>,
+    /// When the last probes went out.
+    probed_tick: Option<u64>,
+    /// The peers heard from with a history of their own (durable).
+    heard: std::collections::BTreeSet<u64>,
 }
 
 /// Terms whose leader is remembered.
@@ -285,6 +311,8 @@ impl<M: StateMachine> RaftCore<M> {
         };
         let (rs, empty) = RaftStore::open(store.clone(), bootstrap.then_some(voters.as_slice()))?;
         let incarnation = rs.incarnation();
+        let fence = rs.fence()?;
+        let heard = rs.heard_from()?;
         if empty && start == ClusterState::New && !fresh_store {
             return Err(RaftCoreError::UnexpectedlyEmpty { path });
         }
@@ -344,6 +372,10 @@ impl<M: StateMachine> RaftCore<M> {
             incoming: None,
             next_snap_id: incarnation << 32,
             term_leaders: BTreeMap::new(),
+            fence,
+            fresh_answers: Default::default(),
+            probed_tick: None,
+            heard,
         })
     }
 
@@ -481,6 +513,124 @@ impl<M: StateMachine> RaftCore<M> {
         self.retry_reads();
         self.drive_recovery();
         self.drive_snapshots();
+        if let Err(e) = self.drive_fence() {
+            tracing::error!(error = %e, "the vote fence could not be written; retried next tick");
+        }
+    }
+
+    /// Why this facility withholds its votes, if it does.
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_ref()
+    }
+
+    /// Each tick while fenced: lifts an [`Fence::UntilCommit`] once caught
+    /// up; asks the voters again every election timeout.
+    fn drive_fence(&mut self) -> Result<(), RaftCoreError> {
+        match self.fence {
+            Some(Fence::UntilCommit(target)) if self.caught_up(target) => {
+                tracing::info!(target, "caught up with the cluster's history; votes again");
+                return self.set_fence(None);
+            }
+            Some(Fence::Awaiting) | Some(Fence::UntilCommit(_)) => {}
+            Some(Fence::Refused(_)) | None => return Ok(()),
+        }
+        let every = self.config.election_ticks as u64;
+        if self.probed_tick.is_some_and(|t| self.ticks < t + every) {
+            return Ok(());
+        }
+        self.probed_tick = Some(self.ticks);
+        for to in self.voters() {
+            if to != self.me {
+                self.out.push(Output::Send {
+                    to,
+                    msg: RaftWire::Probe,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this facility holds everything committed before it started:
+    /// it has committed at least `target` (the highest commit index the
+    /// probe answers named) and an entry of the current leader's term. A
+    /// leader elected without this facility's vote holds every committed
+    /// entry, and everything before an entry it committed in its own term
+    /// is committed, so this facility's log then holds all of it.
+    fn caught_up(&self, target: u64) -> bool {
+        let raft = &self.node.raft;
+        let commit = raft.raft_log.committed;
+        commit >= target
+            && raft.leader_id != raft::INVALID_ID
+            && raft.raft_log.term(commit).ok() == Some(raft.term)
+    }
+
+    fn set_fence(&mut self, fence: Option<Fence>) -> Result<(), RaftCoreError> {
+        self.node.store().set_fence(fence.as_ref())?;
+        metrics::gauge!("bulwark_raft_vote_fenced", "facility" => self.me.to_string())
+            .set(if fence.is_some() { 1.0 } else { 0.0 });
+        self.fence = fence;
+        Ok(())
+    }
+
+    /// An answer to our probe.
+    fn on_probe_answer(
+        &mut self,
+        from: &FacilityId,
+        commit: u64,
+        knew_you: bool,
+    ) -> Result<(), RaftCoreError> {
+        let waiting = match &self.fence {
+            Some(Fence::Awaiting) => None,
+            Some(Fence::UntilCommit(t)) => Some(*t),
+            Some(Fence::Refused(_)) | None => return Ok(()),
+        };
+        if knew_you {
+            let reason = format!(
+                "{from} had heard from {} before this store was created: its votes and Raft log \
+                 were lost (a wiped or replaced data directory). It follows the leader but never \
+                 votes again under this identity (docs/OPERATIONS.md, \"A facility's store was lost\")",
+                self.me
+            );
+            tracing::error!(%from, "{reason}");
+            return self.set_fence(Some(Fence::Refused(reason)));
+        }
+        // A voter that knows of no committed entry (starting new, or
+        // started new a moment ago and lifted its own fence) counts as new.
+        if commit > 0 {
+            let target = waiting.unwrap_or(0).max(commit);
+            if waiting != Some(target) {
+                tracing::warn!(%from, target, "a new store in a cluster with a history: no vote until caught up");
+                self.set_fence(Some(Fence::UntilCommit(target)))?;
+            }
+            return Ok(());
+        }
+        if waiting.is_none() {
+            self.fresh_answers.insert(raft_id(from));
+            let voters = self.voters().len();
+            if 2 * (self.fresh_answers.len() + 1) > voters {
+                tracing::info!("a majority of the voters start new too: a first start; votes");
+                self.set_fence(None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records, durably and once per peer, that `from` showed a history of
+    /// its own in `m` (its answer to a probe says so later).
+    fn note_heard(&mut self, from: u64, m: &raft::eraftpb::Message) -> Result<(), RaftCoreError> {
+        let history = match m.msg_type {
+            MessageType::MsgAppendResponse => !m.reject && m.index > 0,
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote => m.index > 0,
+            MessageType::MsgAppend | MessageType::MsgHeartbeat => m.commit > 0,
+            _ => false,
+        };
+        if history && !self.heard.contains(&from) {
+            let mut heard = self.heard.clone();
+            heard.insert(from);
+            self.node.store().set_heard_from(&heard)?;
+            self.heard = heard;
+        }
+        Ok(())
     }
 
     /// raft-rs drops a read-index request silently when the leader has not
@@ -540,6 +690,18 @@ impl<M: StateMachine> RaftCore<M> {
                     }
                 };
                 self.guard_reject_hint(&mut m);
+                self.guard_heartbeat_commit(&mut m);
+                self.note_heard(from_id, &m)?;
+                if self.fence.is_some()
+                    && matches!(
+                        m.msg_type,
+                        MessageType::MsgRequestVote
+                            | MessageType::MsgRequestPreVote
+                            | MessageType::MsgTimeoutNow
+                    )
+                {
+                    return Ok(()); // fenced: no vote, no campaign
+                }
                 if m.msg_type == MessageType::MsgSnapshot && !self.receive_snapshot(from, &m)? {
                     return Ok(());
                 }
@@ -575,6 +737,30 @@ impl<M: StateMachine> RaftCore<M> {
                 bytes,
                 checksum,
             } => self.on_chunk(from, id, at, &bytes, &checksum)?,
+            RaftWire::Probe => {
+                let knew_you = self.heard.contains(&from_id);
+                if knew_you && self.is_leader() {
+                    // It lost what it acknowledged: probe it from the start
+                    // (raft-rs never lowers a follower's match by itself,
+                    // and would take its rejections as stale).
+                    if let Some(pr) = self.node.raft.mut_prs().get_mut(from_id) {
+                        pr.become_probe();
+                        pr.matched = 0;
+                        pr.next_idx = 1;
+                    }
+                }
+                let answer = RaftWire::ProbeAnswer {
+                    commit: self.commit_index(),
+                    knew_you,
+                };
+                self.out.push(Output::Send {
+                    to: from.clone(),
+                    msg: answer,
+                });
+            }
+            RaftWire::ProbeAnswer { commit, knew_you } => {
+                self.on_probe_answer(from, commit, knew_you)?
+            }
             RaftWire::SnapshotGone { id } => {
                 if self
                     .incoming
@@ -914,6 +1100,19 @@ impl<M: StateMachine> RaftCore<M> {
             self.node.mut_store().offer_snapshot(Some(snapshot));
         }
         Ok(())
+    }
+
+    /// A leader's heartbeat carries the commit index up to what it believes
+    /// this follower holds; a follower whose store was lost holds less, and
+    /// raft-rs would panic committing past its log. It commits what it has.
+    fn guard_heartbeat_commit(&self, m: &mut raft::eraftpb::Message) {
+        if m.msg_type == MessageType::MsgHeartbeat {
+            let last = self.node.raft.raft_log.last_index();
+            if m.commit > last {
+                metrics::counter!("bulwark_raft_heartbeat_commit_clamped_total").increment(1);
+                m.commit = last;
+            }
+        }
     }
 
     /// raft-rs 0.7.0 lacks tikv/raft-rs#557: in probe state a stale or
@@ -1297,6 +1496,14 @@ impl<M: StateMachine> RaftCore<M> {
                 continue;
             };
             let snapshot = m.msg_type == MessageType::MsgSnapshot;
+            if self.fence.is_some()
+                && matches!(
+                    m.msg_type,
+                    MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                )
+            {
+                continue; // fenced: asks nobody for a vote
+            }
             match WireMessage::from_raft(&m) {
                 Ok(w) => self.out.push(Output::Send {
                     to,

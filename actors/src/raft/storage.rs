@@ -29,6 +29,25 @@ const KEY_HARD_STATE: &str = "hard_state";
 const KEY_CONF_STATE: &str = "conf_state";
 const KEY_SNAPSHOT: &str = "snapshot";
 const KEY_INCARNATION: &str = "incarnation";
+const KEY_FENCE: &str = "vote_fence";
+const KEY_HEARD: &str = "heard_from";
+
+/// Why a facility withholds its votes (see `RaftCore`'s vote fence),
+/// durable so that a restart keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Fence {
+    /// A store created by this start bootstrapped a new cluster: it votes
+    /// only once a majority of the voters say they are new too (a first
+    /// start), or once it has caught up with a cluster that has a history.
+    Awaiting,
+    /// The cluster has a history this store never saw: no vote until this
+    /// commit index is reached.
+    UntilCommit(u64),
+    /// A peer had heard from this facility before its store was created:
+    /// its votes and log were lost. It never votes again under this
+    /// identity; the reason says so.
+    Refused(String),
+}
 
 /// The Raft log and state of one facility, durable in redb.
 pub struct RaftStore {
@@ -156,6 +175,11 @@ impl RaftStore {
         rs.bump_incarnation()?;
         if empty {
             if let Some(voters) = bootstrap_voters {
+                // The fence first: a crash before the configuration leaves
+                // an empty store, which a start refuses (`UnexpectedlyEmpty`).
+                if voters.len() > 1 {
+                    rs.put_meta(KEY_FENCE, Some(&Fence::Awaiting))?;
+                }
                 let mut cs = ConfState::default();
                 cs.voters = voters.to_vec();
                 rs.set_conf_state(&cs)?;
@@ -177,6 +201,73 @@ impl RaftStore {
             });
         }
         Ok(())
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        let s = &self.store;
+        let tx = s.database().begin_read().map_err(|e| s.redb(e))?;
+        let meta = match tx.open_table(RAFT_META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(s.redb(e)),
+        };
+        let Some(v) = meta.get(key).map_err(|e| s.redb(e))? else {
+            return Ok(None);
+        };
+        let value = codec::decode(v.value()).map_err(|err| s.codec_error("raft_meta", key, err))?;
+        Ok(Some(value))
+    }
+
+    /// Durably writes (or, with `None`, removes) the row `key` of the Raft
+    /// metadata.
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: Option<&T>,
+    ) -> Result<(), StorageError> {
+        let s = &self.store;
+        let tx = s.begin_write()?;
+        {
+            let mut meta = tx.open_table(RAFT_META).map_err(|e| s.redb(e))?;
+            match value {
+                Some(v) => {
+                    let bytes =
+                        codec::encode(v).map_err(|err| s.codec_error("raft_meta", key, err))?;
+                    meta.insert(key, bytes.as_slice()).map_err(|e| s.redb(e))?;
+                }
+                None => {
+                    meta.remove(key).map_err(|e| s.redb(e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| s.redb(e))
+    }
+
+    /// The vote fence, if any.
+    pub fn fence(&self) -> Result<Option<Fence>, StorageError> {
+        self.get_meta(KEY_FENCE)
+    }
+
+    /// Durably sets (or lifts, with `None`) the vote fence.
+    pub fn set_fence(&self, fence: Option<&Fence>) -> Result<(), StorageError> {
+        self.put_meta(KEY_FENCE, fence)
+    }
+
+    /// The raft ids of the peers this facility has heard from with a
+    /// history of their own (see `RaftCore`'s vote fence).
+    pub fn heard_from(&self) -> Result<std::collections::BTreeSet<u64>, StorageError> {
+        Ok(self.get_meta(KEY_HEARD)?.unwrap_or_default())
+    }
+
+    /// Durably records `heard`.
+    pub fn set_heard_from(
+        &self,
+        heard: &std::collections::BTreeSet<u64>,
+    ) -> Result<(), StorageError> {
+        self.put_meta(KEY_HEARD, Some(heard))
     }
 
     /// Reads, increments and durably writes the open counter.
