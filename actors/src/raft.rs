@@ -73,7 +73,7 @@ pub mod wire;
 
 pub use self::actor::{inspect, raft_child, PeerState, RaftPeerArgs, RaftPeerState};
 pub use self::core::{Output, RaftCore, RaftCoreError, ShownEntry};
-pub use self::storage::{Fence, RaftStore};
+pub use self::storage::{Fence, PeerStores, RaftStore};
 pub use crate::ledger::EntryPayload;
 
 use std::fmt::Write as _;
@@ -326,10 +326,18 @@ pub enum RaftWire {
         /// The snapshot.
         id: u64,
     },
-    /// A facility whose store was created by this start asks whether the
-    /// cluster has a history, and whether it was part of it (the vote
-    /// fence, [`core`]).
-    Probe,
+    /// A facility announces its store and, when vote-fenced, asks whether
+    /// the cluster has a history and whether this store's facility was part
+    /// of it under another store (the vote fence, [`core`]).
+    Probe {
+        /// The sender's store id ([`RaftStore::store_id`]).
+        store: u64,
+        /// The sender's last log index.
+        last_index: u64,
+        /// The sender withholds its votes (a leader hands leadership to
+        /// none such).
+        fenced: bool,
+    },
     /// The answer to a [`RaftWire::Probe`].
     ProbeAnswer {
         /// The answering facility's commit index.

@@ -635,6 +635,7 @@ fn children_fn(
         let setup = RaftSetup {
             config: raft[i].clone(),
             tap: Some(tap),
+            store_id_seed: Some(opts.seed),
             ..RaftSetup::new(ids.clone(), rings[i].clone())
         };
         let bft = BftSetup {

@@ -106,6 +106,10 @@ pub struct RaftSetup<M: StateMachine> {
     /// preferred as leader) and, leading, hands leadership to the
     /// healthiest peer. `None`: leadership ignores the detector.
     pub detection: Option<crate::detect::Detection>,
+    /// Where a new store's id comes from: `None` draws it at random (each
+    /// new store gets a new id); `Some(seed)` derives it from the seed and
+    /// the facility, for runs that must replay exactly (the simulation).
+    pub store_id_seed: Option<u64>,
 }
 
 // Not derived: the machine itself need not be Clone.
@@ -119,6 +123,7 @@ impl<M: StateMachine> Clone for RaftSetup<M> {
             tap: self.tap.clone(),
             keyring: self.keyring.clone(),
             detection: self.detection.clone(),
+            store_id_seed: self.store_id_seed,
         }
     }
 }
@@ -134,6 +139,7 @@ impl<M: StateMachine> RaftSetup<M> {
             tap: None,
             keyring,
             detection: None,
+            store_id_seed: None,
         }
     }
 }

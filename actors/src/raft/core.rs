@@ -20,21 +20,25 @@
 //!
 //! **The vote fence.** A voter that forgot its votes and its log can help
 //! elect a leader that lacks committed entries, so a store that may have
-//! lost them never votes until that is ruled out. A store created by this
-//! start that bootstraps a new cluster is fenced ([`Fence`], durable): it
-//! neither grants nor asks for votes (pre-votes, votes, leadership
-//! transfers) and asks every voter ([`RaftWire::Probe`]):
-//! - a majority of voters (itself included) know of no committed entry: a
-//!   first start; the fence lifts;
-//! - a voter with a history that never heard from it: it is new to a
-//!   cluster that started without it; it votes once it has committed the
-//!   highest commit index the answers named and an entry of the current
-//!   leader's term (so it holds everything committed before it started);
-//! - a voter that *had* heard from it (an acknowledged append, a vote
-//!   request or a leader's message with a history, recorded durably the
-//!   first time from each peer): its store was wiped or replaced. It
-//!   follows and acknowledges (truthfully: it persists what it acks) but
-//!   never votes again under this identity, and its status says why.
+//! lost them never votes until that is ruled out. Every store has an id,
+//! drawn when it is first opened; every facility announces it to the
+//! members ([`RaftWire::Probe`]) until each has answered, and each member
+//! records, durably, the (facility, store) pairs it has heard from with a
+//! history (an acknowledged append, a vote request or a leader's message
+//! with entries behind it). A store created by this start is fenced
+//! ([`Fence`], durable): it neither grants nor asks for votes (pre-votes,
+//! votes, leadership transfers), and the answers decide:
+//! - a member that heard from this facility under *another* store: its
+//!   store was wiped or replaced. It follows and acknowledges (truthfully:
+//!   it persists what it acks) but never votes again under this identity,
+//!   and its status says why;
+//! - bootstrapping a new cluster, a majority of voters (itself included)
+//!   know of no committed entry, and every voter answered or a whole probe
+//!   interval passed: a first start; the fence lifts;
+//! - otherwise (a member with a history; or any start that joins an
+//!   existing cluster): it votes once it has committed the highest commit
+//!   index the answers named and an entry of the current leader's term (so
+//!   it holds everything committed before it started).
 //!
 //! Snapshots stream ([`bulwark_storage::stream`]): when raft-rs asks for
 //! one, the leader holds a read of its machine's state
@@ -56,7 +60,7 @@ use raft::eraftpb::{
 use raft::{RawNode, StateRole};
 
 use super::actor::RaftSetup;
-use super::storage::{Fence, RaftStore};
+use super::storage::{Fence, PeerStores, RaftStore};
 use super::wire::WireMessage;
 use super::{raft_id, ClusterState, RaftConfig, RaftWire, ReadOutcome, Refusal};
 use crate::flow::timeout::child_deadline;
@@ -166,8 +170,17 @@ pub struct RaftCore<M: StateMachine> {
     fresh_answers: std::collections::BTreeSet<u64>,
     /// When the last probes went out.
     probed_tick: Option<u64>,
-    /// The peers heard from with a history of their own (durable).
-    heard: std::collections::BTreeSet<u64>,
+    /// The peers' stores as announced, and the ones heard from with a
+    /// history (durable).
+    peers: PeerStores,
+    /// This store's id.
+    store_id: u64,
+    /// Members that answered a probe of this start.
+    answered: std::collections::BTreeSet<u64>,
+    /// When the first probes went out.
+    first_probe_tick: Option<u64>,
+    /// Members whose last probe said they withhold their votes.
+    fenced_peers: std::collections::BTreeSet<u64>,
 }
 
 /// Terms whose leader is remembered.
@@ -311,8 +324,22 @@ impl<M: StateMachine> RaftCore<M> {
         };
         let (rs, empty) = RaftStore::open(store.clone(), bootstrap.then_some(voters.as_slice()))?;
         let incarnation = rs.incarnation();
+        if empty && start == ClusterState::Existing && fresh_store {
+            // Joining with a store made by this start: it may be a lost one.
+            rs.set_fence(Some(&Fence::UntilCommit(0)))?;
+        }
         let fence = rs.fence()?;
-        let heard = rs.heard_from()?;
+        let peers = rs.peer_stores()?;
+        let store_id = rs.store_id(|| match setup.store_id_seed {
+            Some(seed) => {
+                let mut h = blake3::Hasher::new();
+                h.update(b"bulwark store id");
+                h.update(&seed.to_le_bytes());
+                h.update(me.as_str().as_bytes());
+                u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+            }
+            None => rand::random(),
+        })?;
         if empty && start == ClusterState::New && !fresh_store {
             return Err(RaftCoreError::UnexpectedlyEmpty { path });
         }
@@ -375,7 +402,11 @@ impl<M: StateMachine> RaftCore<M> {
             fence,
             fresh_answers: Default::default(),
             probed_tick: None,
-            heard,
+            peers,
+            store_id,
+            answered: Default::default(),
+            first_probe_tick: None,
+            fenced_peers: Default::default(),
         })
     }
 
@@ -523,29 +554,73 @@ impl<M: StateMachine> RaftCore<M> {
         self.fence.as_ref()
     }
 
-    /// Each tick while fenced: lifts an [`Fence::UntilCommit`] once caught
-    /// up; asks the voters again every election timeout.
+    /// Each tick: lifts an [`Fence::UntilCommit`] once caught up; probes
+    /// every election timeout the members that have not answered yet (all
+    /// of them while fenced, so a wiped store keeps telling the leader
+    /// where its log really ends).
     fn drive_fence(&mut self) -> Result<(), RaftCoreError> {
         match self.fence {
             Some(Fence::UntilCommit(target)) if self.caught_up(target) => {
                 tracing::info!(target, "caught up with the cluster's history; votes again");
-                return self.set_fence(None);
+                self.set_fence(None)?;
             }
-            Some(Fence::Awaiting) | Some(Fence::UntilCommit(_)) => {}
-            Some(Fence::Refused(_)) | None => return Ok(()),
+            Some(Fence::Awaiting) => self.maybe_first_start()?,
+            _ => {}
         }
-        let every = self.config.election_ticks as u64;
+        // A refused store probes less often: only to show a new leader
+        // where its log ends.
+        let every = match self.fence {
+            Some(Fence::Refused(_)) => 10,
+            _ => 1,
+        } * self.config.election_ticks as u64;
         if self.probed_tick.is_some_and(|t| self.ticks < t + every) {
             return Ok(());
         }
+        let fenced = self.fence.is_some();
+        let to: Vec<FacilityId> = self
+            .members
+            .iter()
+            .filter(|(id, f)| **f != self.me && (fenced || !self.answered.contains(id)))
+            .map(|(_, f)| f.clone())
+            .collect();
+        if to.is_empty() {
+            return Ok(());
+        }
         self.probed_tick = Some(self.ticks);
-        for to in self.voters() {
-            if to != self.me {
-                self.out.push(Output::Send {
-                    to,
-                    msg: RaftWire::Probe,
-                });
-            }
+        self.first_probe_tick.get_or_insert(self.ticks);
+        let last_index = self.node.raft.raft_log.last_index();
+        for to in to {
+            self.out.push(Output::Send {
+                to,
+                msg: RaftWire::Probe {
+                    store: self.store_id,
+                    last_index,
+                    fenced,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// A first start: a majority of the voters (this one included) answered
+    /// that they know of no committed entry, and every voter answered or a
+    /// whole probe interval passed (so a member that remembers this
+    /// facility had its time to say so).
+    fn maybe_first_start(&mut self) -> Result<(), RaftCoreError> {
+        let voters: Vec<u64> = self.voters().iter().map(raft_id).collect();
+        let fresh = voters
+            .iter()
+            .filter(|v| **v == self.my_id || self.fresh_answers.contains(v))
+            .count();
+        let all = voters
+            .iter()
+            .all(|v| *v == self.my_id || self.answered.contains(v));
+        let waited = self
+            .first_probe_tick
+            .is_some_and(|t| self.ticks >= t + self.config.election_ticks as u64);
+        if !voters.is_empty() && 2 * fresh > voters.len() && (all || waited) {
+            tracing::info!("a majority of the voters start new too: a first start; votes");
+            self.set_fence(None)?;
         }
         Ok(())
     }
@@ -566,6 +641,11 @@ impl<M: StateMachine> RaftCore<M> {
 
     fn set_fence(&mut self, fence: Option<Fence>) -> Result<(), RaftCoreError> {
         self.node.store().set_fence(fence.as_ref())?;
+        if fence.is_none() {
+            // Tell every member the fence is gone.
+            self.answered.clear();
+            self.probed_tick = None;
+        }
         metrics::gauge!("bulwark_raft_vote_fenced", "facility" => self.me.to_string())
             .set(if fence.is_some() { 1.0 } else { 0.0 });
         self.fence = fence;
@@ -579,6 +659,8 @@ impl<M: StateMachine> RaftCore<M> {
         commit: u64,
         knew_you: bool,
     ) -> Result<(), RaftCoreError> {
+        let from_id = raft_id(from);
+        self.answered.insert(from_id);
         let waiting = match &self.fence {
             Some(Fence::Awaiting) => None,
             Some(Fence::UntilCommit(t)) => Some(*t),
@@ -586,8 +668,8 @@ impl<M: StateMachine> RaftCore<M> {
         };
         if knew_you {
             let reason = format!(
-                "{from} had heard from {} before this store was created: its votes and Raft log \
-                 were lost (a wiped or replaced data directory). It follows the leader but never \
+                "{from} had heard from {} under another store: its votes and Raft log were \
+                 lost (a wiped or replaced data directory). It follows the leader but never \
                  votes again under this identity (docs/OPERATIONS.md, \"A facility's store was lost\")",
                 self.me
             );
@@ -605,18 +687,64 @@ impl<M: StateMachine> RaftCore<M> {
             return Ok(());
         }
         if waiting.is_none() {
-            self.fresh_answers.insert(raft_id(from));
-            let voters = self.voters().len();
-            if 2 * (self.fresh_answers.len() + 1) > voters {
-                tracing::info!("a majority of the voters start new too: a first start; votes");
-                self.set_fence(None)?;
-            }
+            self.fresh_answers.insert(from_id);
+            self.maybe_first_start()?;
         }
         Ok(())
     }
 
-    /// Records, durably and once per peer, that `from` showed a history of
-    /// its own in `m` (its answer to a probe says so later).
+    /// A member's probe: records the store it announces, answers what this
+    /// facility knows, and, leading, probes a lost store's log from where
+    /// it really ends.
+    fn on_probe(
+        &mut self,
+        from: &FacilityId,
+        store: u64,
+        last_index: u64,
+        fenced: bool,
+    ) -> Result<(), RaftCoreError> {
+        let from_id = raft_id(from);
+        if fenced {
+            self.fenced_peers.insert(from_id);
+        } else {
+            self.fenced_peers.remove(&from_id);
+        }
+        let knew_you = self
+            .peers
+            .heard
+            .iter()
+            .any(|(r, s)| *r == from_id && *s != store);
+        if self.peers.announced.get(&from_id) != Some(&store) {
+            let mut peers = self.peers.clone();
+            peers.announced.insert(from_id, store);
+            self.node.store().set_peer_stores(&peers)?;
+            self.peers = peers;
+        }
+        if self.is_leader() {
+            if let Some(pr) = self.node.raft.mut_prs().get_mut(from_id) {
+                if pr.matched > last_index && pr.state != raft::ProgressState::Snapshot {
+                    // It lost what it acknowledged: probe it from the start
+                    // (raft-rs never lowers a follower's match by itself,
+                    // and would take its rejections as stale).
+                    pr.become_probe();
+                    pr.matched = 0;
+                    pr.next_idx = 1;
+                }
+            }
+        }
+        self.out.push(Output::Send {
+            to: from.clone(),
+            msg: RaftWire::ProbeAnswer {
+                commit: self.commit_index(),
+                knew_you,
+            },
+        });
+        Ok(())
+    }
+
+    /// Records, durably and once per store, that `from` showed a history of
+    /// its own in `m` under the store it announced (a probe of a later
+    /// store of it is answered with that).
     fn note_heard(&mut self, from: u64, m: &raft::eraftpb::Message) -> Result<(), RaftCoreError> {
         let history = match m.msg_type {
             MessageType::MsgAppendResponse => !m.reject && m.index > 0,
@@ -624,11 +752,14 @@ impl<M: StateMachine> RaftCore<M> {
             MessageType::MsgAppend | MessageType::MsgHeartbeat => m.commit > 0,
             _ => false,
         };
-        if history && !self.heard.contains(&from) {
-            let mut heard = self.heard.clone();
-            heard.insert(from);
-            self.node.store().set_heard_from(&heard)?;
-            self.heard = heard;
+        let Some(&store) = self.peers.announced.get(&from) else {
+            return Ok(()); // not attributable to a store yet
+        };
+        if history && !self.peers.heard.contains(&(from, store)) {
+            let mut peers = self.peers.clone();
+            peers.heard.insert((from, store));
+            self.node.store().set_peer_stores(&peers)?;
+            self.peers = peers;
         }
         Ok(())
     }
@@ -737,27 +868,11 @@ impl<M: StateMachine> RaftCore<M> {
                 bytes,
                 checksum,
             } => self.on_chunk(from, id, at, &bytes, &checksum)?,
-            RaftWire::Probe => {
-                let knew_you = self.heard.contains(&from_id);
-                if knew_you && self.is_leader() {
-                    // It lost what it acknowledged: probe it from the start
-                    // (raft-rs never lowers a follower's match by itself,
-                    // and would take its rejections as stale).
-                    if let Some(pr) = self.node.raft.mut_prs().get_mut(from_id) {
-                        pr.become_probe();
-                        pr.matched = 0;
-                        pr.next_idx = 1;
-                    }
-                }
-                let answer = RaftWire::ProbeAnswer {
-                    commit: self.commit_index(),
-                    knew_you,
-                };
-                self.out.push(Output::Send {
-                    to: from.clone(),
-                    msg: answer,
-                });
-            }
+            RaftWire::Probe {
+                store,
+                last_index,
+                fenced,
+            } => self.on_probe(from, store, last_index, fenced)?,
             RaftWire::ProbeAnswer { commit, knew_you } => {
                 self.on_probe_answer(from, commit, knew_you)?
             }
@@ -1104,13 +1219,16 @@ impl<M: StateMachine> RaftCore<M> {
 
     /// A leader's heartbeat carries the commit index up to what it believes
     /// this follower holds; a follower whose store was lost holds less, and
-    /// raft-rs would panic committing past its log. It commits what it has.
+    /// raft-rs would panic committing past its log. Such a heartbeat
+    /// commits nothing here: the leader's view of this log is wrong, so
+    /// whatever this log holds past its commit index may not be the
+    /// leader's (a deposed leader may have written it).
     fn guard_heartbeat_commit(&self, m: &mut raft::eraftpb::Message) {
         if m.msg_type == MessageType::MsgHeartbeat {
-            let last = self.node.raft.raft_log.last_index();
-            if m.commit > last {
+            let log = &self.node.raft.raft_log;
+            if m.commit > log.last_index() {
                 metrics::counter!("bulwark_raft_heartbeat_commit_clamped_total").increment(1);
-                m.commit = last;
+                m.commit = log.committed;
             }
         }
     }
@@ -1317,7 +1435,8 @@ impl<M: StateMachine> RaftCore<M> {
 
     /// The other voters, most caught-up first (by the index this leader
     /// knows each has matched; ties by id). Empty unless this facility
-    /// leads.
+    /// leads. Voters whose probes say they withhold their votes (the vote
+    /// fence) are left out: they would not take leadership.
     pub fn voters_by_progress(&self) -> Vec<FacilityId> {
         if !self.is_leader() {
             return Vec::new();
@@ -1328,6 +1447,7 @@ impl<M: StateMachine> RaftCore<M> {
             .prs()
             .iter()
             .filter(|(id, _)| **id != raft.id && voters.contains(**id))
+            .filter(|(id, _)| !self.fenced_peers.contains(id))
             .filter_map(|(id, pr)| self.members.get(id).map(|f| (pr.matched, f)))
             .collect();
         peers.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
@@ -1566,6 +1686,11 @@ impl<M: StateMachine> RaftCore<M> {
             Ok(())
         };
         let decided = self.machine.apply(batch, &mut on_conf)?;
+        assert_eq!(
+            decided.len(),
+            entries.len(),
+            "the state machine decides every entry of a batch, in order"
+        );
         if let Some(cs) = conf {
             self.node.mut_store().note_conf_state(&cs);
         }
@@ -1745,10 +1870,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (core, fresh) = open(dir.path(), ClusterState::New);
         assert!(fresh);
-        assert_eq!(core.unwrap().voters().len(), 3);
+        let core = core.unwrap();
+        assert_eq!(core.voters().len(), 3);
+        // A store made by this start may be a lost one: fenced until the
+        // members answer.
+        assert_eq!(core.fence(), Some(&Fence::Awaiting));
+        let id = core.store_id;
+        drop(core);
         let (core, fresh) = open(dir.path(), ClusterState::New);
         assert!(!fresh);
-        assert_eq!(core.unwrap().voters().len(), 3);
+        let core = core.unwrap();
+        assert_eq!(core.voters().len(), 3);
+        assert_eq!(core.fence(), Some(&Fence::Awaiting), "the fence is durable");
+        assert_eq!(core.store_id, id, "the store id is durable");
+    }
+
+    #[test]
+    fn joining_with_a_fresh_store_is_fenced_until_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (core, fresh) = open(dir.path(), ClusterState::Existing);
+        assert!(fresh);
+        let core = core.unwrap();
+        assert!(core.voters().is_empty());
+        assert_eq!(core.fence(), Some(&Fence::UntilCommit(0)));
     }
 
     /// A proposal's deadline: one already past is refused before anything

@@ -30,7 +30,20 @@ const KEY_CONF_STATE: &str = "conf_state";
 const KEY_SNAPSHOT: &str = "snapshot";
 const KEY_INCARNATION: &str = "incarnation";
 const KEY_FENCE: &str = "vote_fence";
-const KEY_HEARD: &str = "heard_from";
+const KEY_PEERS: &str = "peer_stores";
+const KEY_STORE_ID: &str = "store_id";
+
+/// What this facility knows of its peers' stores (see `RaftCore`'s vote
+/// fence), durable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerStores {
+    /// Each peer's store id, as it last announced it (raft id → store id).
+    pub announced: std::collections::BTreeMap<u64, u64>,
+    /// The (raft id, store id) pairs heard from with a history of their
+    /// own: an acknowledged append, a vote request or a leader's message
+    /// with entries behind it.
+    pub heard: std::collections::BTreeSet<(u64, u64)>,
+}
 
 /// Why a facility withholds its votes (see `RaftCore`'s vote fence),
 /// durable so that a restart keeps it.
@@ -256,18 +269,25 @@ impl RaftStore {
         self.put_meta(KEY_FENCE, fence)
     }
 
-    /// The raft ids of the peers this facility has heard from with a
-    /// history of their own (see `RaftCore`'s vote fence).
-    pub fn heard_from(&self) -> Result<std::collections::BTreeSet<u64>, StorageError> {
-        Ok(self.get_meta(KEY_HEARD)?.unwrap_or_default())
+    /// What this facility knows of its peers' stores.
+    pub fn peer_stores(&self) -> Result<PeerStores, StorageError> {
+        Ok(self.get_meta(KEY_PEERS)?.unwrap_or_default())
     }
 
-    /// Durably records `heard`.
-    pub fn set_heard_from(
-        &self,
-        heard: &std::collections::BTreeSet<u64>,
-    ) -> Result<(), StorageError> {
-        self.put_meta(KEY_HEARD, Some(heard))
+    /// This store's id: drawn by `draw` the first time the store is opened
+    /// for Raft (a wiped or replaced store gets a new one), then durable.
+    pub fn store_id(&self, draw: impl FnOnce() -> u64) -> Result<u64, StorageError> {
+        if let Some(id) = self.get_meta::<u64>(KEY_STORE_ID)? {
+            return Ok(id);
+        }
+        let id = draw();
+        self.put_meta(KEY_STORE_ID, Some(&id))?;
+        Ok(id)
+    }
+
+    /// Durably records `peers`.
+    pub fn set_peer_stores(&self, peers: &PeerStores) -> Result<(), StorageError> {
+        self.put_meta(KEY_PEERS, Some(peers))
     }
 
     /// Reads, increments and durably writes the open counter.

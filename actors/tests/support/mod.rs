@@ -215,6 +215,7 @@ impl Cluster {
                 let obs = obs.clone();
                 let mut setup = RaftSetup::new(members.clone(), rings2[i].clone());
                 setup.config = cfgs[i].clone();
+                setup.store_id_seed = Some(seed);
                 let tap: bulwark_actors::raft::AppliedTap =
                     Arc::new(move |f: &FacilityId, e: &AppliedEntry| {
                         obs.lock().unwrap().on_applied(f, e)
