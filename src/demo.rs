@@ -14,8 +14,9 @@ use bulwark_actors::schedule::{
     Block, BlockId, Command, IdempotencyKey, Op, Outcome, Person, PersonId, Pool, Role,
     ScheduleState,
 };
-use bulwark_runtime::builtin::{ping, PROBE};
+use bulwark_runtime::builtin::{ping, PingError, PROBE};
 use bulwark_runtime::{RealClock, SupervisionConfig, Zone};
+use bulwark_runtime::{Refusal, RouteError};
 use bulwark_transport::{LinkStatus, Transport};
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,7 +110,21 @@ async fn supervised_restart(fs: &[Facility]) -> DemoResult<()> {
         "  service supervisor restarted {name} (spawns: {})",
         spawns.spawns("service/probe")
     );
-    let rtt = ping(fs[1].node.router(), alpha.facility(), STEP_TIMEOUT).await?;
+    // A spawn is counted when it starts; the new probe takes the router's
+    // registration in its own start, a moment later: until then a ping
+    // is refused (nothing was delivered), so it is sent again.
+    let started = std::time::Instant::now();
+    let rtt = loop {
+        match ping(fs[1].node.router(), alpha.facility(), STEP_TIMEOUT).await {
+            Err(PingError::Route(RouteError::Refused {
+                reason: Refusal::UnknownActor,
+                ..
+            })) if started.elapsed() < STEP_TIMEOUT => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            other => break other?,
+        }
+    };
     println!(
         "  bravo -> alpha after restart: {:.3} ms",
         rtt.as_secs_f64() * 1e3
@@ -145,10 +160,21 @@ fn command(f: &Facility, n: u64, op: Op) -> Command {
 async fn commit(fs: &[Facility], via: usize, n: u64, op: Op) -> DemoResult<ProposeOutcome> {
     let f = &fs[via];
     let what = format!("{op:?}");
-    let outcome = f
-        .propose(command(f, n, op), STEP_TIMEOUT)
-        .await
-        .ok_or("the RaftPeer did not answer")?;
+    // NotLeader means nothing was proposed: a facility that has just
+    // restarted its RaftPeer has not heard from the new leader yet. Ask
+    // again, as a client would, within the step's time.
+    let started = std::time::Instant::now();
+    let outcome = loop {
+        let outcome = f
+            .propose(command(f, n, op.clone()), STEP_TIMEOUT)
+            .await
+            .ok_or("the RaftPeer did not answer")?;
+        if !matches!(outcome, ProposeOutcome::NotLeader { .. }) || started.elapsed() > STEP_TIMEOUT
+        {
+            break outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     match &outcome {
         ProposeOutcome::Committed { index, outcome, .. } => {
             println!(
