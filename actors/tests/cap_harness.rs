@@ -476,3 +476,24 @@ async fn a_minority_write_before_detection_falls_back_to_provisional() {
     assert_eq!(assert_converged(&c).await, vec![(block(0), person(0))]);
     c.shutdown().await;
 }
+
+/// A linearizable read before any leader is elected answers the same typed
+/// state a write does (`NO_LEADER` over HTTP), not an opaque error; once a
+/// leader is known it is served.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_read_without_a_leader_says_no_leader() {
+    let c = Cluster::start_cap(3, 17, plan(ConflictPolicy::LastWriteWins, false)).await;
+    match c.gate_read(0, Consistency::Linearizable, |_, _| ()).await {
+        Err(ReadError::NoLeader { hint: None }) => {}
+        other => panic!("a read with no leader yet: {other:?}"),
+    }
+    let (leader, _, _) = c
+        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    c.h.step(Duration::from_millis(500)).await;
+    c.gate_read(leader, Consistency::Linearizable, |_, _| ())
+        .await
+        .expect("a read with a leader is served");
+    c.shutdown().await;
+}

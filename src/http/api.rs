@@ -997,14 +997,7 @@ pub fn written(o: GateOutcome) -> Result<(StatusCode, WriteAnswer), ApiError> {
             }
             Outcome::Rejected(r) => Err(ApiError::rule(&r)),
         },
-        GateOutcome::Consensus(ProposeOutcome::NotLeader { hint }) => Err(ApiError::unavailable(
-            "NO_LEADER",
-            match hint {
-                Some(l) => format!("the leader ({l}) could not take it; retry"),
-                None => "no leader is known; retry".into(),
-            },
-            1_000,
-        )),
+        GateOutcome::Consensus(ProposeOutcome::NotLeader { hint }) => Err(no_leader(hint)),
         GateOutcome::Consensus(ProposeOutcome::TimedOut) => Err(ApiError::unavailable(
             "TIMED_OUT",
             "no outcome in time; it may still commit: retry with the same Idempotency-Key",
@@ -1357,7 +1350,7 @@ fn schedule_view(st: &ScheduleState, staleness: &Staleness) -> ScheduleView {
     responses(
         (status = 200, description = "The schedule (or a page of it) and its staleness", body = ScheduleView),
         (status = 400, description = "A bad parameter, named", body = ErrorBody),
-        (status = 503, description = "PARTITIONED (linearizable in a minority) or UNAVAILABLE", body = ErrorBody),
+        (status = 503, description = "PARTITIONED (linearizable in a minority), NO_LEADER, TIMED_OUT or UNAVAILABLE", body = ErrorBody),
     )
 )]
 async fn get_schedule(
@@ -1439,7 +1432,7 @@ pub struct BlockDetail {
         (status = 200, description = "The person and their blocks in the range", body = PersonDetail),
         (status = 400, description = "A bad parameter, named", body = ErrorBody),
         (status = 404, description = "No such person", body = ErrorBody),
-        (status = 503, description = "PARTITIONED (linearizable in a minority) or UNAVAILABLE", body = ErrorBody),
+        (status = 503, description = "PARTITIONED (linearizable in a minority), NO_LEADER, TIMED_OUT or UNAVAILABLE", body = ErrorBody),
     )
 )]
 async fn get_person(
@@ -1491,7 +1484,7 @@ async fn get_person(
         (status = 200, description = "The block", body = BlockDetail),
         (status = 400, description = "A bad parameter, named", body = ErrorBody),
         (status = 404, description = "No such block", body = ErrorBody),
-        (status = 503, description = "PARTITIONED (linearizable in a minority) or UNAVAILABLE", body = ErrorBody),
+        (status = 503, description = "PARTITIONED (linearizable in a minority), NO_LEADER, TIMED_OUT or UNAVAILABLE", body = ErrorBody),
     )
 )]
 async fn get_block(
@@ -1517,6 +1510,19 @@ async fn get_block(
 
 /// Runs `f` on the schedule through the CapGate (which refuses a
 /// linearizable read without a quorum), with typed errors.
+/// 503 `NO_LEADER`: no leader could take a write or confirm a read, the
+/// same code for both; nothing was applied, so the request may be retried.
+fn no_leader(hint: Option<bulwark_transport::FacilityId>) -> ApiError {
+    ApiError::unavailable(
+        "NO_LEADER",
+        match hint {
+            Some(l) => format!("the leader ({l}) could not take it; retry"),
+            None => "no leader is known; retry".into(),
+        },
+        1_000,
+    )
+}
+
 pub(crate) async fn gate_read<T: Send + 'static>(
     svc: &Service,
     consistency: Consistency,
@@ -1539,6 +1545,12 @@ pub(crate) async fn gate_read<T: Send + 'static>(
     match tokio::time::timeout(CALL_TIMEOUT + WRITE_TIMEOUT, rx).await {
         Ok(Ok(Ok(v))) => Ok(v),
         Ok(Ok(Err(ReadError::Partitioned(p)))) => Err(ApiError::partitioned(&p)),
+        Ok(Ok(Err(ReadError::NoLeader { hint }))) => Err(no_leader(hint)),
+        Ok(Ok(Err(ReadError::TimedOut))) => Err(ApiError::unavailable(
+            "TIMED_OUT",
+            "no quorum confirmed the read in time; retry",
+            1_000,
+        )),
         Ok(Ok(Err(ReadError::Unavailable(m)))) => {
             Err(ApiError::unavailable("UNAVAILABLE", m, 1_000))
         }

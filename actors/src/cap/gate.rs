@@ -109,7 +109,17 @@ pub enum ReadError {
     /// A linearizable read without a quorum.
     #[error(transparent)]
     Partitioned(#[from] PartitionError),
-    /// No quorum confirmed it in time, or the RaftPeer is not running.
+    /// No leader is known to confirm a linearizable read (the same state
+    /// a write answers `NO_LEADER` in); `hint` is the leader as last known.
+    #[error("no leader is known to confirm the read")]
+    NoLeader {
+        /// The leader as last known, if any.
+        hint: Option<bulwark_transport::FacilityId>,
+    },
+    /// No quorum confirmed a linearizable read in time.
+    #[error("no quorum confirmed the read in time")]
+    TimedOut,
+    /// The RaftPeer is not running, or the replica cannot serve now.
     #[error("read unavailable: {0}")]
     Unavailable(String),
 }
@@ -376,13 +386,19 @@ impl Actor for CapGate {
                         let confirmed =
                             match ractor::call_t!(raft, |r| RaftMsg::Read { reply: r }, timeout) {
                                 Ok(ReadOutcome::Ready { read_index }) => Ok(read_index),
-                                Ok(other) => Err(format!("{other:?}")),
-                                Err(e) => Err(e.to_string()),
+                                Ok(ReadOutcome::NotLeader { hint }) => {
+                                    Err(ReadError::NoLeader { hint })
+                                }
+                                Ok(ReadOutcome::TimedOut) => Err(ReadError::TimedOut),
+                                Err(ractor::RactorErr::Timeout) => Err(ReadError::TimedOut),
+                                Err(e) => Err(ReadError::Unavailable(format!(
+                                    "the RaftPeer did not answer: {e}"
+                                ))),
                             };
                         match confirmed {
                             Ok(read_index) => at = read_index,
-                            Err(why) => {
-                                f(Err(ReadError::Unavailable(why)));
+                            Err(e) => {
+                                f(Err(e));
                                 return;
                             }
                         }
