@@ -24,12 +24,8 @@ const ATTEMPTS_MAX: usize = 100;
 async fn sigterm_on_the_leader_hands_over_and_clients_retry_at_most_once() {
     let root = tempfile::tempdir().unwrap();
     let mut s = sites(root.path(), &NAMES, "[backup]\nevery_s = 0\n");
-    for x in s.iter_mut() {
-        x.start();
-    }
     let c = client();
-    let lead = leader(&c, &s[0]).await;
-    let li = s.iter().position(|x| x.id == lead).unwrap();
+    let li = start_all(&c, &mut s).await;
     let followers: Vec<usize> = (0..3).filter(|&i| i != li).collect();
     // Warm up: the followers know the leader and forward.
     for (k, &f) in followers.iter().enumerate() {

@@ -35,12 +35,9 @@ async fn fenced(c: &reqwest::Client, site: &Site) -> String {
 async fn a_wiped_follower_is_fenced_from_voting_and_still_follows() {
     let root = tempfile::tempdir().unwrap();
     let mut s = sites(root.path(), &NAMES, "[backup]\nevery_s = 0\n");
-    for x in s.iter_mut() {
-        x.start();
-    }
     let c = client();
-    let lead = leader(&c, &s[0]).await;
-    let li = s.iter().position(|x| x.id == lead).unwrap();
+    let li = start_all(&c, &mut s).await;
+    let lead = s[li].id.clone();
     let fi = (li + 1) % 3;
     let mut acked = Vec::new();
     for i in 0..30 {

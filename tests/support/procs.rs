@@ -230,6 +230,18 @@ where
     }
 }
 
+/// Starts every site and waits until the first knows a leader; returns
+/// the leader's index in `s`.
+pub async fn start_all(c: &reqwest::Client, s: &mut [Site]) -> usize {
+    for x in s.iter_mut() {
+        x.start();
+    }
+    let lead = leader(c, &s[0]).await;
+    s.iter()
+        .position(|x| x.id == lead)
+        .expect("the leader is one of the sites")
+}
+
 /// Waits until `site` knows a leader; returns the leader's id.
 pub async fn leader(c: &reqwest::Client, site: &Site) -> String {
     until(Duration::from_secs(60), "a leader", || async {
