@@ -292,26 +292,12 @@ impl RaftStore {
 
     /// Reads, increments and durably writes the open counter.
     fn bump_incarnation(&mut self) -> Result<(), StorageError> {
-        let s = &self.store;
-        let tx = s.begin_write()?;
-        let next = {
-            let mut meta = tx.open_table(RAFT_META).map_err(|e| s.redb(e))?;
-            let now = match meta.get(KEY_INCARNATION).map_err(|e| s.redb(e))? {
-                Some(v) => codec::decode::<u64>(v.value())
-                    .map_err(|err| s.codec_error("raft_meta", KEY_INCARNATION, err))?,
-                None => 0,
-            };
-            let next = now.checked_add(1).ok_or_else(|| StorageError::Corrupt {
-                path: s.path().to_path_buf(),
-                reason: "incarnation counter overflow".into(),
-            })?;
-            let bytes = codec::encode(&next)
-                .map_err(|err| s.codec_error("raft_meta", KEY_INCARNATION, err))?;
-            meta.insert(KEY_INCARNATION, bytes.as_slice())
-                .map_err(|e| s.redb(e))?;
-            next
-        };
-        tx.commit().map_err(|e| s.redb(e))?;
+        let now = self.get_meta::<u64>(KEY_INCARNATION)?.unwrap_or(0);
+        let next = now.checked_add(1).ok_or_else(|| StorageError::Corrupt {
+            path: self.store.path().to_path_buf(),
+            reason: "incarnation counter overflow".into(),
+        })?;
+        self.put_meta(KEY_INCARNATION, Some(&next))?;
         self.incarnation = next;
         Ok(())
     }
