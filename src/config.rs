@@ -59,7 +59,8 @@ pub struct FacilityConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlowSection {
-    /// Requests admitted per second, sustained.
+    /// Requests admitted per second, sustained; 0 (the default): no fixed
+    /// rate, the adaptive concurrency limit alone follows capacity.
     pub admission_rate_per_s: u64,
     /// Requests admitted at once after a quiet spell.
     pub admission_burst: u64,
@@ -547,8 +548,13 @@ impl FacilityConfig {
             return Err(invalid("backup.keep", "keep at least one backup".into()));
         }
         let f = &self.flow;
+        if f.admission_rate_per_s > 1_000_000 {
+            return Err(invalid(
+                "flow.admission_rate_per_s",
+                "0 (no fixed rate) to 1000000".into(),
+            ));
+        }
         for (key, v) in [
-            ("flow.admission_rate_per_s", f.admission_rate_per_s),
             ("flow.admission_burst", f.admission_burst),
             ("flow.admission_queue_len", f.admission_queue_len as u64),
             (
@@ -718,7 +724,7 @@ archive_after_days = 90
         assert_eq!((a.rate_per_s, a.burst), (5000, 500));
         assert_eq!(cfg.schedule.archive_after_days, 90);
         let bad = "[flow]
-admission_rate_per_s = 0
+admission_rate_per_s = 2000000
 ";
         let err = FacilityConfig::parse(&text(bad), Path::new("a.toml")).unwrap_err();
         assert!(

@@ -461,13 +461,14 @@ fn pool_of(method: &axum::http::Method, path: &str) -> &'static str {
         "operator"
     } else if method == axum::http::Method::POST {
         "writes"
-    } else if ["/schedule", "/ledger", "/evidence", "/coverage"]
-        .iter()
-        .any(|p| path.starts_with(p))
-    {
-        "reads"
-    } else {
+    } else if path == "/cluster" {
+        // The cluster view: what an operator reads during an incident.
         "operator"
+    } else {
+        // Every other read: the schedule, people, blocks, ledger,
+        // evidence, coverage (person reads used to fall through to the
+        // operator's reserve, which has no admission queue).
+        "reads"
     }
 }
 
@@ -743,6 +744,8 @@ mod tests {
         assert_eq!(pool_of(&Method::POST, "/assignments"), "writes");
         assert_eq!(pool_of(&Method::GET, "/schedule"), "reads");
         assert_eq!(pool_of(&Method::GET, "/coverage"), "reads");
+        assert_eq!(pool_of(&Method::GET, "/people/p1"), "reads");
+        assert_eq!(pool_of(&Method::GET, "/blocks/b1"), "reads");
         assert_eq!(pool_of(&Method::GET, "/cluster"), "operator");
         assert_eq!(pool_of(&Method::POST, "/admin/chaos"), "operator");
         assert_eq!(pool_of(&Method::POST, "/admin/backup"), "operator");

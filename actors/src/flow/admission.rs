@@ -1,7 +1,10 @@
-//! The admission controller (the BackpressureController's core): a token
-//! bucket for the rate, an adaptive concurrency limit (AIMD on observed
-//! latency against a target), and a bounded queue with a timeout. Every
-//! refusal carries a retry-after computed from the queue and the rate;
+//! The admission controller (the BackpressureController's core): an
+//! adaptive concurrency limit (AIMD on observed latency against a target),
+//! optionally a token bucket for a fixed rate on top, and a bounded queue
+//! with a timeout. By default there is no fixed rate: the limit follows
+//! what the cluster completes within the target latency, so the cap sits
+//! at its real capacity. Every refusal carries a retry-after computed from
+//! the queue and the rate (the configured one, or the limit's);
 //! [`Admission::pressure`] is the signal a slow consumer sends upstream.
 //! Sans-IO.
 
@@ -12,9 +15,10 @@ use super::rate::TokenBucket;
 /// Settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdmissionConfig {
-    /// Requests admitted per second, sustained.
+    /// Requests admitted per second, sustained; 0 (the default): no fixed
+    /// rate, the adaptive limit alone.
     pub rate_per_s: u64,
-    /// Requests admitted at once after a quiet spell.
+    /// Requests admitted at once after a quiet spell (with a fixed rate).
     pub burst: u64,
     /// Requests waiting at most; more are refused.
     pub queue_len_max: usize,
@@ -35,7 +39,7 @@ pub struct AdmissionConfig {
 impl Default for AdmissionConfig {
     fn default() -> Self {
         AdmissionConfig {
-            rate_per_s: 200,
+            rate_per_s: 0,
             burst: 50,
             queue_len_max: 256,
             queue_timeout_ms: 1_000,
@@ -80,7 +84,8 @@ pub enum Event {
 #[derive(Debug, Clone)]
 pub struct Admission {
     config: AdmissionConfig,
-    bucket: TokenBucket,
+    /// The fixed rate, when one is configured.
+    bucket: Option<TokenBucket>,
     limit: f64,
     in_flight: u32,
     queue: VecDeque<(u64, u64)>,
@@ -96,7 +101,8 @@ pub struct Admission {
 impl Admission {
     /// A controller at `now_ms`.
     pub fn new(config: AdmissionConfig, now_ms: u64) -> Admission {
-        let bucket = TokenBucket::new(config.rate_per_s, config.burst, now_ms);
+        let bucket = (config.rate_per_s > 0)
+            .then(|| TokenBucket::new(config.rate_per_s, config.burst.max(1), now_ms));
         let limit = f64::from(config.limit_initial);
         Admission {
             config,
@@ -149,14 +155,27 @@ impl Admission {
 
     fn retry_after(&mut self, now_ms: u64) -> u64 {
         // The queue ahead drains at the rate; a token may also be missing.
+        // Without a fixed rate, `limit` requests complete about once per
+        // target latency.
         let ahead = self.queue.len() as u64 + 1;
-        let drain = ahead * 1000 / self.config.rate_per_s.max(1);
-        let token = self.bucket.wait_ms(1, now_ms);
-        drain.max(token).max(1)
+        match &mut self.bucket {
+            Some(bucket) => {
+                let drain = ahead * 1000 / self.config.rate_per_s.max(1);
+                drain.max(bucket.wait_ms(1, now_ms)).max(1)
+            }
+            None => {
+                let per_round = (self.limit.floor() as u64).max(1);
+                (ahead.div_ceil(per_round) * self.config.target_latency_ms).max(1)
+            }
+        }
     }
 
     fn can_start(&mut self, now_ms: u64) -> bool {
-        f64::from(self.in_flight) < self.limit.floor() && self.bucket.try_acquire(1, now_ms).is_ok()
+        f64::from(self.in_flight) < self.limit.floor()
+            && self
+                .bucket
+                .as_mut()
+                .is_none_or(|b| b.try_acquire(1, now_ms).is_ok())
     }
 
     /// A request arrives.
@@ -329,8 +348,9 @@ mod tests {
     /// admitted: the slow consumer's signal reaches the callers as 429s.
     #[test]
     fn the_limit_converges_near_the_target_and_a_slow_consumer_pushes_back() {
+        // No fixed rate (the default): the limit alone.
         let cfg = AdmissionConfig {
-            rate_per_s: 100_000,
+            rate_per_s: 0,
             burst: 1_000,
             queue_len_max: 100,
             queue_timeout_ms: 200,
@@ -362,8 +382,10 @@ mod tests {
                 .filter(|e| matches!(e, Event::Admitted(_)))
                 .count();
             for _ in 0..2 {
-                if let Ok(Arrival::Admitted(_)) = a.arrive(t_ms) {
-                    started += 1;
+                match a.arrive(t_ms) {
+                    Ok(Arrival::Admitted(_)) => started += 1,
+                    Ok(Arrival::Queued(_)) => {}
+                    Err(r) => assert!(r.retry_after_ms >= 1, "{r}"),
                 }
             }
             for _ in 0..started {
