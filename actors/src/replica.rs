@@ -32,7 +32,7 @@ use std::sync::Arc;
 use bulwark_storage::schema::{SCHED_CHAIN, SCHED_META, SCHED_VERDICTS};
 use bulwark_storage::{codec, StorageError, Store};
 use bulwark_transport::FacilityId;
-use redb::{Durability, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::{ChainHead, Hash, Recorded, ANCHOR_WINDOW};
@@ -143,9 +143,7 @@ impl Replica {
     /// Starts a batch of applies: one write transaction, committed by
     /// [`Replica::commit`].
     pub fn begin(&self) -> Result<WriteTransaction, StorageError> {
-        let mut tx = self.store.begin_write()?;
-        tx.set_durability(Durability::None)
-            .map_err(|e| self.store.redb(redb::Error::from(e)))?;
+        let tx = self.store.begin_write_deferred()?;
         Ok(tx)
     }
 

@@ -245,14 +245,38 @@ impl Store {
     /// injected write failure refuses it: with the probability in force it
     /// returns [`StorageError::Injected`] before a transaction exists, and
     /// nothing is written.
+    ///
+    /// Each one is counted in `bulwark_store_durable_writes_total` (labelled
+    /// by facility): a committed one costs one fsync, so this counter over
+    /// `bulwark_raft_applied_batches_total` is the fsyncs per committed
+    /// batch.
     pub fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
+        let tx = self.begin(Durability::Immediate)?;
+        metrics::counter!("bulwark_store_durable_writes_total", "facility" => self.inner.facility.clone())
+            .increment(1);
+        Ok(tx)
+    }
+
+    /// Begins a write transaction that commits without an fsync: visible
+    /// at once, durable with the next durable commit of this file. redb
+    /// keeps commit order, so a crash loses a suffix of deferred commits
+    /// and never reorders them: what survives is always a prefix of the
+    /// commits made. For writes that can be lost in a power loss because
+    /// they can be rebuilt (applied state, from the durable log) or only
+    /// cache an answer that is replicated elsewhere. Injected write
+    /// failures refuse it like [`Store::begin_write`].
+    pub fn begin_write_deferred(&self) -> Result<redb::WriteTransaction, StorageError> {
+        self.begin(Durability::None)
+    }
+
+    fn begin(&self, durability: Durability) -> Result<redb::WriteTransaction, StorageError> {
         if self.inner.faults.refuse_write() {
             return Err(StorageError::Injected {
                 path: self.inner.path.clone(),
             });
         }
         let mut tx = self.inner.db.begin_write().map_err(|e| self.redb(e))?;
-        tx.set_durability(Durability::Immediate)
+        tx.set_durability(durability)
             .map_err(|e| self.redb(redb::Error::from(e)))?;
         Ok(tx)
     }

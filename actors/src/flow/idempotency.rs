@@ -2,7 +2,14 @@
 //! and its answer, kept in redb with a time to live. A retry with the same
 //! key and body gets the first answer again; the same key with another
 //! body is refused (`KEY_REUSED`); after the TTL the key is forgotten.
-//! Every write is one durable commit; expiry runs in bounded batches.
+//! Expiry runs in bounded batches.
+//!
+//! Its writes are deferred commits (no fsync of their own; durable with the
+//! facility's next durable commit, which the Raft log makes all the time):
+//! a record lost in a power loss costs nothing but the cached answer. The
+//! replicated schedule applies each key once whatever this store says, and
+//! a retry that finds no record reaches consensus again and is answered as
+//! a duplicate with the first outcome.
 
 use bulwark_storage::schema::IDEMPOTENCY;
 use bulwark_storage::{codec, StorageError, Store};
@@ -129,7 +136,7 @@ impl IdempotencyStore {
         };
         let s = &self.store;
         let bytes = codec::encode(&rec).map_err(|e| s.codec_error("idempotency", hex(key), e))?;
-        let tx = s.begin_write()?;
+        let tx = s.begin_write_deferred()?;
         tx.open_table(IDEMPOTENCY)
             .map_err(|e| s.redb(e))?
             .insert(key, bytes.as_slice())
@@ -141,7 +148,7 @@ impl IdempotencyStore {
     /// Forgets up to `max` expired keys; returns how many.
     pub fn expire(&self, now_unix_ms: u64, max: usize) -> Result<usize, IdempotencyError> {
         let s = &self.store;
-        let tx = s.begin_write()?;
+        let tx = s.begin_write_deferred()?;
         let mut removed = 0;
         {
             let mut t = tx.open_table(IDEMPOTENCY).map_err(|e| s.redb(e))?;

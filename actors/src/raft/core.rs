@@ -1686,6 +1686,8 @@ impl<M: StateMachine> RaftCore<M> {
             Ok(())
         };
         let decided = self.machine.apply(batch, &mut on_conf)?;
+        metrics::counter!("bulwark_raft_applied_batches_total", "facility" => self.me.to_string())
+            .increment(1);
         assert_eq!(
             decided.len(),
             entries.len(),

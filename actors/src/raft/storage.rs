@@ -348,8 +348,13 @@ impl RaftStore {
         &self.store
     }
 
-    /// Durably appends `entries` (replacing any conflicting suffix) and, if
-    /// given, the hard state, in one transaction.
+    /// Appends `entries` (replacing any conflicting suffix) and, if given,
+    /// the hard state, in one transaction: durable (one fsync) when it
+    /// holds entries or a new term or vote, which must be on disk before
+    /// any message that depends on them leaves. A change of the commit
+    /// index alone is a deferred commit: the commit index need not survive
+    /// a crash (a leader tells it again), and redb's commit order keeps it
+    /// ahead of everything applied after it.
     pub fn persist(
         &mut self,
         entries: &[Entry],
@@ -372,7 +377,13 @@ impl RaftStore {
             }
         }
         let s = &self.store;
-        let mut tx = s.begin_write()?;
+        let durable = !entries.is_empty()
+            || hs.is_some_and(|h| h.term != self.hard_state.term || h.vote != self.hard_state.vote);
+        let mut tx = if durable {
+            s.begin_write()?
+        } else {
+            s.begin_write_deferred()?
+        };
         if crate::plant::active(Bug::LogNotSynced) {
             tx.set_durability(redb::Durability::None)
                 .map_err(|e| s.redb(redb::Error::from(e)))?;
@@ -418,7 +429,8 @@ impl RaftStore {
         Ok(())
     }
 
-    /// Durably records a new commit index (from a `LightReady`).
+    /// Records a new commit index (from a `LightReady`; a deferred commit,
+    /// see [`RaftStore::persist`]).
     pub fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;

@@ -19,7 +19,7 @@
 
 use bulwark_storage::schema::{SCHED_META, SCHED_STAGING, SCHED_TABLES};
 use bulwark_storage::{codec, StorageError, Store};
-use redb::{Durability, ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 pub use bulwark_storage::stream::{
     open, seal, Chunk, Cursor, Descriptor, Row, RowHasher, SnapshotError, CHUNK_BYTES,
@@ -95,9 +95,7 @@ pub fn digest_all(store: &Store, tx: &ReadTransaction) -> Result<RowHasher, Stor
 
 /// Empties the staging table (a new transfer begins).
 pub fn clear_staging(store: &Store) -> Result<(), StorageError> {
-    let mut tx = store.begin_write()?;
-    tx.set_durability(Durability::None)
-        .map_err(|e| store.redb(redb::Error::from(e)))?;
+    let tx = store.begin_write_deferred()?;
     {
         let mut t = tx.open_table(SCHED_STAGING).map_err(|e| store.redb(e))?;
         t.retain(|_, _| false).map_err(|e| store.redb(e))?;
@@ -116,9 +114,7 @@ pub fn stage(
     if let Some(r) = rows.iter().find(|r| r.table as usize >= SCHED_TABLES.len()) {
         return Err(SnapshotError::UnknownTable(r.table));
     }
-    let mut tx = store.begin_write()?;
-    tx.set_durability(Durability::None)
-        .map_err(|e| store.redb(redb::Error::from(e)))?;
+    let tx = store.begin_write_deferred()?;
     {
         let mut t = tx.open_table(SCHED_STAGING).map_err(|e| store.redb(e))?;
         for (i, r) in rows.iter().enumerate() {
