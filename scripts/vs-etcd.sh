@@ -14,6 +14,10 @@
 # leader to the next acknowledged write; the last column is bulwark / etcd.
 #
 # Usage: scripts/vs-etcd.sh            (DURATION=10 seconds per cell)
+#   SKIP_ETCD=1     bulwark only (the etcd column stays empty)
+#   PERF=w64        record a flat perf profile (cpu-clock) of the three
+#                   bulwark processes during that cell (w1 w16 w64 r1 r64)
+#                   and print its top frames (needs linux-perf)
 # Installs etcd-server, etcd-client and wrk with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -127,9 +131,21 @@ run_wrk() {
   local threads=2; [ "$clients" -lt 2 ] && threads=1
   local before after out
   before=$(cpu_ticks "$@")
+  local perf_pid=""
+  if [ "$sys" = bulwark ] && [ "${PERF:-}" = "$name" ]; then
+    perf record -q -e cpu-clock -F 999 -o "$WORK/perf.data" -p "$(IFS=,; echo "$*")" \
+      -- sleep "$DURATION" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   out=$(wrk -t"$threads" -c"$clients" -d"${DURATION}s" --timeout 10s --latency \
     -s "$script" "$url" -- "$sys-$name-$RANDOM" 2>&1)
   after=$(cpu_ticks "$@")
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid" || true
+    echo "perf, bulwark $name, top frames by self time (all three processes):" >&2
+    perf report -i "$WORK/perf.data" --stdio --no-children --sort dso,symbol 2>/dev/null |
+      grep -E '^ +[0-9]' | head -40 >&2
+  fi
   local rps total p50 p99 errs
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   errs=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); errs=${errs:-0}
@@ -151,6 +167,7 @@ run_wrk() {
 ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
 
 # ---- etcd --------------------------------------------------------------------
+if [ -z "${SKIP_ETCD:-}" ]; then
 echo "etcd: 3 members on loopback" >&2
 ETCD_CLUSTER="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
 declare -A EPID
@@ -185,6 +202,7 @@ done
 R[etcd.failover]=$(ms_since "$start")
 echo "  etcd failover: ${R[etcd.failover]} ms" >&2
 for p in "${EP[@]}"; do stop "$p"; done
+fi
 
 # ---- bulwark -----------------------------------------------------------------
 echo "bulwark: 3 facilities on loopback" >&2
@@ -271,21 +289,21 @@ echo
 echo "| | etcd | bulwark | bulwark / etcd |"
 echo "|---|---|---|---|"
 for c in 1 16 64; do
-  row "writes/s, $c clients" "${R[etcd.w$c.rps]}" "${R[bulwark.w$c.rps]}"
-  row "write p50 ms, $c clients" "$(ms "${R[etcd.w$c.p50]}")" "$(ms "${R[bulwark.w$c.p50]}")"
-  row "write p99 ms, $c clients" "$(ms "${R[etcd.w$c.p99]}")" "$(ms "${R[bulwark.w$c.p99]}")"
-  row "server CPU ms per write, $c clients" "${R[etcd.w$c.cpu]}" "${R[bulwark.w$c.cpu]}"
+  row "writes/s, $c clients" "${R[etcd.w$c.rps]:--}" "${R[bulwark.w$c.rps]:--}"
+  row "write p50 ms, $c clients" "$(ms "${R[etcd.w$c.p50]:--}")" "$(ms "${R[bulwark.w$c.p50]:--}")"
+  row "write p99 ms, $c clients" "$(ms "${R[etcd.w$c.p99]:--}")" "$(ms "${R[bulwark.w$c.p99]:--}")"
+  row "server CPU ms per write, $c clients" "${R[etcd.w$c.cpu]:--}" "${R[bulwark.w$c.cpu]:--}"
 done
 for c in 1 64; do
-  row "linearizable reads/s, $c clients" "${R[etcd.r$c.rps]}" "${R[bulwark.r$c.rps]}"
-  row "read p50 ms, $c clients" "$(ms "${R[etcd.r$c.p50]}")" "$(ms "${R[bulwark.r$c.p50]}")"
-  row "server CPU ms per read, $c clients" "${R[etcd.r$c.cpu]}" "${R[bulwark.r$c.cpu]}"
+  row "linearizable reads/s, $c clients" "${R[etcd.r$c.rps]:--}" "${R[bulwark.r$c.rps]:--}"
+  row "read p50 ms, $c clients" "$(ms "${R[etcd.r$c.p50]:--}")" "$(ms "${R[bulwark.r$c.p50]:--}")"
+  row "server CPU ms per read, $c clients" "${R[etcd.r$c.cpu]:--}" "${R[bulwark.r$c.cpu]:--}"
 done
-row "kill -9 leader → next write acked, ms" "${R[etcd.failover]}" "${R[bulwark.failover]}"
+row "kill -9 leader → next write acked, ms" "${R[etcd.failover]:--}" "${R[bulwark.failover]:--}"
 echo
-echo "bulwark durable writes (fsyncs) per committed batch, whole run: alpha ${R[fsync.alpha]}, bravo ${R[fsync.bravo]}, charlie ${R[fsync.charlie]}"
+echo "bulwark durable writes (fsyncs) per committed batch, whole run: alpha ${R[fsync.alpha]:--}, bravo ${R[fsync.bravo]:--}, charlie ${R[fsync.charlie]:--}"
 echo
 echo "answers by status (rows count only 2xx): etcd / bulwark"
 for k in w1 w16 w64 r1 r64; do
-  echo "- $k: ${R[etcd.$k.codes]} / ${R[bulwark.$k.codes]}"
+  echo "- $k: ${R[etcd.$k.codes]:--} / ${R[bulwark.$k.codes]:--}"
 done

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use bulwark_runtime::{Address, ChildDef, Delivery, Node, NodeCtx, Zone};
+use bulwark_runtime::{Address, ChildDef, Delivery, Node, NodeCtx, Router, Zone};
 use bulwark_storage::codec;
 use bulwark_transport::FacilityId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -640,7 +640,14 @@ async fn ready<M: StateMachine>(
     if writes {
         st.disk_latency().await;
     }
-    let handled = st.core.on_ready();
+    // A leader's appends go out while its own fsync runs.
+    let router = &st.ctx.router;
+    let mut send_now = |o: Output<M>| {
+        if let Output::Send { to, msg } = o {
+            send_via(router, to, &msg, None);
+        }
+    };
+    let handled = st.core.on_ready_sending(Some(&mut send_now));
     if writes {
         st.disk.observe(started.elapsed());
     }
@@ -722,6 +729,10 @@ fn send<M: StateMachine>(
     msg: &RaftWire,
     deadline_unix_ms: Option<u64>,
 ) {
+    send_via(&st.ctx.router, to, msg, deadline_unix_ms);
+}
+
+fn send_via(router: &Router, to: FacilityId, msg: &RaftWire, deadline_unix_ms: Option<u64>) {
     let body = match codec::encode(msg) {
         Ok(b) => b,
         Err(e) => {
@@ -729,10 +740,7 @@ fn send<M: StateMachine>(
             return;
         }
     };
-    if let Err(e) = st
-        .ctx
-        .router
-        .send(Address::new(to, RAFT), body, deadline_unix_ms)
+    if let Err(e) = router.send(Address::new(to, RAFT), body, deadline_unix_ms)
     {
         metrics::counter!("bulwark_raft_send_failed_total").increment(1);
         tracing::debug!(error = %e, "raft send failed");

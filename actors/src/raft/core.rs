@@ -10,7 +10,10 @@
 //!
 //! Every Ready is handled in the order the consensus issue fixes: persist
 //! (snapshot, entries, hard state) durably, then send, then apply committed
-//! entries, then advance.
+//! entries, then advance. The one exception is raft-rs's own: a leader's
+//! appends may leave before its persist (Raft thesis 10.2.1), so its fsync
+//! and its followers' run at once; its own acknowledgement counts only
+//! after its persist ([`RaftCore::on_ready_sending`]).
 //!
 //! The applied state is the machine's, in redb: committed entries are
 //! applied in one transaction per batch that also moves its applied index,
@@ -1525,6 +1528,20 @@ impl<M: StateMachine> RaftCore<M> {
     /// used again, only rebuilt from the store. What it output before the
     /// failure came from durable state and may still be carried out.
     pub fn on_ready(&mut self) -> Result<(), RaftCoreError> {
+        self.on_ready_sending(None)
+    }
+
+    /// [`RaftCore::on_ready`], handing the messages a leader may send
+    /// before it persists to `send_now` as soon as they exist, so its
+    /// appends travel while its own fsync runs (Raft thesis 10.2.1; raft-rs
+    /// gives a non-leader none). Without `send_now` they are queued with
+    /// the other outputs. The leader's own acknowledgement still counts only
+    /// once its entries are durable: raft-rs learns of that when the Ready
+    /// is advanced, after the persist.
+    pub fn on_ready_sending(
+        &mut self,
+        mut send_now: Option<&mut dyn FnMut(Output<M>)>,
+    ) -> Result<(), RaftCoreError> {
         // Bounded: each round consumes a Ready; raft-rs produces a new one
         // only for new input, so a handful of rounds drains it.
         for _ in 0..self.config.ready_rounds_max {
@@ -1539,7 +1556,16 @@ impl<M: StateMachine> RaftCore<M> {
                 let msgs = rd.take_persisted_messages();
                 self.send_all(msgs);
             }
-            // 1. Persist: snapshot, entries, hard state (durable redb commits).
+            // 1. A leader's appends leave before its own persist.
+            let msgs = rd.take_messages();
+            let queued = self.out.len();
+            self.send_all(msgs);
+            if let Some(f) = send_now.as_mut() {
+                for o in self.out.drain(queued..) {
+                    f(o);
+                }
+            }
+            // 2. Persist: snapshot, entries, hard state (durable redb commits).
             if !rd.snapshot().is_empty() {
                 let snapshot = rd.snapshot().clone();
                 let index = snapshot.get_metadata().index;
@@ -1556,18 +1582,17 @@ impl<M: StateMachine> RaftCore<M> {
                 let hs = rd.hs().cloned();
                 self.node.mut_store().persist(rd.entries(), hs.as_ref())?;
             }
-            // 2. Send.
-            let msgs = rd.take_messages();
-            self.send_all(msgs);
+            // 3. Send what needed the persist (every message of a
+            // non-leader: acknowledgements, votes).
             let msgs = rd.take_persisted_messages();
             self.send_all(msgs);
-            // 3. Apply.
+            // 4. Apply.
             let committed = rd.take_committed_entries();
             self.apply(committed)?;
             for rs in rd.take_read_states() {
                 self.on_read_state(&rs.request_ctx, rs.index);
             }
-            // 4. Advance.
+            // 5. Advance.
             let mut light = self.node.advance(rd);
             if let Some(commit) = light.commit_index() {
                 self.node.mut_store().set_commit(commit)?;
