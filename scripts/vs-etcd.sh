@@ -9,12 +9,15 @@
 # /v3/kv/range` (serializable=false is its default).
 #
 # Prints one markdown table: writes/s and latency at 1, 16 and 64 clients,
+# an overload of 640 clients (goodput against the 64-client rate, p99, RSS),
 # linearizable reads at 1 and 64, server CPU per operation (utime+stime of
 # the three server processes over the run, from /proc), and kill -9 of the
 # leader to the next acknowledged write; the last column is bulwark / etcd.
 #
 # Usage: scripts/vs-etcd.sh            (DURATION=10 seconds per cell)
 #   SKIP_ETCD=1     bulwark only (the etcd column stays empty)
+#   HOLD=SECONDS    keep the bulwark cluster up that long before the load
+#                   (to look at it by hand)
 #   PERF=w64        record a flat perf profile (cpu-clock) of the three
 #                   bulwark processes during that cell (w1 w16 w64 r1 r64)
 #                   and print its top frames (needs linux-perf)
@@ -189,8 +192,12 @@ for _ in $(seq 1 100); do L=$(etcd_leader); [ -n "$L" ] && break; sleep 0.2; don
 [ -n "$L" ] || { echo "etcd elected no leader" >&2; exit 1; }
 ETCDCTL_API=3 etcdctl --endpoints="$L" put seed v >/dev/null
 EP=(${EPID[1]} ${EPID[2]} ${EPID[3]})
-for c in 1 16 64; do run_wrk etcd "w$c" "$c" "$WORK/etcd-put.lua" "$L" "${EP[@]}"; done
+idle_before=$(cpu_ticks "${EP[@]}"); sleep 5; idle_after=$(cpu_ticks "${EP[@]}")
+R[etcd.idle]=$(awk -v d=$((idle_after - idle_before)) -v hz="$HZ" 'BEGIN { printf "%.0f", d * 1000 / hz / 5 }')
+echo "  etcd idle: ${R[etcd.idle]} ms CPU per second (three processes)" >&2
+for c in 1 16 64 640; do run_wrk etcd "w$c" "$c" "$WORK/etcd-put.lua" "$L" "${EP[@]}"; done
 for c in 1 64; do run_wrk etcd "r$c" "$c" "$WORK/etcd-get.lua" "$L" "${EP[@]}"; done
+R[etcd.rss]=$(for p in "${EP[@]}"; do awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null; done | awk '{if ($1 > m) m = $1} END {printf "%.0f", m / 1024}')
 # kill -9 the leader; time to the next acknowledged write at a survivor
 LPORT=${L##*:}; LI=${LPORT: -1}
 start=$(date +%s%N); stop "${EPID[$LI]}"
@@ -253,7 +260,15 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 BP=(${BPID[alpha]} ${BPID[bravo]} ${BPID[charlie]})
-for c in 1 16 64; do run_wrk bulwark "w$c" "$c" "$WORK/bw-put.lua" "$BURL" "${BP[@]}"; done
+if [ -n "${HOLD:-}" ]; then
+  echo "holding: leader $BL at $BURL, pids ${BP[*]}, token $TOKEN, scripts in $WORK; Ctrl-C ends" >&2
+  sleep "$HOLD"
+fi
+idle_before=$(cpu_ticks "${BP[@]}"); sleep 5; idle_after=$(cpu_ticks "${BP[@]}")
+R[bulwark.idle]=$(awk -v d=$((idle_after - idle_before)) -v hz="$HZ" 'BEGIN { printf "%.0f", d * 1000 / hz / 5 }')
+echo "  bulwark idle: ${R[bulwark.idle]} ms CPU per second (three processes)" >&2
+for c in 1 16 64 640; do run_wrk bulwark "w$c" "$c" "$WORK/bw-put.lua" "$BURL" "${BP[@]}"; done
+R[bulwark.rss]=$(for p in "${BP[@]}"; do awk '/^VmRSS/ {print $2}' "/proc/$p/status"; done | awk '{s += $1; if ($1 > m) m = $1} END {printf "%.0f", m / 1024}')
 for c in 1 64; do run_wrk bulwark "r$c" "$c" "$WORK/bw-get.lua" "$BURL" "${BP[@]}"; done
 # fsyncs per committed batch, per facility, over the whole run so far
 for i in 0 1 2; do
@@ -294,16 +309,21 @@ for c in 1 16 64; do
   row "write p99 ms, $c clients" "$(ms "${R[etcd.w$c.p99]:--}")" "$(ms "${R[bulwark.w$c.p99]:--}")"
   row "server CPU ms per write, $c clients" "${R[etcd.w$c.cpu]:--}" "${R[bulwark.w$c.cpu]:--}"
 done
+row "overload, 640 clients: good writes/s" "${R[etcd.w640.rps]:--}" "${R[bulwark.w640.rps]:--}"
+row "overload: good writes / 64-client writes" "$(ratio "${R[etcd.w640.rps]:--}" "${R[etcd.w64.rps]:--}")" "$(ratio "${R[bulwark.w640.rps]:--}" "${R[bulwark.w64.rps]:--}")"
+row "overload: p99 ms (all answers)" "$(ms "${R[etcd.w640.p99]:--}")" "$(ms "${R[bulwark.w640.p99]:--}")"
+row "largest RSS after the writes, MiB" "${R[etcd.rss]:--}" "${R[bulwark.rss]:--}"
 for c in 1 64; do
   row "linearizable reads/s, $c clients" "${R[etcd.r$c.rps]:--}" "${R[bulwark.r$c.rps]:--}"
   row "read p50 ms, $c clients" "$(ms "${R[etcd.r$c.p50]:--}")" "$(ms "${R[bulwark.r$c.p50]:--}")"
   row "server CPU ms per read, $c clients" "${R[etcd.r$c.cpu]:--}" "${R[bulwark.r$c.cpu]:--}"
 done
+row "idle cluster, CPU ms per second" "${R[etcd.idle]:--}" "${R[bulwark.idle]:--}"
 row "kill -9 leader → next write acked, ms" "${R[etcd.failover]:--}" "${R[bulwark.failover]:--}"
 echo
 echo "bulwark durable writes (fsyncs) per committed batch, whole run: alpha ${R[fsync.alpha]:--}, bravo ${R[fsync.bravo]:--}, charlie ${R[fsync.charlie]:--}"
 echo
 echo "answers by status (rows count only 2xx): etcd / bulwark"
-for k in w1 w16 w64 r1 r64; do
+for k in w1 w16 w64 w640 r1 r64; do
   echo "- $k: ${R[etcd.$k.codes]:--} / ${R[bulwark.$k.codes]:--}"
 done

@@ -30,6 +30,8 @@ struct Inner {
     path: PathBuf,
     facility: String,
     faults: DiskFaults,
+    /// Durable write transactions begun.
+    durable_writes: std::sync::atomic::AtomicU64,
 }
 
 /// The result of [`Store::open`].
@@ -197,6 +199,7 @@ impl Store {
                 path,
                 facility: facility.to_string(),
                 faults: DiskFaults::default(),
+                durable_writes: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -252,9 +255,20 @@ impl Store {
     /// batch.
     pub fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
         let tx = self.begin(Durability::Immediate)?;
+        self.inner
+            .durable_writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!("bulwark_store_durable_writes_total", "facility" => self.inner.facility.clone())
             .increment(1);
         Ok(tx)
+    }
+
+    /// Durable write transactions begun on this store since it was opened
+    /// (the per-store figure behind `bulwark_store_durable_writes_total`).
+    pub fn durable_writes(&self) -> u64 {
+        self.inner
+            .durable_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Begins a write transaction that commits without an fsync: visible

@@ -692,4 +692,35 @@ mod tests {
         assert_eq!(rs.hard_state().commit, 70);
         assert_eq!(rs.incarnation(), 2);
     }
+
+    /// Entries and a new term or vote cost one fsync each time; a new
+    /// commit index alone costs none (it is a deferred commit), and still
+    /// reads back after a clean reopen.
+    #[test]
+    fn only_entries_terms_and_votes_are_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut rs, _) = open(dir.path());
+        let synced = |rs: &RaftStore| rs.store().durable_writes();
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.vote = 2;
+        let before = synced(&rs);
+        rs.persist(&[], Some(&hs)).unwrap();
+        assert_eq!(synced(&rs), before + 1, "a vote is synced");
+        rs.persist(&[entry(1, 1), entry(2, 1)], None).unwrap();
+        assert_eq!(synced(&rs), before + 2, "entries are synced");
+        let mut commit_only = hs.clone();
+        commit_only.commit = 2;
+        rs.persist(&[], Some(&commit_only)).unwrap();
+        rs.set_commit(2).unwrap();
+        assert_eq!(synced(&rs), before + 2, "a commit index alone is not");
+        hs.term = 2;
+        hs.commit = 2;
+        rs.persist(&[], Some(&hs)).unwrap();
+        assert_eq!(synced(&rs), before + 3, "a new term is");
+        drop(rs);
+        let (rs, _) = open(dir.path());
+        assert_eq!(rs.hard_state().commit, 2);
+        assert_eq!(rs.hard_state().term, 2);
+    }
 }
