@@ -41,6 +41,17 @@
 //!   evidence gathered in memory are gathered again or fetched as final
 //!   entries. Any other storage error stops the actor, as before.
 //!
+//! Durable writes: a batch with an own vote or evidence is one durable
+//! commit, written before any of the batch's sends. Final entries alone do
+//! not get a commit of their own: they are held in memory and written with
+//! the next batch that writes anyway (the next own vote, usually) or at the
+//! next tick, whichever comes first, so a validator under a steady write
+//! load costs one fsync per batch rather than two. Held entries are not
+//! served and not visible in the ledger until written; a crash loses them
+//! from memory only, and the votes they settled are still on disk, so the
+//! heights are finalized again (from the peers' votes, or fetched as final
+//! entries).
+//!
 //! What it does not do: a lying Raft leader can stall or censor (it decides
 //! what enters the log), but cannot make an entry final without a quorum of
 //! honest votes. With 3 facilities f = 0: a lying facility cannot finalize
@@ -65,6 +76,7 @@ use bulwark_transport::FacilityId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::keys::Keyring;
+use crate::ledger::FinalEntry;
 use crate::raft::{AppliedEntry, AppliedTap};
 use evidence::Evidence;
 use wire::BftWire;
@@ -369,6 +381,11 @@ pub struct BftState {
     setup: BftSetup,
     /// The core was rebuilt: read the feed again on the next tick.
     rewake: bool,
+    /// Final entries computed and not yet written (module docs), in height
+    /// order.
+    held: Vec<(u64, FinalEntry)>,
+    /// A tick passed while entries were held: the next flush writes them.
+    held_ticked: bool,
 }
 
 /// Applied entries handled per wake, at most (the rest on the next).
@@ -446,6 +463,8 @@ impl Actor for BftValidator {
             flush_queued: false,
             setup,
             rewake: false,
+            held: Vec::new(),
+            held_ticked: false,
         })
     }
 
@@ -457,6 +476,11 @@ impl Actor for BftValidator {
     ) -> Result<(), ActorProcessingErr> {
         let now = st.ctx.clock.unix_ms();
         let flush = matches!(msg, BftMsg::Flush);
+        let tick = matches!(msg, BftMsg::Tick);
+        if tick {
+            st.held_ticked = !st.held.is_empty();
+        }
+        let held_since_tick = st.held_ticked;
         match msg {
             BftMsg::Flush => {}
             BftMsg::Wake => {
@@ -474,6 +498,11 @@ impl Actor for BftValidator {
                     myself.cast(BftMsg::Wake)?;
                 }
                 st.core.on_tick(now);
+                if !st.held.is_empty() && !st.flush_queued {
+                    // Held final entries are written by the next flush.
+                    st.flush_queued = true;
+                    myself.cast(BftMsg::Flush)?;
+                }
             }
             BftMsg::Remote(d) => {
                 let from = d.envelope.from.clone();
@@ -486,7 +515,13 @@ impl Actor for BftValidator {
                 }
             }
             BftMsg::Status(reply) => {
-                let _ = reply.send(st.core.status());
+                let mut status = st.core.status();
+                if let Some((h, fin)) = st.held.first() {
+                    // Final is what is written: held entries are not yet.
+                    status.final_height = h - 1;
+                    status.final_hash = fin.cert.prev;
+                }
+                let _ = reply.send(status);
             }
             BftMsg::Evidence(reply) => {
                 let _ = reply.send(st.core.evidence().to_vec());
@@ -526,7 +561,7 @@ impl Actor for BftValidator {
                     tokio::time::sleep(latency).await;
                 }
             }
-            match carry_out(st) {
+            match carry_out(st, !st.held.is_empty() && held_since_tick) {
                 Ok(()) => {}
                 Err(e) if e.is_injected() => rebuild(st, &e)?,
                 Err(e) => return Err(e.into()),
@@ -545,6 +580,14 @@ impl Actor for BftValidator {
     ) -> Result<(), ActorProcessingErr> {
         st.ticker.abort();
         st.ctx.router.unregister(BFT, myself.get_id());
+        if !st.held.is_empty() {
+            // A planned stop writes what it holds (a crash would not: the
+            // heights are finalized again after the restart).
+            if let Err(e) = st.store.write_batch(&[], &st.held, &[]) {
+                tracing::warn!(facility = %st.ctx.facility, error = %e,
+                    "held final entries not written at stop; they are finalized again after the restart");
+            }
+        }
         Ok(())
     }
 }
@@ -578,16 +621,20 @@ fn rebuild(
         restored,
     );
     st.outputs.clear();
+    st.held.clear();
+    st.held_ticked = false;
     st.rewake = true;
     Ok(())
 }
 
 /// Carries out the outputs gathered since the last flush: every write
 /// (own votes, final entries, evidence) in one durable redb commit, then
-/// the sends, so a vote is on disk before it leaves. On a failed write
-/// nothing is sent; the caller rebuilds the core (an injected fault) or
-/// stops the actor (its supervisor restarts it from redb).
-fn carry_out(st: &mut BftState) -> Result<(), bulwark_storage::StorageError> {
+/// the sends, so a vote is on disk before it leaves. Final entries alone
+/// are held for the next write unless `write_held` (a tick passed; module
+/// docs). On a failed write nothing is sent; the caller rebuilds the core
+/// (an injected fault) or stops the actor (its supervisor restarts it from
+/// redb).
+fn carry_out(st: &mut BftState, write_held: bool) -> Result<(), bulwark_storage::StorageError> {
     let outputs = std::mem::take(&mut st.outputs);
     let mut votes = Vec::new();
     let mut finals = Vec::new();
@@ -604,6 +651,12 @@ fn carry_out(st: &mut BftState) -> Result<(), bulwark_storage::StorageError> {
     if crate::plant::active(crate::plant::Bug::VoteNotDurable) {
         send_all(st, std::mem::take(&mut sends))?;
     }
+    st.held.append(&mut finals);
+    if votes.is_empty() && evidence.is_empty() && !write_held {
+        return send_all(st, sends);
+    }
+    let finals = std::mem::take(&mut st.held);
+    st.held_ticked = false;
     st.store.write_batch(&votes, &finals, &evidence)?;
     for (h, fin) in &finals {
         if let Some(ws) = st.waiters.remove(h) {
