@@ -360,13 +360,23 @@ async fn admitted(s: &ApiState, req: Request, next: Next) -> Response {
     if pool_of(req.method(), req.uri().path()) == "operator" {
         return next.run(req).await;
     }
-    let answer = bp
-        .call(BackpressureMsg::Arrive, Some(Duration::from_secs(30)))
-        .await;
+    let give_back = {
+        let bp = bp.clone();
+        move |granted: Result<_, Rejected>| {
+            if granted.is_ok() {
+                let _ = bp.cast(BackpressureMsg::Abandon);
+            }
+        }
+    };
+    let answer = Granting::ask(give_back, |port| {
+        bp.cast(BackpressureMsg::Arrive(port)).is_ok()
+    })
+    .wait(Duration::from_secs(30))
+    .await;
     match answer {
-        Ok(ractor::rpc::CallResult::Success(Ok(_))) => {}
-        Ok(ractor::rpc::CallResult::Success(Err(r))) => return overloaded(r),
-        _ => {
+        Some(Ok(_)) => {}
+        Some(Err(r)) => return overloaded(r),
+        None => {
             return overloaded(Rejected {
                 reason: "admission_unavailable",
                 retry_after_ms: 1_000,
@@ -381,6 +391,52 @@ async fn admitted(s: &ApiState, req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     running.complete();
     resp
+}
+
+/// A request for a grant (an admission slot, a bulkhead lease) from an
+/// actor, whose answer may come after the request itself was dropped (its
+/// client went away). A grant that was sent but never taken is given back
+/// when this is dropped: the channel is closed first, so the actor's later
+/// send fails (and it takes the grant back itself) or the grant is already
+/// in the channel (and is given back here). Without this, every request
+/// dropped in that window kept its slot for good (seen under a 640-client
+/// overload: the facility admitted nothing afterwards).
+struct Granting<T, G: FnMut(T)> {
+    rx: Option<tokio::sync::oneshot::Receiver<T>>,
+    give_back: G,
+}
+
+impl<T, G: FnMut(T)> Granting<T, G> {
+    /// Sends the request through `send` (false: the actor is gone).
+    fn ask(give_back: G, send: impl FnOnce(ractor::RpcReplyPort<T>) -> bool) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let rx = send(tx.into()).then_some(rx);
+        Granting { rx, give_back }
+    }
+
+    /// The answer, or `None` if the actor is gone or did not answer within
+    /// `limit`.
+    async fn wait(mut self, limit: Duration) -> Option<T> {
+        let rx = self.rx.as_mut()?;
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(v)) => {
+                self.rx = None;
+                Some(v)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl<T, G: FnMut(T)> Drop for Granting<T, G> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(v) = rx.try_recv() {
+                (self.give_back)(v);
+            }
+        }
+    }
 }
 
 /// An admitted request in flight: reports its completion, or — when the
@@ -486,19 +542,28 @@ async fn bulkhead(State(s): State<ApiState>, req: Request, next: Next) -> Respon
         return next.run(req).await;
     };
     let pool = pool_of(req.method(), req.uri().path());
-    let lease = pools
-        .call(
-            |reply| BulkheadMsg::Acquire {
+    let give_back = {
+        let pools = pools.clone();
+        move |granted: Result<u64, _>| {
+            if let Ok(id) = granted {
+                let _ = pools.cast(BulkheadMsg::Release(id));
+            }
+        }
+    };
+    let lease = Granting::ask(give_back, |reply| {
+        pools
+            .cast(BulkheadMsg::Acquire {
                 pool: pool.to_string(),
                 n: 1,
                 reply,
-            },
-            Some(Duration::from_secs(5)),
-        )
-        .await;
+            })
+            .is_ok()
+    })
+    .wait(Duration::from_secs(5))
+    .await;
     let id = match lease {
-        Ok(ractor::rpc::CallResult::Success(Ok(id))) => id,
-        Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => {
             return error::ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "OVERLOADED",
@@ -736,6 +801,47 @@ pub fn render_status(c: &api::ClusterStatus) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// A grant that reaches a request already dropped is given back; one
+    /// sent after the drop fails at the sender (which takes it back).
+    #[tokio::test]
+    async fn a_grant_sent_to_a_dropped_request_is_given_back() {
+        use std::sync::{Arc, Mutex};
+        let given = Arc::new(Mutex::new(Vec::new()));
+        let seen = given.clone();
+        let mut port = None;
+        let asking = super::Granting::ask(
+            move |v: u32| seen.lock().unwrap().push(v),
+            |p| {
+                port = Some(p);
+                true
+            },
+        );
+        port.take().unwrap().send(7).unwrap();
+        drop(asking);
+        assert_eq!(*given.lock().unwrap(), vec![7]);
+        let asking = super::Granting::ask(
+            |_: u32| panic!("nothing was granted"),
+            |p| {
+                port = Some(p);
+                true
+            },
+        );
+        drop(asking);
+        assert!(port.take().unwrap().send(8).is_err());
+        let answered = super::Granting::ask(
+            |_: u32| panic!("a taken grant is not given back"),
+            |p| {
+                port = Some(p);
+                true
+            },
+        );
+        port.take().unwrap().send(9).unwrap();
+        assert_eq!(
+            answered.wait(std::time::Duration::from_secs(1)).await,
+            Some(9)
+        );
+    }
     use super::pool_of;
     use axum::http::Method;
 

@@ -41,7 +41,7 @@ impl Default for AdmissionConfig {
         AdmissionConfig {
             rate_per_s: 0,
             burst: 50,
-            queue_len_max: 256,
+            queue_len_max: 1_024,
             queue_timeout_ms: 1_000,
             target_latency_ms: 100,
             limit_min: 4,

@@ -740,8 +740,7 @@ fn send_via(router: &Router, to: FacilityId, msg: &RaftWire, deadline_unix_ms: O
             return;
         }
     };
-    if let Err(e) = router.send(Address::new(to, RAFT), body, deadline_unix_ms)
-    {
+    if let Err(e) = router.send(Address::new(to, RAFT), body, deadline_unix_ms) {
         metrics::counter!("bulwark_raft_send_failed_total").increment(1);
         tracing::debug!(error = %e, "raft send failed");
     }
