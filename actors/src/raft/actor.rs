@@ -513,10 +513,20 @@ async fn handle_live<M: StateMachine>(
         RaftMsg::Remote(d) => {
             let from = d.envelope.from.clone();
             match codec::decode::<RaftWire>(&d.envelope.body) {
-                Ok(w) => {
-                    st.core.on_peer(&from, w, st.ctx.clock.unix_ms())?;
-                    queue_flush(myself, st)?;
-                }
+                Ok(w) => match st.core.on_peer(&from, w, st.ctx.clock.unix_ms()) {
+                    Ok(()) => queue_flush(myself, st)?,
+                    // The vote fence's own rows (a probe answered, a peer's
+                    // store recorded) are writes too: a refused one fences
+                    // the core like a refused Ready, rather than stopping the
+                    // actor (whose restart, on a disk that refuses every
+                    // write, failed in a loop until the whole tree stopped:
+                    // the chaos_live readiness test's rare failure).
+                    Err(e) if e.is_injected() => {
+                        fence(st, &e);
+                        rebuild(myself, st).await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                },
                 Err(e) => {
                     metrics::counter!("bulwark_raft_malformed_total").increment(1);
                     tracing::warn!(%from, error = %e, "malformed raft wire message dropped");
