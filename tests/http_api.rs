@@ -49,7 +49,8 @@ async fn health_and_admission_over_http() {
         queue_len_max: 0,
         ..AdmissionConfig::default()
     };
-    let (bp, _handle) = ractor::Actor::spawn(None, Backpressure, (f.node.ctx().clone(), cfg, 10))
+    let gate = bulwark_actors::flow::actors::AdmissionGate::new(cfg);
+    let (bp, _handle) = ractor::Actor::spawn(None, Backpressure, (gate, 10))
         .await
         .unwrap();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();

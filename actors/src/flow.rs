@@ -27,10 +27,12 @@
 //!   a retried request gets its first answer; a key reused for another
 //!   body is refused.
 //!
-//! [`actors`] puts the admission core (the BackpressureController) and the
-//! pools (the BulkheadPool) behind mailboxes in the flow zone; the node's
-//! HTTP layer sends every `/v1` request through the controller (429 +
-//! Retry-After) and serves the health registry at `/health/*`. The breaker
+//! [`gate`] puts the admission core and the pools behind a mutex as
+//! in-process layers that every `/v1` request enters (429 + Retry-After),
+//! each grant a guard; [`actors`] are their owners in the flow zone (the
+//! BackpressureController ticks the queue and takes the mesh's buffer, the
+//! BulkheadPool answers status). The node's HTTP layer also serves the
+//! health registry at `/health/*`. The breaker
 //! is a layer inside [`guard`] for in-process callers; [`mesh`] holds a
 //! facility's named breakers in an actor that trips the ones depending on
 //! a peer the failure detector holds Down, tells peers of every
@@ -43,6 +45,7 @@ pub mod breaker;
 pub mod bulkhead;
 pub mod concurrency;
 pub mod fallback;
+pub mod gate;
 pub mod guard;
 pub mod health;
 pub mod idempotency;

@@ -3,14 +3,31 @@
 use std::time::Duration;
 
 use bulwark_actors::flow::actors::{
-    backpressure, backpressure_child, bulkhead_child, bulkheads, BackpressureMsg, BulkheadMsg,
+    backpressure, backpressure_child, bulkhead_child, bulkheads, AdmissionGate, BackpressureMsg,
+    BulkheadGate, BulkheadMsg,
 };
 use bulwark_actors::flow::admission::AdmissionConfig;
 use bulwark_actors::flow::bulkhead::PoolError;
 use bulwark_runtime::Harness;
 
-/// 10× the configured rate for 60 virtual seconds through the
-/// BackpressureController actor: the admitted rate stays within ±10% of
+async fn admission_gate(bp: &ractor::ActorRef<BackpressureMsg>) -> AdmissionGate {
+    bp.call(BackpressureMsg::Gate, Some(Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .success_or(())
+        .unwrap()
+}
+
+async fn bulkhead_gate(b: &ractor::ActorRef<BulkheadMsg>) -> BulkheadGate {
+    b.call(BulkheadMsg::Gate, Some(Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .success_or(())
+        .unwrap()
+}
+
+/// 10× the configured rate for 60 virtual seconds through the gate the
+/// BackpressureController actor owns (and ticks): the admitted rate stays within ±10% of
 /// the rate, every refusal carries a retry-after, the queue stays bounded,
 /// and admitted requests wait a bounded time (p99 within the queue
 /// timeout).
@@ -30,23 +47,20 @@ async fn ten_times_the_capacity_for_a_minute_through_the_actor() {
         .await
         .unwrap();
     let bp = backpressure(h.node(0)).expect("running");
+    let gate = admission_gate(&bp).await;
     let mut tasks = tokio::task::JoinSet::new();
     let mut max_queue = 0;
     for ms in 0..60_000u64 {
         // 1,000 requests per second offered: one per virtual ms.
-        let bp2 = bp.clone();
+        let gate = gate.clone();
         tasks.spawn(async move {
-            let out = bp2
-                .call(BackpressureMsg::Arrive, Some(Duration::from_secs(5)))
-                .await
-                .expect("the actor answers")
-                .success_or(())
-                .expect("an answer");
-            match out {
-                Ok(a) => {
+            let arrived = tokio::time::Instant::now();
+            match gate.admit().await {
+                Ok(permit) => {
+                    let waited_ms = arrived.elapsed().as_millis() as u64;
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    let _ = bp2.cast(BackpressureMsg::Complete { latency_ms: 20 });
-                    Ok(a.waited_ms)
+                    permit.complete();
+                    Ok(waited_ms)
                 }
                 Err(r) => Err(r.retry_after_ms),
             }
@@ -93,29 +107,17 @@ async fn the_pool_actor_names_the_pool_and_keeps_the_reserves() {
         .await
         .unwrap();
     let b = bulkheads(h.node(0)).expect("running");
-    let acquire = |pool: &str, n| {
-        let b = b.clone();
-        let pool = pool.to_string();
-        async move {
-            b.call(
-                |reply| BulkheadMsg::Acquire { pool, n, reply },
-                Some(Duration::from_secs(1)),
-            )
-            .await
-            .unwrap()
-            .success_or(())
-            .unwrap()
-        }
-    };
-    let l1 = acquire("icu", 27).await.unwrap();
-    let _l2 = acquire("icu", 13).await.unwrap();
-    match acquire("icu", 1).await {
+    let gate = bulkhead_gate(&b).await;
+    let l1 = gate.acquire("icu", 27).unwrap();
+    let _l2 = gate.acquire("icu", 13).unwrap();
+    match gate.acquire("icu", 1) {
         Err(PoolError::Exhausted { pool, .. }) => assert_eq!(pool, "icu"),
-        other => panic!("{other:?}"),
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("icu lent past its limit"),
     }
     // Call is protected: its 9 are there whatever ICU did.
-    acquire("call", 9).await.unwrap();
-    b.cast(BulkheadMsg::Release(l1)).unwrap();
+    let _call = gate.acquire("call", 9).unwrap();
+    drop(l1);
     let status = b
         .call(BulkheadMsg::Status, Some(Duration::from_secs(1)))
         .await
@@ -127,10 +129,12 @@ async fn the_pool_actor_names_the_pool_and_keeps_the_reserves() {
     h.shutdown().await;
 }
 
-/// A caller that went away before its answer came keeps nothing: the
-/// pool's units and the admission slot go back at once.
+/// A caller that went away keeps nothing: a hold dropped gives its units
+/// back, a request dropped while it waited in the queue or after it was
+/// admitted gives its slot back, and a restarted controller keeps the
+/// gate (and so the slots of the requests in flight).
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_caller_gone_before_the_answer_keeps_no_units_and_no_slot() {
+async fn a_caller_gone_keeps_no_units_and_no_slot() {
     let h = Harness::builder(1, 63)
         .children(|_| {
             vec![
@@ -150,19 +154,25 @@ async fn a_caller_gone_before_the_answer_keeps_no_units_and_no_slot() {
         .await
         .unwrap();
     let b = bulkheads(h.node(0)).expect("running");
+    let pools = bulkhead_gate(&b).await;
     let bp = backpressure(h.node(0)).expect("running");
+    let gate = admission_gate(&bp).await;
+    let mut waiting = Vec::new();
     for _ in 0..10 {
-        let (tx, rx) = ractor::concurrency::oneshot();
-        drop(rx);
-        b.cast(BulkheadMsg::Acquire {
-            pool: "icu".into(),
-            n: 5,
-            reply: tx.into(),
-        })
-        .unwrap();
-        let (tx, rx) = ractor::concurrency::oneshot();
-        drop(rx);
-        bp.cast(BackpressureMsg::Arrive(tx.into())).unwrap();
+        drop(pools.acquire("icu", 5).unwrap());
+        let g = gate.clone();
+        waiting.push(tokio::spawn(async move {
+            let p = g.admit().await;
+            std::future::pending::<()>().await;
+            drop(p);
+        }));
+    }
+    h.step(Duration::from_millis(5)).await;
+    assert_eq!(gate.status().in_flight, 4);
+    assert_eq!(gate.status().queued, 6);
+    for w in waiting {
+        w.abort();
+        let _ = w.await;
     }
     h.step(Duration::from_millis(50)).await;
     let status = b
@@ -172,15 +182,24 @@ async fn a_caller_gone_before_the_answer_keeps_no_units_and_no_slot() {
         .success_or(())
         .unwrap();
     assert!(status.iter().all(|s| s.allocated == 0), "{status:?}");
-    // Four slots, all free again: four arrivals are admitted at once.
+    assert_eq!(gate.status().in_flight, 0, "{:?}", gate.status());
+    assert_eq!(gate.status().queued, 0, "{:?}", gate.status());
+    // A permit held across a restart of the controller keeps its slot in
+    // the same gate.
+    let held = gate.admit().await.unwrap();
+    bp.kill();
+    h.step(Duration::from_millis(500)).await;
+    let restarted = backpressure(h.node(0)).expect("restarted");
+    assert_ne!(restarted.get_id(), bp.get_id());
+    let again = admission_gate(&restarted).await;
+    assert_eq!(again.status().in_flight, 1);
+    held.complete();
+    assert_eq!(again.status().in_flight, 0);
+    // Four slots, all free: four arrivals are admitted at once.
+    let mut permits = Vec::new();
     for _ in 0..4 {
-        let admitted = bp
-            .call(BackpressureMsg::Arrive, Some(Duration::from_millis(1)))
-            .await
-            .unwrap()
-            .success_or(())
-            .unwrap();
-        assert!(admitted.is_ok(), "{admitted:?}");
+        permits.push(again.admit().await.unwrap());
     }
+    assert_eq!(again.status().in_flight, 4);
     h.shutdown().await;
 }

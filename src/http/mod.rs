@@ -29,7 +29,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
-use bulwark_actors::flow::actors::{BackpressureMsg, BackpressureStatus};
+use bulwark_actors::flow::actors::{
+    AdmissionGate, BackpressureMsg, BackpressureStatus, BulkheadGate,
+};
 use bulwark_actors::flow::admission::Rejected;
 use bulwark_actors::flow::health::{
     BudgetEvent, CheckStatus, ErrorBudget, Health, Kind, LatencyBudget,
@@ -64,6 +66,15 @@ pub struct ApiState {
     pub service: Option<Arc<api::Service>>,
     /// Each component's health over the last samples ([`run_checks`]).
     pub heatmap: Arc<Mutex<Heatmap>>,
+    /// The gates requests enter, asked of their actors once and kept (a
+    /// restarted actor keeps its gate).
+    gates: Arc<Gates>,
+}
+
+#[derive(Default)]
+struct Gates {
+    admission: std::sync::OnceLock<AdmissionGate>,
+    bulkheads: std::sync::OnceLock<BulkheadGate>,
 }
 
 /// The API's service-level objectives, over a 30-day window: 99.9% of
@@ -141,6 +152,7 @@ impl ApiState {
             slo: Arc::new(Mutex::new(Slo::default())),
             service: None,
             heatmap: Arc::new(Mutex::new(Heatmap::default())),
+            gates: Arc::default(),
         }
     }
 
@@ -162,6 +174,43 @@ impl ApiState {
                     .find::<BackpressureMsg>(bulwark_runtime::Zone::Flow, BACKPRESSURE)
             })
             .or_else(|| self.admission.clone())
+    }
+
+    /// The admission gate every `/v1` request enters: asked of the
+    /// BackpressureController once, then kept. `None` while no controller
+    /// runs (everything is admitted).
+    async fn admission_gate(&self) -> Option<AdmissionGate> {
+        if let Some(g) = self.gates.admission.get() {
+            return Some(g.clone());
+        }
+        let bp = self.admission()?;
+        let g = bp
+            .call(BackpressureMsg::Gate, Some(Duration::from_secs(5)))
+            .await
+            .ok()?
+            .success_or(())
+            .ok()?;
+        Some(self.gates.admission.get_or_init(|| g).clone())
+    }
+
+    /// The bulkhead gate, asked of the BulkheadPool once, then kept.
+    async fn bulkhead_gate(&self) -> Option<BulkheadGate> {
+        use bulwark_actors::flow::actors::{BulkheadMsg, BULKHEADS};
+        if let Some(g) = self.gates.bulkheads.get() {
+            return Some(g.clone());
+        }
+        let pools = self
+            .service
+            .as_ref()?
+            .ctx
+            .find::<BulkheadMsg>(bulwark_runtime::Zone::Flow, BULKHEADS)?;
+        let g = pools
+            .call(BulkheadMsg::Gate, Some(Duration::from_secs(5)))
+            .await
+            .ok()?
+            .success_or(())
+            .ok()?;
+        Some(self.gates.bulkheads.get_or_init(|| g).clone())
     }
 
     /// Serves `/v1/admin/chaos` with `control` (`[chaos] enabled`); without
@@ -349,10 +398,6 @@ async fn admit(State(s): State<ApiState>, req: Request, next: Next) -> Response 
 }
 
 async fn admitted(s: &ApiState, req: Request, next: Next) -> Response {
-    let Some(bp) = s.admission() else {
-        return next.run(req).await;
-    };
-    let bp = &bp;
     // Operator requests (the cluster view, chaos levers, backups) skip the
     // admission queue: their own protected bulkhead pool bounds them, and
     // an overloaded facility must still show what is wrong with it (found
@@ -360,123 +405,19 @@ async fn admitted(s: &ApiState, req: Request, next: Next) -> Response {
     if pool_of(req.method(), req.uri().path()) == "operator" {
         return next.run(req).await;
     }
-    let give_back = {
-        let bp = bp.clone();
-        move |granted: Result<_, Rejected>| {
-            if granted.is_ok() {
-                let _ = bp.cast(BackpressureMsg::Abandon);
-            }
-        }
+    let Some(gate) = s.admission_gate().await else {
+        return next.run(req).await;
     };
-    let answer = Granting::ask(give_back, |port| {
-        bp.cast(BackpressureMsg::Arrive(port)).is_ok()
-    })
-    .wait(Duration::from_secs(30))
-    .await;
-    match answer {
-        Some(Ok(_)) => {}
-        Some(Err(r)) => return overloaded(r),
-        None => {
-            return overloaded(Rejected {
-                reason: "admission_unavailable",
-                retry_after_ms: 1_000,
-            })
-        }
-    }
-    let mut running = Running {
-        bp: bp.clone(),
-        since: tokio::time::Instant::now(),
-        done: false,
+    // In process (no mailbox round trip); the permit frees its slot
+    // however the request ends: completed, or dropped when its client
+    // went away (a cancelled request never keeps its slot).
+    let permit = match gate.admit().await {
+        Ok(p) => p,
+        Err(r) => return overloaded(r),
     };
     let resp = next.run(req).await;
-    running.complete();
+    permit.complete();
     resp
-}
-
-/// A request for a grant (an admission slot, a bulkhead lease) from an
-/// actor, whose answer may come after the request itself was dropped (its
-/// client went away). A grant that was sent but never taken is given back
-/// when this is dropped: the channel is closed first, so the actor's later
-/// send fails (and it takes the grant back itself) or the grant is already
-/// in the channel (and is given back here). Without this, every request
-/// dropped in that window kept its slot for good (seen under a 640-client
-/// overload: the facility admitted nothing afterwards).
-struct Granting<T, G: FnMut(T)> {
-    rx: Option<tokio::sync::oneshot::Receiver<T>>,
-    give_back: G,
-}
-
-impl<T, G: FnMut(T)> Granting<T, G> {
-    /// Sends the request through `send` (false: the actor is gone).
-    fn ask(give_back: G, send: impl FnOnce(ractor::RpcReplyPort<T>) -> bool) -> Self {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let rx = send(tx.into()).then_some(rx);
-        Granting { rx, give_back }
-    }
-
-    /// The answer, or `None` if the actor is gone or did not answer within
-    /// `limit`.
-    async fn wait(mut self, limit: Duration) -> Option<T> {
-        let rx = self.rx.as_mut()?;
-        match tokio::time::timeout(limit, rx).await {
-            Ok(Ok(v)) => {
-                self.rx = None;
-                Some(v)
-            }
-            _ => None,
-        }
-    }
-}
-
-impl<T, G: FnMut(T)> Drop for Granting<T, G> {
-    fn drop(&mut self) {
-        if let Some(mut rx) = self.rx.take() {
-            rx.close();
-            if let Ok(v) = rx.try_recv() {
-                (self.give_back)(v);
-            }
-        }
-    }
-}
-
-/// An admitted request in flight: reports its completion, or — when the
-/// request is dropped unfinished (its client went away) — its abandonment,
-/// so a cancelled request never keeps its admission slot.
-struct Running {
-    bp: ActorRef<BackpressureMsg>,
-    since: tokio::time::Instant,
-    done: bool,
-}
-
-impl Running {
-    fn complete(&mut self) {
-        self.done = true;
-        let latency_ms = self.since.elapsed().as_millis() as u64;
-        let _ = self.bp.cast(BackpressureMsg::Complete { latency_ms });
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.bp.cast(BackpressureMsg::Abandon);
-        }
-    }
-}
-
-/// A bulkhead lease held by a request; given back when the request ends,
-/// however it ends (a dropped request used to keep its units forever).
-struct Held {
-    pools: ActorRef<bulwark_actors::flow::actors::BulkheadMsg>,
-    id: u64,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let _ = self
-            .pools
-            .cast(bulwark_actors::flow::actors::BulkheadMsg::Release(self.id));
-    }
 }
 
 /// The API's bulkhead pools for `concurrency` requests at once: writes
@@ -517,8 +458,8 @@ fn pool_of(method: &axum::http::Method, path: &str) -> &'static str {
         "operator"
     } else if method == axum::http::Method::POST {
         "writes"
-    } else if path == "/cluster" {
-        // The cluster view: what an operator reads during an incident.
+    } else if ["/cluster", "/status", "/heatmap", "/heatmap.svg"].contains(&path) {
+        // The views an operator reads during an incident.
         "operator"
     } else {
         // Every other read: the schedule, people, blocks, ledger,
@@ -528,42 +469,17 @@ fn pool_of(method: &axum::http::Method, path: &str) -> &'static str {
     }
 }
 
-/// Takes one unit of the request's pool from the BulkheadPool for the
-/// request's length; a refusal is 429 naming the pool. Without a running
+/// Takes one unit of the request's pool (in process) for the request's
+/// length; a refusal is 429 naming the pool. Without a running
 /// BulkheadPool every request is let through.
 async fn bulkhead(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    use bulwark_actors::flow::actors::{BulkheadMsg, BULKHEADS};
-    use bulwark_runtime::Zone;
-    let Some(pools) = s
-        .service
-        .as_ref()
-        .and_then(|svc| svc.ctx.find::<BulkheadMsg>(Zone::Flow, BULKHEADS))
-    else {
+    let Some(gate) = s.bulkhead_gate().await else {
         return next.run(req).await;
     };
     let pool = pool_of(req.method(), req.uri().path());
-    let give_back = {
-        let pools = pools.clone();
-        move |granted: Result<u64, _>| {
-            if let Ok(id) = granted {
-                let _ = pools.cast(BulkheadMsg::Release(id));
-            }
-        }
-    };
-    let lease = Granting::ask(give_back, |reply| {
-        pools
-            .cast(BulkheadMsg::Acquire {
-                pool: pool.to_string(),
-                n: 1,
-                reply,
-            })
-            .is_ok()
-    })
-    .wait(Duration::from_secs(5))
-    .await;
-    let id = match lease {
-        Some(Ok(id)) => id,
-        Some(Err(e)) => {
+    let _held = match gate.acquire(pool, 1) {
+        Ok(h) => h,
+        Err(e) => {
             return error::ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "OVERLOADED",
@@ -572,9 +488,7 @@ async fn bulkhead(State(s): State<ApiState>, req: Request, next: Next) -> Respon
             .retry(1_000)
             .into_response()
         }
-        _ => return next.run(req).await,
     };
-    let _held = Held { pools, id };
     next.run(req).await
 }
 
@@ -802,46 +716,6 @@ pub fn render_status(c: &api::ClusterStatus) -> String {
 #[cfg(test)]
 mod tests {
 
-    /// A grant that reaches a request already dropped is given back; one
-    /// sent after the drop fails at the sender (which takes it back).
-    #[tokio::test]
-    async fn a_grant_sent_to_a_dropped_request_is_given_back() {
-        use std::sync::{Arc, Mutex};
-        let given = Arc::new(Mutex::new(Vec::new()));
-        let seen = given.clone();
-        let mut port = None;
-        let asking = super::Granting::ask(
-            move |v: u32| seen.lock().unwrap().push(v),
-            |p| {
-                port = Some(p);
-                true
-            },
-        );
-        port.take().unwrap().send(7).unwrap();
-        drop(asking);
-        assert_eq!(*given.lock().unwrap(), vec![7]);
-        let asking = super::Granting::ask(
-            |_: u32| panic!("nothing was granted"),
-            |p| {
-                port = Some(p);
-                true
-            },
-        );
-        drop(asking);
-        assert!(port.take().unwrap().send(8).is_err());
-        let answered = super::Granting::ask(
-            |_: u32| panic!("a taken grant is not given back"),
-            |p| {
-                port = Some(p);
-                true
-            },
-        );
-        port.take().unwrap().send(9).unwrap();
-        assert_eq!(
-            answered.wait(std::time::Duration::from_secs(1)).await,
-            Some(9)
-        );
-    }
     use super::pool_of;
     use axum::http::Method;
 
@@ -853,6 +727,8 @@ mod tests {
         assert_eq!(pool_of(&Method::GET, "/people/p1"), "reads");
         assert_eq!(pool_of(&Method::GET, "/blocks/b1"), "reads");
         assert_eq!(pool_of(&Method::GET, "/cluster"), "operator");
+        assert_eq!(pool_of(&Method::GET, "/status"), "operator");
+        assert_eq!(pool_of(&Method::GET, "/heatmap.svg"), "operator");
         assert_eq!(pool_of(&Method::POST, "/admin/chaos"), "operator");
         assert_eq!(pool_of(&Method::POST, "/admin/backup"), "operator");
     }
