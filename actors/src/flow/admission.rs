@@ -46,7 +46,7 @@ impl Default for AdmissionConfig {
             target_latency_ms: 100,
             limit_min: 4,
             limit_initial: 32,
-            limit_max: 256,
+            limit_max: 128,
             decrease: 0.9,
         }
     }
