@@ -1,4 +1,8 @@
 //! The idempotency store (`actors/src/flow/idempotency.rs`) under crashes.
+//! Its writes are deferred commits (no fsync of their own), so its crash
+//! points are the syncs redb makes when a handle is closed (`Reopen`), and
+//! what a crash may leave is any state from the initial one on: a prefix
+//! of what it was told, never a torn or reordered one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -155,6 +159,12 @@ impl Subject for Idempotency {
         random_op(rng, model)
     }
 
+    /// Every write is deferred (the store is a cache of answers the
+    /// replicated schedule also gives): a crash may take back any suffix.
+    fn durable(_op: &Op, _before: &Model) -> bool {
+        false
+    }
+
     fn apply_model(model: &mut Model, op: &Op) {
         apply_model(model, op)
     }
@@ -207,6 +217,6 @@ impl Subject for Idempotency {
 }
 
 #[test]
-fn a_crash_at_any_sync_keeps_every_remembered_answer() {
-    crate::run::<Idempotency>("idempotency", 0..9, 1_000);
+fn a_crash_at_any_sync_leaves_a_prefix_of_the_remembered_answers() {
+    crate::run::<Idempotency>("idempotency", 0..18, 1_000);
 }

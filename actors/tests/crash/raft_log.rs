@@ -271,6 +271,20 @@ impl Subject for RaftLog {
         random_op(rng, model)
     }
 
+    /// Entries, a new term or vote, the configuration, compaction, a
+    /// snapshot and an open are synced; a commit index alone is deferred.
+    fn durable(op: &Op, before: &Model) -> bool {
+        let (term, vote, _) = before.hard_state;
+        match op {
+            Op::Append {
+                entries,
+                hard_state,
+            } => !entries.is_empty() || hard_state.is_some_and(|(t, v, _)| (t, v) != (term, vote)),
+            Op::SetCommit { .. } => false,
+            _ => true,
+        }
+    }
+
     fn apply_model(model: &mut Model, op: &Op) {
         apply_model(model, op)
     }
