@@ -1523,7 +1523,10 @@ impl<M: StateMachine> RaftCore<M> {
 
     /// Handles every pending Ready.
     ///
-    /// On `Err` (a write failed) the Ready in hand was neither sent nor
+    /// On `Err` (a write failed) nothing of the Ready in hand that needed
+    /// the write was sent (a leader's appends, which need none, may have
+    /// been: the others may still commit those entries, so a proposal
+    /// waiting on them answers TimedOut, never a refusal), nothing was
     /// applied, and raft-rs was not advanced past it: this core must not be
     /// used again, only rebuilt from the store. What it output before the
     /// failure came from durable state and may still be carried out.
