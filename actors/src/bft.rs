@@ -476,11 +476,6 @@ impl Actor for BftValidator {
     ) -> Result<(), ActorProcessingErr> {
         let now = st.ctx.clock.unix_ms();
         let flush = matches!(msg, BftMsg::Flush);
-        let tick = matches!(msg, BftMsg::Tick);
-        if tick {
-            st.held_ticked = !st.held.is_empty();
-        }
-        let held_since_tick = st.held_ticked;
         match msg {
             BftMsg::Flush => {}
             BftMsg::Wake => {
@@ -498,7 +493,8 @@ impl Actor for BftValidator {
                     myself.cast(BftMsg::Wake)?;
                 }
                 st.core.on_tick(now);
-                if !st.held.is_empty() && !st.flush_queued {
+                st.held_ticked = !st.held.is_empty();
+                if st.held_ticked && !st.flush_queued {
                     // Held final entries are written by the next flush.
                     st.flush_queued = true;
                     myself.cast(BftMsg::Flush)?;
@@ -561,7 +557,7 @@ impl Actor for BftValidator {
                     tokio::time::sleep(latency).await;
                 }
             }
-            match carry_out(st, !st.held.is_empty() && held_since_tick) {
+            match carry_out(st) {
                 Ok(()) => {}
                 Err(e) if e.is_injected() => rebuild(st, &e)?,
                 Err(e) => return Err(e.into()),
@@ -630,11 +626,11 @@ fn rebuild(
 /// Carries out the outputs gathered since the last flush: every write
 /// (own votes, final entries, evidence) in one durable redb commit, then
 /// the sends, so a vote is on disk before it leaves. Final entries alone
-/// are held for the next write unless `write_held` (a tick passed; module
-/// docs). On a failed write nothing is sent; the caller rebuilds the core
+/// are held for the next write unless a tick passed while they were held
+/// (module docs). On a failed write nothing is sent; the caller rebuilds the core
 /// (an injected fault) or stops the actor (its supervisor restarts it from
 /// redb).
-fn carry_out(st: &mut BftState, write_held: bool) -> Result<(), bulwark_storage::StorageError> {
+fn carry_out(st: &mut BftState) -> Result<(), bulwark_storage::StorageError> {
     let outputs = std::mem::take(&mut st.outputs);
     let mut votes = Vec::new();
     let mut finals = Vec::new();
@@ -652,7 +648,7 @@ fn carry_out(st: &mut BftState, write_held: bool) -> Result<(), bulwark_storage:
         send_all(st, std::mem::take(&mut sends))?;
     }
     st.held.append(&mut finals);
-    if votes.is_empty() && evidence.is_empty() && !write_held {
+    if votes.is_empty() && evidence.is_empty() && !st.held_ticked {
         return send_all(st, sends);
     }
     let finals = std::mem::take(&mut st.held);

@@ -71,6 +71,25 @@ pub struct ApiState {
     gates: Arc<Gates>,
 }
 
+/// The gate kept in `cell`, or asked of the actor `find` gives (with
+/// `ask`) and kept: the flow actors keep their gate across restarts.
+async fn gate_of<T: Clone + Send + 'static, M: ractor::Message>(
+    cell: &std::sync::OnceLock<T>,
+    find: impl FnOnce() -> Option<ActorRef<M>>,
+    ask: fn(ractor::RpcReplyPort<T>) -> M,
+) -> Option<T> {
+    if let Some(g) = cell.get() {
+        return Some(g.clone());
+    }
+    let g = find()?
+        .call(ask, Some(Duration::from_secs(5)))
+        .await
+        .ok()?
+        .success_or(())
+        .ok()?;
+    Some(cell.get_or_init(|| g).clone())
+}
+
 #[derive(Default)]
 struct Gates {
     admission: std::sync::OnceLock<AdmissionGate>,
@@ -180,37 +199,24 @@ impl ApiState {
     /// BackpressureController once, then kept. `None` while no controller
     /// runs (everything is admitted).
     async fn admission_gate(&self) -> Option<AdmissionGate> {
-        if let Some(g) = self.gates.admission.get() {
-            return Some(g.clone());
-        }
-        let bp = self.admission()?;
-        let g = bp
-            .call(BackpressureMsg::Gate, Some(Duration::from_secs(5)))
-            .await
-            .ok()?
-            .success_or(())
-            .ok()?;
-        Some(self.gates.admission.get_or_init(|| g).clone())
+        gate_of(
+            &self.gates.admission,
+            || self.admission(),
+            BackpressureMsg::Gate,
+        )
+        .await
     }
 
     /// The bulkhead gate, asked of the BulkheadPool once, then kept.
     async fn bulkhead_gate(&self) -> Option<BulkheadGate> {
         use bulwark_actors::flow::actors::{BulkheadMsg, BULKHEADS};
-        if let Some(g) = self.gates.bulkheads.get() {
-            return Some(g.clone());
-        }
-        let pools = self
-            .service
-            .as_ref()?
-            .ctx
-            .find::<BulkheadMsg>(bulwark_runtime::Zone::Flow, BULKHEADS)?;
-        let g = pools
-            .call(BulkheadMsg::Gate, Some(Duration::from_secs(5)))
-            .await
-            .ok()?
-            .success_or(())
-            .ok()?;
-        Some(self.gates.bulkheads.get_or_init(|| g).clone())
+        let find = || {
+            self.service
+                .as_ref()?
+                .ctx
+                .find::<BulkheadMsg>(bulwark_runtime::Zone::Flow, BULKHEADS)
+        };
+        gate_of(&self.gates.bulkheads, find, BulkheadMsg::Gate).await
     }
 
     /// Serves `/v1/admin/chaos` with `control` (`[chaos] enabled`); without
