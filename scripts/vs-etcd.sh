@@ -272,7 +272,7 @@ R[bulwark.rss]=$(for p in "${BP[@]}"; do awk '/^VmRSS/ {print $2}' "/proc/$p/sta
 for c in 1 64; do run_wrk bulwark "r$c" "$c" "$WORK/bw-get.lua" "$BURL" "${BP[@]}"; done
 # fsyncs per committed batch, per facility, over the whole run so far
 for i in 0 1 2; do
-  m=$(curl -sf -m 2 "http://127.0.0.1:$((24801 + i))/metrics" || true)
+  m=$(curl -sf -m 2 -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$((24801 + i))/metrics" || true)
   R[fsync.${names[$i]}]=$(awk '/^bulwark_store_durable_writes_total/ {w += $NF} /^bulwark_raft_applied_batches_total/ {b += $NF}
     END { if (b > 0) printf "%.2f (%d / %d)", w / b, w, b; else print "-" }' <<<"$m")
 done

@@ -142,20 +142,50 @@ pub struct ChaosSection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
-    /// The bearer token writes need (at least 16 characters). Without one,
-    /// writes are refused (403 WRITES_DISABLED). Prefer the environment:
-    /// `BULWARK_API__TOKEN`.
+    /// A bearer token with every scope, named `default` in the audit
+    /// trail (at least 16 characters). Prefer `tokens`; if set, prefer the
+    /// environment: `BULWARK_API__TOKEN`.
     pub token: Option<String>,
+    /// Named tokens with scopes, stored as hashes (`[[api.tokens]]`, made
+    /// by `bulwark token`). With no token at all, every `/v1` route and
+    /// `/metrics` answer 403 API_CLOSED.
+    pub tokens: Vec<crate::http::auth::TokenConfig>,
     /// Requests served at once, split into bulkhead pools: writes 40%,
     /// reads 40%, operator endpoints 10% (reserved), flex 10%.
     pub concurrency: u32,
+    /// HTTPS: the API's certificate and key. Without it the API is plain
+    /// HTTP, allowed only on a loopback `http_listen`.
+    pub tls: Option<crate::http::serve::TlsFiles>,
+    /// Serve plain HTTP on a non-loopback `http_listen` (a TLS proxy in
+    /// front does TLS). Default false: such a config is refused at start.
+    pub allow_plain_http: bool,
+    /// Connections open at once; more are closed at once.
+    pub connections_max: usize,
+    /// A connection's TLS handshake, and each request's headers, must
+    /// arrive within this (after it opens or after the previous answer;
+    /// idle connections close then).
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (line and headers), bytes; larger: 431.
+    pub header_bytes_max: usize,
+    /// Every request is answered within this (503 TIMED_OUT past it).
+    pub request_timeout_ms: u64,
+    /// Audit records kept (the newest; `<data_dir>/audit.redb`).
+    pub audit_keep: u64,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
         ApiSection {
             token: None,
+            tokens: Vec::new(),
             concurrency: 64,
+            tls: None,
+            allow_plain_http: false,
+            connections_max: 4_096,
+            header_read_timeout_ms: 10_000,
+            header_bytes_max: 16 * 1024,
+            request_timeout_ms: 30_000,
+            audit_keep: 1_000_000,
         }
     }
 }
@@ -435,13 +465,35 @@ impl FacilityConfig {
         ]
         .into_iter()
         .chain(backup_dir.as_mut())
-        {
+        .chain(
+            cfg.api
+                .tls
+                .iter_mut()
+                .flat_map(|t| [&mut t.cert, &mut t.key]),
+        ) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
         cfg.backup.dir = backup_dir;
         Ok(cfg)
+    }
+
+    /// The API server's limits.
+    pub fn limits(&self) -> crate::http::serve::Limits {
+        let a = &self.api;
+        crate::http::serve::Limits {
+            connections_max: a.connections_max,
+            header_read_timeout: std::time::Duration::from_millis(a.header_read_timeout_ms),
+            handshake_timeout: std::time::Duration::from_millis(a.header_read_timeout_ms),
+            header_bytes_max: a.header_bytes_max,
+            request_timeout: std::time::Duration::from_millis(a.request_timeout_ms),
+        }
+    }
+
+    /// Who may call the API: the `[api]` token and tokens.
+    pub fn tokens(&self) -> Result<crate::http::auth::Tokens, String> {
+        crate::http::auth::Tokens::new(self.api.token.as_deref(), &self.api.tokens)
     }
 
     /// Where backups go.
@@ -534,12 +586,33 @@ impl FacilityConfig {
             .validate()
             .map_err(|m| invalid("detection", m))?;
         if let Some(t) = &self.api.token {
-            if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if t.len() < crate::http::auth::TOKEN_LEN_MIN
+                || t.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return Err(invalid(
                     "api.token",
                     "at least 16 characters, no whitespace".into(),
                 ));
             }
+        }
+        self.tokens().map_err(|m| invalid("api.tokens", m))?;
+        let a = &self.api;
+        if !(1..=1_000_000).contains(&a.connections_max) {
+            return Err(invalid("api.connections_max", "1 to 1000000".into()));
+        }
+        for (key, ms) in [
+            ("api.header_read_timeout_ms", a.header_read_timeout_ms),
+            ("api.request_timeout_ms", a.request_timeout_ms),
+        ] {
+            if !(100..=3_600_000).contains(&ms) {
+                return Err(invalid(key, "100 to 3600000 ms".into()));
+            }
+        }
+        if !(1_000..=1_000_000_000).contains(&a.audit_keep) {
+            return Err(invalid("api.audit_keep", "1000 to 1000000000".into()));
+        }
+        if !(crate::http::serve::HEADER_BYTES_MIN..=1 << 20).contains(&a.header_bytes_max) {
+            return Err(invalid("api.header_bytes_max", "8192 to 1048576".into()));
         }
         if !(4..=65_536).contains(&self.api.concurrency) {
             return Err(invalid("api.concurrency", "4 to 65536".into()));

@@ -234,15 +234,17 @@ pub fn api_flow_children_with(pools: Pools, admission: AdmissionConfig) -> Vec<(
 }
 
 /// What the API of one running facility is made of, besides its node.
-pub struct ApiSpec<'a> {
+pub struct ApiSpec {
     /// Every member, this facility included.
     pub members: Vec<FacilityId>,
     /// Every facility's vote key.
     pub keys: PublicKeys,
     /// What the failure detector knows.
     pub detection: Option<Detection>,
-    /// The bearer token writes need; `None` disables writes.
-    pub token: Option<&'a str>,
+    /// Who may call the API.
+    pub tokens: Arc<crate::http::auth::Tokens>,
+    /// Where the API records writes and operator actions; `None`: nowhere.
+    pub audit: Option<Arc<crate::http::audit::AuditLog>>,
     /// Where `POST /v1/admin/backup` writes; `None` refuses it.
     pub backup: Option<BackupPlan>,
     /// Renders `/metrics`.
@@ -255,16 +257,10 @@ pub struct ApiSpec<'a> {
 /// context, its transport's link states, and its BackpressureController
 /// (from [`api_flow_children`]) in front of `/v1`. Serve it with
 /// [`http::app`].
-pub fn api_state(node: &Node, spec: ApiSpec<'_>) -> ApiState {
+pub fn api_state(node: &Node, spec: ApiSpec) -> ApiState {
     let service = Service {
         backup: spec.backup,
-        ..Service::new(
-            node.ctx().clone(),
-            spec.members,
-            spec.keys,
-            spec.detection,
-            spec.token,
-        )
+        ..Service::new(node.ctx().clone(), spec.members, spec.keys, spec.detection)
     };
     ApiState::new(
         spec.prometheus,
@@ -273,6 +269,8 @@ pub fn api_state(node: &Node, spec: ApiSpec<'_>) -> ApiState {
         backpressure(node),
     )
     .with_service(service)
+    .with_tokens(spec.tokens)
+    .with_audit(spec.audit)
 }
 
 /// One round of a facility's own health probes ([`http::run_checks`]):

@@ -203,8 +203,14 @@ pub struct Report {
     pub replayed: usize,
 }
 
-/// Imports `path` through the node at `url`, `batch` rows per batch.
-pub async fn run(url: &str, token: &str, path: &Path, batch: usize) -> Result<Report, ImportError> {
+/// Imports `path` through the node at `url`, `batch` rows per batch, with
+/// `client` (which carries the token: [`crate::client::ApiArgs::client`]).
+pub async fn run(
+    url: &str,
+    client: &reqwest::Client,
+    path: &Path,
+    batch: usize,
+) -> Result<Report, ImportError> {
     let name = path.display().to_string();
     let read = |source| ImportError::Read {
         path: name.clone(),
@@ -217,20 +223,13 @@ pub async fn run(url: &str, token: &str, path: &Path, batch: usize) -> Result<Re
     let bytes = std::fs::read(path).map_err(read)?;
     let all = rows(&bytes)?;
     let file_id = hex::encode(&blake3::hash(&bytes).as_bytes()[..12]);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| ImportError::Unanswered {
-            batch: 0,
-            why: e.to_string(),
-        })?;
     let mut report = Report::default();
     for (n, chunk) in all.chunks(batch.clamp(1, BATCH_MAX)).enumerate() {
         let key = format!("import-{file_id}-{}-{n}", chunk.len());
         let body = serde_json::json!({
             "commands": chunk.iter().map(|r| r.command.clone()).collect::<Vec<_>>()
         });
-        let (status, replayed, answer) = post(&client, url, token, &key, &body, n).await?;
+        let (status, replayed, answer) = post(client, url, &key, &body, n).await?;
         let (first, last) = (chunk[0].line, chunk[chunk.len() - 1].line);
         if status != 200 {
             return Err(ImportError::Refused {
@@ -263,7 +262,6 @@ pub async fn run(url: &str, token: &str, path: &Path, batch: usize) -> Result<Re
 async fn post(
     client: &reqwest::Client,
     url: &str,
-    token: &str,
     key: &str,
     body: &Value,
     batch: usize,
@@ -275,7 +273,6 @@ async fn post(
         }
         let sent = client
             .post(format!("{}/v1/batch", url.trim_end_matches('/')))
-            .bearer_auth(token)
             .header("idempotency-key", key)
             .json(body)
             .send()

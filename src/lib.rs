@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod backup;
 pub mod chaos;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod facility;

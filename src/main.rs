@@ -25,14 +25,32 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Write a facility's TLS key and self-signed certificate and its vote
-    /// key; print its pin and vote public key.
+    /// key, and the API's HTTPS key and certificate; print the pins and
+    /// the vote public key.
     Keygen {
         /// The facility id.
         #[arg(long)]
         id: FacilityId,
-        /// Directory for facility.key, facility.crt and vote.key.
+        /// Directory for facility.key, facility.crt, vote.key, api.key and
+        /// api.crt.
         #[arg(long)]
         out: PathBuf,
+        /// A host name or IP address clients reach the API by (repeat);
+        /// localhost, 127.0.0.1 and ::1 are always in the certificate.
+        #[arg(long = "api-host")]
+        api_hosts: Vec<String>,
+    },
+    /// Make an API token: prints the token (once; it is stored nowhere)
+    /// and the `[[api.tokens]]` entry, with its hash, for the configs of
+    /// the facilities that should accept it.
+    Token {
+        /// Who it is for (the audit trail records it).
+        #[arg(long)]
+        name: String,
+        /// What it may do, comma-separated: read, schedule, approve,
+        /// operator, chaos, metrics.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
     },
     /// The hash-chained ledger.
     Ledger {
@@ -67,9 +85,8 @@ enum Cmd {
         /// The node's HTTP address.
         #[arg(long, default_value = "http://127.0.0.1:8401")]
         url: String,
-        /// The bearer token (default: $BULWARK_API__TOKEN).
-        #[arg(long, env = "BULWARK_API__TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        api: bulwark::client::ApiArgs,
         /// Rows per batch (at most 1,000).
         #[arg(long, default_value_t = 1000)]
         batch: usize,
@@ -79,14 +96,20 @@ enum Cmd {
         /// The node's HTTP address.
         #[arg(long, default_value = "http://127.0.0.1:8401")]
         url: String,
+        #[command(flatten)]
+        api: bulwark::client::ApiArgs,
     },
     /// Take a consistent backup: of a running node through its API (with
     /// `--config`), or of a stopped node's file (with `--db` and `--out`).
     Backup {
-        /// The facility's config: asks the running node (its http_listen,
-        /// its [api] token) to back up into its backup directory.
+        /// The facility's config: asks the running node (its http_listen;
+        /// https with its [api.tls] certificate) to back up into its backup
+        /// directory, with an operator token (--token, else the config's
+        /// [api] token).
         #[arg(long, conflicts_with_all = ["db", "out"])]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        api: bulwark::client::ApiArgs,
         /// A stopped node's redb file.
         #[arg(long, requires = "out")]
         db: Option<PathBuf>,
@@ -129,9 +152,9 @@ enum ChaosCmd {
         /// Every facility's HTTP API (repeat once per facility).
         #[arg(long = "api", required = true)]
         api: Vec<String>,
-        /// The facilities' bearer token (default: $BULWARK_API__TOKEN).
-        #[arg(long)]
-        token: Option<String>,
+        /// A token with the read, schedule and chaos scopes.
+        #[command(flatten)]
+        access: bulwark::client::ApiArgs,
         /// Directory for report.txt, report.json and heatmap.svg.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -180,24 +203,30 @@ fn main() -> ExitCode {
                     ChaosCmd::Run {
                         file,
                         api,
-                        token,
+                        access,
                         out,
                     },
-            } => return chaos_run(file, api, token, out).await,
-            Cmd::Keygen { id, out } => keygen(id, out),
+            } => return chaos_run(file, api, access, out).await,
+            Cmd::Keygen { id, out, api_hosts } => keygen(id, out, &api_hosts),
+            Cmd::Token { name, scopes } => token(name, scopes),
             Cmd::Node { config } => node(config).await,
             Cmd::Demo => bulwark::demo::run().await,
             Cmd::Ledger {
                 cmd: LedgerCmd::Verify { db, config },
             } => ledger_verify(db, config),
-            Cmd::Status { url } => status(url).await,
+            Cmd::Status { url, api } => status(url, api).await,
             Cmd::Import {
                 file,
                 url,
-                token,
+                api,
                 batch,
-            } => return import(file, url, token, batch).await,
-            Cmd::Backup { config, db, out } => backup(config, db, out).await,
+            } => return import(file, url, api, batch).await,
+            Cmd::Backup {
+                config,
+                api,
+                db,
+                out,
+            } => backup(config, api, db, out).await,
             Cmd::Restore {
                 config,
                 from,
@@ -210,17 +239,33 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
-        Err(e) => fail(e.to_string()),
+        Err(e) => {
+            // The whole chain: "error sending request" alone hides why.
+            let mut text = e.to_string();
+            let mut source = e.source();
+            while let Some(s) = source {
+                let more = s.to_string();
+                if !text.contains(&more) {
+                    text = format!("{text}: {more}");
+                }
+                source = s.source();
+            }
+            fail(text)
+        }
     }
 }
 
 async fn import(
     file: PathBuf,
     url: String,
-    token: String,
+    api: bulwark::client::ApiArgs,
     batch: usize,
 ) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
-    let r = bulwark::import::run(&url, &token, &file, batch).await?;
+    if api.token().is_none() {
+        return Err("give a token with the schedule scope: --token or BULWARK_TOKEN".into());
+    }
+    let client = api.client(std::time::Duration::from_secs(30))?;
+    let r = bulwark::import::run(&url, &client, &file, batch).await?;
     for (line, code, detail) in &r.refused {
         println!("line {line}: refused {code}: {detail}");
     }
@@ -252,20 +297,55 @@ fn fail(msg: String) -> ExitCode {
 
 type AnyResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-fn keygen(id: FacilityId, out: PathBuf) -> AnyResult {
+fn keygen(id: FacilityId, out: PathBuf, api_hosts: &[String]) -> AnyResult {
     let identity = Identity::generate(id)?;
     identity.write_pem(&out)?;
     let vote = keys::generate_secret();
     let vote_path = out.join("vote.key");
     write_secret(&vote_path, &keys::format_secret(&vote))?;
+    let api_pin = http::serve::write_self_signed(&out, api_hosts)?;
     println!(
-        "wrote {}/facility.key, facility.crt and vote.key",
+        "wrote {}/facility.key, facility.crt, vote.key, api.key and api.crt",
         out.display()
     );
+    println!("# for the [[peer]] entries of the other facilities:");
     println!("pin = \"{}\"", identity.pin());
     println!(
         "vote_key = \"{}\"",
         keys::format_public(&vote.verifying_key())
+    );
+    println!("# HTTPS for this facility's API (clients: --pin {api_pin}):");
+    println!("[api.tls]\ncert = \"api.crt\"\nkey = \"api.key\"");
+    Ok(())
+}
+
+fn token(name: String, scopes: Vec<String>) -> AnyResult {
+    use bulwark::http::auth::{hash_token, new_token, Scope, TokenConfig};
+    let scopes = scopes
+        .iter()
+        .map(|s| Scope::parse(s.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let token = new_token();
+    let entry = TokenConfig {
+        name,
+        hash: hash_token(&token),
+        scopes,
+    };
+    entry.validate()?;
+    println!("token (give it to {}; it is stored nowhere):", entry.name);
+    println!("{token}");
+    println!();
+    println!("# add to the config of every facility that should accept it:");
+    let names: Vec<String> = entry
+        .scopes
+        .iter()
+        .map(|s| format!("\"{}\"", s.name()))
+        .collect();
+    println!(
+        "[[api.tokens]]\nname = \"{}\"\nhash = \"{}\"\nscopes = [{}]",
+        entry.name,
+        entry.hash,
+        names.join(", ")
     );
     Ok(())
 }
@@ -370,7 +450,13 @@ async fn node(path: PathBuf) -> AnyResult {
             members,
             keys: public,
             detection: f.detection.clone(),
-            token: cfg.api.token.as_deref(),
+            tokens: Arc::new(cfg.tokens()?),
+            audit: Some(Arc::new(http::audit::AuditLog::open(
+                &cfg.facility.data_dir,
+                http::audit::AuditConfig {
+                    keep: cfg.api.audit_keep,
+                },
+            )?)),
             backup: Some(plan.clone()),
             prometheus,
             running: running.clone(),
@@ -426,18 +512,35 @@ async fn node(path: PathBuf) -> AnyResult {
         std::time::Duration::from_secs(1),
         move || facility::probe(ctx.clone()),
     ));
+    let tls = cfg
+        .api
+        .tls
+        .as_ref()
+        .map(http::serve::tls_config)
+        .transpose()?;
+    http::serve::check_plain(
+        cfg.facility.http_listen,
+        tls.is_some(),
+        cfg.api.allow_plain_http,
+    )?;
     let listener = tokio::net::TcpListener::bind(cfg.facility.http_listen).await?;
     eprintln!(
-        "bulwark: {} serving quic {} http {}",
+        "bulwark: {} serving quic {} {} {}",
         cfg.facility.id,
         cfg.facility.quic_listen,
+        if tls.is_some() { "https" } else { "http" },
         listener.local_addr()?
     );
     let (quit, quitting) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(std::future::IntoFuture::into_future(
-        axum::serve(listener, http::app(state)).with_graceful_shutdown(async move {
+    let server = tokio::spawn(http::serve::serve(
+        listener,
+        http::app(state),
+        tls,
+        cfg.limits(),
+        async move {
             let _ = quitting.await;
-        }),
+        },
+        std::time::Duration::from_secs(5),
     ));
     let stopped = tokio::select! {
         _ = tokio::signal::ctrl_c() => false,
@@ -480,16 +583,17 @@ async fn terminated() {
 async fn chaos_run(
     file: PathBuf,
     api: Vec<String>,
-    token: Option<String>,
+    access: bulwark::client::ApiArgs,
     out: Option<PathBuf>,
 ) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
     use bulwark::chaos::{live::HttpCluster, load_experiment, Agent};
     use bulwark_actors::chaos::report::Verdict;
     let exp = load_experiment(&file)?;
-    let token = token
-        .or_else(|| std::env::var("BULWARK_API__TOKEN").ok())
-        .ok_or("give the facilities' token: --token or BULWARK_API__TOKEN")?;
-    let cluster = HttpCluster::connect(api, token).await?;
+    let client = access.client(std::time::Duration::from_secs(30))?;
+    if access.token().is_none() {
+        return Err("give the facilities' token: --token or BULWARK_TOKEN".into());
+    }
+    let cluster = HttpCluster::connect(api, client).await?;
     let run = format!("{}", RealClock.unix_ms());
     let name = exp.name.clone();
     let report = Agent::new(cluster, exp, run).run().await;
@@ -511,18 +615,28 @@ async fn chaos_run(
     })
 }
 
-async fn status(url: String) -> AnyResult {
+async fn status(url: String, api: bulwark::client::ApiArgs) -> AnyResult {
     let base = url.trim_end_matches('/');
-    let c: bulwark::http::api::ClusterStatus = reqwest::get(format!("{base}/v1/cluster"))
-        .await?
-        .error_for_status()?
-        .json()
+    let resp = api
+        .client(std::time::Duration::from_secs(10))?
+        .get(format!("{base}/v1/cluster"))
+        .send()
         .await?;
+    let code = resp.status();
+    if !code.is_success() {
+        return Err(format!("{code}: {}", resp.text().await.unwrap_or_default()).into());
+    }
+    let c: bulwark::http::api::ClusterStatus = resp.json().await?;
     print!("{}", bulwark::http::render_status(&c));
     Ok(())
 }
 
-async fn backup(config: Option<PathBuf>, db: Option<PathBuf>, out: Option<PathBuf>) -> AnyResult {
+async fn backup(
+    config: Option<PathBuf>,
+    mut api: bulwark::client::ApiArgs,
+    db: Option<PathBuf>,
+    out: Option<PathBuf>,
+) -> AnyResult {
     if let (Some(db), Some(out)) = (db, out) {
         // A stopped node's file: opened as its owner (the meta table names it).
         let facility = bulwark_storage::Store::owner(&db)?;
@@ -540,17 +654,33 @@ async fn backup(config: Option<PathBuf>, db: Option<PathBuf>, out: Option<PathBu
         return Err("give --config (a running node) or --db and --out (a stopped one)".into());
     };
     let cfg = FacilityConfig::load(&config)?;
-    let token = cfg
-        .api
-        .token
-        .clone()
-        .ok_or("the config has no [api] token (or BULWARK_API__TOKEN)")?;
-    let resp = reqwest::Client::new()
+    if api.token().is_none() {
+        api.token = Some(
+            cfg.api
+                .token
+                .clone()
+                .ok_or("give an operator token: --token, or the config's [api] token")?,
+        );
+    }
+    let scheme = match &cfg.api.tls {
+        Some(tls) => {
+            if api.ca.is_none() && api.pin.is_none() {
+                api.ca = Some(tls.cert.clone());
+            }
+            "https"
+        }
+        None => "http",
+    };
+    let host = match cfg.facility.http_listen.ip() {
+        ip if ip.is_unspecified() || ip.is_loopback() => "localhost".to_string(),
+        ip => ip.to_string(),
+    };
+    let resp = api
+        .client(std::time::Duration::from_secs(600))?
         .post(format!(
-            "http://{}/v1/admin/backup",
-            cfg.facility.http_listen
+            "{scheme}://{host}:{}/v1/admin/backup",
+            cfg.facility.http_listen.port()
         ))
-        .bearer_auth(token)
         .send()
         .await?;
     let status = resp.status();

@@ -25,7 +25,7 @@
 //! let body = serde_json::json!({"id": "p1", "name": "P One", "role": "faculty"});
 //! let (status, _) = json(c.call(follower, post("/v1/people", c.token(), "k1", &body)).await).await;
 //! assert_eq!(status, 200);
-//! let (_, view) = json(c.call(follower, get("/v1/cluster")).await).await;
+//! let (_, view) = json(c.call(follower, get("/v1/cluster", c.token())).await).await;
 //! assert!(view["leader"].is_string());
 //! c.shutdown().await;
 //!

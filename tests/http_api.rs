@@ -14,11 +14,17 @@ use bulwark_actors::flow::health::Kind;
 use bulwark_runtime::{RealClock, SupervisionConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// One HTTP/1.1 GET over a fresh connection: status code and the raw
-/// response.
+/// One HTTP/1.1 GET with [`TOKEN`] over a fresh connection: status code
+/// and the raw response.
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    get_as(addr, path, Some(TOKEN)).await
+}
+
+/// [`get`] with `token`, or none.
+async fn get_as(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
@@ -59,7 +65,8 @@ async fn health_and_admission_over_http() {
         Arc::new(f.transport.clone()),
         Arc::new(AtomicBool::new(true)),
         Some(bp.clone()),
-    );
+    )
+    .with_tokens(tokens(TOKEN));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
@@ -89,6 +96,13 @@ async fn health_and_admission_over_http() {
     assert_eq!(code, 503, "ready needs a leader known: {body}");
     assert_eq!(get(addr, "/health/live").await.0, 200);
     state.health.lock().unwrap().report("leader", Ok(()));
+
+    // A request without a token is refused before admission: it costs
+    // none of the one admission this controller grants.
+    let (code, body) = get_as(addr, "/v1/schedule", None).await;
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = get_as(addr, "/metrics", Some("not-a-token-of-this-site")).await;
+    assert_eq!(code, 401, "{body}");
 
     // Admission: the first /v1 request passes (this facility runs no
     // schedule: 503 from the handler), the next is refused. Operator
@@ -177,7 +191,6 @@ async fn serve(f: &bulwark::facility::Facility, token: &str) -> String {
         setup.members.clone(),
         setup.keyring.public().clone(),
         f.detection.clone(),
-        Some(token),
     );
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let state = ApiState::new(
@@ -186,7 +199,8 @@ async fn serve(f: &bulwark::facility::Facility, token: &str) -> String {
         Arc::new(AtomicBool::new(true)),
         None,
     )
-    .with_service(service);
+    .with_service(service)
+    .with_tokens(tokens(token));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
@@ -230,6 +244,11 @@ async fn until<T, Fut: std::future::Future<Output = Option<T>>>(
 
 const TOKEN: &str = "partition-test-token-0123";
 
+/// The legacy all-scope `token`.
+fn tokens(token: &str) -> Arc<bulwark::http::auth::Tokens> {
+    Arc::new(bulwark::http::auth::Tokens::new(Some(token), &[]).unwrap())
+}
+
 /// Over HTTP, a facility cut off from the others: a CP write (final
 /// approval) is 503 PARTITIONED naming the state (ISOLATED) and CP; an AP write
 /// (emergency coverage) is 202 provisional; a linearizable read is 503
@@ -265,6 +284,7 @@ async fn a_cut_off_facility_answers_partitioned_for_cp_and_provisional_for_ap() 
     until("charlie has b1", || async {
         let r = c
             .get(format!("{charlie}/v1/schedule?consistency=stale"))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .ok()?;
@@ -318,12 +338,14 @@ async fn a_cut_off_facility_answers_partitioned_for_cp_and_provisional_for_ap() 
     );
     let r = c
         .get(format!("{charlie}/v1/schedule"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 503);
     let v: serde_json::Value = c
         .get(format!("{charlie}/v1/schedule?consistency=stale"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
@@ -370,6 +392,7 @@ async fn a_cut_off_facility_answers_partitioned_for_cp_and_provisional_for_ap() 
     until("the cover replayed at alpha", || async {
         let v: serde_json::Value = c
             .get(format!("{alpha}/v1/schedule"))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .ok()?
@@ -490,6 +513,7 @@ async fn a_forward_past_its_deadline_is_dropped_by_the_leader() {
     fs[follower].transport.faults().remove(slow);
     let body: serde_json::Value = c
         .get(format!("{url}/v1/schedule"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()

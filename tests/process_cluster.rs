@@ -367,7 +367,7 @@ async fn three_processes_over_http_lose_no_acknowledged_write() {
     acked.push(("b12".into(), "p12".into()));
 
     // `bulwark status` prints the cluster from a node's API.
-    let out = run(&["status", "--url", &s[0].url("")]);
+    let out = run(&["status", "--url", &s[0].url(""), "--token", TOKEN]);
     for n in NAMES {
         assert!(out.contains(n), "{out}");
     }

@@ -189,6 +189,7 @@ async fn a_schedule_past_the_old_snapshot_ceiling_streams_and_survives_kill_9_of
     let (_, m) = get(&c, &s[2].url("/metrics")).await;
     let text = if m.is_null() {
         c.get(s[2].url("/metrics"))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .unwrap()
@@ -450,7 +451,7 @@ async fn growth_benchmark() {
 
 /// GET `url` as text.
 async fn get_text(c: &reqwest::Client, url: &str) -> (u16, String) {
-    match c.get(url).send().await {
+    match c.get(url).bearer_auth(TOKEN).send().await {
         Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
         Err(_) => (0, String::new()),
     }

@@ -41,17 +41,17 @@ async fn three_facilities_serve_the_api_in_process() {
         assert_eq!(st, 200, "{path} via {via}: {v}");
         assert_eq!(v["status"], "committed", "{v}");
     }
-    let (st, v) = json(c.call(2, get("/v1/cluster")).await).await;
+    let (st, v) = json(c.call(2, get("/v1/cluster", c.token())).await).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["leader"], c.ids()[leader].as_str(), "{v}");
-    let (st, v) = json(c.call(1, get("/v1/schedule")).await).await;
+    let (st, v) = json(c.call(1, get("/v1/schedule", c.token())).await).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["blocks"][0]["assigned"][0]["person"], "p1", "{v}");
 
     // A crashed facility answers like an unreachable server; restarted,
     // it serves again.
     c.crash(0).await;
-    let r = c.call(0, get("/v1/cluster")).await;
+    let r = c.call(0, get("/v1/cluster", c.token())).await;
     assert_eq!(r.headers()["bulwark-sim"], "unreachable");
     let (st, v) = json(r).await;
     assert_eq!(
@@ -60,7 +60,11 @@ async fn three_facilities_serve_the_api_in_process() {
     );
     c.restart(0).await.unwrap();
     c.step(Duration::from_secs(2)).await;
-    let (st, v) = json(c.call(0, get("/v1/schedule?consistency=stale")).await).await;
+    let (st, v) = json(
+        c.call(0, get("/v1/schedule?consistency=stale", c.token()))
+            .await,
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     assert!(c.observer().lock().unwrap().violations().is_empty());
     c.shutdown().await;

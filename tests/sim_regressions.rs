@@ -38,7 +38,7 @@ async fn the_api_admits_after_the_backpressure_controller_restarts() {
     assert!(c.harness().kill_actor(0, Zone::Flow, BACKPRESSURE));
     c.step(Duration::from_secs(1)).await;
     for path in ["/v1/status", "/v1/schedule?consistency=linearizable"] {
-        let (st, v) = json(c.call(0, get(path)).await).await;
+        let (st, v) = json(c.call(0, get(path, c.token())).await).await;
         assert_eq!(st, 200, "{path}: {v}");
     }
     c.shutdown().await;

@@ -1,5 +1,6 @@
 //! The status page in a real headless browser (Debian's chromium): it
-//! loads, shows the three facilities, and shows one as down after its
+//! asks for a token without one, then, with a read token, shows the three
+//! facilities, and shows one as down after its
 //! process is killed. `.ci/run` installs chromium and runs this test
 //! (`cargo test --test status_page -- --ignored`); `BULWARK_CHROMIUM`
 //! names another browser binary, and `BULWARK_SCREENSHOT=docs/status-page.png`
@@ -76,7 +77,17 @@ async fn the_status_page_shows_three_facilities_then_one_down() {
         assert_eq!(st, 200, "{v}");
     }
     let profile = root.path().join("chromium");
+    // Without a token the page shows no data, only the form asking for one.
     let dom = browse(&profile, &s[0].url("/"), "--dump-dom");
+    assert!(row(&dom, "alpha").is_none(), "data without a token: {dom}");
+    assert!(
+        dom.contains("<form id=\"login\">"),
+        "no token form shown: {dom}"
+    );
+    // With a read token in the address's fragment (never sent to the
+    // server), it shows the cluster.
+    let page = format!("{}#token={TOKEN}", s[0].url("/"));
+    let dom = browse(&profile, &page, "--dump-dom");
     for n in names {
         let r = row(&dom, n).unwrap_or_else(|| panic!("no row for {n}: {dom}"));
         assert!(r.contains("data-liveness=\"up\""), "{r}");
@@ -94,7 +105,7 @@ async fn the_status_page_shows_three_facilities_then_one_down() {
         (st == 200 && down).then_some(())
     })
     .await;
-    let dom = browse(&profile, &s[0].url("/"), "--dump-dom");
+    let dom = browse(&profile, &page, "--dump-dom");
     let r = row(&dom, "charlie").unwrap_or_else(|| panic!("no charlie: {dom}"));
     assert!(r.contains("data-liveness=\"down\""), "{r}");
     for n in ["alpha", "bravo"] {
@@ -105,11 +116,7 @@ async fn the_status_page_shows_three_facilities_then_one_down() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.path().join("status-page.png"));
     let shot = std::env::current_dir().unwrap().join(shot);
-    browse(
-        &profile,
-        &s[0].url("/"),
-        &format!("--screenshot={}", shot.display()),
-    );
+    browse(&profile, &page, &format!("--screenshot={}", shot.display()));
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
 }

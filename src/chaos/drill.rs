@@ -118,7 +118,11 @@ impl Drill {
                     members: members.clone(),
                     keys,
                     detection: f.detection.clone(),
-                    token: Some(DRILL_TOKEN),
+                    audit: None,
+                    tokens: std::sync::Arc::new(
+                        crate::http::auth::Tokens::new(Some(DRILL_TOKEN), &[])
+                            .expect("the drill's token"),
+                    ),
                     backup: None,
                     prometheus: metrics_exporter_prometheus::PrometheusBuilder::new()
                         .build_recorder()
@@ -167,7 +171,13 @@ impl Drill {
 /// `out` (`<name>.txt`, `<name>.json`, `<name>.svg`).
 pub async fn run(dir: &Path, out: &Path) -> Result<Vec<Report>, AnyError> {
     let drill = Drill::start(dir).await?;
-    let cluster = HttpCluster::connect(drill.urls.clone(), DRILL_TOKEN.into()).await?;
+    let client = crate::client::ApiArgs {
+        token: Some(DRILL_TOKEN.into()),
+        ..Default::default()
+    }
+    .client(Duration::from_secs(30))
+    .map_err(crate::chaos::live::LiveError::Members)?;
+    let cluster = HttpCluster::connect(drill.urls.clone(), client).await?;
     std::fs::create_dir_all(out)?;
     let mut reports = Vec::new();
     for (k, exp) in experiments().into_iter().enumerate() {

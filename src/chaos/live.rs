@@ -2,7 +2,6 @@
 
 use super::{ChaosCall, ChaosCluster, Reply};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Largest answer the agent reads, in bytes.
 pub const ANSWER_LEN_MAX: usize = 8 * 1024 * 1024;
@@ -12,7 +11,6 @@ pub const ANSWER_LEN_MAX: usize = 8 * 1024 * 1024;
 pub struct HttpCluster {
     names: Arc<[String]>,
     urls: Arc<[String]>,
-    token: Arc<str>,
     client: reqwest::Client,
 }
 
@@ -35,11 +33,11 @@ pub enum LiveError {
 
 impl HttpCluster {
     /// Asks each URL's `/v1/cluster` for its facility's id.
-    pub async fn connect(urls: Vec<String>, token: String) -> Result<HttpCluster, LiveError> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| LiveError::Members(e.to_string()))?;
+    /// `client` carries the token ([`crate::client::ApiArgs::client`]).
+    pub async fn connect(
+        urls: Vec<String>,
+        client: reqwest::Client,
+    ) -> Result<HttpCluster, LiveError> {
         let mut names = Vec::new();
         for url in &urls {
             let unreachable = |reason: String| LiveError::Unreachable {
@@ -74,7 +72,6 @@ impl HttpCluster {
                 .into_iter()
                 .map(|u| u.trim_end_matches('/').to_string())
                 .collect(),
-            token: token.into(),
             client,
         })
     }
@@ -91,10 +88,7 @@ impl ChaosCluster for HttpCluster {
 
     async fn call(&self, i: usize, call: ChaosCall) -> Reply {
         let url = format!("{}{}", self.urls[i], call.path);
-        let mut req = self
-            .client
-            .request(call.method, url)
-            .bearer_auth(&*self.token);
+        let mut req = self.client.request(call.method, url);
         if let Some(key) = call.key {
             req = req.header("idempotency-key", key);
         }

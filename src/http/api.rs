@@ -4,9 +4,8 @@
 //! annotations (`/v1/openapi.json`), so it cannot drift from them.
 //!
 //! Writes:
-//! - need `Authorization: Bearer <token>` (the `[api] token`; without one
-//!   configured, writes are refused with 403 WRITES_DISABLED), an
-//!   `Idempotency-Key` header (1 to 128 visible ASCII characters) and a
+//! - need a bearer token with the route's scope ([`super::auth`]: reads
+//!   need `read` too), an `Idempotency-Key` header (1 to 128 visible ASCII characters) and a
 //!   JSON body of at most [`BODY_LEN_MAX`] bytes with no unknown field;
 //! - a retry with the same key and body gets the first answer again (from
 //!   the durable idempotency store, kept [`IDEMPOTENCY_TTL_MS`]); the same
@@ -31,7 +30,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use bulwark_actors::bft::{self, BftMsg, LedgerStore};
 use bulwark_actors::cap::gate::{GateMsg, GateOutcome, ReadError, Staleness, CAP_GATE};
 use bulwark_actors::cap::Consistency;
@@ -57,6 +56,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::auth::Caller;
 use super::error::{json_error, ApiError, ErrorBody};
 use super::ApiState;
 
@@ -85,8 +85,6 @@ pub struct Service {
     pub keys: PublicKeys,
     /// What the failure detector knows.
     pub detection: Option<Detection>,
-    /// blake3 of the bearer token writes need; `None`: writes disabled.
-    pub token: Option<blake3::Hash>,
     /// Answers of writes by idempotency key.
     pub idempotency: IdempotencyStore,
     /// Where `POST /v1/admin/backup` writes; `None`: refused.
@@ -96,13 +94,13 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service over `ctx` with `token` (kept only as its hash).
+    /// A service over `ctx` (who may call it is the [`ApiState`]'s
+    /// tokens: [`super::auth`]).
     pub fn new(
         ctx: NodeCtx,
         members: Vec<FacilityId>,
         keys: PublicKeys,
         detection: Option<Detection>,
-        token: Option<&str>,
     ) -> Service {
         let idempotency = IdempotencyStore::new(ctx.store.clone(), IDEMPOTENCY_TTL_MS);
         Service {
@@ -110,7 +108,6 @@ impl Service {
             members,
             keys,
             detection,
-            token: token.map(|t| blake3::hash(t.as_bytes())),
             idempotency,
             backup: None,
             chaos: None,
@@ -145,6 +142,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(post_backup))
         .routes(routes!(super::chaos::post_chaos, super::chaos::get_chaos))
         .routes(routes!(super::coverage::get_coverage))
+        .routes(routes!(super::audit::get_audit))
 }
 
 // ---------------------------------------------------------------- bodies
@@ -405,19 +403,22 @@ fn batch_op(b: BatchBody) -> Result<(Op, bool), ApiError> {
     tag = "writes",
     request_body = BatchBody,
     params(WriteHeaders),
-    security(("bearer" = [])),
     responses(
         (status = 200, description = "Committed; each command's outcome in `outcomes`", body = WriteAnswer),
         (status = 400, description = "Bad input, naming the command and field", body = ErrorBody),
-        (status = 401, description = "Missing or bad bearer token", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB, or the entry over the Raft entry limit", body = ErrorBody),
         (status = 422, description = "Idempotency key reused with another body", body = ErrorBody),
         (status = 429, description = "Overloaded; Retry-After", body = ErrorBody),
         (status = 503, description = "PARTITIONED, NO_LEADER, TIMED_OUT", body = ErrorBody),
     )
 )]
-async fn post_batch(State(s): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
-    write_limited::<BatchBody>(&s, &headers, body, BATCH_BODY_LEN_MAX, batch_op).await
+async fn post_batch(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    write_limited::<BatchBody>(&s, &caller, &headers, body, BATCH_BODY_LEN_MAX, batch_op).await
 }
 
 // ---------------------------------------------------------------- writes
@@ -445,12 +446,10 @@ macro_rules! write_endpoint {
             tag = "writes",
             request_body = $body,
             params(WriteHeaders),
-            security(("bearer" = [])),
             responses(
                 (status = 200, description = "Committed", body = WriteAnswer),
                 (status = 202, description = "Accepted provisionally (AP, in a partition)", body = WriteAnswer),
                 (status = 400, description = "Bad input, naming the field", body = ErrorBody),
-                (status = 401, description = "Missing or bad bearer token", body = ErrorBody),
                 (status = 409, description = "A schedule rule, named", body = ErrorBody),
                 (status = 413, description = "Body over 64 KiB", body = ErrorBody),
                 (status = 422, description = "Idempotency key reused with another body", body = ErrorBody),
@@ -458,8 +457,13 @@ macro_rules! write_endpoint {
                 (status = 503, description = "PARTITIONED (CP in a minority), NO_LEADER, TIMED_OUT", body = ErrorBody),
             )
         )]
-        async fn $name(State(s): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
-            write::<$body>(&s, &headers, body, $op).await
+        async fn $name(
+            State(s): State<ApiState>,
+            Extension(caller): Extension<Caller>,
+            headers: HeaderMap,
+            body: Body,
+        ) -> Response {
+            write::<$body>(&s, &caller, &headers, body, $op).await
         }
     };
 }
@@ -664,31 +668,6 @@ write_endpoint!(
     ))
 );
 
-/// Checks the bearer token.
-pub(crate) fn authorize(svc: &Service, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(want) = &svc.token else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "WRITES_DISABLED",
-            "no [api] token is configured on this facility; writes are disabled",
-        ));
-    };
-    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", m);
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(unauthorized("writes need Authorization: Bearer <token>"));
-    };
-    let given = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("Authorization is not a bearer token"))?;
-    // blake3::Hash compares in constant time.
-    if blake3::hash(given.trim().as_bytes()) != *want {
-        return Err(unauthorized("bad bearer token"));
-    }
-    Ok(())
-}
-
 /// The header a write names its time budget in, in ms.
 pub const TIMEOUT_HEADER: &str = "bulwark-timeout-ms";
 
@@ -792,21 +771,23 @@ pub fn command_key(key: &str) -> IdempotencyKey {
 
 async fn write<B: DeserializeOwned>(
     s: &ApiState,
+    caller: &Caller,
     headers: &HeaderMap,
     body: Body,
     op_of: impl FnOnce(B) -> Result<(Op, bool), ApiError>,
 ) -> Response {
-    write_limited(s, headers, body, BODY_LEN_MAX, op_of).await
+    write_limited(s, caller, headers, body, BODY_LEN_MAX, op_of).await
 }
 
 async fn write_limited<B: DeserializeOwned>(
     s: &ApiState,
+    caller: &Caller,
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     op_of: impl FnOnce(B) -> Result<(Op, bool), ApiError>,
 ) -> Response {
-    match write_inner(s, headers, body, limit, op_of).await {
+    match write_inner(s, caller, headers, body, limit, op_of).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -814,19 +795,21 @@ async fn write_limited<B: DeserializeOwned>(
 
 async fn write_inner<B: DeserializeOwned>(
     s: &ApiState,
+    caller: &Caller,
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     op_of: impl FnOnce(B) -> Result<(Op, bool), ApiError>,
 ) -> Result<Response, ApiError> {
     let svc = service(s)?;
-    authorize(svc, headers)?;
     let key = idempotency_key(headers)?;
     // The budget runs from the request's arrival: time in the admission
     // queue counts.
     let deadline = super::arrived() + write_budget(headers)?;
     let bytes = read_body(headers, body, limit).await?;
     let (op, emergency) = op_of(decode_json::<B>(&bytes)?)?;
+    // The route's scope was checked before; a batch needs each command's.
+    caller.allows_op(&op)?;
     let now = svc.now_ms();
     let store_failed = |e: bulwark_actors::flow::idempotency::IdempotencyError| {
         ApiError::unavailable("UNAVAILABLE", format!("idempotency store: {e}"), 1_000)
@@ -1938,19 +1921,13 @@ pub struct BackupAnswer {
     post,
     path = "/admin/backup",
     tag = "operations",
-    security(("bearer" = [])),
     responses(
         (status = 200, description = "Written", body = BackupAnswer),
-        (status = 401, description = "Missing or bad bearer token", body = ErrorBody),
         (status = 503, description = "No backup directory, or the write failed", body = ErrorBody),
     )
 )]
-async fn post_backup(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-) -> Result<Json<BackupAnswer>, ApiError> {
+async fn post_backup(State(s): State<ApiState>) -> Result<Json<BackupAnswer>, ApiError> {
     let svc = service(&s)?.clone();
-    authorize(&svc, &headers)?;
     let plan = svc
         .backup
         .clone()
@@ -1987,6 +1964,47 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         "bearer",
         SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
     );
+    // Every operation states the scope it needs (the table the middleware
+    // enforces, `auth::required`) and the answers without it.
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for (method, op) in [
+            (axum::http::Method::GET, item.get.as_mut()),
+            (axum::http::Method::POST, item.post.as_mut()),
+        ] {
+            let Some(op) = op else { continue };
+            let Some(scope) = super::auth::required(&method, path) else {
+                continue;
+            };
+            op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+                "bearer",
+                [scope.name()],
+            )]);
+            for (code, what) in [
+                ("401", "Missing or unknown bearer token"),
+                (
+                    "403",
+                    "FORBIDDEN: the token lacks the scope (named); API_CLOSED: no token configured",
+                ),
+            ] {
+                op.responses.responses.insert(
+                    code.into(),
+                    utoipa::openapi::RefOr::T(
+                        utoipa::openapi::ResponseBuilder::new()
+                            .description(what)
+                            .content(
+                                "application/json",
+                                utoipa::openapi::ContentBuilder::new()
+                                    .schema(Some(utoipa::openapi::Ref::from_schema_name(
+                                        "ErrorBody",
+                                    )))
+                                    .build(),
+                            )
+                            .build(),
+                    ),
+                );
+            }
+        }
+    }
     doc
 }
 
@@ -2010,6 +2028,7 @@ mod tests {
                 "/v1/approvals",
                 "/v1/archive",
                 "/v1/assignments",
+                "/v1/audit",
                 "/v1/batch",
                 "/v1/blocks",
                 "/v1/blocks/{id}",
@@ -2030,7 +2049,36 @@ mod tests {
         let json = serde_json::to_value(&doc).unwrap();
         let post = &json["paths"]["/v1/assignments"]["post"];
         assert!(post["responses"]["409"].is_object(), "{post}");
-        assert_eq!(post["security"][0]["bearer"], serde_json::json!([]));
+        assert_eq!(
+            post["security"][0]["bearer"],
+            serde_json::json!(["schedule"])
+        );
+        // Every operation names one scope and answers 401 and 403; a few
+        // by hand (the table is `auth::required`; these are what the
+        // README promises).
+        for (path, item) in json["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let scopes = &op["security"][0]["bearer"];
+                assert_eq!(scopes.as_array().map(Vec::len), Some(1), "{method} {path}");
+                assert!(op["responses"]["401"].is_object(), "{method} {path}");
+                assert!(op["responses"]["403"].is_object(), "{method} {path}");
+            }
+        }
+        for (path, method, scope) in [
+            ("/v1/schedule", "get", "read"),
+            ("/v1/people", "post", "schedule"),
+            ("/v1/approvals", "post", "approve"),
+            ("/v1/leave", "post", "approve"),
+            ("/v1/admin/backup", "post", "operator"),
+            ("/v1/admin/chaos", "post", "chaos"),
+            ("/v1/admin/chaos", "get", "chaos"),
+        ] {
+            assert_eq!(
+                json["paths"][path][method]["security"][0]["bearer"],
+                serde_json::json!([scope]),
+                "{method} {path}"
+            );
+        }
         assert_eq!(post["parameters"][0]["name"], "Idempotency-Key", "{post}");
         assert!(json["components"]["schemas"]["ErrorBody"].is_object());
         assert!(json["components"]["securitySchemes"]["bearer"].is_object());

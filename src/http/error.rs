@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable code: BAD_REQUEST, UNSUPPORTED_MEDIA_TYPE, PAYLOAD_TOO_LARGE,
-    /// UNAUTHORIZED, WRITES_DISABLED, NOT_FOUND, RULE_VIOLATION, KEY_REUSED,
+    /// UNAUTHORIZED, FORBIDDEN, API_CLOSED, NOT_FOUND, RULE_VIOLATION, KEY_REUSED,
     /// OVERLOADED, PARTITIONED, NO_LEADER, TIMED_OUT, UNAVAILABLE.
     pub code: String,
     /// For people.
@@ -108,7 +108,9 @@ impl From<InvalidInput> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry = self.body.retry_after_ms;
+        let code = super::audit::ErrorCode(self.body.code.clone());
         let mut resp = (self.status, Json(*self.body)).into_response();
+        resp.extensions_mut().insert(code);
         if let Some(ms) = retry {
             let secs = ms.div_ceil(1000).max(1);
             resp.headers_mut().insert(

@@ -14,10 +14,13 @@
 //!   rounded up) and a JSON body with the code `OVERLOADED`.
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod chaos;
 pub mod coverage;
 pub mod error;
 mod page;
+pub mod serve;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,6 +72,11 @@ pub struct ApiState {
     /// The gates requests enter, asked of their actors once and kept (a
     /// restarted actor keeps its gate).
     gates: Arc<Gates>,
+    /// Who may call what ([`auth`]); none configured: only the open routes
+    /// answer.
+    pub tokens: Arc<auth::Tokens>,
+    /// The audit trail ([`audit`]); `None`: nothing is recorded.
+    pub audit: Option<Arc<audit::AuditLog>>,
 }
 
 /// The gate kept in `cell`, or asked of the actor `find` gives (with
@@ -172,7 +180,21 @@ impl ApiState {
             service: None,
             heatmap: Arc::new(Mutex::new(Heatmap::default())),
             gates: Arc::default(),
+            tokens: Arc::default(),
+            audit: None,
         }
+    }
+
+    /// The same state recording to `audit`.
+    pub fn with_audit(mut self, audit: Option<Arc<audit::AuditLog>>) -> ApiState {
+        self.audit = audit;
+        self
+    }
+
+    /// The same state admitting the callers `tokens` names.
+    pub fn with_tokens(mut self, tokens: Arc<auth::Tokens>) -> ApiState {
+        self.tokens = tokens;
+        self
     }
 
     /// The same state serving the schedule API through `service`.
@@ -258,6 +280,16 @@ pub fn app(state: ApiState) -> axum::Router {
         .route("/health/deep", get(|s| health(s, Kind::Deep)))
         .route("/metrics", get(render_metrics))
         .nest("/v1", v1)
+        // Outermost: a request without the right token costs no admission.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        // Outside that: refusals for want of a token are recorded too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::trail,
+        ))
         .with_state(state)
 }
 

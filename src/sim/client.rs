@@ -19,9 +19,10 @@ pub fn post(path: &str, token: &str, key: &str, body: &serde_json::Value) -> Req
         .expect("a valid request")
 }
 
-/// A read: `GET path`.
-pub fn get(path: &str) -> Request<Body> {
+/// A read: `GET path` with `token`.
+pub fn get(path: &str, token: &str) -> Request<Body> {
     Request::get(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(Body::empty())
         .expect("a valid request")
 }

@@ -408,7 +408,11 @@ impl SimCluster {
                 members: self.api.ids.to_vec(),
                 keys: self.keys.clone(),
                 detection,
-                token: Some(&self.opts.token),
+                audit: None,
+                tokens: Arc::new(
+                    crate::http::auth::Tokens::new(Some(&self.opts.token), &[])
+                        .expect("a validated token"),
+                ),
                 backup: None,
                 prometheus: metrics_exporter_prometheus::PrometheusBuilder::new()
                     .build_recorder()

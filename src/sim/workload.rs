@@ -102,15 +102,15 @@ pub enum Op {
 }
 
 impl Op {
-    /// The request, with `token` for writes.
+    /// The request, with `token`.
     pub fn request(&self, token: &str) -> Request<Body> {
         match self {
             Op::Write(w) => w.request(token),
-            Op::LinearizableRead { .. } => client::get("/v1/schedule"),
-            Op::StaleRead => client::get("/v1/schedule?consistency=stale"),
-            Op::Cluster => client::get("/v1/cluster"),
-            Op::Ledger(h) => client::get(&format!("/v1/ledger/{h}")),
-            Op::Evidence => client::get("/v1/evidence"),
+            Op::LinearizableRead { .. } => client::get("/v1/schedule", token),
+            Op::StaleRead => client::get("/v1/schedule?consistency=stale", token),
+            Op::Cluster => client::get("/v1/cluster", token),
+            Op::Ledger(h) => client::get(&format!("/v1/ledger/{h}"), token),
+            Op::Evidence => client::get("/v1/evidence", token),
         }
     }
 

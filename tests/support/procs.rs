@@ -174,7 +174,7 @@ pub fn client() -> reqwest::Client {
 /// GET `url`: status and JSON (Null if the body is not JSON, or the
 /// request failed: status 0).
 pub async fn get(c: &reqwest::Client, url: &str) -> (u16, Value) {
-    match c.get(url).send().await {
+    match c.get(url).bearer_auth(TOKEN).send().await {
         Ok(r) => {
             let s = r.status().as_u16();
             (s, r.json().await.unwrap_or(Value::Null))

@@ -189,8 +189,11 @@ impl Run<'_> {
             Box::pin(async move {
                 for i in 0..r.c.n() {
                     let (st, v) = client::json(
-                        r.c.call(i, client::get("/v1/schedule?consistency=stale"))
-                            .await,
+                        r.c.call(
+                            i,
+                            client::get("/v1/schedule?consistency=stale", r.c.token()),
+                        )
+                        .await,
                     )
                     .await;
                     let pending = v["staleness"]["provisional_pending"].as_u64();
