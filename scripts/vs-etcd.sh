@@ -37,8 +37,8 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release -q
-BIN=$PWD/target/release/bulwark
+if [ -z "${BIN:-}" ]; then cargo build --release -q; BIN=$PWD/target/release/bulwark; fi
+
 WORK=$(mktemp -d /tmp/vs-etcd.XXXXXX)
 PIDS=()
 stop() { kill -9 "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }

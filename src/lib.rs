@@ -10,4 +10,5 @@ pub mod demo;
 pub mod facility;
 pub mod http;
 pub mod import;
+pub mod init;
 pub mod sim;

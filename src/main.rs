@@ -40,6 +40,32 @@ enum Cmd {
         #[arg(long = "api-host")]
         api_hosts: Vec<String>,
     },
+    /// Write a whole new cluster's keys, certificates and configs (every
+    /// peer's pin and vote key filled in, HTTPS on, API tokens made and
+    /// printed once, ports that do not collide on one host) into
+    /// DIR/<facility>/; then `bulwark up --dir DIR` runs it.
+    Init {
+        /// Where to write (one directory per facility inside).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The facilities, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        facilities: Vec<FacilityId>,
+        /// Each facility's IP address, comma-separated, in the same order
+        /// (default: all on 127.0.0.1).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<std::net::IpAddr>,
+        /// Facility i listens on QUIC BASE+i and HTTPS BASE+1000+i.
+        #[arg(long, default_value_t = bulwark::init::BASE_PORT)]
+        base_port: u16,
+    },
+    /// Run every facility `bulwark init` wrote in DIR on this host, until
+    /// Ctrl-C or SIGTERM (each is stopped gracefully).
+    Up {
+        /// The directory `bulwark init` wrote.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Make an API token: prints the token (once; it is stored nowhere)
     /// and the `[[api.tokens]]` entry, with its hash, for the configs of
     /// the facilities that should accept it.
@@ -209,6 +235,13 @@ fn main() -> ExitCode {
             } => return chaos_run(file, api, access, out).await,
             Cmd::Keygen { id, out, api_hosts } => keygen(id, out, &api_hosts),
             Cmd::Token { name, scopes } => token(name, scopes),
+            Cmd::Init {
+                dir,
+                facilities,
+                hosts,
+                base_port,
+            } => init(dir, facilities, hosts, base_port),
+            Cmd::Up { dir } => return up(dir).await,
             Cmd::Node { config } => node(config).await,
             Cmd::Demo => bulwark::demo::run().await,
             Cmd::Ledger {
@@ -302,7 +335,7 @@ fn keygen(id: FacilityId, out: PathBuf, api_hosts: &[String]) -> AnyResult {
     identity.write_pem(&out)?;
     let vote = keys::generate_secret();
     let vote_path = out.join("vote.key");
-    write_secret(&vote_path, &keys::format_secret(&vote))?;
+    bulwark::init::write_secret(&vote_path, &keys::format_secret(&vote))?;
     let api_pin = http::serve::write_self_signed(&out, api_hosts)?;
     println!(
         "wrote {}/facility.key, facility.crt, vote.key, api.key and api.crt",
@@ -317,6 +350,166 @@ fn keygen(id: FacilityId, out: PathBuf, api_hosts: &[String]) -> AnyResult {
     println!("# HTTPS for this facility's API (clients: --pin {api_pin}):");
     println!("[api.tls]\ncert = \"api.crt\"\nkey = \"api.key\"");
     Ok(())
+}
+
+fn init(
+    dir: PathBuf,
+    facilities: Vec<FacilityId>,
+    hosts: Vec<std::net::IpAddr>,
+    base_port: u16,
+) -> AnyResult {
+    let out = bulwark::init::init(&bulwark::init::InitSpec {
+        dir: dir.clone(),
+        facilities,
+        hosts,
+        base_port,
+    })?;
+    for w in &out.facilities {
+        println!("wrote {} (API https://{})", w.config.display(), w.http);
+    }
+    println!();
+    println!("API tokens (shown only now; the configs hold their hashes):");
+    for (name, scopes, token) in &out.tokens {
+        let names: Vec<&str> = scopes.iter().map(|s| s.name()).collect();
+        println!("  {name:<11} {token}   ({})", names.join(", "));
+    }
+    let first = &out.facilities[0];
+    println!();
+    println!("next:");
+    println!("  bulwark up --dir {}", dir.display());
+    println!(
+        "  export BULWARK_TOKEN={}",
+        out.tokens.first().map_or("", |t| t.2.as_str())
+    );
+    println!(
+        "  bulwark status --url https://localhost:{} --ca {}",
+        first.http.port(),
+        dir.join(bulwark::init::CA_FILE).display()
+    );
+    println!(
+        "(every facility's API certificate is signed by {}; keep {} offline)",
+        dir.join(bulwark::init::CA_FILE).display(),
+        dir.join("ca.key").display()
+    );
+    Ok(())
+}
+
+/// Runs every facility under `dir` as a child `bulwark node`; on Ctrl-C or
+/// SIGTERM sends each SIGTERM (a graceful stop) and waits.
+async fn up(dir: PathBuf) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
+    let mut configs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path().join("facility.toml")))
+        .filter(|p| p.is_file())
+        .collect();
+    configs.sort();
+    if configs.is_empty() {
+        return Err(format!(
+            "{} holds no <facility>/facility.toml: run `bulwark init --dir {} --facilities …` first",
+            dir.display(),
+            dir.display()
+        )
+        .into());
+    }
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for c in &configs {
+        let cfg = FacilityConfig::load(c)?;
+        let log = c.with_file_name("node.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = tokio::process::Command::new(&exe)
+            .args(["node", "--config"])
+            .arg(c)
+            .stdout(std::process::Stdio::null())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()?;
+        let scheme = if cfg.api.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let host = match cfg.facility.http_listen.ip() {
+            ip if ip.is_loopback() || ip.is_unspecified() => "localhost".to_string(),
+            ip => ip.to_string(),
+        };
+        println!(
+            "{}: {scheme}://{host}:{}/ (log {})",
+            cfg.facility.id,
+            cfg.facility.http_listen.port(),
+            log.display()
+        );
+        children.push((cfg.facility.id.clone(), child));
+    }
+    if let Some(c) = configs.first() {
+        let cfg = FacilityConfig::load(c)?;
+        let ca = dir.join(bulwark::init::CA_FILE);
+        let pin = match &cfg.api.tls {
+            Some(_) if ca.is_file() => format!(" --ca {}", ca.display()),
+            Some(t) => format!(" --pin {}", http::serve::pin_of(&t.cert)?),
+            None => String::new(),
+        };
+        println!(
+            "status page: open a facility's URL with /#token=<read token>; or
+               BULWARK_TOKEN=<token> bulwark status --url https://localhost:{}{pin}",
+            cfg.facility.http_listen.port()
+        );
+    }
+    println!("Ctrl-C stops every facility gracefully");
+    let mut exited = None;
+    {
+        let waits = first_exit(&mut children);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated() => {}
+            who = waits => exited = Some(who),
+        }
+    }
+    if let Some(who) = &exited {
+        eprintln!("bulwark up: {who} exited; stopping the others");
+    }
+    for (_, child) in &children {
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+    let mut clean = exited.is_none();
+    for (id, child) in &mut children {
+        match tokio::time::timeout(std::time::Duration::from_secs(15), child.wait()).await {
+            Ok(Ok(s)) if s.success() => {}
+            Ok(Ok(s)) => {
+                clean = false;
+                eprintln!("bulwark up: {id} exited with {s}");
+            }
+            _ => {
+                clean = false;
+                eprintln!("bulwark up: {id} did not stop within 15 s; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Resolves with the id of the first child that exits.
+async fn first_exit(children: &mut [(FacilityId, tokio::process::Child)]) -> FacilityId {
+    loop {
+        for (id, child) in children.iter_mut() {
+            if let Ok(Some(_)) = child.try_wait() {
+                return id.clone();
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 fn token(name: String, scopes: Vec<String>) -> AnyResult {
@@ -348,19 +541,6 @@ fn token(name: String, scopes: Vec<String>) -> AnyResult {
         names.join(", ")
     );
     Ok(())
-}
-
-/// Writes a secret file readable by its owner only (refuses to overwrite).
-fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)?.write_all(text.as_bytes())
 }
 
 fn ledger_verify(db: PathBuf, config: PathBuf) -> AnyResult {
@@ -462,6 +642,7 @@ async fn node(path: PathBuf) -> AnyResult {
             running: running.clone(),
         },
     );
+    let state = state.with_request_timeout(cfg.limits().request_timeout);
     let state = if cfg.chaos.enabled {
         tracing::warn!("[chaos] enabled: /v1/admin/chaos accepts fault levers (token required)");
         state.with_chaos(bulwark::http::chaos::ChaosControl::new())

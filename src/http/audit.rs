@@ -31,8 +31,7 @@ use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bulwark_storage::codec;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -105,12 +104,12 @@ fn store_err(e: impl std::fmt::Display) -> AuditError {
     AuditError::Store(e.to_string())
 }
 
-type Pending = (AuditRecord, oneshot::Sender<Result<u64, String>>);
+type Queued = (AuditRecord, oneshot::Sender<Result<u64, String>>);
 
 /// The trail: a writer thread and a read handle.
 pub struct AuditLog {
     db: Arc<Database>,
-    tx: Option<mpsc::Sender<Pending>>,
+    tx: Option<mpsc::Sender<Queued>>,
     writer: Option<std::thread::JoinHandle<()>>,
     healthy: Arc<AtomicBool>,
 }
@@ -150,7 +149,7 @@ impl AuditLog {
             let last = t.last().map_err(store_err)?;
             last.map_or(1, |(k, _)| k.value() + 1)
         };
-        let (tx, rx) = mpsc::channel::<Pending>(8 * GROUP_MAX);
+        let (tx, rx) = mpsc::channel::<Queued>(8 * GROUP_MAX);
         let healthy = Arc::new(AtomicBool::new(true));
         let (wdb, whealthy) = (db.clone(), healthy.clone());
         let writer = std::thread::Builder::new()
@@ -216,7 +215,7 @@ impl AuditLog {
 /// each. Ends when every sender is gone.
 fn write_loop(
     db: &Database,
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::Receiver<Queued>,
     mut next: u64,
     keep: u64,
     healthy: &AtomicBool,
@@ -279,66 +278,74 @@ pub fn audited(method: &Method, path: &str) -> bool {
     !plain_read || v1.starts_with("audit") || v1.starts_with("admin/")
 }
 
-/// The middleware (outermost): refuses audited requests while the trail
-/// fails, and records each audited answer durably before it goes out.
-pub async fn trail(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    let Some(log) = s.audit.clone() else {
-        return next.run(req).await;
-    };
-    if !audited(req.method(), req.uri().path()) {
-        return next.run(req).await;
-    }
-    if !log.healthy() {
-        return ApiError::unavailable(
-            "AUDIT_UNAVAILABLE",
-            "the audit trail cannot be written; nothing that it records is taken until it can",
-            5_000,
-        )
-        .into_response();
-    }
-    let method = req.method().to_string();
-    let mut path = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
-    if path.len() > PATH_LEN_MAX {
-        let mut cut = PATH_LEN_MAX;
-        while !path.is_char_boundary(cut) {
-            cut -= 1;
+/// The 503 for audited requests while the trail cannot be written.
+pub fn unavailable() -> ApiError {
+    ApiError::unavailable(
+        "AUDIT_UNAVAILABLE",
+        "the audit trail cannot be written; nothing that it records is taken until it can",
+        5_000,
+    )
+}
+
+/// What a record takes from the request, before it runs.
+pub struct Pending {
+    who: String,
+    method: String,
+    path: String,
+    key: Option<String>,
+}
+
+impl Pending {
+    /// The request's side of its record.
+    pub fn of(req: &Request, caller: &Caller) -> Pending {
+        let mut path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+        if path.len() > PATH_LEN_MAX {
+            let mut cut = PATH_LEN_MAX;
+            while !path.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            path.truncate(cut);
+            path.push('…');
         }
-        path.truncate(cut);
-        path.push('…');
+        Pending {
+            who: caller.name.to_string(),
+            method: req.method().to_string(),
+            path,
+            key: req
+                .headers()
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .map(|k| k.chars().take(128).collect()),
+        }
     }
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|k| k.chars().take(128).collect());
-    let resp = next.run(req).await;
-    let Some(caller) = resp.extensions().get::<Caller>() else {
-        return resp; // no valid token: counted, not recorded
-    };
-    let record = AuditRecord {
-        seq: 0,
-        at_unix_ms: s.service.as_ref().map_or(0, |svc| svc.ctx.clock.unix_ms()),
-        who: caller.name.to_string(),
-        method,
-        path,
-        idempotency_key: key,
-        status: resp.status().as_u16(),
-        code: resp.extensions().get::<ErrorCode>().map(|c| c.0.clone()),
-    };
-    match tokio::time::timeout(Duration::from_secs(10), log.record(record)).await {
-        Ok(Ok(_)) => resp,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "an answered request is not in the audit trail");
-            resp
+
+    /// Records the request with its answer `resp` in `log`, durably, then
+    /// hands `resp` back.
+    pub async fn record(self, log: &AuditLog, s: &ApiState, resp: Response) -> Response {
+        let record = AuditRecord {
+            seq: 0,
+            at_unix_ms: s.service.as_ref().map_or(0, |svc| svc.ctx.clock.unix_ms()),
+            who: self.who,
+            method: self.method,
+            path: self.path,
+            idempotency_key: self.key,
+            status: resp.status().as_u16(),
+            code: resp.extensions().get::<ErrorCode>().map(|c| c.0.clone()),
+        };
+        match tokio::time::timeout(Duration::from_secs(10), log.record(record)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "an answered request is not in the audit trail")
+            }
+            Err(_) => {
+                metrics::counter!("bulwark_audit_failures_total").increment(1);
+                tracing::error!("the audit trail took over 10 s to record an answered request");
+            }
         }
-        Err(_) => {
-            metrics::counter!("bulwark_audit_failures_total").increment(1);
-            tracing::error!("the audit trail took over 10 s to record an answered request");
-            resp
-        }
+        resp
     }
 }
 

@@ -25,15 +25,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use bulwark_actors::schedule::Op;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::ApiState;
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -322,33 +318,6 @@ impl Caller {
         metrics::counter!("bulwark_api_forbidden_total", "scope" => scope.name()).increment(1);
         Err(forbidden(&self.name, scope))
     }
-}
-
-/// The middleware: authenticates every route [`required`] names, and puts
-/// the [`Caller`] in the request's extensions.
-pub async fn authenticate(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
-    let Some(scope) = required(req.method(), req.uri().path()) else {
-        return next.run(req).await;
-    };
-    let caller = match s.tokens.identify(req.headers(), scope) {
-        Ok(c) => c,
-        Err(e) => {
-            if e.status == StatusCode::UNAUTHORIZED {
-                metrics::counter!("bulwark_api_unauthorized_total").increment(1);
-            }
-            return e.into_response();
-        }
-    };
-    let mut resp = match caller.require(scope) {
-        Ok(()) => {
-            req.extensions_mut().insert(caller.clone());
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
-    };
-    // For the audit trail, which wraps this layer.
-    resp.extensions_mut().insert(caller);
-    resp
 }
 
 #[cfg(test)]

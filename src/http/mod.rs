@@ -48,9 +48,25 @@ use serde::Serialize;
 /// Consecutive failures before a check counts as failed.
 pub const HEALTH_GRACE: u32 = 3;
 
-/// What the handlers read.
+/// What the handlers read: one shared [`ApiShared`], so the state every
+/// middleware layer and handler takes per request is one reference count,
+/// not one per field.
 #[derive(Clone)]
 pub struct ApiState {
+    shared: Arc<ApiShared>,
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiShared;
+
+    fn deref(&self) -> &ApiShared {
+        &self.shared
+    }
+}
+
+/// The parts of [`ApiState`].
+#[derive(Clone)]
+pub struct ApiShared {
     /// Renders the Prometheus text.
     pub prometheus: PrometheusHandle,
     /// The transport, for link states.
@@ -77,6 +93,8 @@ pub struct ApiState {
     pub tokens: Arc<auth::Tokens>,
     /// The audit trail ([`audit`]); `None`: nothing is recorded.
     pub audit: Option<Arc<audit::AuditLog>>,
+    /// Every request is answered within this.
+    pub request_timeout: Duration,
 }
 
 /// The gate kept in `cell`, or asked of the actor `find` gives (with
@@ -170,7 +188,7 @@ impl ApiState {
         h.register("leader", Kind::Ready);
         h.register("replica", Kind::Ready);
         h.register("actors", Kind::Live);
-        ApiState {
+        let shared = ApiShared {
             prometheus,
             transport,
             running,
@@ -182,24 +200,40 @@ impl ApiState {
             gates: Arc::default(),
             tokens: Arc::default(),
             audit: None,
+            request_timeout: serve::Limits::default().request_timeout,
+        };
+        ApiState {
+            shared: Arc::new(shared),
         }
+    }
+
+    /// The parts, to change while the state is being built.
+    fn parts(&mut self) -> &mut ApiShared {
+        Arc::make_mut(&mut self.shared)
+    }
+
+    /// The same state answering every request within `limit` (503
+    /// TIMED_OUT past it).
+    pub fn with_request_timeout(mut self, limit: Duration) -> ApiState {
+        self.parts().request_timeout = limit;
+        self
     }
 
     /// The same state recording to `audit`.
     pub fn with_audit(mut self, audit: Option<Arc<audit::AuditLog>>) -> ApiState {
-        self.audit = audit;
+        self.parts().audit = audit;
         self
     }
 
     /// The same state admitting the callers `tokens` names.
     pub fn with_tokens(mut self, tokens: Arc<auth::Tokens>) -> ApiState {
-        self.tokens = tokens;
+        self.parts().tokens = tokens;
         self
     }
 
     /// The same state serving the schedule API through `service`.
     pub fn with_service(mut self, service: api::Service) -> ApiState {
-        self.service = Some(Arc::new(service));
+        self.parts().service = Some(Arc::new(service));
         self
     }
 
@@ -244,10 +278,11 @@ impl ApiState {
     /// Serves `/v1/admin/chaos` with `control` (`[chaos] enabled`); without
     /// a schedule service this changes nothing.
     pub fn with_chaos(mut self, control: Arc<chaos::ChaosControl>) -> ApiState {
-        if let Some(svc) = self.service.take() {
+        let parts = self.parts();
+        if let Some(svc) = parts.service.take() {
             let mut svc = (*svc).clone();
             svc.chaos = Some(control);
-            self.service = Some(Arc::new(svc));
+            parts.service = Some(Arc::new(svc));
         }
         self
     }
@@ -280,17 +315,67 @@ pub fn app(state: ApiState) -> axum::Router {
         .route("/health/deep", get(|s| health(s, Kind::Deep)))
         .route("/metrics", get(render_metrics))
         .nest("/v1", v1)
-        // Outermost: a request without the right token costs no admission.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ))
-        // Outside that: refusals for want of a token are recorded too.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            audit::trail,
-        ))
+        // Outermost, one layer: the token and its scope (a request without
+        // them costs no admission), the audit trail, the request timeout.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+/// The front of every request: [`auth`] (the route's scope), then, for
+/// what [`audit`] records, the trail (refused while it cannot be written;
+/// the record durable before the answer), all within the request timeout.
+async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let Some(scope) = auth::required(req.method(), req.uri().path()) else {
+        return timed(s.request_timeout, next.run(req)).await;
+    };
+    let caller = match s.tokens.identify(req.headers(), scope) {
+        Ok(c) => c,
+        Err(e) => {
+            if e.status == StatusCode::UNAUTHORIZED {
+                metrics::counter!("bulwark_api_unauthorized_total").increment(1);
+            }
+            return e.into_response();
+        }
+    };
+    let audited = s
+        .audit
+        .as_ref()
+        .filter(|_| audit::audited(req.method(), req.uri().path()));
+    let pending = match audited {
+        Some(log) if !log.healthy() => return audit::unavailable().into_response(),
+        Some(_) => Some(audit::Pending::of(&req, &caller)),
+        None => None,
+    };
+    let resp = match caller.require(scope) {
+        Ok(()) => {
+            req.extensions_mut().insert(caller);
+            timed(s.request_timeout, next.run(req)).await
+        }
+        Err(e) => e.into_response(),
+    };
+    match (audited, pending) {
+        (Some(log), Some(p)) => p.record(log, &s, resp).await,
+        _ => resp,
+    }
+}
+
+/// `run`, answered 503 TIMED_OUT past `limit`.
+async fn timed(limit: Duration, run: impl std::future::Future<Output = Response>) -> Response {
+    match tokio::time::timeout(limit, run).await {
+        Ok(r) => r,
+        Err(_) => {
+            metrics::counter!("bulwark_api_request_timeouts_total").increment(1);
+            error::ApiError::unavailable(
+                "TIMED_OUT",
+                format!(
+                    "no answer within the server's {} ms request limit",
+                    limit.as_millis()
+                ),
+                1_000,
+            )
+            .into_response()
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -754,8 +839,27 @@ pub fn render_status(c: &api::ClusterStatus) -> String {
 #[cfg(test)]
 mod tests {
 
-    use super::pool_of;
-    use axum::http::Method;
+    use super::{pool_of, timed};
+    use axum::http::{Method, StatusCode};
+    use axum::response::IntoResponse;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_past_the_limit_is_answered_timed_out() {
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "late".into_response()
+        };
+        let r = timed(Duration::from_millis(100), slow).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("TIMED_OUT"));
+        let quick = async { "ok".into_response() };
+        assert_eq!(
+            timed(Duration::from_millis(100), quick).await.status(),
+            StatusCode::OK
+        );
+    }
 
     #[test]
     fn each_request_draws_from_its_pool_and_admin_posts_are_the_operators() {

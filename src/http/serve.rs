@@ -14,8 +14,9 @@
 //!   within [`Limits::handshake_timeout`], and each request's headers
 //!   within [`Limits::header_read_timeout`] of the previous answer (an
 //!   idle keep-alive connection is closed then too); headers over
-//!   [`Limits::header_bytes_max`] are refused (431). Every request is
-//!   answered within [`Limits::request_timeout`] (503 TIMED_OUT past it).
+//!   [`Limits::header_bytes_max`] are refused (431). (Every request is
+//!   answered within [`Limits::request_timeout`], 503 TIMED_OUT past it:
+//!   the API's front layer does that, [`super::ApiState::with_request_timeout`].)
 //! - **Stop**: `shutdown` stops accepting, and connections finish the
 //!   request in hand.
 
@@ -25,9 +26,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use bulwark_transport::identity::Pin;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -37,8 +35,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-
-use super::error::ApiError;
 
 /// The server's limits (`[api]` keys of the same names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,37 +149,28 @@ pub fn pin_of(cert: &Path) -> Result<Pin, ServeError> {
     Ok(Pin::of(&der))
 }
 
-/// Writes `api.key` (mode 0600) and `api.crt` into `dir`: an ECDSA P-256
-/// key (what browsers and curl take) and a self-signed certificate for
-/// `hosts` (names or IP addresses; localhost and the loopback addresses are
-/// always in). Refuses to overwrite a key. Returns the certificate's pin.
-pub fn write_self_signed(dir: &Path, hosts: &[String]) -> Result<Pin, ServeError> {
-    let key_path = dir.join("api.key");
-    let cert_path = dir.join("api.crt");
-    let gen = |e: rcgen::Error| ServeError::Tls {
-        path: cert_path.clone(),
+/// A certificate authority for the API certificates of one cluster
+/// (`bulwark init`): clients trust every facility with one `--ca` file.
+pub struct ApiCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+fn tls_err(path: &Path) -> impl Fn(rcgen::Error) -> ServeError + '_ {
+    move |e| ServeError::Tls {
+        path: path.to_path_buf(),
         reason: e.to_string(),
-    };
-    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-    for h in hosts {
-        if !names.contains(h) {
-            names.push(h.clone());
-        }
     }
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen)?;
-    let mut params = rcgen::CertificateParams::new(names).map_err(gen)?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "bulwark API");
-    let cert = params.self_signed(&key).map_err(gen)?;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |e: std::io::Error| ServeError::Tls {
-            path,
-            reason: e.to_string(),
-        }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ServeError + '_ {
+    move |e| ServeError::Tls {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Writes `pem` to `path`, mode 0600, refusing to overwrite.
+fn write_key(path: &Path, pem: &str) -> Result<(), ServeError> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -191,31 +178,72 @@ pub fn write_self_signed(dir: &Path, hosts: &[String]) -> Result<Pin, ServeError
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(&key_path).map_err(io(&key_path))?;
-    std::io::Write::write_all(&mut f, key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
-    f.sync_all().map_err(io(&key_path))?;
-    std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
+    let mut f = opts.open(path).map_err(io_err(path))?;
+    std::io::Write::write_all(&mut f, pem.as_bytes()).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+impl ApiCa {
+    /// Makes a CA (ECDSA P-256) and writes `ca.crt` and `ca.key` (0600)
+    /// into `dir`, refusing to overwrite.
+    pub fn create(dir: &Path, name: &str) -> Result<ApiCa, ServeError> {
+        let cert_path = dir.join("ca.crt");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(tls_err(&cert_path))?;
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(tls_err(&cert_path))?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("bulwark API CA ({name})"),
+        );
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        write_key(&dir.join("ca.key"), &key.serialize_pem())?;
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, key).map_err(tls_err(&cert_path))?;
+        std::fs::write(&cert_path, issuer.pem()).map_err(io_err(&cert_path))?;
+        Ok(ApiCa { issuer })
+    }
+}
+
+/// Writes `api.key` (mode 0600) and `api.crt` into `dir`: an ECDSA P-256
+/// key (what browsers and curl take) and a certificate for `hosts` (names
+/// or IP addresses; localhost and the loopback addresses are always in),
+/// signed by `ca`, or self-signed. Refuses to overwrite a key. Returns the
+/// certificate's pin.
+pub fn write_api_pair(dir: &Path, hosts: &[String], ca: Option<&ApiCa>) -> Result<Pin, ServeError> {
+    let key_path = dir.join("api.key");
+    let cert_path = dir.join("api.crt");
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    for h in hosts {
+        if !names.contains(h) {
+            names.push(h.clone());
+        }
+    }
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(tls_err(&cert_path))?;
+    let mut params = rcgen::CertificateParams::new(names).map_err(tls_err(&cert_path))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bulwark API");
+    let cert = match ca {
+        Some(ca) => params.signed_by(&key, &ca.issuer),
+        None => params.self_signed(&key),
+    }
+    .map_err(tls_err(&cert_path))?;
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    write_key(&key_path, &key.serialize_pem())?;
+    std::fs::write(&cert_path, cert.pem()).map_err(io_err(&cert_path))?;
     Ok(Pin::of(cert.der()))
 }
 
-/// Middleware: answers 503 TIMED_OUT for a request still running after
-/// `limit`.
-pub async fn request_timeout(limit: Duration, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => {
-            metrics::counter!("bulwark_api_request_timeouts_total").increment(1);
-            ApiError::unavailable(
-                "TIMED_OUT",
-                format!(
-                    "no answer within the server's {} ms request limit",
-                    limit.as_millis()
-                ),
-                1_000,
-            )
-            .into_response()
-        }
-    }
+/// [`write_api_pair`], self-signed (`bulwark keygen`).
+pub fn write_self_signed(dir: &Path, hosts: &[String]) -> Result<Pin, ServeError> {
+    write_api_pair(dir, hosts, None)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open
@@ -228,10 +256,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let limit = limits.request_timeout;
-    let app = app.layer(axum::middleware::from_fn(move |req, next| {
-        request_timeout(limit, req, next)
-    }));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.connections_max));
     let graceful = GracefulShutdown::new();
@@ -301,15 +325,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn start(limits: Limits) -> SocketAddr {
-        let app = axum::Router::new()
-            .route("/", axum::routing::get(|| async { "ok" }))
-            .route(
-                "/slow",
-                axum::routing::get(|| async {
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                    "late"
-                }),
-            );
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve(
@@ -387,10 +403,6 @@ mod tests {
         let _ = t.write_all(big.as_bytes()).await;
         let got = read_all(&mut t).await.expect("an answer");
         assert!(got.starts_with("HTTP/1.1 431"), "{got}");
-        // A request that takes too long: 503 TIMED_OUT.
-        let got = get(addr, "/slow").await;
-        assert!(got.starts_with("HTTP/1.1 503"), "{got}");
-        assert!(got.contains("TIMED_OUT"), "{got}");
     }
 
     #[test]
