@@ -21,12 +21,13 @@ pub struct ApiArgs {
     #[arg(long, env = "BULWARK_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// For https: a PEM file of the certificates to trust (the facility's
-    /// api.crt, or the CA that signed it).
-    #[arg(long, conflicts_with = "pin")]
+    /// api.crt, or the CA that signed it: `bulwark init` writes ca.crt;
+    /// default $BULWARK_CA).
+    #[arg(long, env = "BULWARK_CA", conflicts_with = "pin")]
     pub ca: Option<PathBuf>,
     /// For https: the pin of the facility's API certificate
     /// (`blake3:…`, printed by `bulwark keygen`).
-    #[arg(long)]
+    #[arg(long, env = "BULWARK_PIN")]
     pub pin: Option<Pin>,
 }
 

@@ -5,6 +5,7 @@ pub mod archive;
 pub mod backup;
 pub mod chaos;
 pub mod client;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod facility;

@@ -83,6 +83,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LedgerCmd,
     },
+    /// Change and read the schedule through a facility's API (URL and
+    /// token from flags or BULWARK_URL / BULWARK_TOKEN). Exit codes: 0
+    /// done, 2 refused (not applied), 3 outcome unknown (retry with the
+    /// key printed), 4 not allowed.
+    Schedule {
+        #[command(subcommand)]
+        cmd: bulwark::commands::ScheduleCmd,
+    },
+    /// Evidence of misbehaviour the facility's validator recorded.
+    Evidence {
+        #[command(flatten)]
+        target: bulwark::commands::Target,
+    },
     /// Run one facility from its config file.
     Node {
         /// The facility's TOML config.
@@ -189,6 +202,13 @@ enum ChaosCmd {
 
 #[derive(Subcommand)]
 enum LedgerCmd {
+    /// One final entry and who certified it, from a facility's API.
+    Show {
+        /// The height.
+        height: u64,
+        #[command(flatten)]
+        target: bulwark::commands::Target,
+    },
     /// Re-check the whole chain and every certificate in a facility's redb
     /// file from the facilities' public keys alone; exits 1 naming the first
     /// bad height.
@@ -247,6 +267,11 @@ fn main() -> ExitCode {
             Cmd::Ledger {
                 cmd: LedgerCmd::Verify { db, config },
             } => ledger_verify(db, config),
+            Cmd::Ledger {
+                cmd: LedgerCmd::Show { height, target },
+            } => return Ok(bulwark::commands::ledger_show(height, target).await?),
+            Cmd::Schedule { cmd } => return Ok(bulwark::commands::schedule(cmd).await?),
+            Cmd::Evidence { target } => return Ok(bulwark::commands::evidence(target).await?),
             Cmd::Status { url, api } => status(url, api).await,
             Cmd::Import {
                 file,

@@ -1,8 +1,9 @@
 //! From zero to a running cluster with the binary alone: `bulwark init`
 //! writes three facilities, `bulwark up` runs them from the written
-//! configs with no edits, the API answers over HTTPS with the printed
-//! token and pin, a SIGTERM stops all of them cleanly, and a second `up`
-//! finds everything written before.
+//! configs with no edits, `bulwark schedule …` drives them over HTTPS with
+//! the printed token and the cluster's CA (exit codes by outcome, a key
+//! retried at another facility applied once), a SIGTERM stops all of them
+//! cleanly, and a second `up` finds everything written before.
 
 #[path = "support/procs.rs"]
 mod procs;
@@ -11,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use procs::{until, BIN};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// A base port whose QUIC (UDP) and HTTPS (TCP) ports are free now.
 fn free_base() -> u16 {
@@ -148,65 +149,135 @@ async fn init_then_up_serves_https_with_the_printed_token_and_stops_cleanly() {
         assert!(status.contains("charlie"), "{status}");
     }
 
-    // Writes with the app token, a refusal by the rules, a read back.
-    let post = |c: reqwest::Client, path: &'static str, key: &'static str, body: Value| {
-        let u = url(path);
-        async move {
-            until(Duration::from_secs(30), "a final answer", || {
-                let (c, u, body) = (c.clone(), u.clone(), body.clone());
-                async move {
-                    let r = c
-                        .post(u)
-                        .header("idempotency-key", key)
-                        .json(&body)
-                        .send()
-                        .await
-                        .ok()?;
-                    let s = r.status().as_u16();
-                    let v: Value = r.json().await.unwrap_or(Value::Null);
-                    (s != 503 && s != 429).then_some((s, v))
-                }
-            })
-            .await
-        }
+    // The schedule through the CLI client alone, with the app token.
+    let cli = |args: &[&str], token: &str, port_offset: u16| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env(
+                "BULWARK_URL",
+                format!("https://localhost:{}", base + 1000 + port_offset),
+            )
+            .env("BULWARK_TOKEN", token)
+            .env("BULWARK_CA", &ca)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    let person = json!({"id": "p1", "name": "Ada", "role": "resident", "pgy": 2});
-    let (s, v) = post(c_app.clone(), "/v1/people", "k-p1", person).await;
-    assert_eq!(s, 200, "{v}");
-    for (key, id, start) in [("k-b1", "b1", 480), ("k-b2", "b2", 600)] {
-        let block = json!({"id": id, "day": 3, "start_min": start, "duration_min": 600, "pool": "clinic", "required": 1});
-        let (s, v) = post(c_app.clone(), "/v1/blocks", key, block).await;
-        assert_eq!(s, 200, "{v}");
+    let ok = |args: &[&str]| {
+        let (code, out, err) = cli(args, &app, 0);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        out
+    };
+    let out = ok(&[
+        "schedule",
+        "add-person",
+        "--id",
+        "p1",
+        "--name",
+        "Ada",
+        "--role",
+        "resident",
+        "--pgy",
+        "2",
+    ]);
+    assert!(out.starts_with("committed"), "{out}");
+    for (id, start) in [("b1", "480"), ("b2", "600")] {
+        ok(&[
+            "schedule",
+            "add-block",
+            "--id",
+            id,
+            "--day",
+            "3",
+            "--start-min",
+            start,
+            "--duration-min",
+            "600",
+            "--pool",
+            "clinic",
+        ]);
     }
-    let (s, v) = post(
-        c_app.clone(),
-        "/v1/assignments",
-        "k-a1",
-        json!({"person": "p1", "block": "b1"}),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let (s, v) = post(
-        c_app.clone(),
-        "/v1/assignments",
-        "k-a2",
-        json!({"person": "p1", "block": "b2"}),
-    )
-    .await;
-    assert_eq!(
-        (s, v["code"].as_str()),
-        (409, Some("RULE_VIOLATION")),
-        "{v}"
+    let out = ok(&[
+        "schedule",
+        "assign",
+        "--person",
+        "p1",
+        "--block",
+        "b1",
+        "--key",
+        "assign-p1-b1",
+    ]);
+    assert!(out.contains("assigned"), "{out}");
+    // The same key again, at another facility: applied once, the first
+    // outcome answered.
+    let (code, out, err) = cli(
+        &[
+            "schedule",
+            "assign",
+            "--person",
+            "p1",
+            "--block",
+            "b1",
+            "--key",
+            "assign-p1-b1",
+        ],
+        &app,
+        1,
     );
-    // The app token cannot approve; the admin token reads the trail.
-    let (s, v) = post(
-        c_app.clone(),
-        "/v1/approvals",
-        "k-ap",
-        json!({"through_day": 3}),
-    )
-    .await;
-    assert_eq!(s, 403, "{v}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("already applied"), "{out}");
+    // A rule refusal: exit 2, the rule named.
+    let (code, out, err) = cli(
+        &["schedule", "assign", "--person", "p1", "--block", "b2"],
+        &app,
+        0,
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("409 RULE_VIOLATION"), "{err}");
+    // No scope: exit 4, the scope named.
+    let (code, _, err) = cli(&["schedule", "approve", "--through-day", "3"], &app, 0);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("\"approve\""), "{err}");
+    // --json: the API's answer and the outcome.
+    let (code, out, _) = cli(
+        &[
+            "schedule", "unassign", "--person", "p1", "--block", "b2", "--json",
+        ],
+        &app,
+        0,
+    );
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!((code, v["outcome"].as_str()), (2, Some("refused")), "{v}");
+    // Reads.
+    let out = ok(&["schedule", "show"]);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("b1"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.ends_with("p1"), "{out}");
+    let out = ok(&["schedule", "person", "p1"]);
+    assert!(
+        out.contains("Ada") && out.contains("PGY-2") && out.contains("b1"),
+        "{out}"
+    );
+    let out = ok(&["ledger", "show", "1"]);
+    assert!(
+        out.contains("signed by") && out.contains("verified    true"),
+        "{out}"
+    );
+    let out = ok(&["evidence"]);
+    assert!(out.contains("no evidence"), "{out}");
+    // The prometheus token scrapes, and reads nothing else.
+    let c_prom = client(&prom);
+    let m = c_prom.get(url("/metrics")).send().await.unwrap();
+    assert_eq!(m.status().as_u16(), 200);
+    let r = c_prom.get(url("/v1/schedule")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // The admin token reads the trail: the refused assignment is there.
     let trail: Value = c_admin
         .get(url("/v1/audit"))
         .send()

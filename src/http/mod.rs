@@ -802,7 +802,7 @@ pub fn render_status(c: &api::ClusterStatus) -> String {
         let phi = if p.phi > 1e12 {
             "inf".to_string()
         } else {
-            format!("{:.2}", p.phi)
+            format!("{:.2}", if p.phi > 0.0 { p.phi } else { 0.0 })
         };
         let _ = writeln!(
             out,
