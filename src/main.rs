@@ -20,6 +20,49 @@ use std::sync::Arc;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log lines as text or one JSON object per line (stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// What to log: a level (error, warn, info, debug) or filter
+    /// directives; default: info (the lifecycle: elections, peers up and
+    /// down, partitions, snapshots, backups, restarts), dependencies at
+    /// warn. RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The log filter for `level`: the dependencies that speak at info about
+/// each packet and connection stay at warn unless named.
+fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    if let Ok(f) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        return f;
+    }
+    let quiet = [
+        "quinn",
+        "quinn_proto",
+        "quinn_udp",
+        "rustls",
+        "hyper",
+        "hyper_util",
+        "ractor",
+        "redb",
+        "raft",
+        "reqwest",
+    ];
+    let mut spec = level.to_string();
+    if !level.contains('=') {
+        for q in quiet {
+            spec += &format!(",{q}=warn");
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
 }
 
 #[derive(Subcommand)]
@@ -224,13 +267,30 @@ enum LedgerCmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cmd = match Cli::parse().cmd {
+    let cli = Cli::parse();
+    // The node logs its lifecycle at info; client commands only problems.
+    let level = match (&cli.cmd, cli.log_level.as_str()) {
+        (Cmd::Node { .. } | Cmd::Up { .. }, l) => l.to_string(),
+        (_, "info") => "warn".to_string(),
+        (_, l) => l.to_string(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(log_filter(&level))
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            builder.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+    }
+    let log_args = vec![
+        "--log-format".to_string(),
+        format!("{:?}", cli.log_format).to_lowercase(),
+        "--log-level".to_string(),
+        cli.log_level.clone(),
+    ];
+    let cmd = match cli.cmd {
         // Its own runtimes: current-thread, on paused (virtual) time.
         Cmd::Sim(args) => return bulwark::sim::cli::main(args),
         other => other,
@@ -261,7 +321,7 @@ fn main() -> ExitCode {
                 hosts,
                 base_port,
             } => init(dir, facilities, hosts, base_port),
-            Cmd::Up { dir } => return up(dir).await,
+            Cmd::Up { dir } => return up(dir, log_args).await,
             Cmd::Node { config } => node(config).await,
             Cmd::Demo => bulwark::demo::run().await,
             Cmd::Ledger {
@@ -421,7 +481,10 @@ fn init(
 
 /// Runs every facility under `dir` as a child `bulwark node`; on Ctrl-C or
 /// SIGTERM sends each SIGTERM (a graceful stop) and waits.
-async fn up(dir: PathBuf) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
+async fn up(
+    dir: PathBuf,
+    log_args: Vec<String>,
+) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
     let mut configs: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path().join("facility.toml")))
@@ -448,6 +511,7 @@ async fn up(dir: PathBuf) -> Result<ExitCode, Box<dyn std::error::Error + Send +
         let child = tokio::process::Command::new(&exe)
             .args(["node", "--config"])
             .arg(c)
+            .args(&log_args)
             .stdout(std::process::Stdio::null())
             .stderr(out)
             .kill_on_drop(true)
@@ -467,7 +531,7 @@ async fn up(dir: PathBuf) -> Result<ExitCode, Box<dyn std::error::Error + Send +
             cfg.facility.http_listen.port(),
             log.display()
         );
-        children.push((cfg.facility.id.clone(), child));
+        children.push((cfg.facility.id.clone(), child, false));
     }
     if let Some(c) = configs.first() {
         let cfg = FacilityConfig::load(c)?;
@@ -484,27 +548,37 @@ async fn up(dir: PathBuf) -> Result<ExitCode, Box<dyn std::error::Error + Send +
         );
     }
     println!("Ctrl-C stops every facility gracefully");
-    let mut exited = None;
-    {
-        let waits = first_exit(&mut children);
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminated() => {}
-            who = waits => exited = Some(who),
+    // A facility that exits (killed, crashed) is reported; the others
+    // keep serving until Ctrl-C or SIGTERM, or until none is left.
+    let mut running = children.len();
+    let mut clean = true;
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut term = std::pin::pin!(terminated());
+    loop {
+        let stopped = tokio::select! {
+            _ = &mut interrupted => break,
+            _ = &mut term => break,
+            who = first_exit(&mut children) => who,
+        };
+        let (id, status) = stopped;
+        clean = false;
+        running -= 1;
+        eprintln!("bulwark up: {id} exited ({status}); {running} still running");
+        if running == 0 {
+            break;
         }
     }
-    if let Some(who) = &exited {
-        eprintln!("bulwark up: {who} exited; stopping the others");
-    }
-    for (_, child) in &children {
+    for (_, child, _) in &children {
         if let Some(pid) = child.id() {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
                 .status();
         }
     }
-    let mut clean = exited.is_none();
-    for (id, child) in &mut children {
+    for (id, child, reported) in &mut children {
+        if *reported {
+            continue;
+        }
         match tokio::time::timeout(std::time::Duration::from_secs(15), child.wait()).await {
             Ok(Ok(s)) if s.success() => {}
             Ok(Ok(s)) => {
@@ -525,12 +599,19 @@ async fn up(dir: PathBuf) -> Result<ExitCode, Box<dyn std::error::Error + Send +
     })
 }
 
-/// Resolves with the id of the first child that exits.
-async fn first_exit(children: &mut [(FacilityId, tokio::process::Child)]) -> FacilityId {
+/// Resolves with the id and exit status of a child that has exited and
+/// was not reported before (each is reported once: `reported` marks it).
+async fn first_exit(
+    children: &mut [(FacilityId, tokio::process::Child, bool)],
+) -> (FacilityId, std::process::ExitStatus) {
     loop {
-        for (id, child) in children.iter_mut() {
-            if let Ok(Some(_)) = child.try_wait() {
-                return id.clone();
+        for (id, child, reported) in children.iter_mut() {
+            if *reported {
+                continue;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                *reported = true;
+                return (id.clone(), status);
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -52,7 +52,7 @@ struct Up(std::process::Child);
 impl Up {
     fn start(dir: &std::path::Path) -> Up {
         Up(Command::new(BIN)
-            .args(["up", "--dir"])
+            .args(["up", "--log-format", "json", "--dir"])
             .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -294,6 +294,21 @@ async fn init_then_up_serves_https_with_the_printed_token_and_stops_cleanly() {
             .any(|r| r["who"] == "app" && r["path"] == "/v1/assignments" && r["status"] == 409),
         "{trail}"
     );
+
+    // The facilities log their lifecycle at info, as JSON lines: one of
+    // them was elected, and every line parses.
+    let mut elected = 0;
+    for n in ["alpha", "bravo", "charlie"] {
+        let log = std::fs::read_to_string(dir.join(n).join("node.log")).unwrap();
+        for line in log.lines().filter(|l| l.starts_with('{')) {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            if v["fields"]["message"] == "elected leader" {
+                elected += 1;
+                assert_eq!(v["level"], "INFO", "{line}");
+            }
+        }
+    }
+    assert!(elected >= 1, "no election logged");
 
     // SIGTERM: every facility stops cleanly; a second `up` has it all.
     assert!(up.terminate(), "up did not stop cleanly");

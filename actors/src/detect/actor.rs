@@ -365,7 +365,7 @@ impl DetectorState {
                     metrics::counter!("bulwark_detect_transitions_total",
                         "peer" => c.peer.to_string(), "to" => format!("{:?}", c.to))
                     .increment(1);
-                    tracing::info!(peer = %c.peer, from = ?c.from, to = ?c.to, "membership change");
+                    tracing::info!(peer = %c.peer, from = ?c.from, to = ?c.to, "peer liveness changed");
                 }
                 MembershipEvent::Partition { from, to } => {
                     metrics::counter!("bulwark_detect_partition_changes_total", "to" => to.code())

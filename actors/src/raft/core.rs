@@ -1631,6 +1631,19 @@ impl<M: StateMachine> RaftCore<M> {
             });
         }
         if leader != raft::INVALID_ID && self.term_leaders.get(&term) != Some(&leader) {
+            let before = self.term_leaders.last_key_value().map(|(_, l)| *l);
+            let name = |id: u64| {
+                self.members
+                    .get(&id)
+                    .map_or_else(|| id.to_string(), |f| f.to_string())
+            };
+            if leader == self.my_id {
+                tracing::info!(term, "elected leader");
+            } else if before == Some(self.my_id) {
+                tracing::info!(term, leader = %name(leader), "lost leadership");
+            } else {
+                tracing::info!(term, leader = %name(leader), "new leader");
+            }
             self.term_leaders.insert(term, leader);
             while self.term_leaders.len() > TERM_LEADERS_KEPT {
                 self.term_leaders.pop_first();
