@@ -673,7 +673,25 @@ async fn node(path: PathBuf) -> AnyResult {
         &cfg.facility.cert,
         &cfg.facility.key,
     )?;
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                "bulwark_api_request_duration_seconds".into(),
+            ),
+            &http::DURATION_BUCKETS,
+        )?
+        .install_recorder()?;
+    // Series the shipped alert rules and dashboard read that would not
+    // exist until their first event: present, at zero, from the start.
+    for c in [
+        "bulwark_bft_evidence_total",
+        "bulwark_audit_failures_total",
+        "bulwark_audit_records_total",
+        "bulwark_supervisor_restarts_total",
+    ] {
+        metrics::counter!(c).absolute(0);
+    }
+    metrics::gauge!("bulwark_replica_quarantined").set(0.0);
     let peers = cfg
         .peers
         .iter()

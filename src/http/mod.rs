@@ -324,8 +324,56 @@ pub fn app(state: ApiState) -> axum::Router {
 /// The front of every request: [`auth`] (the route's scope), then, for
 /// what [`audit`] records, the trail (refused while it cannot be written;
 /// the record durable before the answer), all within the request timeout.
-async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
-    let Some(scope) = auth::required(req.method(), req.uri().path()) else {
+async fn guard(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let scope = auth::required(req.method(), req.uri().path());
+    let kind = match scope {
+        None => "open",
+        Some(auth::Scope::Read | auth::Scope::Metrics) => "read",
+        Some(auth::Scope::Operator | auth::Scope::Chaos) => "operator",
+        Some(_) => "write",
+    };
+    let resp = guarded(&s, scope, req, next).await;
+    metrics::counter!("bulwark_api_requests_total", "kind" => kind, "status" => status_label(resp.status()))
+        .increment(1);
+    metrics::histogram!("bulwark_api_request_duration_seconds", "kind" => kind)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// The buckets of `bulwark_api_request_duration_seconds`.
+pub const DURATION_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A status as a label from a fixed set (bounded cardinality).
+fn status_label(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        409 => "409",
+        413 => "413",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        c if c < 300 => "2xx",
+        c if c < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+async fn guarded(
+    s: &ApiState,
+    scope: Option<auth::Scope>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(scope) = scope else {
         return timed(s.request_timeout, next.run(req)).await;
     };
     let caller = match s.tokens.identify(req.headers(), scope) {
@@ -354,7 +402,7 @@ async fn guard(State(s): State<ApiState>, mut req: Request, next: Next) -> Respo
         Err(e) => e.into_response(),
     };
     match (audited, pending) {
-        (Some(log), Some(p)) => p.record(log, &s, resp).await,
+        (Some(log), Some(p)) => p.record(log, s, resp).await,
         _ => resp,
     }
 }

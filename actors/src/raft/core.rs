@@ -64,6 +64,9 @@ use raft::{RawNode, StateRole};
 
 use super::actor::RaftSetup;
 use super::storage::{Fence, PeerStores, RaftStore};
+
+/// Ticks between exports of the Raft gauges (1 s at the default 50 ms).
+const GAUGE_TICKS: u64 = 20;
 use super::wire::WireMessage;
 use super::{raft_id, ClusterState, RaftConfig, RaftWire, ReadOutcome, Refusal};
 use crate::flow::timeout::child_deadline;
@@ -523,6 +526,9 @@ impl<M: StateMachine> RaftCore<M> {
     pub fn tick(&mut self) {
         self.ticks += 1;
         self.node.tick();
+        if self.ticks % GAUGE_TICKS == 0 {
+            self.export_gauges();
+        }
         let (now, out) = (self.ticks, &mut self.out);
         self.proposals.retain(|&seq, p| {
             let live = p.deadline_tick > now;
@@ -640,6 +646,22 @@ impl<M: StateMachine> RaftCore<M> {
         commit >= target
             && raft.leader_id != raft::INVALID_ID
             && raft.raft_log.term(commit).ok() == Some(raft.term)
+    }
+
+    /// The Raft view as gauges (term, leading, a leader known, commit and
+    /// applied indexes), for dashboards and alerts.
+    fn export_gauges(&self) {
+        let raft = &self.node.raft;
+        let f = self.me.to_string();
+        metrics::gauge!("bulwark_raft_term", "facility" => f.clone()).set(raft.term as f64);
+        metrics::gauge!("bulwark_raft_is_leader", "facility" => f.clone())
+            .set(f64::from(u8::from(raft.state == StateRole::Leader)));
+        metrics::gauge!("bulwark_raft_leader_known", "facility" => f.clone())
+            .set(f64::from(u8::from(raft.leader_id != raft::INVALID_ID)));
+        metrics::gauge!("bulwark_raft_commit_index", "facility" => f.clone())
+            .set(raft.raft_log.committed as f64);
+        metrics::gauge!("bulwark_raft_applied_index", "facility" => f)
+            .set(self.machine.applied() as f64);
     }
 
     fn set_fence(&mut self, fence: Option<Fence>) -> Result<(), RaftCoreError> {
