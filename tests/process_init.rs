@@ -230,6 +230,34 @@ async fn init_then_up_serves_https_with_the_printed_token_and_stops_cleanly() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("already applied"), "{out}");
+    // And at the third, as JSON: the first answer's index and height.
+    let first = |port: u16| {
+        let (code, out, _) = cli(
+            &[
+                "schedule",
+                "assign",
+                "--person",
+                "p1",
+                "--block",
+                "b1",
+                "--key",
+                "assign-p1-b1",
+                "--json",
+            ],
+            &app,
+            port,
+        );
+        assert_eq!(code, 0, "{out}");
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        (v["answer"]["index"].clone(), v["answer"]["height"].clone())
+    };
+    let at_alpha = first(0);
+    assert!(at_alpha.0.is_u64() && at_alpha.1.is_u64(), "{at_alpha:?}");
+    assert_eq!(
+        first(2),
+        at_alpha,
+        "a retry at charlie answers another index or height"
+    );
     // A rule refusal: exit 2, the rule named.
     let (code, out, err) = cli(
         &["schedule", "assign", "--person", "p1", "--block", "b2"],

@@ -102,7 +102,11 @@ pub enum Answer<O> {
         outcome: O,
         /// The key had been applied before.
         duplicate: bool,
-        /// Its height in the ledger.
+        /// Where it was first applied (a duplicate: the first answer's
+        /// index, so a retry anywhere answers what the first try did).
+        first_index: Option<u64>,
+        /// Its height in the ledger (a duplicate: the first application's,
+        /// while the verdicts still hold it).
         height: Option<u64>,
     },
     /// Refused before the state saw it, by the named check.

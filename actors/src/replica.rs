@@ -217,6 +217,26 @@ impl Replica {
         Ok(())
     }
 
+    /// The verdict on the entry at `index` as `tx` sees it (its own writes
+    /// included), if kept.
+    pub fn verdict_in(
+        &self,
+        tx: &WriteTransaction,
+        index: u64,
+    ) -> Result<Option<Recorded>, StorageError> {
+        let s = &self.store;
+        let t = tx.open_table(SCHED_VERDICTS).map_err(|e| s.redb(e))?;
+        let Some(v) = t
+            .get(index.to_be_bytes().as_slice())
+            .map_err(|e| s.redb(e))?
+        else {
+            return Ok(None);
+        };
+        let rec =
+            codec::decode(v.value()).map_err(|e| s.codec_error("sched_verdicts", index, e))?;
+        Ok(Some(rec))
+    }
+
     /// The recorded verdict on the entry at `index`, if kept.
     pub fn verdict_at(&self, index: u64) -> Result<Option<Recorded>, StorageError> {
         let s = &self.store;

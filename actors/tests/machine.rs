@@ -188,6 +188,7 @@ impl StateMachine for Kv {
                             key: entry.put.id,
                         });
                         d.answer = Some(Answer::Applied {
+                            first_index: None,
                             outcome: before,
                             duplicate: false,
                             height: None,

@@ -986,11 +986,12 @@ pub fn check_blame(
 }
 
 /// What clients were told about their writes, by idempotency key: once a
-/// write is answered as committed (200), every later answer for its key
-/// is a 200 with the same effect, either the first answer again (same log
-/// index) or marked `duplicate` (at the retry's own index), or an answer
-/// that decides nothing (202, 429, 503, unreachable, or a 409 judged in a
-/// partition, which names it).
+/// write is answered as committed (200), every later answer for its key,
+/// at any facility, is a 200 with the same effect and the same log index
+/// (the first answer again, kept by the facility, or a retry through the
+/// log marked `duplicate` that answers where the key first applied), or
+/// an answer that decides nothing (202, 429, 503, unreachable, or a 409
+/// judged in a partition, which names it).
 #[derive(Debug, Default)]
 pub struct RetryChecker {
     /// key -> (effect, index) of the first committed answer.
@@ -1022,9 +1023,11 @@ impl RetryChecker {
         };
         match status {
             // The first answer again (kept by the facility), or a retry
-            // that went through the log and was answered as one.
-            200 if body["duplicate"] != true && index != *first_index => broken(format!(
-                "as a new commit at index {index} (first at {first_index})"
+            // that went through the log and was answered as one: either
+            // way at the index where the key first applied.
+            200 if index != *first_index => broken(format!(
+                "at index {index} (duplicate: {}), first at {first_index}",
+                body["duplicate"]
             )),
             200 if effect != *first_effect => broken(format!(
                 "with {effect} at index {index}, first {first_effect} at {first_index}"

@@ -1803,9 +1803,10 @@ impl<M: StateMachine> RaftCore<M> {
             Answer::Applied {
                 outcome,
                 duplicate,
+                first_index,
                 height,
             } => ProposeOutcome::Committed {
-                index,
+                index: first_index.unwrap_or(index),
                 outcome,
                 duplicate,
                 height,

@@ -200,15 +200,31 @@ impl StateMachine for ScheduleMachine {
                                     Verdict::Admitted(link) => Some(link.entry.height),
                                     _ => None,
                                 };
-                                let (outcome, duplicate) = match applied {
-                                    Applied::Fresh(outcome) => (outcome, false),
-                                    Applied::Duplicate { outcome, .. } => (outcome, true),
-                                };
-                                Some(Answer::Applied {
-                                    outcome,
-                                    duplicate,
-                                    height,
-                                })
+                                match applied {
+                                    Applied::Fresh(outcome) => Some(Answer::Applied {
+                                        outcome,
+                                        duplicate: false,
+                                        first_index: None,
+                                        height,
+                                    }),
+                                    Applied::Duplicate {
+                                        outcome,
+                                        first_index,
+                                    } => Some(Answer::Applied {
+                                        outcome,
+                                        duplicate: true,
+                                        first_index: Some(first_index),
+                                        // The first application's height, in
+                                        // this transaction (it may be in
+                                        // this very batch).
+                                        height: match r.verdict_in(&tx, first_index)? {
+                                            Some(crate::ledger::Recorded::Admitted { height }) => {
+                                                Some(height)
+                                            }
+                                            _ => None,
+                                        },
+                                    }),
+                                }
                             }
                             (None, Verdict::Rejected { reason, .. }) => Some(Answer::Refused {
                                 reason: format!(
