@@ -9,7 +9,9 @@
 //! [`TRIES`] tries, waiting as `Retry-After` says, or longer each time).
 //! Everything else is final and never retried: a rule refusal, bad input, a
 //! token without the scope, 503 PARTITIONED (a CP write in a minority: it
-//! was not applied; try again once the partition heals).
+//! was not applied; try again once the partition heals). A refusal that
+//! did not consult the log (PARTITIONED) after an earlier try that may have
+//! been applied (a timeout, no answer) is reported as unknown, with the key.
 //!
 //! Output is a short text by default and the API's JSON with `--json`.
 //! Exit codes by outcome:
@@ -196,6 +198,10 @@ pub struct WriteArgs {
     /// previous run printed to retry that write: it applies once.
     #[arg(long)]
     pub key: Option<String>,
+    /// Each try's time budget, ms (the API's Bulwark-Timeout-Ms; default
+    /// and most: the facility's 10,000).
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -251,6 +257,24 @@ pub fn retryable(status: u16, code: Option<&str>) -> bool {
                 )
             )
     )
+}
+
+/// True if a try answered so may have been applied: no answer, a
+/// timeout, or a server error that does not say nothing was done.
+pub fn maybe(status: u16, code: Option<&str>) -> bool {
+    match (status, code) {
+        (0, _) => true,
+        (503, Some("NO_LEADER" | "PARTITIONED" | "AUDIT_UNAVAILABLE" | "OVERLOADED")) => false,
+        (s, _) => s >= 500,
+    }
+}
+
+/// True if a refusal decides the key whatever happened before: the schedule
+/// judged the command (a rule, a reused key) or the request itself is bad.
+/// A refusal that did not consult the log (PARTITIONED, AUDIT_UNAVAILABLE)
+/// says nothing about an earlier try.
+pub fn conclusive(status: u16, code: Option<&str>) -> bool {
+    !matches!((status, code), (503, _) | (429, _) | (0, _))
 }
 
 /// One HTTP answer: status (0: none), JSON body, `Retry-After` in ms.
@@ -313,15 +337,21 @@ async fn write(w: &WriteArgs, path: &str, body: Value) -> Result<ExitCode, Strin
         .unwrap_or_else(|| format!("cli-{}", hex::encode(rand::random::<[u8; 12]>())));
     let url = format!("{}{path}", base(&t.url));
     let mut last = None;
+    // Whether an earlier try may have been applied (no answer, or one that
+    // says the outcome is not known): then a later refusal that did not
+    // consult the log (PARTITIONED) proves nothing about it.
+    let mut maybe_applied = false;
     for attempt in 0..TRIES {
-        let a = send(
-            client
-                .post(&url)
-                .header("idempotency-key", &key)
-                .json(&body),
-        )
-        .await;
+        let mut req = client
+            .post(&url)
+            .header("idempotency-key", &key)
+            .json(&body);
+        if let Some(ms) = w.timeout_ms {
+            req = req.header("bulwark-timeout-ms", ms.to_string());
+        }
+        let a = send(req).await;
         let code = a.body["code"].as_str().map(str::to_string);
+        maybe_applied |= maybe(a.status, code.as_deref());
         if !retryable(a.status, code.as_deref()) || attempt + 1 == TRIES {
             last = Some(a);
             break;
@@ -341,7 +371,10 @@ async fn write(w: &WriteArgs, path: &str, body: Value) -> Result<ExitCode, Strin
     }
     let a = last.expect("at least one try");
     let code = a.body["code"].as_str();
-    let outcome = Outcome::of(a.status, code);
+    let outcome = match Outcome::of(a.status, code) {
+        Outcome::Refused if maybe_applied && !conclusive(a.status, code) => Outcome::Unknown,
+        o => o,
+    };
     if t.json {
         println!(
             "{}",
@@ -673,5 +706,14 @@ mod tests {
             assert_eq!(retryable(status, code), retry, "{status} {code:?}");
             assert_eq!(Outcome::of(status, code), outcome, "{status} {code:?}");
         }
+        // What a try says about having been applied.
+        assert!(maybe(0, None));
+        assert!(maybe(503, Some("TIMED_OUT")));
+        assert!(maybe(503, Some("UNAVAILABLE")));
+        assert!(!maybe(503, Some("NO_LEADER")));
+        assert!(!maybe(503, Some("PARTITIONED")));
+        assert!(!maybe(409, Some("RULE_VIOLATION")));
+        assert!(conclusive(409, Some("RULE_VIOLATION")));
+        assert!(!conclusive(503, Some("PARTITIONED")));
     }
 }

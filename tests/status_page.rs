@@ -93,6 +93,17 @@ async fn the_status_page_shows_three_facilities_then_one_down() {
         assert!(r.contains("data-liveness=\"up\""), "{r}");
     }
     assert!(dom.contains("leader "), "{dom}");
+    // The traffic charts have samples (one a second), and the evidence
+    // table says there is none.
+    let samples = dom
+        .split("id=\"rate\"")
+        .nth(1)
+        .and_then(|r| r.split("data-samples=\"").nth(1))
+        .and_then(|r| r.split('"').next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no rate chart: {dom}"));
+    assert!(samples >= 1, "{dom}");
+    assert!(dom.contains("none recorded"), "{dom}");
 
     // Kill charlie; once alpha's detector has it down, so does the page.
     s[2].kill();

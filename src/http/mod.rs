@@ -21,6 +21,7 @@ pub mod coverage;
 pub mod error;
 mod page;
 pub mod serve;
+pub mod traffic;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,6 +96,8 @@ pub struct ApiShared {
     pub audit: Option<Arc<audit::AuditLog>>,
     /// Every request is answered within this.
     pub request_timeout: Duration,
+    /// Requests and write latency over the last minutes ([`traffic`]).
+    pub traffic: Arc<traffic::Traffic>,
 }
 
 /// The gate kept in `cell`, or asked of the actor `find` gives (with
@@ -201,6 +204,7 @@ impl ApiState {
             tokens: Arc::default(),
             audit: None,
             request_timeout: serve::Limits::default().request_timeout,
+            traffic: Arc::default(),
         };
         ApiState {
             shared: Arc::new(shared),
@@ -334,6 +338,10 @@ async fn guard(State(s): State<ApiState>, req: Request, next: Next) -> Response 
         Some(_) => "write",
     };
     let resp = guarded(&s, scope, req, next).await;
+    if kind != "open" {
+        s.traffic
+            .count(kind == "write", started.elapsed().as_micros() as u64);
+    }
     metrics::counter!("bulwark_api_requests_total", "kind" => kind, "status" => status_label(resp.status()))
         .increment(1);
     metrics::histogram!("bulwark_api_request_duration_seconds", "kind" => kind)
@@ -525,6 +533,7 @@ where
             .lock()
             .expect("heatmap lock")
             .record(now_ms, levels);
+        state.traffic.sample(now_ms);
         tokio::time::sleep(every).await;
     }
     let mut h = state.health.lock().expect("health lock");
@@ -672,6 +681,8 @@ struct StatusBody {
     admission: Option<Admission>,
     slo_availability_remaining_ppm: i64,
     slo_latency_remaining_ppm: i64,
+    /// The last minutes, a sample a second.
+    traffic: Vec<traffic::Sample>,
 }
 
 #[derive(Serialize)]
@@ -714,6 +725,7 @@ async fn status(State(s): State<ApiState>) -> Json<StatusBody> {
         admission,
         slo_availability_remaining_ppm: avail,
         slo_latency_remaining_ppm: lat,
+        traffic: s.traffic.samples(),
     })
 }
 

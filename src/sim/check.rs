@@ -1082,6 +1082,26 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Every answer for a committed key: same effect, same index, marked
+    /// duplicate or not; a duplicate at its own index (what facilities
+    /// answered before the first index was kept) is caught.
+    #[test]
+    fn a_retry_answers_the_first_index() {
+        let mut c = RetryChecker::default();
+        let first = serde_json::json!({"effect": "assigned", "index": 7});
+        c.on_answer("k", "alpha", 200, &first).unwrap();
+        let same = serde_json::json!({"effect": "assigned", "index": 7, "duplicate": true});
+        c.on_answer("k", "bravo", 200, &same).unwrap();
+        c.on_answer("k", "bravo", 503, &serde_json::json!({"code": "NO_LEADER"}))
+            .unwrap();
+        let own_index = serde_json::json!({"effect": "assigned", "index": 12, "duplicate": true});
+        assert!(c.on_answer("k", "charlie", 200, &own_index).is_err());
+        let applied_twice = serde_json::json!({"effect": "assigned", "index": 12});
+        assert!(c.on_answer("k", "charlie", 200, &applied_twice).is_err());
+        let other = serde_json::json!({"effect": "swapped", "index": 7});
+        assert!(c.on_answer("k", "charlie", 200, &other).is_err());
+    }
+
     fn leading(who: &str, term: u64) -> RaftStatus {
         RaftStatus {
             facility: f(who),
