@@ -14,6 +14,31 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+/// Refuses an `http://` URL to anything but this host: a bearer token
+/// would cross the network in clear.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Ok(());
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let local = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if local {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url}: plain http to another host would send the token in clear; use https \
+             (with --ca or --pin)"
+        ))
+    }
+}
+
 /// The API options every client command takes.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ApiArgs {
@@ -143,5 +168,25 @@ impl ServerCertVerifier for Pinned {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_url;
+
+    #[test]
+    fn a_token_goes_in_clear_only_to_this_host() {
+        for ok in [
+            "http://127.0.0.1:8401",
+            "http://localhost:8401/v1",
+            "http://[::1]:8401",
+            "https://alpha.example:8401",
+        ] {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        for bad in ["http://10.0.0.5:8401", "http://alpha.example:8401/v1"] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -271,10 +271,14 @@ pub fn maybe(status: u16, code: Option<&str>) -> bool {
 
 /// True if a refusal decides the key whatever happened before: the schedule
 /// judged the command (a rule, a reused key) or the request itself is bad.
-/// A refusal that did not consult the log (PARTITIONED, AUDIT_UNAVAILABLE)
-/// says nothing about an earlier try.
+/// A refusal that did not consult the log (PARTITIONED, AUDIT_UNAVAILABLE,
+/// a token refused) says nothing about an earlier try, nor does a 409
+/// judged in a partition (its body names the partition).
 pub fn conclusive(status: u16, code: Option<&str>) -> bool {
-    !matches!((status, code), (503, _) | (429, _) | (0, _))
+    !matches!(
+        (status, code),
+        (503, _) | (429, _) | (0, _) | (401 | 403, _)
+    )
 }
 
 /// One HTTP answer: status (0: none), JSON body, `Retry-After` in ms.
@@ -330,6 +334,7 @@ async fn write(w: &WriteArgs, path: &str, body: Value) -> Result<ExitCode, Strin
     if t.api.token().is_none() {
         return Err("give a token: --token or BULWARK_TOKEN".into());
     }
+    crate::client::check_url(&t.url)?;
     let client = t.api.client(Duration::from_secs(15))?;
     let key = w
         .key
@@ -371,8 +376,15 @@ async fn write(w: &WriteArgs, path: &str, body: Value) -> Result<ExitCode, Strin
     }
     let a = last.expect("at least one try");
     let code = a.body["code"].as_str();
+    let judged_in_partition = a.body["partition"].is_string();
     let outcome = match Outcome::of(a.status, code) {
-        Outcome::Refused if maybe_applied && !conclusive(a.status, code) => Outcome::Unknown,
+        // A refusal that did not decide the key, after a try that may have
+        // been applied, says nothing about that try.
+        Outcome::Refused | Outcome::NotAllowed
+            if maybe_applied && (!conclusive(a.status, code) || judged_in_partition) =>
+        {
+            Outcome::Unknown
+        }
         o => o,
     };
     if t.json {
@@ -438,6 +450,7 @@ fn describe(status: u16, body: &Value) -> String {
 
 /// GETs `path`; prints the JSON (`--json`) or `text` of it.
 async fn read(t: &Target, path: &str, text: impl Fn(&Value) -> String) -> Result<ExitCode, String> {
+    crate::client::check_url(&t.url)?;
     let client = t.api.client(Duration::from_secs(15))?;
     let a = send(client.get(format!("{}{path}", base(&t.url)))).await;
     let outcome = Outcome::of(a.status, a.body["code"].as_str());
@@ -715,5 +728,6 @@ mod tests {
         assert!(!maybe(409, Some("RULE_VIOLATION")));
         assert!(conclusive(409, Some("RULE_VIOLATION")));
         assert!(!conclusive(503, Some("PARTITIONED")));
+        assert!(!conclusive(403, Some("FORBIDDEN")));
     }
 }

@@ -600,13 +600,20 @@ impl FacilityConfig {
         if !(1..=1_000_000).contains(&a.connections_max) {
             return Err(invalid("api.connections_max", "1 to 1000000".into()));
         }
-        for (key, ms) in [
-            ("api.header_read_timeout_ms", a.header_read_timeout_ms),
-            ("api.request_timeout_ms", a.request_timeout_ms),
-        ] {
-            if !(100..=3_600_000).contains(&ms) {
-                return Err(invalid(key, "100 to 3600000 ms".into()));
-            }
+        if !(100..=3_600_000).contains(&a.header_read_timeout_ms) {
+            return Err(invalid(
+                "api.header_read_timeout_ms",
+                "100 to 3600000 ms".into(),
+            ));
+        }
+        // Below a write's own budget it would cut writes off after they
+        // were proposed, answering TIMED_OUT for writes that commit.
+        let least = crate::http::api::WRITE_TIMEOUT.as_millis() as u64;
+        if !(least..=3_600_000).contains(&a.request_timeout_ms) {
+            return Err(invalid(
+                "api.request_timeout_ms",
+                format!("{least} (a write's budget) to 3600000 ms"),
+            ));
         }
         if !(1_000..=1_000_000_000).contains(&a.audit_keep) {
             return Err(invalid("api.audit_keep", "1000 to 1000000000".into()));

@@ -382,6 +382,7 @@ async fn import(
     if api.token().is_none() {
         return Err("give a token with the schedule scope: --token or BULWARK_TOKEN".into());
     }
+    bulwark::client::check_url(&url)?;
     let client = api.client(std::time::Duration::from_secs(30))?;
     let r = bulwark::import::run(&url, &client, &file, batch).await?;
     for (line, code, detail) in &r.refused {
@@ -894,6 +895,9 @@ async fn chaos_run(
     use bulwark::chaos::{live::HttpCluster, load_experiment, Agent};
     use bulwark_actors::chaos::report::Verdict;
     let exp = load_experiment(&file)?;
+    for u in &api {
+        bulwark::client::check_url(u)?;
+    }
     let client = access.client(std::time::Duration::from_secs(30))?;
     if access.token().is_none() {
         return Err("give the facilities' token: --token or BULWARK_TOKEN".into());
@@ -921,6 +925,7 @@ async fn chaos_run(
 }
 
 async fn status(url: String, api: bulwark::client::ApiArgs) -> AnyResult {
+    bulwark::client::check_url(&url)?;
     let base = url.trim_end_matches('/');
     let resp = api
         .client(std::time::Duration::from_secs(10))?

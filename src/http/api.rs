@@ -808,8 +808,13 @@ async fn write_inner<B: DeserializeOwned>(
     let deadline = super::arrived() + write_budget(headers)?;
     let bytes = read_body(headers, body, limit).await?;
     let (op, emergency) = op_of(decode_json::<B>(&bytes)?)?;
-    // The route's scope was checked before; a batch needs each command's.
+    // The route's scope was checked before; a batch needs each command's,
+    // and an emergency (partition-tolerant) swap needs `approve` as
+    // emergency coverage does.
     caller.allows_op(&op)?;
+    if emergency {
+        caller.require(super::auth::Scope::Approve)?;
+    }
     let now = svc.now_ms();
     let store_failed = |e: bulwark_actors::flow::idempotency::IdempotencyError| {
         ApiError::unavailable("UNAVAILABLE", format!("idempotency store: {e}"), 1_000)

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `read` | every `GET /v1/…` read of the schedule, ledger, evidence, cluster, status |
 //! | `schedule` | routine writes: people, blocks, assignments, swaps, retirements, batches of those |
-//! | `approve` | final approvals, leave, emergency coverage |
+//! | `approve` | final approvals, leave, emergency coverage and emergency swaps |
 //! | `operator` | backups (`/v1/admin/backup`), archiving, the audit trail |
 //! | `chaos` | `/v1/admin/chaos` (reading and pulling fault levers) |
 //! | `metrics` | `/metrics` (give Prometheus this one alone) |

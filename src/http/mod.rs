@@ -304,14 +304,18 @@ pub fn app(state: ApiState) -> axum::Router {
             bulkhead,
         ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), admit));
-    let openapi = Arc::new(api::openapi());
+    // Serialized once: the route is open, so each request costs a copy of
+    // a reference-counted buffer, not a walk of the document.
+    let openapi = axum::body::Bytes::from(
+        serde_json::to_vec(&api::openapi()).expect("the OpenAPI document serializes"),
+    );
     axum::Router::new()
         .route("/", get(page::page))
         .route(
             "/v1/openapi.json",
             get(move || {
                 let doc = openapi.clone();
-                async move { Json(doc.as_ref().clone()) }
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
             }),
         )
         .route("/health/live", get(|s| health(s, Kind::Live)))
@@ -395,23 +399,40 @@ async fn guarded(
     };
     let audited = s
         .audit
-        .as_ref()
+        .clone()
         .filter(|_| audit::audited(req.method(), req.uri().path()));
-    let pending = match audited {
-        Some(log) if !log.healthy() => return audit::unavailable().into_response(),
-        Some(_) => Some(audit::Pending::of(&req, &caller)),
-        None => None,
+    let Some(log) = audited else {
+        return match caller.require(scope) {
+            Ok(()) => {
+                req.extensions_mut().insert(caller);
+                timed(s.request_timeout, next.run(req)).await
+            }
+            Err(e) => e.into_response(),
+        };
     };
-    let resp = match caller.require(scope) {
-        Ok(()) => {
-            req.extensions_mut().insert(caller);
-            timed(s.request_timeout, next.run(req)).await
+    if !log.healthy() && !log.probe().await {
+        return audit::unavailable().into_response();
+    }
+    let pending = audit::Pending::of(&req, &caller);
+    // Run and record on a task of its own: a client that goes away drops
+    // this future, but a write it started is still recorded.
+    let limit = s.request_timeout;
+    let task = tokio::spawn(async move {
+        let resp = match caller.require(scope) {
+            Ok(()) => {
+                req.extensions_mut().insert(caller);
+                timed(limit, next.run(req)).await
+            }
+            Err(e) => e.into_response(),
+        };
+        pending.record(&log, resp).await
+    });
+    match task.await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!(error = %e, "an audited request's task failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
-        Err(e) => e.into_response(),
-    };
-    match (audited, pending) {
-        (Some(log), Some(p)) => p.record(log, s, resp).await,
-        _ => resp,
     }
 }
 
