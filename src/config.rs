@@ -161,6 +161,9 @@ pub struct ApiSection {
     pub allow_plain_http: bool,
     /// Connections open at once; more are closed at once.
     pub connections_max: usize,
+    /// Connections open at once from one remote address (loopback not
+    /// counted); 0: no cap.
+    pub connections_per_ip_max: usize,
     /// A connection's TLS handshake, and each request's headers, must
     /// arrive within this (after it opens or after the previous answer;
     /// idle connections close then).
@@ -182,6 +185,7 @@ impl Default for ApiSection {
             tls: None,
             allow_plain_http: false,
             connections_max: 4_096,
+            connections_per_ip_max: 256,
             header_read_timeout_ms: 10_000,
             header_bytes_max: 16 * 1024,
             request_timeout_ms: 30_000,
@@ -488,6 +492,8 @@ impl FacilityConfig {
             handshake_timeout: std::time::Duration::from_millis(a.header_read_timeout_ms),
             header_bytes_max: a.header_bytes_max,
             request_timeout: std::time::Duration::from_millis(a.request_timeout_ms),
+            connections_per_ip_max: a.connections_per_ip_max,
+            loopback_exempt: true,
         }
     }
 

@@ -50,6 +50,12 @@ pub struct Limits {
     pub header_bytes_max: usize,
     /// Time to answer a request, whatever it waits on.
     pub request_timeout: Duration,
+    /// Connections open at once from one remote address (0: no cap), so
+    /// one host cannot take every slot; loopback peers (a local proxy)
+    /// are not capped when `loopback_exempt`.
+    pub connections_per_ip_max: usize,
+    /// See `connections_per_ip_max`.
+    pub loopback_exempt: bool,
 }
 
 impl Default for Limits {
@@ -60,6 +66,48 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             header_bytes_max: 16 * 1024,
             request_timeout: Duration::from_secs(30),
+            connections_per_ip_max: 256,
+            loopback_exempt: true,
+        }
+    }
+}
+
+/// Open connections by remote address.
+#[derive(Default)]
+struct PerIp {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl PerIp {
+    /// Takes a slot for `ip` if it has fewer than `max` open.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<IpSlot> {
+        let mut open = self.open.lock().expect("per-ip lock");
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            map: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection's place in its address's count; given back on drop.
+struct IpSlot {
+    map: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.map.open.lock().expect("per-ip lock");
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
         }
     }
 }
@@ -258,6 +306,7 @@ pub async fn serve(
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.connections_max));
+    let per_ip = Arc::new(PerIp::default());
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -267,7 +316,7 @@ pub async fn serve(
     let http = Arc::new(http);
     tokio::pin!(shutdown);
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -280,8 +329,22 @@ pub async fn serve(
                 }
             },
         };
+        let capped = limits.connections_per_ip_max > 0
+            && !(limits.loopback_exempt && peer.ip().is_loopback());
+        let ip_slot = match capped {
+            true => match per_ip.take(peer.ip(), limits.connections_per_ip_max) {
+                Some(s) => Some(s),
+                None => {
+                    metrics::counter!("bulwark_api_connections_refused_total", "why" => "per_ip")
+                        .increment(1);
+                    drop(tcp);
+                    continue;
+                }
+            },
+            false => None,
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("bulwark_api_connections_refused_total").increment(1);
+            metrics::counter!("bulwark_api_connections_refused_total", "why" => "cap").increment(1);
             drop(tcp);
             continue;
         };
@@ -293,7 +356,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let handshake = limits.handshake_timeout;
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, ip_slot);
             match acceptor {
                 None => {
                     let conn = http.serve_connection(TokioIo::new(tcp), svc);
@@ -363,6 +426,7 @@ mod tests {
             header_read_timeout: Duration::from_millis(300),
             header_bytes_max: HEADER_BYTES_MIN,
             request_timeout: Duration::from_millis(300),
+            ..Limits::default()
         };
         let addr = start(limits).await;
         assert!(get(addr, "/").await.ends_with("ok"));
@@ -403,6 +467,51 @@ mod tests {
         let _ = t.write_all(big.as_bytes()).await;
         let got = read_all(&mut t).await.expect("an answer");
         assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_address_gets_at_most_its_share_of_connections() {
+        let limits = Limits {
+            connections_per_ip_max: 2,
+            loopback_exempt: false,
+            header_read_timeout: Duration::from_secs(30),
+            ..Limits::default()
+        };
+        let addr = start(limits).await;
+        let a = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        a.writable().await.unwrap();
+        b.writable().await.unwrap();
+        // A third from the same address is closed unanswered, at once.
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let got = read_all(&mut third)
+            .await
+            .expect("closed, not left hanging");
+        assert!(!got.contains("200 OK"), "{got}");
+        // One of the two goes: a new one is served.
+        drop(a);
+        let got = until_served(addr).await;
+        assert!(got.ends_with("ok"), "{got}");
+        drop(b);
+    }
+
+    /// `get` until one is answered (the server frees a slot once it sees
+    /// the close), at most 50 tries.
+    async fn until_served(addr: SocketAddr) -> String {
+        for _ in 0..50 {
+            let mut t = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _ = t
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            if let Some(got) = read_all(&mut t).await {
+                if got.contains("200 OK") {
+                    return got;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("never served again");
     }
 
     #[test]
