@@ -104,6 +104,13 @@ async fn the_status_page_shows_three_facilities_then_one_down() {
         .unwrap_or_else(|| panic!("no rate chart: {dom}"));
     assert!(samples >= 1, "{dom}");
     assert!(dom.contains("none recorded"), "{dom}");
+    // Every facility's ledger head, side by side.
+    for n in ["bravo", "charlie"] {
+        assert!(
+            dom.contains(&format!("data-head=\"{n}\"")),
+            "no head for {n}: {dom}"
+        );
+    }
 
     // Kill charlie; once alpha's detector has it down, so does the page.
     s[2].kill();

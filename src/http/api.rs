@@ -1599,6 +1599,10 @@ pub struct LedgerHead {
     pub hash: String,
     /// Evidence recorded.
     pub evidence: usize,
+    /// Each peer's final height as it last announced it (its validator's
+    /// heads arrive every few ticks), so heads can be read side by side.
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<String, u64>,
 }
 
 /// The cluster as this facility sees it.
@@ -1719,6 +1723,11 @@ pub async fn cluster_status(s: &ApiState) -> Result<ClusterStatus, ApiError> {
             height: b.final_height,
             hash: hex::encode(b.final_hash),
             evidence: b.evidence,
+            peers: b
+                .peer_heights
+                .iter()
+                .map(|(f, h)| (f.to_string(), *h))
+                .collect(),
         }),
         None => None,
     };

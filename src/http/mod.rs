@@ -903,6 +903,10 @@ pub fn render_status(c: &api::ClusterStatus) -> String {
             &l.hash[..l.hash.len().min(16)],
             l.evidence
         );
+        if !l.peers.is_empty() {
+            let heads: Vec<String> = l.peers.iter().map(|(f, h)| format!("{f} {h}")).collect();
+            let _ = writeln!(out, "peers' ledger heights: {}", heads.join(", "));
+        }
     }
     for b in &c.breakers {
         let _ = writeln!(out, "breaker {}:{} {}", b.facility, b.dependency, b.state);

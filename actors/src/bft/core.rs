@@ -77,6 +77,8 @@ pub struct BftStatus {
     pub evidence: usize,
     /// The highest raft index seen.
     pub cursor: u64,
+    /// Each peer's final height, as it last announced it.
+    pub peer_heights: BTreeMap<FacilityId, u64>,
 }
 
 /// Votes seen for one height, by signer: the hash voted for and the vote.
@@ -267,6 +269,7 @@ impl Core {
             quorum: self.quorum,
             evidence: self.evidence.len(),
             cursor: self.cursor,
+            peer_heights: self.peer_final.clone(),
         }
     }
 
