@@ -224,17 +224,10 @@ impl Replica {
         tx: &WriteTransaction,
         index: u64,
     ) -> Result<Option<Recorded>, StorageError> {
-        let s = &self.store;
-        let t = tx.open_table(SCHED_VERDICTS).map_err(|e| s.redb(e))?;
-        let Some(v) = t
-            .get(index.to_be_bytes().as_slice())
-            .map_err(|e| s.redb(e))?
-        else {
-            return Ok(None);
-        };
-        let rec =
-            codec::decode(v.value()).map_err(|e| s.codec_error("sched_verdicts", index, e))?;
-        Ok(Some(rec))
+        let t = tx
+            .open_table(SCHED_VERDICTS)
+            .map_err(|e| self.store.redb(e))?;
+        self.verdict_from(&t, index)
     }
 
     /// The recorded verdict on the entry at `index`, if kept.
@@ -246,6 +239,15 @@ impl Replica {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(s.redb(e)),
         };
+        self.verdict_from(&t, index)
+    }
+
+    fn verdict_from(
+        &self,
+        t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        index: u64,
+    ) -> Result<Option<Recorded>, StorageError> {
+        let s = &self.store;
         let Some(v) = t
             .get(index.to_be_bytes().as_slice())
             .map_err(|e| s.redb(e))?
