@@ -171,7 +171,9 @@ impl<B: TablesRead> TablesRead for Overlay<'_, B> {
         candidates
             .into_iter()
             .filter_map(|(_, id)| {
-                let b = self.block(&id)?;
+                // As the trial sees it: a block the base holds in range may
+                // have been removed and added again on a later day.
+                let b = self.block(&id).filter(|b| b.day <= through_day)?;
                 let staffed = self.assignments_on(&id).len();
                 (staffed < usize::from(b.required)).then_some(Understaffed {
                     block: id,
