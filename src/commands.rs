@@ -450,9 +450,24 @@ fn describe(status: u16, body: &Value) -> String {
 
 /// GETs `path`; prints the JSON (`--json`) or `text` of it.
 async fn read(t: &Target, path: &str, text: impl Fn(&Value) -> String) -> Result<ExitCode, String> {
+    once(t, path, None, text).await
+}
+
+/// One request, never retried: a GET, or a POST of `body`.
+async fn once(
+    t: &Target,
+    path: &str,
+    body: Option<Value>,
+    text: impl Fn(&Value) -> String,
+) -> Result<ExitCode, String> {
     crate::client::check_url(&t.url)?;
     let client = t.api.client(Duration::from_secs(15))?;
-    let a = send(client.get(format!("{}{path}", base(&t.url)))).await;
+    let url = format!("{}{path}", base(&t.url));
+    let a = send(match body {
+        Some(b) => client.post(url).json(&b),
+        None => client.get(url),
+    })
+    .await;
     let outcome = Outcome::of(a.status, a.body["code"].as_str());
     if let Some(e) = &a.error {
         eprintln!("no answer: {e}");
@@ -689,6 +704,71 @@ pub async fn evidence(target: Target) -> Result<ExitCode, String> {
         out
     })
     .await
+}
+
+/// `bulwark review`: the healer's review queue at one facility.
+#[derive(clap::Subcommand, Debug)]
+pub enum ReviewCmd {
+    /// The changes this facility took while cut off that met a conflict
+    /// on heal (`conflict_policy = "manual_review"`), oldest first.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Accept a queued change (emergency coverage replaces the block's
+    /// holder, through consensus) or refuse it. Not retried: a 503 changed
+    /// nothing; list again and decide again.
+    Resolve {
+        /// The change's id, from `review list`.
+        id: u64,
+        /// Accept it.
+        #[arg(long, conflicts_with = "refuse", required_unless_present = "refuse")]
+        accept: bool,
+        /// Refuse it.
+        #[arg(long)]
+        refuse: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `bulwark review list|resolve`.
+pub async fn review(cmd: ReviewCmd) -> Result<ExitCode, String> {
+    match cmd {
+        ReviewCmd::List { target } => {
+            read(&target, "/v1/admin/reviews", |v| {
+                let items = v["reviews"].as_array().cloned().unwrap_or_default();
+                if items.is_empty() {
+                    return "nothing waits for review\n".into();
+                }
+                let mut out = format!(
+                    "{:>6} {:<12} {:<12} {:<14} {}\n",
+                    "id", "facility", "operation", "at_unix_ms", "command"
+                );
+                for r in items {
+                    out += &format!(
+                        "{:>6} {:<12} {:<12} {:<14} {}\n",
+                        str_of(&r["id"]),
+                        str_of(&r["facility"]),
+                        str_of(&r["operation"]),
+                        str_of(&r["at_unix_ms"]),
+                        r["command"]["op"]
+                    );
+                }
+                out
+            })
+            .await
+        }
+        ReviewCmd::Resolve {
+            id, accept, target, ..
+        } => {
+            let path = format!("/v1/admin/reviews/{id}");
+            once(&target, &path, Some(json!({ "accept": accept })), |v| {
+                format!("{}: {}\n", str_of(&v["resolution"]), str_of(&v["report"]))
+            })
+            .await
+        }
+    }
 }
 
 #[cfg(test)]

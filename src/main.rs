@@ -134,6 +134,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: bulwark::commands::ScheduleCmd,
     },
+    /// The healer's review queue at a facility (operator token).
+    Review {
+        #[command(subcommand)]
+        cmd: bulwark::commands::ReviewCmd,
+    },
     /// Evidence of misbehaviour the facility's validator recorded.
     Evidence {
         #[command(flatten)]
@@ -331,6 +336,7 @@ fn main() -> ExitCode {
                 cmd: LedgerCmd::Show { height, target },
             } => return Ok(bulwark::commands::ledger_show(height, target).await?),
             Cmd::Schedule { cmd } => return Ok(bulwark::commands::schedule(cmd).await?),
+            Cmd::Review { cmd } => return Ok(bulwark::commands::review(cmd).await?),
             Cmd::Evidence { target } => return Ok(bulwark::commands::evidence(target).await?),
             Cmd::Status { url, api } => status(url, api).await,
             Cmd::Import {

@@ -119,13 +119,25 @@ async fn the_status_page_shows_three_facilities_then_one_down() {
         let down = v["peers"]
             .as_array()?
             .iter()
-            .any(|p| p["id"] == "charlie" && p["liveness"] == "down");
+            .any(|p| p["id"] == "charlie" && p["liveness"] == "down" && p["link"] == "down");
         (st == 200 && down).then_some(())
     })
     .await;
     let dom = browse(&profile, &page, "--dump-dom");
     let r = row(&dom, "charlie").unwrap_or_else(|| panic!("no charlie: {dom}"));
     assert!(r.contains("data-liveness=\"down\""), "{r}");
+    // The link agrees with the detector (QUIC's 3 s silence), and φ reads
+    // as a number or ∞, never as the largest float.
+    assert!(r.contains("data-link=\"down\""), "{r}");
+    let phi = r
+        .split("data-phi=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no φ: {r}"));
+    assert!(
+        phi == "∞" || phi.parse::<f64>().is_ok_and(|v| v < 1e12),
+        "φ shown as {phi:?}"
+    );
     for n in ["alpha", "bravo"] {
         assert!(row(&dom, n).unwrap().contains("data-liveness=\"up\""));
     }

@@ -143,6 +143,8 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(super::chaos::post_chaos, super::chaos::get_chaos))
         .routes(routes!(super::coverage::get_coverage))
         .routes(routes!(super::audit::get_audit))
+        .routes(routes!(super::review::get_reviews))
+        .routes(routes!(super::review::post_review))
 }
 
 // ---------------------------------------------------------------- bodies
@@ -2039,6 +2041,8 @@ mod tests {
             [
                 "/v1/admin/backup",
                 "/v1/admin/chaos",
+                "/v1/admin/reviews",
+                "/v1/admin/reviews/{id}",
                 "/v1/approvals",
                 "/v1/archive",
                 "/v1/assignments",

@@ -350,6 +350,8 @@ mod tests {
             (&post, "/v1/leave", Some(Scope::Approve)),
             (&post, "/v1/emergency", Some(Scope::Approve)),
             (&post, "/v1/admin/backup", Some(Scope::Operator)),
+            (&get, "/v1/admin/reviews", Some(Scope::Operator)),
+            (&post, "/v1/admin/reviews/7", Some(Scope::Operator)),
             (&post, "/v1/archive", Some(Scope::Operator)),
             (&get, "/metrics", Some(Scope::Metrics)),
             (&get, "/v1/openapi.json", None),

@@ -20,6 +20,7 @@ pub mod chaos;
 pub mod coverage;
 pub mod error;
 mod page;
+pub mod review;
 pub mod serve;
 pub mod traffic;
 

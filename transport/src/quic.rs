@@ -138,8 +138,10 @@ impl Default for QuicConfig {
             inbound_len: 4096,
             handshake_timeout: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(1),
+            // A peer that stops answering (killed, frozen, cut off) reads
+            // Down within 3 s: six keep-alives go unanswered first.
+            idle_timeout: Duration::from_secs(3),
+            keep_alive: Duration::from_millis(500),
             frame_read_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),

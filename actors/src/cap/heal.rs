@@ -347,8 +347,22 @@ pub enum HealerMsg {
         /// Accept it (it replaces the block's latest holder) or refuse it.
         accept: bool,
         /// The report of the decision, or why it could not be made.
-        reply: RpcReplyPort<Result<Report, String>>,
+        reply: RpcReplyPort<Result<Report, ResolveError>>,
     },
+}
+
+/// Why an operator's decision on a queued change was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// No change with that id waits for review (unknown, or settled).
+    #[error("no provisional change {0} awaits review")]
+    NotQueued(u64),
+    /// Only emergency coverage can replace a block's holder.
+    #[error("only emergency coverage can be accepted over a holder; refuse this one")]
+    NotAcceptable,
+    /// The decision could not be committed now; nothing changed.
+    #[error("{0}; nothing changed, try again")]
+    Unavailable(String),
 }
 
 /// The Healer actor.
@@ -573,15 +587,15 @@ impl HealerState {
         Ok(())
     }
 
-    async fn resolve(&mut self, id: u64, accept: bool) -> Result<Report, String> {
+    async fn resolve(&mut self, id: u64, accept: bool) -> Result<Report, ResolveError> {
         let queued = self
             .store
             .with_status(&Status::Review)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
         let p = queued
             .into_iter()
             .find(|p| p.id == id)
-            .ok_or_else(|| format!("no provisional change {id} awaits review"))?;
+            .ok_or(ResolveError::NotQueued(id))?;
         let round = self.next_round;
         let replay = if !accept {
             Replay::Done(
@@ -592,9 +606,11 @@ impl HealerState {
             )
         } else {
             let Op::EmergencyCoverage { block, .. } = &p.command.op else {
-                return Err("only emergency coverage can be accepted over a holder".into());
+                return Err(ResolveError::NotAcceptable);
             };
-            let raft = self.raft().ok_or("no RaftPeer")?;
+            let raft = self
+                .raft()
+                .ok_or_else(|| ResolveError::Unavailable("no RaftPeer runs".into()))?;
             let b = block.clone();
             let latest = inspect(&raft, move |s: &ScheduleView| {
                 let mut on = s.assignments_on(&b);
@@ -602,16 +618,18 @@ impl HealerState {
                 on.last().map(|(p, _)| p.clone())
             })
             .await
-            .ok_or("the RaftPeer did not answer")?;
+            .ok_or_else(|| ResolveError::Unavailable("the RaftPeer did not answer".into()))?;
             self.replace(&p, latest.into_iter().collect(), None).await
         };
         match replay {
             Replay::Done(c, r) => {
                 let item = Self::item(&p, c, r);
                 self.finish(vec![item], vec![(p.id, Status::Settled { round })])
-                    .ok_or_else(|| "the report was not stored".to_string())
+                    .ok_or_else(|| ResolveError::Unavailable("the report was not stored".into()))
             }
-            _ => Err("no quorum took the resolution; try again".into()),
+            _ => Err(ResolveError::Unavailable(
+                "no quorum took the resolution".into(),
+            )),
         }
     }
 }
