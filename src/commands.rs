@@ -235,7 +235,7 @@ impl Outcome {
         match (status, code) {
             (200..=299, _) => Outcome::Done,
             (401 | 403, _) => Outcome::NotAllowed,
-            (503, Some("PARTITIONED" | "AUDIT_UNAVAILABLE")) => Outcome::Refused,
+            (503, Some("PARTITIONED" | "AUDIT_UNAVAILABLE" | "CIRCUIT_OPEN")) => Outcome::Refused,
             (429 | 503, _) | (0, _) => Outcome::Unknown,
             (500..=599, _) => Outcome::Unknown,
             _ => Outcome::Refused,
@@ -253,7 +253,12 @@ pub fn retryable(status: u16, code: Option<&str>) -> bool {
             | (
                 503,
                 Some(
-                    "NO_LEADER" | "TIMED_OUT" | "UNAVAILABLE" | "OVERLOADED" | "AUDIT_UNAVAILABLE"
+                    "NO_LEADER"
+                        | "TIMED_OUT"
+                        | "UNAVAILABLE"
+                        | "OVERLOADED"
+                        | "AUDIT_UNAVAILABLE"
+                        | "CIRCUIT_OPEN"
                 )
             )
     )
@@ -264,7 +269,10 @@ pub fn retryable(status: u16, code: Option<&str>) -> bool {
 pub fn maybe(status: u16, code: Option<&str>) -> bool {
     match (status, code) {
         (0, _) => true,
-        (503, Some("NO_LEADER" | "PARTITIONED" | "AUDIT_UNAVAILABLE" | "OVERLOADED")) => false,
+        (
+            503,
+            Some("NO_LEADER" | "PARTITIONED" | "AUDIT_UNAVAILABLE" | "OVERLOADED" | "CIRCUIT_OPEN"),
+        ) => false,
         (s, _) => s >= 500,
     }
 }
@@ -789,6 +797,7 @@ mod tests {
             (503, Some("UNAVAILABLE"), true, Outcome::Unknown),
             (503, Some("PARTITIONED"), false, Outcome::Refused),
             (503, Some("AUDIT_UNAVAILABLE"), true, Outcome::Refused),
+            (503, Some("CIRCUIT_OPEN"), true, Outcome::Refused),
             (409, Some("RULE_VIOLATION"), false, Outcome::Refused),
             (400, Some("BAD_REQUEST"), false, Outcome::Refused),
             (422, Some("KEY_REUSED"), false, Outcome::Refused),

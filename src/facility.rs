@@ -201,10 +201,14 @@ pub fn consensus_children(
             policy: ds.policy,
             ..HealerSetup::new(d.clone())
         }));
-        children.push(breakers_child(MeshSetup {
+        // The RaftPeer guards its calls to the leader with the breakers
+        // the mesh announces and the detector trips.
+        let mesh = MeshSetup {
             detection: Some(d.clone()),
             ..MeshSetup::default()
-        }));
+        };
+        raft.breakers = Some(mesh.breakers.clone());
+        children.push(breakers_child(mesh));
         handle = Some(d);
     }
     children.push(raft_child(raft));

@@ -64,6 +64,15 @@ pub enum ProposeOutcome<O> {
         /// Why.
         reason: String,
     },
+    /// Refused at once, nothing sent: the breaker guarding the call to
+    /// the leader is open (it failed lately, or the detector holds it
+    /// Down). Definitely not applied.
+    Shed {
+        /// The open dependency (`forward@bravo`).
+        dependency: String,
+        /// When a call may pass again.
+        retry_after_ms: u64,
+    },
 }
 
 /// A batch of committed entries for [`StateMachine::apply`].

@@ -282,6 +282,14 @@ pub enum ReadOutcome {
     },
     /// No quorum confirmed it in time.
     TimedOut,
+    /// Refused at once, nothing sent: the breaker guarding the read-index
+    /// request to the leader is open.
+    Shed {
+        /// The open dependency (`read_index@bravo`).
+        dependency: String,
+        /// When a call may pass again.
+        retry_after_ms: u64,
+    },
 }
 
 /// What RaftPeers say to each other.

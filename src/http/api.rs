@@ -411,7 +411,7 @@ fn batch_op(b: BatchBody) -> Result<(Op, bool), ApiError> {
         (status = 413, description = "Body over 1 MiB, or the entry over the Raft entry limit", body = ErrorBody),
         (status = 422, description = "Idempotency key reused with another body", body = ErrorBody),
         (status = 429, description = "Overloaded; Retry-After", body = ErrorBody),
-        (status = 503, description = "PARTITIONED, NO_LEADER, TIMED_OUT", body = ErrorBody),
+        (status = 503, description = "PARTITIONED, NO_LEADER, TIMED_OUT, CIRCUIT_OPEN", body = ErrorBody),
     )
 )]
 async fn post_batch(
@@ -456,7 +456,7 @@ macro_rules! write_endpoint {
                 (status = 413, description = "Body over 64 KiB", body = ErrorBody),
                 (status = 422, description = "Idempotency key reused with another body", body = ErrorBody),
                 (status = 429, description = "Overloaded; Retry-After", body = ErrorBody),
-                (status = 503, description = "PARTITIONED (CP in a minority), NO_LEADER, TIMED_OUT", body = ErrorBody),
+                (status = 503, description = "PARTITIONED (CP in a minority), NO_LEADER, TIMED_OUT, CIRCUIT_OPEN", body = ErrorBody),
             )
         )]
         async fn $name(
@@ -996,6 +996,10 @@ pub fn written(o: GateOutcome) -> Result<(StatusCode, WriteAnswer), ApiError> {
         GateOutcome::Consensus(ProposeOutcome::Rejected { reason }) => {
             Err(ApiError::unavailable("UNAVAILABLE", reason, 1_000))
         }
+        GateOutcome::Consensus(ProposeOutcome::Shed {
+            dependency,
+            retry_after_ms,
+        }) => Err(circuit_open(&dependency, retry_after_ms)),
         GateOutcome::Provisional { id, hlc, partition } => Ok((
             StatusCode::ACCEPTED,
             WriteAnswer {
@@ -1340,7 +1344,7 @@ fn schedule_view(st: &ScheduleState, staleness: &Staleness) -> ScheduleView {
     responses(
         (status = 200, description = "The schedule (or a page of it) and its staleness", body = ScheduleView),
         (status = 400, description = "A bad parameter, named", body = ErrorBody),
-        (status = 503, description = "PARTITIONED (linearizable in a minority), NO_LEADER, TIMED_OUT or UNAVAILABLE", body = ErrorBody),
+        (status = 503, description = "PARTITIONED (linearizable in a minority), NO_LEADER, TIMED_OUT, CIRCUIT_OPEN or UNAVAILABLE", body = ErrorBody),
     )
 )]
 async fn get_schedule(
@@ -1422,7 +1426,7 @@ pub struct BlockDetail {
         (status = 200, description = "The person and their blocks in the range", body = PersonDetail),
         (status = 400, description = "A bad parameter, named", body = ErrorBody),
         (status = 404, description = "No such person", body = ErrorBody),
-        (status = 503, description = "PARTITIONED (linearizable in a minority), NO_LEADER, TIMED_OUT or UNAVAILABLE", body = ErrorBody),
+        (status = 503, description = "PARTITIONED (linearizable in a minority), NO_LEADER, TIMED_OUT, CIRCUIT_OPEN or UNAVAILABLE", body = ErrorBody),
     )
 )]
 async fn get_person(
@@ -1474,7 +1478,7 @@ async fn get_person(
         (status = 200, description = "The block", body = BlockDetail),
         (status = 400, description = "A bad parameter, named", body = ErrorBody),
         (status = 404, description = "No such block", body = ErrorBody),
-        (status = 503, description = "PARTITIONED (linearizable in a minority), NO_LEADER, TIMED_OUT or UNAVAILABLE", body = ErrorBody),
+        (status = 503, description = "PARTITIONED (linearizable in a minority), NO_LEADER, TIMED_OUT, CIRCUIT_OPEN or UNAVAILABLE", body = ErrorBody),
     )
 )]
 async fn get_block(
@@ -1544,12 +1548,28 @@ pub(crate) async fn gate_read<T: Send + 'static>(
         Ok(Ok(Err(ReadError::Unavailable(m)))) => {
             Err(ApiError::unavailable("UNAVAILABLE", m, 1_000))
         }
+        Ok(Ok(Err(ReadError::Shed {
+            dependency,
+            retry_after_ms,
+        }))) => Err(circuit_open(&dependency, retry_after_ms)),
         _ => Err(ApiError::unavailable(
             "TIMED_OUT",
             "the read did not answer",
             1_000,
         )),
     }
+}
+
+/// 503 CIRCUIT_OPEN: the breaker guarding the call this request needs is
+/// open, so nothing was sent (definitely not applied).
+fn circuit_open(dependency: &str, retry_after_ms: u64) -> ApiError {
+    ApiError::unavailable(
+        "CIRCUIT_OPEN",
+        format!(
+            "the circuit {dependency} is open (the peer failed lately or is down); nothing was sent: retry after the delay, at this or another facility"
+        ),
+        retry_after_ms.max(100),
+    )
 }
 
 /// One peer as this facility sees it.

@@ -47,6 +47,18 @@ impl Site {
         self.proc = Some(child);
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to the running process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.proc.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.proc.take() {

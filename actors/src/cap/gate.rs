@@ -122,6 +122,15 @@ pub enum ReadError {
     /// The RaftPeer is not running, or the replica cannot serve now.
     #[error("read unavailable: {0}")]
     Unavailable(String),
+    /// The breaker guarding the read-index request to the leader is open:
+    /// refused at once, nothing sent.
+    #[error("the circuit to the leader is open ({dependency}); retry after {retry_after_ms} ms")]
+    Shed {
+        /// The open dependency.
+        dependency: String,
+        /// When a call may pass again.
+        retry_after_ms: u64,
+    },
 }
 
 /// A read to run on the schedule.
@@ -390,6 +399,13 @@ impl Actor for CapGate {
                                     Err(ReadError::NoLeader { hint })
                                 }
                                 Ok(ReadOutcome::TimedOut) => Err(ReadError::TimedOut),
+                                Ok(ReadOutcome::Shed {
+                                    dependency,
+                                    retry_after_ms,
+                                }) => Err(ReadError::Shed {
+                                    dependency,
+                                    retry_after_ms,
+                                }),
                                 Err(ractor::RactorErr::Timeout) => Err(ReadError::TimedOut),
                                 Err(e) => Err(ReadError::Unavailable(format!(
                                     "the RaftPeer did not answer: {e}"

@@ -1,7 +1,12 @@
 //! The CircuitBreaker actor and its mesh (flow zone).
 //!
-//! - It owns the facility's named breakers ([`super::breaker::Breaker`]);
-//!   callers take a permit and report the outcome through messages.
+//! - It owns the facility's named breakers ([`super::breaker::Breaker`])
+//!   in a shared set ([`Breakers`]): callers on a hot path (the RaftPeer
+//!   forwarding a proposal or asking the leader for a read index) take a
+//!   permit and report the outcome in process, without a mailbox round
+//!   trip; the actor announces every transition (log, metrics, mesh) on its
+//!   next tick. [`BreakerMsg::Acquire`] and [`BreakerMsg::Record`] do the
+//!   same through messages.
 //! - A breaker may depend on a peer facility. When the failure detector
 //!   holds that peer Down, the breaker trips at once, before any call has
 //!   to fail (it recovers through half-open probes, as after failures).
@@ -14,6 +19,8 @@
 //!   arrive here.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use bulwark_runtime::{Address, ChildDef, Delivery, NodeCtx, Zone};
 use bulwark_storage::codec;
@@ -47,6 +54,171 @@ pub struct MeshWire {
 
 const STATE_NAMES: [&str; 5] = ["closed", "open", "half_open", "forced_open", "disabled"];
 
+/// How often the actor announces the transitions callers caused.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(100);
+
+/// One breaker in the set.
+#[derive(Debug)]
+struct Entry {
+    peer: Option<FacilityId>,
+    breaker: Breaker,
+    /// Opened by the failure detector (not by calls): closed again when
+    /// the detector holds the peer Up.
+    tripped_by_detector: bool,
+}
+
+/// The facility's breakers, shared between the breaker actor and the
+/// callers that guard a dependency with them. Time is the caller's
+/// monotonic clock, counted from the first call.
+#[derive(Clone, Default)]
+pub struct Breakers {
+    inner: Arc<Mutex<BTreeMap<String, Entry>>>,
+    origin: Arc<OnceLock<tokio::time::Instant>>,
+}
+
+impl std::fmt::Debug for Breakers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breakers").finish_non_exhaustive()
+    }
+}
+
+impl Breakers {
+    fn ms(&self, now: tokio::time::Instant) -> u64 {
+        let origin = *self.origin.get_or_init(|| now);
+        now.saturating_duration_since(origin).as_millis() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        // A panic while holding it leaves plain data: keep using it.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds (or replaces) breaker `name`, tied to `peer` when it guards
+    /// calls to one facility. A bad name or config is refused.
+    pub fn register(
+        &self,
+        name: &str,
+        peer: Option<FacilityId>,
+        config: BreakerConfig,
+    ) -> Result<(), String> {
+        if name.is_empty() || name.len() > DEPENDENCY_LEN_MAX {
+            return Err(format!(
+                "a dependency name is 1 to {DEPENDENCY_LEN_MAX} bytes"
+            ));
+        }
+        config.validate()?;
+        self.lock().insert(
+            name.to_string(),
+            Entry {
+                peer,
+                breaker: Breaker::new(config),
+                tripped_by_detector: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Whether `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
+    }
+
+    /// Closes `name` with an empty window, forgetting permits out (their
+    /// results no longer count): what a caller that restarted, and so lost
+    /// its permits, does before its first call.
+    pub fn reset(&self, name: &str, now: tokio::time::Instant) {
+        let ms = self.ms(now);
+        if let Some(e) = self.lock().get_mut(name) {
+            e.breaker.reset(ms);
+            e.tripped_by_detector = false;
+        }
+    }
+
+    /// Leave for one call to `name` (an unknown name is refused as open).
+    pub fn acquire(&self, name: &str, now: tokio::time::Instant) -> Result<Permit, Refused> {
+        let ms = self.ms(now);
+        match self.lock().get_mut(name) {
+            Some(e) => e.breaker.try_acquire(ms),
+            None => Err(Refused {
+                state: "unknown",
+                retry_after_ms: 0,
+            }),
+        }
+    }
+
+    /// The outcome of a call made with `permit`.
+    pub fn record(
+        &self,
+        name: &str,
+        permit: Permit,
+        outcome: Outcome,
+        took_ms: u64,
+        now: tokio::time::Instant,
+    ) {
+        let ms = self.ms(now);
+        if let Some(e) = self.lock().get_mut(name) {
+            e.breaker.on_result(permit, outcome, took_ms, ms);
+        }
+    }
+
+    /// Opens every breaker tied to `peer` (the detector holds it Down);
+    /// returns their names.
+    pub fn trip_peer(&self, peer: &FacilityId, now: tokio::time::Instant) -> Vec<String> {
+        let ms = self.ms(now);
+        let mut tripped = Vec::new();
+        for (name, e) in self.lock().iter_mut() {
+            if e.peer.as_ref() == Some(peer) {
+                e.breaker.trip(ms);
+                e.tripped_by_detector = true;
+                tripped.push(name.clone());
+            }
+        }
+        tripped
+    }
+
+    /// Closes the breakers tied to `peer` that the detector opened (it
+    /// holds the peer Up again); ones opened by failed calls recover
+    /// through their own half-open probes.
+    pub fn untrip_peer(&self, peer: &FacilityId, now: tokio::time::Instant) {
+        let ms = self.ms(now);
+        for e in self.lock().values_mut() {
+            if e.peer.as_ref() == Some(peer) && e.tripped_by_detector {
+                e.tripped_by_detector = false;
+                if matches!(e.breaker.state().name(), "open" | "half_open") {
+                    e.breaker.reset(ms);
+                }
+            }
+        }
+    }
+
+    /// Every breaker's transitions since the last call.
+    fn drain(&self) -> Vec<(String, Transition)> {
+        let mut out = Vec::new();
+        for (name, e) in self.lock().iter_mut() {
+            out.extend(
+                e.breaker
+                    .drain_events()
+                    .into_iter()
+                    .map(|t| (name.clone(), t)),
+            );
+        }
+        out
+    }
+
+    /// Every breaker as operators see it.
+    pub fn views(&self) -> Vec<BreakerView> {
+        self.lock()
+            .iter()
+            .map(|(n, e)| BreakerView {
+                name: n.clone(),
+                peer: e.peer.clone(),
+                state: e.breaker.state().name(),
+                stats: e.breaker.stats(),
+            })
+            .collect()
+    }
+}
+
 /// How to make the breaker actor.
 #[derive(Clone)]
 pub struct MeshSetup {
@@ -56,6 +228,8 @@ pub struct MeshSetup {
     /// Queue slots added to the local admission controller per open
     /// breaker among the peers.
     pub buffer_per_open: usize,
+    /// The breakers, shared with the callers that use them.
+    pub breakers: Breakers,
 }
 
 impl Default for MeshSetup {
@@ -63,6 +237,7 @@ impl Default for MeshSetup {
         MeshSetup {
             detection: None,
             buffer_per_open: 32,
+            breakers: Breakers::default(),
         }
     }
 }
@@ -139,6 +314,9 @@ pub enum BreakerMsg {
     Remote(Delivery),
     /// The mesh.
     Status(RpcReplyPort<MeshStatus>),
+    /// Announce the transitions callers caused (self-sent, every
+    /// [`ANNOUNCE_EVERY`]).
+    Announce,
 }
 
 /// The breaker actor.
@@ -148,36 +326,34 @@ pub struct CircuitBreakers;
 pub struct MeshState {
     ctx: NodeCtx,
     setup: MeshSetup,
-    start: tokio::time::Instant,
-    local: BTreeMap<String, (Option<FacilityId>, Breaker)>,
     remote: BTreeMap<(FacilityId, String), (String, u64)>,
     buffer: usize,
     listener: Option<tokio::task::JoinHandle<()>>,
+    ticker: Option<ractor::concurrency::JoinHandle<()>>,
 }
 
 impl MeshState {
-    fn now_ms(&self) -> u64 {
-        self.ctx.clock.now().duration_since(self.start).as_millis() as u64
+    fn breakers(&self) -> &Breakers {
+        &self.setup.breakers
     }
 
-    /// Reports and broadcasts the transitions of breaker `name`.
-    fn announce(&mut self, name: &str) {
-        let Some((_, b)) = self.local.get_mut(name) else {
-            return;
-        };
-        let events: Vec<Transition> = b.drain_events();
-        for t in events {
+    /// Reports and broadcasts every transition since the last time.
+    fn announce(&mut self) {
+        for (name, t) in self.breakers().drain() {
             metrics::counter!("bulwark_flow_breaker_transitions_total",
-                "dependency" => name.to_string(), "to" => t.to)
+                "dependency" => name.clone(), "to" => t.to)
             .increment(1);
+            let open = matches!(t.to, "open" | "forced_open");
+            metrics::gauge!("bulwark_flow_breaker_open", "dependency" => name.clone())
+                .set(if open { 1.0 } else { 0.0 });
             tracing::info!(
-                dependency = name,
+                dependency = %name,
                 from = t.from,
                 to = t.to,
                 "breaker transition"
             );
             let wire = MeshWire {
-                dependency: name.to_string(),
+                dependency: name,
                 state: t.to.to_string(),
                 at_unix_ms: self.ctx.clock.unix_ms(),
             };
@@ -200,22 +376,12 @@ impl MeshState {
 
     /// Trips every breaker that depends on `peer`.
     fn trip_dependents(&mut self, peer: &FacilityId) {
-        let now = self.now_ms();
-        let names: Vec<String> = self
-            .local
-            .iter()
-            .filter(|(_, (p, _))| p.as_ref() == Some(peer))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in names {
-            if let Some((_, b)) = self.local.get_mut(&name) {
-                b.trip(now);
-                metrics::counter!("bulwark_flow_breaker_detector_trips_total",
-                    "dependency" => name.clone())
-                .increment(1);
-            }
-            self.announce(&name);
+        for name in self.breakers().trip_peer(peer, self.ctx.clock.now()) {
+            metrics::counter!("bulwark_flow_breaker_detector_trips_total",
+                "dependency" => name)
+            .increment(1);
         }
+        self.announce();
     }
 
     fn peer_down(&self, peer: &FacilityId) -> bool {
@@ -300,14 +466,14 @@ impl Actor for CircuitBreakers {
                 }
             })
         });
+        let ticker = Some(myself.send_interval(ANNOUNCE_EVERY, || BreakerMsg::Announce));
         Ok(MeshState {
-            start: ctx.clock.now(),
             ctx,
             setup,
-            local: BTreeMap::new(),
             remote: BTreeMap::new(),
             buffer: 0,
             listener,
+            ticker,
         })
     }
 
@@ -319,30 +485,19 @@ impl Actor for CircuitBreakers {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             BreakerMsg::Register { name, peer, config } => {
-                if name.is_empty() || name.len() > DEPENDENCY_LEN_MAX {
+                let down = peer.as_ref().is_some_and(|p| st.peer_down(p));
+                if let Err(why) = st.breakers().register(&name, peer.clone(), config) {
+                    tracing::warn!(dependency = %name, %why, "breaker not registered");
                     return Ok(());
                 }
-                config.validate()?;
-                let down = peer.as_ref().is_some_and(|p| st.peer_down(p));
-                st.local.insert(name.clone(), (peer, Breaker::new(config)));
-                if down {
-                    let now = st.now_ms();
-                    if let Some((_, b)) = st.local.get_mut(&name) {
-                        b.trip(now);
-                    }
+                if let (true, Some(p)) = (down, peer) {
+                    st.breakers().trip_peer(&p, st.ctx.clock.now());
                 }
-                st.announce(&name);
+                st.announce();
             }
             BreakerMsg::Acquire { name, reply } => {
-                let now = st.now_ms();
-                let out = match st.local.get_mut(&name) {
-                    Some((_, b)) => b.try_acquire(now),
-                    None => Err(Refused {
-                        state: "unknown",
-                        retry_after_ms: 0,
-                    }),
-                };
-                st.announce(&name);
+                let out = st.breakers().acquire(&name, st.ctx.clock.now());
+                st.announce();
                 let _ = reply.send(out);
             }
             BreakerMsg::Record {
@@ -351,31 +506,24 @@ impl Actor for CircuitBreakers {
                 outcome,
                 took_ms,
             } => {
-                let now = st.now_ms();
-                if let Some((_, b)) = st.local.get_mut(&name) {
-                    b.on_result(permit, outcome, took_ms, now);
-                }
-                st.announce(&name);
+                st.breakers()
+                    .record(&name, permit, outcome, took_ms, st.ctx.clock.now());
+                st.announce();
             }
+            BreakerMsg::Announce => st.announce(),
             BreakerMsg::Membership(MembershipEvent::Peer(c)) => {
                 if c.to == Liveness::Down {
                     st.trip_dependents(&c.peer);
+                } else if c.to == Liveness::Up {
+                    st.breakers().untrip_peer(&c.peer, st.ctx.clock.now());
+                    st.announce();
                 }
             }
             BreakerMsg::Membership(MembershipEvent::Partition { .. }) => {}
             BreakerMsg::Remote(d) => st.on_remote(d),
             BreakerMsg::Status(reply) => {
                 let _ = reply.send(MeshStatus {
-                    local: st
-                        .local
-                        .iter()
-                        .map(|(n, (p, b))| BreakerView {
-                            name: n.clone(),
-                            peer: p.clone(),
-                            state: b.state().name(),
-                            stats: b.stats(),
-                        })
-                        .collect(),
+                    local: st.breakers().views(),
                     remote: st
                         .remote
                         .iter()
@@ -401,6 +549,91 @@ impl Actor for CircuitBreakers {
         if let Some(l) = st.listener.take() {
             l.abort();
         }
+        if let Some(t) = st.ticker.take() {
+            t.abort();
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(n: &str) -> FacilityId {
+        n.parse().unwrap()
+    }
+
+    fn quick() -> BreakerConfig {
+        BreakerConfig {
+            window: super::super::breaker::Window::Count(4),
+            failure_rate_pct: 50,
+            slow_call_rate_pct: 100,
+            slow_call_ms: 10_000,
+            min_calls: 2,
+            open_ms: 1_000,
+            half_open_probes: 1,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_detector_closes_only_what_it_opened() {
+        let b = Breakers::default();
+        let t0 = tokio::time::Instant::now();
+        b.register("forward@bravo", Some(peer("bravo")), quick())
+            .unwrap();
+        b.register("forward@charlie", Some(peer("charlie")), quick())
+            .unwrap();
+        // charlie's opens on failed calls, bravo's by the detector.
+        for _ in 0..2 {
+            let p = b.acquire("forward@charlie", t0).unwrap();
+            b.record("forward@charlie", p, Outcome::Failure, 5, t0);
+        }
+        assert_eq!(
+            b.trip_peer(&peer("bravo"), t0),
+            vec!["forward@bravo".to_string()]
+        );
+        let state = |n: &str| b.views().into_iter().find(|v| v.name == n).unwrap().state;
+        assert_eq!(
+            (state("forward@bravo"), state("forward@charlie")),
+            ("open", "open")
+        );
+        assert!(b.acquire("forward@bravo", t0).is_err());
+        b.untrip_peer(&peer("bravo"), t0);
+        b.untrip_peer(&peer("charlie"), t0);
+        assert_eq!(
+            (state("forward@bravo"), state("forward@charlie")),
+            ("closed", "open")
+        );
+        // The transitions are announced once each, in order.
+        let names: Vec<(String, &str)> = b.drain().into_iter().map(|(n, t)| (n, t.to)).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("forward@bravo".to_string(), "open"),
+                ("forward@bravo".to_string(), "closed"),
+                ("forward@charlie".to_string(), "open"),
+            ]
+        );
+        assert!(b.drain().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_frees_a_half_open_breaker_whose_probe_was_lost() {
+        let b = Breakers::default();
+        let t0 = tokio::time::Instant::now();
+        b.register("read_index@bravo", None, quick()).unwrap();
+        for _ in 0..2 {
+            let p = b.acquire("read_index@bravo", t0).unwrap();
+            b.record("read_index@bravo", p, Outcome::Failure, 5, t0);
+        }
+        let later = t0 + Duration::from_secs(2);
+        // Half-open: one probe out, never answered (its caller restarted).
+        let _lost = b.acquire("read_index@bravo", later).unwrap();
+        assert!(b.acquire("read_index@bravo", later).is_err());
+        b.reset("read_index@bravo", later);
+        assert!(b.acquire("read_index@bravo", later).is_ok());
+        assert!(b.register("", None, quick()).is_err());
+        assert!(b.acquire("unknown", later).is_err());
     }
 }

@@ -18,6 +18,8 @@ use super::{
     tracing_logger, ClusterState, DiskWatch, Output, RaftConfig, RaftCore, RaftCoreError,
     RaftStatus, RaftWire, ReadOutcome, ShownEntry, RAFT,
 };
+use crate::flow::breaker::{BreakerConfig, Outcome as BreakerOutcome, Permit, Window};
+use crate::flow::mesh::Breakers;
 use crate::machine::{ProposeOutcome, StateMachine};
 
 /// Messages of the [`RaftPeer`].
@@ -110,6 +112,11 @@ pub struct RaftSetup<M: StateMachine> {
     /// new store gets a new id); `Some(seed)` derives it from the seed and
     /// the facility, for runs that must replay exactly (the simulation).
     pub store_id_seed: Option<u64>,
+    /// The facility's breakers: the RaftPeer guards each call to the
+    /// leader (`forward@<peer>` for a forwarded proposal,
+    /// `read_index@<peer>` for a read-index request) with one, fed by how
+    /// the call ended. `None`: unguarded.
+    pub breakers: Option<Breakers>,
 }
 
 // Not derived: the machine itself need not be Clone.
@@ -124,6 +131,7 @@ impl<M: StateMachine> Clone for RaftSetup<M> {
             keyring: self.keyring.clone(),
             detection: self.detection.clone(),
             store_id_seed: self.store_id_seed,
+            breakers: self.breakers.clone(),
         }
     }
 }
@@ -140,6 +148,7 @@ impl<M: StateMachine> RaftSetup<M> {
             keyring,
             detection: None,
             store_id_seed: None,
+            breakers: None,
         }
     }
 }
@@ -183,6 +192,82 @@ pub struct RaftPeerState<M: StateMachine> {
     /// A write was refused and the core is not rebuilt yet: `core` is kept
     /// for local reads of the applied schedule only, never stepped.
     fenced: bool,
+    /// Forwarded proposals and read-index requests in flight under a
+    /// breaker's permit, by sequence number.
+    guarded_proposals: BTreeMap<u64, Guarded>,
+    guarded_reads: BTreeMap<u64, Guarded>,
+}
+
+/// A call to the leader made under a breaker's permit.
+struct Guarded {
+    dependency: String,
+    permit: Permit,
+    at: tokio::time::Instant,
+}
+
+/// The breakers' settings for calls to the leader: judged over the last 20
+/// calls, open at half of them failed (timed out) once 5 were made, for
+/// 3 s, then 2 probes. A call slower than 2 s counts as slow, and all of
+/// the window slow opens it too.
+pub fn leader_breaker_config() -> BreakerConfig {
+    BreakerConfig {
+        window: Window::Count(20),
+        failure_rate_pct: 50,
+        slow_call_rate_pct: 100,
+        slow_call_ms: 2_000,
+        min_calls: 5,
+        open_ms: 3_000,
+        half_open_probes: 2,
+    }
+}
+
+/// The dependency names of calls from this facility to `peer`.
+pub fn forward_dependency(peer: &FacilityId) -> String {
+    format!("forward@{peer}")
+}
+
+/// See [`forward_dependency`].
+pub fn read_index_dependency(peer: &FacilityId) -> String {
+    format!("read_index@{peer}")
+}
+
+impl<M: StateMachine> RaftPeerState<M> {
+    /// A permit for a call to the leader guarded by the breaker `name(leader)`,
+    /// when this facility is a follower that knows the leader: `Ok(None)`
+    /// when unguarded (leading, no leader known, no breakers).
+    fn guard(&self, name: fn(&FacilityId) -> String) -> Result<Option<Guarded>, (String, u64)> {
+        let (Some(breakers), false, Some(leader)) = (
+            self.setup.breakers.as_ref(),
+            self.core.is_leader(),
+            self.core.leader(),
+        ) else {
+            return Ok(None);
+        };
+        let dependency = name(&leader);
+        let at = self.ctx.clock.now();
+        match breakers.acquire(&dependency, at) {
+            Ok(permit) => Ok(Some(Guarded {
+                dependency,
+                permit,
+                at,
+            })),
+            Err(r) if r.state == "unknown" => Ok(None),
+            Err(r) => {
+                metrics::counter!("bulwark_flow_breaker_refused_total", "dependency" => dependency.clone())
+                    .increment(1);
+                Err((dependency, r.retry_after_ms))
+            }
+        }
+    }
+
+    /// Reports how a guarded call ended.
+    fn settle(&self, g: Guarded, outcome: BreakerOutcome) {
+        if let Some(b) = &self.setup.breakers {
+            let now = self.ctx.clock.now();
+            let took = now.saturating_duration_since(g.at).as_millis() as u64;
+            b.record(&g.dependency, g.permit, outcome, took, now);
+        }
+    }
 }
 
 impl<M: StateMachine> RaftPeerState<M> {
@@ -403,6 +488,20 @@ impl<M: StateMachine> Actor for RaftPeer<M> {
             .register(RAFT, myself.clone(), RaftMsg::Remote);
         let tick = std::time::Duration::from_millis(setup.config.tick_ms);
         let ticker = myself.send_interval(tick, || RaftMsg::Tick);
+        if let Some(b) = &setup.breakers {
+            for peer in setup.members.iter().filter(|m| **m != args.ctx.facility) {
+                for name in [forward_dependency(peer), read_index_dependency(peer)] {
+                    // After a restart: the permits the old actor held are
+                    // lost, so a half-open breaker would wait for them
+                    // forever.
+                    if b.contains(&name) {
+                        b.reset(&name, args.ctx.clock.now());
+                    } else {
+                        b.register(&name, Some(peer.clone()), leader_breaker_config())?;
+                    }
+                }
+            }
+        }
         Ok(PeerState::Running(Box::new(RaftPeerState {
             core,
             ctx: args.ctx,
@@ -418,6 +517,8 @@ impl<M: StateMachine> Actor for RaftPeer<M> {
             setup,
             logger,
             fenced: false,
+            guarded_proposals: BTreeMap::new(),
+            guarded_reads: BTreeMap::new(),
         })))
     }
 
@@ -545,25 +646,59 @@ async fn handle_live<M: StateMachine>(
                 let left = d.saturating_duration_since(tokio::time::Instant::now());
                 now.saturating_add(left.as_millis() as u64)
             });
+            let guard = match st.guard(forward_dependency) {
+                Ok(g) => g,
+                Err((dependency, retry_after_ms)) => {
+                    let _ = reply.send(ProposeOutcome::Shed {
+                        dependency,
+                        retry_after_ms,
+                    });
+                    return Ok(());
+                }
+            };
             match st.core.propose(command, now, deadline_unix_ms) {
                 Ok(seq) => {
                     st.proposals.insert(seq, reply);
+                    if let Some(g) = guard {
+                        st.guarded_proposals.insert(seq, g);
+                    }
                     queue_flush(myself, st)?;
                 }
                 Err(outcome) => {
+                    if let Some(g) = guard {
+                        st.settle(g, BreakerOutcome::Ignored);
+                    }
                     let _ = reply.send(outcome);
                 }
             }
         }
-        RaftMsg::Read { reply } => match st.core.read() {
-            Ok(seq) => {
-                st.reads.insert(seq, reply);
-                ready(myself, st).await?;
+        RaftMsg::Read { reply } => {
+            let guard = match st.guard(read_index_dependency) {
+                Ok(g) => g,
+                Err((dependency, retry_after_ms)) => {
+                    let _ = reply.send(ReadOutcome::Shed {
+                        dependency,
+                        retry_after_ms,
+                    });
+                    return Ok(());
+                }
+            };
+            match st.core.read() {
+                Ok(seq) => {
+                    st.reads.insert(seq, reply);
+                    if let Some(g) = guard {
+                        st.guarded_reads.insert(seq, g);
+                    }
+                    ready(myself, st).await?;
+                }
+                Err(outcome) => {
+                    if let Some(g) = guard {
+                        st.settle(g, BreakerOutcome::Ignored);
+                    }
+                    let _ = reply.send(outcome);
+                }
             }
-            Err(outcome) => {
-                let _ = reply.send(outcome);
-            }
-        },
+        }
         RaftMsg::Inspect(f) => st.inspect(f),
         RaftMsg::InspectAt { at, f } => {
             let view = (st.core.replica_applied() >= at)
@@ -687,6 +822,13 @@ fn fence<M: StateMachine>(st: &mut RaftPeerState<M>, err: &RaftCoreError) {
     for (_, reply) in std::mem::take(&mut st.reads) {
         let _ = reply.send(ReadOutcome::TimedOut);
     }
+    // Our own disk, not the leader: nothing to count against it.
+    let guarded = std::mem::take(&mut st.guarded_proposals)
+        .into_values()
+        .chain(std::mem::take(&mut st.guarded_reads).into_values());
+    for g in guarded.collect::<Vec<_>>() {
+        st.settle(g, BreakerOutcome::Ignored);
+    }
 }
 
 /// Rebuilds a fenced core from the store, as a restart would (its open
@@ -766,11 +908,35 @@ fn flush_outputs<M: StateMachine>(st: &mut RaftPeerState<M>) {
                 deadline_unix_ms,
             } => send(st, to, &msg, Some(deadline_unix_ms)),
             Output::Proposed { seq, outcome } => {
+                if let Some(g) = st.guarded_proposals.remove(&seq) {
+                    // The leader answered (committed, or refused the
+                    // forward), or did not in time.
+                    let judged = match &outcome {
+                        ProposeOutcome::Committed { .. } | ProposeOutcome::Rejected { .. } => {
+                            BreakerOutcome::Success
+                        }
+                        ProposeOutcome::TimedOut => BreakerOutcome::Failure,
+                        ProposeOutcome::NotLeader { .. } | ProposeOutcome::Shed { .. } => {
+                            BreakerOutcome::Ignored
+                        }
+                    };
+                    st.settle(g, judged);
+                }
                 if let Some(reply) = st.proposals.remove(&seq) {
                     let _ = reply.send(outcome);
                 }
             }
             Output::ReadReady { seq, outcome } => {
+                if let Some(g) = st.guarded_reads.remove(&seq) {
+                    let judged = match &outcome {
+                        ReadOutcome::Ready { .. } => BreakerOutcome::Success,
+                        ReadOutcome::TimedOut => BreakerOutcome::Failure,
+                        ReadOutcome::NotLeader { .. } | ReadOutcome::Shed { .. } => {
+                            BreakerOutcome::Ignored
+                        }
+                    };
+                    st.settle(g, judged);
+                }
                 if let Some(reply) = st.reads.remove(&seq) {
                     let _ = reply.send(outcome);
                 }
