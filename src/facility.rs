@@ -11,7 +11,7 @@ use bulwark_actors::detect::{detector_child, DetectConfig, Detection};
 use bulwark_actors::flow::actors::{backpressure, backpressure_child, bulkhead_child_with};
 use bulwark_actors::flow::admission::AdmissionConfig;
 use bulwark_actors::flow::bulkhead::Pools;
-use bulwark_actors::flow::mesh::{breakers_child, MeshSetup};
+use bulwark_actors::flow::mesh::{breakers_child, BreakerMsg, MeshSetup, BREAKERS};
 use bulwark_actors::keys::{self, Keyring, PublicKeys};
 use bulwark_actors::raft::{
     raft_child, raft_peer, ProposeOutcome, RaftConfig, RaftMsg, RaftSetup, RaftStatus, RAFT,
@@ -293,22 +293,29 @@ pub async fn probe(ctx: NodeCtx) -> http::Probes {
             Some(t) if t == now => Ok(()),
             other => Err(format!("the store read back {other:?}, not {now}")),
         });
-    let peer = ctx.find::<RaftMsg>(Zone::Consensus, RAFT);
-    let status = match peer {
-        Some(p) => match p
-            .call(RaftMsg::Status, Some(std::time::Duration::from_secs(1)))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(s)) => Ok(s),
-            Ok(_) => Err("the RaftPeer did not answer".to_string()),
-            Err(e) => Err(e.to_string()),
+    // Liveness: the actors a facility cannot serve without answer a status
+    // question within WEDGED (a mailbox that does not move for that long,
+    // three checks in a row, is a wedged actor: a restart is the cure). A
+    // missing one is the supervisor's to restart, not a wedge.
+    let raft = ctx.find::<RaftMsg>(Zone::Consensus, RAFT);
+    let validator = ctx.find::<BftMsg>(Zone::Consensus, bft::BFT);
+    let breakers = ctx.find::<BreakerMsg>(Zone::Flow, BREAKERS);
+    let (status, bft_ok, breakers_ok) = tokio::join!(
+        async {
+            match raft {
+                Some(p) => match p.call(RaftMsg::Status, Some(WEDGED)).await {
+                    Ok(ractor::rpc::CallResult::Success(s)) => Ok(s),
+                    Ok(_) => Err("the RaftPeer did not answer".to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                None => Err("the RaftPeer is not running".to_string()),
+            }
         },
-        None => Err("the RaftPeer is not running".to_string()),
-    };
-    // Liveness: the consensus zone's actor answers (a wedged or stopped
-    // RaftPeer is a facility that can never serve again on its own).
+        answers(validator, BftMsg::Status, "the validator"),
+        answers(breakers, BreakerMsg::Status, "the breaker actor"),
+    );
     let actors = match &status {
-        Ok(_) => Ok(()),
+        Ok(_) => bft_ok.and(breakers_ok),
         Err(e) => Err(format!("the RaftPeer does not answer: {e}")),
     };
     let replica = match &status {
@@ -329,6 +336,22 @@ pub async fn probe(ctx: NodeCtx) -> http::Probes {
         leader,
         replica,
         actors,
+    }
+}
+
+/// How long an actor may take to answer the liveness probe.
+pub const WEDGED: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether `actor` (when it runs) answers `ask` within [`WEDGED`].
+async fn answers<M: ractor::Message, T: Send + 'static>(
+    actor: Option<ractor::ActorRef<M>>,
+    ask: impl FnOnce(ractor::RpcReplyPort<T>) -> M,
+    what: &str,
+) -> Result<(), String> {
+    let Some(a) = actor else { return Ok(()) };
+    match a.call(ask, Some(WEDGED)).await {
+        Ok(ractor::rpc::CallResult::Success(_)) => Ok(()),
+        _ => Err(format!("{what} did not answer in {} s", WEDGED.as_secs())),
     }
 }
 

@@ -140,3 +140,53 @@ async fn readiness_fails_while_the_store_refuses_writes_and_returns_after() {
     })
     .await;
 }
+
+/// Liveness follows the actors: a RaftPeer stuck in one durable write
+/// (the disk lever with 20 s per write, then a write to replicate) does
+/// not answer the liveness probe within 5 s, three checks in a row, so
+/// `/health/live` turns 503 naming it; with the lever cleared and the write
+/// done, it turns 200 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_fails_while_the_raft_peer_is_wedged_and_returns_after() {
+    use std::time::Duration;
+    let root = tempfile::tempdir().unwrap();
+    let mut s = sites(
+        root.path(),
+        &NAMES,
+        "[backup]\nevery_s = 0\n\n[chaos]\nenabled = true\n",
+    );
+    let c = client();
+    start_all(&c, &mut s).await;
+    let live = |x: &Site| {
+        let (c, url) = (c.clone(), x.url("/health/live"));
+        async move { get(&c, &url).await }
+    };
+    until(Duration::from_secs(60), "charlie live", || async {
+        (live(&s[2]).await.0 == 200).then_some(())
+    })
+    .await;
+    let lever =
+        serde_json::json!({"action": {"kind": "disk", "latency_ms": 20_000, "write_failure": 0.0}});
+    let (st, v) = post(&c, &s[2].url("/v1/admin/chaos"), "wedge", &lever).await;
+    assert_eq!(st, 200, "{v}");
+    // A write reaches charlie's log: its RaftPeer sleeps in the write.
+    let body = serde_json::json!({"id": "p1", "name": "Ann", "role": "faculty"});
+    let (st, v) = write_until_final(&c, &s[0].url("/v1/people"), "p1", &body).await;
+    assert_eq!(st, 200, "{v}");
+    let (_, body) = until(Duration::from_secs(90), "charlie not live", || async {
+        let (st, b) = live(&s[2]).await;
+        (st == 503).then_some((st, b))
+    })
+    .await;
+    assert!(body.to_string().contains("RaftPeer"), "{body}");
+    let clear = serde_json::json!({"action": {"kind": "clear"}});
+    let (st, v) = post(&c, &s[2].url("/v1/admin/chaos"), "unwedge", &clear).await;
+    assert_eq!(st, 200, "{v}");
+    until(Duration::from_secs(90), "charlie live again", || async {
+        (live(&s[2]).await.0 == 200).then_some(())
+    })
+    .await;
+    for x in s.iter_mut() {
+        x.kill();
+    }
+}

@@ -6,7 +6,7 @@
 //! Bound to localhost by default (the config's `http_listen`).
 //! - Health comes from the flow kit's [`Health`] registry, which a
 //!   background task fills ([`run_checks`]): `live` is "the supervision tree
-//!   runs"; `ready` adds "a majority of the cluster is linked" and "the
+//!   runs and its key actors answer" (`facility::probe`); `ready` adds "a majority of the cluster is linked" and "the
 //!   store answers"; `deep` adds "a Raft leader is known". A check fails
 //!   only after 3 consecutive failures (the grace).
 //! - Every `/v1` request passes the BackpressureController first: a
