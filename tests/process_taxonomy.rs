@@ -108,6 +108,12 @@ async fn every_code_from_a_real_request_and_the_clients_answer() {
         assert_eq!(st, 200, "{v}");
     }
 
+    // A read that allows a stale fallback but does not need it.
+    let (st, v) = get(&c, &a.url("/v1/people/p1?fallback=stale")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["staleness"]["consistency"], "linearizable", "{v}");
+    assert!(v["staleness"].get("fallback_from").is_none(), "{v}");
+
     // Definitely not applied: fix the request.
     let person = |id: &str| json!({"id": id, "name": "Bo", "role": "faculty"});
     let raw = |body: String, ct: &'static str| {
@@ -327,6 +333,22 @@ async fn every_code_from_a_real_request_and_the_clients_answer() {
         get(&c, &a.url("/v1/schedule?consistency=linearizable")).await,
         503,
         "PARTITIONED",
+    );
+    // Unless the client takes a stale answer instead: flagged.
+    let (st, v) = get(&c, &a.url("/v1/people/p1?fallback=stale")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (
+            &v["staleness"]["consistency"],
+            &v["staleness"]["fallback_from"]
+        ),
+        (&json!("stale"), &json!("PARTITIONED")),
+        "{v}"
+    );
+    is(
+        get(&c, &a.url("/v1/people/p1?fallback=cache")).await,
+        400,
+        "BAD_REQUEST",
     );
     let (code, out, err) = cli(a, TOKEN, &["schedule", "approve", "--through-day", "3"]);
     assert_eq!(code, 2, "{out}{err}");

@@ -1034,7 +1034,7 @@ pub(crate) fn service(s: &ApiState) -> Result<&Service, ApiError> {
 // ---------------------------------------------------------------- reads
 
 /// How a schedule read is served.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleQuery {
     /// `linearizable` (default; confirmed by a quorum, refused in a
@@ -1050,6 +1050,10 @@ pub struct ScheduleQuery {
     pub cursor: Option<String>,
     /// Paged: blocks per page, 1 to 1,000 (default 500).
     pub limit: Option<usize>,
+    /// `stale`: if a linearizable read cannot be confirmed now (no leader,
+    /// no quorum, a timeout, an open circuit), answer from the local state
+    /// instead, flagged in `staleness.fallback_from`.
+    pub fallback: Option<String>,
 }
 
 impl ScheduleQuery {
@@ -1075,6 +1079,96 @@ fn consistency_of(q: Option<&str>) -> Result<Consistency, ApiError> {
     }
 }
 
+/// How a read asked to be served: its consistency, and whether a
+/// linearizable one that cannot be confirmed now may be served stale
+/// instead (`fallback=stale`; the answer's staleness then says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadMode {
+    consistency: Consistency,
+    fallback_stale: bool,
+}
+
+fn read_mode(consistency: Option<&str>, fallback: Option<&str>) -> Result<ReadMode, ApiError> {
+    let consistency = consistency_of(consistency)?;
+    let fallback_stale = match fallback {
+        None => false,
+        Some("stale") => true,
+        Some(_) => return Err(ApiError::bad("fallback", "stale, or leave it out")),
+    };
+    Ok(ReadMode {
+        consistency,
+        fallback_stale,
+    })
+}
+
+/// The codes of a linearizable read that a stale one may stand in for:
+/// the read could not be confirmed now (no leader, no quorum, a timeout,
+/// an open circuit), not a bad request.
+const FALLS_BACK: [&str; 5] = [
+    "NO_LEADER",
+    "TIMED_OUT",
+    "PARTITIONED",
+    "CIRCUIT_OPEN",
+    "UNAVAILABLE",
+];
+
+/// [`gate_read`] as `mode` asks: a linearizable read first and, when it
+/// fails with one of [`FALLS_BACK`] and the client allowed it, the local
+/// state with its staleness, flagged (`fallback_from`), through the flow
+/// kit's fallback chain.
+pub(crate) async fn read_as<T, F>(svc: &Service, mode: ReadMode, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: Fn(&ReplicaView, &Staleness) -> T + Clone + Send + Sync + 'static,
+{
+    if !mode.fallback_stale || mode.consistency == Consistency::Stale {
+        return gate_read(svc, mode.consistency, f).await;
+    }
+    use bulwark_actors::flow::fallback::Fallback;
+    let why: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let (svc1, f1, why1) = (svc.clone(), f.clone(), why.clone());
+    let (svc2, why2) = (svc.clone(), why.clone());
+    let chain: Fallback<T, ApiError> = Fallback::new()
+        .then("linearizable", move || {
+            let (svc, f, why) = (svc1.clone(), f1.clone(), why1.clone());
+            Box::pin(async move {
+                let r = gate_read(&svc, Consistency::Linearizable, f).await;
+                if let Err(e) = &r {
+                    *why.lock().expect("fallback lock") = Some(e.body.code.clone());
+                }
+                r
+            })
+        })
+        .then("stale", move || {
+            let (svc, f, why) = (svc2.clone(), f.clone(), why2.clone());
+            Box::pin(async move {
+                let from = why.lock().expect("fallback lock").clone();
+                match from.as_deref() {
+                    Some(code) if FALLS_BACK.contains(&code) => {
+                        gate_read(&svc, Consistency::Stale, move |v, s| {
+                            let s = Staleness {
+                                fallback_from: from.clone(),
+                                ..s.clone()
+                            };
+                            f(v, &s)
+                        })
+                        .await
+                    }
+                    _ => Err(ApiError::unavailable(
+                        "UNAVAILABLE",
+                        "no fallback for this refusal",
+                        0,
+                    )),
+                }
+            })
+        });
+    match chain.run().await {
+        Ok(served) => Ok(served.value),
+        // The first level's refusal is the answer.
+        Err(mut errors) => Err(errors.swap_remove(0).1),
+    }
+}
+
 fn staleness_view(staleness: &Staleness) -> StalenessView {
     StalenessView {
         consistency: match staleness.consistency {
@@ -1085,6 +1179,7 @@ fn staleness_view(staleness: &Staleness) -> StalenessView {
         applied_index: staleness.applied_index,
         stale_ms: staleness.stale_ms,
         provisional_pending: staleness.provisional_pending,
+        fallback_from: staleness.fallback_from.clone(),
     }
 }
 
@@ -1211,6 +1306,10 @@ pub struct StalenessView {
     pub stale_ms: u64,
     /// This facility's provisional changes not yet in the state read.
     pub provisional_pending: usize,
+    /// Served stale because the linearizable read failed with this code
+    /// and the request allowed it (`fallback=stale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_from: Option<String>,
 }
 
 /// A person.
@@ -1297,16 +1396,7 @@ fn pool_name(p: Pool) -> &'static str {
 
 fn schedule_view(st: &ScheduleState, staleness: &Staleness) -> ScheduleView {
     ScheduleView {
-        staleness: StalenessView {
-            consistency: match staleness.consistency {
-                Consistency::Linearizable => "linearizable".into(),
-                Consistency::Stale => "stale".into(),
-            },
-            partition: staleness.partition.code().into(),
-            applied_index: staleness.applied_index,
-            stale_ms: staleness.stale_ms,
-            provisional_pending: staleness.provisional_pending,
-        },
+        staleness: staleness_view(staleness),
         approved_through: st.approved_through(),
         archived_through: st.tables().archived_through(),
         digest: st.digest().map(hex::encode).unwrap_or_default(),
@@ -1353,7 +1443,7 @@ async fn get_schedule(
 ) -> Result<Json<ScheduleView>, ApiError> {
     let svc = service(&s)?;
     let q = q.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    let consistency = consistency_of(q.consistency.as_deref())?;
+    let mode = read_mode(q.consistency.as_deref(), q.fallback.as_deref())?;
     if q.paged() {
         if q.limit.is_some_and(|l| l == 0 || l > PAGE_LEN_MAX) {
             return Err(ApiError::bad("limit", format!("1 to {PAGE_LEN_MAX}")));
@@ -1369,13 +1459,12 @@ async fn get_schedule(
         if let Some(c) = q.cursor.as_deref() {
             parse_cursor(c)?;
         }
-        return gate_read(svc, consistency, move |v, stale| {
-            schedule_page(v, stale, &q, pool)
-        })
-        .await?
-        .map(Json);
+        let q = std::sync::Arc::new(q);
+        return read_as(svc, mode, move |v, stale| schedule_page(v, stale, &q, pool))
+            .await?
+            .map(Json);
     }
-    gate_read(svc, consistency, |v, stale| {
+    read_as(svc, mode, |v, stale| {
         v.to_state().map(|s| schedule_view(&s, stale))
     })
     .await?
@@ -1389,6 +1478,9 @@ async fn get_schedule(
 pub struct DetailQuery {
     /// `linearizable` (default) or `stale`.
     pub consistency: Option<String>,
+    /// `stale`: a linearizable read that cannot be confirmed now is
+    /// answered from the local state, flagged in `staleness.fallback_from`.
+    pub fallback: Option<String>,
     /// A person's duty and leave from this day (default 0).
     pub from_day: Option<u32>,
     /// ... up to this day (default `from_day` + 365; at most 366 days).
@@ -1436,7 +1528,7 @@ async fn get_person(
 ) -> Result<Json<PersonDetail>, ApiError> {
     let svc = service(&s)?;
     let q = q.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    let consistency = consistency_of(q.consistency.as_deref())?;
+    let mode = read_mode(q.consistency.as_deref(), q.fallback.as_deref())?;
     let id: PersonId = id.parse()?;
     let from = q.from_day.unwrap_or(0);
     let to = q.to_day.unwrap_or(from.saturating_add(PERSON_DAYS_MAX - 1));
@@ -1446,7 +1538,7 @@ async fn get_person(
             format!("from_day..=to_day covers 1 to {PERSON_DAYS_MAX} days"),
         ));
     }
-    gate_read(svc, consistency, move |v, stale| {
+    read_as(svc, mode, move |v, stale| {
         let p = v.person_of(&id)?;
         let t = v.tables();
         let start = u64::from(from) * bulwark_actors::schedule::DAY_MIN;
@@ -1488,9 +1580,9 @@ async fn get_block(
 ) -> Result<Json<BlockDetail>, ApiError> {
     let svc = service(&s)?;
     let q = q.map_err(|e| ApiError::bad("query", e.body_text()))?;
-    let consistency = consistency_of(q.consistency.as_deref())?;
+    let mode = read_mode(q.consistency.as_deref(), q.fallback.as_deref())?;
     let id: BlockId = id.parse()?;
-    gate_read(svc, consistency, move |v, stale| {
+    read_as(svc, mode, move |v, stale| {
         let b = v.block_of(&id)?;
         Some(BlockDetail {
             staleness: staleness_view(stale),

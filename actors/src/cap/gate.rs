@@ -101,6 +101,10 @@ pub struct Staleness {
     /// Provisional changes of this facility not yet replayed (not in the
     /// state read).
     pub provisional_pending: usize,
+    /// Served stale because the linearizable read the client asked for
+    /// failed with this code and the client allowed the fallback
+    /// (`fallback=stale`); `None` otherwise.
+    pub fallback_from: Option<String>,
 }
 
 /// Why a read was not served.
@@ -265,6 +269,7 @@ impl GateState {
                 .store
                 .with_status(&Status::Pending)
                 .map_or(0, |p| p.len()),
+            fallback_from: None,
         }
     }
 }
