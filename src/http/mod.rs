@@ -37,7 +37,7 @@ use axum::Json;
 use bulwark_actors::flow::actors::{
     AdmissionGate, BackpressureMsg, BackpressureStatus, BulkheadGate,
 };
-use bulwark_actors::flow::admission::Rejected;
+use bulwark_actors::flow::admission::{Priority, Rejected};
 use bulwark_actors::flow::health::{
     BudgetEvent, CheckStatus, ErrorBudget, Health, Kind, LatencyBudget,
 };
@@ -613,13 +613,27 @@ async fn admitted(s: &ApiState, req: Request, next: Next) -> Response {
     // In process (no mailbox round trip); the permit frees its slot
     // however the request ends: completed, or dropped when its client
     // went away (a cancelled request never keeps its slot).
-    let permit = match gate.admit().await {
+    let permit = match gate
+        .admit_as(priority_of(req.method(), req.uri().path()))
+        .await
+    {
         Ok(p) => p,
         Err(r) => return overloaded(r),
     };
     let resp = next.run(req).await;
     permit.complete();
     resp
+}
+
+/// The order a request waits in when admission is saturated: approvals,
+/// leave and emergency coverage first, then routine writes, then reads
+/// (the operator's requests do not wait: [`admitted`]).
+fn priority_of(method: &axum::http::Method, path: &str) -> Priority {
+    match (method == axum::http::Method::POST, path) {
+        (true, "/approvals" | "/leave" | "/emergency") => Priority::Approval,
+        (true, _) => Priority::Write,
+        (false, _) => Priority::Read,
+    }
 }
 
 /// The API's bulkhead pools for `concurrency` requests at once: writes
@@ -925,7 +939,7 @@ pub fn render_status(c: &api::ClusterStatus) -> String {
 #[cfg(test)]
 mod tests {
 
-    use super::{pool_of, timed};
+    use super::{pool_of, priority_of, timed};
     use axum::http::{Method, StatusCode};
     use axum::response::IntoResponse;
     use std::time::Duration;
@@ -959,5 +973,18 @@ mod tests {
         assert_eq!(pool_of(&Method::GET, "/heatmap.svg"), "operator");
         assert_eq!(pool_of(&Method::POST, "/admin/chaos"), "operator");
         assert_eq!(pool_of(&Method::POST, "/admin/backup"), "operator");
+    }
+
+    #[test]
+    fn approvals_wait_ahead_of_writes_and_writes_ahead_of_reads() {
+        use bulwark_actors::flow::admission::Priority;
+        for p in ["/approvals", "/leave", "/emergency"] {
+            assert_eq!(priority_of(&Method::POST, p), Priority::Approval, "{p}");
+        }
+        for p in ["/people", "/assignments", "/swaps", "/batch"] {
+            assert_eq!(priority_of(&Method::POST, p), Priority::Write, "{p}");
+        }
+        assert_eq!(priority_of(&Method::GET, "/approvals"), Priority::Read);
+        assert_eq!(priority_of(&Method::GET, "/schedule"), Priority::Read);
     }
 }

@@ -6,6 +6,10 @@
 //! at its real capacity. Every refusal carries a retry-after computed from
 //! the queue and the rate (the configured one, or the limit's);
 //! [`Admission::pressure`] is the signal a slow consumer sends upstream.
+//! Waiting requests are served by [`Priority`]: approvals before routine
+//! writes before reads, first come first served within one; when the
+//! queue is full, an arrival displaces the newest waiter of a lower
+//! priority (refused as `displaced`) rather than being refused itself.
 //! Sans-IO.
 
 use std::collections::VecDeque;
@@ -62,6 +66,22 @@ pub struct Rejected {
     pub retry_after_ms: u64,
 }
 
+/// The order in which waiting requests are served (highest first). The
+/// operator's requests do not wait here at all (the API lets them past
+/// admission, bounded by their own bulkhead pool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// Schedule reads.
+    Read = 0,
+    /// Routine writes.
+    Write = 1,
+    /// Approvals, leave and emergency coverage.
+    Approval = 2,
+}
+
+/// Priorities, lowest first.
+const PRIORITIES: [Priority; 3] = [Priority::Read, Priority::Write, Priority::Approval];
+
 /// What happened to a request that arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
@@ -88,7 +108,8 @@ pub struct Admission {
     bucket: Option<TokenBucket>,
     limit: f64,
     in_flight: u32,
-    queue: VecDeque<(u64, u64)>,
+    /// Waiting requests (id, arrival ms), one queue per [`Priority`].
+    queues: [VecDeque<(u64, u64)>; 3],
     next_id: u64,
     /// When the limit was last cut: at most once per target latency, so
     /// one slow round trip cuts it once, not once per completion.
@@ -109,7 +130,7 @@ impl Admission {
             bucket,
             limit,
             in_flight: 0,
-            queue: VecDeque::new(),
+            queues: Default::default(),
             next_id: 1,
             last_decrease_ms: None,
             buffer: 0,
@@ -139,7 +160,7 @@ impl Admission {
 
     /// Requests in the queue.
     pub fn queued(&self) -> usize {
-        self.queue.len()
+        self.queues.iter().map(VecDeque::len).sum()
     }
 
     /// Requests admitted and not completed.
@@ -150,14 +171,14 @@ impl Admission {
     /// How full the queue is, 0.0 to 1.0: what a slow consumer tells the
     /// stage before it.
     pub fn pressure(&self) -> f64 {
-        self.queue.len() as f64 / self.queue_cap().max(1) as f64
+        self.queued() as f64 / self.queue_cap().max(1) as f64
     }
 
     fn retry_after(&mut self, now_ms: u64) -> u64 {
         // The queue ahead drains at the rate; a token may also be missing.
         // Without a fixed rate, `limit` requests complete about once per
         // target latency.
-        let ahead = self.queue.len() as u64 + 1;
+        let ahead = self.queued() as u64 + 1;
         match &mut self.bucket {
             Some(bucket) => {
                 let drain = ahead * 1000 / self.config.rate_per_s.max(1);
@@ -178,22 +199,48 @@ impl Admission {
                 .is_none_or(|b| b.try_acquire(1, now_ms).is_ok())
     }
 
-    /// A request arrives.
+    /// A routine write arrives ([`Admission::arrive_as`]).
     pub fn arrive(&mut self, now_ms: u64) -> Result<Arrival, Rejected> {
+        self.arrive_as(now_ms, Priority::Write).0
+    }
+
+    /// A request of `priority` arrives. The events are for waiters it
+    /// displaced (a full queue makes room for a higher priority by
+    /// refusing the newest waiter of the lowest one below it).
+    pub fn arrive_as(
+        &mut self,
+        now_ms: u64,
+        priority: Priority,
+    ) -> (Result<Arrival, Rejected>, Vec<Event>) {
         let id = self.next_id;
         self.next_id += 1;
-        if self.queue.is_empty() && self.can_start(now_ms) {
+        if self.queued() == 0 && self.can_start(now_ms) {
             self.in_flight += 1;
-            return Ok(Arrival::Admitted(id));
+            return (Ok(Arrival::Admitted(id)), Vec::new());
         }
-        if self.queue.len() >= self.queue_cap() {
-            return Err(Rejected {
-                reason: "queue_full",
-                retry_after_ms: self.retry_after(now_ms),
-            });
+        let mut events = Vec::new();
+        if self.queued() >= self.queue_cap() {
+            let lower = PRIORITIES
+                .iter()
+                .take_while(|p| **p < priority)
+                .find(|p| !self.queues[**p as usize].is_empty());
+            let Some(&lower) = lower else {
+                let r = Rejected {
+                    reason: "queue_full",
+                    retry_after_ms: self.retry_after(now_ms),
+                };
+                return (Err(r), events);
+            };
+            if let Some((gone, _)) = self.queues[lower as usize].pop_back() {
+                let r = Rejected {
+                    reason: "displaced",
+                    retry_after_ms: self.retry_after(now_ms),
+                };
+                events.push(Event::TimedOut(gone, r));
+            }
         }
-        self.queue.push_back((id, now_ms));
-        Ok(Arrival::Queued(id))
+        self.queues[priority as usize].push_back((id, now_ms));
+        (Ok(Arrival::Queued(id)), events)
     }
 
     /// An admitted request completed after `latency_ms`: the limit adapts
@@ -229,20 +276,31 @@ impl Admission {
     /// waited too long. Call it on every tick too.
     pub fn poll(&mut self, now_ms: u64) -> Vec<Event> {
         let mut out = Vec::new();
-        while let Some(&(id, at)) = self.queue.front() {
-            if at + self.config.queue_timeout_ms <= now_ms {
-                self.queue.pop_front();
+        for q in &mut self.queues {
+            while let Some(&(id, at)) = q.front() {
+                if at + self.config.queue_timeout_ms > now_ms {
+                    break;
+                }
+                q.pop_front();
+                out.push(id);
+            }
+        }
+        let mut out: Vec<Event> = out
+            .into_iter()
+            .map(|id| {
                 let r = Rejected {
                     reason: "queue_timeout",
                     retry_after_ms: self.retry_after(now_ms),
                 };
-                out.push(Event::TimedOut(id, r));
-                continue;
-            }
+                Event::TimedOut(id, r)
+            })
+            .collect();
+        // Highest priority first, oldest first within one.
+        while let Some(q) = self.queues.iter().rposition(|q| !q.is_empty()) {
             if !self.can_start(now_ms) {
                 break;
             }
-            self.queue.pop_front();
+            let (id, _) = self.queues[q].pop_front().expect("not empty");
             self.in_flight += 1;
             out.push(Event::Admitted(id));
         }
@@ -426,5 +484,54 @@ mod tests {
             }
         }
         assert!(a.limit() > low);
+    }
+
+    /// One request at a time, two waiting: approvals go before writes
+    /// before reads, and a full queue makes room for a higher priority by
+    /// refusing the newest lower waiter, never an equal or higher one.
+    #[test]
+    fn saturated_admission_serves_approvals_then_writes_then_reads() {
+        let mut a = Admission::new(
+            AdmissionConfig {
+                queue_len_max: 2,
+                queue_timeout_ms: 10_000,
+                limit_min: 1,
+                limit_initial: 1,
+                limit_max: 1,
+                ..AdmissionConfig::default()
+            },
+            0,
+        );
+        let id = |r: (Result<Arrival, Rejected>, Vec<Event>)| match r {
+            (Ok(Arrival::Admitted(i) | Arrival::Queued(i)), ev) => (i, ev),
+            (Err(e), _) => panic!("refused: {e}"),
+        };
+        let (_busy, _) = id(a.arrive_as(0, Priority::Read));
+        let (r1, _) = id(a.arrive_as(1, Priority::Read));
+        let (r2, _) = id(a.arrive_as(2, Priority::Read));
+        // Full: a third read is refused; an approval displaces r2.
+        let (refused, ev) = a.arrive_as(3, Priority::Read);
+        assert_eq!(refused.unwrap_err().reason, "queue_full");
+        assert!(ev.is_empty());
+        let (ap, ev) = id(a.arrive_as(4, Priority::Approval));
+        assert!(matches!(ev[..], [Event::TimedOut(g, r)] if g == r2 && r.reason == "displaced"));
+        // A write displaces r1; a second approval displaces the write.
+        let (w, ev) = id(a.arrive_as(5, Priority::Write));
+        assert!(matches!(ev[..], [Event::TimedOut(g, _)] if g == r1));
+        let (ap2, ev) = id(a.arrive_as(6, Priority::Approval));
+        assert!(matches!(ev[..], [Event::TimedOut(g, _)] if g == w));
+        // Full of approvals: nothing lower to displace.
+        let (refused, _) = a.arrive_as(7, Priority::Approval);
+        assert_eq!(refused.unwrap_err().reason, "queue_full");
+        // Served oldest approval first, one at a time.
+        assert_eq!(a.complete(1, 10), vec![Event::Admitted(ap)]);
+        assert_eq!(a.complete(1, 11), vec![Event::Admitted(ap2)]);
+        assert_eq!(a.queued(), 0);
+        // With room, order is by priority, not arrival.
+        let (_, _) = id(a.arrive_as(12, Priority::Read));
+        let (w2, _) = id(a.arrive_as(13, Priority::Write));
+        let (ap3, _) = id(a.arrive_as(14, Priority::Approval));
+        assert_eq!(a.complete(1, 15), vec![Event::Admitted(ap3)]);
+        assert_eq!(a.complete(1, 16), vec![Event::Admitted(w2)]);
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::admission::{Admission, AdmissionConfig, Arrival, Event, Rejected};
+use super::admission::{Admission, AdmissionConfig, Arrival, Event, Priority, Rejected};
 use super::bulkhead::{Lease, PoolError, PoolStatus, Pools};
 
 /// The admission controller's view.
@@ -130,10 +130,27 @@ impl AdmissionGate {
     /// A request arrives: admitted now, or after a wait in the queue, or
     /// refused with a retry-after (queue full, or it waited too long).
     pub async fn admit(&self) -> Result<Permit, Rejected> {
+        self.admit_as(Priority::Write).await
+    }
+
+    /// [`AdmissionGate::admit`] for a request of `priority`: while others
+    /// wait, higher priorities go first (and may displace a lower one from
+    /// a full queue).
+    pub async fn admit_as(&self, priority: Priority) -> Result<Permit, Rejected> {
         let rx = {
             let mut st = self.lock();
             let now = self.now_ms();
-            match st.core.arrive(now) {
+            let (arrival, displaced) = st.core.arrive_as(now, priority);
+            for e in displaced {
+                if let Event::TimedOut(id, r) = e {
+                    if let Some((_, tx)) = st.waiting.remove(&id) {
+                        metrics::counter!("bulwark_flow_rejected_total", "reason" => r.reason)
+                            .increment(1);
+                        let _ = tx.send(Err(r));
+                    }
+                }
+            }
+            match arrival {
                 Ok(Arrival::Admitted(_)) => return Ok(self.permit()),
                 Ok(Arrival::Queued(id)) => {
                     let (tx, rx) = oneshot::channel();
