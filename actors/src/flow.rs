@@ -2,27 +2,21 @@
 //! a dependency goes wrong. Each is a sans-IO core (time comes in as
 //! `now_ms`, chance as a drawn number), unit- and property-tested.
 //!
-//! - [`rate`]: token bucket, sliding-window counter, leaky bucket; every
-//!   refusal carries a retry-after.
+//! - [`rate`]: the token bucket (admission's optional fixed rate).
 //! - [`breaker`]: the circuit breaker (count or time window, failure and
 //!   slow-call rates, minimum calls, open duration, half-open probe budget,
 //!   forced-open and disabled, transition events, stats).
 //! - [`bulkhead`]: resource pools with reserves and a shared flex pool.
 //! - [`retry`]: backoff with jitter and a cap, transient-only retries, a
-//!   retry budget.
+//!   retry budget (the API's resubmitted writes).
 //! - [`admission`]: the BackpressureController's core: token bucket,
-//!   adaptive (AIMD) concurrency limit, bounded queue with a timeout,
-//!   retry-after on every refusal, a pressure signal for upstream.
-//! - [`timeout`]: adaptive timeouts (P95 × 1.5, clamped, from an HDR
-//!   histogram) and deadlines that only shrink along a call chain.
-//! - [`concurrency`]: the concurrency bulkhead (N at once, a bounded queue
-//!   with a timeout, priorities), one per dependency.
-//! - [`fallback`]: fallback chains (level used, degraded flag) and hedged
-//!   idempotent requests within the retry budget.
+//!   adaptive (AIMD) concurrency limit, a bounded queue served by
+//!   priority with a timeout, retry-after on every refusal, a pressure
+//!   signal for upstream.
+//! - [`timeout`]: deadlines that only shrink along a call chain.
+//! - [`fallback`]: fallback chains (level used, degraded flag).
 //! - [`health`]: liveness, readiness and deep checks with a grace period;
 //!   error and latency budgets with burn rates and exhaustion events.
-//! - [`guard`]: the layer around calls to one dependency: breaker,
-//!   bulkhead, adaptive timeout and budgeted retries together.
 //! - [`idempotency`]: the durable idempotency store (redb, with a TTL):
 //!   a retried request gets its first answer; a key reused for another
 //!   body is refused.
@@ -32,21 +26,18 @@
 //! each grant a guard; [`actors`] are their owners in the flow zone (the
 //! BackpressureController ticks the queue and takes the mesh's buffer, the
 //! BulkheadPool answers status). The node's HTTP layer also serves the
-//! health registry at `/health/*`. The breaker
-//! is a layer inside [`guard`] for in-process callers; [`mesh`] holds a
-//! facility's named breakers in an actor that trips the ones depending on
-//! a peer the failure detector holds Down, tells peers of every
-//! transition, and raises the local capacity buffer when peers' breakers
-//! open.
+//! health registry at `/health/*`. [`mesh`] holds a facility's named
+//! breakers in a set shared with their callers (the RaftPeer's calls to
+//! the leader) and an actor that trips the ones depending on a peer the
+//! failure detector holds Down, tells peers of every transition, and
+//! raises the local capacity buffer when peers' breakers open.
 
 pub mod actors;
 pub mod admission;
 pub mod breaker;
 pub mod bulkhead;
-pub mod concurrency;
 pub mod fallback;
 pub mod gate;
-pub mod guard;
 pub mod health;
 pub mod idempotency;
 pub mod mesh;

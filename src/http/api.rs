@@ -38,6 +38,9 @@ use bulwark_actors::detect::Detection;
 use bulwark_actors::flow::actors::{BackpressureMsg, BulkheadMsg, BULKHEADS};
 use bulwark_actors::flow::idempotency::{IdempotencyStore, Lookup};
 use bulwark_actors::flow::mesh::{BreakerMsg, BREAKERS};
+use bulwark_actors::flow::retry::{
+    decide, Backoff, Class, Decision as RetryDecision, Jitter, RetryBudget,
+};
 use bulwark_actors::hlc::Hlc;
 use bulwark_actors::keys::PublicKeys;
 use bulwark_actors::ledger::{self, LedgerEntry, GENESIS};
@@ -91,6 +94,55 @@ pub struct Service {
     pub backup: Option<crate::backup::BackupPlan>,
     /// The chaos levers (`/v1/admin/chaos`); `None`: chaos disabled.
     pub chaos: Option<std::sync::Arc<super::chaos::ChaosControl>>,
+    /// The budget of the writes this facility submits again on a client's
+    /// behalf ([`Resubmit`]).
+    pub retries: std::sync::Arc<std::sync::Mutex<RetryBudget>>,
+}
+
+/// When a write whose proposal went nowhere is submitted again inside its
+/// own deadline: a leader change under it (no leader known, or the
+/// leader it was forwarded to lost leadership: the answer is NO_LEADER or
+/// an early TIMED_OUT). The same command key applies once however often it
+/// is proposed, so a second proposal is safe; the budget (10% of writes
+/// over 10 s, at least 5) keeps an outage from doubling the load, and the
+/// jittered backoff (50 ms doubling, at most 1 s) spreads the retries.
+pub struct Resubmit;
+
+impl Resubmit {
+    /// Retries at most this share of the writes, in percent.
+    pub const RATIO_PCT: u64 = 10;
+    /// ... plus this many per window.
+    pub const MIN_PER_WINDOW: u64 = 5;
+    /// The window, in ms.
+    pub const WINDOW_MS: u64 = 10_000;
+    /// Retries of one write, at most.
+    pub const TRIES_MAX: u32 = 3;
+    /// No retry with less than this left of the deadline.
+    pub const LEFT_MIN: Duration = Duration::from_millis(100);
+
+    /// The budget.
+    pub fn budget() -> RetryBudget {
+        RetryBudget::new(Self::RATIO_PCT, Self::MIN_PER_WINDOW, Self::WINDOW_MS)
+    }
+
+    /// The backoff.
+    pub fn backoff() -> Backoff {
+        Backoff {
+            base_ms: 50,
+            cap_ms: 1_000,
+            max_retries: Self::TRIES_MAX,
+            jitter: Jitter::Full,
+        }
+    }
+
+    /// Whether `o` says the proposal went nowhere that a second one would
+    /// not reach (a leader change), rather than a decision.
+    pub fn worth_it(o: &GateOutcome) -> bool {
+        matches!(
+            o,
+            GateOutcome::Consensus(ProposeOutcome::NotLeader { .. } | ProposeOutcome::TimedOut)
+        )
+    }
 }
 
 impl Service {
@@ -111,6 +163,7 @@ impl Service {
             idempotency,
             backup: None,
             chaos: None,
+            retries: std::sync::Arc::new(std::sync::Mutex::new(Resubmit::budget())),
         }
     }
 
@@ -849,36 +902,39 @@ async fn write_inner<B: DeserializeOwned>(
         hlc: Hlc::ZERO,
         op,
     };
-    let outcome = match gate
-        .call(
-            |reply| GateMsg::Submit {
-                command,
-                emergency,
-                deadline: Some(deadline),
-                reply,
-            },
-            Some(
-                deadline
-                    .saturating_duration_since(tokio::time::Instant::now())
-                    .max(Duration::from_millis(1)),
-            ),
-        )
-        .await
-    {
-        Ok(ractor::rpc::CallResult::Success(o)) => o,
-        Ok(_) => {
-            return Err(ApiError::unavailable(
-                "TIMED_OUT",
-                "no outcome in time; retry with the same Idempotency-Key",
-                1_000,
-            ))
-        }
-        Err(e) => {
-            return Err(ApiError::unavailable(
-                "UNAVAILABLE",
-                format!("the CAP gate failed: {e}"),
-                1_000,
-            ))
+    svc.retries
+        .lock()
+        .expect("retry budget lock")
+        .on_request(svc.now_ms());
+    let mut tries = 0;
+    let outcome = loop {
+        let o = submit(&gate, command.clone(), emergency, deadline).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        tries += 1;
+        let class = if Resubmit::worth_it(&o) && left >= Resubmit::LEFT_MIN {
+            Class::Transient
+        } else {
+            Class::Permanent
+        };
+        let decided = decide(
+            &Resubmit::backoff(),
+            &mut svc.retries.lock().expect("retry budget lock"),
+            class,
+            tries,
+            rand::random::<f64>(),
+            svc.now_ms(),
+        );
+        match decided {
+            RetryDecision::RetryAfter(wait) => {
+                metrics::counter!("bulwark_api_resubmit_total", "outcome" => "sent").increment(1);
+                tokio::time::sleep(Duration::from_millis(wait).min(left / 2)).await;
+            }
+            RetryDecision::GiveUp(why) => {
+                if class == Class::Transient {
+                    metrics::counter!("bulwark_api_resubmit_total", "outcome" => why).increment(1);
+                }
+                break o;
+            }
         }
     };
     let (status, answer) = match written(outcome) {
@@ -945,6 +1001,43 @@ fn effect_name(e: &Effect) -> (&'static str, Vec<String>) {
 }
 
 /// The HTTP answer of a gate outcome.
+/// One submission of `command` to the CAP gate, waiting until `deadline`.
+async fn submit(
+    gate: &ractor::ActorRef<GateMsg>,
+    command: Command,
+    emergency: bool,
+    deadline: tokio::time::Instant,
+) -> Result<GateOutcome, ApiError> {
+    match gate
+        .call(
+            |reply| GateMsg::Submit {
+                command,
+                emergency,
+                deadline: Some(deadline),
+                reply,
+            },
+            Some(
+                deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .max(Duration::from_millis(1)),
+            ),
+        )
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(o)) => Ok(o),
+        Ok(_) => Err(ApiError::unavailable(
+            "TIMED_OUT",
+            "no outcome in time; retry with the same Idempotency-Key",
+            1_000,
+        )),
+        Err(e) => Err(ApiError::unavailable(
+            "UNAVAILABLE",
+            format!("the CAP gate failed: {e}"),
+            1_000,
+        )),
+    }
+}
+
 pub fn written(o: GateOutcome) -> Result<(StatusCode, WriteAnswer), ApiError> {
     let blank = WriteAnswer {
         status: String::new(),

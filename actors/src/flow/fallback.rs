@@ -1,15 +1,9 @@
-//! Fallback chains and hedged requests (the two async helpers of the
-//! kit; time is tokio's, so the harness's virtual clock drives them).
-//!
-//! - [`Fallback`]: ordered handlers; the first that succeeds answers, and
-//!   the answer says which level served it and whether that is degraded.
-//! - [`hedged`]: for idempotent reads against peers: if the first try has
-//!   not answered after a delay (the P95 of [`super::timeout`]), a second
-//!   try starts, if the retry budget allows; the first answer wins.
+//! Fallback chains: ordered handlers; the first that succeeds answers, and
+//! the answer says which level served it and whether that is degraded
+//! (the API's `fallback=stale` reads).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 /// A boxed future of one handler.
 pub type HandlerFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -81,36 +75,6 @@ impl<T, E> Fallback<T, E> {
     }
 }
 
-/// Runs `first`; if it has not answered after `delay`, and `allow()` says
-/// the budget has room, starts `second` too. Returns the first answer and
-/// whether a hedge was sent. Only for idempotent requests.
-pub async fn hedged<T, F1, F2>(
-    first: F1,
-    second: impl FnOnce() -> F2,
-    delay: Duration,
-    allow: impl FnOnce() -> bool,
-) -> (T, bool)
-where
-    F1: Future<Output = T>,
-    F2: Future<Output = T>,
-{
-    tokio::pin!(first);
-    tokio::select! {
-        v = &mut first => return (v, false),
-        _ = tokio::time::sleep(delay) => {}
-    }
-    if !allow() {
-        return (first.await, false);
-    }
-    metrics::counter!("bulwark_flow_hedged_total").increment(1);
-    let second = second();
-    tokio::pin!(second);
-    tokio::select! {
-        v = &mut first => (v, true),
-        v = &mut second => (v, true),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,42 +94,5 @@ mod tests {
         );
         let none: Fallback<u32, &str> = Fallback::new().then("a", || Box::pin(async { Err("x") }));
         assert_eq!(none.run().await, Err(vec![("a", "x")]));
-    }
-
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn a_slow_first_try_is_hedged_when_the_budget_allows() {
-        let slow = async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            "first"
-        };
-        let (v, h) = hedged(
-            slow,
-            || async { "second" },
-            Duration::from_millis(50),
-            || true,
-        )
-        .await;
-        assert_eq!((v, h), ("second", true));
-        let slow = async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            "first"
-        };
-        let (v, h) = hedged(
-            slow,
-            || async { "second" },
-            Duration::from_millis(50),
-            || false,
-        )
-        .await;
-        assert_eq!((v, h), ("first", false), "no budget: no hedge");
-        let fast = async { "first" };
-        let (v, h) = hedged(
-            fast,
-            || async { "second" },
-            Duration::from_millis(50),
-            || true,
-        )
-        .await;
-        assert_eq!((v, h), ("first", false));
     }
 }
