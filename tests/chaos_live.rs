@@ -190,3 +190,69 @@ async fn liveness_fails_while_the_raft_peer_is_wedged_and_returns_after() {
         x.kill();
     }
 }
+
+/// A wall clock stepped back 60 s (the clock lever), on a follower and then
+/// on the leader: every write through any facility still commits, and no
+/// facility records evidence against any other (the facility's proposals
+/// never go back in time, deadlines and the leader's and validators'
+/// checks read time as the committed entries carry it forward).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_stepped_back_a_minute_is_neither_refused_nor_blamed() {
+    use std::time::Duration;
+    let root = tempfile::tempdir().unwrap();
+    let mut s = sites(
+        root.path(),
+        &NAMES,
+        "[backup]\nevery_s = 0\n\n[chaos]\nenabled = true\n",
+    );
+    let c = client();
+    let li = start_all(&c, &mut s).await;
+    let fi = (li + 1) % 3;
+    let mut n = 0;
+    let mut write_all = |c: reqwest::Client, s: &[Site]| {
+        let urls: Vec<String> = s.iter().map(|x| x.url("/v1/people")).collect();
+        let first = n;
+        n += 3 * 5;
+        async move {
+            for i in 0..15 {
+                let id = format!("p{}", first + i);
+                let body = serde_json::json!({"id": id, "name": "Kept", "role": "faculty"});
+                let (st, v) = write_until_final(&c, &urls[i % 3], &id, &body).await;
+                assert_eq!(st, 200, "{id} at {}: {v}", urls[i % 3]);
+            }
+        }
+    };
+    write_all(c.clone(), &s).await;
+    for stepped in [fi, li] {
+        let back = serde_json::json!({"action": {"kind": "clock_skew", "skew_ms": -60_000}, "dead_man_ms": 600_000});
+        let (st, v) = post(&c, &s[stepped].url("/v1/admin/chaos"), "back", &back).await;
+        assert_eq!(st, 200, "{v}");
+        write_all(c.clone(), &s).await;
+        let clear = serde_json::json!({"action": {"kind": "clear"}});
+        let (st, v) = post(&c, &s[stepped].url("/v1/admin/chaos"), "clear", &clear).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    // Every facility has every write final, and no evidence.
+    for x in &s {
+        until(
+            Duration::from_secs(60),
+            "the last write at every facility",
+            || async {
+                let (st, _) = get(&c, &x.url("/v1/people/p44?consistency=stale")).await;
+                (st == 200).then_some(())
+            },
+        )
+        .await;
+        let (st, v) = get(&c, &x.url("/v1/evidence")).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(
+            v.as_array().map(Vec::len),
+            Some(0),
+            "{} holds evidence: {v}",
+            x.id
+        );
+    }
+    for x in s.iter_mut() {
+        x.kill();
+    }
+}

@@ -386,6 +386,10 @@ pub struct BftState {
     held: Vec<(u64, FinalEntry)>,
     /// A tick passed while entries were held: the next flush writes them.
     held_ticked: bool,
+    /// "Now" as the committed entries show it: a step back of this
+    /// facility's wall clock must not make honest proposers' timestamps
+    /// look like the future (FUTURE_TIMESTAMP evidence).
+    floor: crate::hlc::TimeFloor,
 }
 
 /// Applied entries handled per wake, at most (the rest on the next).
@@ -451,6 +455,7 @@ impl Actor for BftValidator {
         myself.cast(BftMsg::Wake)?;
         let tick = std::time::Duration::from_millis(setup.config.tick_ms);
         let ticker = myself.send_interval(tick, || BftMsg::Tick);
+        let floor = crate::hlc::TimeFloor::new(setup.config.clock_skew_max_ms);
         Ok(BftState {
             core,
             store,
@@ -465,6 +470,7 @@ impl Actor for BftValidator {
             rewake: false,
             held: Vec::new(),
             held_ticked: false,
+            floor,
         })
     }
 
@@ -474,7 +480,9 @@ impl Actor for BftValidator {
         msg: BftMsg,
         st: &mut BftState,
     ) -> Result<(), ActorProcessingErr> {
-        let now = st.ctx.clock.unix_ms();
+        let now = st
+            .floor
+            .reference(st.ctx.clock.unix_ms(), st.ctx.clock.now());
         let flush = matches!(msg, BftMsg::Flush);
         match msg {
             BftMsg::Flush => {}
@@ -482,7 +490,14 @@ impl Actor for BftValidator {
                 let batch = st.feed.since(st.core.cursor(), FEED_BATCH_MAX);
                 let more = batch.len() == FEED_BATCH_MAX;
                 for e in &batch {
+                    let now = st
+                        .floor
+                        .reference(st.ctx.clock.unix_ms(), st.ctx.clock.now());
                     st.core.on_applied(e, now);
+                    if let crate::ledger::Verdict::Admitted(link) = &e.shown.verdict {
+                        let (wall, mono) = (st.ctx.clock.unix_ms(), st.ctx.clock.now());
+                        st.floor.note(link.entry.at_unix_ms, wall, mono);
+                    }
                 }
                 if more {
                     myself.cast(BftMsg::Wake)?;

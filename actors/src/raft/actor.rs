@@ -20,6 +20,7 @@ use super::{
 };
 use crate::flow::breaker::{BreakerConfig, Outcome as BreakerOutcome, Permit, Window};
 use crate::flow::mesh::Breakers;
+use crate::hlc::TimeFloor;
 use crate::machine::{ProposeOutcome, StateMachine};
 
 /// Messages of the [`RaftPeer`].
@@ -196,6 +197,10 @@ pub struct RaftPeerState<M: StateMachine> {
     /// breaker's permit, by sequence number.
     guarded_proposals: BTreeMap<u64, Guarded>,
     guarded_reads: BTreeMap<u64, Guarded>,
+    /// "Now" as the committed entries show it: what deadlines, stamps and
+    /// the leader's check of a forwarded timestamp read, so a step back of
+    /// the wall clock changes none of them.
+    floor: TimeFloor,
 }
 
 /// A call to the leader made under a breaker's permit.
@@ -232,6 +237,20 @@ pub fn read_index_dependency(peer: &FacilityId) -> String {
 }
 
 impl<M: StateMachine> RaftPeerState<M> {
+    /// Wall-clock ms as the cluster's entries show it ([`TimeFloor`]): what
+    /// the leader judges a forwarded timestamp against.
+    fn now_ms(&self) -> u64 {
+        self.floor
+            .reference(self.ctx.clock.unix_ms(), self.ctx.clock.now())
+    }
+
+    /// The wall clock for stamps and the deadlines sent, unless it was
+    /// stepped back past the allowed skew ([`TimeFloor::unless_behind`]).
+    fn send_ms(&self) -> u64 {
+        self.floor
+            .unless_behind(self.ctx.clock.unix_ms(), self.ctx.clock.now())
+    }
+
     /// A permit for a call to the leader guarded by the breaker `name(leader)`,
     /// when this facility is a follower that knows the leader: `Ok(None)`
     /// when unguarded (leading, no leader known, no breakers).
@@ -488,6 +507,7 @@ impl<M: StateMachine> Actor for RaftPeer<M> {
             .register(RAFT, myself.clone(), RaftMsg::Remote);
         let tick = std::time::Duration::from_millis(setup.config.tick_ms);
         let ticker = myself.send_interval(tick, || RaftMsg::Tick);
+        let floor = TimeFloor::new(setup.config.clock_skew_max_ms);
         if let Some(b) = &setup.breakers {
             for peer in setup.members.iter().filter(|m| **m != args.ctx.facility) {
                 for name in [forward_dependency(peer), read_index_dependency(peer)] {
@@ -519,6 +539,7 @@ impl<M: StateMachine> Actor for RaftPeer<M> {
             fenced: false,
             guarded_proposals: BTreeMap::new(),
             guarded_reads: BTreeMap::new(),
+            floor,
         })))
     }
 
@@ -614,7 +635,7 @@ async fn handle_live<M: StateMachine>(
         RaftMsg::Remote(d) => {
             let from = d.envelope.from.clone();
             match codec::decode::<RaftWire>(&d.envelope.body) {
-                Ok(w) => match st.core.on_peer(&from, w, st.ctx.clock.unix_ms()) {
+                Ok(w) => match st.core.on_peer(&from, w, st.now_ms()) {
                     Ok(()) => queue_flush(myself, st)?,
                     // The vote fence's own rows (a probe answered, a peer's
                     // store recorded) are writes too: a refused one fences
@@ -639,7 +660,7 @@ async fn handle_live<M: StateMachine>(
             deadline,
             reply,
         } => {
-            let now = st.ctx.clock.unix_ms();
+            let now = st.send_ms();
             // The monotonic deadline as this facility's wall clock reads it
             // now (an envelope's deadline is wall-clock ms).
             let deadline_unix_ms = deadline.map(|d| {
@@ -942,6 +963,10 @@ fn flush_outputs<M: StateMachine>(st: &mut RaftPeerState<M>) {
                 }
             }
             Output::Applied(entry) => {
+                if let Some(at) = M::admitted_at_ms(&entry.shown) {
+                    let (wall, now) = (st.ctx.clock.unix_ms(), st.ctx.clock.now());
+                    st.floor.note(at, wall, now);
+                }
                 if let Some(tap) = &st.tap {
                     tap(st.core.facility(), &entry);
                 }

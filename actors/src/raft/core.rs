@@ -1377,13 +1377,16 @@ impl<M: StateMachine> RaftCore<M> {
                 return Ok(());
             }
         };
+        // Only a timestamp from the future is refused: one behind is a
+        // proposer whose clock is behind (or was stepped back), which the
+        // ledger's own rule (never before the proposer's previous) judges.
         let skew = self.config.clock_skew_max_ms;
-        if fwd.at_unix_ms.abs_diff(now_unix_ms) > skew {
+        if fwd.at_unix_ms > now_unix_ms.saturating_add(skew) {
             return Err((
                 fwd.seq,
                 Refusal::Rejected {
                     reason: format!(
-                        "TIME_TRAVEL: timestamp {} is more than {skew} ms from the leader's clock {now_unix_ms}",
+                        "TIME_TRAVEL: timestamp {} is more than {skew} ms ahead of the leader's clock {now_unix_ms}",
                         fwd.at_unix_ms
                     ),
                 },
