@@ -724,8 +724,8 @@ pub enum ReviewCmd {
         target: Target,
     },
     /// Accept a queued change (emergency coverage replaces the block's
-    /// holder, through consensus) or refuse it. Not retried: a 503 changed
-    /// nothing; list again and decide again.
+    /// holder, through consensus) or refuse it. Not retried: after a 503,
+    /// list the queue again before deciding again.
     Resolve {
         /// The change's id, from `review list`.
         id: u64,

@@ -5,10 +5,12 @@
 //!    breakers toward it (`forward@…`, `read_index@…`) open once their
 //!    detectors hold it Down, each facility's `/v1/cluster` shows both its
 //!    own and its peer's open breakers (the mesh), writes keep committing,
-//!    and after SIGCONT every breaker reads closed at every facility.
+//!    and after SIGCONT every breaker reads closed at every facility, and no
+//!    facility holds evidence against the paused one.
 //! 2. A follower whose messages to the leader are lost (a one-way chaos
-//!    rule; it still hears the leader): its forwarded writes time out, the
-//!    breaker opens on those failures, and later writes there are refused
+//!    rule; it still hears the leader): its forwarded writes time out after
+//!    the hop's whole timeout, the breaker opens on those failures, and
+//!    later writes there are refused
 //!    at once with 503 CIRCUIT_OPEN (nothing sent; the CLI's table says
 //!    not applied) instead of each waiting out its budget. Once the rule
 //!    is gone the half-open probes close it and writes there commit.
@@ -131,6 +133,18 @@ async fn breakers_open_toward_a_stopped_or_unreachable_peer_and_close_after() {
     }
     done.store(true, Ordering::Relaxed);
     writer.await.unwrap();
+    // A paused facility missed votes but withheld nothing: no facility
+    // holds evidence against it (it once collected WITHHOLDING records).
+    for x in &s {
+        let (st, v) = get(&c, &x.url("/v1/evidence")).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(
+            v.as_array().map(Vec::len),
+            Some(0),
+            "{} holds evidence: {v}",
+            x.id
+        );
+    }
 
     // 2. f1's messages to the leader are lost; it still hears the leader.
     let leader_now = leader(&c, &s[f1]).await;
@@ -144,14 +158,29 @@ async fn breakers_open_toward_a_stopped_or_unreachable_peer_and_close_after() {
     let (st, v) = post(&c, &s[f1].url("/v1/admin/chaos"), "cut", &rule).await;
     assert_eq!(st, 200, "{v}");
     let dep = format!("forward@{lead}");
-    let mut timed_out = 0;
+    // Six writes at once with the default budget: each forward waits out
+    // the hop's whole timeout (5 s) with the leader unchanged, a failure
+    // the breaker counts (a client's own short budget would not count).
+    let mut first = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let (c, url) = (c.clone(), s[f1].url("/v1/people"));
+        first.spawn(async move { post(&c, &url, &format!("cut-{i}"), &person(20_000 + i)).await });
+    }
+    while let Some(r) = first.join_next().await {
+        let (st, v) = r.unwrap();
+        assert!(
+            st == 503 || st == 0,
+            "a write through the cut committed: {st} {v}"
+        );
+    }
+    let mut n = 100;
     let refused = until(
-        Duration::from_secs(120),
+        Duration::from_secs(60),
         "CIRCUIT_OPEN at the follower",
         || {
             let (c, url) = (c.clone(), s[f1].url("/v1/people"));
-            let i = 20_000 + timed_out;
-            timed_out += 1;
+            n += 1;
+            let i = 20_000 + n;
             async move {
                 let r = c
                     .post(url)

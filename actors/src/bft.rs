@@ -386,9 +386,9 @@ pub struct BftState {
     held: Vec<(u64, FinalEntry)>,
     /// A tick passed while entries were held: the next flush writes them.
     held_ticked: bool,
-    /// "Now" as the committed entries show it: a step back of this
-    /// facility's wall clock must not make honest proposers' timestamps
-    /// look like the future (FUTURE_TIMESTAMP evidence).
+    /// "Now" that a step back of this facility's wall clock cannot move
+    /// back: honest proposers' timestamps must not then look like the
+    /// future (FUTURE_TIMESTAMP evidence).
     floor: crate::hlc::TimeFloor,
 }
 
@@ -490,14 +490,7 @@ impl Actor for BftValidator {
                 let batch = st.feed.since(st.core.cursor(), FEED_BATCH_MAX);
                 let more = batch.len() == FEED_BATCH_MAX;
                 for e in &batch {
-                    let now = st
-                        .floor
-                        .reference(st.ctx.clock.unix_ms(), st.ctx.clock.now());
                     st.core.on_applied(e, now);
-                    if let crate::ledger::Verdict::Admitted(link) = &e.shown.verdict {
-                        let (wall, mono) = (st.ctx.clock.unix_ms(), st.ctx.clock.now());
-                        st.floor.note(link.entry.at_unix_ms, wall, mono);
-                    }
                 }
                 if more {
                     myself.cast(BftMsg::Wake)?;

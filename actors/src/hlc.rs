@@ -171,66 +171,56 @@ impl HlcClock {
     }
 }
 
-/// "Now" as the cluster's committed entries show it, so that a step back
-/// of this facility's wall clock (an NTP step, a VM resumed, a chaos
-/// lever) changes nothing that others see or judge: the reference is the
-/// larger of the wall clock and the newest admitted entry's timestamp
-/// carried forward by the monotonic clock since it was applied here.
-/// Deadlines sent, timestamps stamped and timestamps judged all read it.
-/// Entries stamped further ahead of it than `ahead_max_ms` (a fast or
-/// lying clock) are not taken. Sans-IO: the caller gives both clocks.
+/// "Now" that a step back of this facility's wall clock (an NTP step, a
+/// VM resumed, a chaos lever) cannot move back: the larger of the wall
+/// clock and the highest wall reading so far carried forward by the
+/// monotonic clock. Judging others' timestamps reads it (so a clock
+/// stepped back here never makes honest peers look like they stamp the
+/// future), and so do the deadlines sent once the wall clock is more than
+/// the allowed skew behind it ([`TimeFloor::unless_behind`]). Only this
+/// facility's own readings move it: no peer can push it. Sans-IO: the
+/// caller gives both clocks. It starts at the first reading: a facility
+/// restarted with a clock far behind starts from there.
 #[derive(Debug, Clone, Copy)]
 pub struct TimeFloor {
-    ahead_max_ms: u64,
-    /// The entry's timestamp and the monotonic instant it was noted.
-    seen: Option<(u64, tokio::time::Instant)>,
+    skew_ms: u64,
+    /// The highest wall reading and the monotonic instant it was taken.
+    high: Option<(u64, tokio::time::Instant)>,
 }
 
 impl TimeFloor {
-    /// A floor that takes entries at most `ahead_max_ms` ahead of it.
-    pub fn new(ahead_max_ms: u64) -> TimeFloor {
+    /// A floor whose deadlines switch to it `skew_ms` behind.
+    pub fn new(skew_ms: u64) -> TimeFloor {
         TimeFloor {
-            ahead_max_ms,
-            seen: None,
+            skew_ms,
+            high: None,
         }
     }
 
     /// The reference at wall time `wall_ms` and monotonic time `now`.
-    pub fn reference(&self, wall_ms: u64, now: tokio::time::Instant) -> u64 {
-        match self.seen {
-            Some((at, when)) => {
-                let carried =
-                    at.saturating_add(now.saturating_duration_since(when).as_millis() as u64);
-                wall_ms.max(carried)
+    pub fn reference(&mut self, wall_ms: u64, now: tokio::time::Instant) -> u64 {
+        let carried = self
+            .high
+            .map(|(w, at)| w.saturating_add(now.saturating_duration_since(at).as_millis() as u64));
+        match carried {
+            Some(c) if c >= wall_ms => c,
+            _ => {
+                self.high = Some((wall_ms, now));
+                wall_ms
             }
-            None => wall_ms,
         }
     }
 
-    /// The wall clock, unless it is more than `ahead_max_ms` behind the
-    /// reference (stepped back): then the reference. For the deadlines this
-    /// facility sends, which peers judge by their own clocks: a clock within
-    /// the allowed skew keeps its own readings exactly.
-    pub fn unless_behind(&self, wall_ms: u64, now: tokio::time::Instant) -> u64 {
+    /// The wall clock, unless it is more than the skew behind the
+    /// reference (stepped back): then the reference. For the deadlines
+    /// this facility sends, which peers judge by their own clocks: a clock
+    /// within the allowed skew keeps its own readings exactly.
+    pub fn unless_behind(&mut self, wall_ms: u64, now: tokio::time::Instant) -> u64 {
         let reference = self.reference(wall_ms, now);
-        if reference > wall_ms.saturating_add(self.ahead_max_ms) {
+        if reference > wall_ms.saturating_add(self.skew_ms) {
             reference
         } else {
             wall_ms
-        }
-    }
-
-    /// An admitted entry stamped `at_ms` was applied now.
-    pub fn note(&mut self, at_ms: u64, wall_ms: u64, now: tokio::time::Instant) {
-        let reference = self.reference(wall_ms, now);
-        if at_ms > reference.saturating_add(self.ahead_max_ms) {
-            return;
-        }
-        let carried_now = self.seen.map_or(0, |(a, w)| {
-            a.saturating_add(now.saturating_duration_since(w).as_millis() as u64)
-        });
-        if at_ms >= carried_now {
-            self.seen = Some((at_ms, now));
         }
     }
 }
@@ -313,29 +303,17 @@ mod tests {
     async fn a_step_back_of_the_wall_clock_does_not_move_the_reference_back() {
         let t0 = tokio::time::Instant::now();
         let mut f = TimeFloor::new(10_000);
-        assert_eq!(
-            f.reference(1_000_000, t0),
-            1_000_000,
-            "nothing seen: the wall"
-        );
-        f.note(1_000_000, 1_000_000, t0);
-        // 30 s later the wall clock is stepped back 60 s.
+        assert_eq!(f.reference(1_000_000, t0), 1_000_000, "the first reading");
+        // 30 s later the wall clock is stepped back 60 s: carried forward.
         let t1 = t0 + std::time::Duration::from_secs(30);
         assert_eq!(f.reference(970_000, t1), 1_030_000);
-        // A wall clock ahead of the carried entry wins.
+        // Deadlines: the reference once the wall is more than 10 s behind,
+        // the wall while within 10 s.
+        assert_eq!(f.unless_behind(970_000, t1), 1_030_000);
+        assert_eq!(f.unless_behind(1_025_000, t1), 1_025_000);
+        // A wall clock ahead of the carried reading wins, and becomes it.
         assert_eq!(f.reference(1_040_000, t1), 1_040_000);
-        // An entry far ahead of the reference (a lying clock) is not taken.
-        f.note(9_000_000, 970_000, t1);
-        assert_eq!(f.reference(970_000, t1), 1_030_000);
-        // An older entry does not pull it back; a newer one moves it on.
-        f.note(1_010_000, 970_000, t1);
-        assert_eq!(f.reference(970_000, t1), 1_030_000);
-        f.note(1_035_000, 970_000, t1);
-        assert_eq!(f.reference(970_000, t1), 1_035_000);
-        // Deadlines: the wall clock while within the allowed skew of the
-        // reference, the reference once further behind.
-        assert_eq!(f.unless_behind(1_030_000, t1), 1_030_000);
-        assert_eq!(f.unless_behind(1_026_000, t1), 1_026_000);
-        assert_eq!(f.unless_behind(970_000, t1), 1_035_000);
+        let t2 = t1 + std::time::Duration::from_secs(1);
+        assert_eq!(f.reference(0, t2), 1_041_000);
     }
 }

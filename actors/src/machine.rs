@@ -169,12 +169,6 @@ pub trait StateMachine: Sized + Send + Sync + 'static {
     type View: Send + 'static;
     /// What a tap of applied entries shows of one entry.
     type Shown: Clone + std::fmt::Debug + Send + Sync + 'static;
-    /// The proposer's timestamp of an admitted entry, when the machine
-    /// stamps entries (what [`crate::hlc::TimeFloor`] carries forward).
-    fn admitted_at_ms(shown: &Self::Shown) -> Option<u64> {
-        let _ = shown;
-        None
-    }
     /// What opening the machine needs besides its store (keys).
     type Context: Clone + Send + Sync + 'static;
     /// A consistent read of the state to stream out as a snapshot.

@@ -921,7 +921,14 @@ async fn write_inner<B: DeserializeOwned>(
             &mut svc.retries.lock().expect("retry budget lock"),
             class,
             tries,
-            rand::random::<f64>(),
+            // Jitter drawn from the key and the try: spread across writes,
+            // and the same in a replayed simulation.
+            {
+                let h = blake3::hash(&[key.as_bytes(), &tries.to_le_bytes()].concat());
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&h.as_bytes()[..8]);
+                (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+            },
             svc.now_ms(),
         );
         match decided {

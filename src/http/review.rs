@@ -104,7 +104,11 @@ fn healer(svc: &Service) -> Result<ractor::ActorRef<HealerMsg>, ApiError> {
 }
 
 fn no_answer() -> ApiError {
-    ApiError::unavailable("UNAVAILABLE", "the healer did not answer in time", 1_000)
+    ApiError::unavailable(
+        "UNAVAILABLE",
+        "the healer did not answer in time; list the queue again before deciding again",
+        1_000,
+    )
 }
 
 /// The changes waiting for an operator's decision at this facility.
@@ -142,7 +146,7 @@ pub(crate) async fn get_reviews(State(s): State<ApiState>) -> Result<Json<Review
         (status = 400, description = "A bad id or body", body = ErrorBody),
         (status = 404, description = "NOT_FOUND: no such change waits for review", body = ErrorBody),
         (status = 409, description = "NOT_ACCEPTABLE: only emergency coverage can be accepted over a holder", body = ErrorBody),
-        (status = 503, description = "UNAVAILABLE: not committed now, nothing changed", body = ErrorBody),
+        (status = 503, description = "UNAVAILABLE: not decided or not recorded now; list the queue again before deciding again", body = ErrorBody),
     )
 )]
 pub(crate) async fn post_review(

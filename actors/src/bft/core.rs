@@ -123,6 +123,8 @@ pub struct Core {
     /// Per peer: the first final height of its current streak without a
     /// vote, and the streak's length.
     missed: BTreeMap<FacilityId, (u64, u64)>,
+    /// Per peer: the tick its current streak without a vote began.
+    streak_tick: BTreeMap<FacilityId, u64>,
     heard: BTreeMap<FacilityId, u64>,
     fetch_tick: u64,
     cursor: u64,
@@ -181,6 +183,7 @@ impl Core {
             evidence_seen: BTreeSet::new(),
             patterns: Patterns::default(),
             missed: BTreeMap::new(),
+            streak_tick: BTreeMap::new(),
             heard: BTreeMap::new(),
             fetch_tick: 0,
             cursor: 0,
@@ -992,8 +995,23 @@ impl Core {
         let seen = self.votes.remove(&h).unwrap_or_default();
         for peer in &self.peers {
             let voted = seen.get(peer).is_some_and(|(vh, _)| *vh == hash);
+            // A miss from a peer that is behind (its announced head far
+            // from `h`) proves nothing: it cannot vote for what it has not
+            // seen. A peer not heard from at all is counted, and judged
+            // when it is heard (the suspects below).
+            let near = self
+                .peer_final
+                .get(peer)
+                .is_none_or(|f| f.saturating_add(self.config.withhold_heights) >= h);
             let m = self.missed.entry(peer.clone()).or_insert((h, 0));
-            *m = if voted { (h + 1, 0) } else { (m.0, m.1 + 1) };
+            if voted || !near {
+                *m = (h + 1, 0);
+            } else {
+                if m.1 == 0 {
+                    self.streak_tick.insert(peer.clone(), self.ticks);
+                }
+                *m = (m.0, m.1 + 1);
+            }
         }
         let _ = now_unix_ms;
         if self.behaviour == Behaviour::ReplayStale {
@@ -1161,17 +1179,27 @@ impl Core {
                 });
             }
         }
-        // A peer in touch (its heads arrive) whose votes are missing from
-        // many final heights in a row.
+        // A peer in touch (its heads arrive, also well after its streak
+        // began, and announce it caught up) whose votes are missing from
+        // many final heights in a row. One paused, crashed or cut off when
+        // its streak began is heard again only behind, or after it voted
+        // late (which ends the streak): found by SIGSTOP of a follower
+        // under writes, which once drew WITHHOLDING records.
+        let head_ticks = self.config.head_ticks;
         let suspects: Vec<(FacilityId, u64, u64)> = self
             .missed
             .iter()
             .filter(|(p, (_, n))| {
+                let heard = self.heard.get(*p).copied();
+                let began = self.streak_tick.get(*p).copied().unwrap_or(0);
+                let caught_up = self.peer_final.get(*p).is_some_and(|f| {
+                    f.saturating_add(self.config.withhold_heights) >= self.final_height
+                });
                 *n >= self.config.withhold_heights
-                    && self
-                        .heard
-                        .get(*p)
-                        .is_some_and(|t| self.ticks <= t + 3 * self.config.head_ticks)
+                    && heard.is_some_and(|t| {
+                        self.ticks <= t + 3 * head_ticks && t >= began + 2 * head_ticks
+                    })
+                    && caught_up
             })
             .map(|(p, (since, n))| (p.clone(), *since, *n))
             .collect();

@@ -358,9 +358,13 @@ impl Actor for CapGate {
                                 timeout
                             )
                             .unwrap_or(ProposeOutcome::TimedOut);
+                            // Including an open circuit to the leader: an
+                            // AP write is then taken provisionally too.
                             let unavailable = matches!(
                                 out,
-                                ProposeOutcome::TimedOut | ProposeOutcome::NotLeader { .. }
+                                ProposeOutcome::TimedOut
+                                    | ProposeOutcome::NotLeader { .. }
+                                    | ProposeOutcome::Shed { .. }
                             );
                             if mode == Mode::Ap && unavailable {
                                 let _ = myself.cast(GateMsg::Fallback { command, reply });

@@ -360,8 +360,9 @@ pub enum ResolveError {
     /// Only emergency coverage can replace a block's holder.
     #[error("only emergency coverage can be accepted over a holder; refuse this one")]
     NotAcceptable,
-    /// The decision could not be committed now; nothing changed.
-    #[error("{0}; nothing changed, try again")]
+    /// The decision could not be made or recorded now; list the queue
+    /// again before deciding again (it may have been taken).
+    #[error("{0}; list the queue again before deciding again")]
     Unavailable(String),
 }
 

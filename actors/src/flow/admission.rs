@@ -199,7 +199,9 @@ impl Admission {
                 .is_none_or(|b| b.try_acquire(1, now_ms).is_ok())
     }
 
-    /// A routine write arrives ([`Admission::arrive_as`]).
+    /// A routine write arrives, where every waiter is a routine write
+    /// (tests, benchmarks): with waiters of other priorities use
+    /// [`Admission::arrive_as`], whose displacement events must be acted on.
     pub fn arrive(&mut self, now_ms: u64) -> Result<Arrival, Rejected> {
         self.arrive_as(now_ms, Priority::Write).0
     }

@@ -294,7 +294,14 @@ impl Breaker {
         match outcome {
             Outcome::Success => self.stats.successes += 1,
             Outcome::Failure => self.stats.failures += 1,
-            Outcome::Ignored => return,
+            Outcome::Ignored => {
+                // Says nothing of the dependency: a half-open probe it held
+                // is given back, or the breaker would wait for it forever.
+                if self.state == State::HalfOpen && permit.counted && permit.epoch == self.epoch {
+                    self.probes_issued = self.probes_issued.saturating_sub(1);
+                }
+                return;
+            }
         }
         self.stats.slow += u64::from(slow);
         if !permit.counted || permit.epoch != self.epoch {
@@ -514,5 +521,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A probe whose call ended saying nothing of the dependency (bad
+    /// input, a leader change) gives its slot back: the half-open breaker
+    /// lets the next call probe instead of refusing everything.
+    #[test]
+    fn an_ignored_probe_frees_its_slot() {
+        let mut b = Breaker::new(BreakerConfig {
+            window: Window::Count(4),
+            failure_rate_pct: 50,
+            slow_call_rate_pct: 100,
+            slow_call_ms: 10_000,
+            min_calls: 2,
+            open_ms: 100,
+            half_open_probes: 1,
+        });
+        for _ in 0..2 {
+            let p = b.try_acquire(0).unwrap();
+            b.on_result(p, Outcome::Failure, 1, 0);
+        }
+        let probe = b.try_acquire(200).unwrap();
+        assert_eq!(b.state(), State::HalfOpen);
+        assert!(b.try_acquire(200).is_err(), "one probe at a time");
+        b.on_result(probe, Outcome::Ignored, 1, 200);
+        let probe = b.try_acquire(201).expect("the slot was given back");
+        b.on_result(probe, Outcome::Success, 1, 201);
+        assert_eq!(b.state(), State::Closed);
     }
 }

@@ -123,14 +123,17 @@ impl Breakers {
         self.lock().contains_key(name)
     }
 
-    /// Closes `name` with an empty window, forgetting permits out (their
-    /// results no longer count): what a caller that restarted, and so lost
-    /// its permits, does before its first call.
+    /// A caller that restarted lost the permits it held: a half-open
+    /// breaker would wait for their probes forever, so it closes with an
+    /// empty window (the permits out no longer count). Open and closed
+    /// ones keep their state (a peer the detector holds Down stays open).
     pub fn reset(&self, name: &str, now: tokio::time::Instant) {
         let ms = self.ms(now);
         if let Some(e) = self.lock().get_mut(name) {
-            e.breaker.reset(ms);
-            e.tripped_by_detector = false;
+            if e.breaker.state().name() == "half_open" {
+                e.breaker.reset(ms);
+                e.tripped_by_detector = false;
+            }
         }
     }
 

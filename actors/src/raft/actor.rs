@@ -197,9 +197,9 @@ pub struct RaftPeerState<M: StateMachine> {
     /// breaker's permit, by sequence number.
     guarded_proposals: BTreeMap<u64, Guarded>,
     guarded_reads: BTreeMap<u64, Guarded>,
-    /// "Now" as the committed entries show it: what deadlines, stamps and
-    /// the leader's check of a forwarded timestamp read, so a step back of
-    /// the wall clock changes none of them.
+    /// "Now" that a step back of the wall clock cannot move back: what
+    /// the deadlines sent and the leader's check of a forwarded timestamp
+    /// read.
     floor: TimeFloor,
 }
 
@@ -208,6 +208,8 @@ struct Guarded {
     dependency: String,
     permit: Permit,
     at: tokio::time::Instant,
+    /// The leader the call went to.
+    leader: FacilityId,
 }
 
 /// The breakers' settings for calls to the leader: judged over the last 20
@@ -237,16 +239,16 @@ pub fn read_index_dependency(peer: &FacilityId) -> String {
 }
 
 impl<M: StateMachine> RaftPeerState<M> {
-    /// Wall-clock ms as the cluster's entries show it ([`TimeFloor`]): what
-    /// the leader judges a forwarded timestamp against.
-    fn now_ms(&self) -> u64 {
+    /// Wall-clock ms that a step back cannot move back ([`TimeFloor`]):
+    /// what the leader judges a forwarded timestamp against.
+    fn now_ms(&mut self) -> u64 {
         self.floor
             .reference(self.ctx.clock.unix_ms(), self.ctx.clock.now())
     }
 
-    /// The wall clock for stamps and the deadlines sent, unless it was
-    /// stepped back past the allowed skew ([`TimeFloor::unless_behind`]).
-    fn send_ms(&self) -> u64 {
+    /// The wall clock for the deadlines sent, unless it was stepped back
+    /// past the allowed skew ([`TimeFloor::unless_behind`]).
+    fn send_ms(&mut self) -> u64 {
         self.floor
             .unless_behind(self.ctx.clock.unix_ms(), self.ctx.clock.now())
     }
@@ -269,6 +271,7 @@ impl<M: StateMachine> RaftPeerState<M> {
                 dependency,
                 permit,
                 at,
+                leader,
             })),
             Err(r) if r.state == "unknown" => Ok(None),
             Err(r) => {
@@ -276,6 +279,25 @@ impl<M: StateMachine> RaftPeerState<M> {
                     .increment(1);
                 Err((dependency, r.retry_after_ms))
             }
+        }
+    }
+
+    /// How a call that timed out counts: against the leader only when the
+    /// leader is still the one it went to and the call had the hop's whole
+    /// timeout (a leader change answers forwarded proposals at once, and a
+    /// client's own short budget says nothing of the leader).
+    fn timed_out(&self, g: &Guarded) -> BreakerOutcome {
+        let hop_ms = self
+            .setup
+            .config
+            .proposal_timeout_ticks
+            .saturating_mul(self.setup.config.tick_ms);
+        let took = self.ctx.clock.now().saturating_duration_since(g.at);
+        let same_leader = self.core.leader().as_ref() == Some(&g.leader);
+        if same_leader && took.as_millis() as u64 >= hop_ms.saturating_mul(9) / 10 {
+            BreakerOutcome::Failure
+        } else {
+            BreakerOutcome::Ignored
         }
     }
 
@@ -634,8 +656,9 @@ async fn handle_live<M: StateMachine>(
         }
         RaftMsg::Remote(d) => {
             let from = d.envelope.from.clone();
+            let now = st.now_ms();
             match codec::decode::<RaftWire>(&d.envelope.body) {
-                Ok(w) => match st.core.on_peer(&from, w, st.now_ms()) {
+                Ok(w) => match st.core.on_peer(&from, w, now) {
                     Ok(()) => queue_flush(myself, st)?,
                     // The vote fence's own rows (a probe answered, a peer's
                     // store recorded) are writes too: a refused one fences
@@ -677,7 +700,13 @@ async fn handle_live<M: StateMachine>(
                     return Ok(());
                 }
             };
-            match st.core.propose(command, now, deadline_unix_ms) {
+            // Stamped by the wall clock (never before this facility's
+            // previous stamp: the machine), deadlines by `now`.
+            let stamp = st.ctx.clock.unix_ms();
+            match st
+                .core
+                .propose_stamped(command, stamp, now, deadline_unix_ms)
+            {
                 Ok(seq) => {
                     st.proposals.insert(seq, reply);
                     if let Some(g) = guard {
@@ -936,7 +965,7 @@ fn flush_outputs<M: StateMachine>(st: &mut RaftPeerState<M>) {
                         ProposeOutcome::Committed { .. } | ProposeOutcome::Rejected { .. } => {
                             BreakerOutcome::Success
                         }
-                        ProposeOutcome::TimedOut => BreakerOutcome::Failure,
+                        ProposeOutcome::TimedOut => st.timed_out(&g),
                         ProposeOutcome::NotLeader { .. } | ProposeOutcome::Shed { .. } => {
                             BreakerOutcome::Ignored
                         }
@@ -951,7 +980,7 @@ fn flush_outputs<M: StateMachine>(st: &mut RaftPeerState<M>) {
                 if let Some(g) = st.guarded_reads.remove(&seq) {
                     let judged = match &outcome {
                         ReadOutcome::Ready { .. } => BreakerOutcome::Success,
-                        ReadOutcome::TimedOut => BreakerOutcome::Failure,
+                        ReadOutcome::TimedOut => st.timed_out(&g),
                         ReadOutcome::NotLeader { .. } | ReadOutcome::Shed { .. } => {
                             BreakerOutcome::Ignored
                         }
@@ -963,10 +992,6 @@ fn flush_outputs<M: StateMachine>(st: &mut RaftPeerState<M>) {
                 }
             }
             Output::Applied(entry) => {
-                if let Some(at) = M::admitted_at_ms(&entry.shown) {
-                    let (wall, now) = (st.ctx.clock.unix_ms(), st.ctx.clock.now());
-                    st.floor.note(at, wall, now);
-                }
                 if let Some(tap) = &st.tap {
                     tap(st.core.facility(), &entry);
                 }

@@ -1287,6 +1287,19 @@ impl<M: StateMachine> RaftCore<M> {
         now_unix_ms: u64,
         deadline_unix_ms: Option<u64>,
     ) -> Result<u64, ProposeOutcome<M::Outcome>> {
+        self.propose_stamped(command, now_unix_ms, now_unix_ms, deadline_unix_ms)
+    }
+
+    /// [`RaftCore::propose`], the command stamped with the wall clock's
+    /// `stamp_unix_ms` while deadlines run from `now_unix_ms` (they differ
+    /// when the wall clock was stepped back: [`crate::hlc::TimeFloor`]).
+    pub fn propose_stamped(
+        &mut self,
+        command: M::Command,
+        stamp_unix_ms: u64,
+        now_unix_ms: u64,
+        deadline_unix_ms: Option<u64>,
+    ) -> Result<u64, ProposeOutcome<M::Outcome>> {
         let hop_ms = self
             .config
             .proposal_timeout_ticks
@@ -1310,7 +1323,7 @@ impl<M: StateMachine> RaftCore<M> {
         let key = M::key(&command);
         let bytes = self
             .machine
-            .propose(&self.me, seq, command, now_unix_ms)
+            .propose(&self.me, seq, command, stamp_unix_ms)
             .map_err(|reason| ProposeOutcome::Rejected { reason })?;
         if bytes.len() as u64 > self.config.entry_len_max {
             return Err(ProposeOutcome::Rejected {

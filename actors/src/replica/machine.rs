@@ -28,8 +28,6 @@ use crate::schedule::{Applied, Command, IdempotencyKey, Outcome};
 pub struct ScheduleMachine {
     replica: Replica,
     keyring: Keyring,
-    /// The latest timestamp this facility stamped a proposal with.
-    last_stamp: std::sync::atomic::AtomicU64,
 }
 
 /// What the applied-entry tap shows of one entry: its decoded payload and
@@ -71,7 +69,6 @@ impl StateMachine for ScheduleMachine {
         Ok(ScheduleMachine {
             replica: Replica::open(store)?,
             keyring: keyring.clone(),
-            last_stamp: Default::default(),
         })
     }
 
@@ -79,7 +76,6 @@ impl StateMachine for ScheduleMachine {
         Ok(ScheduleMachine {
             replica: Replica::reset(store)?,
             keyring: keyring.clone(),
-            last_stamp: Default::default(),
         })
     }
 
@@ -99,13 +95,6 @@ impl StateMachine for ScheduleMachine {
         command.key
     }
 
-    fn admitted_at_ms(shown: &Shown) -> Option<u64> {
-        match &shown.verdict {
-            Verdict::Admitted(link) => Some(link.entry.at_unix_ms),
-            _ => None,
-        }
-    }
-
     fn propose(
         &self,
         me: &FacilityId,
@@ -116,15 +105,11 @@ impl StateMachine for ScheduleMachine {
         // This facility accepted it from its client: it is the issuer, and
         // its clock stamps it (a retry through another facility is issued
         // again there; the idempotency key still makes it apply once).
-        // Never before its own earlier stamps (given, or in the chain): a
-        // wall clock stepped back must not read as TIME_TRAVEL.
+        // Never before its own previous admitted stamp: a wall clock
+        // stepped back must not read as TIME_TRAVEL. (Only admitted ones:
+        // a stamp refused as from the future must not hold later ones.)
         let chained = self.replica.chain().last_at().get(me).copied().unwrap_or(0);
-        let at = now_unix_ms
-            .max(chained)
-            .max(self.last_stamp.load(std::sync::atomic::Ordering::Relaxed));
-        self.last_stamp
-            .fetch_max(at, std::sync::atomic::Ordering::Relaxed);
-        command.at_unix_ms = at;
+        command.at_unix_ms = now_unix_ms.max(chained);
         command.issued_by = me.clone();
         let payload = EntryPayload {
             proposer: me.clone(),
