@@ -12,8 +12,10 @@
 //!    the hop's whole timeout, the breaker opens on those failures, and
 //!    later writes there are refused
 //!    at once with 503 CIRCUIT_OPEN (nothing sent; the CLI's table says
-//!    not applied) instead of each waiting out its budget. Once the rule
-//!    is gone the half-open probes close it and writes there commit.
+//!    not applied) instead of each waiting out its budget. A storm of
+//!    clients retrying every failure sends the leader no more than 10% of
+//!    its requests. Once the rule is gone the half-open probes close it
+//!    and writes there commit.
 
 #[path = "support/procs.rs"]
 mod procs;
@@ -199,6 +201,45 @@ async fn breakers_open_toward_a_stopped_or_unreachable_peer_and_close_after() {
     )
     .await;
     assert_eq!(refused.0, 503, "{}", refused.1);
+
+    // A retry storm: clients retrying every failure at once, 300 requests.
+    // The forwards the follower sends toward the leader stay within the
+    // 10% retry budget (in fact the breaker's probes).
+    let forwards = |site: &Site| {
+        let (c, url) = (c.clone(), site.url("/metrics"));
+        async move {
+            let text = c
+                .get(url)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines()
+                .find(|l| l.starts_with("bulwark_raft_forwards_sent_total"))
+                .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+                .or(Some(0.0))
+        }
+    };
+    let before = forwards(&s[f1]).await.expect("metrics");
+    let mut requests = 0;
+    for i in 0..100 {
+        for _ in 0..3 {
+            requests += 1;
+            let key = format!("storm-{i}");
+            let (st, _) = post(&c, &s[f1].url("/v1/people"), &key, &person(40_000 + i)).await;
+            if st != 503 && st != 0 && st != 429 {
+                break;
+            }
+        }
+    }
+    let sent = forwards(&s[f1]).await.expect("metrics") - before;
+    assert!(
+        sent <= requests as f64 / 10.0,
+        "{sent} forwards toward the leader for {requests} requests"
+    );
     assert_eq!(
         breaker(&c, &s[f1], &s[f1].id, &dep).await.as_deref(),
         Some("open")

@@ -1347,6 +1347,7 @@ impl<M: StateMachine> RaftCore<M> {
                 return Err(ProposeOutcome::NotLeader { hint: None });
             };
             via = Some(self.node.raft.leader_id);
+            metrics::counter!("bulwark_raft_forwards_sent_total").increment(1);
             self.out.push(Output::SendBy {
                 to: leader,
                 msg: RaftWire::Forward { payload: bytes },
