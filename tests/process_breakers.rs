@@ -45,6 +45,23 @@ async fn breaker(
         .and_then(|b| b["state"].as_str().map(str::to_string))
 }
 
+/// Waits until every one of `sites` shows, for each of them, its breakers
+/// toward `peer` in `state` (its own, and the others' through the mesh).
+async fn mesh_reads(c: &reqwest::Client, s: &[Site], sites: &[usize], peer: &str, state: &str) {
+    for dep in [format!("forward@{peer}"), format!("read_index@{peer}")] {
+        for &viewer in sites {
+            for &holder in sites {
+                let holder_id = s[holder].id.clone();
+                let what = format!("{dep} of {holder_id} {state} at {}", s[viewer].id);
+                until(Duration::from_secs(60), &what, || async {
+                    (breaker(c, &s[viewer], &holder_id, &dep).await? == state).then_some(())
+                })
+                .await;
+            }
+        }
+    }
+}
+
 fn person(i: usize) -> Value {
     json!({"id": format!("w{i}"), "name": format!("Writer {i}"), "role": "faculty"})
 }
@@ -89,24 +106,7 @@ async fn breakers_open_toward_a_stopped_or_unreachable_peer_and_close_after() {
     // 1. SIGSTOP a follower.
     s[f2].signal("STOP");
     let before = acked.load(Ordering::Relaxed);
-    for dep in [
-        format!("forward@{stopped}"),
-        format!("read_index@{stopped}"),
-    ] {
-        for viewer in [li, f1] {
-            for holder in [li, f1] {
-                let holder_id = s[holder].id.clone();
-                until(
-                    Duration::from_secs(60),
-                    &format!("{dep} of {holder_id} open at {}", s[viewer].id),
-                    || async {
-                        (breaker(&c, &s[viewer], &holder_id, &dep).await? == "open").then_some(())
-                    },
-                )
-                .await;
-            }
-        }
-    }
+    mesh_reads(&c, &s, &[li, f1], &stopped, "open").await;
     // Writes went on without it.
     until(
         Duration::from_secs(60),
@@ -115,38 +115,12 @@ async fn breakers_open_toward_a_stopped_or_unreachable_peer_and_close_after() {
     )
     .await;
     s[f2].signal("CONT");
-    for dep in [
-        format!("forward@{stopped}"),
-        format!("read_index@{stopped}"),
-    ] {
-        for viewer in [li, f1] {
-            for holder in [li, f1] {
-                let holder_id = s[holder].id.clone();
-                until(
-                    Duration::from_secs(60),
-                    &format!("{dep} of {holder_id} closed at {}", s[viewer].id),
-                    || async {
-                        (breaker(&c, &s[viewer], &holder_id, &dep).await? == "closed").then_some(())
-                    },
-                )
-                .await;
-            }
-        }
-    }
+    mesh_reads(&c, &s, &[li, f1], &stopped, "closed").await;
     done.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     // A paused facility missed votes but withheld nothing: no facility
     // holds evidence against it (it once collected WITHHOLDING records).
-    for x in &s {
-        let (st, v) = get(&c, &x.url("/v1/evidence")).await;
-        assert_eq!(st, 200, "{v}");
-        assert_eq!(
-            v.as_array().map(Vec::len),
-            Some(0),
-            "{} holds evidence: {v}",
-            x.id
-        );
-    }
+    no_evidence(&c, &s).await;
 
     // 2. f1's messages to the leader are lost; it still hears the leader.
     let leader_now = leader(&c, &s[f1]).await;

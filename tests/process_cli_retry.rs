@@ -7,24 +7,9 @@
 #[path = "support/procs.rs"]
 mod procs;
 
-use std::process::Command;
 use std::time::Duration;
 
 use procs::*;
-
-fn cli(site: &Site, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("BULWARK_URL", site.url(""))
-        .env("BULWARK_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecided_writes_are_retried_with_their_key_and_apply_once() {
@@ -42,10 +27,10 @@ async fn undecided_writes_are_retried_with_their_key_and_apply_once() {
         "--role",
         "faculty",
     ];
-    let (code, out, err) = cli(&s[0], &person);
+    let (code, out, err) = cli(&s[0], TOKEN, &person);
     assert_eq!(code, 0, "{out}{err}");
     // A rule refusal: final at once.
-    let (code, out, err) = cli(&s[0], &person);
+    let (code, out, err) = cli(&s[0], TOKEN, &person);
     assert_eq!(code, 2, "{out}{err}");
     assert!(!err.contains("retrying"), "a refusal was retried: {err}");
 
@@ -71,7 +56,7 @@ async fn undecided_writes_are_retried_with_their_key_and_apply_once() {
     ];
     let mut block: Vec<&str> = block.to_vec();
     block.extend(["--key", "k-b1"]);
-    let (code, out, err) = cli(&s[0], &block);
+    let (code, out, err) = cli(&s[0], TOKEN, &block);
     assert!(err.contains("retrying with the same key"), "{err}");
     // Every try said nothing was decided (no leader) and the last that the
     // facility is cut off: refused (2). If one timed out instead, it may
@@ -91,7 +76,7 @@ async fn undecided_writes_are_retried_with_their_key_and_apply_once() {
     assert!(with_key.contains(&key.as_str()));
     for _ in 0..2 {
         let (code, out, err) = until(Duration::from_secs(60), "the block", || {
-            let r = cli(&s[0], &with_key);
+            let r = cli(&s[0], TOKEN, &with_key);
             async move { (r.0 == 0).then_some(r) }
         })
         .await;

@@ -10,25 +10,10 @@
 #[path = "support/procs.rs"]
 mod procs;
 
-use std::process::Command;
 use std::time::Duration;
 
 use procs::*;
 use serde_json::json;
-
-fn cli(site: &Site, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("BULWARK_URL", site.url(""))
-        .env("BULWARK_TOKEN", token)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Who holds `block`, by a linearizable read at `site`.
 async fn holders(c: &reqwest::Client, site: &Site, block: &str) -> Option<Vec<String>> {

@@ -15,27 +15,12 @@
 #[path = "support/procs.rs"]
 mod procs;
 
-use std::process::Command;
 use std::time::Duration;
 
 use procs::*;
 use serde_json::{json, Value};
 
 const READER: &str = "reader-token-for-the-taxonomy-test";
-
-fn cli(site: &Site, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("BULWARK_URL", site.url(""))
-        .env("BULWARK_TOKEN", token)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn add_person(id: &str, name: &str) -> Vec<String> {
     [

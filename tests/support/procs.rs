@@ -308,3 +308,33 @@ pub async fn assignments(
     }
     Some((v["digest"].as_str()?.to_string(), out))
 }
+
+/// Asserts that no facility of `s` holds evidence against any other.
+pub async fn no_evidence(c: &reqwest::Client, s: &[Site]) {
+    for x in s {
+        let (st, v) = get(c, &x.url("/v1/evidence")).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(
+            v.as_array().map(Vec::len),
+            Some(0),
+            "{} holds evidence: {v}",
+            x.id
+        );
+    }
+}
+
+/// Runs the `bulwark` CLI against `site` with `token`: exit code, stdout,
+/// stderr.
+pub fn cli(site: &Site, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("BULWARK_URL", site.url(""))
+        .env("BULWARK_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
