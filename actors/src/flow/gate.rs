@@ -199,6 +199,7 @@ impl AdmissionGate {
                 }
             }
             metrics::gauge!("bulwark_flow_queue_len").set(st.core.queued() as f64);
+            metrics::gauge!("bulwark_flow_in_flight").set(f64::from(st.core.in_flight()));
             metrics::gauge!("bulwark_flow_limit").set(f64::from(st.core.limit()));
         }
         drop(returned);

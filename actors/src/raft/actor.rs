@@ -653,6 +653,10 @@ async fn handle_live<M: StateMachine>(
             if !st.fenced && st.follow_health() {
                 ready(myself, st).await?;
             }
+            // What waits on the log for an answer: each leaves by its
+            // deadline at the latest.
+            metrics::gauge!("bulwark_raft_proposals_pending").set(st.proposals.len() as f64);
+            metrics::gauge!("bulwark_raft_reads_pending").set(st.reads.len() as f64);
         }
         RaftMsg::Remote(d) => {
             let from = d.envelope.from.clone();
