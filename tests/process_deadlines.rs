@@ -86,9 +86,10 @@ async fn writes_past_their_deadline_hold_nothing_at_the_facility() {
         assert_eq!((st, v["code"].as_str()), (503, Some("TIMED_OUT")), "{v}");
     }
     // Answered: nothing is held for them any more. The RaftPeer drops a
-    // proposal at the first tick past its deadline (50 ms ticks).
+    // proposal at the first tick past its deadline (50 ms ticks), long
+    // before the leader's 5 s write could answer it.
     until(
-        Duration::from_secs(5),
+        Duration::from_secs(2),
         "the follower holding nothing",
         || async {
             let pending = metric(&c, &s[fi], "bulwark_raft_proposals_pending").await;
