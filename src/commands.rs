@@ -558,26 +558,12 @@ pub async fn schedule(cmd: ScheduleCmd) -> Result<ExitCode, String> {
             person,
             block,
             write: w,
-        } => {
-            write(
-                &w,
-                "/v1/assignments",
-                json!({"person": person, "block": block}),
-            )
-            .await
-        }
+        } => on_block(&w, "/v1/assignments", &person, &block).await,
         ScheduleCmd::Unassign {
             person,
             block,
             write: w,
-        } => {
-            write(
-                &w,
-                "/v1/unassignments",
-                json!({"person": person, "block": block}),
-            )
-            .await
-        }
+        } => on_block(&w, "/v1/unassignments", &person, &block).await,
         ScheduleCmd::Swap {
             a,
             a_block,
@@ -666,6 +652,16 @@ pub async fn schedule(cmd: ScheduleCmd) -> Result<ExitCode, String> {
             .await
         }
     }
+}
+
+/// Puts `person` on `block` or takes them off (`path`).
+async fn on_block(
+    w: &WriteArgs,
+    path: &str,
+    person: &str,
+    block: &str,
+) -> Result<ExitCode, String> {
+    write(w, path, json!({"person": person, "block": block})).await
 }
 
 /// `bulwark ledger show HEIGHT`.

@@ -57,15 +57,7 @@ async fn the_shipped_rules_and_dashboard_name_only_exported_metrics() {
     // The Raft gauges are exported once a second; a request is counted
     // after its answer, so the second scrape shows the first.
     let exported = until(Duration::from_secs(30), "the Raft gauges", || async {
-        let text = c
-            .get(s[lead].url("/metrics"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = metrics_text(&c, &s[lead]).await?;
         let got: BTreeSet<String> = text
             .lines()
             .filter(|l| !l.starts_with('#'))

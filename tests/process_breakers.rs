@@ -179,25 +179,7 @@ async fn breakers_open_toward_a_stopped_or_unreachable_peer_and_close_after() {
     // A retry storm: clients retrying every failure at once, 300 requests.
     // The forwards the follower sends toward the leader stay within the
     // 10% retry budget (in fact the breaker's probes).
-    let forwards = |site: &Site| {
-        let (c, url) = (c.clone(), site.url("/metrics"));
-        async move {
-            let text = c
-                .get(url)
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            text.lines()
-                .find(|l| l.starts_with("bulwark_raft_forwards_sent_total"))
-                .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-                .or(Some(0.0))
-        }
-    };
-    let before = forwards(&s[f1]).await.expect("metrics");
+    let before = metric(&c, &s[f1], "bulwark_raft_forwards_sent_total").await;
     let mut requests = 0;
     for i in 0..100 {
         for _ in 0..3 {
@@ -209,7 +191,7 @@ async fn breakers_open_toward_a_stopped_or_unreachable_peer_and_close_after() {
             }
         }
     }
-    let sent = forwards(&s[f1]).await.expect("metrics") - before;
+    let sent = metric(&c, &s[f1], "bulwark_raft_forwards_sent_total").await - before;
     assert!(
         sent <= requests as f64 / 10.0,
         "{sent} forwards toward the leader for {requests} requests"
@@ -249,16 +231,7 @@ async fn breakers_open_toward_a_stopped_or_unreachable_peer_and_close_after() {
         committed.load(Ordering::Relaxed) >= 1,
         "no write committed at the follower after the heal"
     );
-    let (st, text) = {
-        let r = c
-            .get(s[f1].url("/metrics"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    };
-    assert_eq!(st, 200);
+    let text = metrics_text(&c, &s[f1]).await.expect("metrics answer");
     assert!(
         text.lines()
             .any(|l| l.starts_with("bulwark_flow_breaker_refused_total") && l.contains(&dep)),

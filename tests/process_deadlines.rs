@@ -14,23 +14,6 @@ use std::time::Duration;
 use procs::*;
 use serde_json::{json, Value};
 
-/// One gauge or counter of `site`'s `/metrics` (0 when not exported yet).
-async fn metric(c: &reqwest::Client, site: &Site, name: &str) -> f64 {
-    let text = c
-        .get(site.url("/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Units the API's bulkheads hold at `site`.
 async fn held(c: &reqwest::Client, site: &Site) -> u64 {
     let (st, v) = get(c, &site.url("/v1/cluster")).await;

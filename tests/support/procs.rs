@@ -338,3 +338,25 @@ pub fn cli(site: &Site, token: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `site`'s `/metrics` text (`None`: no answer).
+pub async fn metrics_text(c: &reqwest::Client, site: &Site) -> Option<String> {
+    c.get(site.url("/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+/// One unlabelled gauge or counter of `site`'s `/metrics` (the first
+/// series of `name`; 0 when not exported yet).
+pub async fn metric(c: &reqwest::Client, site: &Site, name: &str) -> f64 {
+    let text = metrics_text(c, site).await.expect("metrics answer");
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0.0)
+}
