@@ -27,6 +27,7 @@ pub mod live;
 pub mod sim;
 
 use axum::http::Method;
+use bulwark_actors::bft::evidence::DRILL_SLACK_MS;
 use bulwark_actors::chaos::experiment::{behaviour_named, Experiment, FaultSpec};
 use bulwark_actors::chaos::inject::{Change, Injector};
 use bulwark_actors::chaos::propagation::{
@@ -36,6 +37,7 @@ use bulwark_actors::chaos::report::{
     Answer, Finding, Phase, PhaseMetrics, Probe, ProbeKind, Report, Rollback, Verdict,
 };
 use bulwark_actors::heatmap::{Heatmap, Level};
+use bulwark_actors::schedule::{namespace_prefix, valid_namespace, DRILL_MS_MAX};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -57,6 +59,10 @@ pub const HERD_OPERATOR_DELAY: Duration = Duration::from_millis(3);
 
 /// Tries of the rollback's `clear` per facility (with backoff).
 pub const ROLLBACK_ATTEMPTS: u32 = 8;
+
+/// Most steps of dropping a run's namespace (each removes up to 256
+/// blocks and people).
+pub const NAMESPACE_DROP_STEPS_MAX: u32 = 64;
 
 /// Samples kept in a report's heatmap at most.
 pub const HEATMAP_SAMPLES_MAX: usize = 240;
@@ -238,6 +244,8 @@ pub struct Agent<C: ChaosCluster> {
     /// When the fault started and ended.
     fault_at: Option<u64>,
     fault_end: Option<u64>,
+    /// Facilities a drill was declared on.
+    drilled: std::collections::BTreeSet<usize>,
 }
 
 impl<C: ChaosCluster> Agent<C> {
@@ -275,6 +283,7 @@ impl<C: ChaosCluster> Agent<C> {
             window_at: 0,
             fault_at: None,
             fault_end: None,
+            drilled: Default::default(),
         }
     }
 
@@ -294,6 +303,13 @@ impl<C: ChaosCluster> Agent<C> {
         let n = self.cluster.size();
         if let Err(why) = self.exp.validate() {
             return self.refused(why.to_string());
+        }
+        if self.run.is_empty() || !valid_namespace(&self.run) {
+            let why = format!(
+                "the run's name {:?} is not a namespace (1 to 32 chars of [A-Za-z0-9._-])",
+                self.run
+            );
+            return self.refused(why);
         }
         let ids: Result<Vec<bulwark_transport::FacilityId>, _> =
             (0..n).map(|i| self.cluster.name(i).parse()).collect();
@@ -333,7 +349,17 @@ impl<C: ChaosCluster> Agent<C> {
             Err(why) => return self.refused(why),
         };
         if let Err(why) = self.prepare(leader.unwrap_or(0)).await {
+            let _ = self.drop_namespace(leader).await;
             return self.refused(format!("could not set up the probe blocks: {why}"));
+        }
+        // Every facility a lever will be pulled on is declared in a drill
+        // first (through consensus), so the evidence it produces costs no
+        // trust.
+        for i in self.lever_targets(target, leader) {
+            if let Err(why) = self.declare_drill(i).await {
+                let _ = self.drop_namespace(leader).await;
+                return self.refused(why);
+            }
         }
         self.observe(format!(
             "started: {} ({}), target {}",
@@ -563,17 +589,22 @@ impl<C: ChaosCluster> Agent<C> {
         }
     }
 
-    /// The probe namespace: one person and one far-future block per
-    /// facility, written through the leader (idempotent across runs).
+    /// The run's namespace (`chaos:<run>:…`, dropped at the end): one
+    /// person and one far-future block per facility, written through the
+    /// leader.
     async fn prepare(&mut self, via: usize) -> Result<(), String> {
         for i in 0..self.cluster.size() {
-            let person =
-                json!({"id": probe_person(i), "name": "chaos probe", "role": "resident", "pgy": 1});
-            let block = json!({"id": probe_block(i), "day": PROBE_DAY + i as u32, "start_min": 0,
+            let person = json!({"id": self.probe_person(i), "name": "chaos probe",
+                "role": "resident", "pgy": 1});
+            let block = json!({"id": self.probe_block(i), "day": PROBE_DAY + i as u32, "start_min": 0,
                 "duration_min": 60, "pool": "clinic", "required": 1});
             for (path, body, key) in [
-                ("/v1/people", person, format!("chaos-setup-person-{i}")),
-                ("/v1/blocks", block, format!("chaos-setup-block-{i}")),
+                (
+                    "/v1/people",
+                    person,
+                    format!("chaos-{}-person-{i}", self.run),
+                ),
+                ("/v1/blocks", block, format!("chaos-{}-block-{i}", self.run)),
             ] {
                 let r = self
                     .cluster
@@ -587,7 +618,7 @@ impl<C: ChaosCluster> Agent<C> {
         }
         // Start every probe block empty, so toggles alternate cleanly.
         for i in 0..self.cluster.size() {
-            let body = json!({"person": probe_person(i), "block": probe_block(i)});
+            let body = json!({"person": self.probe_person(i), "block": self.probe_block(i)});
             let key = format!("chaos-{}-reset-{i}", self.run);
             let _ = self
                 .cluster
@@ -897,7 +928,7 @@ impl<C: ChaosCluster> Agent<C> {
         let key = format!("chaos-{}-{seq}", self.run);
         if matches!(self.exp.fault, FaultSpec::LeaderKill) {
             // Markers: each acknowledged one must survive the kill.
-            let id = format!("chaos-m-{}-{seq}", self.run);
+            let id = format!("{}m{seq}", namespace_prefix(&self.run));
             self.markers.insert(seq, id.clone());
             return ChaosCall::post(
                 "/v1/people",
@@ -913,17 +944,108 @@ impl<C: ChaosCluster> Agent<C> {
         };
         ChaosCall::post(
             path,
-            json!({"person": probe_person(i), "block": probe_block(i)}),
+            json!({"person": self.probe_person(i), "block": self.probe_block(i)}),
             Some(key),
         )
     }
 
-    async fn lever(&self, i: usize, action: Value) -> Result<(), String> {
-        let dead_man = self
-            .exp
+    fn probe_person(&self, i: usize) -> String {
+        format!("{}p{i}", namespace_prefix(&self.run))
+    }
+
+    fn probe_block(&self, i: usize) -> String {
+        format!("{}b{i}", namespace_prefix(&self.run))
+    }
+
+    /// How long a lever may hold: the dead-man timer.
+    fn dead_man_ms(&self) -> u64 {
+        self.exp
             .safety
             .dead_man_ms
-            .unwrap_or(self.exp.duration_ms + self.exp.observe.after_ms + 60_000);
+            .unwrap_or(self.exp.duration_ms + self.exp.observe.after_ms + 60_000)
+    }
+
+    /// Declares a drill on facility `i` through another facility, once per
+    /// run: evidence its levers produce costs it no trust.
+    async fn declare_drill(&mut self, i: usize) -> Result<(), String> {
+        let n = self.cluster.size();
+        if self.drilled.contains(&i) || n < 2 {
+            return Ok(());
+        }
+        let name = self.cluster.name(i);
+        let for_ms = (self.dead_man_ms() + DRILL_SLACK_MS).min(DRILL_MS_MAX);
+        let body = json!({"facility": name, "for_ms": for_ms});
+        let key = format!("chaos-{}-drill-{i}", self.run);
+        let mut last = String::new();
+        // Through each other facility in turn until one commits it.
+        for k in 1..n {
+            let via = (i + k) % n;
+            let r = self
+                .cluster
+                .call(
+                    via,
+                    ChaosCall::post("/v1/admin/chaos/drills", body.clone(), Some(key.clone())),
+                )
+                .await;
+            if r.status == 200 {
+                self.drilled.insert(i);
+                self.observe(format!(
+                    "drill declared on {name} for {for_ms} ms (through {})",
+                    self.cluster.name(via)
+                ));
+                return Ok(());
+            }
+            last = format!("{} {}", r.status, r.body);
+        }
+        Err(format!("could not declare the drill on {name}: {last}"))
+    }
+
+    /// Drops the run's namespace through consensus, in steps; bounded.
+    async fn drop_namespace(&mut self, via: Option<usize>) -> Result<u32, String> {
+        let n = self.cluster.size();
+        let body = json!({"namespace": self.run});
+        let mut last = String::new();
+        for step in 0..NAMESPACE_DROP_STEPS_MAX {
+            let key = format!("chaos-{}-drop-{step}", self.run);
+            let mut done = None;
+            for k in 0..n {
+                let i = (via.unwrap_or(0) + k) % n;
+                let call = ChaosCall::post(
+                    "/v1/admin/chaos/namespace-drops",
+                    body.clone(),
+                    Some(key.clone()),
+                );
+                let r = self.cluster.call(i, call).await;
+                if r.status == 200 {
+                    done = Some(r.body["effect"].as_str() == Some("namespace_dropped"));
+                    break;
+                }
+                last = format!("{}: {} {}", self.cluster.name(i), r.status, r.body);
+            }
+            match done {
+                Some(true) => return Ok(step + 1),
+                Some(false) => continue,
+                None => return Err(last),
+            }
+        }
+        Err(format!("still more after {NAMESPACE_DROP_STEPS_MAX} steps"))
+    }
+
+    /// The facilities the fault pulls levers on.
+    fn lever_targets(&self, target: Option<usize>, leader: Option<usize>) -> Vec<usize> {
+        match self.exp.fault {
+            FaultSpec::NetworkPartition { .. } => (0..self.cluster.size()).collect(),
+            FaultSpec::FacultyLoss { .. } | FaultSpec::LoadSpike { .. } => Vec::new(),
+            FaultSpec::LeaderKill => target.or(leader).into_iter().collect(),
+            FaultSpec::StorageLatency { .. }
+            | FaultSpec::Byzantine { .. }
+            | FaultSpec::ClockSkew { .. }
+            | FaultSpec::CascadingFailure { .. } => target.into_iter().collect(),
+        }
+    }
+
+    async fn lever(&self, i: usize, action: Value) -> Result<(), String> {
+        let dead_man = self.dead_man_ms();
         let body = json!({"action": action, "dead_man_ms": dead_man.min(3_600_000)});
         let r = self
             .cluster
@@ -1220,6 +1342,22 @@ impl<C: ChaosCluster> Agent<C> {
                 measured: format!("unconfirmed: {:?}", rollback.unconfirmed),
                 required: "every facility confirms it holds no chaos lever".into(),
             });
+        }
+        // The run's writes leave the schedule, through consensus.
+        let ns = namespace_prefix(&self.run);
+        match self.drop_namespace(leader).await {
+            Ok(steps) => self.observe(format!("namespace {ns} dropped ({steps} steps)")),
+            Err(why) => {
+                self.observe(format!("namespace {ns} not dropped: {why}"));
+                weaknesses.push(Finding {
+                    title: "the experiment's writes were not removed from the schedule".into(),
+                    measured: why,
+                    required: format!(
+                        "namespace {ns} dropped (by hand: bulwark chaos clean --namespace {})",
+                        self.run
+                    ),
+                });
+            }
         }
         let timeline = self.timeline();
         let verdict = match stopped_early {
@@ -1681,14 +1819,6 @@ impl<C: ChaosCluster> Agent<C> {
         }
         out
     }
-}
-
-fn probe_person(i: usize) -> String {
-    format!("chaos-p{i}")
-}
-
-fn probe_block(i: usize) -> String {
-    format!("chaos-b{i}")
 }
 
 /// Whether a chaos view holds nothing.

@@ -689,6 +689,46 @@ pub async fn ledger_show(height: u64, target: Target) -> Result<ExitCode, String
     .await
 }
 
+/// `bulwark chaos clean`: drops a chaos namespace (every one when
+/// `namespace` is empty) through consensus, step by step.
+pub async fn chaos_clean(t: &Target, namespace: &str) -> Result<ExitCode, String> {
+    if t.api.token().is_none() {
+        return Err("give a token with the chaos scope: --token or BULWARK_TOKEN".into());
+    }
+    crate::client::check_url(&t.url)?;
+    let client = t.api.client(Duration::from_secs(15))?;
+    let url = format!("{}/v1/admin/chaos/namespace-drops", base(&t.url));
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let shown = bulwark_actors::schedule::namespace_prefix(namespace);
+    for step in 0..crate::chaos::NAMESPACE_DROP_STEPS_MAX {
+        let key = format!("chaos-clean-{run}-{step}");
+        let a = send(
+            client
+                .post(&url)
+                .header("idempotency-key", &key)
+                .json(&json!({"namespace": namespace})),
+        )
+        .await;
+        if let Some(e) = &a.error {
+            eprintln!("no answer: {e} (nothing is lost: run it again)");
+            return Ok(Outcome::Unknown.code());
+        }
+        let outcome = Outcome::of(a.status, a.body["code"].as_str());
+        if outcome != Outcome::Done {
+            eprintln!("{}", describe(a.status, &a.body));
+            return Ok(outcome.code());
+        }
+        if a.body["effect"].as_str() == Some("namespace_dropped") {
+            println!("{shown}* dropped ({} steps)", step + 1);
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    eprintln!("{shown}* still holds more after the bounded steps: run it again");
+    Ok(Outcome::Unknown.code())
+}
+
 /// `bulwark evidence`.
 pub async fn evidence(target: Target) -> Result<ExitCode, String> {
     read(&target, "/v1/evidence", |v| {
@@ -698,8 +738,13 @@ pub async fn evidence(target: Target) -> Result<ExitCode, String> {
         }
         let mut out = String::new();
         for e in items {
+            let drill = if e["drill"].as_bool() == Some(true) {
+                "  (drill: costs no trust)"
+            } else {
+                ""
+            };
             out += &format!(
-                "{:<12} {:<22} {}\n",
+                "{:<12} {:<22} {}{drill}\n",
                 str_of(&e["offender"]),
                 str_of(&e["code"]),
                 str_of(&e["at_unix_ms"])

@@ -246,6 +246,17 @@ enum ChaosCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Remove what experiments wrote: every person and block of a chaos
+    /// namespace (`chaos:<namespace>:…`; a run's namespace is its name in
+    /// the report), through consensus. An experiment drops its own at its
+    /// end; this is for one that was interrupted.
+    Clean {
+        /// The namespace; without it, every `chaos:` id.
+        #[arg(long, default_value = "")]
+        namespace: String,
+        #[command(flatten)]
+        target: bulwark::commands::Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -318,6 +329,9 @@ fn main() -> ExitCode {
                         out,
                     },
             } => return chaos_run(file, api, access, out).await,
+            Cmd::Chaos {
+                cmd: ChaosCmd::Clean { namespace, target },
+            } => return Ok(bulwark::commands::chaos_clean(&target, &namespace).await?),
             Cmd::Keygen { id, out, api_hosts } => keygen(id, out, &api_hosts),
             Cmd::Token { name, scopes } => token(name, scopes),
             Cmd::Init {

@@ -249,3 +249,177 @@ async fn a_clock_stepped_back_a_minute_is_neither_refused_nor_blamed() {
         x.kill();
     }
 }
+
+/// The schedule's people and blocks (with who is on each) at `x`, by a
+/// linearizable read: every id and its JSON, by id.
+async fn content(
+    c: &reqwest::Client,
+    x: &Site,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let (st, v) = get(c, &x.url("/v1/schedule?consistency=linearizable")).await;
+    if st != 200 {
+        return None;
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for kind in ["people", "blocks"] {
+        for item in v[kind].as_array()? {
+            let id = item["id"].as_str()?;
+            out.insert(format!("{kind}/{id}"), item.to_string());
+        }
+    }
+    Some(out)
+}
+
+/// A live experiment cleans up after itself. `byzantine.toml` (a
+/// follower's validator signs two votes per height) runs through `bulwark
+/// chaos run` against four real facilities holding a schedule, while a
+/// client writes people of its own. Afterwards every facility holds the
+/// schedule it held before plus the client's writes and nothing else (no
+/// `chaos:` id: the run's namespace was dropped through consensus); the
+/// liar's evidence is there, each piece marked as the drill's, and every
+/// facility still trusts every other fully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_experiment_leaves_the_schedule_and_trust_as_they_were() {
+    use serde_json::json;
+    use std::time::Duration;
+    let root = tempfile::tempdir().unwrap();
+    let names = ["alpha", "bravo", "charlie", "delta"];
+    let mut s = sites(
+        root.path(),
+        &names,
+        "[backup]\nevery_s = 0\n\n[chaos]\nenabled = true\n",
+    );
+    for x in s.iter_mut() {
+        x.start();
+    }
+    let c = client();
+    leader(&c, &s[0]).await;
+    // A schedule: 60 people, 30 blocks, 30 assignments.
+    for i in 0..60 {
+        let body = json!({"id": format!("r{i}"), "name": format!("Resident {i}"),
+            "role": "resident", "pgy": 1 + i % 3});
+        let (st, v) =
+            write_until_final(&c, &s[i % 4].url("/v1/people"), &format!("r{i}"), &body).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    for i in 0..30 {
+        let body = json!({"id": format!("blk{i}"), "day": i, "start_min": 480,
+            "duration_min": 600, "pool": "icu", "required": 2});
+        let (st, v) =
+            write_until_final(&c, &s[i % 4].url("/v1/blocks"), &format!("blk{i}"), &body).await;
+        assert_eq!(st, 200, "{v}");
+        let body = json!({"person": format!("r{i}"), "block": format!("blk{i}")});
+        let url = s[(i + 1) % 4].url("/v1/assignments");
+        let (st, v) = write_until_final(&c, &url, &format!("a{i}"), &body).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    // What an interrupted experiment would leave behind, removed by hand.
+    for (path, body) in [
+        (
+            "/v1/people",
+            json!({"id": "chaos:old:p", "name": "Probe", "role": "faculty"}),
+        ),
+        (
+            "/v1/blocks",
+            json!({"id": "chaos:old:b", "day": 36500, "start_min": 0,
+            "duration_min": 60, "pool": "clinic", "required": 1}),
+        ),
+        (
+            "/v1/assignments",
+            json!({"person": "chaos:old:p", "block": "chaos:old:b"}),
+        ),
+    ] {
+        let (st, v) = write_until_final(&c, &s[1].url(path), path, &body).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let (code, out, err) = cli(&s[2], TOKEN, &["chaos", "clean"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("chaos:* dropped (1 steps)"), "{out}");
+    let before = until(Duration::from_secs(30), "the schedule", || {
+        content(&c, &s[0])
+    })
+    .await;
+    assert_eq!(
+        before.len(),
+        90,
+        "{:?}",
+        before
+            .keys()
+            .filter(|k| k.contains("chaos"))
+            .collect::<Vec<_>>()
+    );
+
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/byzantine.toml");
+    let mut args: Vec<String> = ["chaos", "run", file, "--token", TOKEN]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    for x in &s {
+        args.extend(["--api".to_string(), x.url("")]);
+    }
+    let run = tokio::task::spawn_blocking(move || Command::new(BIN).args(&args).output());
+    // The client's own writes while the experiment runs.
+    let mut mine = Vec::new();
+    let mut acked = Vec::new();
+    for k in 0..20 {
+        let id = format!("client{k}");
+        let body = json!({"id": id, "name": format!("Client {k}"), "role": "faculty"});
+        let (st, _) = post(&c, &s[k % 4].url("/v1/people"), &id, &body).await;
+        mine.push(format!("people/{id}"));
+        if st == 200 {
+            acked.push(format!("people/{id}"));
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let run = run.await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        matches!(run.status.code(), Some(0) | Some(2)),
+        "{:?}\n{text}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(text.contains("drill declared on"), "{text}");
+    assert!(
+        text.contains("namespace chaos:") && text.contains("dropped ("),
+        "{text}"
+    );
+    assert!(!acked.is_empty(), "the client's writes went through");
+
+    for x in &s {
+        let after = until(Duration::from_secs(30), "the schedule", || content(&c, x)).await;
+        let chaos: Vec<&String> = after.keys().filter(|k| k.contains("/chaos:")).collect();
+        assert!(chaos.is_empty(), "{}: the experiment left {chaos:?}", x.id);
+        for a in &acked {
+            assert!(after.contains_key(a), "{}: acknowledged {a} missing", x.id);
+        }
+        let mut theirs = after.clone();
+        theirs.retain(|k, _| !mine.contains(k));
+        assert_eq!(theirs, before, "{}: the schedule changed", x.id);
+    }
+    // The liar was caught, and its evidence is the drill's.
+    let mut caught = 0;
+    for x in &s {
+        let (st, v) = get(&c, &x.url("/v1/evidence")).await;
+        assert_eq!(st, 200, "{v}");
+        for e in v.as_array().unwrap() {
+            assert_eq!(e["drill"], json!(true), "{}: {e}", x.id);
+            caught += usize::from(e["code"] == "EQUIVOCATION");
+        }
+        let (st, v) = get(&c, &x.url("/v1/trust")).await;
+        assert_eq!(st, 200, "{v}");
+        let trust = v.as_object().unwrap();
+        assert_eq!(trust.len(), 4, "{v}");
+        for (f, t) in trust {
+            assert_eq!(t.as_f64(), Some(1.0), "{} trusts {f} {t}", x.id);
+        }
+    }
+    assert!(caught > 0, "no facility recorded the equivocation");
+    let (code, out, err) = cli(&s[0], TOKEN, &["evidence"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("EQUIVOCATION") && out.contains("(drill: costs no trust)"),
+        "{out}"
+    );
+    eprintln!("{caught} equivocation records, all the drill's\n{text}");
+}

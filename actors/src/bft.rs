@@ -315,6 +315,9 @@ pub enum BftMsg {
     Evidence(RpcReplyPort<Vec<Evidence>>),
     /// Every facility's trust score now.
     Trust(RpcReplyPort<BTreeMap<FacilityId, f64>>),
+    /// Every piece of evidence recorded, each with whether a drill
+    /// produced it.
+    EvidenceMarked(RpcReplyPort<Vec<(Evidence, bool)>>),
     /// Carry out what the core asked for (self-sent behind the messages
     /// already queued, so they share one redb commit).
     Flush,
@@ -533,6 +536,15 @@ impl Actor for BftValidator {
             BftMsg::Trust(reply) => {
                 let _ = reply.send(st.core.trust(now));
             }
+            BftMsg::EvidenceMarked(reply) => {
+                let marked = st
+                    .core
+                    .evidence()
+                    .iter()
+                    .map(|e| (e.clone(), st.core.is_drill(e)))
+                    .collect();
+                let _ = reply.send(marked);
+            }
             BftMsg::SetBehaviour { behaviour, reply } => {
                 let before = st.core.set_behaviour(behaviour);
                 st.setup.behaviour = behaviour;
@@ -601,7 +613,7 @@ fn writes(outputs: &[Output]) -> bool {
     outputs.iter().any(|o| match o {
         Output::PersistVotes(v) => !v.is_empty(),
         Output::Final(f) => !f.is_empty(),
-        Output::Evidence(_) => true,
+        Output::Evidence(_) | Output::Drills(_) => true,
         Output::Send { .. } | Output::ServeFinals { .. } => false,
     })
 }
@@ -643,14 +655,21 @@ fn carry_out(st: &mut BftState) -> Result<(), bulwark_storage::StorageError> {
     let mut votes = Vec::new();
     let mut finals = Vec::new();
     let mut evidence = Vec::new();
+    let mut drills = None;
     let mut sends = Vec::new();
     for out in outputs {
         match out {
             Output::PersistVotes(v) => votes.extend(v),
             Output::Final(f) => finals.extend(f),
             Output::Evidence(e) => evidence.push(e),
+            Output::Drills(d) => drills = Some(d),
             other => sends.push(other),
         }
+    }
+    // Rare (one per drill): its own durable commit, before the evidence
+    // it covers is written.
+    if let Some(d) = drills {
+        st.store.put_drills(&d)?;
     }
     if crate::plant::active(crate::plant::Bug::VoteNotDurable) {
         send_all(st, std::mem::take(&mut sends))?;

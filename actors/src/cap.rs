@@ -61,7 +61,9 @@ pub fn mode_of(op: &Op, emergency: bool) -> Mode {
         | Op::Batch(_)
         | Op::RetirePerson { .. }
         | Op::RetireBlock { .. }
-        | Op::Archive { .. } => Mode::Cp,
+        | Op::Archive { .. }
+        | Op::DropNamespace { .. }
+        | Op::Drill { .. } => Mode::Cp,
     }
 }
 

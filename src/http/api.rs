@@ -186,12 +186,15 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(post_batch))
         .routes(routes!(post_retirements))
         .routes(routes!(post_archive))
+        .routes(routes!(post_namespace_drop))
+        .routes(routes!(post_drill))
         .routes(routes!(get_schedule))
         .routes(routes!(get_person))
         .routes(routes!(get_block))
         .routes(routes!(get_cluster))
         .routes(routes!(get_ledger))
         .routes(routes!(get_evidence))
+        .routes(routes!(get_trust))
         .routes(routes!(post_backup))
         .routes(routes!(super::chaos::post_chaos, super::chaos::get_chaos))
         .routes(routes!(super::coverage::get_coverage))
@@ -312,6 +315,25 @@ pub struct RetireBody {
 pub struct ArchiveBody {
     /// Last day archived.
     pub through_day: u32,
+}
+
+/// A chaos namespace to drop.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceDropBody {
+    /// The namespace (ids `chaos:<namespace>:…`); empty: every one.
+    pub namespace: String,
+}
+
+/// A drill to declare.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrillBody {
+    /// The facility levers are pulled on (not the one this request goes
+    /// to).
+    pub facility: String,
+    /// How long from now, in ms (1 to a day).
+    pub for_ms: u64,
 }
 
 /// A write's answer.
@@ -723,6 +745,33 @@ write_endpoint!(
     ))
 );
 
+write_endpoint!(
+    post_namespace_drop,
+    "/admin/chaos/namespace-drops",
+    NamespaceDropBody,
+    "Removes up to 256 blocks and people of a chaos namespace with their assignments (blocks first); effect `namespace_dropped`, or `namespace_dropped_partly` when more are left: send it again under a new key (CP, chaos scope).",
+    |b: NamespaceDropBody| {
+        if !bulwark_actors::schedule::valid_namespace(&b.namespace) {
+            return Err(ApiError::bad("namespace", "0 to 32 chars of [A-Za-z0-9._-]"));
+        }
+        Ok((Op::DropNamespace { namespace: b.namespace }, false))
+    }
+);
+
+write_endpoint!(
+    post_drill,
+    "/admin/chaos/drills",
+    DrillBody,
+    "Declares a drill on a facility for for_ms: evidence against it recorded in that time is drill evidence, kept and shown (`drill: true`) but costing no trust. Refused when sent to that facility itself (CP, chaos scope).",
+    |b: DrillBody| {
+        let facility = b
+            .facility
+            .parse()
+            .map_err(|e| ApiError::bad("facility", format!("{e}")))?;
+        Ok((Op::Drill { facility, for_ms: b.for_ms }, false))
+    }
+);
+
 /// The header a write names its time budget in, in ms.
 pub const TIMEOUT_HEADER: &str = "bulwark-timeout-ms";
 
@@ -1004,6 +1053,9 @@ fn effect_name(e: &Effect) -> (&'static str, Vec<String>) {
         Effect::PersonRetired => ("person_retired", vec![]),
         Effect::BlockRetired => ("block_retired", vec![]),
         Effect::Archived { .. } => ("archived", vec![]),
+        Effect::NamespaceDropped { more: false, .. } => ("namespace_dropped", vec![]),
+        Effect::NamespaceDropped { more: true, .. } => ("namespace_dropped_partly", vec![]),
+        Effect::DrillDeclared => ("drill_declared", vec![]),
     }
 }
 
@@ -2102,6 +2154,31 @@ pub struct EvidenceView {
     pub code: String,
     /// The proof (the evidence's bincode encoding), hex.
     pub proof: String,
+    /// Produced by a drill the operator declared (`POST
+    /// /v1/admin/chaos/drills`): kept and shown, costing no trust.
+    #[serde(default)]
+    pub drill: bool,
+}
+
+/// Every facility's trust score as this facility's validator holds it.
+#[utoipa::path(
+    get,
+    path = "/trust",
+    tag = "reads",
+    responses((status = 200, description = "Facility -> trust, 0.0 to 1.0 (1.0 minus the penalties of its non-drill evidence of the last 30 days)", body = BTreeMap<String, f64>))
+)]
+async fn get_trust(
+    State(s): State<ApiState>,
+) -> Result<Json<std::collections::BTreeMap<String, f64>>, ApiError> {
+    let svc = service(&s)?;
+    let trust = ask(bft::validator_of(&svc.ctx), BftMsg::Trust)
+        .await
+        .ok_or_else(|| {
+            ApiError::unavailable("UNAVAILABLE", "the validator does not answer", 1_000)
+        })?;
+    Ok(Json(
+        trust.into_iter().map(|(f, t)| (f.to_string(), t)).collect(),
+    ))
 }
 
 /// Every piece of evidence this facility recorded.
@@ -2113,18 +2190,19 @@ pub struct EvidenceView {
 )]
 async fn get_evidence(State(s): State<ApiState>) -> Result<Json<Vec<EvidenceView>>, ApiError> {
     let svc = service(&s)?;
-    let all = ask(bft::validator_of(&svc.ctx), BftMsg::Evidence)
+    let all = ask(bft::validator_of(&svc.ctx), BftMsg::EvidenceMarked)
         .await
         .ok_or_else(|| {
             ApiError::unavailable("UNAVAILABLE", "the validator does not answer", 1_000)
         })?;
     Ok(Json(
         all.into_iter()
-            .map(|e| EvidenceView {
+            .map(|(e, drill)| EvidenceView {
                 offender: e.offender.to_string(),
                 at_unix_ms: e.at_unix_ms,
                 code: e.kind.code().into(),
                 proof: hex::encode(codec::encode(&e).unwrap_or_default()),
+                drill,
             })
             .collect(),
     ))
@@ -2253,6 +2331,8 @@ mod tests {
             [
                 "/v1/admin/backup",
                 "/v1/admin/chaos",
+                "/v1/admin/chaos/drills",
+                "/v1/admin/chaos/namespace-drops",
                 "/v1/admin/reviews",
                 "/v1/admin/reviews/{id}",
                 "/v1/approvals",
@@ -2273,6 +2353,7 @@ mod tests {
                 "/v1/retirements",
                 "/v1/schedule",
                 "/v1/swaps",
+                "/v1/trust",
                 "/v1/unassignments",
             ]
         );

@@ -26,7 +26,7 @@
 use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, Method, StatusCode};
-use bulwark_actors::schedule::Op;
+use bulwark_actors::schedule::{namespace_of, Op};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
@@ -86,13 +86,53 @@ impl Scope {
 
     /// The scope a schedule operation needs (a batch: checked per command
     /// by [`Caller::allows_op`]).
+    /// Ids of a chaos namespace are written with the chaos scope only.
     pub fn of_op(op: &Op) -> Scope {
+        if op_ids(op).any(|id| namespace_of(id).is_some()) {
+            return Scope::Chaos;
+        }
         match op {
             Op::Approve { .. } | Op::Leave { .. } | Op::EmergencyCoverage { .. } => Scope::Approve,
             Op::Archive { .. } => Scope::Operator,
+            Op::DropNamespace { .. } | Op::Drill { .. } => Scope::Chaos,
             _ => Scope::Schedule,
         }
     }
+}
+
+/// The people and blocks `op` names (a batch: none; its commands are
+/// checked one by one).
+fn op_ids(op: &Op) -> impl Iterator<Item = &str> {
+    let ids: Vec<&str> = match op {
+        Op::AddPerson(p) => vec![p.id.as_str()],
+        Op::AddBlock(b) => vec![b.id.as_str()],
+        Op::Assign { person, block }
+        | Op::Unassign { person, block }
+        | Op::EmergencyCoverage { block, person } => vec![person.as_str(), block.as_str()],
+        Op::Swap {
+            a,
+            a_block,
+            b,
+            b_block,
+        } => vec![a.as_str(), a_block.as_str(), b.as_str(), b_block.as_str()],
+        Op::Leave { person, .. } | Op::RetirePerson { person, .. } => vec![person.as_str()],
+        Op::Reconcile {
+            block,
+            remove,
+            cover,
+        } => {
+            let mut v = vec![block.as_str(), cover.as_str()];
+            v.extend(remove.iter().map(|p| p.as_str()));
+            v
+        }
+        Op::RetireBlock { block } => vec![block.as_str()],
+        Op::Approve { .. }
+        | Op::Batch(_)
+        | Op::Archive { .. }
+        | Op::DropNamespace { .. }
+        | Op::Drill { .. } => vec![],
+    };
+    ids.into_iter()
 }
 
 /// The scope a route needs; `None`: open to everyone.
@@ -411,6 +451,31 @@ mod tests {
             .allows_op(&Op::Batch(vec![assign, emergency]))
             .unwrap_err();
         assert!(e.body.message.contains("approve"), "{}", e.body.message);
+    }
+
+    /// Ids of a chaos namespace, a namespace drop and a drill need the
+    /// chaos scope; the schedule's own ids do not.
+    #[test]
+    fn chaos_namespaces_need_the_chaos_scope() {
+        use bulwark_actors::schedule::{BlockId, PersonId};
+        let assign = |p: &str, b: &str| Op::Assign {
+            person: p.parse::<PersonId>().unwrap(),
+            block: b.parse::<BlockId>().unwrap(),
+        };
+        assert_eq!(Scope::of_op(&assign("p", "b")), Scope::Schedule);
+        assert_eq!(Scope::of_op(&assign("chaos:r:p", "b")), Scope::Chaos);
+        assert_eq!(Scope::of_op(&assign("p", "chaos:r:b")), Scope::Chaos);
+        let drop = Op::DropNamespace {
+            namespace: "r".into(),
+        };
+        assert_eq!(Scope::of_op(&drop), Scope::Chaos);
+        let c = Caller {
+            name: "s".into(),
+            scopes: Scope::Schedule.bit(),
+        };
+        assert!(c
+            .allows_op(&Op::Batch(vec![assign("chaos:r:p", "chaos:r:b")]))
+            .is_err());
     }
 
     #[test]

@@ -41,6 +41,12 @@ const DAYS_IN_A_ROW_BAD: usize = 7;
 const ARCHIVE_QUIET_DAYS: u64 = 8;
 /// Most days one archive command moves.
 const ARCHIVE_STEP_DAYS: u64 = 7;
+/// Ids of experiments' namespaces start so (`chaos:<ns>:…`).
+const SANDBOX: &str = "chaos:";
+/// Blocks plus people one namespace drop removes.
+const DROP_STEP: usize = 256;
+/// Longest drill, ms.
+const DRILL_LONGEST_MS: u64 = 86_400_000;
 
 /// The duty rules' codes.
 pub const DUTY_RULES: [&str; 4] = [
@@ -140,7 +146,11 @@ impl Model {
             Some(op) if *op == cmd.op => Expect::Duplicate,
             Some(_) => Expect::Reject(BTreeSet::from(["KEY_REUSED"])),
             None => {
-                let broken = self.evaluate(&cmd.op);
+                let mut broken = self.evaluate(&cmd.op);
+                // Nobody declares a drill on itself.
+                if matches!(&cmd.op, Op::Drill { facility, .. } if *facility == cmd.issued_by) {
+                    broken.insert("INVALID_INPUT");
+                }
                 if broken.is_empty() {
                     Expect::Accept
                 } else {
@@ -315,7 +325,11 @@ impl Model {
                 let nested = ops.iter().any(|o| {
                     matches!(
                         o,
-                        Op::Batch(_) | Op::EmergencyCoverage { .. } | Op::Archive { .. }
+                        Op::Batch(_)
+                            | Op::EmergencyCoverage { .. }
+                            | Op::Archive { .. }
+                            | Op::DropNamespace { .. }
+                            | Op::Drill { .. }
                     )
                 });
                 if ops.is_empty() || ops.len() > 1000 || nested {
@@ -372,8 +386,36 @@ impl Model {
                     broken.insert("INVALID_INPUT");
                 }
             }
+            Op::DropNamespace { namespace } => {
+                let ok = namespace.len() <= 32
+                    && namespace
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                if !ok {
+                    broken.insert("INVALID_INPUT");
+                }
+            }
+            Op::Drill { for_ms, .. } => {
+                if *for_ms == 0 || *for_ms > DRILL_LONGEST_MS {
+                    broken.insert("INVALID_INPUT");
+                }
+            }
         }
         broken
+    }
+
+    /// The ids under namespace `ns` start so (empty: every namespace).
+    fn sandbox(ns: &str) -> String {
+        match ns {
+            "" => SANDBOX.to_string(),
+            _ => format!("{SANDBOX}{ns}:"),
+        }
+    }
+
+    /// The namespace of an id, if it has one.
+    fn sandbox_of(id: &str) -> Option<&str> {
+        let rest = id.strip_prefix(SANDBOX)?;
+        Some(rest.split(':').next().unwrap_or(rest))
     }
 
     /// `ARCHIVED` if `day` is archived or within the quiet days after.
@@ -383,9 +425,13 @@ impl Model {
         }
     }
 
-    /// `RETIRED` or `ARCHIVED` for `p` working the blocks `add`.
+    /// `RETIRED`, `ARCHIVED` or `NAMESPACE` for `p` working the blocks
+    /// `add`.
     fn may_work(&self, p: &str, add: &[&str], broken: &mut BTreeSet<&'static str>) {
         for b in add {
+            if Model::sandbox_of(p) != Model::sandbox_of(b) {
+                broken.insert("NAMESPACE");
+            }
             let day = self.blocks[*b].day;
             self.live_day(day, broken);
             if self.retired.get(p).is_some_and(|r| day >= *r) {
@@ -605,6 +651,39 @@ impl Model {
                 }
                 self.archived = Some(through);
             }
+            Op::DropNamespace { namespace } => {
+                let prefix = Model::sandbox(namespace);
+                let blocks: Vec<String> = self
+                    .blocks
+                    .keys()
+                    .filter(|b| b.starts_with(&prefix))
+                    .take(DROP_STEP)
+                    .cloned()
+                    .collect();
+                for b in &blocks {
+                    self.blocks.remove(b);
+                    self.on.remove(b);
+                }
+                if blocks.len() < DROP_STEP {
+                    let people: Vec<String> = self
+                        .people
+                        .iter()
+                        .filter(|p| p.starts_with(&prefix))
+                        .take(DROP_STEP - blocks.len())
+                        .cloned()
+                        .collect();
+                    for p in &people {
+                        let on: Vec<String> = self.on.keys().cloned().collect();
+                        for b in on {
+                            self.take_off(p, &b);
+                        }
+                        self.people.remove(p);
+                        self.leave.remove(p);
+                        self.retired.remove(p);
+                    }
+                }
+            }
+            Op::Drill { .. } => {}
         }
     }
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bulwark_storage::codec;
 use bulwark_transport::FacilityId;
 
-use super::evidence::{trust_score, Evidence, Kind, Patterns};
+use super::evidence::{trust_score, Drill, Evidence, Kind, Patterns, DRILLS_KEPT};
 use super::wire::{BftWire, FINALS_PER_MSG_MAX, VOTES_PER_MSG_MAX};
 use super::{Behaviour, BftConfig};
 use crate::keys::{Domain, Keyring};
@@ -36,6 +36,8 @@ pub enum Output {
     Final(Vec<(u64, FinalEntry)>),
     /// New evidence: persist it.
     Evidence(Evidence),
+    /// A drill was declared: persist every drill kept.
+    Drills(Vec<Drill>),
     /// Send `to` the stored final entries from height `from`.
     ServeFinals {
         /// The peer.
@@ -56,6 +58,8 @@ pub struct Restored {
     pub pending: Vec<(Link, Vote)>,
     /// Evidence recorded so far.
     pub evidence: Vec<Evidence>,
+    /// Drills declared, oldest first.
+    pub drills: Vec<Drill>,
 }
 
 /// A validator's view, for status queries.
@@ -119,6 +123,8 @@ pub struct Core {
     advanced_tick: u64,
     evidence: Vec<Evidence>,
     evidence_seen: BTreeSet<(FacilityId, &'static str, u64, Hash)>,
+    /// Drills declared (ledger entries), oldest first.
+    drills: Vec<Drill>,
     patterns: Patterns,
     /// Per peer: the first final height of its current streak without a
     /// vote, and the streak's length.
@@ -181,6 +187,7 @@ impl Core {
             advanced_tick: 0,
             evidence: Vec::new(),
             evidence_seen: BTreeSet::new(),
+            drills: restored.drills,
             patterns: Patterns::default(),
             missed: BTreeMap::new(),
             streak_tick: BTreeMap::new(),
@@ -286,8 +293,39 @@ impl Core {
         self.ring
             .public()
             .facilities()
-            .map(|f| (f.clone(), trust_score(f, &self.evidence, now_unix_ms)))
+            .map(|f| {
+                let t = trust_score(f, &self.evidence, &self.drills, now_unix_ms);
+                (f.clone(), t)
+            })
             .collect()
+    }
+
+    /// The drills declared, oldest first.
+    pub fn drills(&self) -> &[Drill] {
+        &self.drills
+    }
+
+    /// Whether a drill produced `e`.
+    pub fn is_drill(&self, e: &Evidence) -> bool {
+        self.drills.iter().any(|d| d.covers(e))
+    }
+
+    /// A drill admitted to the ledger at `raft_index`.
+    fn on_drill(&mut self, facility: &FacilityId, from: u64, for_ms: u64, raft_index: u64) {
+        if self.drills.iter().any(|d| d.raft_index == raft_index) {
+            return;
+        }
+        tracing::warn!(%facility, for_ms, "drill declared: evidence against it costs no trust meanwhile");
+        self.drills.push(Drill {
+            facility: facility.clone(),
+            from_unix_ms: from,
+            until_unix_ms: from.saturating_add(for_ms),
+            raft_index,
+        });
+        if self.drills.len() > DRILLS_KEPT {
+            self.drills.remove(0);
+        }
+        self.out.push(Output::Drills(self.drills.clone()));
     }
 
     fn record(&mut self, offender: FacilityId, kind: Kind, now_unix_ms: u64) {
@@ -325,6 +363,11 @@ impl Core {
             .unwrap_or_default();
         match &e.shown.verdict {
             Verdict::Admitted(link) => {
+                if let Some(Op::Drill { facility, for_ms }) =
+                    e.shown.payload.as_ref().map(|p| &p.command.op)
+                {
+                    self.on_drill(facility, link.entry.at_unix_ms, *for_ms, e.index);
+                }
                 self.patterns_note(&link.entry.proposer, false, &assigned, now_unix_ms);
                 let ahead = link.entry.at_unix_ms.saturating_sub(now_unix_ms);
                 if ahead > self.config.clock_skew_max_ms {
@@ -1217,11 +1260,15 @@ impl Core {
 
 /// The people a command puts on blocks (for the favoritism detector).
 fn assigned_people(op: &Op) -> Vec<String> {
-    match op {
-        Op::Assign { person, .. } | Op::EmergencyCoverage { person, .. } => {
-            vec![person.as_str().to_string()]
-        }
-        Op::Swap { a, b, .. } => vec![a.as_str().to_string(), b.as_str().to_string()],
+    let people = match op {
+        Op::Assign { person, .. } | Op::EmergencyCoverage { person, .. } => vec![person],
+        Op::Swap { a, b, .. } => vec![a, b],
         _ => Vec::new(),
-    }
+    };
+    // An experiment's probes (chaos namespaces) are nobody's favour.
+    people
+        .into_iter()
+        .filter(|p| crate::schedule::namespace_of(p.as_str()).is_none())
+        .map(|p| p.as_str().to_string())
+        .collect()
 }

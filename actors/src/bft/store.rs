@@ -4,12 +4,12 @@
 
 use std::path::Path;
 
-use bulwark_storage::schema::{BFT_PENDING, BFT_VOTES, EVIDENCE, LEDGER, LEDGER_CERTS};
+use bulwark_storage::schema::{BFT_PENDING, BFT_VOTES, EVIDENCE, LEDGER, LEDGER_CERTS, STATE};
 use bulwark_storage::{codec, StorageError, Store};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableError};
 
 use super::core::Restored;
-use super::evidence::Evidence;
+use super::evidence::{Drill, Evidence, DRILLS_KEPT};
 use crate::keys::PublicKeys;
 use crate::ledger::{
     verify_chain, Certificate, FinalEntry, LedgerEntry, LedgerFault, Link, VerifyReport, Vote,
@@ -18,6 +18,9 @@ use crate::ledger::{
 
 /// Evidence rows kept in the table.
 pub const EVIDENCE_ROWS_MAX: u64 = 10_000;
+
+/// The `state` row the drills are kept in.
+const DRILLS_ROW: &str = "bft_drills";
 
 /// The validator's view of the store.
 #[derive(Clone, Debug)]
@@ -74,6 +77,19 @@ impl LedgerStore {
             Err(TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(s.redb(e)),
         }
+        match tx.open_table(STATE) {
+            Ok(t) => {
+                if let Some(v) = t.get(DRILLS_ROW).map_err(|e| s.redb(e))? {
+                    let mut drills: Vec<Drill> = codec::decode(v.value())
+                        .map_err(|e| s.codec_error("state", DRILLS_ROW, e))?;
+                    // Never more than kept in memory, whatever the row says.
+                    let over = drills.len().saturating_sub(DRILLS_KEPT);
+                    r.drills = drills.split_off(over);
+                }
+            }
+            Err(TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(s.redb(e)),
+        }
         match tx.open_table(EVIDENCE) {
             Ok(t) => {
                 for row in t.iter().map_err(|e| s.redb(e))? {
@@ -87,6 +103,20 @@ impl LedgerStore {
             Err(e) => return Err(s.redb(e)),
         }
         Ok(r)
+    }
+
+    /// Replaces the drills kept, durably.
+    pub fn put_drills(&self, drills: &[Drill]) -> Result<(), StorageError> {
+        let s = &self.store;
+        let bytes =
+            codec::encode(&drills.to_vec()).map_err(|e| s.codec_error("state", DRILLS_ROW, e))?;
+        let tx = s.begin_write()?;
+        {
+            let mut t = tx.open_table(STATE).map_err(|e| s.redb(e))?;
+            t.insert(DRILLS_ROW, bytes.as_slice())
+                .map_err(|e| s.redb(e))?;
+        }
+        tx.commit().map_err(|e| s.redb(e))
     }
 
     /// Appends final entries (in height order) and drops the votes and

@@ -31,11 +31,23 @@ fn rings() -> BTreeMap<FacilityId, Keyring> {
 
 /// `len` admitted entries (approvals), proposed by alpha.
 fn entries(len: u64) -> Vec<AppliedEntry> {
+    entries_of(
+        (1..=len)
+            .map(|i| Op::Approve {
+                through_day: i as u32,
+            })
+            .collect(),
+    )
+}
+
+/// One admitted entry per op, proposed by alpha at `NOW`.
+fn entries_of(ops: Vec<Op>) -> Vec<AppliedEntry> {
     let rings = rings();
     let alpha = &rings[&ids()[0]];
     let mut state = ScheduleState::new();
-    (1..=len)
-        .map(|i| {
+    ops.into_iter()
+        .zip(1u64..)
+        .map(|(op, i)| {
             let payload = EntryPayload {
                 proposer: ids()[0].clone(),
                 seq: i,
@@ -45,9 +57,7 @@ fn entries(len: u64) -> Vec<AppliedEntry> {
                     issued_by: ids()[0].clone(),
                     at_unix_ms: NOW,
                     hlc: crate::hlc::Hlc::ZERO,
-                    op: Op::Approve {
-                        through_day: i as u32,
-                    },
+                    op,
                 },
             };
             let body = codec::encode(&payload).unwrap();
@@ -167,6 +177,7 @@ fn a_validator_never_signs_two_entries_at_one_height() {
             final_head: (0, GENESIS),
             pending: vec![(other, mine)],
             evidence: Vec::new(),
+            drills: Vec::new(),
         },
     );
     c.on_applied(&e[0], NOW);
@@ -340,4 +351,85 @@ fn a_validator_switched_to_withhold_stops_sending_and_switched_back_sends_again(
     assert_eq!(c.set_behaviour(Behaviour::Honest), Behaviour::Withhold);
     c.on_applied(&e[1], NOW);
     assert!(sends(&c.drain()) > 0, "honest again: its vote leaves");
+}
+
+/// A drill admitted to the ledger makes the evidence against its facility
+/// within its window drill evidence: kept, shown, costing no trust; the
+/// same evidence outside the window (or against another facility) costs
+/// what it always did. The drills are handed out to be persisted.
+#[test]
+fn a_declared_drill_excuses_its_facility_within_its_window_only() {
+    let mut c = core(0);
+    let drill = Op::Drill {
+        facility: ids()[1].clone(),
+        for_ms: 60_000,
+    };
+    let e = entries_of(vec![drill]);
+    c.on_applied(&e[0], NOW);
+    let out = c.drain();
+    let kept = out.iter().find_map(|o| match o {
+        Output::Drills(d) => Some(d.clone()),
+        _ => None,
+    });
+    let kept = kept.expect("the drill is handed out to be persisted");
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        (kept[0].from_unix_ms, kept[0].until_unix_ms),
+        (NOW, NOW + 60_000)
+    );
+    let l = link(&e[0]);
+    let mut evil = l.clone();
+    evil.hash = [7; 32];
+    // Bravo equivocates inside the window, charlie too.
+    for who in [1, 2] {
+        c.on_wire(
+            &ids()[who],
+            BftWire::Votes(vec![vote(who, &l)]),
+            NOW + 1_000,
+        );
+        c.on_wire(
+            &ids()[who],
+            BftWire::Votes(vec![vote(who, &evil)]),
+            NOW + 1_000,
+        );
+    }
+    assert_eq!(evidence(&c.drain()).len(), 2);
+    let marked: Vec<bool> = c.evidence().iter().map(|e| c.is_drill(e)).collect();
+    assert_eq!(
+        marked,
+        vec![true, false],
+        "bravo's is the drill's, charlie's is not"
+    );
+    let trust = c.trust(NOW + 2_000);
+    assert_eq!(trust[&ids()[1]], 1.0, "drill evidence costs no trust");
+    assert!(trust[&ids()[2]] < 1.0, "real evidence does");
+    // Replayed after a restart: the drill is not taken twice.
+    c.on_applied(&e[0], NOW);
+    assert_eq!(c.drills().len(), 1);
+}
+
+/// A drill does not cover evidence recorded long after its window.
+#[test]
+fn a_drill_ends() {
+    use super::evidence::{trust_score, Drill, Evidence, DRILL_SLACK_MS};
+    let d = Drill {
+        facility: ids()[1].clone(),
+        from_unix_ms: NOW,
+        until_unix_ms: NOW + 60_000,
+        raft_index: 1,
+    };
+    let at = |ms| Evidence {
+        offender: ids()[1].clone(),
+        at_unix_ms: ms,
+        kind: Kind::StaleVote {
+            height: ms,
+            repeats: 1,
+            vote: vote(1, &link(&entries(1)[0])),
+        },
+    };
+    assert!(d.covers(&at(NOW + 60_000 + DRILL_SLACK_MS)));
+    assert!(!d.covers(&at(NOW + 60_001 + DRILL_SLACK_MS)));
+    assert!(!d.covers(&at(NOW - DRILL_SLACK_MS - 1)));
+    let late = [at(NOW + 10 * 60_000)];
+    assert!(trust_score(&ids()[1], &late, &[d], NOW + 10 * 60_000) < 1.0);
 }

@@ -110,6 +110,14 @@ fn prefix_end(id: &str) -> Vec<u8> {
     k
 }
 
+/// The first key after every id that starts with `prefix` (ids are
+/// ASCII, so no id byte reaches 0xff).
+fn id_prefix_end(prefix: &str) -> Vec<u8> {
+    let mut k = prefix.as_bytes().to_vec();
+    k.push(0xff);
+    k
+}
+
 fn duty_key(person: &str, start: u64, block: &str) -> Vec<u8> {
     let mut k = prefix(person);
     k.extend_from_slice(&start.to_be_bytes());
@@ -459,6 +467,32 @@ macro_rules! tables_read {
                 self.meta.archived_through
             }
 
+            fn people_with_prefix(&self, prefix: &str, limit: usize) -> Vec<PersonId> {
+                self.r
+                    .range(
+                        SCHED_PEOPLE,
+                        prefix.as_bytes(),
+                        &id_prefix_end(prefix),
+                        limit,
+                    )
+                    .into_iter()
+                    .filter_map(|(k, _)| std::str::from_utf8(&k).ok()?.parse().ok())
+                    .collect()
+            }
+
+            fn blocks_with_prefix(&self, prefix: &str, limit: usize) -> Vec<Block> {
+                self.r
+                    .range(
+                        SCHED_BLOCKS,
+                        prefix.as_bytes(),
+                        &id_prefix_end(prefix),
+                        limit,
+                    )
+                    .into_iter()
+                    .filter_map(|(k, v)| self.r.decode("sched_blocks", &k, &v))
+                    .collect()
+            }
+
             fn retired_from(&self, person: &PersonId) -> Option<u32> {
                 self.r.retired_from(person)
             }
@@ -663,6 +697,18 @@ impl Tables for RedbTables<'_> {
         self.delete(SCHED_BLOCKS, block.id.as_str().as_bytes());
         self.delete(SCHED_DAYS, &key);
         self.delete(SCHED_OPEN, &key);
+    }
+
+    fn remove_person(&mut self, person: &PersonId) {
+        let p = person.as_str();
+        self.delete(SCHED_PEOPLE, p.as_bytes());
+        self.delete(SCHED_RETIRED, p.as_bytes());
+        for (k, _) in self
+            .r
+            .range(SCHED_LEAVE, &prefix(p), &prefix_end(p), usize::MAX)
+        {
+            self.delete(SCHED_LEAVE, &k);
+        }
     }
 
     fn archive_block(&mut self, block: &Block) {

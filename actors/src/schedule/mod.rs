@@ -354,6 +354,60 @@ pub enum Op {
         /// The last day archived.
         through_day: u32,
     },
+    /// Remove up to [`NAMESPACE_DROP_MAX`] blocks and people of the
+    /// namespace `namespace` (ids `chaos:<namespace>:…`; empty: every
+    /// `chaos:` id), their assignments, leave and retirement: what a chaos
+    /// experiment wrote. Blocks go first, people once no block is left;
+    /// the effect says whether more remain. Archived blocks stay.
+    DropNamespace {
+        /// The namespace (0 to [`NAMESPACE_LEN_MAX`] chars of
+        /// `[A-Za-z0-9._-]`).
+        namespace: String,
+    },
+    /// The operator declares a drill on `facility` for `for_ms` from the
+    /// command's timestamp: evidence against it recorded in that window
+    /// is drill evidence, kept and shown but costing no trust. Refused
+    /// when `facility` issues it itself (a liar cannot excuse itself).
+    Drill {
+        /// The facility the operator pulls levers on.
+        facility: FacilityId,
+        /// How long, in ms (at most [`DRILL_MS_MAX`]).
+        for_ms: u64,
+    },
+}
+
+/// The id prefix of every namespace: an id `chaos:<ns>:…` belongs to
+/// namespace `<ns>`; every other id to the schedule itself.
+pub const NAMESPACE_PREFIX: &str = "chaos:";
+/// Longest namespace name.
+pub const NAMESPACE_LEN_MAX: usize = 32;
+/// Blocks plus people one [`Op::DropNamespace`] removes at most.
+pub const NAMESPACE_DROP_MAX: usize = 256;
+/// Longest drill: a day.
+pub const DRILL_MS_MAX: u64 = 24 * 3600 * 1000;
+
+/// The namespace an id belongs to: `Some(ns)` for `chaos:<ns>:…` (or
+/// `chaos:<ns>`), `None` for the schedule's own ids.
+pub fn namespace_of(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix(NAMESPACE_PREFIX)?;
+    Some(rest.split_once(':').map_or(rest, |(ns, _)| ns))
+}
+
+/// The id prefix of namespace `ns` (empty: every namespace).
+pub fn namespace_prefix(ns: &str) -> String {
+    if ns.is_empty() {
+        NAMESPACE_PREFIX.to_string()
+    } else {
+        format!("{NAMESPACE_PREFIX}{ns}:")
+    }
+}
+
+/// Whether `ns` is a namespace name ([`Op::DropNamespace`]).
+pub fn valid_namespace(ns: &str) -> bool {
+    ns.len() <= NAMESPACE_LEN_MAX
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl Op {
@@ -373,6 +427,8 @@ impl Op {
             Op::RetirePerson { .. } => "retire_person",
             Op::RetireBlock { .. } => "retire_block",
             Op::Archive { .. } => "archive",
+            Op::DropNamespace { .. } => "drop_namespace",
+            Op::Drill { .. } => "drill",
         }
     }
 }
@@ -424,6 +480,17 @@ pub enum Effect {
         /// Blocks moved.
         blocks: u32,
     },
+    /// Part or all of a namespace was removed.
+    NamespaceDropped {
+        /// Blocks removed.
+        blocks: u32,
+        /// People removed.
+        people: u32,
+        /// Whether more of the namespace is left (drop it again).
+        more: bool,
+    },
+    /// A drill was declared.
+    DrillDeclared,
 }
 
 /// Why a command was rejected.
@@ -619,7 +686,7 @@ impl<T: Tables> Schedule<T> {
             self.record_rejection(index, cmd, &rejection);
             return Applied::Fresh(Outcome::Rejected(rejection));
         }
-        let outcome = match self.execute(index, cmd.stamp(), &cmd.op) {
+        let outcome = match self.execute(index, cmd.stamp(), &cmd.issued_by, &cmd.op) {
             Ok(effect) => Outcome::Applied(effect),
             Err(rejection) => {
                 self.record_rejection(index, cmd, &rejection);
@@ -688,7 +755,13 @@ impl<T: Tables> Schedule<T> {
     }
 
     /// Runs `op`: on `Err` nothing has changed.
-    fn execute(&mut self, index: u64, stamp: Hlc, op: &Op) -> Result<Effect, Rejection> {
+    fn execute(
+        &mut self,
+        index: u64,
+        stamp: Hlc,
+        by: &FacilityId,
+        op: &Op,
+    ) -> Result<Effect, Rejection> {
         match op {
             Op::AddPerson(p) => {
                 validate_name(&p.name).map_err(|d| reject(Rule::InvalidInput, d))?;
@@ -882,17 +955,21 @@ impl<T: Tables> Schedule<T> {
                 if ops.iter().any(|o| {
                     matches!(
                         o,
-                        Op::Batch(_) | Op::EmergencyCoverage { .. } | Op::Archive { .. }
+                        Op::Batch(_)
+                            | Op::EmergencyCoverage { .. }
+                            | Op::Archive { .. }
+                            | Op::DropNamespace { .. }
+                            | Op::Drill { .. }
                     )
                 }) {
                     return Err(reject(
                         Rule::InvalidInput,
-                        "a batch holds no batch, no emergency coverage and no archive".into(),
+                        "a batch holds no batch, emergency coverage, archive, namespace drop or drill".into(),
                     ));
                 }
                 let outcomes = ops
                     .iter()
-                    .map(|op| match self.execute(index, stamp, op) {
+                    .map(|op| match self.execute(index, stamp, by, op) {
                         Ok(e) => Outcome::Applied(e),
                         Err(r) => Outcome::Rejected(r),
                     })
@@ -932,6 +1009,22 @@ impl<T: Tables> Schedule<T> {
                 }
                 self.t.remove_block(&b);
                 Ok(Effect::BlockRetired)
+            }
+            Op::DropNamespace { namespace } => self.drop_namespace(namespace),
+            Op::Drill { facility, for_ms } => {
+                if *for_ms == 0 || *for_ms > DRILL_MS_MAX {
+                    return Err(reject(
+                        Rule::InvalidInput,
+                        format!("a drill lasts 1 to {DRILL_MS_MAX} ms"),
+                    ));
+                }
+                if facility == by {
+                    return Err(reject(
+                        Rule::InvalidInput,
+                        format!("{by} cannot declare a drill on itself: send it through another facility"),
+                    ));
+                }
+                Ok(Effect::DrillDeclared)
             }
             Op::Archive { through_day } => {
                 let approved = self.t.approved_through();
@@ -1083,12 +1176,60 @@ impl<T: Tables> Schedule<T> {
     /// taking `add`. The state before keeps every rule, so a broken rule
     /// involves an added block: only the person's duty within
     /// [`DUTY_REACH_MIN`] of the added blocks is read.
+    /// Removes what [`Op::DropNamespace`] removes.
+    fn drop_namespace(&mut self, ns: &str) -> Result<Effect, Rejection> {
+        if !valid_namespace(ns) {
+            return Err(reject(
+                Rule::InvalidInput,
+                format!("a namespace is 0 to {NAMESPACE_LEN_MAX} chars of [A-Za-z0-9._-]"),
+            ));
+        }
+        let prefix = namespace_prefix(ns);
+        let blocks = self.t.blocks_with_prefix(&prefix, NAMESPACE_DROP_MAX);
+        for b in &blocks {
+            for (p, _) in self.t.assignments_on(&b.id) {
+                self.t.remove_assignment(b, &p);
+            }
+            self.t.remove_block(b);
+        }
+        // People only once their namespace holds no block: a person of
+        // the namespace is on its blocks only, so none holds duty then.
+        let room = NAMESPACE_DROP_MAX - blocks.len();
+        let people = if blocks.len() < NAMESPACE_DROP_MAX {
+            self.t.people_with_prefix(&prefix, room)
+        } else {
+            Vec::new()
+        };
+        for p in &people {
+            // Duty can only be on the namespace's own blocks, gone by now;
+            // a store older than the namespace rule may hold more.
+            for (_, blk) in self.t.duty_starting(p, 0, u64::MAX) {
+                if let Some(b) = self.t.block(&blk) {
+                    self.t.remove_assignment(&b, p);
+                }
+            }
+            self.t.remove_person(p);
+        }
+        Ok(Effect::NamespaceDropped {
+            blocks: blocks.len() as u32,
+            people: people.len() as u32,
+            more: blocks.len() + people.len() == NAMESPACE_DROP_MAX,
+        })
+    }
+
     fn check_person_with(
         &self,
         person: &PersonId,
         drop: &[&BlockId],
         add: &[&Block],
     ) -> Result<(), Rejection> {
+        let home = namespace_of(person.as_str());
+        if let Some(b) = add.iter().find(|b| namespace_of(b.id.as_str()) != home) {
+            return Err(reject(
+                Rule::Namespace,
+                format!("{person} and {} are in different namespaces", b.id),
+            ));
+        }
         let ivs: Vec<Interval> = add.iter().map(|b| b.interval()).collect();
         let from = ivs.iter().map(|iv| iv.start).min().unwrap_or(0);
         let to = ivs.iter().map(|iv| iv.end).max().unwrap_or(0);
@@ -1192,6 +1333,9 @@ impl ScheduleState {
             for p in people.keys() {
                 if !t.people.contains_key(p) {
                     return Err(format!("unknown person {p} on {blk}"));
+                }
+                if namespace_of(p.as_str()) != namespace_of(blk.as_str()) {
+                    return Err(format!("{p} on {blk}: two namespaces meet"));
                 }
                 let on_leave = t
                     .leave

@@ -36,6 +36,8 @@ pub struct Overlay<'a, B> {
     archive: BTreeMap<(u32, BlockId), ArchivedBlock>,
     archived_through: Option<u32>,
     retired: BTreeMap<PersonId, u32>,
+    /// People removed here (their base leave and retirement with them).
+    gone_people: BTreeSet<PersonId>,
 }
 
 impl<'a, B: TablesRead> Overlay<'a, B> {
@@ -57,6 +59,7 @@ impl<'a, B: TablesRead> Overlay<'a, B> {
             archive: BTreeMap::new(),
             archived_through: None,
             retired: BTreeMap::new(),
+            gone_people: BTreeSet::new(),
         }
     }
 
@@ -89,10 +92,13 @@ impl<B: TablesRead> TablesRead for Overlay<'_, B> {
     }
 
     fn person(&self, id: &PersonId) -> Option<Person> {
-        self.people
-            .get(id)
-            .cloned()
-            .or_else(|| self.base.person(id))
+        if let Some(p) = self.people.get(id) {
+            return Some(p.clone());
+        }
+        if self.gone_people.contains(id) {
+            return None;
+        }
+        self.base.person(id)
     }
 
     fn block(&self, id: &BlockId) -> Option<Block> {
@@ -190,6 +196,9 @@ impl<B: TablesRead> TablesRead for Overlay<'_, B> {
             .leave
             .get(person)
             .and_then(|l| l.range(from..=to).next().copied());
+        if self.gone_people.contains(person) {
+            return mine;
+        }
         match (mine, self.base.leave_day_in(person, from, to)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -201,7 +210,11 @@ impl<B: TablesRead> TablesRead for Overlay<'_, B> {
     }
 
     fn leave_days(&self, person: &PersonId, from: u32, to: u32) -> Vec<u32> {
-        let mut days: BTreeSet<u32> = self.base.leave_days(person, from, to).into_iter().collect();
+        let mut days: BTreeSet<u32> = if self.gone_people.contains(person) {
+            BTreeSet::new()
+        } else {
+            self.base.leave_days(person, from, to).into_iter().collect()
+        };
         if let Some(l) = self.leave.get(person) {
             days.extend(l.range(from..=to));
         }
@@ -246,10 +259,48 @@ impl<B: TablesRead> TablesRead for Overlay<'_, B> {
     }
 
     fn retired_from(&self, person: &PersonId) -> Option<u32> {
-        self.retired
-            .get(person)
-            .copied()
-            .or_else(|| self.base.retired_from(person))
+        if let Some(d) = self.retired.get(person) {
+            return Some(*d);
+        }
+        if self.gone_people.contains(person) {
+            return None;
+        }
+        self.base.retired_from(person)
+    }
+
+    fn people_with_prefix(&self, prefix: &str, limit: usize) -> Vec<PersonId> {
+        let base = self
+            .base
+            .people_with_prefix(prefix, limit.saturating_add(self.gone_people.len()));
+        let mine = self
+            .people
+            .range(PersonId(prefix.to_string())..)
+            .take_while(|(id, _)| id.as_str().starts_with(prefix))
+            .map(|(id, _)| id.clone());
+        let all: BTreeSet<PersonId> = base
+            .into_iter()
+            .filter(|p| !self.gone_people.contains(p))
+            .chain(mine)
+            .collect();
+        all.into_iter().take(limit).collect()
+    }
+
+    fn blocks_with_prefix(&self, prefix: &str, limit: usize) -> Vec<Block> {
+        let base = self
+            .base
+            .blocks_with_prefix(prefix, limit.saturating_add(self.gone.len()));
+        let mut all: BTreeMap<BlockId, Block> = base
+            .into_iter()
+            .filter(|b| !self.gone.contains(&b.id))
+            .map(|b| (b.id.clone(), b))
+            .collect();
+        all.extend(
+            self.blocks
+                .range(BlockId(prefix.to_string())..)
+                .take_while(|(id, _)| id.as_str().starts_with(prefix))
+                .map(|(id, b)| (id.clone(), b.clone())),
+        );
+        all.into_values().take(limit).collect()
     }
 
     fn archived_day(&self, id: &BlockId) -> Option<u32> {
@@ -303,6 +354,13 @@ impl<B: TablesRead> Tables for Overlay<'_, B> {
 
     fn put_person(&mut self, person: &Person) {
         self.people.insert(person.id.clone(), person.clone());
+    }
+
+    fn remove_person(&mut self, person: &PersonId) {
+        self.people.remove(person);
+        self.leave.remove(person);
+        self.retired.remove(person);
+        self.gone_people.insert(person.clone());
     }
 
     fn put_block(&mut self, block: &Block) {

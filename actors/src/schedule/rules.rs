@@ -86,6 +86,9 @@ pub enum Rule {
     Archived,
     /// Only finally approved days can be archived.
     NotFinal,
+    /// A person and a block of different namespaces (an experiment's
+    /// `chaos:` ids never meet the schedule's own).
+    Namespace,
 }
 
 impl Rule {
@@ -113,6 +116,7 @@ impl Rule {
             Rule::HoldsAssignments => "HOLDS_ASSIGNMENTS",
             Rule::Archived => "ARCHIVED",
             Rule::NotFinal => "NOT_FINAL",
+            Rule::Namespace => "NAMESPACE",
         }
     }
 

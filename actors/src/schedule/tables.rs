@@ -84,6 +84,11 @@ pub trait TablesRead {
     fn retired_from(&self, person: &PersonId) -> Option<u32>;
     /// The day of the archived block `id`, if it was archived.
     fn archived_day(&self, id: &BlockId) -> Option<u32>;
+    /// People whose id starts with `prefix`, in id order, at most `limit`.
+    fn people_with_prefix(&self, prefix: &str, limit: usize) -> Vec<PersonId>;
+    /// Blocks (not archived) whose id starts with `prefix`, in id order,
+    /// at most `limit`.
+    fn blocks_with_prefix(&self, prefix: &str, limit: usize) -> Vec<Block>;
     /// Archived blocks on days `from_day..=to_day` in (day, id) order, at
     /// most `limit`; with `after`, only those after (`from_day`, `after`).
     fn archived_blocks(
@@ -123,6 +128,8 @@ pub trait Tables: TablesRead {
     fn retire_person(&mut self, person: &PersonId, day: u32);
     /// Removes `block` (nobody is on it) and its index rows.
     fn remove_block(&mut self, block: &Block);
+    /// Removes `person` (on no block), their leave and retirement.
+    fn remove_person(&mut self, person: &PersonId);
     /// Moves `block` and its assignments out of every hot table and index
     /// into the archive.
     fn archive_block(&mut self, block: &Block);
@@ -327,6 +334,24 @@ impl TablesRead for MemTables {
         self.archived_ids.get(id).copied()
     }
 
+    fn people_with_prefix(&self, prefix: &str, limit: usize) -> Vec<PersonId> {
+        self.people
+            .range(PersonId(prefix.to_string())..)
+            .take_while(|(id, _)| id.as_str().starts_with(prefix))
+            .take(limit)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn blocks_with_prefix(&self, prefix: &str, limit: usize) -> Vec<Block> {
+        self.blocks
+            .range(BlockId(prefix.to_string())..)
+            .take_while(|(id, _)| id.as_str().starts_with(prefix))
+            .take(limit)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
     fn archived_blocks(
         &self,
         from_day: u32,
@@ -436,6 +461,13 @@ impl Tables for MemTables {
         self.blocks.remove(&block.id);
         self.by_day.remove(&key);
         self.open.remove(&key);
+    }
+
+    fn remove_person(&mut self, person: &PersonId) {
+        self.people.remove(person);
+        self.leave.remove(person);
+        self.retired.remove(person);
+        self.by_person.remove(person);
     }
 
     fn archive_block(&mut self, block: &Block) {

@@ -514,25 +514,47 @@ proptest! {
     }
 }
 
+/// Person `i`: the schedule's own for 0..5, then two of chaos namespaces.
+fn person_id(i: u8) -> String {
+    match i {
+        0..5 => format!("p{i}"),
+        5 => "chaos:x:p5".into(),
+        _ => format!("chaos:y:p{i}"),
+    }
+}
+
+/// Block `i`: the schedule's own for 0..12, then two of namespace `x`.
+fn block_id(i: u8) -> String {
+    match i {
+        0..12 => format!("b{i}"),
+        _ => format!("chaos:x:b{i}"),
+    }
+}
+
 pub(crate) fn arb_op() -> impl Strategy<Value = Op> {
-    let p = (0u8..5).prop_map(|i| pid(&format!("p{i}")));
-    let b = (0u8..12).prop_map(|i| bid(&format!("b{i}")));
+    let p = (0u8..7).prop_map(|i| pid(&person_id(i)));
+    let b = (0u8..14).prop_map(|i| bid(&block_id(i)));
     prop_oneof![
+        prop_oneof![Just(""), Just("x"), Just("y"), Just("no:colons")].prop_map(|ns| {
+            Op::DropNamespace {
+                namespace: ns.into(),
+            }
+        }),
         (
-            0u8..5,
+            0u8..7,
             prop_oneof![
                 Just(Role::Faculty),
                 (1u8..4).prop_map(|pgy| Role::Resident { pgy })
             ]
         )
             .prop_map(|(i, role)| Op::AddPerson(Person {
-                id: pid(&format!("p{i}")),
+                id: pid(&person_id(i)),
                 name: format!("P{i}"),
                 role
             })),
-        (0u8..12, 0u32..10, 0u16..1440, 60u16..1000, 1u8..3).prop_map(|(i, day, s, d, req)| {
+        (0u8..14, 0u32..10, 0u16..1440, 60u16..1000, 1u8..3).prop_map(|(i, day, s, d, req)| {
             Op::AddBlock(Block {
-                id: bid(&format!("b{i}")),
+                id: bid(&block_id(i)),
                 day,
                 start_min: s,
                 duration_min: d,
@@ -888,4 +910,86 @@ fn archiving_moves_final_days_out_and_quiets_the_days_after() {
     r.rejected(archive(12), Rule::NotFinal);
     // A batch carries no archive.
     r.rejected(Op::Batch(vec![archive(11)]), Rule::InvalidInput);
+}
+
+/// A chaos namespace is closed (its people work its blocks only) and
+/// dropping it leaves the schedule's own people, blocks, assignments, leave
+/// and retirements exactly as they were; a big namespace goes in bounded
+/// steps, blocks first.
+#[test]
+fn a_namespace_is_closed_and_drops_without_a_trace() {
+    let mut r = Run::new();
+    r.ok(person("p1"));
+    r.ok(block("b1", 3, 0, 60, 2));
+    r.ok(assign("p1", "b1"));
+    let own = r.st.t.clone();
+    r.ok(person("chaos:run1:p"));
+    r.ok(person("chaos:run2:p"));
+    r.ok(block("chaos:run1:b", 3, 120, 60, 2));
+    r.rejected(assign("chaos:run1:p", "b1"), Rule::Namespace);
+    r.rejected(assign("p1", "chaos:run1:b"), Rule::Namespace);
+    r.rejected(assign("chaos:run2:p", "chaos:run1:b"), Rule::Namespace);
+    r.ok(assign("chaos:run1:p", "chaos:run1:b"));
+    r.ok(Op::Leave {
+        person: pid("chaos:run1:p"),
+        from_day: 9,
+        to_day: 10,
+    });
+    r.ok(Op::RetirePerson {
+        person: pid("chaos:run1:p"),
+        from_day: 20,
+    });
+    for i in 0..300 {
+        r.ok(block(&format!("chaos:run1:x{i:03}"), 40 + i / 10, 0, 60, 1));
+    }
+    let drop = |ns: &str| Op::DropNamespace {
+        namespace: ns.into(),
+    };
+    r.rejected(drop("run:1"), Rule::InvalidInput);
+    let step = |r: &mut Run, ns: &str| match r.apply(drop(ns)) {
+        Outcome::Applied(Effect::NamespaceDropped {
+            blocks,
+            people,
+            more,
+        }) => (blocks, people, more),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(step(&mut r, "run1"), (256, 0, true));
+    r.st.check_invariants().unwrap();
+    assert_eq!(step(&mut r, "run1"), (45, 1, false));
+    r.st.check_invariants().unwrap();
+    // run2's person is still there; the empty name takes every namespace.
+    assert!(r.st.t.people.contains_key(&pid("chaos:run2:p")));
+    assert_eq!(step(&mut r, ""), (0, 1, false));
+    assert_eq!(step(&mut r, ""), (0, 0, false));
+    let t = &r.st.t;
+    assert_eq!(
+        (&t.people, &t.blocks, &t.assignments, &t.leave, &t.retired),
+        (
+            &own.people,
+            &own.blocks,
+            &own.assignments,
+            &own.leave,
+            &own.retired
+        )
+    );
+    assert_eq!(r.st.check_invariants(), Ok(()));
+    // The derived indexes went too: a rebuilt copy is the same state.
+    let back = ScheduleState::restore(&r.st.snapshot().unwrap()).unwrap();
+    assert_eq!(back, r.st);
+}
+
+/// A drill is declared by another facility than the one it names, for 1 ms
+/// to a day.
+#[test]
+fn a_drill_is_declared_by_another_facility_only() {
+    let mut r = Run::new();
+    let drill = |f: &str, for_ms| Op::Drill {
+        facility: f.parse().unwrap(),
+        for_ms,
+    };
+    r.ok(drill("bravo", 60_000));
+    r.rejected(drill("alpha", 60_000), Rule::InvalidInput);
+    r.rejected(drill("bravo", 0), Rule::InvalidInput);
+    r.rejected(drill("bravo", DRILL_MS_MAX + 1), Rule::InvalidInput);
 }

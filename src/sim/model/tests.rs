@@ -168,6 +168,41 @@ fn the_model_disagrees_with_a_refusal_for_a_rule_not_broken() {
     assert_eq!(m.assignments(), [("b".to_string(), "p".to_string())]);
 }
 
+/// The model catches a namespace leak (an implementation that let an
+/// experiment's person onto a real block) and a drop that kept something.
+#[test]
+fn the_model_disagrees_with_a_leaking_namespace() {
+    let mut m = Model::new();
+    for (n, op) in [
+        person("chaos:r:p"),
+        block("b", 0, 0, 60),
+        block("chaos:r:b", 1, 0, 60),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        m.step(n as u64 + 1, &cmd(n as u64 + 1, op), &Decision::Applied)
+            .unwrap();
+    }
+    let e = m
+        .step(4, &cmd(4, assign("chaos:r:p", "b")), &Decision::Applied)
+        .unwrap_err();
+    assert!(e.contains("NAMESPACE"), "{e}");
+    let drop = Op::DropNamespace {
+        namespace: "r".into(),
+    };
+    m.step(5, &cmd(5, drop), &Decision::Applied).unwrap();
+    // Had the drop kept the person, adding it again would be refused.
+    let e = m
+        .step(
+            6,
+            &cmd(6, person("chaos:r:p")),
+            &Decision::Refused("ALREADY_EXISTS".into()),
+        )
+        .unwrap_err();
+    assert!(e.contains("Accept"), "{e}");
+}
+
 /// A random op over a few people and blocks of every length, so that the
 /// duty limits are reached often.
 fn random_op(rng: &mut ChaCha8Rng) -> Op {
@@ -374,6 +409,54 @@ fn the_model_and_the_schedule_agree_on_retirements_and_archives() {
             "{code}: {codes:?}"
         );
     }
+}
+
+/// A random op over two chaos namespaces beside the schedule's own ids:
+/// people and blocks added in them, assignments that cross (or not) a
+/// namespace's edge, and namespaces dropped.
+fn namespace_op(rng: &mut ChaCha8Rng) -> Op {
+    let ns = |rng: &mut ChaCha8Rng| ["a", "b"][rng.random_range(0..2)];
+    let anyone = |rng: &mut ChaCha8Rng| match rng.random_range(0..3) {
+        0 => format!("p{}", rng.random_range(0..4)),
+        _ => format!("chaos:{}:q{}", ns(rng), rng.random_range(0..3)),
+    };
+    let anywhere = |rng: &mut ChaCha8Rng| match rng.random_range(0..3) {
+        0 => format!("b{}", rng.random_range(0..40)),
+        _ => format!("chaos:{}:c{}", ns(rng), rng.random_range(0..6)),
+    };
+    match rng.random_range(0..100) {
+        0..=9 => {
+            let id = format!("chaos:{}:q{}", ns(rng), rng.random_range(0..3));
+            person(&id)
+        }
+        10..=24 => {
+            let id = format!("chaos:{}:c{}", ns(rng), rng.random_range(0..6));
+            block(&id, rng.random_range(0..10), 480, 720)
+        }
+        25..=59 => Op::Assign {
+            person: pid(&anyone(rng)),
+            block: bid(&anywhere(rng)),
+        },
+        60..=64 => Op::Leave {
+            person: pid(&anyone(rng)),
+            from_day: rng.random_range(0..10),
+            to_day: rng.random_range(10..12),
+        },
+        65..=69 => Op::DropNamespace {
+            namespace: ["a", "b", ""][rng.random_range(0..3)].into(),
+        },
+        _ => random_op(rng),
+    }
+}
+
+#[test]
+fn the_model_and_the_schedule_agree_on_namespaces() {
+    let (accepted, _, codes) = agree_over(10, (2, &[720]), 400, namespace_op);
+    eprintln!("{accepted} accepted; refusals {codes:?}");
+    assert!(
+        codes.get("NAMESPACE").copied().unwrap_or(0) > 50,
+        "the namespaces' edge was reached: {codes:?}"
+    );
 }
 
 #[test]
