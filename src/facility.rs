@@ -176,7 +176,7 @@ pub struct ConsensusParts {
 pub fn consensus_children(
     facility: &FacilityId,
     mut raft: RaftSetup,
-    bft: Option<BftSetup>,
+    mut bft: Option<BftSetup>,
     detection: Option<DetectionSpec>,
 ) -> ConsensusParts {
     let mut children = Vec::new();
@@ -208,6 +208,9 @@ pub fn consensus_children(
             ..MeshSetup::default()
         };
         raft.breakers = Some(mesh.breakers.clone());
+        if let Some(b) = bft.as_mut() {
+            b.breakers = Some(mesh.breakers.clone());
+        }
         children.push(breakers_child(mesh));
         handle = Some(d);
     }
@@ -445,6 +448,7 @@ pub fn with_consensus(
             feed: AppliedFeed::new(config.feed_len_max),
             config,
             behaviour: Default::default(),
+            breakers: None,
         });
         spec.detection = Some(DetectionSpec::default());
     }

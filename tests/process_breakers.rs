@@ -2,7 +2,8 @@
 //! processes.
 //!
 //! 1. SIGSTOP a follower for 10 s under writes: the other two facilities'
-//!    breakers toward it (`forward@…`, `read_index@…`) open once their
+//!    breakers toward it (`forward@…`, `read_index@…`, `snapshot@…`,
+//!    `ledger_fetch@…`) open once their
 //!    detectors hold it Down, each facility's `/v1/cluster` shows both its
 //!    own and its peer's open breakers (the mesh), writes keep committing,
 //!    and after SIGCONT every breaker reads closed at every facility, and no
@@ -48,7 +49,13 @@ async fn breaker(
 /// Waits until every one of `sites` shows, for each of them, its breakers
 /// toward `peer` in `state` (its own, and the others' through the mesh).
 async fn mesh_reads(c: &reqwest::Client, s: &[Site], sites: &[usize], peer: &str, state: &str) {
-    for dep in [format!("forward@{peer}"), format!("read_index@{peer}")] {
+    let deps = [
+        format!("forward@{peer}"),
+        format!("read_index@{peer}"),
+        format!("snapshot@{peer}"),
+        format!("ledger_fetch@{peer}"),
+    ];
+    for dep in deps {
         for &viewer in sites {
             for &holder in sites {
                 let holder_id = s[holder].id.clone();

@@ -75,6 +75,8 @@ use bulwark_storage::codec;
 use bulwark_transport::FacilityId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::flow::breaker::{BreakerConfig, Outcome as BreakerOutcome, Permit, Window};
+use crate::flow::mesh::Breakers;
 use crate::keys::Keyring;
 use crate::ledger::FinalEntry;
 use crate::raft::{AppliedEntry, AppliedTap};
@@ -299,6 +301,38 @@ pub struct BftSetup {
     pub behaviour: Behaviour,
     /// Applied entries from this facility's RaftPeer.
     pub feed: AppliedFeed,
+    /// The facility's breakers: fetches of final entries from a peer go
+    /// under `ledger_fetch@<peer>` (`None`: unguarded).
+    pub breakers: Option<Breakers>,
+}
+
+/// The dependency name of fetches of final entries from `peer`.
+pub fn ledger_fetch_dependency(peer: &FacilityId) -> String {
+    format!("ledger_fetch@{peer}")
+}
+
+/// The breakers' settings for fetches of final entries: judged over the
+/// last 10 fetches, open at half of them failed (unanswered within two
+/// head periods, or answered with entries that fail verification) once 3
+/// were made, for 5 s, then one probe. An open one sends the fetch to the
+/// next peer that announces a higher head instead.
+pub fn ledger_fetch_breaker_config() -> BreakerConfig {
+    BreakerConfig {
+        window: Window::Count(10),
+        failure_rate_pct: 50,
+        slow_call_rate_pct: 100,
+        slow_call_ms: 2_000,
+        min_calls: 3,
+        open_ms: 5_000,
+        half_open_probes: 1,
+    }
+}
+
+/// A fetch of final entries in flight under a breaker's permit.
+struct FetchCall {
+    peer: FacilityId,
+    permit: Permit,
+    at: tokio::time::Instant,
 }
 
 /// Messages of the [`BftValidator`].
@@ -393,6 +427,72 @@ pub struct BftState {
     /// back: honest proposers' timestamps must not then look like the
     /// future (FUTURE_TIMESTAMP evidence).
     floor: crate::hlc::TimeFloor,
+    /// The last fetch of final entries, under its peer's breaker.
+    fetch_call: Option<FetchCall>,
+}
+
+impl BftState {
+    /// Whether a fetch may go to `to`: a previous one still unanswered
+    /// counts as failed; an open breaker sends nothing (and lets the core
+    /// ask the next peer at once).
+    fn guard_fetch(&mut self, to: &FacilityId) -> bool {
+        if let Some(last) = self.fetch_call.take() {
+            self.settle_fetch(last, BreakerOutcome::Failure);
+        }
+        let Some(breakers) = self.setup.breakers.as_ref() else {
+            return true;
+        };
+        let dependency = ledger_fetch_dependency(to);
+        let at = self.ctx.clock.now();
+        match breakers.acquire(&dependency, at) {
+            Ok(permit) => {
+                self.fetch_call = Some(FetchCall {
+                    peer: to.clone(),
+                    permit,
+                    at,
+                });
+                true
+            }
+            Err(r) if r.state == "unknown" => true,
+            Err(_) => {
+                metrics::counter!("bulwark_flow_breaker_refused_total", "dependency" => dependency)
+                    .increment(1);
+                self.core.fetch_refused(to);
+                false
+            }
+        }
+    }
+
+    fn settle_fetch(&self, call: FetchCall, outcome: BreakerOutcome) {
+        if let Some(b) = &self.setup.breakers {
+            let now = self.ctx.clock.now();
+            let took = now.saturating_duration_since(call.at).as_millis() as u64;
+            b.record(
+                &ledger_fetch_dependency(&call.peer),
+                call.permit,
+                outcome,
+                took,
+                now,
+            );
+        }
+    }
+
+    /// A fetch unanswered for two head periods failed.
+    fn expire_fetch(&mut self) {
+        let limit = std::time::Duration::from_millis(
+            2 * self.setup.config.head_ticks * self.setup.config.tick_ms,
+        );
+        let now = self.ctx.clock.now();
+        if self
+            .fetch_call
+            .as_ref()
+            .is_some_and(|c| now.saturating_duration_since(c.at) >= limit)
+        {
+            if let Some(c) = self.fetch_call.take() {
+                self.settle_fetch(c, BreakerOutcome::Failure);
+            }
+        }
+    }
 }
 
 /// Applied entries handled per wake, at most (the rest on the next).
@@ -459,6 +559,18 @@ impl Actor for BftValidator {
         let tick = std::time::Duration::from_millis(setup.config.tick_ms);
         let ticker = myself.send_interval(tick, || BftMsg::Tick);
         let floor = crate::hlc::TimeFloor::new(setup.config.clock_skew_max_ms);
+        if let Some(b) = &setup.breakers {
+            let me = args.ctx.facility.clone();
+            for peer in setup.keyring.public().facilities().filter(|f| **f != me) {
+                let name = ledger_fetch_dependency(peer);
+                // After a restart the permits the old actor held are lost.
+                if b.contains(&name) {
+                    b.reset(&name, args.ctx.clock.now());
+                } else {
+                    b.register(&name, Some(peer.clone()), ledger_fetch_breaker_config())?;
+                }
+            }
+        }
         Ok(BftState {
             core,
             store,
@@ -474,6 +586,7 @@ impl Actor for BftValidator {
             held: Vec::new(),
             held_ticked: false,
             floor,
+            fetch_call: None,
         })
     }
 
@@ -504,6 +617,7 @@ impl Actor for BftValidator {
                     myself.cast(BftMsg::Wake)?;
                 }
                 st.core.on_tick(now);
+                st.expire_fetch();
                 st.held_ticked = !st.held.is_empty();
                 if st.held_ticked && !st.flush_queued {
                     // Held final entries are written by the next flush.
@@ -514,7 +628,25 @@ impl Actor for BftValidator {
             BftMsg::Remote(d) => {
                 let from = d.envelope.from.clone();
                 match codec::decode::<BftWire>(&d.envelope.body) {
-                    Ok(w) => st.core.on_wire(&from, w, now),
+                    Ok(w) => {
+                        let answers = matches!(w, BftWire::Finals(_))
+                            && st.fetch_call.as_ref().is_some_and(|c| c.peer == from);
+                        let before = (st.core.final_height(), st.core.finals_refused());
+                        st.core.on_wire(&from, w, now);
+                        if answers {
+                            let outcome = if st.core.finals_refused() > before.1 {
+                                BreakerOutcome::Failure
+                            } else if st.core.final_height() > before.0 {
+                                BreakerOutcome::Success
+                            } else {
+                                // Entries it had by now from the votes.
+                                BreakerOutcome::Ignored
+                            };
+                            if let Some(c) = st.fetch_call.take() {
+                                st.settle_fetch(c, outcome);
+                            }
+                        }
+                    }
                     Err(e) => {
                         metrics::counter!("bulwark_bft_malformed_total").increment(1);
                         tracing::warn!(%from, error = %e, "malformed bft message dropped");
@@ -693,10 +825,15 @@ fn carry_out(st: &mut BftState) -> Result<(), bulwark_storage::StorageError> {
 }
 
 /// Carries out the sends of a batch, in order.
-fn send_all(st: &BftState, sends: Vec<Output>) -> Result<(), bulwark_storage::StorageError> {
+fn send_all(st: &mut BftState, sends: Vec<Output>) -> Result<(), bulwark_storage::StorageError> {
     for out in sends {
         match out {
-            Output::Send { to, msg } => send(st, to, &msg),
+            Output::Send { to, msg } => {
+                if matches!(msg, BftWire::Fetch { .. }) && !st.guard_fetch(&to) {
+                    continue;
+                }
+                send(st, to, &msg)
+            }
             Output::ServeFinals { to, from, max } => {
                 let mut finals = st.store.finals(from, max)?;
                 // Batches make large entries: keep the message under the

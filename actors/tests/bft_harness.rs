@@ -26,6 +26,7 @@ fn plan(n: usize, liar: Option<(usize, Behaviour)>) -> BftPlan {
     BftPlan {
         config: BftConfig::default(),
         behaviours,
+        breakers: Vec::new(),
     }
 }
 
@@ -326,6 +327,94 @@ async fn a_facility_that_was_down_catches_up_on_certified_entries() {
     }
     wait_final(&c, &up, height).await;
     c.restart(down).await;
+    wait_final(&c, &all, height).await;
+    check_ledgers(&c, &all, height);
+    c.shutdown().await;
+}
+
+/// Fetches of final entries go under `ledger_fetch@<peer>` breakers fed by
+/// what each fetch brings. A validator that was down asks its peers for
+/// the entries it missed while every large payload to it arrives damaged
+/// (its fetches go unanswered): the breaker of the peer it asks opens
+/// after three, the next fetch for that peer is refused in process and
+/// goes to another peer instead; once the link is clean it catches up on
+/// certified entries.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn unanswered_fetches_open_a_peers_breaker_and_move_to_another_peer() {
+    use bulwark_actors::bft::ledger_fetch_dependency;
+    use bulwark_actors::flow::mesh::Breakers;
+    use bulwark_transport::{FaultRule, Selector};
+    let all = [0, 1, 2, 3];
+    let breakers: Vec<Breakers> = (0..4).map(|_| Breakers::default()).collect();
+    let mut p = plan(4, None);
+    p.breakers = breakers.clone();
+    let mut c = Cluster::start_bft(4, SEED, p).await;
+    let mut height = workload(&mut c, &all, 4).await;
+    wait_final(&c, &all, height).await;
+    let (leader, _) = c.leader().await.unwrap();
+    let down = (leader + 1) % 4;
+    c.crash(down).await;
+    let up: Vec<usize> = all.iter().copied().filter(|&i| i != down).collect();
+    for k in 0..60 {
+        let via = up[k % up.len()];
+        let cmd = c.command(via, overlapping(&format!("f{k}")));
+        committed(&c.propose(via, cmd).await);
+        height += 1;
+    }
+    wait_final(&c, &up, height).await;
+    let rule =
+        c.h.net()
+            .faults()
+            .add(FaultRule::Corrupt {
+                from: Selector::Any,
+                to: Selector::one(&c.h.id(down)),
+                every: 1,
+                min_len: 8 * 1024,
+            })
+            .unwrap();
+    c.restart(down).await;
+    let views = |c: &Cluster| {
+        let mut v = Vec::new();
+        for &i in &up {
+            let name = ledger_fetch_dependency(&c.h.id(i));
+            let view = breakers[down].views().into_iter().find(|b| b.name == name);
+            v.push(view.expect("registered"));
+        }
+        v
+    };
+    for _ in 0..1_200 {
+        if views(&c).iter().any(|v| v.stats.opened >= 1) {
+            break;
+        }
+        c.h.step(Duration::from_millis(50)).await;
+    }
+    let seen = views(&c);
+    let opened: Vec<_> = seen.iter().filter(|v| v.stats.opened >= 1).collect();
+    assert!(
+        opened
+            .iter()
+            .all(|v| v.stats.failures >= 3 && v.stats.successes == 0),
+        "a breaker opened on three unanswered fetches: {seen:?}"
+    );
+    assert!(!opened.is_empty(), "{seen:?}");
+    // An open breaker refuses its fetches in process: the next is sent to
+    // another peer instead.
+    for _ in 0..1_200 {
+        let v = views(&c);
+        if v.iter().any(|v| v.stats.refused >= 1)
+            && v.iter().filter(|v| v.stats.permitted >= 1).count() >= 2
+        {
+            break;
+        }
+        c.h.step(Duration::from_millis(50)).await;
+    }
+    let after = views(&c);
+    assert!(after.iter().any(|v| v.stats.refused >= 1), "{after:?}");
+    assert!(
+        after.iter().filter(|v| v.stats.permitted >= 1).count() >= 2,
+        "the fetches moved to another peer: {after:?}"
+    );
+    assert!(c.h.net().faults().remove(rule));
     wait_final(&c, &all, height).await;
     check_ledgers(&c, &all, height);
     c.shutdown().await;

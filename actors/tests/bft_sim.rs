@@ -81,6 +81,7 @@ async fn run_seed(seed: u64, steps: usize) -> Result<(), String> {
     let plan = BftPlan {
         config: BftConfig::default(),
         behaviours,
+        breakers: Vec::new(),
     };
     let honest: Vec<usize> = (0..4).filter(|&i| i != liar).collect();
     let mut c = Cluster::start_bft(4, seed, plan).await;

@@ -427,6 +427,7 @@ async fn a_facility_whose_disk_refuses_some_writes_keeps_the_ledger_safe_and_cat
     let plan = BftPlan {
         config: BftConfig::default(),
         behaviours: vec![Behaviour::Honest; 3],
+        breakers: Vec::new(),
     };
     let mut c = Cluster::start_bft(3, SEED, plan).await;
     let (leader, _, _) = c

@@ -542,3 +542,79 @@ async fn the_forgotten_vote_scenario_catches_a_hard_state_without_the_vote() {
     }
     assert!(caught > 0, "no seed elected two leaders in one term");
 }
+
+/// Snapshot transfers go under the `snapshot@<leader>` breaker, fed by what
+/// each ask for chunks brings: while every chunk to a follower behind the
+/// compacted log arrives damaged, its asks fail, the breaker opens and the
+/// transfer is given up at once (not asked again and again); once the link
+/// is clean, a half-open probe's chunk is taken, the breaker closes and the
+/// snapshot installs.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn failing_snapshot_asks_open_the_breaker_and_a_good_chunk_closes_it() {
+    use bulwark_actors::flow::mesh::Breakers;
+    use bulwark_actors::raft::actor::snapshot_dependency;
+    use bulwark_transport::{FaultRule, Selector};
+    let breakers: Vec<Breakers> = (0..3).map(|_| Breakers::default()).collect();
+    let b2 = breakers.clone();
+    let mut c = Cluster::start_custom(3, 11, support::configs_for(3, 11), move |i, mut s| {
+        s.breakers = Some(b2[i].clone());
+        s
+    })
+    .await;
+    let (leader, _, _) = c
+        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let lag = (leader + 1) % 3;
+    c.crash(lag).await;
+    c.seed_schedule(leader, 4, 120).await;
+    let rule =
+        c.h.net()
+            .faults()
+            .add(FaultRule::Corrupt {
+                from: Selector::Any,
+                to: Selector::one(&c.h.id(lag)),
+                every: 1,
+                min_len: 16 * 1024,
+            })
+            .unwrap();
+    c.restart(lag).await;
+    let name = snapshot_dependency(&c.h.id(leader));
+    let state = |b: &Breakers| {
+        b.views()
+            .into_iter()
+            .find(|v| v.name == name)
+            .map(|v| v.state)
+    };
+    let given_up = |c: &support::Cluster| c.h.counter(lag, "bulwark_snapshot_given_up_total", &[]);
+    for _ in 0..4_000 {
+        if given_up(&c) >= 1 {
+            break;
+        }
+        c.h.step(Duration::from_millis(5)).await;
+    }
+    assert_eq!(given_up(&c), 1, "the open breaker gave the transfer up");
+    assert_eq!(state(&breakers[lag]), Some("open"));
+    let refused = c.h.counter(
+        lag,
+        "bulwark_snapshot_refused_total",
+        &[("reason", "chunk")],
+    );
+    assert!(
+        (1..10).contains(&refused),
+        "the breaker stopped the asks before the core's own ten tries: {refused}"
+    );
+    assert!(c.h.net().faults().remove(rule));
+    let mut blocks = None;
+    for _ in 0..10_000 {
+        blocks = c.local_read(lag, |s| s.blocks().count()).await;
+        if blocks == Some(120) {
+            break;
+        }
+        c.h.step(Duration::from_millis(5)).await;
+    }
+    assert_eq!(blocks, Some(120), "the clean transfer did not install");
+    assert_eq!(state(&breakers[lag]), Some("closed"));
+    assert_eq!(c.violations(), Vec::<String>::new());
+    c.shutdown().await;
+}

@@ -647,6 +647,7 @@ fn children_fn(
             config: opts.bft.clone(),
             behaviour: opts.behaviour(i),
             feed: AppliedFeed::new(opts.bft.feed_len_max),
+            breakers: None,
         };
         let parts =
             facility::consensus_children(&ids[i], setup, Some(bft), Some(opts.detection.clone()));

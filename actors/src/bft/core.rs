@@ -125,6 +125,11 @@ pub struct Core {
     evidence_seen: BTreeSet<(FacilityId, &'static str, u64, Hash)>,
     /// Drills declared (ledger entries), oldest first.
     drills: Vec<Drill>,
+    /// Final entries from peers refused (failed verification), ever.
+    finals_refused: u64,
+    /// Peers not asked for final entries until this tick (their breaker
+    /// is open).
+    shunned: BTreeMap<FacilityId, u64>,
     patterns: Patterns,
     /// Per peer: the first final height of its current streak without a
     /// vote, and the streak's length.
@@ -188,6 +193,8 @@ impl Core {
             evidence: Vec::new(),
             evidence_seen: BTreeSet::new(),
             drills: restored.drills,
+            finals_refused: 0,
+            shunned: BTreeMap::new(),
             patterns: Patterns::default(),
             missed: BTreeMap::new(),
             streak_tick: BTreeMap::new(),
@@ -298,6 +305,46 @@ impl Core {
                 (f.clone(), t)
             })
             .collect()
+    }
+
+    /// The last final height.
+    pub fn final_height(&self) -> u64 {
+        self.final_height
+    }
+
+    /// Final entries from peers refused so far (a peer that serves bad
+    /// ones).
+    pub fn finals_refused(&self) -> u64 {
+        self.finals_refused
+    }
+
+    /// The fetch just asked of `peer` was not sent (its breaker is open):
+    /// it is not asked for a head period, and the peer furthest ahead of
+    /// the others is asked at once instead.
+    pub fn fetch_refused(&mut self, peer: &FacilityId) {
+        let until = self.ticks + self.config.head_ticks;
+        self.shunned.insert(peer.clone(), until);
+        let ticks = self.ticks;
+        self.shunned.retain(|_, t| *t > ticks);
+        let other = self
+            .peer_final
+            .iter()
+            .filter(|(p, h)| **h > self.final_height && !self.shunned.contains_key(*p))
+            .max_by_key(|(p, h)| (**h, std::cmp::Reverse((*p).clone())))
+            .map(|(p, _)| p.clone());
+        match other {
+            Some(to) => {
+                self.fetch_tick = self.ticks + self.config.head_ticks;
+                self.out.push(Output::Send {
+                    to,
+                    msg: BftWire::Fetch {
+                        from: self.final_height + 1,
+                        max: self.config.fetch_max.min(FINALS_PER_MSG_MAX),
+                    },
+                });
+            }
+            None => self.fetch_tick = self.ticks,
+        }
     }
 
     /// The drills declared, oldest first.
@@ -610,7 +657,8 @@ impl Core {
             BftWire::Head { height } => {
                 self.heard.insert(from.clone(), self.ticks);
                 self.peer_final.insert(from.clone(), height);
-                if height > self.final_height && self.ticks >= self.fetch_tick {
+                let shunned = self.shunned.get(from).is_some_and(|t| *t > self.ticks);
+                if height > self.final_height && self.ticks >= self.fetch_tick && !shunned {
                     // Behind a peer and not finalizing by ourselves (no entry
                     // to finalize next, far behind, or no progress for a
                     // while: the peers stopped re-sending votes for what
@@ -1117,6 +1165,7 @@ impl Core {
                     adopted.push((h, fin));
                 }
                 Err(fault) => {
+                    self.finals_refused += 1;
                     metrics::counter!("bulwark_bft_catchup_refused_total").increment(1);
                     tracing::warn!(%from, %fault, "final entry from a peer refused");
                     break;

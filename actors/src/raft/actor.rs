@@ -197,6 +197,10 @@ pub struct RaftPeerState<M: StateMachine> {
     /// breaker's permit, by sequence number.
     guarded_proposals: BTreeMap<u64, Guarded>,
     guarded_reads: BTreeMap<u64, Guarded>,
+    /// The last ask for snapshot chunks, under the breaker of the peer
+    /// asked: settled by the first chunk that peer sends, or as a failure
+    /// by the next ask (the last one went unanswered).
+    snapshot_call: Option<Guarded>,
     /// "Now" that a step back of the wall clock cannot move back: what
     /// the deadlines sent and the leader's check of a forwarded timestamp
     /// read.
@@ -228,9 +232,32 @@ pub fn leader_breaker_config() -> BreakerConfig {
     }
 }
 
+/// The breakers' settings for snapshot transfers from a peer: judged over
+/// the last 6 asks for chunks, open at half of them unanswered (asked
+/// again, each an election timeout later) once 3 were made, for 10 s,
+/// then one probe. An open one gives the transfer up at once instead of
+/// asking a leader that does not answer again and again; the leader
+/// offers the snapshot again later.
+pub fn snapshot_breaker_config() -> BreakerConfig {
+    BreakerConfig {
+        window: Window::Count(6),
+        failure_rate_pct: 50,
+        slow_call_rate_pct: 100,
+        slow_call_ms: 5_000,
+        min_calls: 3,
+        open_ms: 10_000,
+        half_open_probes: 1,
+    }
+}
+
 /// The dependency names of calls from this facility to `peer`.
 pub fn forward_dependency(peer: &FacilityId) -> String {
     format!("forward@{peer}")
+}
+
+/// See [`forward_dependency`].
+pub fn snapshot_dependency(peer: &FacilityId) -> String {
+    format!("snapshot@{peer}")
 }
 
 /// See [`forward_dependency`].
@@ -298,6 +325,64 @@ impl<M: StateMachine> RaftPeerState<M> {
             BreakerOutcome::Failure
         } else {
             BreakerOutcome::Ignored
+        }
+    }
+
+    /// Whether an ask for snapshot chunks may go to `to`: the last ask,
+    /// still unanswered, counts as failed; an open breaker gives the
+    /// transfer up (nothing is sent).
+    fn guard_snapshot(&mut self, to: &FacilityId) -> bool {
+        if let Some(last) = self.snapshot_call.take() {
+            self.settle(last, BreakerOutcome::Failure);
+        }
+        let Some(breakers) = self.setup.breakers.as_ref() else {
+            return true;
+        };
+        let dependency = snapshot_dependency(to);
+        let at = self.ctx.clock.now();
+        match breakers.acquire(&dependency, at) {
+            Ok(permit) => {
+                self.snapshot_call = Some(Guarded {
+                    dependency,
+                    permit,
+                    at,
+                    leader: to.clone(),
+                });
+                true
+            }
+            Err(r) if r.state == "unknown" => true,
+            Err(r) => {
+                metrics::counter!("bulwark_flow_breaker_refused_total", "dependency" => dependency.clone())
+                    .increment(1);
+                tracing::warn!(%to, retry_after_ms = r.retry_after_ms,
+                    "snapshot transfer given up: its breaker is open");
+                self.core.give_up_snapshot();
+                false
+            }
+        }
+    }
+
+    /// A chunk came from `from`: the ask it answers succeeded when the
+    /// chunk was taken, failed when it was refused (damaged); a late one
+    /// settles nothing. `before`: the core's chunk counts before it.
+    fn snapshot_answered(&mut self, from: &FacilityId, before: (u64, u64)) {
+        if self
+            .snapshot_call
+            .as_ref()
+            .is_none_or(|g| g.leader != *from)
+        {
+            return;
+        }
+        let now = self.core.snapshot_chunks();
+        let outcome = if now.1 > before.1 {
+            BreakerOutcome::Failure
+        } else if now.0 > before.0 {
+            BreakerOutcome::Success
+        } else {
+            return;
+        };
+        if let Some(g) = self.snapshot_call.take() {
+            self.settle(g, outcome);
         }
     }
 
@@ -532,14 +617,18 @@ impl<M: StateMachine> Actor for RaftPeer<M> {
         let floor = TimeFloor::new(setup.config.clock_skew_max_ms);
         if let Some(b) = &setup.breakers {
             for peer in setup.members.iter().filter(|m| **m != args.ctx.facility) {
-                for name in [forward_dependency(peer), read_index_dependency(peer)] {
+                for (name, config) in [
+                    (forward_dependency(peer), leader_breaker_config()),
+                    (read_index_dependency(peer), leader_breaker_config()),
+                    (snapshot_dependency(peer), snapshot_breaker_config()),
+                ] {
                     // After a restart: the permits the old actor held are
                     // lost, so a half-open breaker would wait for them
                     // forever.
                     if b.contains(&name) {
                         b.reset(&name, args.ctx.clock.now());
                     } else {
-                        b.register(&name, Some(peer.clone()), leader_breaker_config())?;
+                        b.register(&name, Some(peer.clone()), config)?;
                     }
                 }
             }
@@ -561,6 +650,7 @@ impl<M: StateMachine> Actor for RaftPeer<M> {
             fenced: false,
             guarded_proposals: BTreeMap::new(),
             guarded_reads: BTreeMap::new(),
+            snapshot_call: None,
             floor,
         })))
     }
@@ -661,25 +751,33 @@ async fn handle_live<M: StateMachine>(
         RaftMsg::Remote(d) => {
             let from = d.envelope.from.clone();
             let now = st.now_ms();
-            match codec::decode::<RaftWire>(&d.envelope.body) {
-                Ok(w) => match st.core.on_peer(&from, w, now) {
-                    Ok(()) => queue_flush(myself, st)?,
-                    // The vote fence's own rows (a probe answered, a peer's
-                    // store recorded) are writes too: a refused one fences
-                    // the core like a refused Ready, rather than stopping the
-                    // actor (whose restart, on a disk that refuses every
-                    // write, failed in a loop until the whole tree stopped:
-                    // the chaos_live readiness test's rare failure).
-                    Err(e) if e.is_injected() => {
-                        fence(st, &e);
-                        rebuild(myself, st).await?;
-                    }
-                    Err(e) => return Err(e.into()),
-                },
+            let w = match codec::decode::<RaftWire>(&d.envelope.body) {
+                Ok(w) => w,
                 Err(e) => {
                     metrics::counter!("bulwark_raft_malformed_total").increment(1);
                     tracing::warn!(%from, error = %e, "malformed raft wire message dropped");
+                    return Ok(());
                 }
+            };
+            let chunk = matches!(w, RaftWire::SnapshotChunk { .. });
+            let before = st.core.snapshot_chunks();
+            let stepped = st.core.on_peer(&from, w, now);
+            if chunk {
+                st.snapshot_answered(&from, before);
+            }
+            match stepped {
+                Ok(()) => queue_flush(myself, st)?,
+                // The vote fence's own rows (a probe answered, a peer's
+                // store recorded) are writes too: a refused one fences
+                // the core like a refused Ready, rather than stopping the
+                // actor (whose restart, on a disk that refuses every
+                // write, failed in a loop until the whole tree stopped:
+                // the chaos_live readiness test's rare failure).
+                Err(e) if e.is_injected() => {
+                    fence(st, &e);
+                    rebuild(myself, st).await?;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         RaftMsg::Propose {
@@ -955,7 +1053,12 @@ fn send_via(router: &Router, to: FacilityId, msg: &RaftWire, deadline_unix_ms: O
 fn flush_outputs<M: StateMachine>(st: &mut RaftPeerState<M>) {
     for out in st.core.drain() {
         match out {
-            Output::Send { to, msg } => send(st, to, &msg, None),
+            Output::Send { to, msg } => {
+                if matches!(msg, RaftWire::SnapshotFetch { .. }) && !st.guard_snapshot(&to) {
+                    continue;
+                }
+                send(st, to, &msg, None)
+            }
             Output::SendBy {
                 to,
                 msg,

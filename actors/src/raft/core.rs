@@ -165,6 +165,9 @@ pub struct RaftCore<M: StateMachine> {
     outgoing: Option<Outgoing<M::Source>>,
     /// The snapshot this facility is receiving.
     incoming: Option<Incoming>,
+    /// Snapshot chunks taken and refused (damaged, or not stageable) at
+    /// the cursor they were asked for, ever: how a fetch went.
+    chunks: (u64, u64),
     /// The next outgoing snapshot's id (the store's incarnation in the
     /// high half).
     next_snap_id: u64,
@@ -403,6 +406,7 @@ impl<M: StateMachine> RaftCore<M> {
             snapshot_due: false,
             outgoing: None,
             incoming: None,
+            chunks: (0, 0),
             next_snap_id: incarnation << 32,
             term_leaders: BTreeMap::new(),
             fence,
@@ -1059,6 +1063,7 @@ impl<M: StateMachine> RaftCore<M> {
         let chunk = match snap::open(bytes, checksum, inc.hasher.rows()) {
             Ok(c) => c,
             Err(e) => {
+                self.chunks.1 += 1;
                 metrics::counter!("bulwark_snapshot_refused_total", "facility" => self.me.to_string(), "reason" => "chunk")
                     .increment(1);
                 tracing::warn!(%from, error = %e, "damaged snapshot chunk refused; asking again");
@@ -1071,6 +1076,7 @@ impl<M: StateMachine> RaftCore<M> {
             Ok(()) => {}
             Err(SnapshotError::Storage(e)) => return Err(e.into()),
             Err(e) => {
+                self.chunks.1 += 1;
                 metrics::counter!("bulwark_snapshot_refused_total", "facility" => self.me.to_string(), "reason" => "chunk")
                     .increment(1);
                 tracing::warn!(%from, error = %e, "snapshot chunk refused; asking again");
@@ -1079,6 +1085,7 @@ impl<M: StateMachine> RaftCore<M> {
                 return Ok(());
             }
         }
+        self.chunks.0 += 1;
         metrics::counter!("bulwark_snapshot_received_bytes_total", "facility" => self.me.to_string()).increment(bytes.len() as u64);
         inc.tries = 0;
         inc.window_left = inc.window_left.saturating_sub(1);
@@ -1127,6 +1134,22 @@ impl<M: StateMachine> RaftCore<M> {
             Err(e) => tracing::debug!(%from, error = %e, "step refused"),
         }
         Ok(())
+    }
+
+    /// Snapshot chunks taken and refused at their cursor so far.
+    pub fn snapshot_chunks(&self) -> (u64, u64) {
+        self.chunks
+    }
+
+    /// Gives the snapshot being received up (its source's breaker is
+    /// open): the rows staged so far are cleared by the next transfer,
+    /// and the leader offers the snapshot again.
+    pub fn give_up_snapshot(&mut self) {
+        if let Some(inc) = self.incoming.take() {
+            metrics::counter!("bulwark_snapshot_given_up_total", "facility" => self.me.to_string())
+                .increment(1);
+            tracing::warn!(from = %inc.from, index = inc.desc.index, "snapshot transfer given up");
+        }
     }
 
     /// Asks the leader again for the chunk at the incoming cursor, or gives

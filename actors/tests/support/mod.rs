@@ -124,6 +124,8 @@ pub struct CapPlan {
 pub struct BftPlan {
     pub config: BftConfig,
     pub behaviours: Vec<Behaviour>,
+    /// Each facility's breakers for its validator's fetches (empty: none).
+    pub breakers: Vec<bulwark_actors::flow::mesh::Breakers>,
 }
 
 /// Per-facility settings for `seed`: the same check-quorum lease for all,
@@ -229,6 +231,7 @@ impl Cluster {
                             config: plan.config.clone(),
                             behaviour: plan.behaviours[i],
                             feed: feeds[i].clone(),
+                            breakers: plan.breakers.get(i).cloned(),
                         }));
                     }
                     None => setup.tap = Some(tap),
