@@ -143,6 +143,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             raft: None,
             bft: None,
             detection: None,
+            cluster: None,
         };
         fs.push(facility::start(spec, Arc::new(RealClock)).await?);
     }

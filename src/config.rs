@@ -372,6 +372,14 @@ pub struct FacilitySection {
     /// The vote-signing secret key (64 hex digits), written by `bulwark
     /// keygen` as `vote.key`. Separate from the TLS key (docs/DECISIONS.md).
     pub vote_key: PathBuf,
+    /// The cluster's id, 32 hex digits (`bulwark init` draws one and writes
+    /// it into every facility's config). Without it, the id is derived from
+    /// the members' ids and certificate pins as this config lists them: the
+    /// same on every facility of one cluster as long as the lists agree.
+    /// Carried in every hello and stamped into the store at its first
+    /// start: a peer or a store of another cluster is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
 }
 
 /// `[[peer]]`.
@@ -430,6 +438,32 @@ impl FacilityConfig {
             (p.id.clone(), k)
         });
         PublicKeys::new(std::iter::once((self.facility.id.clone(), *own)).chain(peers))
+    }
+
+    /// The cluster id: `facility.cluster_id`, or derived from every
+    /// member's id and pin (`own_pin`: this facility's).
+    pub fn cluster_id(&self, own_pin: &Pin) -> Result<[u8; 16], String> {
+        if let Some(text) = &self.facility.cluster_id {
+            return bulwark_transport::quic::parse_cluster(text);
+        }
+        let mut members: Vec<(String, String)> = self
+            .peers
+            .iter()
+            .map(|p| (p.id.to_string(), p.pin.to_string()))
+            .collect();
+        members.push((self.facility.id.to_string(), own_pin.to_string()));
+        members.sort();
+        let mut h = blake3::Hasher::new();
+        h.update(b"bulwark cluster id v1");
+        for (id, pin) in &members {
+            h.update(id.as_bytes());
+            h.update(&[0]);
+            h.update(pin.as_bytes());
+            h.update(&[0]);
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        Ok(id)
     }
 
     /// Reads this facility's vote key and builds its keyring.
@@ -565,6 +599,10 @@ impl FacilityConfig {
             key: key.to_string(),
             message,
         };
+        if let Some(text) = &self.facility.cluster_id {
+            bulwark_transport::quic::parse_cluster(text)
+                .map_err(|m| invalid("facility.cluster_id", m))?;
+        }
         let mut seen = BTreeSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             if p.id == self.facility.id {

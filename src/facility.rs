@@ -27,7 +27,7 @@ use std::sync::atomic::AtomicBool;
 use crate::backup::BackupPlan;
 use crate::http::{self, api::Service, ApiState};
 use bulwark_transport::identity::Identity;
-use bulwark_transport::quic::{PeerSpec, QuicConfig, QuicError, QuicTransport};
+use bulwark_transport::quic::{ClusterId, PeerSpec, QuicConfig, QuicError, QuicTransport};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +55,10 @@ pub struct FacilitySpec {
     /// The detection zone (FailureDetector, CapGate), the Healer and the
     /// breaker mesh (need `raft`); `None` runs none of them.
     pub detection: Option<DetectionSpec>,
+    /// The cluster: carried in every hello (a peer of another is refused)
+    /// and stamped into the store (a store of another refuses to start);
+    /// `None`: unchecked (demos, in-process runs).
+    pub cluster: Option<ClusterId>,
 }
 
 /// Settings of the detection zone and the healer.
@@ -120,6 +124,7 @@ impl FacilitySpec {
                 ..b
             }),
             detection: self.detection.clone(),
+            cluster: self.cluster,
         }
     }
 }
@@ -131,6 +136,7 @@ pub async fn start(spec: FacilitySpec, clock: Arc<dyn Clock>) -> Result<Facility
     let quic = QuicConfig {
         listen: spec.listen,
         peers: spec.peers,
+        cluster: spec.cluster.unwrap_or_default(),
         ..QuicConfig::default()
     };
     let (transport, inbound) = QuicTransport::bind(spec.identity, quic, spec.socket)?;
@@ -146,6 +152,7 @@ pub async fn start(spec: FacilitySpec, clock: Arc<dyn Clock>) -> Result<Facility
         data_dir: spec.data_dir,
         supervision: spec.supervision,
         router: RouterConfig::default(),
+        cluster: spec.cluster,
     };
     let node = Node::start(config, Arc::new(transport.clone()), inbound, clock, extra).await?;
     Ok(Facility {
@@ -420,6 +427,7 @@ pub async fn start_loopback_cluster_with(
             raft: None,
             bft: None,
             detection: None,
+            cluster: None,
         };
         let ring = Keyring::new(ids[i].clone(), secrets[i].clone(), public.clone())?;
         let spec = with_consensus(spec, ids.clone(), ring, raft.clone());

@@ -207,6 +207,8 @@ pub fn init(spec: &InitSpec) -> Result<Initialized, InitError> {
         });
     }
     let mut written = Vec::new();
+    // One id for the cluster, in every config.
+    let cluster = bulwark_transport::quic::cluster_text(&rand::random::<[u8; 16]>());
     for (i, f) in spec.facilities.iter().enumerate() {
         let d = spec.dir.join(f.as_str());
         let (quic, http) = addrs[i];
@@ -214,7 +216,7 @@ pub fn init(spec: &InitSpec) -> Result<Initialized, InitError> {
             "# Written by `bulwark init`. Start with: bulwark node --config {}\n\n\
              [facility]\nid = \"{f}\"\ndata_dir = \"data\"\nquic_listen = \"{quic}\"\n\
              http_listen = \"{http}\"\nkey = \"facility.key\"\ncert = \"facility.crt\"\n\
-             vote_key = \"vote.key\"\n\n",
+             vote_key = \"vote.key\"\ncluster_id = \"{cluster}\"\n\n",
             d.join("facility.toml").display()
         );
         for (j, m) in spec.facilities.iter().enumerate() {

@@ -713,6 +713,13 @@ async fn node(path: PathBuf) -> AnyResult {
         metrics::counter!(c).absolute(0);
     }
     metrics::gauge!("bulwark_replica_quarantined").set(0.0);
+    let cluster = cfg
+        .cluster_id(&identity.pin())
+        .map_err(|e| format!("facility.cluster_id: {e}"))?;
+    tracing::info!(
+        cluster = %bulwark_transport::quic::cluster_text(&cluster),
+        "cluster"
+    );
     let peers = cfg
         .peers
         .iter()
@@ -739,6 +746,7 @@ async fn node(path: PathBuf) -> AnyResult {
         raft: None,
         bft: None,
         detection: None,
+        cluster: Some(cluster),
     };
     let members: Vec<FacilityId> = std::iter::once(cfg.facility.id.clone())
         .chain(cfg.peers.iter().map(|p| p.id.clone()))

@@ -99,9 +99,12 @@ async fn init_then_up_serves_https_with_the_printed_token_and_stops_cleanly() {
     let (admin, app, prom) = (token("admin"), token("app"), token("prometheus"));
     let ca = dir.join("ca.crt");
     assert!(out.contains(&format!("--ca {}", ca.display())), "{out}");
-    // No secret token in any written file.
+    // No secret token in any written file; one cluster id in every one.
+    let mut clusters = std::collections::BTreeSet::new();
     for n in ["alpha", "bravo", "charlie"] {
         let cfg = std::fs::read_to_string(dir.join(n).join("facility.toml")).unwrap();
+        let line = cfg.lines().find(|l| l.starts_with("cluster_id = \""));
+        clusters.insert(line.expect("a cluster id").to_string());
         for t in [&admin, &app, &prom] {
             assert!(
                 !cfg.contains(t.as_str()),
@@ -109,6 +112,7 @@ async fn init_then_up_serves_https_with_the_printed_token_and_stops_cleanly() {
             );
         }
     }
+    assert_eq!(clusters.len(), 1, "{clusters:?}");
 
     let up = Up::start(&dir);
     let url = |p: &str| format!("https://localhost:{}{p}", base + 1000);

@@ -273,6 +273,7 @@ impl Harness {
             data_dir: self.slots[i].dir.clone(),
             supervision: self.supervision.clone(),
             router: RouterConfig::default(),
+            cluster: None,
         };
         let clock = Arc::new(self.slots[i].clock.clone());
         let extra = (self.extra)(i);

@@ -124,6 +124,9 @@ pub struct NodeConfig {
     pub supervision: SupervisionConfig,
     /// Router limits.
     pub router: RouterConfig,
+    /// The cluster the store must belong to (stamped into a store that
+    /// names none); `None`: not checked (in-process harnesses).
+    pub cluster: Option<[u8; 16]>,
 }
 
 impl NodeConfig {
@@ -216,6 +219,9 @@ impl Node {
             Some(d) => Store::open_backend(d, &config.db_path(), config.facility.as_str())?,
             None => Store::open(&config.db_path(), config.facility.as_str())?,
         };
+        if let Some(cluster) = &config.cluster {
+            opened.store.claim_cluster(cluster)?;
+        }
         let router = Router::new(transport.clone(), clock.clone(), config.router.clone());
         let ctx = NodeCtx {
             facility: config.facility.clone(),

@@ -60,6 +60,16 @@ pub enum StorageError {
         /// The facility recorded in it.
         found: String,
     },
+    /// The file belongs to another cluster.
+    #[error("{path}: this store belongs to cluster {found}, the configuration names cluster {expected}: it is another cluster's data (restore this cluster's, or start on an empty data dir to rejoin as a new store)")]
+    WrongCluster {
+        /// The file.
+        path: PathBuf,
+        /// The cluster the configuration names (hex).
+        expected: String,
+        /// The cluster recorded in it (hex).
+        found: String,
+    },
     /// Another process (or this one) already has the file open.
     #[error("{path}: store is already open")]
     AlreadyOpen {

@@ -150,3 +150,6 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const META_FORMAT: &str = "format";
 /// Key in [`META`] holding the owning facility id.
 pub const META_FACILITY: &str = "facility";
+/// Key in [`META`] holding the cluster id (16 bytes), stamped at the
+/// first start that names one.
+pub const META_CLUSTER: &str = "cluster";

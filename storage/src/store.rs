@@ -8,7 +8,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::schema::{self, FORMAT_VERSION, META, META_FACILITY, META_FORMAT};
+use crate::schema::{self, FORMAT_VERSION, META, META_CLUSTER, META_FACILITY, META_FORMAT};
 use crate::{codec, DiskFaults, StorageError};
 
 /// A facility's durable store: one redb file, cheap to clone, safe to share.
@@ -438,6 +438,37 @@ impl Store {
             table,
             key: key.to_string(),
             source,
+        }
+    }
+
+    /// Claims this store for `cluster`: a store that names none is stamped
+    /// with it (durably); one that names another is refused
+    /// ([`StorageError::WrongCluster`]) and nothing changes.
+    pub fn claim_cluster(&self, cluster: &[u8; 16]) -> Result<(), StorageError> {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let tx = self.inner.db.begin_read().map_err(|e| self.redb(e))?;
+        let stored = {
+            let meta = tx.open_table(META).map_err(|e| self.redb(e))?;
+            let v = meta.get(META_CLUSTER).map_err(|e| self.redb(e))?;
+            v.map(|v| v.value().to_vec())
+        };
+        drop(tx);
+        match stored {
+            Some(s) if s == cluster => Ok(()),
+            Some(s) => Err(StorageError::WrongCluster {
+                path: self.inner.path.clone(),
+                expected: hex(cluster),
+                found: hex(&s),
+            }),
+            None => {
+                let tx = self.begin_write()?;
+                {
+                    let mut meta = tx.open_table(META).map_err(|e| self.redb(e))?;
+                    meta.insert(META_CLUSTER, cluster.as_slice())
+                        .map_err(|e| self.redb(e))?;
+                }
+                tx.commit().map_err(|e| self.redb(e))
+            }
         }
     }
 

@@ -70,7 +70,14 @@ use crate::{
 pub const ALPN: &[u8] = b"bulwark/1";
 /// Version carried in the hello; a peer with another is refused.
 /// 2: both ends send a hello, and it carries the sender's boot id.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: the hello carries the sender's cluster id.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// Which cluster a facility belongs to: drawn by `bulwark init` (or
+/// derived from the first members' ids and pins), stored with the
+/// facility's data, and carried in every hello: a facility of another
+/// cluster is refused even with a pinned certificate.
+pub type ClusterId = [u8; 16];
 /// Application code when a stream is stopped for a bad frame.
 pub const STOP_FRAME_ERROR: u32 = 0x10;
 /// Application close code when a newer connection from the same peer
@@ -127,6 +134,8 @@ pub struct QuicConfig {
     pub incoming_max: usize,
     /// Seed for fault decisions and backoff jitter; `None` draws one.
     pub seed: Option<u64>,
+    /// This facility's cluster; a hello naming another is refused.
+    pub cluster: ClusterId,
 }
 
 impl Default for QuicConfig {
@@ -148,6 +157,7 @@ impl Default for QuicConfig {
             streams_per_connection_max: 8,
             incoming_max: 64,
             seed: None,
+            cluster: [0; 16],
         }
     }
 }
@@ -293,37 +303,87 @@ pub struct Hello {
     pub protocol: u32,
     /// The sender's boot id (0: none given).
     pub boot: u64,
+    /// The sender's cluster.
+    pub cluster: ClusterId,
 }
 
 impl Hello {
-    /// This build's hello from `facility`, with no boot id.
-    pub fn new(facility: FacilityId) -> Self {
-        Hello::booted(facility, 0)
-    }
-
-    /// This build's hello from `facility` booted as `boot`.
-    pub fn booted(facility: FacilityId, boot: u64) -> Self {
+    /// This build's hello from `facility` of `cluster`, booted as `boot`.
+    pub fn booted(facility: FacilityId, boot: u64, cluster: ClusterId) -> Self {
         Hello {
             facility,
             protocol: PROTOCOL_VERSION,
             boot,
+            cluster,
         }
     }
 
     /// Decodes a hello frame's body (at most [`HELLO_LEN_MAX`] bytes,
-    /// nothing trailing) and accepts it only from `expected` at this
-    /// build's protocol version.
-    pub fn accept(body: &[u8], expected: &FacilityId) -> Result<Hello, DialError> {
-        let hello = codec::decode_limited::<Hello>(body, HELLO_LEN_MAX)
-            .map_err(|e| DialError::BadHello(e.to_string()))?;
-        let want = Hello::booted(expected.clone(), hello.boot);
-        if hello != want {
-            return Err(DialError::BadHello(format!(
-                "got {hello:?}, expected {want:?}"
-            )));
+    /// nothing trailing) and accepts it only from `expected`, at this
+    /// build's protocol version, of `cluster`. A refusal names what
+    /// differs.
+    pub fn accept(
+        body: &[u8],
+        expected: &FacilityId,
+        cluster: &ClusterId,
+    ) -> Result<Hello, DialError> {
+        let refuse = |reason: &'static str, detail: String| {
+            metrics::counter!("bulwark_quic_hello_refused_total", "reason" => reason).increment(1);
+            tracing::warn!(peer = %expected, reason, "{detail}");
+            Err(DialError::BadHello(detail))
+        };
+        let hello = match codec::decode_limited::<Hello>(body, HELLO_LEN_MAX) {
+            Ok(h) => h,
+            Err(e) => return refuse("malformed", format!("a hello that does not decode: {e}")),
+        };
+        if hello.facility != *expected {
+            return refuse(
+                "facility",
+                format!(
+                    "the hello names {}, the certificate {expected}",
+                    hello.facility
+                ),
+            );
+        }
+        if hello.protocol != PROTOCOL_VERSION {
+            return refuse(
+                "protocol",
+                format!(
+                    "{expected} speaks protocol {}, this build {PROTOCOL_VERSION}",
+                    hello.protocol
+                ),
+            );
+        }
+        if hello.cluster != *cluster {
+            return refuse(
+                "cluster",
+                format!(
+                    "{expected} belongs to cluster {}, this facility to {}: refused (a data dir or config of another cluster?)",
+                    cluster_text(&hello.cluster),
+                    cluster_text(cluster)
+                ),
+            );
         }
         Ok(hello)
     }
+}
+
+/// A cluster id as text (32 hex digits).
+pub fn cluster_text(id: &ClusterId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A cluster id from its text (32 hex digits).
+pub fn parse_cluster(text: &str) -> Result<ClusterId, String> {
+    let bad = || format!("a cluster id is 32 hex digits, not {text:?}");
+    if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(id)
 }
 
 struct Outgoing {
@@ -669,7 +729,7 @@ impl Inner {
             }
             Ok(r) => r?,
         };
-        let hello = match Hello::accept(&body, &spec.id) {
+        let hello = match Hello::accept(&body, &spec.id, &self.config.cluster) {
             Ok(h) => h,
             Err(e) => {
                 conn.close(VarInt::from_u32(CLOSE_BAD_HELLO), b"bad hello");
@@ -930,7 +990,7 @@ async fn serve_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         let body = read_frame(&mut recv, HELLO_LEN_MAX)
             .await
             .map_err(|e| DialError::BadHello(e.to_string()))?;
-        Hello::accept(&body, &peer)
+        Hello::accept(&body, &peer, &inner.config.cluster)
     };
     let boot = match tokio::time::timeout(inner.config.hello_timeout, hello).await {
         Ok(Ok(h)) => h.boot,
@@ -975,7 +1035,7 @@ async fn serve_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
 }
 
 async fn send_hello(inner: &Inner, conn: &quinn::Connection) -> Result<(), ()> {
-    let hello = Hello::booted(inner.id.clone(), inner.boot);
+    let hello = Hello::booted(inner.id.clone(), inner.boot, inner.config.cluster);
     let body = codec::encode(&hello).map_err(|_| ())?;
     let frame = frame::encode(&body).map_err(|_| ())?;
     let mut s = conn.open_uni().await.map_err(|_| ())?;

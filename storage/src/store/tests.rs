@@ -98,6 +98,28 @@ fn foreign_redb_file_is_refused() {
     assert!(err.to_string().contains("foreign.redb"), "{err}");
 }
 
+/// A store is stamped with the first cluster that claims it; another
+/// cluster's claim is refused, naming both, and changes nothing.
+#[test]
+fn a_store_belongs_to_the_cluster_that_first_claimed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, store) = fresh(&dir);
+    store.claim_cluster(&[1; 16]).unwrap();
+    store.claim_cluster(&[1; 16]).unwrap();
+    drop(store);
+    let store = Store::open(&path, "alpha").unwrap().store;
+    match store.claim_cluster(&[2; 16]).unwrap_err() {
+        StorageError::WrongCluster {
+            expected, found, ..
+        } => {
+            assert_eq!(expected, "02".repeat(16));
+            assert_eq!(found, "01".repeat(16));
+        }
+        other => panic!("expected WrongCluster, got {other:?}"),
+    }
+    store.claim_cluster(&[1; 16]).unwrap();
+}
+
 #[test]
 fn other_facilitys_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -313,7 +313,7 @@ async fn bad_frames_and_datagrams_stop_only_their_stream() {
     assert_eq!(hello.facility, id("alpha"));
     // The dialler's hello comes first.
     let mut s = conn.open_uni().await.unwrap();
-    let ours = codec::encode(&Hello::booted(id("bravo"), 9)).unwrap();
+    let ours = codec::encode(&Hello::booted(id("bravo"), 9, [0; 16])).unwrap();
     s.write_all(&crate::frame::encode(&ours).unwrap())
         .await
         .unwrap();
@@ -550,30 +550,40 @@ async fn partial_fault_rule_loses_and_delays_on_a_real_link() {
 }
 
 #[test]
-fn a_hello_is_accepted_only_from_the_dialled_facility_at_this_version() {
+fn a_hello_is_accepted_only_from_the_dialled_facility_at_this_version_and_cluster() {
     let alpha = id("alpha");
-    let good = codec::encode(&Hello::new(alpha.clone())).unwrap();
+    let ours = [7u8; 16];
+    let hello = |f: FacilityId| Hello::booted(f, 0, ours);
+    let good = codec::encode(&hello(alpha.clone())).unwrap();
     assert_eq!(
-        Hello::accept(&good, &alpha).unwrap(),
-        Hello::new(alpha.clone())
+        Hello::accept(&good, &alpha, &ours).unwrap(),
+        hello(alpha.clone())
     );
 
-    let bad_hello = |body: &[u8], why: &str| match Hello::accept(body, &alpha) {
+    let bad_hello = |body: &[u8], why: &str| match Hello::accept(body, &alpha, &ours) {
         Err(DialError::BadHello(msg)) => msg,
         other => panic!("{why}: {other:?}"),
     };
     // Another facility (its certificate would have failed first; the
     // hello is checked all the same).
-    let other = codec::encode(&Hello::new(id("bravo"))).unwrap();
+    let other = codec::encode(&hello(id("bravo"))).unwrap();
     assert!(bad_hello(&other, "another facility").contains("bravo"));
     // Another protocol version.
     let newer = codec::encode(&Hello {
         facility: alpha.clone(),
         protocol: PROTOCOL_VERSION + 1,
         boot: 7,
+        cluster: ours,
     })
     .unwrap();
     bad_hello(&newer, "another version");
+    // Another cluster: named, both ids shown.
+    let foreign = codec::encode(&Hello::booted(alpha.clone(), 0, [9; 16])).unwrap();
+    let msg = bad_hello(&foreign, "another cluster");
+    assert!(
+        msg.contains(&cluster_text(&[9; 16])) && msg.contains(&cluster_text(&ours)),
+        "{msg}"
+    );
     // Trailing bytes, a truncated body, an id that is not a facility id,
     // a body over the limit, nothing at all.
     let mut trailing = good.clone();
@@ -584,6 +594,20 @@ fn a_hello_is_accepted_only_from_the_dialled_facility_at_this_version() {
     bad_hello(&upper, "invalid facility id");
     bad_hello(&vec![1u8; HELLO_LEN_MAX + 1], "oversized");
     bad_hello(&[], "empty");
+}
+
+#[test]
+fn cluster_ids_read_and_print_as_32_hex_digits() {
+    let id = parse_cluster("00112233445566778899aabbccddeeff").unwrap();
+    assert_eq!(cluster_text(&id), "00112233445566778899aabbccddeeff");
+    for bad in [
+        "",
+        "0011",
+        "zz112233445566778899aabbccddeeff",
+        "00112233445566778899aabbccddeeff00",
+    ] {
+        assert!(parse_cluster(bad).is_err(), "{bad}");
+    }
 }
 
 #[test]
