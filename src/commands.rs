@@ -689,6 +689,50 @@ pub async fn ledger_show(height: u64, target: Target) -> Result<ExitCode, String
     .await
 }
 
+/// `bulwark leader`.
+#[derive(clap::Subcommand, Debug)]
+pub enum LeaderCmd {
+    /// Hand leadership to a voter (a planned move: maintenance of the
+    /// leader's host, a site with better links). Any facility takes it;
+    /// answers once the voter leads, or why not within 5 s.
+    Transfer {
+        /// The voter to lead.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `bulwark leader transfer`.
+pub async fn leader(cmd: LeaderCmd) -> Result<ExitCode, String> {
+    match cmd {
+        LeaderCmd::Transfer { to, target } => {
+            once(
+                &target,
+                "/v1/admin/leader",
+                Some(json!({ "to": to })),
+                |v| {
+                    if v["moved"].as_bool() == Some(false) {
+                        format!(
+                            "{} leads already (term {})\n",
+                            str_of(&v["leader"]),
+                            str_of(&v["term"])
+                        )
+                    } else {
+                        format!(
+                            "{} leads now (term {})\n",
+                            str_of(&v["leader"]),
+                            str_of(&v["term"])
+                        )
+                    }
+                },
+            )
+            .await
+        }
+    }
+}
+
 /// `bulwark chaos clean`: drops a chaos namespace (every one when
 /// `namespace` is empty) through consensus, step by step.
 pub async fn chaos_clean(t: &Target, namespace: &str) -> Result<ExitCode, String> {

@@ -139,6 +139,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: bulwark::commands::ReviewCmd,
     },
+    /// Raft leadership: hand it to another voter.
+    Leader {
+        #[command(subcommand)]
+        cmd: bulwark::commands::LeaderCmd,
+    },
     /// Evidence of misbehaviour the facility's validator recorded.
     Evidence {
         #[command(flatten)]
@@ -351,6 +356,7 @@ fn main() -> ExitCode {
             } => return Ok(bulwark::commands::ledger_show(height, target).await?),
             Cmd::Schedule { cmd } => return Ok(bulwark::commands::schedule(cmd).await?),
             Cmd::Review { cmd } => return Ok(bulwark::commands::review(cmd).await?),
+            Cmd::Leader { cmd } => return Ok(bulwark::commands::leader(cmd).await?),
             Cmd::Evidence { target } => return Ok(bulwark::commands::evidence(target).await?),
             Cmd::Status { url, api } => status(url, api).await,
             Cmd::Import {

@@ -399,12 +399,16 @@ async fn a_live_experiment_leaves_the_schedule_and_trust_as_they_were() {
     }
     // The liar was caught, and its evidence is the drill's.
     let mut caught = 0;
-    for x in &s {
+    let mut witness = None;
+    for (i, x) in s.iter().enumerate() {
         let (st, v) = get(&c, &x.url("/v1/evidence")).await;
         assert_eq!(st, 200, "{v}");
         for e in v.as_array().unwrap() {
             assert_eq!(e["drill"], json!(true), "{}: {e}", x.id);
-            caught += usize::from(e["code"] == "EQUIVOCATION");
+            if e["code"] == "EQUIVOCATION" {
+                caught += 1;
+                witness = Some(i);
+            }
         }
         let (st, v) = get(&c, &x.url("/v1/trust")).await;
         assert_eq!(st, 200, "{v}");
@@ -415,7 +419,8 @@ async fn a_live_experiment_leaves_the_schedule_and_trust_as_they_were() {
         }
     }
     assert!(caught > 0, "no facility recorded the equivocation");
-    let (code, out, err) = cli(&s[0], TOKEN, &["evidence"]);
+    // The liar holds none against itself: ask one that saw it lie.
+    let (code, out, err) = cli(&s[witness.unwrap()], TOKEN, &["evidence"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("EQUIVOCATION") && out.contains("(drill: costs no trust)"),

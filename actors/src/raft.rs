@@ -353,6 +353,13 @@ pub enum RaftWire {
         /// It had heard from the asking facility, with a history, before.
         knew_you: bool,
     },
+    /// A follower passes an operator's leadership transfer on to the
+    /// leader (raft-rs's own forward names the target as its sender, which
+    /// the authenticated link would not match).
+    TransferLeader {
+        /// The voter to lead.
+        to: FacilityId,
+    },
 }
 
 /// A snapshot of a RaftPeer's view.

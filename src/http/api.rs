@@ -201,6 +201,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(super::audit::get_audit))
         .routes(routes!(super::review::get_reviews))
         .routes(routes!(super::review::post_review))
+        .routes(routes!(super::leader::post_leader))
 }
 
 // ---------------------------------------------------------------- bodies
@@ -2333,6 +2334,7 @@ mod tests {
                 "/v1/admin/chaos",
                 "/v1/admin/chaos/drills",
                 "/v1/admin/chaos/namespace-drops",
+                "/v1/admin/leader",
                 "/v1/admin/reviews",
                 "/v1/admin/reviews/{id}",
                 "/v1/approvals",

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod chaos;
 pub mod coverage;
 pub mod error;
+pub mod leader;
 mod page;
 pub mod review;
 pub mod serve;

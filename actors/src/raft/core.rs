@@ -891,6 +891,12 @@ impl<M: StateMachine> RaftCore<M> {
                 }
             }
             RaftWire::SnapshotFetch { id, cursor } => self.serve_chunk(from, id, cursor),
+            RaftWire::TransferLeader { to } => {
+                if self.is_leader() && self.members.contains_key(&raft_id(&to)) {
+                    tracing::info!(%from, %to, "leadership transfer passed on by a follower");
+                    self.node.transfer_leader(raft_id(&to));
+                }
+            }
             RaftWire::SnapshotChunk {
                 id,
                 at,
@@ -1522,7 +1528,16 @@ impl<M: StateMachine> RaftCore<M> {
     /// Asks raft-rs to hand leadership to `to`; the next
     /// [`RaftCore::on_ready`] sends the request.
     pub fn transfer_leader(&mut self, to: &FacilityId) {
-        self.node.transfer_leader(raft_id(to));
+        if self.is_leader() {
+            self.node.transfer_leader(raft_id(to));
+        } else if let Some(leader) = self.leader() {
+            // A follower passes it on (raft-rs's own forward would name
+            // the target as sender).
+            self.out.push(Output::Send {
+                to: leader,
+                msg: RaftWire::TransferLeader { to: to.clone() },
+            });
+        }
     }
 
     /// Proposes adding and removing voters in one configuration change.
