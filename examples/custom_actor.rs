@@ -137,6 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 id: ids[j].clone(),
                 addr: addrs[j],
                 pin: idents[j].pin(),
+                host: None,
             }],
             supervision: SupervisionConfig::default(),
             extra: vec![tally_child()],

@@ -382,14 +382,36 @@ pub struct FacilitySection {
     pub cluster_id: Option<String>,
 }
 
+/// Whether `addr` is `IP:port` or `name:port` (a DNS name of letters,
+/// digits, dots and dashes, at most 253 chars; a port 1-65535).
+fn peer_addr_ok(addr: &str) -> Result<(), String> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || format!("{addr:?}: IP:port or name:port");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && !host.starts_with(['.', '-']);
+    if port == 0 || !name_ok {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 /// `[[peer]]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerSection {
     /// The peer's facility id.
     pub id: FacilityId,
-    /// The peer's QUIC address.
-    pub addr: SocketAddr,
+    /// The peer's QUIC address: `IP:port`, or `name:port` (a DNS name,
+    /// resolved again before every dial).
+    pub addr: String,
     /// blake3 hash of the peer's certificate (`bulwark keygen` prints it).
     pub pin: Pin,
     /// The peer's vote-signing public key, `ed25519:<64 hex digits>`
@@ -464,6 +486,39 @@ impl FacilityConfig {
         let mut id = [0u8; 16];
         id.copy_from_slice(&h.finalize().as_bytes()[..16]);
         Ok(id)
+    }
+
+    /// Every peer as the transport dials it: an `IP:port` as it is; a
+    /// `name:port` resolved once now (its first address of the family
+    /// this facility listens on; none yet: dialled once it resolves) and
+    /// again before every dial.
+    pub fn peer_specs(&self) -> Vec<bulwark_transport::quic::PeerSpec> {
+        let v4 = self.facility.quic_listen.is_ipv4();
+        self.peers
+            .iter()
+            .map(|p| {
+                let (addr, host) = match p.addr.parse::<SocketAddr>() {
+                    Ok(a) => (a, None),
+                    Err(_) => {
+                        let port = p
+                            .addr
+                            .rsplit_once(':')
+                            .and_then(|(_, port)| port.parse().ok());
+                        let unspecified = SocketAddr::from(([0, 0, 0, 0], port.unwrap_or(0)));
+                        let resolved = std::net::ToSocketAddrs::to_socket_addrs(p.addr.as_str())
+                            .ok()
+                            .and_then(|mut a| a.find(|a| a.is_ipv4() == v4));
+                        (resolved.unwrap_or(unspecified), Some(p.addr.clone()))
+                    }
+                };
+                bulwark_transport::quic::PeerSpec {
+                    id: p.id.clone(),
+                    addr,
+                    pin: p.pin,
+                    host,
+                }
+            })
+            .collect()
     }
 
     /// Reads this facility's vote key and builds its keyring.
@@ -605,6 +660,7 @@ impl FacilityConfig {
         }
         let mut seen = BTreeSet::new();
         for (i, p) in self.peers.iter().enumerate() {
+            peer_addr_ok(&p.addr).map_err(|m| invalid(&format!("peer[{i}].addr"), m))?;
             if p.id == self.facility.id {
                 return Err(invalid(
                     &format!("peer[{i}].id"),
@@ -808,6 +864,44 @@ vote_key = "{VOTE}"
         assert!(FacilityConfig::parse(&bad, Path::new("a.toml")).is_err());
         let bad = text("").replace("id = \"alpha\"", "id = \"Alpha!\"");
         assert!(FacilityConfig::parse(&bad, Path::new("a.toml")).is_err());
+    }
+
+    /// A peer is `IP:port` or `name:port`; anything else is named.
+    #[test]
+    fn peer_addresses_are_ip_or_dns_name_with_a_port() {
+        for ok in [
+            "127.0.0.1:7402",
+            "[::1]:7402",
+            "bravo.hospital.example:7402",
+            "localhost:1",
+        ] {
+            let cfg = text("").replace("127.0.0.1:7402", ok);
+            assert!(
+                FacilityConfig::parse(&cfg, Path::new("a.toml")).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "bravo",
+            "bravo:0",
+            "bravo:99999",
+            ":7402",
+            "-bravo:7402",
+            "br_avo:7402",
+            "bravo example:1",
+        ] {
+            let cfg = text("").replace("127.0.0.1:7402", bad);
+            let err = FacilityConfig::parse(&cfg, Path::new("a.toml")).unwrap_err();
+            assert!(err.to_string().contains("peer[0].addr"), "{bad}: {err}");
+        }
+        let cfg = FacilityConfig::parse(
+            &text("").replace("127.0.0.1:7402", "localhost:7402"),
+            Path::new("a.toml"),
+        )
+        .unwrap();
+        let spec = &cfg.peer_specs()[0];
+        assert_eq!(spec.host.as_deref(), Some("localhost:7402"));
+        assert_eq!(spec.addr.port(), 7402);
     }
 
     #[test]

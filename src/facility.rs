@@ -414,6 +414,7 @@ pub async fn start_loopback_cluster_with(
                 id: ids[j].clone(),
                 addr: addrs[j],
                 pin: identities[j].pin(),
+                host: None,
             })
             .collect();
         let spec = FacilitySpec {

@@ -7,7 +7,6 @@ use bulwark::http;
 use bulwark_actors::keys;
 use bulwark_runtime::{Clock, RealClock, SkewableClock};
 use bulwark_transport::identity::Identity;
-use bulwark_transport::quic::PeerSpec;
 use bulwark_transport::FacilityId;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -726,15 +725,7 @@ async fn node(path: PathBuf) -> AnyResult {
         cluster = %bulwark_transport::quic::cluster_text(&cluster),
         "cluster"
     );
-    let peers = cfg
-        .peers
-        .iter()
-        .map(|p| PeerSpec {
-            id: p.id.clone(),
-            addr: p.addr,
-            pin: p.pin,
-        })
-        .collect();
+    let peers = cfg.peer_specs();
     // Every /v1 request passes the admission controller and the API's
     // bulkheads (flow zone).
     let flow = facility::api_flow_children_with(

@@ -95,10 +95,16 @@ pub const HELLO_LEN_MAX: usize = 256;
 pub struct PeerSpec {
     /// Its facility id.
     pub id: FacilityId,
-    /// Its QUIC address.
+    /// Its QUIC address (with `host`: the last one it resolved to, used
+    /// when resolving fails).
     pub addr: SocketAddr,
     /// Its certificate's pin.
     pub pin: Pin,
+    /// A DNS name and port (`bravo.example.org:7402`) resolved again
+    /// before every dial, so a peer whose address changes is found on
+    /// the next reconnect; `None`: `addr` as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Settings of a [`QuicTransport`]. [`Default`] gives the embedded defaults.
@@ -696,12 +702,38 @@ impl Inner {
         half + Duration::from_micros(jitter)
     }
 
+    /// Where to dial `spec`: its host name resolved now (an address of
+    /// the family this endpoint speaks), else its last known address.
+    async fn resolve(&self, spec: &PeerSpec) -> Result<SocketAddr, DialError> {
+        let Some(host) = &spec.host else {
+            return Ok(spec.addr);
+        };
+        let v4 = self.endpoint.local_addr().map_or(true, |a| a.is_ipv4());
+        match tokio::net::lookup_host(host.as_str()).await {
+            Ok(addrs) => {
+                if let Some(a) = addrs.into_iter().find(|a| a.is_ipv4() == v4) {
+                    return Ok(a);
+                }
+                tracing::warn!(peer = %spec.id, %host, "no address of this endpoint's family");
+            }
+            Err(e) => {
+                metrics::counter!("bulwark_quic_resolve_failed_total").increment(1);
+                tracing::warn!(peer = %spec.id, %host, error = %e, "peer name does not resolve");
+            }
+        }
+        if spec.addr.ip().is_unspecified() {
+            return Err(DialError::Failed(format!("{host} does not resolve")));
+        }
+        Ok(spec.addr)
+    }
+
     /// Connects to `spec`, waits for its hello and sends ours. Returns the
     /// connection and the peer's boot id.
     async fn dial(&self, spec: &PeerSpec) -> Result<(quinn::Connection, u64), DialError> {
+        let addr = self.resolve(spec).await?;
         let connecting = self
             .endpoint
-            .connect_with(self.client.clone(), spec.addr, &server_name(&spec.id))
+            .connect_with(self.client.clone(), addr, &server_name(&spec.id))
             .map_err(|e| DialError::Failed(e.to_string()))?;
         let conn = match tokio::time::timeout(self.config.handshake_timeout, connecting).await {
             Err(_) => return Err(DialError::HandshakeTimeout),

@@ -60,6 +60,7 @@ fn mesh(names: &[&str]) -> (Vec<Identity>, Vec<UdpSocket>, Vec<QuicConfig>) {
                     id: ids[j].id.clone(),
                     addr: sockets[j].local_addr().unwrap(),
                     pin: ids[j].pin(),
+                    host: None,
                 })
                 .collect(),
             ..test_config()
@@ -193,6 +194,7 @@ async fn unknown_certificate_is_refused_during_the_handshake() {
             id: id("alpha"),
             addr: alpha.t.local_addr().unwrap(),
             pin: ids[0].pin(),
+            host: None,
         }],
         ..test_config()
     };
@@ -618,6 +620,7 @@ fn config_validation_names_the_problem() {
         id: id(name),
         addr: "127.0.0.1:1".parse().unwrap(),
         pin,
+        host: None,
     };
     let cfg = |peers| QuicConfig {
         peers,
