@@ -280,7 +280,20 @@ enum LedgerCmd {
         /// read-only (stop the node first: redb locks the file).
         #[arg(long)]
         db: PathBuf,
-        /// A facility config listing every facility's vote key.
+        /// A facility config listing every facility's vote key (reads that
+        /// facility's secret vote key for its own public one).
+        #[arg(long, required_unless_present = "keys", conflicts_with = "keys")]
+        config: Option<PathBuf>,
+        /// A file of public vote keys alone, as `bulwark ledger keys`
+        /// writes it (what an auditor needs: no secret).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+    },
+    /// Print every facility's public vote key as a keys file for
+    /// `bulwark ledger verify --keys` (run where the config's own vote key
+    /// is readable; the output holds public keys only).
+    Keys {
+        /// A facility config.
         #[arg(long)]
         config: PathBuf,
     },
@@ -348,8 +361,11 @@ fn main() -> ExitCode {
             Cmd::Node { config } => node(config).await,
             Cmd::Demo => bulwark::demo::run().await,
             Cmd::Ledger {
-                cmd: LedgerCmd::Verify { db, config },
-            } => ledger_verify(db, config),
+                cmd: LedgerCmd::Verify { db, config, keys },
+            } => ledger_verify(db, config, keys),
+            Cmd::Ledger {
+                cmd: LedgerCmd::Keys { config },
+            } => ledger_keys(config),
             Cmd::Ledger {
                 cmd: LedgerCmd::Show { height, target },
             } => return Ok(bulwark::commands::ledger_show(height, target).await?),
@@ -675,10 +691,66 @@ fn token(name: String, scopes: Vec<String>) -> AnyResult {
     Ok(())
 }
 
-fn ledger_verify(db: PathBuf, config: PathBuf) -> AnyResult {
+/// Largest keys file read.
+const KEYS_FILE_LEN_MAX: u64 = 64 * 1024;
+
+/// `[vote_keys]`: facility id = public vote key.
+#[derive(serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    vote_keys: std::collections::BTreeMap<String, String>,
+}
+
+fn ledger_keys(config: PathBuf) -> AnyResult {
     let cfg = FacilityConfig::load(&config)?;
     let ring = cfg.keyring()?;
-    match bulwark_actors::bft::verify_file(&db, ring.public()) {
+    let vote_keys = ring
+        .public()
+        .facilities()
+        .map(|f| {
+            let k = ring.public().get(f).expect("listed");
+            (f.to_string(), bulwark_actors::keys::format_public(k))
+        })
+        .collect();
+    print!(
+        "# Public vote keys only: bulwark ledger verify --db FILE --keys THIS_FILE\n{}",
+        toml::to_string(&KeysFile { vote_keys })?
+    );
+    Ok(())
+}
+
+fn read_keys_file(path: &std::path::Path) -> Result<bulwark_actors::keys::PublicKeys, String> {
+    let shown = path.display();
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("{shown}: {e}"))?
+        .len();
+    if len > KEYS_FILE_LEN_MAX {
+        return Err(format!("{shown}: over {KEYS_FILE_LEN_MAX} bytes"));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    let file: KeysFile = toml::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
+    let mut keys = Vec::new();
+    for (id, k) in &file.vote_keys {
+        let f: FacilityId = id
+            .parse()
+            .map_err(|e| format!("{shown}: vote_keys.{id}: {e}"))?;
+        let key = bulwark_actors::keys::parse_public(k)
+            .map_err(|e| format!("{shown}: vote_keys.{id}: {e}"))?;
+        keys.push((f, key));
+    }
+    if keys.is_empty() {
+        return Err(format!("{shown}: no [vote_keys]"));
+    }
+    Ok(bulwark_actors::keys::PublicKeys::new(keys))
+}
+
+fn ledger_verify(db: PathBuf, config: Option<PathBuf>, keys: Option<PathBuf>) -> AnyResult {
+    let public = match (config, keys) {
+        (_, Some(k)) => read_keys_file(&k)?,
+        (Some(c), None) => FacilityConfig::load(&c)?.keyring()?.public().clone(),
+        (None, None) => return Err("give --keys FILE or --config FILE".into()),
+    };
+    match bulwark_actors::bft::verify_file(&db, &public) {
         Ok(report) => {
             let head: String = report.head.iter().map(|b| format!("{b:02x}")).collect();
             println!(
