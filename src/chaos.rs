@@ -349,16 +349,15 @@ impl<C: ChaosCluster> Agent<C> {
             Err(why) => return self.refused(why),
         };
         if let Err(why) = self.prepare(leader.unwrap_or(0)).await {
-            let _ = self.drop_namespace(leader).await;
-            return self.refused(format!("could not set up the probe blocks: {why}"));
+            let why = format!("could not set up the probe blocks: {why}");
+            return self.refused_after_prepare(leader, why).await;
         }
         // Every facility a lever will be pulled on is declared in a drill
         // first (through consensus), so the evidence it produces costs no
         // trust.
         for i in self.lever_targets(target, leader) {
             if let Err(why) = self.declare_drill(i).await {
-                let _ = self.drop_namespace(leader).await;
-                return self.refused(why);
+                return self.refused_after_prepare(leader, why).await;
             }
         }
         self.observe(format!(
@@ -380,7 +379,11 @@ impl<C: ChaosCluster> Agent<C> {
         self.fault_ctx = (target, leader);
         match Injector::new(vec![self.exp.schedule.fault(())]) {
             Ok(i) => self.injector = Some(i),
-            Err(e) => return self.refused(format!("schedule: {e}")),
+            Err(e) => {
+                return self
+                    .refused_after_prepare(leader, format!("schedule: {e}"))
+                    .await
+            }
         }
         let duration = self.exp.duration_ms;
         let stopped_early = self.drive(duration, true).await;
@@ -407,7 +410,8 @@ impl<C: ChaosCluster> Agent<C> {
         }
         let Some(fault_at) = self.fault_at else {
             self.observe("the schedule never started the fault within the window");
-            return self.refused("the fault's schedule never started it within duration_ms".into());
+            let why = "the fault's schedule never started it within duration_ms".to_string();
+            return self.refused_after_prepare(leader, why).await;
         };
         self.finish(
             target,
@@ -973,7 +977,13 @@ impl<C: ChaosCluster> Agent<C> {
             return Ok(());
         }
         let name = self.cluster.name(i);
-        let for_ms = (self.dead_man_ms() + DRILL_SLACK_MS).min(DRILL_MS_MAX);
+        // Declared before the observation's first phase; a lever pulled as
+        // late as the window allows may hold its dead-man time from then.
+        let o = &self.exp.observe;
+        let for_ms = (o.before_ms + self.exp.duration_ms + o.after_ms)
+            .saturating_add(self.dead_man_ms())
+            .saturating_add(DRILL_SLACK_MS)
+            .min(DRILL_MS_MAX);
         let body = json!({"facility": name, "for_ms": for_ms});
         let key = format!("chaos-{}-drill-{i}", self.run);
         let mut last = String::new();
@@ -1029,6 +1039,20 @@ impl<C: ChaosCluster> Agent<C> {
             }
         }
         Err(format!("still more after {NAMESPACE_DROP_STEPS_MAX} steps"))
+    }
+
+    /// Refuses the run after the probes may have written: their namespace
+    /// is dropped first (a failure to is observed in the report).
+    async fn refused_after_prepare(mut self, leader: Option<usize>, why: String) -> Report {
+        let ns = namespace_prefix(&self.run);
+        match self.drop_namespace(leader).await {
+            Ok(steps) => self.observe(format!("namespace {ns} dropped ({steps} steps)")),
+            Err(e) => self.observe(format!(
+                "namespace {ns} not dropped: {e} (bulwark chaos clean --namespace {})",
+                self.run
+            )),
+        }
+        self.refused(why)
     }
 
     /// The facilities the fault pulls levers on.

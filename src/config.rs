@@ -507,7 +507,7 @@ impl FacilityConfig {
                         let unspecified = SocketAddr::from(([0, 0, 0, 0], port.unwrap_or(0)));
                         let resolved = std::net::ToSocketAddrs::to_socket_addrs(p.addr.as_str())
                             .ok()
-                            .and_then(|mut a| a.find(|a| a.is_ipv4() == v4));
+                            .and_then(|mut a| a.find(|a| !v4 || a.is_ipv4()));
                         (resolved.unwrap_or(unspecified), Some(p.addr.clone()))
                     }
                 };

@@ -790,9 +790,22 @@ async fn node(path: PathBuf) -> AnyResult {
         metrics::counter!(c).absolute(0);
     }
     metrics::gauge!("bulwark_replica_quarantined").set(0.0);
-    let cluster = cfg
-        .cluster_id(&identity.pin())
-        .map_err(|e| format!("facility.cluster_id: {e}"))?;
+    // The configured id; else the one the store was stamped with (a
+    // derived id changes with the peer list and the pins, a stamped one
+    // does not); else derived from the members.
+    let stamped = match &cfg.facility.cluster_id {
+        Some(_) => None,
+        None => bulwark_storage::Store::stamped_cluster(
+            &cfg.facility.data_dir.join(bulwark_runtime::STORE_FILE),
+            cfg.facility.id.as_str(),
+        )?,
+    };
+    let cluster = match stamped {
+        Some(id) => id,
+        None => cfg
+            .cluster_id(&identity.pin())
+            .map_err(|e| format!("facility.cluster_id: {e}"))?,
+    };
     tracing::info!(
         cluster = %bulwark_transport::quic::cluster_text(&cluster),
         "cluster"

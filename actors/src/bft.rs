@@ -427,30 +427,48 @@ pub struct BftState {
     /// back: honest proposers' timestamps must not then look like the
     /// future (FUTURE_TIMESTAMP evidence).
     floor: crate::hlc::TimeFloor,
-    /// The last fetch of final entries, under its peer's breaker.
-    fetch_call: Option<FetchCall>,
+    /// Fetches of final entries in flight, by peer, each under its
+    /// peer's breaker.
+    fetch_calls: BTreeMap<FacilityId, FetchCall>,
 }
 
 impl BftState {
-    /// Whether a fetch may go to `to`: a previous one still unanswered
-    /// counts as failed; an open breaker sends nothing (and lets the core
-    /// ask the next peer at once).
+    /// How long a fetch may go unanswered before it counts as failed: two
+    /// head periods.
+    fn fetch_limit(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            2 * self.setup.config.head_ticks * self.setup.config.tick_ms,
+        )
+    }
+
+    /// Whether a fetch may go to `to`: one to it still within its limit
+    /// keeps its permit (asked again, not judged yet); one past it counts
+    /// as failed; an open breaker sends nothing (and lets the core ask
+    /// another peer at once).
     fn guard_fetch(&mut self, to: &FacilityId) -> bool {
-        if let Some(last) = self.fetch_call.take() {
-            self.settle_fetch(last, BreakerOutcome::Failure);
+        let now = self.ctx.clock.now();
+        if let Some(c) = self.fetch_calls.get(to) {
+            if now.saturating_duration_since(c.at) < self.fetch_limit() {
+                return true;
+            }
+            if let Some(c) = self.fetch_calls.remove(to) {
+                self.settle_fetch(c, BreakerOutcome::Failure);
+            }
         }
         let Some(breakers) = self.setup.breakers.as_ref() else {
             return true;
         };
         let dependency = ledger_fetch_dependency(to);
-        let at = self.ctx.clock.now();
-        match breakers.acquire(&dependency, at) {
+        match breakers.acquire(&dependency, now) {
             Ok(permit) => {
-                self.fetch_call = Some(FetchCall {
-                    peer: to.clone(),
-                    permit,
-                    at,
-                });
+                self.fetch_calls.insert(
+                    to.clone(),
+                    FetchCall {
+                        peer: to.clone(),
+                        permit,
+                        at: now,
+                    },
+                );
                 true
             }
             Err(r) if r.state == "unknown" => true,
@@ -477,18 +495,17 @@ impl BftState {
         }
     }
 
-    /// A fetch unanswered for two head periods failed.
+    /// Fetches unanswered past their limit failed.
     fn expire_fetch(&mut self) {
-        let limit = std::time::Duration::from_millis(
-            2 * self.setup.config.head_ticks * self.setup.config.tick_ms,
-        );
-        let now = self.ctx.clock.now();
-        if self
-            .fetch_call
-            .as_ref()
-            .is_some_and(|c| now.saturating_duration_since(c.at) >= limit)
-        {
-            if let Some(c) = self.fetch_call.take() {
+        let (now, limit) = (self.ctx.clock.now(), self.fetch_limit());
+        let late: Vec<FacilityId> = self
+            .fetch_calls
+            .iter()
+            .filter(|(_, c)| now.saturating_duration_since(c.at) >= limit)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in late {
+            if let Some(c) = self.fetch_calls.remove(&p) {
                 self.settle_fetch(c, BreakerOutcome::Failure);
             }
         }
@@ -586,7 +603,7 @@ impl Actor for BftValidator {
             held: Vec::new(),
             held_ticked: false,
             floor,
-            fetch_call: None,
+            fetch_calls: BTreeMap::new(),
         })
     }
 
@@ -629,8 +646,8 @@ impl Actor for BftValidator {
                 let from = d.envelope.from.clone();
                 match codec::decode::<BftWire>(&d.envelope.body) {
                     Ok(w) => {
-                        let answers = matches!(w, BftWire::Finals(_))
-                            && st.fetch_call.as_ref().is_some_and(|c| c.peer == from);
+                        let answers =
+                            matches!(w, BftWire::Finals(_)) && st.fetch_calls.contains_key(&from);
                         let before = (st.core.final_height(), st.core.finals_refused());
                         st.core.on_wire(&from, w, now);
                         if answers {
@@ -642,7 +659,7 @@ impl Actor for BftValidator {
                                 // Entries it had by now from the votes.
                                 BreakerOutcome::Ignored
                             };
-                            if let Some(c) = st.fetch_call.take() {
+                            if let Some(c) = st.fetch_calls.remove(&from) {
                                 st.settle_fetch(c, outcome);
                             }
                         }

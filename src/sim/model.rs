@@ -415,7 +415,10 @@ impl Model {
     /// The namespace of an id, if it has one.
     fn sandbox_of(id: &str) -> Option<&str> {
         let rest = id.strip_prefix(SANDBOX)?;
-        Some(rest.split(':').next().unwrap_or(rest))
+        match rest.find(':') {
+            Some(at) => Some(&rest[..at]),
+            None => Some(""),
+        }
     }
 
     /// `ARCHIVED` if `day` is archived or within the quiet days after.

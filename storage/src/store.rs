@@ -441,6 +441,20 @@ impl Store {
         }
     }
 
+    /// The cluster the store at `path` was stamped with, without keeping
+    /// it open; `None` when there is no store yet or it names none.
+    pub fn stamped_cluster(path: &Path, facility: &str) -> Result<Option<[u8; 16]>, StorageError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let opened = Store::open(path, facility)?;
+        let s = &opened.store;
+        let tx = s.inner.db.begin_read().map_err(|e| s.redb(e))?;
+        let meta = tx.open_table(META).map_err(|e| s.redb(e))?;
+        let v = meta.get(META_CLUSTER).map_err(|e| s.redb(e))?;
+        Ok(v.and_then(|v| v.value().try_into().ok()))
+    }
+
     /// Claims this store for `cluster`: a store that names none is stamped
     /// with it (durably); one that names another is refused
     /// ([`StorageError::WrongCluster`]) and nothing changes.

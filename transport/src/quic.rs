@@ -95,8 +95,8 @@ pub const HELLO_LEN_MAX: usize = 256;
 pub struct PeerSpec {
     /// Its facility id.
     pub id: FacilityId,
-    /// Its QUIC address (with `host`: the last one it resolved to, used
-    /// when resolving fails).
+    /// Its QUIC address (with `host`: the one it resolved to at start,
+    /// dialled when resolving fails).
     pub addr: SocketAddr,
     /// Its certificate's pin.
     pub pin: Pin,
@@ -702,8 +702,9 @@ impl Inner {
         half + Duration::from_micros(jitter)
     }
 
-    /// Where to dial `spec`: its host name resolved now (an address of
-    /// the family this endpoint speaks), else its last known address.
+    /// Where to dial `spec`: its host name resolved now (an IPv4 address
+    /// for an IPv4 endpoint; any for an IPv6 one, IPv6 first), else the
+    /// address it resolved to at start.
     async fn resolve(&self, spec: &PeerSpec) -> Result<SocketAddr, DialError> {
         let Some(host) = &spec.host else {
             return Ok(spec.addr);
@@ -711,8 +712,10 @@ impl Inner {
         let v4 = self.endpoint.local_addr().map_or(true, |a| a.is_ipv4());
         match tokio::net::lookup_host(host.as_str()).await {
             Ok(addrs) => {
-                if let Some(a) = addrs.into_iter().find(|a| a.is_ipv4() == v4) {
-                    return Ok(a);
+                let mut addrs: Vec<SocketAddr> = addrs.filter(|a| !v4 || a.is_ipv4()).collect();
+                addrs.sort_by_key(|a| a.is_ipv4());
+                if let Some(a) = addrs.first() {
+                    return Ok(*a);
                 }
                 tracing::warn!(peer = %spec.id, %host, "no address of this endpoint's family");
             }

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bulwark_storage::codec;
 use bulwark_transport::FacilityId;
 
-use super::evidence::{trust_score, Drill, Evidence, Kind, Patterns, DRILLS_KEPT};
+use super::evidence::{
+    trust_score, Drill, Evidence, Kind, Patterns, DRILLS_KEPT, DRILL_SLACK_MS, TRUST_WINDOW_MS,
+};
 use super::wire::{BftWire, FINALS_PER_MSG_MAX, VOTES_PER_MSG_MAX};
 use super::{Behaviour, BftConfig};
 use crate::keys::{Domain, Keyring};
@@ -358,10 +360,21 @@ impl Core {
     }
 
     /// A drill admitted to the ledger at `raft_index`.
-    fn on_drill(&mut self, facility: &FacilityId, from: u64, for_ms: u64, raft_index: u64) {
+    fn on_drill(
+        &mut self,
+        facility: &FacilityId,
+        from: u64,
+        for_ms: u64,
+        raft_index: u64,
+        now_unix_ms: u64,
+    ) {
         if self.drills.iter().any(|d| d.raft_index == raft_index) {
             return;
         }
+        // Drills whose window left the trust window cover nothing that
+        // still counts: they go first; the count is a memory bound only.
+        let horizon = now_unix_ms.saturating_sub(TRUST_WINDOW_MS + DRILL_SLACK_MS);
+        self.drills.retain(|d| d.until_unix_ms >= horizon);
         tracing::warn!(%facility, for_ms, "drill declared: evidence against it costs no trust meanwhile");
         self.drills.push(Drill {
             facility: facility.clone(),
@@ -413,7 +426,13 @@ impl Core {
                 if let Some(Op::Drill { facility, for_ms }) =
                     e.shown.payload.as_ref().map(|p| &p.command.op)
                 {
-                    self.on_drill(facility, link.entry.at_unix_ms, *for_ms, e.index);
+                    self.on_drill(
+                        facility,
+                        link.entry.at_unix_ms,
+                        *for_ms,
+                        e.index,
+                        now_unix_ms,
+                    );
                 }
                 self.patterns_note(&link.entry.proposer, false, &assigned, now_unix_ms);
                 let ahead = link.entry.at_unix_ms.saturating_sub(now_unix_ms);

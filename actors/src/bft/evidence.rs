@@ -200,8 +200,9 @@ pub const TRUST_WINDOW_MS: u64 = 30 * 24 * 3600 * 1000;
 /// heuristic (withholding) names a streak some seconds after it began.
 pub const DRILL_SLACK_MS: u64 = 30_000;
 
-/// Drills a validator keeps (the newest).
-pub const DRILLS_KEPT: usize = 64;
+/// Drills a validator keeps at most (a memory bound: drills whose window
+/// left the trust window are dropped first).
+pub const DRILLS_KEPT: usize = 1024;
 
 /// A drill the operator declared through consensus ([`crate::schedule::Op::Drill`],
 /// admitted to the ledger): evidence against `facility` recorded within

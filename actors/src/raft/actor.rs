@@ -233,11 +233,11 @@ pub fn leader_breaker_config() -> BreakerConfig {
 }
 
 /// The breakers' settings for snapshot transfers from a peer: judged over
-/// the last 6 asks for chunks, open at half of them unanswered (asked
-/// again, each an election timeout later) once 3 were made, for 10 s,
-/// then one probe. An open one gives the transfer up at once instead of
-/// asking a leader that does not answer again and again; the leader
-/// offers the snapshot again later.
+/// the last 6 asks for chunks, open at half of them answered with a chunk
+/// refused (damaged, or not stageable) once 3 were made, for 10 s, then
+/// one probe. An ask answered late is not a failure (a leader under load
+/// serves slowly). An open one holds the asks (the transfer keeps what it
+/// staged) instead of taking damaged chunks again and again.
 pub fn snapshot_breaker_config() -> BreakerConfig {
     BreakerConfig {
         window: Window::Count(6),
@@ -329,11 +329,13 @@ impl<M: StateMachine> RaftPeerState<M> {
     }
 
     /// Whether an ask for snapshot chunks may go to `to`: the last ask,
-    /// still unanswered, counts as failed; an open breaker gives the
-    /// transfer up (nothing is sent).
+    /// still unanswered, is not judged (a loaded leader answers late, and
+    /// a late answer is no fault); an open breaker holds the ask (nothing
+    /// is sent, and the transfer keeps what it staged) until its open
+    /// period is over and a probe may go.
     fn guard_snapshot(&mut self, to: &FacilityId) -> bool {
         if let Some(last) = self.snapshot_call.take() {
-            self.settle(last, BreakerOutcome::Failure);
+            self.settle(last, BreakerOutcome::Ignored);
         }
         let Some(breakers) = self.setup.breakers.as_ref() else {
             return true;
@@ -355,8 +357,8 @@ impl<M: StateMachine> RaftPeerState<M> {
                 metrics::counter!("bulwark_flow_breaker_refused_total", "dependency" => dependency.clone())
                     .increment(1);
                 tracing::warn!(%to, retry_after_ms = r.retry_after_ms,
-                    "snapshot transfer given up: its breaker is open");
-                self.core.give_up_snapshot();
+                    "snapshot ask held: its breaker is open");
+                self.core.hold_snapshot_ask();
                 false
             }
         }

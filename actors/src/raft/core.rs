@@ -1147,14 +1147,14 @@ impl<M: StateMachine> RaftCore<M> {
         self.chunks
     }
 
-    /// Gives the snapshot being received up (its source's breaker is
-    /// open): the rows staged so far are cleared by the next transfer,
-    /// and the leader offers the snapshot again.
-    pub fn give_up_snapshot(&mut self) {
-        if let Some(inc) = self.incoming.take() {
-            metrics::counter!("bulwark_snapshot_given_up_total", "facility" => self.me.to_string())
+    /// The ask for chunks just made was held (its source's breaker is
+    /// open): it does not count as a try, so the transfer is not given up
+    /// while the breaker holds it.
+    pub fn hold_snapshot_ask(&mut self) {
+        if let Some(inc) = self.incoming.as_mut() {
+            inc.tries = inc.tries.saturating_sub(1);
+            metrics::counter!("bulwark_snapshot_asks_held_total", "facility" => self.me.to_string())
                 .increment(1);
-            tracing::warn!(from = %inc.from, index = inc.desc.index, "snapshot transfer given up");
         }
     }
 

@@ -386,11 +386,12 @@ pub const NAMESPACE_DROP_MAX: usize = 256;
 /// Longest drill: a day.
 pub const DRILL_MS_MAX: u64 = 24 * 3600 * 1000;
 
-/// The namespace an id belongs to: `Some(ns)` for `chaos:<ns>:…` (or
-/// `chaos:<ns>`), `None` for the schedule's own ids.
+/// The namespace an id belongs to: `Some(ns)` for `chaos:<ns>:…`,
+/// `Some("")` for any other `chaos:` id (dropped with every namespace),
+/// `None` for the schedule's own ids.
 pub fn namespace_of(id: &str) -> Option<&str> {
     let rest = id.strip_prefix(NAMESPACE_PREFIX)?;
-    Some(rest.split_once(':').map_or(rest, |(ns, _)| ns))
+    Some(rest.split_once(':').map_or("", |(ns, _)| ns))
 }
 
 /// The id prefix of namespace `ns` (empty: every namespace).

@@ -118,6 +118,16 @@ fn a_store_belongs_to_the_cluster_that_first_claimed_it() {
         other => panic!("expected WrongCluster, got {other:?}"),
     }
     store.claim_cluster(&[1; 16]).unwrap();
+    drop(store);
+    // Read back without keeping the store open: what a start without a
+    // configured id uses.
+    assert_eq!(
+        Store::stamped_cluster(&path, "alpha").unwrap(),
+        Some([1; 16])
+    );
+    let none = dir.path().join("none.redb");
+    assert_eq!(Store::stamped_cluster(&none, "alpha").unwrap(), None);
+    assert!(!none.exists(), "nothing is created");
 }
 
 #[test]
