@@ -924,7 +924,13 @@ pub fn render_status(c: &api::ClusterStatus) -> String {
             let _ = writeln!(out, "peers' ledger heights: {}", heads.join(", "));
         }
     }
-    for b in &c.breakers {
+    // Every facility's breakers toward every peer add up (12 a facility
+    // in a cluster of four): the closed ones are counted, the others listed.
+    let closed = c.breakers.iter().filter(|b| b.state == "closed").count();
+    if !c.breakers.is_empty() {
+        let _ = writeln!(out, "breakers: {closed} of {} closed", c.breakers.len());
+    }
+    for b in c.breakers.iter().filter(|b| b.state != "closed") {
         let _ = writeln!(out, "breaker {}:{} {}", b.facility, b.dependency, b.state);
     }
     for b in &c.bulkheads {
@@ -987,5 +993,26 @@ mod tests {
         }
         assert_eq!(priority_of(&Method::GET, "/approvals"), Priority::Read);
         assert_eq!(priority_of(&Method::GET, "/schedule"), Priority::Read);
+    }
+
+    /// `bulwark status` counts the closed breakers and lists the others.
+    #[test]
+    fn status_text_counts_closed_breakers_and_lists_the_rest() {
+        let b = |f: &str, d: &str, st: &str| serde_json::json!({"facility": f, "dependency": d, "state": st});
+        let c: super::api::ClusterStatus = serde_json::from_value(serde_json::json!({
+            "facility": "alpha", "members": [], "leader": "bravo", "term": 2, "commit": 5,
+            "applied": 5, "partition": "CONNECTED", "peers": [],
+            "breakers": [b("alpha", "forward@bravo", "closed"), b("alpha", "snapshot@bravo", "open"),
+                b("charlie", "ledger_fetch@bravo", "closed")],
+            "bulkheads": [], "admission_pressure": 0.0, "ledger": null
+        }))
+        .unwrap();
+        let text = super::render_status(&c);
+        assert!(text.contains("breakers: 2 of 3 closed\n"), "{text}");
+        assert!(
+            text.contains("breaker alpha:snapshot@bravo open\n"),
+            "{text}"
+        );
+        assert!(!text.contains("forward@bravo"), "{text}");
     }
 }
