@@ -892,7 +892,9 @@ impl<M: StateMachine> RaftCore<M> {
             }
             RaftWire::SnapshotFetch { id, cursor } => self.serve_chunk(from, id, cursor),
             RaftWire::TransferLeader { to } => {
-                if self.is_leader() && self.members.contains_key(&raft_id(&to)) {
+                // Only a voter passes one on, and only to a voter.
+                let voters = self.voters();
+                if self.is_leader() && voters.contains(from) && voters.contains(&to) {
                     tracing::info!(%from, %to, "leadership transfer passed on by a follower");
                     self.node.transfer_leader(raft_id(&to));
                 }
