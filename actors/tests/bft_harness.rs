@@ -306,26 +306,34 @@ async fn with_three_facilities_a_liar_never_finalizes_anything_alone() {
     c.shutdown().await;
 }
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_facility_that_was_down_catches_up_on_certified_entries() {
+/// Four validators finalize a workload; then a follower goes down and 60
+/// more entries (ids `<tag>0..`) become final without it: enough that the
+/// Raft log is compacted past it (snapshots every 40 entries), so it comes
+/// back by snapshot and its validator fetches the final entries it missed.
+/// (the facility down, the others, the final height).
+async fn one_down_and_behind(c: &mut Cluster, tag: &str) -> (usize, Vec<usize>, u64) {
     let all = [0, 1, 2, 3];
-    let mut c = Cluster::start_bft(4, SEED, plan(4, None)).await;
-    let mut height = workload(&mut c, &all, 4).await;
-    wait_final(&c, &all, height).await;
+    let mut height = workload(c, &all, 4).await;
+    wait_final(c, &all, height).await;
     let (leader, _) = c.leader().await.unwrap();
     let down = (leader + 1) % 4;
     c.crash(down).await;
     let up: Vec<usize> = all.iter().copied().filter(|&i| i != down).collect();
-    // Enough entries that the Raft log is compacted past the facility that
-    // is down (snapshots every 40 entries): it comes back by snapshot, and
-    // its validator fetches the final entries it missed.
     for k in 0..60 {
         let via = up[k % up.len()];
-        let cmd = c.command(via, overlapping(&format!("c{k}")));
+        let cmd = c.command(via, overlapping(&format!("{tag}{k}")));
         committed(&c.propose(via, cmd).await);
         height += 1;
     }
-    wait_final(&c, &up, height).await;
+    wait_final(c, &up, height).await;
+    (down, up, height)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_facility_that_was_down_catches_up_on_certified_entries() {
+    let all = [0, 1, 2, 3];
+    let mut c = Cluster::start_bft(4, SEED, plan(4, None)).await;
+    let (down, _, height) = one_down_and_behind(&mut c, "c").await;
     c.restart(down).await;
     wait_final(&c, &all, height).await;
     check_ledgers(&c, &all, height);
@@ -349,19 +357,7 @@ async fn unanswered_fetches_open_a_peers_breaker_and_move_to_another_peer() {
     let mut p = plan(4, None);
     p.breakers = breakers.clone();
     let mut c = Cluster::start_bft(4, SEED, p).await;
-    let mut height = workload(&mut c, &all, 4).await;
-    wait_final(&c, &all, height).await;
-    let (leader, _) = c.leader().await.unwrap();
-    let down = (leader + 1) % 4;
-    c.crash(down).await;
-    let up: Vec<usize> = all.iter().copied().filter(|&i| i != down).collect();
-    for k in 0..60 {
-        let via = up[k % up.len()];
-        let cmd = c.command(via, overlapping(&format!("f{k}")));
-        committed(&c.propose(via, cmd).await);
-        height += 1;
-    }
-    wait_final(&c, &up, height).await;
+    let (down, up, height) = one_down_and_behind(&mut c, "f").await;
     let rule =
         c.h.net()
             .faults()

@@ -383,21 +383,18 @@ async fn leadership_moves_to_the_facility_asked_for() {
     c.shutdown().await;
 }
 
-/// A damaged snapshot chunk is refused and fetched again: while every
-/// chunk-sized payload to a follower that fell behind the compacted log
-/// arrives with a byte flipped, it refuses each chunk (its checksum) and
-/// installs nothing; once the link is clean it installs the leader's state.
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_damaged_snapshot_chunk_is_refused_and_fetched_again() {
+/// A follower that fell behind the compacted log (120 blocks seeded while
+/// it was down, past the harness's compaction point of 40 entries: it needs
+/// a snapshot), restarted while every chunk-sized payload to it arrives
+/// with a byte flipped: (the leader, the follower, the corrupting rule).
+async fn behind_a_damaging_link(c: &mut Cluster) -> (usize, usize, bulwark_transport::RuleId) {
     use bulwark_transport::{FaultRule, Selector};
-    let mut c = Cluster::start(3, 11).await;
     let (leader, _, _) = c
         .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
         .await
         .unwrap();
     let lag = (leader + 1) % 3;
     c.crash(lag).await;
-    // Past the harness's compaction point (40 entries): lag needs a snapshot.
     c.seed_schedule(leader, 4, 120).await;
     let rule =
         c.h.net()
@@ -410,6 +407,31 @@ async fn a_damaged_snapshot_chunk_is_refused_and_fetched_again() {
             })
             .unwrap();
     c.restart(lag).await;
+    (leader, lag, rule)
+}
+
+/// Steps (at most `steps` × 5 ms) until `lag` holds the 120 seeded
+/// blocks; the count it holds.
+async fn installed(c: &Cluster, lag: usize, steps: u32) -> Option<usize> {
+    let mut blocks = None;
+    for _ in 0..steps {
+        blocks = c.local_read(lag, |s| s.blocks().count()).await;
+        if blocks == Some(120) {
+            break;
+        }
+        c.h.step(Duration::from_millis(5)).await;
+    }
+    blocks
+}
+
+/// A damaged snapshot chunk is refused and fetched again: while every
+/// chunk-sized payload to a follower that fell behind the compacted log
+/// arrives with a byte flipped, it refuses each chunk (its checksum) and
+/// installs nothing; once the link is clean it installs the leader's state.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_damaged_snapshot_chunk_is_refused_and_fetched_again() {
+    let mut c = Cluster::start(3, 11).await;
+    let (_, lag, rule) = behind_a_damaging_link(&mut c).await;
     let refused = |c: &support::Cluster| {
         c.h.counter(
             lag,
@@ -431,15 +453,11 @@ async fn a_damaged_snapshot_chunk_is_refused_and_fetched_again() {
         "a damaged snapshot was installed"
     );
     assert!(c.h.net().faults().remove(rule));
-    let mut blocks = None;
-    for _ in 0..2_000 {
-        blocks = c.local_read(lag, |s| s.blocks().count()).await;
-        if blocks == Some(120) {
-            break;
-        }
-        c.h.step(Duration::from_millis(5)).await;
-    }
-    assert_eq!(blocks, Some(120), "the clean transfer did not install");
+    assert_eq!(
+        installed(&c, lag, 2_000).await,
+        Some(120),
+        "the clean transfer did not install"
+    );
     assert!(c.h.counter(lag, "bulwark_snapshot_installed_total", &[]) >= 1);
     assert_eq!(c.violations(), Vec::<String>::new());
     c.shutdown().await;
@@ -553,7 +571,6 @@ async fn the_forgotten_vote_scenario_catches_a_hard_state_without_the_vote() {
 async fn failing_snapshot_asks_open_the_breaker_and_a_good_chunk_closes_it() {
     use bulwark_actors::flow::mesh::Breakers;
     use bulwark_actors::raft::actor::snapshot_dependency;
-    use bulwark_transport::{FaultRule, Selector};
     let breakers: Vec<Breakers> = (0..3).map(|_| Breakers::default()).collect();
     let b2 = breakers.clone();
     let mut c = Cluster::start_custom(3, 11, support::configs_for(3, 11), move |i, mut s| {
@@ -561,24 +578,7 @@ async fn failing_snapshot_asks_open_the_breaker_and_a_good_chunk_closes_it() {
         s
     })
     .await;
-    let (leader, _, _) = c
-        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
-        .await
-        .unwrap();
-    let lag = (leader + 1) % 3;
-    c.crash(lag).await;
-    c.seed_schedule(leader, 4, 120).await;
-    let rule =
-        c.h.net()
-            .faults()
-            .add(FaultRule::Corrupt {
-                from: Selector::Any,
-                to: Selector::one(&c.h.id(lag)),
-                every: 1,
-                min_len: 16 * 1024,
-            })
-            .unwrap();
-    c.restart(lag).await;
+    let (leader, lag, rule) = behind_a_damaging_link(&mut c).await;
     let name = snapshot_dependency(&c.h.id(leader));
     let view = |b: &Breakers| b.views().into_iter().find(|v| v.name == name).unwrap();
     let held = |c: &support::Cluster| c.h.counter(lag, "bulwark_snapshot_asks_held_total", &[]);
@@ -611,15 +611,11 @@ async fn failing_snapshot_asks_open_the_breaker_and_a_good_chunk_closes_it() {
         "asks went out while the breaker was open"
     );
     assert!(c.h.net().faults().remove(rule));
-    let mut blocks = None;
-    for _ in 0..10_000 {
-        blocks = c.local_read(lag, |s| s.blocks().count()).await;
-        if blocks == Some(120) {
-            break;
-        }
-        c.h.step(Duration::from_millis(5)).await;
-    }
-    assert_eq!(blocks, Some(120), "the clean transfer did not install");
+    assert_eq!(
+        installed(&c, lag, 10_000).await,
+        Some(120),
+        "the clean transfer did not install"
+    );
     assert_eq!(view(&breakers[lag]).state, "closed");
     assert_eq!(c.violations(), Vec::<String>::new());
     c.shutdown().await;
