@@ -689,6 +689,91 @@ pub async fn ledger_show(height: u64, target: Target) -> Result<ExitCode, String
     .await
 }
 
+/// `bulwark member`.
+#[derive(clap::Subcommand, Debug)]
+pub enum MemberCmd {
+    /// The Raft identities in the configuration, as the facility asked
+    /// knows it (how far each matches the leader's log: at the leader).
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Give a facility a new Raft identity: its next incarnation joins as a
+    /// learner and catches up; its old one stays a voter until `promote`.
+    /// The way back for a facility whose store was lost (docs/OPERATIONS.md).
+    Replace {
+        /// The facility.
+        #[arg(long)]
+        facility: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make a replaced facility's learner a voter, once it has caught up,
+    /// and remove its old identity (joint consensus).
+    Promote {
+        /// The facility.
+        #[arg(long)]
+        facility: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn members_table(v: &Value) -> String {
+    let mut out = format!(
+        "as known at {} (leader {}, commit {}{})\n{:<16} {:>11} {:<9} {:>8}\n",
+        str_of(&v["facility"]),
+        str_of(&v["leader"]),
+        str_of(&v["commit"]),
+        if v["joint"].as_bool() == Some(true) {
+            ", joint"
+        } else {
+            ""
+        },
+        "facility",
+        "incarnation",
+        "role",
+        "matched"
+    );
+    for m in v["members"].as_array().into_iter().flatten() {
+        out += &format!(
+            "{:<16} {:>11} {:<9} {:>8}\n",
+            str_of(&m["facility"]),
+            str_of(&m["incarnation"]),
+            str_of(&m["role"]),
+            str_of(&m["matched"])
+        );
+    }
+    out
+}
+
+/// `bulwark member`.
+pub async fn member(cmd: MemberCmd) -> Result<ExitCode, String> {
+    let change = |v: &Value| {
+        format!(
+            "{}; {}\n{}",
+            str_of(&v["done"]),
+            if v["in_force"].as_bool() == Some(true) {
+                "in force"
+            } else {
+                "not in force here yet (bulwark member list)"
+            },
+            members_table(&v["members"])
+        )
+    };
+    match cmd {
+        MemberCmd::List { target } => once(&target, "/v1/admin/members", None, members_table).await,
+        MemberCmd::Replace { facility, target } => {
+            let body = json!({ "facility": facility, "action": "replace" });
+            once(&target, "/v1/admin/members", Some(body), change).await
+        }
+        MemberCmd::Promote { facility, target } => {
+            let body = json!({ "facility": facility, "action": "promote" });
+            once(&target, "/v1/admin/members", Some(body), change).await
+        }
+    }
+}
+
 /// `bulwark leader`.
 #[derive(clap::Subcommand, Debug)]
 pub enum LeaderCmd {

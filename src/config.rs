@@ -194,14 +194,18 @@ impl Default for ApiSection {
     }
 }
 
-/// `[backup]`: every key optional; off unless `every_s` > 0.
+/// `[backup]`: every key optional. Every checkpoint the facility applies
+/// is backed up into `dir` (a checkpoint is cluster-wide: see
+/// `crate::backup`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackupSection {
     /// Where backups go; relative to the config file. Default
     /// `<data_dir>/backups`.
     pub dir: Option<PathBuf>,
-    /// Seconds between scheduled backups; 0: none.
+    /// Seconds between the checkpoints this facility commits while it
+    /// leads; 0: none scheduled (checkpoints others commit, or `bulwark
+    /// backup` asks for, are still backed up here).
     pub every_s: u64,
     /// Backups kept (the oldest are deleted).
     pub keep: usize,

@@ -24,7 +24,7 @@ use bulwark_transport::FacilityId;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::atomic::AtomicBool;
 
-use crate::backup::BackupPlan;
+use crate::backup::Checkpoints;
 use crate::http::{self, api::Service, ApiState};
 use bulwark_transport::identity::Identity;
 use bulwark_transport::quic::{ClusterId, PeerSpec, QuicConfig, QuicError, QuicTransport};
@@ -259,8 +259,9 @@ pub struct ApiSpec {
     pub tokens: Arc<crate::http::auth::Tokens>,
     /// Where the API records writes and operator actions; `None`: nowhere.
     pub audit: Option<Arc<crate::http::audit::AuditLog>>,
-    /// Where `POST /v1/admin/backup` writes; `None` refuses it.
-    pub backup: Option<BackupPlan>,
+    /// This facility's checkpoint backups (`POST /v1/admin/backup` commits
+    /// a checkpoint and waits for its file here); `None` refuses it.
+    pub backup: Option<std::sync::Arc<Checkpoints>>,
     /// Renders `/metrics`.
     pub prometheus: PrometheusHandle,
     /// False once the supervision tree has stopped.

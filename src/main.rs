@@ -143,6 +143,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: bulwark::commands::LeaderCmd,
     },
+    /// Raft membership: list the identities, replace a facility whose store
+    /// was lost (its next incarnation joins as a learner), promote it.
+    Member {
+        #[command(subcommand)]
+        cmd: bulwark::commands::MemberCmd,
+    },
     /// Evidence of misbehaviour the facility's validator recorded.
     Evidence {
         #[command(flatten)]
@@ -194,9 +200,10 @@ enum Cmd {
     /// `--config`), or of a stopped node's file (with `--db` and `--out`).
     Backup {
         /// The facility's config: asks the running node (its http_listen;
-        /// https with its [api.tls] certificate) to back up into its backup
-        /// directory, with an operator token (--token, else the config's
-        /// [api] token).
+        /// https with its [api.tls] certificate) for a cluster backup, with
+        /// an operator token (--token, else the config's [api] token): a
+        /// checkpoint through consensus, at which every facility backs up
+        /// into its backup directory. Prints the checkpoint's index.
         #[arg(long, conflicts_with_all = ["db", "out"])]
         config: Option<PathBuf>,
         #[command(flatten)]
@@ -209,25 +216,36 @@ enum Cmd {
         out: Option<PathBuf>,
     },
     /// Disaster recovery: put a backup in place of a stopped node's store
-    /// (the old file is moved aside). Every facility of the cluster must be
-    /// stopped and restored (each from its own backups, at one point in
-    /// time); when they start, the ones restored from older backups catch
-    /// up from the newest. Restoring one facility into a running cluster is
+    /// (the old file is moved aside) and cut its Raft log at the backup's
+    /// index. Every facility of the cluster must be stopped and restored,
+    /// each from its own backup of one checkpoint (the same --index
+    /// everywhere). Restoring one facility into a running cluster is
     /// refused (see docs/DECISIONS.md, "Backup and restore").
     Restore {
         /// The facility's config (data_dir, [backup] dir).
         #[arg(long)]
         config: PathBuf,
         /// A backup file to restore.
-        #[arg(long, conflicts_with = "at")]
+        #[arg(long, conflicts_with_all = ["at", "index"])]
         from: Option<PathBuf>,
-        /// Point in time (unix ms): the newest backup taken at or before it.
-        /// Without `--from` or `--at`: the newest backup.
-        #[arg(long)]
+        /// Point in time (unix ms): the newest backup whose checkpoint was
+        /// taken at or before it. Without `--from`, `--index` or `--at`: the
+        /// newest backup.
+        #[arg(long, conflicts_with = "index")]
         at: Option<u64>,
-        /// Confirms that every facility is stopped and will be restored.
+        /// The checkpoint's index (`bulwark backup` prints it): use the same
+        /// on every facility.
         #[arg(long)]
+        index: Option<u64>,
+        /// Confirms that every facility is stopped and will be restored.
+        #[arg(long, conflicts_with = "into_running_cluster")]
         whole_cluster: bool,
+        /// Restores this facility alone while the others run: its store is
+        /// vote-fenced (it forgot the votes it cast since the backup); it
+        /// catches up from the backup's index, and `bulwark member replace`
+        /// then `promote` make it a voter again under a new Raft identity.
+        #[arg(long)]
+        into_running_cluster: bool,
     },
 }
 
@@ -372,6 +390,7 @@ fn main() -> ExitCode {
             Cmd::Schedule { cmd } => return Ok(bulwark::commands::schedule(cmd).await?),
             Cmd::Review { cmd } => return Ok(bulwark::commands::review(cmd).await?),
             Cmd::Leader { cmd } => return Ok(bulwark::commands::leader(cmd).await?),
+            Cmd::Member { cmd } => return Ok(bulwark::commands::member(cmd).await?),
             Cmd::Evidence { target } => return Ok(bulwark::commands::evidence(target).await?),
             Cmd::Status { url, api } => status(url, api).await,
             Cmd::Import {
@@ -390,8 +409,10 @@ fn main() -> ExitCode {
                 config,
                 from,
                 at,
+                index,
                 whole_cluster,
-            } => restore(config, from, at, whole_cluster),
+                into_running_cluster,
+            } => restore(config, from, at, index, whole_cluster, into_running_cluster),
             Cmd::Sim(_) => unreachable!("bulwark sim runs before this runtime"),
         };
         done.map(|()| ExitCode::SUCCESS)
@@ -839,14 +860,20 @@ async fn node(path: PathBuf) -> AnyResult {
         cfg.keyring()?,
         Some(cfg.consensus.raft_config()),
     );
+    // Every checkpoint this facility applies is backed up here.
+    let checkpoints = backup::Checkpoints::new(BackupPlan {
+        dir: cfg.backup_dir(),
+        keep: cfg.backup.keep,
+    });
     if let Some(raft) = &mut spec.raft {
         raft.start = cfg.consensus.initial_cluster_state;
+        raft.keyring.checkpoints = Some(checkpoints.sink());
     }
     spec.detection = Some(cfg.detection.spec());
     let public = spec
         .raft
         .as_ref()
-        .map(|r| r.keyring.public().clone())
+        .map(|r| r.keyring.keyring.public().clone())
         .ok_or("the node runs no consensus")?;
     // A skewable system clock: `[chaos] enabled` lets an experiment shift
     // this facility's wall time (zero otherwise, and always released).
@@ -855,10 +882,6 @@ async fn node(path: PathBuf) -> AnyResult {
     let members: Vec<FacilityId> = std::iter::once(cfg.facility.id.clone())
         .chain(cfg.peers.iter().map(|p| p.id.clone()))
         .collect();
-    let plan = BackupPlan {
-        dir: cfg.backup_dir(),
-        keep: cfg.backup.keep,
-    };
     let state = facility::api_state(
         &f.node,
         ApiSpec {
@@ -872,7 +895,7 @@ async fn node(path: PathBuf) -> AnyResult {
                     keep: cfg.api.audit_keep,
                 },
             )?)),
-            backup: Some(plan.clone()),
+            backup: Some(checkpoints),
             prometheus,
             running: running.clone(),
         },
@@ -885,21 +908,23 @@ async fn node(path: PathBuf) -> AnyResult {
         state
     };
     if cfg.backup.every_s > 0 {
-        let store = f.node.ctx().store.clone();
+        // The leader commits a checkpoint every `every_s`; every facility
+        // backs up at it (followers' timers do nothing).
+        let ctx = f.node.ctx().clone();
         let every = std::time::Duration::from_secs(cfg.backup.every_s);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let (store, plan) = (store.clone(), plan.clone());
-                let now = RealClock.unix_ms();
-                match tokio::task::spawn_blocking(move || backup::take(&store, &plan, now)).await {
-                    Ok(Ok((b, info))) => {
-                        tracing::info!(path = %b.path.display(), rows = info.rows, "backup taken")
+                let period = RealClock.unix_ms() / every.as_millis().max(1) as u64;
+                let timeout = std::time::Duration::from_secs(10);
+                match backup::scheduled_round(&ctx, period, timeout).await {
+                    Ok(Some(index)) => tracing::info!(index, "checkpoint committed"),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "scheduled checkpoint failed; the next one retries")
                     }
-                    Ok(Err(e)) => tracing::error!(error = %e, "scheduled backup failed"),
-                    Err(e) => tracing::error!(error = %e, "scheduled backup task failed"),
                 }
             }
         });
@@ -1051,6 +1076,9 @@ async fn status(url: String, api: bulwark::client::ApiArgs) -> AnyResult {
     Ok(())
 }
 
+/// How many times `bulwark backup` asks for a checkpoint.
+const BACKUP_TRIES: u32 = 5;
+
 async fn backup(
     config: Option<PathBuf>,
     mut api: bulwark::client::ApiArgs,
@@ -1095,23 +1123,42 @@ async fn backup(
         ip if ip.is_unspecified() || ip.is_loopback() => "localhost".to_string(),
         ip => ip.to_string(),
     };
-    let resp = api
-        .client(std::time::Duration::from_secs(600))?
-        .post(format!(
-            "{scheme}://{host}:{}/v1/admin/backup",
-            cfg.facility.http_listen.port()
-        ))
-        .send()
-        .await?;
-    let status = resp.status();
-    let body = resp.text().await?;
-    if !status.is_success() {
-        return Err(format!("{status}: {body}").into());
-    }
+    let client = api.client(std::time::Duration::from_secs(600))?;
+    let url = format!(
+        "{scheme}://{host}:{}/v1/admin/backup",
+        cfg.facility.http_listen.port()
+    );
+    // A checkpoint that found no leader, or none in time, is asked again
+    // (at worst one more checkpoint commits: one more backup).
+    let mut tries = 0;
+    let body = loop {
+        tries += 1;
+        let resp = client.post(&url).send().await?;
+        let status = resp.status();
+        let body = resp.text().await?;
+        if status.is_success() {
+            break body;
+        }
+        let retry_ms = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .filter(|v| matches!(v["code"].as_str(), Some("TIMED_OUT" | "NO_LEADER")))
+            .and_then(|v| v["retry_after_ms"].as_u64());
+        match retry_ms {
+            Some(ms) if status.as_u16() == 503 && tries < BACKUP_TRIES => {
+                eprintln!("{status}: {body}; asking again");
+                tokio::time::sleep(std::time::Duration::from_millis(ms.clamp(100, 5_000))).await;
+            }
+            _ => return Err(format!("{status}: {body}").into()),
+        }
+    };
     let b: bulwark::http::api::BackupAnswer = serde_json::from_str(&body)?;
     println!(
-        "wrote {} at {} ({} rows, {} bytes)",
-        b.path, b.at_unix_ms, b.rows, b.bytes
+        "checkpoint {} at {}: wrote {} ({} rows, {} bytes); every facility backs up at it",
+        b.index, b.at_unix_ms, b.path, b.rows, b.bytes
+    );
+    println!(
+        "restore with: bulwark restore --config <each facility's config> --index {} --whole-cluster",
+        b.index
     );
     Ok(())
 }
@@ -1120,28 +1167,58 @@ fn restore(
     config: PathBuf,
     from: Option<PathBuf>,
     at: Option<u64>,
+    index: Option<u64>,
     whole_cluster: bool,
+    into_running_cluster: bool,
 ) -> AnyResult {
-    if !whole_cluster {
+    if !whole_cluster && !into_running_cluster {
         return Err(
-            "restore is whole-cluster disaster recovery: stop every facility, restore \
-                    each one (same --at), then start them; confirm with --whole-cluster. One \
-                    facility restored into a running cluster would hold a Raft log shorter \
-                    than its peers know it acknowledged (docs/DECISIONS.md)"
+            "say which restore: --whole-cluster (disaster recovery: stop every facility, \
+                    restore each one at the same --index, then start them) or \
+                    --into-running-cluster (this facility alone, stopped, while the others \
+                    run: it comes back vote-fenced and is made a voter again with bulwark \
+                    member replace and promote); docs/OPERATIONS.md"
                 .into(),
         );
     }
     let cfg = FacilityConfig::load(&config)?;
-    let chosen = match from {
-        Some(p) => p,
-        None => backup::pick(&cfg.backup_dir(), at)?.path,
+    let chosen = match (from, index) {
+        (Some(p), _) => p,
+        (None, Some(i)) => backup::pick_index(&cfg.backup_dir(), i)?.path,
+        (None, None) => backup::pick(&cfg.backup_dir(), at)?.path,
     };
     let db = cfg.facility.data_dir.join(bulwark_runtime::STORE_FILE);
-    let aside = backup::restore(&chosen, &db, cfg.facility.id.as_str(), RealClock.unix_ms())?;
-    println!("restored {} from {}", db.display(), chosen.display());
-    if let Some(a) = aside {
+    let id = cfg.facility.id.as_str();
+    let fence = into_running_cluster.then(|| {
+        format!(
+            "{id} was restored from a backup into a running cluster: its votes and Raft log \
+             since the backup were lost. It follows the leader but never votes again under \
+             this identity: run bulwark member replace --facility {id}, then promote \
+             (docs/OPERATIONS.md)"
+        )
+    });
+    let r = backup::restore(&chosen, &db, id, RealClock.unix_ms(), fence)?;
+    println!(
+        "restored {} from {}: its log ends at index {} ({} later entries dropped)",
+        db.display(),
+        chosen.display(),
+        r.index,
+        r.dropped
+    );
+    if let Some(a) = r.aside {
         println!("the previous file is kept as {}", a.display());
     }
-    println!("start every restored facility: the older ones catch up from the newest");
+    if into_running_cluster {
+        println!(
+            "start it: it catches up from index {} (vote-fenced); then bulwark member replace \
+             --facility {id} and bulwark member promote --facility {id}",
+            r.index
+        );
+    } else {
+        println!(
+            "restore every facility at index {} (--index {}), then start them all",
+            r.index, r.index
+        );
+    }
     Ok(())
 }

@@ -189,7 +189,7 @@ async fn serve(f: &bulwark::facility::Facility, token: &str) -> String {
     let service = Service::new(
         f.node.ctx().clone(),
         setup.members.clone(),
-        setup.keyring.public().clone(),
+        setup.keyring.keyring.public().clone(),
         f.detection.clone(),
     );
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();

@@ -35,11 +35,15 @@ async fn sigterm_on_the_leader_hands_over_and_clients_retry_at_most_once() {
         assert_eq!(st, 200, "{v}");
     }
     let (tx, mut at_stop) = tokio::sync::mpsc::channel::<()>(1);
+    // When each write committed, for the planned-restart RTO (printed;
+    // docs/BENCHMARKS.md).
+    let commits: std::sync::Arc<std::sync::Mutex<Vec<std::time::Instant>>> = Default::default();
     let mut clients = tokio::task::JoinSet::new();
     for client in 0..3usize {
         let url = s[followers[client % 2]].url("/v1/people");
         let c = c.clone();
         let tx = tx.clone();
+        let commits = commits.clone();
         clients.spawn(async move {
             let mut failed = 0;
             let mut acked = Vec::new();
@@ -50,6 +54,7 @@ async fn sigterm_on_the_leader_hands_over_and_clients_retry_at_most_once() {
                 for _ in 0..ATTEMPTS_MAX {
                     let (st, _) = post(&c, &url, &id, &body).await;
                     if st == 200 {
+                        commits.lock().unwrap().push(std::time::Instant::now());
                         done = true;
                         break;
                     }
@@ -67,6 +72,7 @@ async fn sigterm_on_the_leader_hands_over_and_clients_retry_at_most_once() {
     }
     drop(tx);
     at_stop.recv().await.expect("client 0 reached the stop");
+    let stopped = std::time::Instant::now();
     assert!(
         s[li].terminate(),
         "the leader exits 0 on SIGTERM\n{}",
@@ -80,6 +86,18 @@ async fn sigterm_on_the_leader_hands_over_and_clients_retry_at_most_once() {
         assert!(failed <= 1, "client {client} saw {failed} failed attempts");
         all.extend(acked);
     }
+    let mut at = commits.lock().unwrap().clone();
+    at.sort();
+    let first_after = at.iter().find(|t| **t > stopped).map(|t| *t - stopped);
+    let longest_gap = at
+        .windows(2)
+        .filter(|w| w[1] > stopped && w[0] < stopped + Duration::from_secs(10))
+        .map(|w| w[1] - w[0])
+        .max();
+    eprintln!(
+        "planned stop of the leader: first write committed {first_after:?} after SIGTERM; \
+         longest gap between commits around it {longest_gap:?}"
+    );
     // Started again, the stopped facility holds every acknowledged write.
     s[li].start();
     let c2 = c.clone();

@@ -300,32 +300,48 @@ async fn three_processes_over_http_lose_no_acknowledged_write() {
     s[li].start();
     converged(&c, &[&s[0], &s[1], &s[2]], &acked).await;
 
-    // ---- disaster recovery: every facility backed up (through its
-    // API), two more writes, then all stopped and restored at that point
-    // in time. The restored cluster elects, serves every write acked
-    // before the backups, and has lost the two after them: the RPO is
-    // the writes since the last backup.
-    let before_dr = converged(&c, &[&s[0], &s[1], &s[2]], &acked).await;
-    let mut at = 0u64;
-    for x in s.iter() {
-        let out = run(&["backup", "--config", x.config.to_str().unwrap()]);
-        assert!(out.starts_with("wrote "), "{out}");
-        let ms: u64 = out
-            .split(" at ")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        at = at.max(ms);
-    }
+    // ---- disaster recovery from a consistent cluster backup: one
+    // `bulwark backup` commits a checkpoint, and every facility backs up
+    // at its index, even one that was stopped (SIGSTOP) while it committed
+    // and applies it later, in one batch with the writes after it. Two
+    // more writes, then all stopped and each restored at that index. The
+    // restored cluster elects, serves every write acked before the
+    // checkpoint, and has lost the two after it: the RPO is the writes
+    // since the checkpoint.
+    converged(&c, &[&s[0], &s[1], &s[2]], &acked).await;
+    let (_, mut before_dr) = assignments(&c, &s[0]).await.unwrap();
+    before_dr.sort();
+    // Asked at the leader; a follower is paused (a paused leader would
+    // only delay the checkpoint until another is elected).
+    let now_leading = leader(&c, &s[0]).await;
+    let asked = NAMES.iter().position(|n| *n == now_leading).unwrap();
+    let paused = (asked + 1) % 3;
+    s[paused].signal("STOP");
+    let out = run(&["backup", "--config", s[asked].config.to_str().unwrap()]);
+    assert!(out.starts_with("checkpoint "), "{out}");
+    let index: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
     let mut after_backup = Vec::new();
     for i in 10..12 {
-        let (st, v) = assign(&c, &s[survivors[1]], i).await;
+        let (st, v) = assign(&c, &s[asked], i).await;
         assert_eq!(st, 200, "{v}");
         after_backup.push((format!("b{i}"), format!("p{i}")));
+    }
+    s[paused].signal("CONT");
+    let suffix = format!("-{index:012}.redb");
+    for x in s.iter() {
+        let dir = x.dir.join("data/backups");
+        until(
+            Duration::from_secs(60),
+            "every facility's backup of the checkpoint",
+            || {
+                let found = std::fs::read_dir(&dir).ok().and_then(|d| {
+                    d.filter_map(|e| e.ok())
+                        .find(|e| e.file_name().to_string_lossy().ends_with(&suffix))
+                });
+                async move { found.map(|_| ()) }
+            },
+        )
+        .await;
     }
     for x in s.iter_mut() {
         x.kill();
@@ -336,30 +352,37 @@ async fn three_processes_over_http_lose_no_acknowledged_write() {
         .unwrap();
     assert!(
         !refused.status.success(),
-        "a restore without --whole-cluster must be refused"
+        "a restore that does not say which (--whole-cluster) is refused"
     );
     for x in s.iter() {
         let out = run(&[
             "restore",
             "--config",
             x.config.to_str().unwrap(),
-            "--at",
-            &at.to_string(),
+            "--index",
+            &index.to_string(),
             "--whole-cluster",
         ]);
-        assert!(out.contains("restored"), "{out}");
+        assert!(
+            out.contains(&format!("its log ends at index {index} ")),
+            "{out}"
+        );
     }
     for x in s.iter_mut() {
         x.start();
     }
-    let restored = converged(&c, &[&s[0], &s[1], &s[2]], &acked).await;
+    // Every facility's digest (which covers the log index and the ledger
+    // chain) agrees, and the schedule is the one before the checkpoint.
+    converged(&c, &[&s[0], &s[1], &s[2]], &acked).await;
+    let (_, mut restored) = assignments(&c, &s[0]).await.unwrap();
+    restored.sort();
     assert_eq!(
         restored, before_dr,
         "the restored cluster is the backed-up one"
     );
     let (_, have) = assignments(&c, &s[0]).await.unwrap();
     let lost = after_backup.iter().filter(|a| !have.contains(a)).count();
-    eprintln!("full-cluster restore: RPO = {lost} acked writes (made after the backups)");
+    eprintln!("full-cluster restore: RPO = {lost} acked writes (made after the checkpoint)");
     assert_eq!(lost, 2);
     // Writes go on after the restore.
     let (st, v) = assign(&c, &s[0], 12).await;

@@ -63,7 +63,8 @@ pub fn mode_of(op: &Op, emergency: bool) -> Mode {
         | Op::RetireBlock { .. }
         | Op::Archive { .. }
         | Op::DropNamespace { .. }
-        | Op::Drill { .. } => Mode::Cp,
+        | Op::Drill { .. }
+        | Op::Checkpoint => Mode::Cp,
     }
 }
 

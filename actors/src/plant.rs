@@ -46,10 +46,13 @@ pub enum Bug {
     VoteTwicePerTerm,
     /// The Raft log and hard state commit without an fsync.
     LogNotSynced,
+    /// A checkpoint's backup is read after its whole batch, not right
+    /// after its entry.
+    CheckpointAfterBatch,
 }
 
 /// Every planted bug, in a stable order.
-pub const ALL: [Bug; 16] = [
+pub const ALL: [Bug; 17] = [
     Bug::SendBeforePersist,
     Bug::QuorumMinusOne,
     Bug::RetryAppliedTwice,
@@ -66,6 +69,7 @@ pub const ALL: [Bug; 16] = [
     Bug::ReserveLent,
     Bug::VoteTwicePerTerm,
     Bug::LogNotSynced,
+    Bug::CheckpointAfterBatch,
 ];
 
 impl Bug {
@@ -88,6 +92,7 @@ impl Bug {
             Bug::ReserveLent => "reserve-lent",
             Bug::VoteTwicePerTerm => "vote-twice-per-term",
             Bug::LogNotSynced => "log-not-synced",
+            Bug::CheckpointAfterBatch => "checkpoint-after-batch",
         }
     }
 
@@ -146,6 +151,9 @@ impl Bug {
             }
             Bug::LogNotSynced => {
                 "raft/storage.rs persist: the log's entries and hard state commit with Durability::None, so what a facility acknowledged can vanish in a power loss"
+            }
+            Bug::CheckpointAfterBatch => {
+                "replica/machine.rs apply: a checkpoint does not end its batch's transaction, so its backup holds the entries applied after it in the same batch"
             }
         }
     }

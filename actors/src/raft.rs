@@ -72,7 +72,7 @@ mod storage;
 pub mod wire;
 
 pub use self::actor::{inspect, raft_child, PeerState, RaftPeerArgs, RaftPeerState};
-pub use self::core::{Output, RaftCore, RaftCoreError, ShownEntry};
+pub use self::core::{MemberChange, MemberView, Output, RaftCore, RaftCoreError, ShownEntry};
 pub use self::storage::{Fence, PeerStores, RaftStore};
 pub use crate::ledger::EntryPayload;
 
@@ -359,6 +359,14 @@ pub enum RaftWire {
     TransferLeader {
         /// The voter to lead.
         to: FacilityId,
+    },
+    /// A follower passes an operator's membership change on to the leader
+    /// (taken only from a voter).
+    ChangeMember {
+        /// The facility.
+        facility: FacilityId,
+        /// What to do.
+        change: MemberChange,
     },
 }
 

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::{ChainHead, Hash, Recorded, ANCHOR_WINDOW};
 use crate::schedule::Schedule;
-pub use machine::{ScheduleMachine, Shown};
+pub use machine::{Checkpoint, CheckpointSink, ScheduleContext, ScheduleMachine, Shown};
 pub use tables::{RedbRead, RedbTables};
 
 /// The key of the scalars' row of `sched_meta`.

@@ -620,3 +620,228 @@ async fn failing_snapshot_asks_open_the_breaker_and_a_good_chunk_closes_it() {
     assert_eq!(c.violations(), Vec::<String>::new());
     c.shutdown().await;
 }
+
+/// A checkpoint backs every facility up at its own index, however the
+/// entries around it were batched: one facility is down while it commits
+/// and applies it on restart in one batch with what came after, and its
+/// backup still holds exactly the state at the checkpoint.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn every_facility_backs_up_a_checkpoint_at_its_index() {
+    use bulwark_actors::replica::{CheckpointSink, Replica};
+    use bulwark_storage::Store;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    // (facility, index, backup file), written as each facility applies it.
+    let written: Arc<Mutex<Vec<(usize, u64, std::path::PathBuf)>>> = Arc::default();
+    let w = written.clone();
+    let mut c = Cluster::start_custom(3, 11, support::configs_for(3, 11), move |i, mut s| {
+        let (w, root) = (w.clone(), root.clone());
+        s.keyring.checkpoints = Some(CheckpointSink(Arc::new(move |cp| {
+            let path = root.join(format!("f{i}-{}.redb", cp.index));
+            cp.store.backup_from(&cp.source, &path).unwrap();
+            w.lock().unwrap().push((i, cp.index, path));
+        })));
+        s
+    })
+    .await;
+    let (leader, _, _) = c
+        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    c.seed_schedule(leader, 4, 10).await;
+    let down = (leader + 1) % 3;
+    c.crash(down).await;
+    let assign = |c: &mut Cluster, b: usize| {
+        c.command(
+            leader,
+            Op::Assign {
+                person: person(b % 4),
+                block: block(b),
+            },
+        )
+    };
+    for b in 0..5 {
+        let cmd = assign(&mut c, b);
+        committed(&c.propose(leader, cmd).await);
+    }
+    let cmd = c.command(leader, Op::Checkpoint);
+    let at = committed(&c.propose(leader, cmd).await);
+    for b in 5..10 {
+        let cmd = assign(&mut c, b);
+        committed(&c.propose(leader, cmd).await);
+    }
+    c.restart(down).await;
+    let mut caught_up = false;
+    for _ in 0..200 {
+        if c.local_read(down, |s| s.assignments().count()).await == Some(10) {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(c.tick()).await;
+    }
+    assert!(caught_up, "the restarted facility catches up");
+    let written = written.lock().unwrap().clone();
+    let mut facilities: Vec<usize> = written.iter().map(|(i, _, _)| *i).collect();
+    facilities.sort();
+    assert_eq!(
+        facilities,
+        vec![0, 1, 2],
+        "one backup per facility: {written:?}"
+    );
+    for (i, index, path) in &written {
+        assert_eq!(*index, at, "facility {i}");
+        let store = Store::open(path, &support::harness_id(*i).to_string())
+            .unwrap()
+            .store;
+        let r = Replica::open(store).unwrap();
+        assert_eq!(
+            r.applied(),
+            at,
+            "facility {i}'s backup is at the checkpoint"
+        );
+        let s = r.read().unwrap().to_state().unwrap();
+        assert_eq!(
+            s.assignments().count(),
+            5,
+            "facility {i}'s backup holds what came before the checkpoint, nothing after"
+        );
+    }
+    assert_eq!(c.violations(), Vec::<String>::new());
+    c.shutdown().await;
+}
+
+/// A facility replaced under a new Raft identity: `Replace` adds its next
+/// incarnation as a learner, the facility rebuilds its core under it and
+/// catches up; `Promote` (refused until then) makes it a voter and removes
+/// the old identity. The new identity then counts: with another voter
+/// down it commits with the leader, and with the old leader down it helps
+/// elect the next one.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_replaced_facility_returns_as_a_learner_then_a_voter() {
+    use bulwark_actors::raft::{raft_peer, MemberChange, MemberView, RaftMsg};
+    let mut c = Cluster::start(3, 13).await;
+    let (leader, _, _) = c
+        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    c.seed_schedule(leader, 4, 20).await;
+    let f = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let change = |c: &Cluster, at: usize, change: MemberChange| {
+        let peer = raft_peer(c.h.node(at)).unwrap();
+        let facility = c.h.id(f);
+        async move {
+            peer.call(
+                |reply| RaftMsg::ChangeMember {
+                    facility,
+                    change,
+                    reply,
+                },
+                Some(support::CALL_TIMEOUT),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+        }
+    };
+    let members = |c: &Cluster, at: usize| {
+        let peer = raft_peer(c.h.node(at)).unwrap();
+        async move {
+            peer.call(RaftMsg::Members, Some(support::CALL_TIMEOUT))
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let role = |m: &[MemberView], incarnation: u64| {
+        m.iter()
+            .find(|v| v.facility == c.h.id(f) && v.incarnation == incarnation)
+            .map(|v| (v.role.clone(), v.matched))
+    };
+    // The leader cannot replace itself.
+    let refused = {
+        let peer = raft_peer(c.h.node(leader)).unwrap();
+        let facility = c.h.id(leader);
+        peer.call(
+            |reply| RaftMsg::ChangeMember {
+                facility,
+                change: MemberChange::Replace,
+                reply,
+            },
+            Some(support::CALL_TIMEOUT),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    assert!(refused.is_err(), "{refused:?}");
+    // Asked at the other follower: passed to the leader.
+    let asked = change(&c, other, MemberChange::Replace).await;
+    assert!(asked.unwrap().contains("passed to the leader"));
+    let mut learner = false;
+    for _ in 0..400 {
+        let m = members(&c, leader).await;
+        if matches!(role(&m, 1), Some((r, Some(_))) if r == "learner") {
+            learner = true;
+            break;
+        }
+        c.h.step(Duration::from_millis(5)).await;
+    }
+    assert!(learner, "{:?}", members(&c, leader).await);
+    // Promoted once caught up (asked until the leader takes it).
+    let mut promoted = false;
+    for _ in 0..400 {
+        if change(&c, leader, MemberChange::Promote).await.is_ok() {
+            promoted = true;
+            break;
+        }
+        c.h.step(Duration::from_millis(5)).await;
+    }
+    assert!(promoted, "never caught up: {:?}", members(&c, leader).await);
+    let mut settled = false;
+    for _ in 0..400 {
+        let m = members(&c, leader).await;
+        let s = c.status(leader).await.unwrap();
+        if !s.joint && matches!(role(&m, 1), Some((r, _)) if r == "voter") && role(&m, 0).is_none()
+        {
+            settled = true;
+            break;
+        }
+        c.h.step(Duration::from_millis(5)).await;
+    }
+    assert!(settled, "{:?}", members(&c, leader).await);
+    // A restart keeps the new identity (it is read from the configuration
+    // the store holds).
+    c.crash(f).await;
+    c.restart(f).await;
+    // With the other voter down, the leader commits with the new identity.
+    c.crash(other).await;
+    let cmd = c.command(
+        leader,
+        Op::Assign {
+            person: person(1),
+            block: block(3),
+        },
+    );
+    committed(&c.propose(leader, cmd).await);
+    c.restart(other).await;
+    // With the old leader down, the new identity helps elect the next.
+    c.crash(leader).await;
+    let (next, _, _) = c
+        .wait_leader(&[f, other], 0, Duration::from_secs(20))
+        .await
+        .expect("a leader among the replaced facility and the other");
+    let cmd = c.command(
+        next,
+        Op::Assign {
+            person: person(2),
+            block: block(4),
+        },
+    );
+    committed(&c.propose(next, cmd).await);
+    let on = c.read(f, |s| s.assignees(&block(4))).await.unwrap();
+    assert_eq!(on, vec![person(2)]);
+    assert_eq!(c.violations(), Vec::<String>::new());
+    c.shutdown().await;
+}

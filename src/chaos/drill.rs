@@ -110,7 +110,7 @@ impl Drill {
                 .spec
                 .raft
                 .as_ref()
-                .map(|r| r.keyring.public().clone())
+                .map(|r| r.keyring.keyring.public().clone())
                 .ok_or("the drill's facilities run consensus")?;
             let state = facility::api_state(
                 &f.node,

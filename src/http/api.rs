@@ -91,7 +91,7 @@ pub struct Service {
     /// Answers of writes by idempotency key.
     pub idempotency: IdempotencyStore,
     /// Where `POST /v1/admin/backup` writes; `None`: refused.
-    pub backup: Option<crate::backup::BackupPlan>,
+    pub backup: Option<std::sync::Arc<crate::backup::Checkpoints>>,
     /// The chaos levers (`/v1/admin/chaos`); `None`: chaos disabled.
     pub chaos: Option<std::sync::Arc<super::chaos::ChaosControl>>,
     /// The budget of the writes this facility submits again on a client's
@@ -186,6 +186,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(post_batch))
         .routes(routes!(post_retirements))
         .routes(routes!(post_archive))
+        .routes(routes!(post_checkpoint))
         .routes(routes!(post_namespace_drop))
         .routes(routes!(post_drill))
         .routes(routes!(get_schedule))
@@ -202,6 +203,10 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(super::review::get_reviews))
         .routes(routes!(super::review::post_review))
         .routes(routes!(super::leader::post_leader))
+        .routes(routes!(
+            super::members::get_members,
+            super::members::post_members
+        ))
 }
 
 // ---------------------------------------------------------------- bodies
@@ -317,6 +322,11 @@ pub struct ArchiveBody {
     /// Last day archived.
     pub through_day: u32,
 }
+
+/// A checkpoint: no fields (`{}`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointBody {}
 
 /// A chaos namespace to drop.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -747,6 +757,14 @@ write_endpoint!(
 );
 
 write_endpoint!(
+    post_checkpoint,
+    "/admin/checkpoints",
+    CheckpointBody,
+    "Commits a checkpoint: every facility, when it applies it, backs its store up as it stands right after it (into its backup directory), so the backups of one checkpoint hold the same index. Answers once committed (effect `checkpointed`, its `index`), not waiting for the files; `POST /v1/admin/backup` also waits for this facility's (CP, operator scope).",
+    |_: CheckpointBody| Ok((Op::Checkpoint, false))
+);
+
+write_endpoint!(
     post_namespace_drop,
     "/admin/chaos/namespace-drops",
     NamespaceDropBody,
@@ -1057,6 +1075,7 @@ fn effect_name(e: &Effect) -> (&'static str, Vec<String>) {
         Effect::NamespaceDropped { more: false, .. } => ("namespace_dropped", vec![]),
         Effect::NamespaceDropped { more: true, .. } => ("namespace_dropped_partly", vec![]),
         Effect::DrillDeclared => ("drill_declared", vec![]),
+        Effect::Checkpointed => ("checkpointed", vec![]),
     }
 }
 
@@ -2212,44 +2231,83 @@ async fn get_evidence(State(s): State<ApiState>) -> Result<Json<Vec<EvidenceView
 /// A backup taken.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BackupAnswer {
-    /// The file.
+    /// This facility's file.
     pub path: String,
-    /// When it was taken (unix ms; restore's point in time).
+    /// The checkpoint's agreed time (unix ms; restore's point in time).
     pub at_unix_ms: u64,
+    /// The checkpoint's log index: every facility backs up at it (restore
+    /// each with `--index`).
+    pub index: u64,
     /// Rows copied.
     pub rows: u64,
     /// Its size.
     pub bytes: u64,
 }
 
-/// Takes a consistent backup of this facility's store now (old ones beyond
-/// the configured count are deleted).
+/// How long a backup request waits for this facility's file.
+const BACKUP_WAIT: Duration = Duration::from_secs(120);
+
+/// Takes a consistent cluster backup now: a checkpoint through consensus
+/// (`Op::Checkpoint`), after which every facility backs its store up as it
+/// stands right after that entry. Answers with this facility's file once
+/// written (old ones beyond the configured count are deleted).
 #[utoipa::path(
     post,
     path = "/admin/backup",
     tag = "operations",
     responses(
-        (status = 200, description = "Written", body = BackupAnswer),
-        (status = 503, description = "No backup directory, or the write failed", body = ErrorBody),
+        (status = 200, description = "Checkpoint committed; this facility's file written", body = BackupAnswer),
+        (status = 503, description = "No backup directory, no quorum, or the write failed or is still running", body = ErrorBody),
     )
 )]
 async fn post_backup(State(s): State<ApiState>) -> Result<Json<BackupAnswer>, ApiError> {
     let svc = service(&s)?.clone();
-    let plan = svc
+    let cps = svc
         .backup
         .clone()
         .ok_or_else(|| ApiError::unavailable("UNAVAILABLE", "no backup directory", 60_000))?;
-    let now = svc.now_ms();
-    let store = svc.ctx.store.clone();
-    let taken = tokio::task::spawn_blocking(move || crate::backup::take(&store, &plan, now))
+    let gate = svc
+        .ctx
+        .find::<GateMsg>(Zone::Detection, CAP_GATE)
+        .ok_or_else(|| {
+            ApiError::unavailable("UNAVAILABLE", "the CAP gate is not running", 1_000)
+        })?;
+    // A fresh key: a retried backup is one more checkpoint, never a
+    // replay of an old one.
+    let key = IdempotencyKey(rand::random());
+    let command = Command {
+        key,
+        issued_by: svc.ctx.facility.clone(),
+        at_unix_ms: svc.now_ms(),
+        hlc: Hlc::ZERO,
+        op: Op::Checkpoint,
+    };
+    let deadline = super::arrived() + WRITE_TIMEOUT;
+    let (_, answer) = written(submit(&gate, command, false, deadline).await?)?;
+    let index = answer.index.ok_or_else(|| {
+        ApiError::unavailable("UNAVAILABLE", "the checkpoint was not committed", 1_000)
+    })?;
+    let waited = cps
+        .wait(index, tokio::time::Instant::now() + BACKUP_WAIT)
         .await
-        .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 1_000))?
-        .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 60_000))?;
+        .ok_or_else(|| {
+            ApiError::unavailable(
+                "TIMED_OUT",
+                format!(
+                    "checkpoint {index} committed; this facility's backup is still being written"
+                ),
+                10_000,
+            )
+        })?;
+    let (b, info) = waited.map_err(|e| {
+        ApiError::unavailable("UNAVAILABLE", format!("checkpoint {index}: {e}"), 60_000)
+    })?;
     Ok(Json(BackupAnswer {
-        path: taken.0.path.display().to_string(),
-        at_unix_ms: taken.0.at_unix_ms,
-        rows: taken.1.rows,
-        bytes: taken.1.bytes,
+        path: b.path.display().to_string(),
+        at_unix_ms: b.at_unix_ms,
+        index,
+        rows: info.rows,
+        bytes: info.bytes,
     }))
 }
 
@@ -2334,7 +2392,9 @@ mod tests {
                 "/v1/admin/chaos",
                 "/v1/admin/chaos/drills",
                 "/v1/admin/chaos/namespace-drops",
+                "/v1/admin/checkpoints",
                 "/v1/admin/leader",
+                "/v1/admin/members",
                 "/v1/admin/reviews",
                 "/v1/admin/reviews/{id}",
                 "/v1/approvals",

@@ -93,7 +93,7 @@ impl Scope {
         }
         match op {
             Op::Approve { .. } | Op::Leave { .. } | Op::EmergencyCoverage { .. } => Scope::Approve,
-            Op::Archive { .. } => Scope::Operator,
+            Op::Archive { .. } | Op::Checkpoint => Scope::Operator,
             Op::DropNamespace { .. } | Op::Drill { .. } => Scope::Chaos,
             _ => Scope::Schedule,
         }
@@ -130,7 +130,8 @@ fn op_ids(op: &Op) -> impl Iterator<Item = &str> {
         | Op::Batch(_)
         | Op::Archive { .. }
         | Op::DropNamespace { .. }
-        | Op::Drill { .. } => vec![],
+        | Op::Drill { .. }
+        | Op::Checkpoint => vec![],
     };
     ids.into_iter()
 }

@@ -20,6 +20,7 @@ pub mod chaos;
 pub mod coverage;
 pub mod error;
 pub mod leader;
+pub mod members;
 mod page;
 pub mod review;
 pub mod serve;

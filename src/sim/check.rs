@@ -52,7 +52,9 @@ use bulwark_actors::replica::Meta as ReplicaMeta;
 use bulwark_actors::schedule::{Command, IdempotencyKey};
 use bulwark_runtime::{Clock, Envelope, VirtualClock};
 use bulwark_storage::codec;
-use bulwark_storage::schema::{BFT_VOTES, LEDGER, PROVISIONAL, RAFT_META, SCHED_META};
+use bulwark_storage::schema::{
+    BFT_VOTES, LEDGER, PROVISIONAL, RAFT_META, SCHED_ASSIGN, SCHED_META,
+};
 use bulwark_storage::Store;
 use bulwark_transport::FacilityId;
 use redb::ReadableDatabase;
@@ -109,6 +111,10 @@ pub enum Invariant {
     /// Work a request causes on another facility (a forwarded proposal)
     /// carries a deadline no later than the request's own.
     DeadlineShrinks,
+    /// A facility's backup of a checkpoint holds the schedule exactly as it
+    /// stood right after the checkpoint's index: applied through that
+    /// index, with the reference model's assignments there.
+    CheckpointState,
 }
 
 impl Invariant {
@@ -132,9 +138,14 @@ impl Invariant {
             Invariant::VoteDurable => "VOTE_DURABLE",
             Invariant::RaftVoteDurable => "RAFT_VOTE_DURABLE",
             Invariant::DeadlineShrinks => "DEADLINE_SHRINKS",
+            Invariant::CheckpointState => "CHECKPOINT_STATE",
         }
     }
 }
+
+/// A checkpoint backup as read: (facility, checkpoint index, applied
+/// index, `(block, person)` assignments).
+type CheckpointSeen = (FacilityId, u64, u64, Vec<(String, String)>);
 
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,6 +273,15 @@ pub struct RaftObserver {
     skewed_at: BTreeMap<FacilityId, Instant>,
     /// Forwards whose deadline was checked against their request's.
     forwards_checked: u64,
+    /// Checkpoint index -> the reference model's assignments right after
+    /// it.
+    checkpoint_model: BTreeMap<u64, Vec<(String, String)>>,
+    /// Checkpoint backups not judged yet (the model has not reached their
+    /// index): (facility, index, applied index, assignments) as read from
+    /// the backup's tables.
+    checkpoint_seen: Vec<CheckpointSeen>,
+    /// Checkpoint backups judged against the model.
+    checkpoints_checked: u64,
     violations: Vec<Violation>,
 }
 
@@ -354,10 +374,85 @@ impl RaftObserver {
                     self.violations
                         .push(Violation::new(Invariant::ReferenceModel, e));
                 }
+                if cmd.op == bulwark_actors::schedule::Op::Checkpoint
+                    && *decision == Decision::Applied
+                {
+                    self.checkpoint_model.insert(next, self.model.assignments());
+                }
             }
             next += 1;
         }
         self.model_next = Some(next);
+        self.judge_checkpoints();
+    }
+
+    /// Checkpoint `index` as `f` backed it up, read straight from the
+    /// backup's source (its tables, not the replica's code): its applied
+    /// index and who is on which block. Judged against the reference model
+    /// at that index, now or once the model gets there.
+    pub fn on_checkpoint(&mut self, f: &FacilityId, index: u64, source: &redb::ReadTransaction) {
+        let applied = source
+            .open_table(SCHED_META)
+            .ok()
+            .and_then(|t| {
+                t.get(b"meta".as_slice())
+                    .ok()
+                    .flatten()
+                    .map(|v| v.value().to_vec())
+            })
+            .and_then(|b| codec::decode::<ReplicaMeta>(&b).ok())
+            .map_or(0, |m| m.applied);
+        let mut assigned = Vec::new();
+        if let Ok(t) = source.open_table(SCHED_ASSIGN) {
+            if let Ok(rows) = t.iter() {
+                for (k, _) in rows.flatten() {
+                    let key = k.value();
+                    if let Some(cut) = key.iter().position(|&b| b == 0) {
+                        assigned.push((
+                            String::from_utf8_lossy(&key[..cut]).into_owned(),
+                            String::from_utf8_lossy(&key[cut + 1..]).into_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+        assigned.sort();
+        self.checkpoint_seen
+            .push((f.clone(), index, applied, assigned));
+        self.judge_checkpoints();
+    }
+
+    fn judge_checkpoints(&mut self) {
+        let model = &self.checkpoint_model;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.checkpoint_seen)
+            .into_iter()
+            .partition(|(_, index, _, _)| model.contains_key(index));
+        self.checkpoint_seen = waiting;
+        for (f, index, applied, assigned) in ready {
+            self.checkpoints_checked += 1;
+            let want = &self.checkpoint_model[&index];
+            if applied != index {
+                self.violations.push(Violation::new(
+                    Invariant::CheckpointState,
+                    format!("{f}'s backup of checkpoint {index} is applied through {applied}"),
+                ));
+            } else if assigned != *want {
+                let extra: Vec<_> = assigned.iter().filter(|a| !want.contains(a)).collect();
+                let missing: Vec<_> = want.iter().filter(|a| !assigned.contains(a)).collect();
+                self.violations.push(Violation::new(
+                    Invariant::CheckpointState,
+                    format!(
+                        "{f}'s backup of checkpoint {index} differs from the schedule there: \
+                         {extra:?} extra, {missing:?} missing"
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Checkpoint backups judged against the reference model.
+    pub fn checkpoints_checked(&self) -> u64 {
+        self.checkpoints_checked
     }
 
     /// The reference schedule, having taken every committed command up to

@@ -94,7 +94,7 @@ impl SimArgs {
 #[serde(rename_all = "snake_case")]
 pub enum SeedLine {
     /// It kept every invariant.
-    Report(SeedReport),
+    Report(Box<SeedReport>),
     /// It broke one.
     Failure {
         /// The seed.
@@ -218,7 +218,7 @@ fn worker(args: &SimArgs) -> ExitCode {
     let mut out = std::io::stdout().lock();
     for seed in args.first..args.first.saturating_add(args.seeds) {
         let line = match rt.block_on(run_seed(seed, &plan)) {
-            Ok(r) => SeedLine::Report(r),
+            Ok(r) => SeedLine::Report(Box::new(r)),
             Err(f) => SeedLine::Failure {
                 seed,
                 reason: format!(
@@ -272,6 +272,9 @@ struct Totals {
     votes_checked: u64,
     grants_checked: u64,
     forwards_checked: u64,
+    checkpoints_checked: u64,
+    replaced: u64,
+    promoted: u64,
 }
 
 struct Parent<'a> {
@@ -501,6 +504,9 @@ impl<'a> Parent<'a> {
                 t.votes_checked += r.votes_checked;
                 t.grants_checked += r.grants_checked;
                 t.forwards_checked += r.forwards_checked;
+                t.checkpoints_checked += r.checkpoints_checked;
+                t.replaced += r.replaced;
+                t.promoted += r.promoted;
                 *t.by_size.entry(r.facilities).or_insert(0) += 1;
                 if r.steps > self.args.plan().steps {
                     t.long.0 += 1;
@@ -584,7 +590,7 @@ impl<'a> Parent<'a> {
             t.long.1
         );
         println!(
-            "per seed: {:.1} requests, {:.1} committed, {:.1} provisional, final height {:.1}, {:.2} snapshot installs, checked on the wire: {:.1} own BFT votes, {:.1} Raft vote grants, {:.1} forward deadlines",
+            "per seed: {:.1} requests, {:.1} committed, {:.1} provisional, final height {:.1}, {:.2} snapshot installs, checked on the wire: {:.1} own BFT votes, {:.1} Raft vote grants, {:.1} forward deadlines; {:.2} checkpoint backups; membership: {} replaced, {} promoted (by the leader asked)",
             t.ops as f64 / ok,
             t.committed as f64 / ok,
             t.provisional as f64 / ok,
@@ -592,7 +598,10 @@ impl<'a> Parent<'a> {
             t.snapshot_installs as f64 / ok,
             t.votes_checked as f64 / ok,
             t.grants_checked as f64 / ok,
-            t.forwards_checked as f64 / ok
+            t.forwards_checked as f64 / ok,
+            t.checkpoints_checked as f64 / ok,
+            t.replaced,
+            t.promoted
         );
         let nets: Vec<String> = t.networks.iter().map(|(n, k)| format!("{n} {k}")).collect();
         println!("networks: {}", nets.join(", "));

@@ -37,6 +37,7 @@ use bulwark_actors::detect::Detection;
 use bulwark_actors::flow::bulkhead::Pools;
 use bulwark_actors::keys::{Keyring, PublicKeys};
 use bulwark_actors::raft::{raft_peer, AppliedEntry, RaftConfig, RaftMsg, RaftSetup, RaftStatus};
+use bulwark_actors::replica::{Checkpoint, CheckpointSink};
 use bulwark_runtime::{Harness, NodeError, SupervisionConfig, Zone};
 use bulwark_transport::FacilityId;
 use rand::seq::SliceRandom;
@@ -636,12 +637,19 @@ fn children_fn(
             Arc::new(move |f: &FacilityId, e: &AppliedEntry| {
                 obs.lock().expect("observer lock").on_applied(f, e)
             });
-        let setup = RaftSetup {
+        let mut setup = RaftSetup {
             config: raft[i].clone(),
             tap: Some(tap),
             store_id_seed: Some(opts.seed),
             ..RaftSetup::new(ids.clone(), rings[i].clone())
         };
+        // Each checkpoint is judged from what a backup would copy.
+        let (obs, f) = (observer.clone(), ids[i].clone());
+        setup.keyring.checkpoints = Some(CheckpointSink(Arc::new(move |cp: Checkpoint| {
+            obs.lock()
+                .expect("observer lock")
+                .on_checkpoint(&f, cp.index, &cp.source)
+        })));
         let bft = BftSetup {
             keyring: rings[i].clone(),
             config: opts.bft.clone(),

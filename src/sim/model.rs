@@ -330,6 +330,7 @@ impl Model {
                             | Op::Archive { .. }
                             | Op::DropNamespace { .. }
                             | Op::Drill { .. }
+                            | Op::Checkpoint
                     )
                 });
                 if ops.is_empty() || ops.len() > 1000 || nested {
@@ -400,6 +401,7 @@ impl Model {
                     broken.insert("INVALID_INPUT");
                 }
             }
+            Op::Checkpoint => {}
         }
         broken
     }
@@ -686,7 +688,7 @@ impl Model {
                     }
                 }
             }
-            Op::Drill { .. } => {}
+            Op::Drill { .. } | Op::Checkpoint => {}
         }
     }
 

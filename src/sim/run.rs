@@ -217,6 +217,9 @@ pub enum FaultKind {
     DiskFault,
     /// An actor killed (its supervisor restarts it).
     ActorKill,
+    /// An operator's membership change: a facility replaced under its
+    /// next Raft incarnation (a learner), or that learner promoted.
+    Member,
     /// A facility's root supervisor stopped by itself (its restart
     /// intensity ran out); the run treats it as a crash.
     Escalation,
@@ -270,6 +273,17 @@ pub struct SeedReport {
     /// client's budget (`DEADLINE_SHRINKS`).
     #[serde(default)]
     pub forwards_checked: u64,
+    /// Checkpoint backups judged against the reference model
+    /// (`CHECKPOINT_STATE`).
+    #[serde(default)]
+    pub checkpoints_checked: u64,
+    /// Replacements the leader took (a facility's next Raft incarnation
+    /// added as a learner; `Member` faults).
+    #[serde(default)]
+    pub replaced: u64,
+    /// Promotions the leader took (that learner made a voter).
+    #[serde(default)]
+    pub promoted: u64,
     /// SimNet payloads traced.
     pub trace_events: u64,
     /// blake3 of the SimNet trace (equal runs, equal digests), hex.
@@ -324,6 +338,8 @@ struct Done {
 /// One run in progress.
 struct Run<'p> {
     seed: u64,
+    /// Membership changes the leader took: (replacements, promotions).
+    member_changes: (u64, u64),
     plan: &'p SimPlan,
     /// Safety steps of this run (more in a long one).
     steps: usize,
@@ -460,6 +476,7 @@ impl<'p> Run<'p> {
             last_fault: None,
             fence_base: vec![0; n],
             planted_evidence: Vec::new(),
+            member_changes: (0, 0),
             ops: 0,
             answers: BTreeMap::new(),
             step: None,
@@ -835,7 +852,13 @@ impl<'p> Run<'p> {
         }
         let acked = self.work.acked();
         let count = |p: fn(&Ack) -> bool| acked.iter().filter(|(_, a)| p(a)).count() as u64;
-        let (snapshot_installs, votes_checked, grants_checked, forwards_checked) = {
+        let (
+            snapshot_installs,
+            votes_checked,
+            grants_checked,
+            forwards_checked,
+            checkpoints_checked,
+        ) = {
             let obs = self.c.observer();
             let obs = obs.lock().expect("observer lock");
             (
@@ -843,6 +866,7 @@ impl<'p> Run<'p> {
                 obs.votes_checked(),
                 obs.grants_checked(),
                 obs.forwards_checked(),
+                obs.checkpoints_checked(),
             )
         };
         SeedReport {
@@ -864,6 +888,9 @@ impl<'p> Run<'p> {
             votes_checked,
             grants_checked,
             forwards_checked,
+            checkpoints_checked,
+            replaced: self.member_changes.0,
+            promoted: self.member_changes.1,
             trace_events: trace.len() as u64,
             trace_digest: h.finalize().to_hex()[..16].to_string(),
             answers: self.answers.clone(),

@@ -191,7 +191,8 @@ impl Workload {
         Write::new(format!("{}-w{}", self.prefix, self.next_key), path, body)
     }
 
-    /// The writes that set the schedule up: people, then blocks.
+    /// The writes that set the schedule up: people, then blocks (with a
+    /// checkpoint amid them).
     pub fn setup(&mut self) -> Vec<Write> {
         let mut out = Vec::new();
         for p in 0..PEOPLE {
@@ -200,6 +201,11 @@ impl Workload {
         let blocks = self.first_blocks();
         self.blocks = blocks;
         for b in 0..blocks {
+            if b == blocks / 2 {
+                // A cluster checkpoint amid the blocks: each facility's
+                // backup must hold the half before it, none after.
+                out.push(self.write("/v1/admin/checkpoints", json!({})));
+            }
             let body = self.block_body(b);
             out.push(self.write("/v1/blocks", body));
         }
@@ -301,10 +307,14 @@ impl Workload {
                 }
                 _ => self.write("/v1/retirements", json!({"block": b})),
             },
-            84 => {
-                let day = rng.random_range(0..4u32);
-                self.write("/v1/archive", json!({"through_day": day}))
-            }
+            // Or a cluster checkpoint (every facility backs up at it).
+            84 => match rng.random_range(0..2) {
+                0 => {
+                    let day = rng.random_range(0..4u32);
+                    self.write("/v1/archive", json!({"through_day": day}))
+                }
+                _ => self.write("/v1/admin/checkpoints", json!({})),
+            },
             85..=92 if self.people < PEOPLE + ADDED_MAX => {
                 self.people += 1;
                 self.write("/v1/people", person_body(self.people - 1))

@@ -365,6 +365,18 @@ impl Store {
     /// `dest` plus `.partial`, which is then renamed to `dest`, so `dest`
     /// is either absent or complete. Refuses to overwrite `dest`.
     pub fn backup_to(&self, dest: &Path) -> Result<BackupInfo, StorageError> {
+        let rx = self.inner.db.begin_read().map_err(|e| self.redb(e))?;
+        self.backup_from(&rx, dest)
+    }
+
+    /// As [`Store::backup_to`], from a read transaction taken earlier (a
+    /// point in time chosen by the caller: the state right after a given
+    /// commit, while writers went on).
+    pub fn backup_from(
+        &self,
+        rx: &redb::ReadTransaction,
+        dest: &Path,
+    ) -> Result<BackupInfo, StorageError> {
         let io = |source: std::io::Error| StorageError::Io {
             path: dest.to_path_buf(),
             source,
@@ -384,19 +396,18 @@ impl Store {
             path: partial.clone(),
             source: Box::new(e),
         };
-        let rx = self.inner.db.begin_read().map_err(|e| self.redb(e))?;
         let mut tx = out.begin_write().map_err(|e| theirs(e.into()))?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| theirs(redb::Error::from(e)))?;
         let mut rows = 0u64;
         for t in schema::STR_TABLES {
-            rows += copy_table(&rx, &tx, t).map_err(|e| self.redb(e))?;
+            rows += copy_table(rx, &tx, t).map_err(|e| self.redb(e))?;
         }
         for t in schema::U64_TABLES {
-            rows += copy_table(&rx, &tx, t).map_err(|e| self.redb(e))?;
+            rows += copy_table(rx, &tx, t).map_err(|e| self.redb(e))?;
         }
         for t in schema::BYTES_TABLES {
-            rows += copy_table(&rx, &tx, t).map_err(|e| self.redb(e))?;
+            rows += copy_table(rx, &tx, t).map_err(|e| self.redb(e))?;
         }
         tx.commit().map_err(|e| theirs(e.into()))?;
         drop(out);

@@ -71,7 +71,9 @@ pub const ALPN: &[u8] = b"bulwark/1";
 /// Version carried in the hello; a peer with another is refused.
 /// 2: both ends send a hello, and it carries the sender's boot id.
 /// 3: the hello carries the sender's cluster id.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: a facility's Raft identity may be a later incarnation (a replaced
+/// store), and RaftPeers pass membership changes to the leader.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Which cluster a facility belongs to: drawn by `bulwark init` (or
 /// derived from the first members' ids and pins), stored with the

@@ -14,6 +14,7 @@ use bulwark_storage::codec;
 use bulwark_transport::FacilityId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use super::core::{MemberChange, MemberView};
 use super::{
     tracing_logger, ClusterState, DiskWatch, Output, RaftConfig, RaftCore, RaftCoreError,
     RaftStatus, RaftWire, ReadOutcome, ShownEntry, RAFT,
@@ -75,6 +76,19 @@ pub enum RaftMsg<M: StateMachine> {
         remove: Vec<FacilityId>,
         /// `Err` names why the change was refused.
         reply: RpcReplyPort<Result<(), String>>,
+    },
+    /// The identities in the configuration (`bulwark member list`).
+    Members(RpcReplyPort<Vec<MemberView>>),
+    /// An operator's change of the members; a follower passes it to the
+    /// leader. Answers what was done (proposed here, or passed on) or why
+    /// it was refused; the members list shows when it is in force.
+    ChangeMember {
+        /// The facility.
+        facility: FacilityId,
+        /// What to do.
+        change: MemberChange,
+        /// `Ok`: what was done; `Err`: why not.
+        reply: RpcReplyPort<Result<String, String>>,
     },
     /// Handle the pending Ready (self-sent, so queued proposals batch).
     Flush,
@@ -139,14 +153,14 @@ impl<M: StateMachine> Clone for RaftSetup<M> {
 
 impl<M: StateMachine> RaftSetup<M> {
     /// A new cluster of `members` with the default settings.
-    pub fn new(members: Vec<FacilityId>, keyring: M::Context) -> RaftSetup<M> {
+    pub fn new(members: Vec<FacilityId>, keyring: impl Into<M::Context>) -> RaftSetup<M> {
         RaftSetup {
             members,
             initial_voters: None,
             start: ClusterState::New,
             config: RaftConfig::default(),
             tap: None,
-            keyring,
+            keyring: keyring.into(),
             detection: None,
             store_id_seed: None,
             breakers: None,
@@ -730,6 +744,12 @@ fn handle_quarantined<M: StateMachine>(ctx: &NodeCtx, reason: &str, msg: RaftMsg
         RaftMsg::ChangeVoters { reply, .. } => {
             let _ = reply.send(Err(why));
         }
+        RaftMsg::ChangeMember { reply, .. } => {
+            let _ = reply.send(Err(why));
+        }
+        RaftMsg::Members(reply) => {
+            let _ = reply.send(Vec::new());
+        }
     }
 }
 
@@ -884,6 +904,44 @@ async fn handle_live<M: StateMachine>(
             }
             let _ = reply.send(taken);
         }
+        RaftMsg::Members(reply) => {
+            let _ = reply.send(st.core.members_view());
+        }
+        RaftMsg::ChangeMember {
+            facility,
+            change,
+            reply,
+        } => {
+            let taken = if st.core.is_leader() {
+                st.core
+                    .change_member(&facility, change)
+                    .map(|id| format!("proposed by the leader {} (raft id {id})", st.ctx.facility))
+            } else {
+                match st.core.leader() {
+                    Some(leader) => {
+                        send(
+                            st,
+                            leader.clone(),
+                            &RaftWire::ChangeMember {
+                                facility: facility.clone(),
+                                change,
+                            },
+                            None,
+                        );
+                        Ok(format!("passed to the leader {leader}"))
+                    }
+                    None => Err("no leader is known: try again".into()),
+                }
+            };
+            if taken.is_ok() {
+                ready(myself, st).await?;
+                if st.fenced {
+                    let _ = reply.send(Err(FENCED.into()));
+                    return Ok(());
+                }
+            }
+            let _ = reply.send(taken);
+        }
         RaftMsg::Flush => {
             st.flush_queued = false;
             ready(myself, st).await?;
@@ -922,6 +980,12 @@ async fn handle_fenced<M: StateMachine>(
         RaftMsg::ChangeVoters { reply, .. } => {
             let _ = reply.send(Err(FENCED.into()));
         }
+        RaftMsg::ChangeMember { reply, .. } => {
+            let _ = reply.send(Err(FENCED.into()));
+        }
+        RaftMsg::Members(reply) => {
+            let _ = reply.send(Vec::new());
+        }
         RaftMsg::Flush => st.flush_queued = false,
     }
     Ok(())
@@ -951,6 +1015,25 @@ async fn ready<M: StateMachine>(
         st.disk.observe(started.elapsed());
     }
     match handled {
+        Ok(()) if st.core.wants_rebuild() => {
+            // A replacement named a newer incarnation of this facility:
+            // what waits here is answered (the new core knows nothing of
+            // it) and the core is opened again under it.
+            flush_outputs(st);
+            for (_, reply) in std::mem::take(&mut st.proposals) {
+                let _ = reply.send(ProposeOutcome::TimedOut);
+            }
+            for (_, reply) in std::mem::take(&mut st.reads) {
+                let _ = reply.send(ReadOutcome::TimedOut);
+            }
+            let guarded = std::mem::take(&mut st.guarded_proposals)
+                .into_values()
+                .chain(std::mem::take(&mut st.guarded_reads).into_values());
+            for g in guarded.collect::<Vec<_>>() {
+                st.settle(g, BreakerOutcome::Ignored);
+            }
+            rebuild(myself, st).await
+        }
         Ok(()) => Ok(()),
         Err(e) if e.is_injected() => {
             fence(st, &e);

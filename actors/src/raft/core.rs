@@ -70,6 +70,7 @@ const GAUGE_TICKS: u64 = 20;
 use super::wire::WireMessage;
 use super::{raft_id, ClusterState, RaftConfig, RaftWire, ReadOutcome, Refusal};
 use crate::flow::timeout::child_deadline;
+use crate::ids::{raft_id_at, INCARNATIONS_MAX};
 use crate::machine::{Answer, Batch, Decided, ForwardRefused, ProposeOutcome, StateMachine};
 use crate::plant::Bug;
 
@@ -142,7 +143,14 @@ pub struct RaftCore<M: StateMachine> {
     node: RawNode<RaftStore>,
     me: FacilityId,
     my_id: u64,
+    /// Every raft id a member can take (each incarnation of each
+    /// configured facility) -> the facility.
     members: BTreeMap<u64, FacilityId>,
+    /// The same raft ids -> their incarnation.
+    incarnations: BTreeMap<u64, u64>,
+    /// An applied configuration names a newer incarnation of this
+    /// facility: the actor rebuilds the core under it.
+    reincarnated: bool,
     machine: M,
     /// Entries at or before this index are not applied again (the machine
     /// holds them); see [`RaftCore::open`].
@@ -194,6 +202,55 @@ pub struct RaftCore<M: StateMachine> {
 
 /// Terms whose leader is remembered.
 const TERM_LEADERS_KEPT: usize = 256;
+
+/// The newest incarnation of `f` that `cs` names (as voter or learner, on
+/// either side of a joint configuration), if any.
+fn newest_id(
+    members: &BTreeMap<u64, FacilityId>,
+    incarnations: &BTreeMap<u64, u64>,
+    cs: &raft::eraftpb::ConfState,
+    f: &FacilityId,
+) -> Option<u64> {
+    cs.voters
+        .iter()
+        .chain(&cs.learners)
+        .chain(&cs.voters_outgoing)
+        .chain(&cs.learners_next)
+        .filter(|id| members.get(id) == Some(f))
+        .max_by_key(|id| incarnations.get(id).copied().unwrap_or(0))
+        .copied()
+}
+
+/// One Raft identity in the configuration, as `bulwark member list` shows
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberView {
+    /// The facility.
+    pub facility: FacilityId,
+    /// Which of its identities (0: its first; each replacement adds one).
+    pub incarnation: u64,
+    /// The raft id.
+    pub raft_id: u64,
+    /// `voter`, `learner`, or `outgoing` (a voter of the old side of a
+    /// joint configuration only).
+    pub role: String,
+    /// How far its log matches the leader's (known at the leader only).
+    pub matched: Option<u64>,
+}
+
+/// An operator's change of the members ([`RaftCore::change_member`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberChange {
+    /// Add a new incarnation of the facility as a learner: how a facility
+    /// whose store was lost (or is replaced) comes back. Its old identity
+    /// stays a voter until the promotion.
+    Replace,
+    /// Make the facility's newest incarnation, a learner caught up with
+    /// the leader's commit index, a voter, and remove its older voter
+    /// identity in the same change (joint consensus).
+    Promote,
+}
 
 /// Chunks of the digest pass over an outgoing snapshot per tick.
 const DIGEST_CHUNKS_PER_TICK: usize = 8;
@@ -317,11 +374,15 @@ impl<M: StateMachine> RaftCore<M> {
     ) -> Result<RaftCore<M>, RaftCoreError> {
         let start = setup.start;
         let config = setup.config.clone();
-        let members: BTreeMap<u64, FacilityId> = setup
-            .members
-            .iter()
-            .map(|f| (raft_id(f), f.clone()))
-            .collect();
+        let mut members = BTreeMap::new();
+        let mut incarnations = BTreeMap::new();
+        for f in &setup.members {
+            for k in 0..INCARNATIONS_MAX {
+                let id = raft_id_at(f, k);
+                members.insert(id, f.clone());
+                incarnations.insert(id, k);
+            }
+        }
         let initial = setup.initial_voters.as_ref().unwrap_or(&setup.members);
         let voters: Vec<u64> = initial.iter().map(raft_id).collect();
         let bootstrap = start == ClusterState::New && fresh_store;
@@ -336,6 +397,21 @@ impl<M: StateMachine> RaftCore<M> {
         if empty && start == ClusterState::Existing && fresh_store {
             // Joining with a store made by this start: it may be a lost one.
             rs.set_fence(Some(&Fence::UntilCommit(0)))?;
+        }
+        // The identity: the newest incarnation of this facility the
+        // configuration names (a replacement added it), else the first.
+        let my_id = newest_id(&members, &incarnations, rs.conf_state(), &me)
+            .unwrap_or_else(|| raft_id(&me));
+        let before = rs.identity()?;
+        if before != Some(my_id) {
+            if let Some(old) = before {
+                tracing::warn!(
+                    incarnation = incarnations.get(&my_id).copied().unwrap_or(0),
+                    old, new = my_id,
+                    "running under a new Raft identity (a replacement): the old one's vote fence is lifted"
+                );
+            }
+            rs.set_identity(my_id, before.is_some())?;
         }
         let fence = rs.fence()?;
         let peers = rs.peer_stores()?;
@@ -383,7 +459,6 @@ impl<M: StateMachine> RaftCore<M> {
         if skip_through > 0 && crate::plant::active(Bug::SnapshotIndexPlusOne) {
             skip_through += 1;
         }
-        let my_id = raft_id(&me);
         let cfg = config.to_raft(my_id, snap_index);
         let node = RawNode::new(&cfg, rs, logger)?;
         Ok(RaftCore {
@@ -391,6 +466,8 @@ impl<M: StateMachine> RaftCore<M> {
             me,
             my_id,
             members,
+            incarnations,
+            reincarnated: false,
             machine,
             skip_through,
             recovering,
@@ -463,7 +540,7 @@ impl<M: StateMachine> RaftCore<M> {
             let to = self.voters_by_progress().into_iter().next();
             if let Some(to) = to {
                 tracing::warn!(%to, "elected while recovering its replica; handing leadership over");
-                self.node.transfer_leader(raft_id(&to));
+                self.node.transfer_leader(self.id_of(&to));
             }
             return;
         }
@@ -688,7 +765,7 @@ impl<M: StateMachine> RaftCore<M> {
         commit: u64,
         knew_you: bool,
     ) -> Result<(), RaftCoreError> {
-        let from_id = raft_id(from);
+        let from_id = self.id_of(from);
         self.answered.insert(from_id);
         let waiting = match &self.fence {
             Some(Fence::Awaiting) => None,
@@ -732,7 +809,7 @@ impl<M: StateMachine> RaftCore<M> {
         last_index: u64,
         fenced: bool,
     ) -> Result<(), RaftCoreError> {
-        let from_id = raft_id(from);
+        let from_id = self.id_of(from);
         if fenced {
             self.fenced_peers.insert(from_id);
         } else {
@@ -831,14 +908,16 @@ impl<M: StateMachine> RaftCore<M> {
         msg: RaftWire,
         now_unix_ms: u64,
     ) -> Result<(), RaftCoreError> {
-        let from_id = raft_id(from);
-        if !self.members.contains_key(&from_id) {
+        if !self.members.contains_key(&raft_id(from)) {
             tracing::warn!(%from, "raft message from a non-member dropped");
             return Ok(());
         }
         match msg {
             RaftWire::Raft(w) => {
-                if w.from != from_id || w.to != self.my_id {
+                // Any incarnation of the sender (a peer that has not yet
+                // applied its replacement), to this one of ours.
+                let from_id = w.from;
+                if self.members.get(&from_id) != Some(from) || w.to != self.my_id {
                     tracing::warn!(%from, "raft message with forged from/to dropped");
                     return Ok(());
                 }
@@ -896,7 +975,21 @@ impl<M: StateMachine> RaftCore<M> {
                 let voters = self.voters();
                 if self.is_leader() && voters.contains(from) && voters.contains(&to) {
                     tracing::info!(%from, %to, "leadership transfer passed on by a follower");
-                    self.node.transfer_leader(raft_id(&to));
+                    self.node.transfer_leader(self.id_of(&to));
+                }
+            }
+            RaftWire::ChangeMember { facility, change } => {
+                if !self.voters().contains(from) {
+                    tracing::warn!(%from, "a membership change from a non-voter dropped");
+                } else if self.is_leader() {
+                    match self.change_member(&facility, change) {
+                        Ok(_) => {
+                            tracing::info!(%from, %facility, ?change, "membership change passed on by a follower")
+                        }
+                        Err(e) => {
+                            tracing::warn!(%from, %facility, ?change, error = %e, "membership change passed on by a follower refused")
+                        }
+                    }
                 }
             }
             RaftWire::SnapshotChunk {
@@ -1531,7 +1624,7 @@ impl<M: StateMachine> RaftCore<M> {
     /// [`RaftCore::on_ready`] sends the request.
     pub fn transfer_leader(&mut self, to: &FacilityId) {
         if self.is_leader() {
-            self.node.transfer_leader(raft_id(to));
+            self.node.transfer_leader(self.id_of(to));
         } else if let Some(leader) = self.leader() {
             // A follower passes it on (raft-rs's own forward would name
             // the target as sender).
@@ -1540,6 +1633,163 @@ impl<M: StateMachine> RaftCore<M> {
                 msg: RaftWire::TransferLeader { to: to.clone() },
             });
         }
+    }
+
+    /// The raft id `f` runs under as this facility's configuration knows
+    /// it: its newest incarnation there, else its first.
+    fn id_of(&self, f: &FacilityId) -> u64 {
+        newest_id(
+            &self.members,
+            &self.incarnations,
+            self.node.store().conf_state(),
+            f,
+        )
+        .unwrap_or_else(|| raft_id(f))
+    }
+
+    /// True once an applied configuration names a newer incarnation of
+    /// this facility: the actor rebuilds the core, which then runs under
+    /// it.
+    pub fn wants_rebuild(&self) -> bool {
+        self.reincarnated
+    }
+
+    /// This facility's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnations.get(&self.my_id).copied().unwrap_or(0)
+    }
+
+    /// Every identity in the configuration in force (both sides of a joint
+    /// one), with its progress where this facility leads.
+    pub fn members_view(&self) -> Vec<MemberView> {
+        let cs = self.node.store().conf_state();
+        let mut out = Vec::new();
+        let push = |ids: &[u64], role: &str, out: &mut Vec<MemberView>| {
+            for id in ids {
+                if out.iter().any(|m: &MemberView| m.raft_id == *id) {
+                    continue;
+                }
+                let Some(f) = self.members.get(id) else {
+                    continue;
+                };
+                out.push(MemberView {
+                    facility: f.clone(),
+                    incarnation: self.incarnations.get(id).copied().unwrap_or(0),
+                    raft_id: *id,
+                    role: role.to_string(),
+                    matched: self
+                        .is_leader()
+                        .then(|| self.node.raft.prs().get(*id).map(|p| p.matched))
+                        .flatten(),
+                });
+            }
+        };
+        push(&cs.voters, "voter", &mut out);
+        push(&cs.learners, "learner", &mut out);
+        push(&cs.learners_next, "learner", &mut out);
+        push(&cs.voters_outgoing, "outgoing", &mut out);
+        out.sort_by(|a, b| (&a.facility, a.incarnation).cmp(&(&b.facility, b.incarnation)));
+        out
+    }
+
+    /// An operator's change of the members (leader only; one at a time):
+    /// - [`MemberChange::Replace`]: `f`'s next incarnation joins as a
+    ///   learner (refused for the leader itself, and while any learner
+    ///   waits for its promotion: one replacement at a time);
+    /// - [`MemberChange::Promote`]: `f`'s learner incarnation, once its log
+    ///   matches the commit index, becomes a voter and `f`'s older voter
+    ///   identities leave, in one change (joint consensus, left by the
+    ///   leader on its own).
+    ///
+    /// Returns the raft id the change is about. The next
+    /// [`RaftCore::on_ready`] writes it to the log.
+    pub fn change_member(&mut self, f: &FacilityId, change: MemberChange) -> Result<u64, String> {
+        if !self.is_leader() {
+            return Err(format!("not the leader; the leader is {:?}", self.leader()));
+        }
+        if !self.members.contains_key(&raft_id(f)) {
+            return Err(format!("{f} is not a configured member"));
+        }
+        if self.in_joint() || self.node.raft.has_pending_conf() {
+            return Err("a configuration change is still in progress: try again".into());
+        }
+        let cs = self.node.store().conf_state().clone();
+        let of_f = |ids: &[u64]| -> Vec<u64> {
+            ids.iter()
+                .copied()
+                .filter(|id| self.members.get(id) == Some(f))
+                .collect()
+        };
+        let (voters, learners) = (of_f(&cs.voters), of_f(&cs.learners));
+        let single = |id: u64, kind: ConfChangeType| {
+            let mut c = ConfChangeSingle::default();
+            c.set_change_type(kind);
+            c.node_id = id;
+            c
+        };
+        let (target, changes) = match change {
+            MemberChange::Replace => {
+                if *f == self.me {
+                    return Err(format!(
+                        "{f} leads: move leadership to another voter first (bulwark leader transfer)"
+                    ));
+                }
+                // One replacement at a time, cluster-wide: each leaves an
+                // old voter identity that no longer answers until its
+                // promotion, and two could leave no majority to promote
+                // either.
+                if let Some(l) = cs.learners.first() {
+                    let who = self
+                        .members
+                        .get(l)
+                        .map_or_else(|| l.to_string(), |m| m.to_string());
+                    return Err(format!(
+                        "a replacement of {who} (incarnation {}) waits for its promotion: \
+                         promote it first",
+                        self.incarnations.get(l).copied().unwrap_or(0)
+                    ));
+                }
+                let next = voters
+                    .iter()
+                    .map(|id| self.incarnations[id])
+                    .max()
+                    .map_or(0, |k| k + 1);
+                if next >= INCARNATIONS_MAX {
+                    return Err(format!("{f} has used all {INCARNATIONS_MAX} incarnations"));
+                }
+                let id = raft_id_at(f, next);
+                (id, vec![single(id, ConfChangeType::AddLearnerNode)])
+            }
+            MemberChange::Promote => {
+                let Some(&id) = learners.iter().max_by_key(|id| self.incarnations[*id]) else {
+                    return Err(format!("{f} has no learner incarnation to promote"));
+                };
+                let matched = self.node.raft.prs().get(id).map_or(0, |p| p.matched);
+                let commit = self.commit_index();
+                if matched < commit {
+                    return Err(format!(
+                        "{f}'s incarnation {} has not caught up: its log matches through \
+                         {matched}, the commit index is {commit}",
+                        self.incarnations[&id]
+                    ));
+                }
+                let mut changes = vec![single(id, ConfChangeType::AddNode)];
+                changes.extend(
+                    voters
+                        .iter()
+                        .map(|&old| single(old, ConfChangeType::RemoveNode)),
+                );
+                (id, changes)
+            }
+        };
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(changes.into());
+        cc.set_transition(ConfChangeTransition::Auto);
+        self.node
+            .propose_conf_change(Vec::new(), cc)
+            .map_err(|e| format!("refused: {e}"))?;
+        tracing::info!(%f, ?change, raft_id = target, "membership change proposed");
+        Ok(target)
     }
 
     /// Proposes adding and removing voters in one configuration change.
@@ -1561,7 +1811,7 @@ impl<M: StateMachine> RaftCore<M> {
             (remove, ConfChangeType::RemoveNode),
         ] {
             for f in list {
-                let id = raft_id(f);
+                let id = self.id_of(f);
                 if !self.members.contains_key(&id) {
                     return Err(format!(
                         "{f} is not a known member (add it to the peers first)"
@@ -1815,6 +2065,16 @@ impl<M: StateMachine> RaftCore<M> {
         );
         if let Some(cs) = conf {
             self.node.mut_store().note_conf_state(&cs);
+            if let Some(id) = newest_id(&self.members, &self.incarnations, &cs, &self.me) {
+                if self.incarnations.get(&id) > self.incarnations.get(&self.my_id) {
+                    tracing::warn!(
+                        incarnation = self.incarnations[&id],
+                        "the configuration names a new incarnation of this facility: \
+                         rebuilding under it"
+                    );
+                    self.reincarnated = true;
+                }
+            }
         }
         for (e, d) in entries.iter().zip(decided) {
             self.answer(e.index, &d);

@@ -32,6 +32,7 @@ const KEY_INCARNATION: &str = "incarnation";
 const KEY_FENCE: &str = "vote_fence";
 const KEY_PEERS: &str = "peer_stores";
 const KEY_STORE_ID: &str = "store_id";
+const KEY_IDENTITY: &str = "identity";
 
 /// What this facility knows of its peers' stores (see `RaftCore`'s vote
 /// fence), durable.
@@ -269,6 +270,31 @@ impl RaftStore {
         self.put_meta(KEY_FENCE, fence)
     }
 
+    /// The raft id this store last ran under (`None`: not recorded yet).
+    pub fn identity(&self) -> Result<Option<u64>, StorageError> {
+        self.get_meta(KEY_IDENTITY)
+    }
+
+    /// Durably records the raft id this store runs under, and lifts the
+    /// vote fence in the same commit when it is another than before (a
+    /// fence belongs to the identity it was set for: a new incarnation
+    /// never voted).
+    pub fn set_identity(&self, id: u64, lift_fence: bool) -> Result<(), StorageError> {
+        let s = &self.store;
+        let tx = s.begin_write()?;
+        {
+            let mut meta = tx.open_table(RAFT_META).map_err(|e| s.redb(e))?;
+            let bytes =
+                codec::encode(&id).map_err(|err| s.codec_error("raft_meta", KEY_IDENTITY, err))?;
+            meta.insert(KEY_IDENTITY, bytes.as_slice())
+                .map_err(|e| s.redb(e))?;
+            if lift_fence {
+                meta.remove(KEY_FENCE).map_err(|e| s.redb(e))?;
+            }
+        }
+        tx.commit().map_err(|e| s.redb(e))
+    }
+
     /// What this facility knows of its peers' stores.
     pub fn peer_stores(&self) -> Result<PeerStores, StorageError> {
         Ok(self.get_meta(KEY_PEERS)?.unwrap_or_default())
@@ -427,6 +453,47 @@ impl RaftStore {
             self.hard_state = hs.clone();
         }
         Ok(())
+    }
+
+    /// Drops every log entry after `index` and lowers the commit index to
+    /// it, in one durable commit: a restored backup's Raft state made to
+    /// end where its applied state does (`bulwark restore`), so that every
+    /// facility restored from one checkpoint holds the same log, ending at
+    /// the checkpoint (entries after it were not committed as far as the
+    /// backups know, and a commit index beyond another facility's log
+    /// would make Raft refuse it). Term and vote stay. Refused, changing
+    /// nothing, when `index` is before the compaction point or beyond the
+    /// log. Returns how many entries were dropped.
+    pub fn rewind_to(&mut self, index: u64) -> Result<u64, StorageError> {
+        let (first, last) = (self.first(), self.last());
+        if index + 1 < first || index > last {
+            return Err(StorageError::Corrupt {
+                path: self.store.path().to_path_buf(),
+                reason: format!(
+                    "cannot rewind the Raft log to {index}: it holds {} to {last}",
+                    first - 1
+                ),
+            });
+        }
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.min(index);
+        let s = &self.store;
+        let tx = s.begin_write()?;
+        {
+            let mut log = tx.open_table(RAFT_LOG).map_err(|e| s.redb(e))?;
+            log.retain_in(index + 1.., |_, _| false)
+                .map_err(|e| s.redb(e))?;
+            let mut meta = tx.open_table(RAFT_META).map_err(|e| s.redb(e))?;
+            let bytes = codec::encode(&WireHardState::from_raft(&hs))
+                .map_err(|err| s.codec_error("raft_meta", KEY_HARD_STATE, err))?;
+            meta.insert(KEY_HARD_STATE, bytes.as_slice())
+                .map_err(|e| s.redb(e))?;
+        }
+        tx.commit().map_err(|e| s.redb(e))?;
+        self.entries.truncate((index + 1 - first) as usize);
+        self.hard_state = hs;
+        self.recount();
+        Ok(last - index)
     }
 
     /// Records a new commit index (from a `LightReady`; a deferred commit,
@@ -691,6 +758,49 @@ mod tests {
         check(&rs);
         assert_eq!(rs.hard_state().commit, 70);
         assert_eq!(rs.incarnation(), 2);
+    }
+
+    /// A restored backup's log is cut at its applied index: the entries
+    /// after it go, the commit index comes down to it, term and vote stay,
+    /// and a reopen reads the same; a point outside the log is refused and
+    /// changes nothing.
+    #[test]
+    fn a_rewind_cuts_the_log_at_the_applied_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut rs, _) = open(dir.path());
+        let ents: Vec<Entry> = (1..=30).map(|i| entry(i, 3)).collect();
+        let mut hs = HardState::default();
+        hs.term = 4;
+        hs.vote = 2;
+        rs.persist(&ents, Some(&hs)).unwrap();
+        rs.set_commit(28).unwrap();
+        let cs = rs.conf_state().clone();
+        rs.compact_to(10, &cs).unwrap();
+        for bad in [8, 31] {
+            assert!(matches!(
+                rs.rewind_to(bad),
+                Err(StorageError::Corrupt { .. })
+            ));
+            assert_eq!(rs.last_index().unwrap(), 30);
+            assert_eq!(rs.hard_state().commit, 28);
+        }
+        assert_eq!(rs.rewind_to(25).unwrap(), 5);
+        drop(rs);
+        let (rs, _) = open(dir.path());
+        assert_eq!(rs.last_index().unwrap(), 25);
+        assert_eq!(rs.first_index().unwrap(), 11);
+        assert_eq!(
+            (
+                rs.hard_state().commit,
+                rs.hard_state().term,
+                rs.hard_state().vote
+            ),
+            (25, 4, 2)
+        );
+        let mut rs = rs;
+        // At the compaction point itself: an empty log after it.
+        assert_eq!(rs.rewind_to(10).unwrap(), 15);
+        assert_eq!(rs.last_index().unwrap(), 10);
     }
 
     /// Entries and a new term or vote cost one fsync each time; a new

@@ -21,13 +21,73 @@ use super::{snapshot, Replica, ScheduleView};
 use crate::keys::{Domain, Keyring};
 use crate::ledger::{self, EntryPayload, SignedProposal, Verdict};
 use crate::machine::{Answer, Batch, Decided, ForwardRefused, Forwarded, Origin, StateMachine};
-use crate::schedule::{Applied, Command, IdempotencyKey, Outcome};
+use crate::schedule::{Applied, Command, IdempotencyKey, Op, Outcome};
 
 /// The replica with the keys that sign and check proposals.
 #[derive(Debug)]
 pub struct ScheduleMachine {
     replica: Replica,
     keyring: Keyring,
+    checkpoints: Option<CheckpointSink>,
+}
+
+/// A cluster backup point ([`crate::schedule::Op::Checkpoint`]) this
+/// facility just applied: the store as it stands right after the entry at
+/// `index` (the batch is committed up to it and no further), to be
+/// copied while applying goes on.
+pub struct Checkpoint {
+    /// The checkpoint entry's index: the backup's applied index.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// The command's agreed timestamp (the same on every facility).
+    pub at_unix_ms: u64,
+    /// The store at that point.
+    pub source: ReadTransaction,
+    /// The store it reads.
+    pub store: Store,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("index", &self.index)
+            .field("term", &self.term)
+            .field("at_unix_ms", &self.at_unix_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the machine hands its checkpoints (the node writes each to a
+/// backup file on a thread of its own). Called on the applying task: it
+/// must not block.
+#[derive(Clone)]
+pub struct CheckpointSink(pub std::sync::Arc<dyn Fn(Checkpoint) + Send + Sync>);
+
+impl std::fmt::Debug for CheckpointSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckpointSink")
+    }
+}
+
+/// What the schedule machine opens with besides its store: this
+/// facility's keys, and where its checkpoints go (`None`: checkpoints
+/// apply, and no backup is written).
+#[derive(Debug, Clone)]
+pub struct ScheduleContext {
+    /// The keys that sign and check proposals.
+    pub keyring: Keyring,
+    /// Where checkpoints go.
+    pub checkpoints: Option<CheckpointSink>,
+}
+
+impl From<Keyring> for ScheduleContext {
+    fn from(keyring: Keyring) -> Self {
+        ScheduleContext {
+            keyring,
+            checkpoints: None,
+        }
+    }
 }
 
 /// What the applied-entry tap shows of one entry: its decoded payload and
@@ -50,6 +110,146 @@ impl Shown {
 }
 
 impl ScheduleMachine {
+    /// Applies `batch.entries` in one transaction up to and including the
+    /// first fresh checkpoint, pushing each entry's decision to `decided`.
+    /// Returns how many entries it took and, if it ended at a checkpoint,
+    /// its index, term and timestamp.
+    #[allow(clippy::type_complexity)]
+    fn apply_until_checkpoint<E: From<StorageError>>(
+        &mut self,
+        batch: Batch<'_>,
+        conf: &mut dyn FnMut(&WriteTransaction, &Entry) -> Result<(), E>,
+        decided: &mut Vec<Decided<Self>>,
+    ) -> Result<(usize, Option<(u64, u64, u64)>), E> {
+        let keys = self.keyring.public();
+        let r = &mut self.replica;
+        let tx = r.begin()?;
+        let mut sched = r.schedule(&tx);
+        let held = batch.held_through.max(r.applied());
+        let mut taken = (batch.entries.len(), None);
+        for (i, e) in batch.entries.iter().enumerate() {
+            let mut checkpoint = None;
+            let mut d = Decided {
+                origin: None,
+                answer: None,
+                shown: None,
+            };
+            if e.index <= held {
+                // Applied before a restart (or carried by an installed
+                // snapshot): the replica holds it. Shown again as decided;
+                // an entry an installed snapshot carried, with no verdict
+                // recorded here, is not shown (as raft-rs shows none of
+                // the entries a snapshot replaces).
+                if batch.show {
+                    d.shown = match e.entry_type {
+                        EntryType::EntryNormal => match r.verdict_at(e.index)? {
+                            Some(rec) => {
+                                let (payload, verdict) =
+                                    ledger::relink(sched.chain(), e.index, e.term, &e.data, &rec);
+                                Some(Shown { payload, verdict })
+                            }
+                            None if !e.data.is_empty() => None,
+                            None => Some(Shown::skipped()),
+                        },
+                        _ => Some(Shown::skipped()),
+                    };
+                }
+                decided.push(d);
+                continue;
+            }
+            match e.entry_type {
+                EntryType::EntryNormal => {
+                    let adm = ledger::admit(&mut sched, keys, e.index, e.term, &e.data);
+                    if let (Some(p), Some(Applied::Fresh(Outcome::Applied(_)))) =
+                        (&adm.payload, &adm.applied)
+                    {
+                        if p.command.op == Op::Checkpoint {
+                            checkpoint = Some((e.index, e.term, p.command.at_unix_ms));
+                        }
+                    }
+                    if let Some(p) = &adm.payload {
+                        d.origin = Some(Origin {
+                            proposer: p.proposer.clone(),
+                            seq: p.seq,
+                            key: p.command.key,
+                        });
+                        d.answer = match (adm.applied, &adm.verdict) {
+                            (Some(applied), verdict) => {
+                                let height = match verdict {
+                                    Verdict::Admitted(link) => Some(link.entry.height),
+                                    _ => None,
+                                };
+                                match applied {
+                                    Applied::Fresh(outcome) => Some(Answer::Applied {
+                                        outcome,
+                                        duplicate: false,
+                                        first_index: None,
+                                        height,
+                                    }),
+                                    Applied::Duplicate {
+                                        outcome,
+                                        first_index,
+                                    } => Some(Answer::Applied {
+                                        outcome,
+                                        duplicate: true,
+                                        first_index: Some(first_index),
+                                        // The first application's height, in
+                                        // this transaction (it may be in
+                                        // this very batch).
+                                        height: match r.verdict_in(&tx, first_index)? {
+                                            Some(crate::ledger::Recorded::Admitted { height }) => {
+                                                Some(height)
+                                            }
+                                            _ => None,
+                                        },
+                                    }),
+                                }
+                            }
+                            (None, Verdict::Rejected { reason, .. }) => Some(Answer::Refused {
+                                reason: format!(
+                                    "{}: refused by the ledger's checks",
+                                    reason.code()
+                                ),
+                            }),
+                            (None, _) => None,
+                        };
+                    }
+                    if !e.data.is_empty() {
+                        r.record_verdict(&tx, e.index, &adm.verdict.recorded())?;
+                    }
+                    if batch.show {
+                        d.shown = Some(Shown {
+                            payload: adm.payload,
+                            verdict: adm.verdict,
+                        });
+                    }
+                }
+                EntryType::EntryConfChangeV2 => {
+                    conf(&tx, e)?;
+                    d.shown = batch.show.then(Shown::skipped);
+                }
+                EntryType::EntryConfChange => {
+                    tracing::error!(index = e.index, "v1 conf change ignored");
+                    d.shown = batch.show.then(Shown::skipped);
+                }
+            }
+            decided.push(d);
+            if checkpoint.is_some() {
+                if crate::plant::active(crate::plant::Bug::CheckpointAfterBatch) {
+                    taken.1 = checkpoint;
+                    continue;
+                }
+                taken = (i + 1, checkpoint);
+                break;
+            }
+        }
+        let last = batch.entries[taken.0 - 1].index;
+        r.prune_verdicts(&tx, batch.compacted)?;
+        let done = sched.into_tables().finish()?;
+        r.commit(tx, done, last)?;
+        Ok(taken)
+    }
+
     /// The replica.
     pub fn replica(&self) -> &Replica {
         &self.replica
@@ -62,20 +262,22 @@ impl StateMachine for ScheduleMachine {
     type Outcome = Outcome;
     type View = ScheduleView;
     type Shown = Shown;
-    type Context = Keyring;
+    type Context = ScheduleContext;
     type Source = ReadTransaction;
 
-    fn open(store: Store, keyring: &Keyring) -> Result<Self, StorageError> {
+    fn open(store: Store, cx: &ScheduleContext) -> Result<Self, StorageError> {
         Ok(ScheduleMachine {
             replica: Replica::open(store)?,
-            keyring: keyring.clone(),
+            keyring: cx.keyring.clone(),
+            checkpoints: cx.checkpoints.clone(),
         })
     }
 
-    fn reset(store: Store, keyring: &Keyring) -> Result<Self, StorageError> {
+    fn reset(store: Store, cx: &ScheduleContext) -> Result<Self, StorageError> {
         Ok(ScheduleMachine {
             replica: Replica::reset(store)?,
-            keyring: keyring.clone(),
+            keyring: cx.keyring.clone(),
+            checkpoints: cx.checkpoints.clone(),
         })
     }
 
@@ -151,118 +353,36 @@ impl StateMachine for ScheduleMachine {
         batch: Batch<'_>,
         conf: &mut dyn FnMut(&WriteTransaction, &Entry) -> Result<(), E>,
     ) -> Result<Vec<Decided<Self>>, E> {
-        let Some(last) = batch.entries.last().map(|e| e.index) else {
-            return Ok(Vec::new());
-        };
-        let keys = self.keyring.public();
-        let r = &mut self.replica;
-        let tx = r.begin()?;
-        let mut sched = r.schedule(&tx);
-        let held = batch.held_through.max(r.applied());
+        // One transaction per batch, except that a checkpoint ends one: the
+        // store is committed through it, read there, and the rest of the
+        // batch goes on in the next.
         let mut decided = Vec::with_capacity(batch.entries.len());
-        for e in batch.entries {
-            let mut d = Decided {
-                origin: None,
-                answer: None,
-                shown: None,
+        let mut rest = batch.entries;
+        while !rest.is_empty() {
+            let segment = Batch {
+                entries: rest,
+                ..batch
             };
-            if e.index <= held {
-                // Applied before a restart (or carried by an installed
-                // snapshot): the replica holds it. Shown again as decided;
-                // an entry an installed snapshot carried, with no verdict
-                // recorded here, is not shown (as raft-rs shows none of
-                // the entries a snapshot replaces).
-                if batch.show {
-                    d.shown = match e.entry_type {
-                        EntryType::EntryNormal => match r.verdict_at(e.index)? {
-                            Some(rec) => {
-                                let (payload, verdict) =
-                                    ledger::relink(sched.chain(), e.index, e.term, &e.data, &rec);
-                                Some(Shown { payload, verdict })
-                            }
-                            None if !e.data.is_empty() => None,
-                            None => Some(Shown::skipped()),
-                        },
-                        _ => Some(Shown::skipped()),
-                    };
-                }
-                decided.push(d);
-                continue;
-            }
-            match e.entry_type {
-                EntryType::EntryNormal => {
-                    let adm = ledger::admit(&mut sched, keys, e.index, e.term, &e.data);
-                    if let Some(p) = &adm.payload {
-                        d.origin = Some(Origin {
-                            proposer: p.proposer.clone(),
-                            seq: p.seq,
-                            key: p.command.key,
-                        });
-                        d.answer = match (adm.applied, &adm.verdict) {
-                            (Some(applied), verdict) => {
-                                let height = match verdict {
-                                    Verdict::Admitted(link) => Some(link.entry.height),
-                                    _ => None,
-                                };
-                                match applied {
-                                    Applied::Fresh(outcome) => Some(Answer::Applied {
-                                        outcome,
-                                        duplicate: false,
-                                        first_index: None,
-                                        height,
-                                    }),
-                                    Applied::Duplicate {
-                                        outcome,
-                                        first_index,
-                                    } => Some(Answer::Applied {
-                                        outcome,
-                                        duplicate: true,
-                                        first_index: Some(first_index),
-                                        // The first application's height, in
-                                        // this transaction (it may be in
-                                        // this very batch).
-                                        height: match r.verdict_in(&tx, first_index)? {
-                                            Some(crate::ledger::Recorded::Admitted { height }) => {
-                                                Some(height)
-                                            }
-                                            _ => None,
-                                        },
-                                    }),
-                                }
-                            }
-                            (None, Verdict::Rejected { reason, .. }) => Some(Answer::Refused {
-                                reason: format!(
-                                    "{}: refused by the ledger's checks",
-                                    reason.code()
-                                ),
-                            }),
-                            (None, _) => None,
-                        };
-                    }
-                    if !e.data.is_empty() {
-                        r.record_verdict(&tx, e.index, &adm.verdict.recorded())?;
-                    }
-                    if batch.show {
-                        d.shown = Some(Shown {
-                            payload: adm.payload,
-                            verdict: adm.verdict,
-                        });
-                    }
-                }
-                EntryType::EntryConfChangeV2 => {
-                    conf(&tx, e)?;
-                    d.shown = batch.show.then(Shown::skipped);
-                }
-                EntryType::EntryConfChange => {
-                    tracing::error!(index = e.index, "v1 conf change ignored");
-                    d.shown = batch.show.then(Shown::skipped);
+            let (taken, checkpoint) = self.apply_until_checkpoint(segment, conf, &mut decided)?;
+            rest = &rest[taken..];
+            if let Some((index, term, at_unix_ms)) = checkpoint {
+                let store = self.replica.store();
+                let source = store.database().begin_read().map_err(|e| store.redb(e))?;
+                metrics::counter!("bulwark_checkpoints_applied_total",
+                    "facility" => store.facility().to_string())
+                .increment(1);
+                match &self.checkpoints {
+                    Some(sink) => (sink.0)(Checkpoint {
+                        index,
+                        term,
+                        at_unix_ms,
+                        source,
+                        store: store.clone(),
+                    }),
+                    None => tracing::debug!(index, "checkpoint applied; no backup is configured"),
                 }
             }
-            decided.push(d);
         }
-        r.prune_verdicts(&tx, batch.compacted)?;
-        let done = sched.into_tables().finish()?;
-        r.commit(tx, done, last)?;
         Ok(decided)
     }
 

@@ -374,6 +374,12 @@ pub enum Op {
         /// How long, in ms (at most [`DRILL_MS_MAX`]).
         for_ms: u64,
     },
+    /// A cluster backup point: every facility, when it applies this
+    /// command, backs its store up as it stands right after it, so every
+    /// facility's backup holds the same committed index (a consistent
+    /// cluster backup; `bulwark restore` rewinds each to it). Changes
+    /// nothing in the schedule.
+    Checkpoint,
 }
 
 /// The id prefix of every namespace: an id `chaos:<ns>:…` belongs to
@@ -430,6 +436,7 @@ impl Op {
             Op::Archive { .. } => "archive",
             Op::DropNamespace { .. } => "drop_namespace",
             Op::Drill { .. } => "drill",
+            Op::Checkpoint => "checkpoint",
         }
     }
 }
@@ -492,6 +499,8 @@ pub enum Effect {
     },
     /// A drill was declared.
     DrillDeclared,
+    /// A cluster backup point was set.
+    Checkpointed,
 }
 
 /// Why a command was rejected.
@@ -961,11 +970,12 @@ impl<T: Tables> Schedule<T> {
                             | Op::Archive { .. }
                             | Op::DropNamespace { .. }
                             | Op::Drill { .. }
+                            | Op::Checkpoint
                     )
                 }) {
                     return Err(reject(
                         Rule::InvalidInput,
-                        "a batch holds no batch, emergency coverage, archive, namespace drop or drill".into(),
+                        "a batch holds no batch, emergency coverage, archive, namespace drop, drill or checkpoint".into(),
                     ));
                 }
                 let outcomes = ops
@@ -1027,6 +1037,7 @@ impl<T: Tables> Schedule<T> {
                 }
                 Ok(Effect::DrillDeclared)
             }
+            Op::Checkpoint => Ok(Effect::Checkpointed),
             Op::Archive { through_day } => {
                 let approved = self.t.approved_through();
                 // The archive stays ARCHIVE_MARGIN_DAYS behind the last

@@ -4,7 +4,9 @@
 //! a crash or a restart, a two-way or one-way partition, a change of the
 //! network, an extra delay or random drops on one link, a clock skew, a
 //! disk that is slow or refuses writes, an actor killed under its
-//! supervisor, or a heal of every fault rule and disk.
+//! supervisor, an operator's membership change (a facility replaced under
+//! a new Raft identity, or promoted), or a heal of every fault rule and
+//! disk.
 //!
 //! The network is either the uniform model (latency, jitter, loss on every
 //! link) or, for some seeds, the physics model from a preset (same
@@ -20,7 +22,7 @@ use bulwark_actors::cap::heal::HEALER;
 use bulwark_actors::detect::DETECTOR;
 use bulwark_actors::flow::actors::{BACKPRESSURE, BULKHEADS};
 use bulwark_actors::flow::mesh::BREAKERS;
-use bulwark_actors::raft::RAFT;
+use bulwark_actors::raft::{raft_peer, MemberChange, RaftMsg, RAFT};
 use bulwark_runtime::Zone;
 use bulwark_storage::DiskFaultSpec;
 use bulwark_transport::simnet::{LinkParams, LinkSpec};
@@ -60,6 +62,9 @@ pub const SKEW_MS_MAX: i64 = 2_000;
 
 /// Longest latency a disk fault adds to a durable write, in ms.
 pub const DISK_LATENCY_MS_MAX: u64 = 300;
+
+/// Longest wait for a RaftPeer's answer to a membership call.
+const MEMBER_CALL: Duration = Duration::from_secs(2);
 
 /// Highest chance a disk fault refuses a write.
 pub const DISK_WRITE_FAILURE_MAX: f64 = 0.3;
@@ -117,7 +122,8 @@ impl Run<'_> {
             62..=66 => self.link_rule(i, false),
             67..=76 => self.skew(i),
             77..=85 => self.disk(i),
-            _ => self.kill(i),
+            86..=91 => self.kill(i),
+            _ => self.member(i).await,
         };
         if let Some(k) = kind {
             *self.faults.entry(k).or_insert(0) += 1;
@@ -307,6 +313,51 @@ impl Run<'_> {
         let store = &self.c.harness().node(i).ctx().store;
         store.disk_faults().set(spec).ok()?;
         Some(FaultKind::DiskFault)
+    }
+
+    /// An operator's membership change, asked at a running facility (a
+    /// follower passes it to the leader): the promotion of the learner that
+    /// waits, if one does (as that facility knows), else the replacement of
+    /// facility `i`. The leader's
+    /// refusals (not caught up, a change in progress, a replacement
+    /// waiting, itself) are part of the draw.
+    async fn member(&mut self, i: usize) -> Option<FaultKind> {
+        let up: Vec<usize> = (0..self.c.n()).filter(|&j| self.c.is_up(j)).collect();
+        let via = *up.get(self.rng.random_range(0..up.len().max(1)))?;
+        let peer = raft_peer(self.c.harness().node(via))?;
+        let members = peer
+            .call(RaftMsg::Members, Some(MEMBER_CALL))
+            .await
+            .ok()?
+            .success_or(())
+            .ok()?;
+        let (f, change) = match members.iter().find(|m| m.role == "learner") {
+            Some(m) => (m.facility.clone(), MemberChange::Promote),
+            None => (self.c.ids()[i].clone(), MemberChange::Replace),
+        };
+        let answer = peer
+            .call(
+                |reply| RaftMsg::ChangeMember {
+                    facility: f,
+                    change,
+                    reply,
+                },
+                Some(MEMBER_CALL),
+            )
+            .await
+            .ok()?
+            .success_or(())
+            .ok()?;
+        // Taken by the leader itself (a follower only passes it on).
+        if answer.as_ref().is_ok_and(|a| a.starts_with("proposed")) {
+            match change {
+                MemberChange::Replace => self.member_changes.0 += 1,
+                MemberChange::Promote => self.member_changes.1 += 1,
+            }
+        }
+        let via = &self.c.ids()[via];
+        self.last_fault = Some(format!("{change:?} via {via}: {answer:?}"));
+        Some(FaultKind::Member)
     }
 
     fn kill(&mut self, i: usize) -> Option<FaultKind> {
