@@ -109,7 +109,10 @@ pub fn list(dir: &Path) -> Result<Vec<Backup>, BackupError> {
             index,
         });
     }
-    out.sort_by_key(|b| (b.at_unix_ms, b.index));
+    // Checkpoints in index order (their agreed times come from the
+    // proposers' clocks and may step back across leaders); files from
+    // before checkpoints first, by time.
+    out.sort_by_key(|b| (b.index.is_some(), b.index, b.at_unix_ms));
     Ok(out)
 }
 
@@ -130,7 +133,11 @@ pub fn write_checkpoint(
     let all = list(&plan.dir)?;
     let excess = all.len().saturating_sub(plan.keep.max(1));
     for old in &all[..excess] {
-        std::fs::remove_file(&old.path).map_err(io(&old.path))?;
+        match std::fs::remove_file(&old.path) {
+            // Another checkpoint's thread trimmed it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other.map_err(io(&old.path))?,
+        }
     }
     metrics::counter!("bulwark_backups_total", "facility" => cp.store.facility().to_string())
         .increment(1);
@@ -308,8 +315,8 @@ pub fn pick_index(dir: &Path, index: u64) -> Result<Backup, BackupError> {
         })
 }
 
-/// The newest backup in `dir` taken at or before `at_unix_ms` (`None`:
-/// the newest of all).
+/// The newest backup in `dir` (the highest checkpoint index) taken at or
+/// before `at_unix_ms` (`None`: the newest of all).
 pub fn pick(dir: &Path, at_unix_ms: Option<u64>) -> Result<Backup, BackupError> {
     list(dir)?
         .into_iter()
@@ -369,6 +376,9 @@ pub fn restore(
         let dropped = raft.rewind_to(index)?;
         if let Some(reason) = fence {
             raft.set_fence(Some(&Fence::Refused(reason)))?;
+            // Another store than the one backed up (which may have gone on
+            // to take a replacement and vote under it).
+            raft.renew_store_id(rand::random())?;
         }
         (index, dropped)
     };

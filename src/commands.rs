@@ -708,8 +708,18 @@ pub enum MemberCmd {
         #[command(flatten)]
         target: Target,
     },
-    /// Make a replaced facility's learner a voter, once it has caught up,
-    /// and remove its old identity (joint consensus).
+    /// Add a configured facility that is in no Raft configuration yet (it
+    /// started with `initial_cluster_state = "existing"`) as a learner: it
+    /// reads locally and forwards writes until promoted.
+    Add {
+        /// The facility.
+        #[arg(long)]
+        facility: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make a replaced (or added) facility's learner a voter, once it has
+    /// caught up, and remove its old identity (joint consensus).
     Promote {
         /// The facility.
         #[arg(long)]
@@ -765,6 +775,10 @@ pub async fn member(cmd: MemberCmd) -> Result<ExitCode, String> {
         MemberCmd::List { target } => once(&target, "/v1/admin/members", None, members_table).await,
         MemberCmd::Replace { facility, target } => {
             let body = json!({ "facility": facility, "action": "replace" });
+            once(&target, "/v1/admin/members", Some(body), change).await
+        }
+        MemberCmd::Add { facility, target } => {
+            let body = json!({ "facility": facility, "action": "add" });
             once(&target, "/v1/admin/members", Some(body), change).await
         }
         MemberCmd::Promote { facility, target } => {

@@ -1181,6 +1181,14 @@ fn restore(
                 .into(),
         );
     }
+    if whole_cluster && index.is_none() && from.is_none() {
+        return Err(
+            "a whole-cluster restore needs --index N (or --from FILE): the same checkpoint on \
+             every facility (each facility's newest, or newest before --at, may differ, and \
+             facilities restored at different checkpoints would not agree on what is committed)"
+                .into(),
+        );
+    }
     let cfg = FacilityConfig::load(&config)?;
     let chosen = match (from, index) {
         (Some(p), _) => p,

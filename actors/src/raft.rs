@@ -345,6 +345,8 @@ pub enum RaftWire {
         /// The sender withholds its votes (a leader hands leadership to
         /// none such).
         fenced: bool,
+        /// The raft id the sender runs under (one of its incarnations).
+        id: u64,
     },
     /// The answer to a [`RaftWire::Probe`].
     ProbeAnswer {

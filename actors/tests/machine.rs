@@ -11,7 +11,8 @@
 //! The same harness shows the vote fence of a store created by this start
 //! (`RaftCore`'s module docs): a first start lifts it, a facility that
 //! starts late catches up and then votes, and a facility whose store was
-//! wiped is refused its vote for good while it still follows.
+//! wiped is refused its vote for good while it still follows, until a
+//! replacement gives it a new identity (twice over).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -413,6 +414,12 @@ impl Cluster {
                 Output::ReadReady { .. } | Output::Applied(_) => {}
             }
         }
+        // As the RaftPeer does: a replacement taken is run under a rebuilt
+        // core.
+        if core.wants_rebuild() {
+            self.cores.remove(from);
+            self.start(from);
+        }
     }
 
     /// One tick everywhere, then every message it causes, in order.
@@ -655,4 +662,79 @@ fn a_wiped_store_follows_but_never_votes_again() {
         c.cores[&f("charlie")].fence(),
         Some(Fence::Refused(_))
     ));
+}
+
+/// A store lost twice: each time the facility is fenced, `Replace` made
+/// for its new store gives it the next identity (fence lifted) and
+/// `Promote` a vote. The second time its new store first takes the
+/// identity the leader writes to (incarnation 1, which a store now gone
+/// ran), fenced, before its own replacement (incarnation 2). At the end
+/// it helps elect a leader with alpha down, and every store agrees.
+#[test]
+fn a_store_lost_twice_comes_back_each_time_under_a_new_identity() {
+    use bulwark_actors::raft::{Fence, MemberChange};
+    let mut c = Cluster::new();
+    elect(&mut c);
+    let mut id = 0;
+    let mut puts = |c: &mut Cluster, n: u64| {
+        for _ in 0..n {
+            let at = c.leader().unwrap();
+            c.put(&at, id);
+            id += 1;
+            c.tick();
+        }
+        settle(c);
+    };
+    puts(&mut c, 30);
+    let (leader, ch) = (c.leader().unwrap(), f("charlie"));
+    assert_ne!(leader, ch);
+    let change = |c: &mut Cluster, what: MemberChange| -> Result<u64, String> {
+        let l = c.leader().unwrap();
+        let r = c.cores.get_mut(&l).unwrap().change_member(&ch, what);
+        c.collect(&l);
+        r
+    };
+    let promote = |c: &mut Cluster| {
+        for _ in 0..100 {
+            if change(c, MemberChange::Promote).is_ok() {
+                settle(c);
+                return;
+            }
+            c.tick();
+        }
+        panic!("never promoted");
+    };
+    for (round, k) in [(1, 1u64), (2, 2)] {
+        c.wipe(&ch);
+        settle(&mut c);
+        assert!(
+            matches!(c.cores[&ch].fence(), Some(Fence::Refused(_))),
+            "round {round}: {:?}",
+            c.cores[&ch].fence()
+        );
+        if round == 2 {
+            // It took the identity the leader writes to, fenced.
+            assert_eq!(c.cores[&ch].incarnation(), 1);
+        }
+        change(&mut c, MemberChange::Replace).expect("the leader takes the replacement");
+        settle(&mut c);
+        assert_eq!(c.cores[&ch].incarnation(), k, "round {round}");
+        assert_eq!(c.cores[&ch].fence(), None, "round {round}");
+        promote(&mut c);
+        let view = c.cores[&c.leader().unwrap()].members_view();
+        let of_ch: Vec<_> = view.iter().filter(|m| m.facility == ch).collect();
+        assert_eq!(of_ch.len(), 1, "round {round}: {view:?}");
+        assert_eq!((of_ch[0].incarnation, of_ch[0].role.as_str()), (k, "voter"));
+        puts(&mut c, 10);
+    }
+    let views: Vec<_> = c.cores.values().map(|k| k.view().unwrap()).collect();
+    assert!(
+        views.iter().all(|v| *v == views[0]),
+        "charlie did not follow"
+    );
+    // With the leader down, charlie's vote elects the next one.
+    c.down.push(leader.clone());
+    settle(&mut c);
+    settle(&mut c);
+    assert!(c.leader().is_some(), "no leader without {leader}");
 }

@@ -845,3 +845,105 @@ async fn a_replaced_facility_returns_as_a_learner_then_a_voter() {
     assert_eq!(c.violations(), Vec::<String>::new());
     c.shutdown().await;
 }
+
+/// A network past seven sites: 20 facilities, 7 voters and 13 learners
+/// added one by one (`MemberChange::Add`; they started waiting to be
+/// added). A write sent to a learner is forwarded and commits; a
+/// linearizable read at a learner sees it; the learners never vote (the
+/// leader stays among the voters), and every learner applies the log.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn twenty_facilities_seven_voters_and_thirteen_learners_commit_and_read() {
+    use bulwark_actors::raft::{raft_peer, ClusterState, MemberChange, RaftMsg};
+    const N: usize = 20;
+    const VOTERS: usize = 7;
+    let ids: Vec<_> = (0..N).map(support::harness_id).collect();
+    let voters = ids[..VOTERS].to_vec();
+    let mut c = Cluster::start_custom(N, 21, support::configs_for(N, 21), move |i, mut s| {
+        s.initial_voters = Some(voters.clone());
+        if i >= VOTERS {
+            s.start = ClusterState::Existing;
+        }
+        s
+    })
+    .await;
+    let all: Vec<usize> = (0..N).collect();
+    let (leader, _, _) = c
+        .wait_leader(&all, 0, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(leader < VOTERS, "only a voter leads");
+    for j in VOTERS..N {
+        let peer = raft_peer(c.h.node(leader)).unwrap();
+        let facility = c.h.id(j);
+        let mut added = false;
+        for _ in 0..400 {
+            let f = facility.clone();
+            let taken = peer
+                .call(
+                    |reply| RaftMsg::ChangeMember {
+                        facility: f,
+                        change: MemberChange::Add,
+                        reply,
+                    },
+                    Some(support::CALL_TIMEOUT),
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            if taken.is_ok() {
+                added = true;
+                break;
+            }
+            // A change still in progress: the previous one is applying.
+            c.h.step(Duration::from_millis(5)).await;
+        }
+        assert!(added, "{} was never added", c.h.id(j));
+    }
+    // The last addition applies.
+    let mut roles = (0, 0);
+    for _ in 0..400 {
+        let members = raft_peer(c.h.node(leader))
+            .unwrap()
+            .call(RaftMsg::Members, Some(support::CALL_TIMEOUT))
+            .await
+            .unwrap()
+            .unwrap();
+        let count = |role: &str| members.iter().filter(|m| m.role == role).count();
+        roles = (count("voter"), count("learner"));
+        if roles == (VOTERS, N - VOTERS) {
+            break;
+        }
+        c.h.step(Duration::from_millis(5)).await;
+    }
+    assert_eq!(roles, (VOTERS, N - VOTERS));
+    c.seed_schedule(leader, 4, 10).await;
+    // A write through a learner is forwarded to the leader and commits.
+    let learner = N - 1;
+    let cmd = c.command(
+        learner,
+        Op::Assign {
+            person: person(2),
+            block: block(7),
+        },
+    );
+    committed(&c.propose(learner, cmd).await);
+    // A linearizable read at another learner sees it.
+    let on = c.read(VOTERS, |s| s.assignees(&block(7))).await.unwrap();
+    assert_eq!(on, vec![person(2)]);
+    // Every learner applies the log.
+    for j in VOTERS..N {
+        let mut seen = false;
+        for _ in 0..200 {
+            if c.local_read(j, |s| s.assignees(&block(7))).await == Some(vec![person(2)]) {
+                seen = true;
+                break;
+            }
+            c.h.step(Duration::from_millis(5)).await;
+        }
+        assert!(seen, "learner {j} never applied the write");
+    }
+    let (now, _) = c.leader().await.unwrap();
+    assert!(now < VOTERS, "a learner never leads");
+    assert_eq!(c.violations(), Vec::<String>::new());
+    c.shutdown().await;
+}

@@ -4,7 +4,9 @@
 //! adds bravo's next incarnation as a learner (how a facility whose store
 //! was lost comes back: docs/OPERATIONS.md), and `"action": "promote"`
 //! makes that learner a voter once it has caught up, removing the old
-//! identity. Any facility takes a change: a follower passes it to the
+//! identity; `"action": "add"` adds a configured facility that is in no
+//! Raft configuration yet (started with `initial_cluster_state =
+//! "existing"`) as a learner. Any facility takes a change: a follower passes it to the
 //! leader. `bulwark member list|replace|promote` drives them.
 
 use std::time::Duration;
@@ -64,7 +66,7 @@ pub struct MembersAnswer {
 pub struct ChangeBody {
     /// A configured facility.
     pub facility: String,
-    /// `replace` or `promote`.
+    /// `replace`, `add` or `promote`.
     #[schema(value_type = String)]
     pub action: MemberChange,
 }
@@ -104,15 +106,35 @@ async fn members_of(raft: &ractor::ActorRef<RaftMsg>) -> Result<MembersAnswer, A
     })
 }
 
-/// Whether `change` of `f` shows in `m`: a learner incarnation of it
-/// (replace); its newest incarnation the only voter of it, outside a joint
-/// configuration (promote).
-fn in_force(m: &MembersAnswer, f: &str, change: MemberChange) -> bool {
-    let of_f: Vec<&Member> = m.members.iter().filter(|x| x.facility == f).collect();
+/// Whether `change` of `f` shows in `m`, against `before` (the
+/// configuration when it was asked): a learner of a newer incarnation than
+/// any before (replace, add); the learner seen before now `f`'s only
+/// identity, a voter, outside a joint configuration (promote).
+fn in_force(before: &MembersAnswer, m: &MembersAnswer, f: &str, change: MemberChange) -> bool {
+    let of = |a: &MembersAnswer| -> Vec<Member> {
+        a.members
+            .iter()
+            .filter(|x| x.facility == f)
+            .cloned()
+            .collect()
+    };
+    let (was, now) = (of(before), of(m));
     match change {
-        MemberChange::Replace => of_f.iter().any(|x| x.role == "learner"),
+        MemberChange::Replace | MemberChange::Add => {
+            let top = was.iter().map(|x| x.incarnation).max();
+            now.iter()
+                .any(|x| x.role == "learner" && top.is_none_or(|t| x.incarnation > t))
+        }
         MemberChange::Promote => {
-            !m.joint && of_f.len() == 1 && of_f[0].role == "voter" && of_f[0].incarnation > 0
+            let Some(k) = was
+                .iter()
+                .filter(|x| x.role == "learner")
+                .map(|x| x.incarnation)
+                .max()
+            else {
+                return false;
+            };
+            !m.joint && now.len() == 1 && now[0].role == "voter" && now[0].incarnation == k
         }
     }
 }
@@ -167,6 +189,7 @@ pub(crate) async fn post_members(
         .find::<RaftMsg>(Zone::Consensus, RAFT)
         .ok_or_else(no_raft)?;
     tracing::warn!(facility = %f, ?action, "membership change asked by an operator");
+    let before = members_of(&raft).await?;
     let taken = ractor::call!(raft, |reply| RaftMsg::ChangeMember {
         facility: f.clone(),
         change: action,
@@ -189,7 +212,7 @@ pub(crate) async fn post_members(
     let until = tokio::time::Instant::now() + CHANGE_WAIT;
     loop {
         let members = members_of(&raft).await?;
-        let shown = in_force(&members, f.as_str(), action);
+        let shown = in_force(&before, &members, f.as_str(), action);
         if shown || tokio::time::Instant::now() >= until {
             let code = if shown {
                 StatusCode::OK

@@ -250,6 +250,10 @@ pub enum MemberChange {
     /// the leader's commit index, a voter, and remove its older voter
     /// identity in the same change (joint consensus).
     Promote,
+    /// Add a configured facility that is in no Raft configuration yet (it
+    /// started with `initial_cluster_state = "existing"`) as a learner: it
+    /// reads locally and forwards writes; `Promote` makes it a voter.
+    Add,
 }
 
 /// Chunks of the digest pass over an outgoing snapshot per tick.
@@ -398,20 +402,48 @@ impl<M: StateMachine> RaftCore<M> {
             // Joining with a store made by this start: it may be a lost one.
             rs.set_fence(Some(&Fence::UntilCommit(0)))?;
         }
-        // The identity: the newest incarnation of this facility the
-        // configuration names (a replacement added it), else the first.
-        let my_id = newest_id(&members, &incarnations, rs.conf_state(), &me)
-            .unwrap_or_else(|| raft_id(&me));
-        let before = rs.identity()?;
-        if before != Some(my_id) {
-            if let Some(old) = before {
-                tracing::warn!(
-                    incarnation = incarnations.get(&my_id).copied().unwrap_or(0),
-                    old, new = my_id,
-                    "running under a new Raft identity (a replacement): the old one's vote fence is lifted"
+        // The identity: the one this store recorded running under while the
+        // configuration still names it (or names none of this facility);
+        // else the newest the configuration names. The fence is never
+        // lifted here: only applying the replacement made for this very
+        // store lifts it (see `apply`).
+        let cs = rs.conf_state();
+        let named = |id: u64| {
+            cs.voters
+                .iter()
+                .chain(&cs.learners)
+                .chain(&cs.voters_outgoing)
+                .chain(&cs.learners_next)
+                .any(|x| *x == id)
+        };
+        let newest = newest_id(&members, &incarnations, cs, &me);
+        let recorded = rs.identity()?;
+        let inc = |id: u64| incarnations.get(&id).copied().unwrap_or(0);
+        let my_id = match (recorded, newest) {
+            // Still named, or newer than anything its configuration knows
+            // (taken from the leader's messages before the log caught up).
+            (Some(r), Some(n)) if named(r) || inc(r) > inc(n) => r,
+            (Some(r), None) => r,
+            (Some(r), Some(n)) => {
+                // The configuration moved on to an identity this store did
+                // not become itself (a backup or snapshot from before the
+                // switch, or a store of this facility that is gone): that
+                // identity may have voted from elsewhere.
+                let reason = format!(
+                    "{me}'s configuration names its Raft identity {n} (incarnation {}), which this \
+                     store did not become itself (it ran as {r}): that identity may have voted \
+                     from a store that is gone. It follows but never votes under it: replace it \
+                     (bulwark member replace --facility {me})",
+                    incarnations.get(&n).copied().unwrap_or(0)
                 );
+                tracing::error!("{reason}");
+                rs.set_fence(Some(&Fence::Refused(reason)))?;
+                n
             }
-            rs.set_identity(my_id, before.is_some())?;
+            (None, n) => n.unwrap_or_else(|| raft_id(&me)),
+        };
+        if recorded != Some(my_id) {
+            rs.set_identity(my_id, false)?;
         }
         let fence = rs.fence()?;
         let peers = rs.peer_stores()?;
@@ -540,7 +572,7 @@ impl<M: StateMachine> RaftCore<M> {
             let to = self.voters_by_progress().into_iter().next();
             if let Some(to) = to {
                 tracing::warn!(%to, "elected while recovering its replica; handing leadership over");
-                self.node.transfer_leader(self.id_of(&to));
+                self.node.transfer_leader(self.voter_id_of(&to));
             }
             return;
         }
@@ -667,11 +699,15 @@ impl<M: StateMachine> RaftCore<M> {
             return Ok(());
         }
         let fenced = self.fence.is_some();
-        let to: Vec<FacilityId> = self
+        let peers: std::collections::BTreeSet<FacilityId> = self
             .members
-            .iter()
-            .filter(|(id, f)| **f != self.me && (fenced || !self.answered.contains(id)))
-            .map(|(_, f)| f.clone())
+            .values()
+            .filter(|f| **f != self.me)
+            .cloned()
+            .collect();
+        let to: Vec<FacilityId> = peers
+            .into_iter()
+            .filter(|f| fenced || !self.answered.contains(&self.id_of(f)))
             .collect();
         if to.is_empty() {
             return Ok(());
@@ -686,6 +722,7 @@ impl<M: StateMachine> RaftCore<M> {
                     store: self.store_id,
                     last_index,
                     fenced,
+                    id: self.my_id,
                 },
             });
         }
@@ -697,7 +734,7 @@ impl<M: StateMachine> RaftCore<M> {
     /// whole probe interval passed (so a member that remembers this
     /// facility had its time to say so).
     fn maybe_first_start(&mut self) -> Result<(), RaftCoreError> {
-        let voters: Vec<u64> = self.voters().iter().map(raft_id).collect();
+        let voters: Vec<u64> = self.voters().iter().map(|f| self.id_of(f)).collect();
         let fresh = voters
             .iter()
             .filter(|v| **v == self.my_id || self.fresh_answers.contains(v))
@@ -808,18 +845,27 @@ impl<M: StateMachine> RaftCore<M> {
         store: u64,
         last_index: u64,
         fenced: bool,
+        id: u64,
     ) -> Result<(), RaftCoreError> {
-        let from_id = self.id_of(from);
+        // The identity it runs under (one of its own), else the newest the
+        // configuration names: a store that lost its log may run under an
+        // older one than the configuration's newest.
+        let from_id = if self.members.get(&id) == Some(from) {
+            id
+        } else {
+            self.id_of(from)
+        };
         if fenced {
             self.fenced_peers.insert(from_id);
         } else {
             self.fenced_peers.remove(&from_id);
         }
+        // Heard under any identity of this facility, from another store.
         let knew_you = self
             .peers
             .heard
             .iter()
-            .any(|(r, s)| *r == from_id && *s != store);
+            .any(|(r, s)| self.members.get(r) == Some(from) && *s != store);
         if self.peers.announced.get(&from_id) != Some(&store) {
             let mut peers = self.peers.clone();
             peers.announced.insert(from_id, store);
@@ -917,6 +963,12 @@ impl<M: StateMachine> RaftCore<M> {
                 // Any incarnation of the sender (a peer that has not yet
                 // applied its replacement), to this one of ours.
                 let from_id = w.from;
+                if self.members.get(&from_id) == Some(from)
+                    && w.to != self.my_id
+                    && self.members.get(&w.to) == Some(&self.me)
+                {
+                    return self.adopt_from_message(from, w.to);
+                }
                 if self.members.get(&from_id) != Some(from) || w.to != self.my_id {
                     tracing::warn!(%from, "raft message with forged from/to dropped");
                     return Ok(());
@@ -975,7 +1027,7 @@ impl<M: StateMachine> RaftCore<M> {
                 let voters = self.voters();
                 if self.is_leader() && voters.contains(from) && voters.contains(&to) {
                     tracing::info!(%from, %to, "leadership transfer passed on by a follower");
-                    self.node.transfer_leader(self.id_of(&to));
+                    self.node.transfer_leader(self.voter_id_of(&to));
                 }
             }
             RaftWire::ChangeMember { facility, change } => {
@@ -1002,7 +1054,8 @@ impl<M: StateMachine> RaftCore<M> {
                 store,
                 last_index,
                 fenced,
-            } => self.on_probe(from, store, last_index, fenced)?,
+                id,
+            } => self.on_probe(from, store, last_index, fenced, id)?,
             RaftWire::ProbeAnswer { commit, knew_you } => {
                 self.on_probe_answer(from, commit, knew_you)?
             }
@@ -1624,7 +1677,7 @@ impl<M: StateMachine> RaftCore<M> {
     /// [`RaftCore::on_ready`] sends the request.
     pub fn transfer_leader(&mut self, to: &FacilityId) {
         if self.is_leader() {
-            self.node.transfer_leader(self.id_of(to));
+            self.node.transfer_leader(self.voter_id_of(to));
         } else if let Some(leader) = self.leader() {
             // A follower passes it on (raft-rs's own forward would name
             // the target as sender).
@@ -1645,6 +1698,44 @@ impl<M: StateMachine> RaftCore<M> {
             f,
         )
         .unwrap_or_else(|| raft_id(f))
+    }
+
+    /// A message for another identity of this facility. A fenced store
+    /// (a new one, or one that lost its votes: its facility was replaced
+    /// before, under an identity this store never ran) takes on the newer
+    /// one the leader writes to, but vote-fenced for good: a store that is
+    /// gone ran it and may have voted. `bulwark member replace` then gives
+    /// it an identity of its own. A store that votes drops such messages
+    /// (a replacement made for it comes through its log).
+    fn adopt_from_message(&mut self, from: &FacilityId, to: u64) -> Result<(), RaftCoreError> {
+        let newer = self.incarnations.get(&to) > self.incarnations.get(&self.my_id);
+        if self.fence.is_none() || !newer || self.reincarnated {
+            tracing::debug!(%from, to, "a message for another identity of this facility dropped");
+            return Ok(());
+        }
+        let k = self.incarnations.get(&to).copied().unwrap_or(0);
+        let reason = format!(
+            "{from} writes to {}'s Raft identity {to} (incarnation {k}), which this new store \
+             never ran: a store of this facility that is gone did and may have voted. It follows \
+             but never votes under it: replace it (bulwark member replace --facility {})",
+            self.me, self.me
+        );
+        tracing::error!("{reason}");
+        self.node.store().set_identity(to, false)?;
+        self.set_fence(Some(Fence::Refused(reason)))?;
+        self.reincarnated = true;
+        Ok(())
+    }
+
+    /// The voter identity of `f` a leadership transfer goes to: its newest
+    /// one among the voters, else [`RaftCore::id_of`].
+    fn voter_id_of(&self, f: &FacilityId) -> u64 {
+        let cs = self.node.store().conf_state();
+        let voters = raft::eraftpb::ConfState {
+            voters: cs.voters.clone(),
+            ..Default::default()
+        };
+        newest_id(&self.members, &self.incarnations, &voters, f).unwrap_or_else(|| self.id_of(f))
     }
 
     /// True once an applied configuration names a newer incarnation of
@@ -1696,6 +1787,8 @@ impl<M: StateMachine> RaftCore<M> {
     /// - [`MemberChange::Replace`]: `f`'s next incarnation joins as a
     ///   learner (refused for the leader itself, and while any learner
     ///   waits for its promotion: one replacement at a time);
+    /// - [`MemberChange::Add`]: a configured facility in no configuration
+    ///   yet joins as a learner;
     /// - [`MemberChange::Promote`]: `f`'s learner incarnation, once its log
     ///   matches the commit index, becomes a voter and `f`'s older voter
     ///   identities leave, in one change (joint consensus, left by the
@@ -1727,6 +1820,7 @@ impl<M: StateMachine> RaftCore<M> {
             c.node_id = id;
             c
         };
+        let mut context = Vec::new();
         let (target, changes) = match change {
             MemberChange::Replace => {
                 if *f == self.me {
@@ -1734,11 +1828,27 @@ impl<M: StateMachine> RaftCore<M> {
                         "{f} leads: move leadership to another voter first (bulwark leader transfer)"
                     ));
                 }
+                if voters.is_empty() {
+                    return Err(format!(
+                        "{f} has no voter identity to replace (add it, or promote its learner)"
+                    ));
+                }
                 // One replacement at a time, cluster-wide: each leaves an
                 // old voter identity that no longer answers until its
                 // promotion, and two could leave no majority to promote
-                // either.
-                if let Some(l) = cs.learners.first() {
+                // either. (A learner whose facility holds no voter identity
+                // is an added one, not a replacement.)
+                let replacing = cs.learners.iter().find(|l| {
+                    let lf = self.members.get(*l);
+                    cs.voters.iter().any(|v| self.members.get(v) == lf)
+                });
+                // The same facility's waiting replacement is replaced in
+                // turn (made for a store it no longer runs, or one that
+                // caught up by a snapshot past it): it goes, the next comes.
+                let again = replacing
+                    .filter(|l| self.members.get(*l) == Some(f))
+                    .copied();
+                if let Some(l) = replacing.filter(|_| again.is_none()) {
                     let who = self
                         .members
                         .get(l)
@@ -1749,8 +1859,38 @@ impl<M: StateMachine> RaftCore<M> {
                         self.incarnations.get(l).copied().unwrap_or(0)
                     ));
                 }
+                // Without the old identity answering, the others must still
+                // make a majority of the voters, or the promotion could
+                // never commit.
+                let prs = self.node.raft.prs();
+                let live = cs
+                    .voters
+                    .iter()
+                    .filter(|v| self.members.get(*v) != Some(f))
+                    .filter(|v| **v == self.my_id || prs.get(**v).is_some_and(|p| p.recent_active))
+                    .count();
+                if 2 * live <= cs.voters.len() {
+                    return Err(format!(
+                        "only {live} of the {} voters besides {f} are reachable: its replacement \
+                         could never be promoted; bring them back first",
+                        cs.voters.len()
+                    ));
+                }
+                // Made for the store the facility runs now: the one it last
+                // announced (its probes), which alone takes the new identity.
+                let store = self
+                    .peers
+                    .announced
+                    .iter()
+                    .filter(|(id, _)| self.members.get(*id) == Some(f))
+                    .max_by_key(|(id, _)| self.incarnations.get(*id).copied().unwrap_or(0))
+                    .map(|(_, s)| *s)
+                    .ok_or_else(|| {
+                        format!("{f} has not announced its store to this leader yet: try again")
+                    })?;
                 let next = voters
                     .iter()
+                    .chain(again.iter())
                     .map(|id| self.incarnations[id])
                     .max()
                     .map_or(0, |k| k + 1);
@@ -1758,6 +1898,28 @@ impl<M: StateMachine> RaftCore<M> {
                     return Err(format!("{f} has used all {INCARNATIONS_MAX} incarnations"));
                 }
                 let id = raft_id_at(f, next);
+                let mut changes = vec![single(id, ConfChangeType::AddLearnerNode)];
+                if let Some(old) = again {
+                    changes.push(single(old, ConfChangeType::RemoveNode));
+                }
+                context = store.to_le_bytes().to_vec();
+                (id, changes)
+            }
+            MemberChange::Add => {
+                let named = cs
+                    .voters
+                    .iter()
+                    .chain(&cs.learners)
+                    .chain(&cs.voters_outgoing)
+                    .chain(&cs.learners_next)
+                    .any(|id| self.members.get(id) == Some(f));
+                if named {
+                    return Err(format!(
+                        "{f} is in the configuration already (replace it, or promote its learner)"
+                    ));
+                }
+                // Never a member (removal is not built): its first identity.
+                let id = raft_id_at(f, 0);
                 (id, vec![single(id, ConfChangeType::AddLearnerNode)])
             }
             MemberChange::Promote => {
@@ -1785,6 +1947,7 @@ impl<M: StateMachine> RaftCore<M> {
         let mut cc = ConfChangeV2::default();
         cc.set_changes(changes.into());
         cc.set_transition(ConfChangeTransition::Auto);
+        cc.context = context.into();
         self.node
             .propose_conf_change(Vec::new(), cc)
             .map_err(|e| format!("refused: {e}"))?;
@@ -2042,7 +2205,10 @@ impl<M: StateMachine> RaftCore<M> {
             show: self.emit_applied,
         };
         let (node, snapshot_due) = (&mut self.node, &mut self.snapshot_due);
+        let (members, incarnations, me) = (&self.members, &self.incarnations, &self.me);
+        let (my_id, store_id) = (self.my_id, self.store_id);
         let mut conf = None;
+        let mut adopted = None;
         let mut on_conf = |tx: &redb::WriteTransaction,
                            e: &raft::eraftpb::Entry|
          -> Result<(), RaftCoreError> {
@@ -2051,6 +2217,27 @@ impl<M: StateMachine> RaftCore<M> {
             })?;
             let cs = node.apply_conf_change(&cc)?;
             node.store().stage_conf_state(tx, &cs)?;
+            // A replacement made for this very store (its context names the
+            // store id the leader heard from it): its new identity never
+            // voted, so the old one's fence goes with it, in this commit.
+            // (At this store's own identity too: it may have taken it,
+            // fenced, from the leader's messages before applying this.)
+            let mine = cc.get_changes().iter().find(|c| {
+                c.get_change_type() == ConfChangeType::AddLearnerNode
+                    && members.get(&c.node_id) == Some(me)
+                    && incarnations.get(&c.node_id) >= incarnations.get(&my_id)
+            });
+            if let Some(c) = mine {
+                if cc.context.as_ref() == store_id.to_le_bytes().as_slice() {
+                    node.store().stage_identity(tx, c.node_id, true)?;
+                    adopted = Some(c.node_id);
+                } else {
+                    tracing::warn!(
+                        index = e.index,
+                        "a replacement of this facility made for another store: not taken"
+                    );
+                }
+            }
             conf = Some(cs);
             *snapshot_due = true;
             Ok(())
@@ -2065,16 +2252,13 @@ impl<M: StateMachine> RaftCore<M> {
         );
         if let Some(cs) = conf {
             self.node.mut_store().note_conf_state(&cs);
-            if let Some(id) = newest_id(&self.members, &self.incarnations, &cs, &self.me) {
-                if self.incarnations.get(&id) > self.incarnations.get(&self.my_id) {
-                    tracing::warn!(
-                        incarnation = self.incarnations[&id],
-                        "the configuration names a new incarnation of this facility: \
-                         rebuilding under it"
-                    );
-                    self.reincarnated = true;
-                }
-            }
+        }
+        if let Some(id) = adopted {
+            tracing::warn!(
+                incarnation = self.incarnations[&id],
+                "replaced: rebuilding under the new Raft identity (its vote fence lifted)"
+            );
+            self.reincarnated = true;
         }
         for (e, d) in entries.iter().zip(decided) {
             self.answer(e.index, &d);

@@ -275,13 +275,26 @@ impl RaftStore {
         self.get_meta(KEY_IDENTITY)
     }
 
-    /// Durably records the raft id this store runs under, and lifts the
-    /// vote fence in the same commit when it is another than before (a
-    /// fence belongs to the identity it was set for: a new incarnation
-    /// never voted).
+    /// Durably records the raft id this store runs under; with
+    /// `lift_fence`, lifts the vote fence in the same commit (a fence
+    /// belongs to the identity it was set for: a new incarnation made for
+    /// this store never voted).
     pub fn set_identity(&self, id: u64, lift_fence: bool) -> Result<(), StorageError> {
         let s = &self.store;
         let tx = s.begin_write()?;
+        self.stage_identity(&tx, id, lift_fence)?;
+        tx.commit().map_err(|e| s.redb(e))
+    }
+
+    /// As [`RaftStore::set_identity`], in `tx` (the apply transaction of
+    /// the configuration change that made it).
+    pub fn stage_identity(
+        &self,
+        tx: &redb::WriteTransaction,
+        id: u64,
+        lift_fence: bool,
+    ) -> Result<(), StorageError> {
+        let s = &self.store;
         {
             let mut meta = tx.open_table(RAFT_META).map_err(|e| s.redb(e))?;
             let bytes =
@@ -292,7 +305,7 @@ impl RaftStore {
                 meta.remove(KEY_FENCE).map_err(|e| s.redb(e))?;
             }
         }
-        tx.commit().map_err(|e| s.redb(e))
+        Ok(())
     }
 
     /// What this facility knows of its peers' stores.
@@ -309,6 +322,14 @@ impl RaftStore {
         let id = draw();
         self.put_meta(KEY_STORE_ID, Some(&id))?;
         Ok(id)
+    }
+
+    /// Durably gives this store a new id: a copy put in place of a store
+    /// (a backup restored into a running cluster) is another store, and
+    /// must not pass for the one its peers heard, nor take a replacement
+    /// made for it.
+    pub fn renew_store_id(&self, id: u64) -> Result<(), StorageError> {
+        self.put_meta(KEY_STORE_ID, Some(&id))
     }
 
     /// Durably records `peers`.

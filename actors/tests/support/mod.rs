@@ -538,12 +538,15 @@ pub fn sim_seeds(default_n: u64) -> std::ops::Range<u64> {
     first..first + n
 }
 
+/// Facility `i`'s id in the harness (its names, then `f<i>`).
 pub fn harness_id(i: usize) -> FacilityId {
     [
         "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf",
-    ][i]
-        .parse()
-        .unwrap()
+    ]
+    .get(i)
+    .map_or_else(|| format!("f{i}"), |n| n.to_string())
+    .parse()
+    .unwrap()
 }
 
 pub fn person(i: usize) -> PersonId {
