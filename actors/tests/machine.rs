@@ -716,7 +716,19 @@ fn a_store_lost_twice_comes_back_each_time_under_a_new_identity() {
             // It took the identity the leader writes to, fenced.
             assert_eq!(c.cores[&ch].incarnation(), 1);
         }
-        change(&mut c, MemberChange::Replace).expect("the leader takes the replacement");
+        // Taken once its store holds the log (asked again meanwhile).
+        let mut taken = false;
+        for _ in 0..200 {
+            if change(&mut c, MemberChange::Replace).is_ok() {
+                taken = true;
+                break;
+            }
+            c.tick();
+        }
+        assert!(
+            taken,
+            "round {round}: the leader never took the replacement"
+        );
         settle(&mut c);
         assert_eq!(c.cores[&ch].incarnation(), k, "round {round}");
         assert_eq!(c.cores[&ch].fence(), None, "round {round}");

@@ -963,11 +963,23 @@ impl<M: StateMachine> RaftCore<M> {
                 // Any incarnation of the sender (a peer that has not yet
                 // applied its replacement), to this one of ours.
                 let from_id = w.from;
+                // Only what a leader sends (appends, heartbeats, snapshots)
+                // names the identity this facility now has.
+                let from_leader = [
+                    MessageType::MsgAppend,
+                    MessageType::MsgHeartbeat,
+                    MessageType::MsgSnapshot,
+                ]
+                .iter()
+                .any(|t| *t as u8 == w.msg_type);
                 if self.members.get(&from_id) == Some(from)
                     && w.to != self.my_id
                     && self.members.get(&w.to) == Some(&self.me)
                 {
-                    return self.adopt_from_message(from, w.to);
+                    if from_leader && w.term >= self.term() {
+                        return self.adopt_from_message(from, w.to);
+                    }
+                    return Ok(());
                 }
                 if self.members.get(&from_id) != Some(from) || w.to != self.my_id {
                     tracing::warn!(%from, "raft message with forged from/to dropped");
@@ -1721,8 +1733,10 @@ impl<M: StateMachine> RaftCore<M> {
             self.me, self.me
         );
         tracing::error!("{reason}");
-        self.node.store().set_identity(to, false)?;
+        // The fence first: a crash between the two leaves it fenced under
+        // its old identity.
         self.set_fence(Some(Fence::Refused(reason)))?;
+        self.node.store().set_identity(to, false)?;
         self.reincarnated = true;
         Ok(())
     }
@@ -1876,6 +1890,23 @@ impl<M: StateMachine> RaftCore<M> {
                         cs.voters.len()
                     ));
                 }
+                // Its store must hold the log through the commit index, so
+                // that it applies the change from its log (the leader
+                // compacts right after a configuration change: a store
+                // behind would get a snapshot past it and never take it).
+                let behind = voters
+                    .iter()
+                    .chain(again.iter())
+                    .map(|id| prs.get(*id).map_or(0, |p| p.matched))
+                    .max()
+                    .unwrap_or(0);
+                if behind < self.commit_index() {
+                    return Err(format!(
+                        "{f} has not caught up yet: its log matches through {behind}, the commit \
+                         index is {}; wait (bulwark member list shows it)",
+                        self.commit_index()
+                    ));
+                }
                 // Made for the store the facility runs now: the one it last
                 // announced (its probes), which alone takes the new identity.
                 let store = self
@@ -1932,6 +1963,18 @@ impl<M: StateMachine> RaftCore<M> {
                     return Err(format!(
                         "{f}'s incarnation {} has not caught up: its log matches through \
                          {matched}, the commit index is {commit}",
+                        self.incarnations[&id]
+                    ));
+                }
+                // Its store must have taken it (and so lifted its fence):
+                // it has probed under it, unfenced. A store that caught up
+                // past the change by snapshot, or another store, runs it
+                // fenced: a voter that never votes.
+                if !self.peers.announced.contains_key(&id) || self.fenced_peers.contains(&id) {
+                    return Err(format!(
+                        "{f}'s incarnation {} has not been taken by its store yet, or runs \
+                         vote-fenced (it caught up past the change by snapshot, or its store \
+                         changed): wait, or replace it again",
                         self.incarnations[&id]
                     ));
                 }
