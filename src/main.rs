@@ -1112,8 +1112,10 @@ async fn backup(
     }
     let scheme = match &cfg.api.tls {
         Some(tls) => {
+            // Exactly the facility's own certificate (pinned: it may be
+            // signed by the cluster's CA, which the config does not name).
             if api.ca.is_none() && api.pin.is_none() {
-                api.ca = Some(tls.cert.clone());
+                api.pin = Some(bulwark::http::serve::pin_of(&tls.cert)?);
             }
             "https"
         }

@@ -813,8 +813,9 @@ impl<M: StateMachine> RaftCore<M> {
             let reason = format!(
                 "{from} had heard from {} under another store: its votes and Raft log were \
                  lost (a wiped or replaced data directory). It follows the leader but never \
-                 votes again under this identity (docs/OPERATIONS.md, \"A facility's store was lost\")",
-                self.me
+                 votes again under this identity: run bulwark member replace --facility {}, \
+                 then promote (docs/OPERATIONS.md, \"A facility's store was lost\")",
+                self.me, self.me
             );
             tracing::error!(%from, "{reason}");
             return self.set_fence(Some(Fence::Refused(reason)));
@@ -1727,12 +1728,13 @@ impl<M: StateMachine> RaftCore<M> {
         }
         let k = self.incarnations.get(&to).copied().unwrap_or(0);
         let reason = format!(
-            "{from} writes to {}'s Raft identity {to} (incarnation {k}), which this new store \
-             never ran: a store of this facility that is gone did and may have voted. It follows \
-             but never votes under it: replace it (bulwark member replace --facility {})",
+            "{from} writes to {}'s Raft identity {to} (incarnation {k}), which this store does \
+             not run yet: it takes it vote-fenced. If the replacement was made for this store, \
+             applying it lifts the fence; if not (another store of this facility ran it and may \
+             have voted), replace it: bulwark member replace --facility {}",
             self.me, self.me
         );
-        tracing::error!("{reason}");
+        tracing::warn!("{reason}");
         // The fence first: a crash between the two leaves it fenced under
         // its old identity.
         self.set_fence(Some(Fence::Refused(reason)))?;
