@@ -143,6 +143,14 @@ impl Invariant {
     }
 }
 
+/// The replica's scalars as `tx` reads them from `sched_meta` (not through
+/// the replica's code).
+fn replica_meta(tx: &redb::ReadTransaction) -> Option<ReplicaMeta> {
+    let t = tx.open_table(SCHED_META).ok()?;
+    let v = t.get(b"meta".as_slice()).ok()??;
+    codec::decode::<ReplicaMeta>(v.value()).ok()
+}
+
 /// A checkpoint backup as read: (facility, checkpoint index, applied
 /// index, `(block, person)` assignments).
 type CheckpointSeen = (FacilityId, u64, u64, Vec<(String, String)>);
@@ -391,17 +399,7 @@ impl RaftObserver {
     /// index and who is on which block. Judged against the reference model
     /// at that index, now or once the model gets there.
     pub fn on_checkpoint(&mut self, f: &FacilityId, index: u64, source: &redb::ReadTransaction) {
-        let applied = source
-            .open_table(SCHED_META)
-            .ok()
-            .and_then(|t| {
-                t.get(b"meta".as_slice())
-                    .ok()
-                    .flatten()
-                    .map(|v| v.value().to_vec())
-            })
-            .and_then(|b| codec::decode::<ReplicaMeta>(&b).ok())
-            .map_or(0, |m| m.applied);
+        let applied = replica_meta(source).map_or(0, |m| m.applied);
         let mut assigned = Vec::new();
         if let Ok(t) = source.open_table(SCHED_ASSIGN) {
             if let Ok(rows) = t.iter() {
@@ -473,17 +471,7 @@ impl RaftObserver {
         };
         // A snapshot whose rows the replica installed covers its entries
         // even before raft-rs records it (or when raft-rs refuses it).
-        let installed = tx
-            .open_table(SCHED_META)
-            .ok()
-            .and_then(|t| {
-                t.get(b"meta".as_slice())
-                    .ok()
-                    .flatten()
-                    .map(|v| v.value().to_vec())
-            })
-            .and_then(|b| codec::decode::<ReplicaMeta>(&b).ok())
-            .map_or(0, |m| m.installed);
+        let installed = replica_meta(&tx).map_or(0, |m| m.installed);
         Some(raft.max(installed))
     }
 

@@ -1019,19 +1019,7 @@ async fn ready<M: StateMachine>(
             // A replacement named a newer incarnation of this facility:
             // what waits here is answered (the new core knows nothing of
             // it) and the core is opened again under it.
-            flush_outputs(st);
-            for (_, reply) in std::mem::take(&mut st.proposals) {
-                let _ = reply.send(ProposeOutcome::TimedOut);
-            }
-            for (_, reply) in std::mem::take(&mut st.reads) {
-                let _ = reply.send(ReadOutcome::TimedOut);
-            }
-            let guarded = std::mem::take(&mut st.guarded_proposals)
-                .into_values()
-                .chain(std::mem::take(&mut st.guarded_reads).into_values());
-            for g in guarded.collect::<Vec<_>>() {
-                st.settle(g, BreakerOutcome::Ignored);
-            }
+            drop_waiting(st);
             rebuild(myself, st).await
         }
         Ok(()) => Ok(()),
@@ -1052,6 +1040,14 @@ fn fence<M: StateMachine>(st: &mut RaftPeerState<M>, err: &RaftCoreError) {
     metrics::counter!("bulwark_raft_fenced_total", "facility" => st.ctx.facility.to_string())
         .increment(1);
     st.fenced = true;
+    drop_waiting(st);
+}
+
+/// Before the core is rebuilt: what it output is carried out, and
+/// everything still waiting answers `TimedOut` (the rebuilt core knows
+/// nothing of it). Breakers count nothing: the cause is this facility's,
+/// not the leader's.
+fn drop_waiting<M: StateMachine>(st: &mut RaftPeerState<M>) {
     flush_outputs(st);
     for (_, reply) in std::mem::take(&mut st.proposals) {
         let _ = reply.send(ProposeOutcome::TimedOut);
@@ -1059,7 +1055,6 @@ fn fence<M: StateMachine>(st: &mut RaftPeerState<M>, err: &RaftCoreError) {
     for (_, reply) in std::mem::take(&mut st.reads) {
         let _ = reply.send(ReadOutcome::TimedOut);
     }
-    // Our own disk, not the leader: nothing to count against it.
     let guarded = std::mem::take(&mut st.guarded_proposals)
         .into_values()
         .chain(std::mem::take(&mut st.guarded_reads).into_values());
