@@ -788,6 +788,124 @@ pub async fn member(cmd: MemberCmd) -> Result<ExitCode, String> {
     }
 }
 
+/// `bulwark validator`.
+#[derive(clap::Subcommand, Debug)]
+pub enum ValidatorCmd {
+    /// The validator epochs the facility asked knows: each set, the first
+    /// height it certifies and its quorum.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Add a facility to the validator set with its vote key (`bulwark
+    /// keygen` prints it). The set in force certifies the change; the new
+    /// set certifies every later height.
+    Add {
+        /// The facility.
+        #[arg(long)]
+        facility: String,
+        /// Its vote key, `ed25519:<64 hex digits>`.
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Rotate a facility's vote key. With `--config`, the facility's own
+    /// `vote_key_next` (which it already holds: it signs with it from the
+    /// new epoch on) is read from its config; else give `--key`.
+    Rotate {
+        /// The facility.
+        #[arg(long)]
+        facility: String,
+        /// The new key, `ed25519:<64 hex digits>`.
+        #[arg(long, conflicts_with = "config")]
+        key: Option<String>,
+        /// The facility's config: its `facility.vote_key_next` is the new key.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Remove a facility from the validator set (before removing it from
+    /// the cluster for good, docs/OPERATIONS.md).
+    Remove {
+        /// The facility.
+        #[arg(long)]
+        facility: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+}
+
+fn epochs_table(v: &Value) -> String {
+    let mut out = format!("validator epochs as known at {}\n", str_of(&v["facility"]));
+    for e in v["epochs"].as_array().into_iter().flatten() {
+        out += &format!(
+            "epoch {} from height {} (quorum {}):\n",
+            str_of(&e["epoch"]),
+            str_of(&e["from_height"]),
+            str_of(&e["quorum"])
+        );
+        for s in e["signers"].as_array().into_iter().flatten() {
+            out += &format!("  {:<16} {}\n", str_of(&s["facility"]), str_of(&s["key"]));
+        }
+    }
+    out
+}
+
+/// `bulwark validator`.
+pub async fn validator(cmd: ValidatorCmd) -> Result<ExitCode, String> {
+    match cmd {
+        ValidatorCmd::List { target } => {
+            once(&target, "/v1/admin/validators", None, epochs_table).await
+        }
+        ValidatorCmd::Add {
+            facility,
+            key,
+            write: w,
+        } => {
+            let body = json!({ "facility": facility, "key": key });
+            write(&w, "/v1/admin/validators", body).await
+        }
+        ValidatorCmd::Rotate {
+            facility,
+            key,
+            config,
+            write: w,
+        } => {
+            let key = match (key, config) {
+                (Some(k), _) => k,
+                (None, Some(c)) => {
+                    let cfg = crate::config::FacilityConfig::load(&c).map_err(|e| e.to_string())?;
+                    if cfg.facility.id.as_str() != facility {
+                        return Err(format!(
+                            "{} is {}'s config, not {facility}'s",
+                            c.display(),
+                            cfg.facility.id
+                        ));
+                    }
+                    let held = cfg.keyring().map_err(|e| e.to_string())?.held();
+                    let next = held.get(1).ok_or_else(|| {
+                        format!(
+                            "{}: no facility.vote_key_next; write one with bulwark keygen, \
+                             set it, restart the facility, then rotate",
+                            c.display()
+                        )
+                    })?;
+                    bulwark_actors::keys::format_public(next)
+                }
+                (None, None) => return Err("give --key or --config".into()),
+            };
+            let body = json!({ "facility": facility, "key": key });
+            write(&w, "/v1/admin/validators", body).await
+        }
+        ValidatorCmd::Remove { facility, write: w } => {
+            let body = json!({ "facility": facility, "remove": true });
+            write(&w, "/v1/admin/validators", body).await
+        }
+    }
+}
+
 /// `bulwark leader`.
 #[derive(clap::Subcommand, Debug)]
 pub enum LeaderCmd {

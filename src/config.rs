@@ -13,7 +13,7 @@ use bulwark_runtime::SupervisionConfig;
 use bulwark_transport::identity::Pin;
 use bulwark_transport::FacilityId;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -318,6 +318,15 @@ pub struct ConsensusSection {
     pub slow_write_ms: u64,
     /// Consecutive slow writes that make the disk slow.
     pub slow_writes_to_yield: u32,
+    /// The genesis validator set: facility id -> `ed25519:<64 hex>`, the
+    /// vote keys that certified the cluster's first heights (later sets
+    /// are ledger entries: `bulwark validator`). Empty: this facility's own
+    /// key and the `[[peer]]` vote keys, which is right for the facilities
+    /// a cluster started with as long as no key was rotated. `bulwark init`
+    /// writes it; a facility that joins later, or whose key was rotated,
+    /// needs it (`bulwark validator list` prints it).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub genesis_vote_keys: BTreeMap<String, String>,
 }
 
 impl Default for ConsensusSection {
@@ -334,6 +343,7 @@ impl Default for ConsensusSection {
             proposal_timeout_ticks: r.proposal_timeout_ticks,
             slow_write_ms: r.slow_write_ms,
             slow_writes_to_yield: r.slow_writes_to_yield,
+            genesis_vote_keys: BTreeMap::new(),
         }
     }
 }
@@ -376,6 +386,11 @@ pub struct FacilitySection {
     /// The vote-signing secret key (64 hex digits), written by `bulwark
     /// keygen` as `vote.key`. Separate from the TLS key (docs/DECISIONS.md).
     pub vote_key: PathBuf,
+    /// The vote key this facility rotates to (`bulwark keygen` writes
+    /// one): held beside `vote_key`, it signs from the epoch in which
+    /// `bulwark validator rotate` made it this facility's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vote_key_next: Option<PathBuf>,
     /// The cluster's id, 32 hex digits (`bulwark init` draws one and writes
     /// it into every facility's config). Without it, the id is derived from
     /// the members' ids and certificate pins as this config lists them: the
@@ -538,8 +553,51 @@ impl FacilityConfig {
             message,
         };
         let secret = keys::parse_secret(&text).map_err(|e| invalid(e.to_string()))?;
-        let public = self.public_keys(&secret.verifying_key());
-        Keyring::new(self.facility.id.clone(), secret, public).map_err(|e| invalid(e.to_string()))
+        let mut secrets = vec![secret];
+        if let Some(next) = &self.facility.vote_key_next {
+            let text = std::fs::read_to_string(next).map_err(|source| ConfigError::Read {
+                path: next.clone(),
+                source,
+            })?;
+            let k = keys::parse_secret(&text).map_err(|e| ConfigError::Invalid {
+                path: next.clone(),
+                key: "facility.vote_key_next".into(),
+                message: e.to_string(),
+            })?;
+            secrets.push(k);
+        }
+        if self.consensus.genesis_vote_keys.is_empty() {
+            // The configured set: the own key must be the one listed.
+            let public = self.public_keys(&secrets[0].verifying_key());
+            let ring = Keyring::new(self.facility.id.clone(), secrets.remove(0), public)
+                .map_err(|e| invalid(e.to_string()))?;
+            return Ok(secrets.into_iter().fold(ring, |r, k| r.and_next(k)));
+        }
+        Ok(Keyring::holding(
+            self.facility.id.clone(),
+            secrets,
+            self.genesis_keys(),
+        ))
+    }
+
+    /// The genesis validator set's public keys:
+    /// `consensus.genesis_vote_keys`, or this facility's own key and the
+    /// `[[peer]]` vote keys (`own`: its public key) when that is empty.
+    pub fn genesis_public(&self, own: &ed25519_dalek::VerifyingKey) -> PublicKeys {
+        if self.consensus.genesis_vote_keys.is_empty() {
+            self.public_keys(own)
+        } else {
+            self.genesis_keys()
+        }
+    }
+
+    fn genesis_keys(&self) -> PublicKeys {
+        PublicKeys::new(self.consensus.genesis_vote_keys.iter().map(|(id, k)| {
+            (
+                id.parse().expect("validated at load"),
+                keys::parse_public(k).expect("validated at load"),
+            )
+        }))
     }
 
     /// Reads, parses and validates `path` with the process environment's
@@ -561,6 +619,7 @@ impl FacilityConfig {
             &mut cfg.facility.vote_key,
         ]
         .into_iter()
+        .chain(cfg.facility.vote_key_next.as_mut())
         .chain(backup_dir.as_mut())
         .chain(
             cfg.api
@@ -679,6 +738,20 @@ impl FacilityConfig {
             }
             keys::parse_public(&p.vote_key)
                 .map_err(|e| invalid(&format!("peer[{i}].vote_key"), e.to_string()))?;
+        }
+        if self.consensus.genesis_vote_keys.len() > bulwark_actors::ledger::SIGNERS_MAX {
+            return Err(invalid(
+                "consensus.genesis_vote_keys",
+                format!("at most {}", bulwark_actors::ledger::SIGNERS_MAX),
+            ));
+        }
+        for (id, k) in &self.consensus.genesis_vote_keys {
+            id.parse::<FacilityId>().map_err(|e| {
+                invalid(&format!("consensus.genesis_vote_keys.{id}"), e.to_string())
+            })?;
+            keys::parse_public(k).map_err(|e| {
+                invalid(&format!("consensus.genesis_vote_keys.{id}"), e.to_string())
+            })?;
         }
         self.consensus
             .raft_config()

@@ -149,6 +149,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: bulwark::commands::MemberCmd,
     },
+    /// The validator set: list its epochs, add a facility, rotate a vote
+    /// key, remove a facility (each a ledger entry).
+    Validator {
+        #[command(subcommand)]
+        cmd: bulwark::commands::ValidatorCmd,
+    },
     /// Evidence of misbehaviour the facility's validator recorded.
     Evidence {
         #[command(flatten)]
@@ -391,6 +397,7 @@ fn main() -> ExitCode {
             Cmd::Review { cmd } => return Ok(bulwark::commands::review(cmd).await?),
             Cmd::Leader { cmd } => return Ok(bulwark::commands::leader(cmd).await?),
             Cmd::Member { cmd } => return Ok(bulwark::commands::member(cmd).await?),
+            Cmd::Validator { cmd } => return Ok(bulwark::commands::validator(cmd).await?),
             Cmd::Evidence { target } => return Ok(bulwark::commands::evidence(target).await?),
             Cmd::Status { url, api } => status(url, api).await,
             Cmd::Import {
@@ -771,13 +778,25 @@ fn ledger_verify(db: PathBuf, config: Option<PathBuf>, keys: Option<PathBuf>) ->
         (Some(c), None) => FacilityConfig::load(&c)?.keyring()?.public().clone(),
         (None, None) => return Err("give --keys FILE or --config FILE".into()),
     };
-    match bulwark_actors::bft::verify_file(&db, &public) {
+    let genesis = bulwark_actors::epoch::ValidatorSet::genesis(public);
+    match bulwark_actors::bft::verify_file(&db, &genesis) {
         Ok(report) => {
             let head: String = report.head.iter().map(|b| format!("{b:02x}")).collect();
             println!(
                 "ok: {} final entries, every link, certificate and signature verified; head {head}",
                 report.entries
             );
+            for e in &report.epochs {
+                let who: Vec<String> = e.keys().facilities().map(|f| f.to_string()).collect();
+                println!(
+                    "epoch {} from height {}: {} signers ({}), quorum {}",
+                    e.number,
+                    e.from_height,
+                    e.keys().len(),
+                    who.join(", "),
+                    bulwark_actors::ledger::quorum(e.keys().len())
+                );
+            }
             Ok(())
         }
         Err(e) => Err(e.into()),

@@ -268,12 +268,18 @@ async fn entries_become_final_over_quic_and_every_stored_ledger_verifies() {
     for path in &files {
         // The stopped node's last actor states release the file shortly
         // after `stop` returns; redb's lock says when.
-        let mut report = bulwark_actors::bft::verify_file(path, &public);
+        let mut report = bulwark_actors::bft::verify_file(
+            path,
+            &bulwark_actors::epoch::ValidatorSet::genesis(public.clone()),
+        );
         for _ in 0..100 {
             match &report {
                 Err(bulwark_actors::bft::VerifyError::Open(m)) if m.contains("lock") => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    report = bulwark_actors::bft::verify_file(path, &public);
+                    report = bulwark_actors::bft::verify_file(
+                        path,
+                        &bulwark_actors::epoch::ValidatorSet::genesis(public.clone()),
+                    );
                 }
                 _ => break,
             }

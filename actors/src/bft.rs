@@ -762,7 +762,7 @@ fn writes(outputs: &[Output]) -> bool {
     outputs.iter().any(|o| match o {
         Output::PersistVotes(v) => !v.is_empty(),
         Output::Final(f) => !f.is_empty(),
-        Output::Evidence(_) | Output::Drills(_) => true,
+        Output::Evidence(_) | Output::Drills(_) | Output::Epoch(_) => true,
         Output::Send { .. } | Output::ServeFinals { .. } => false,
     })
 }
@@ -805,9 +805,11 @@ fn carry_out(st: &mut BftState) -> Result<(), bulwark_storage::StorageError> {
     let mut finals = Vec::new();
     let mut evidence = Vec::new();
     let mut drills = None;
+    let mut epochs = false;
     let mut sends = Vec::new();
     for out in outputs {
         match out {
+            Output::Epoch(_) => epochs = true,
             Output::PersistVotes(v) => votes.extend(v),
             Output::Final(f) => finals.extend(f),
             Output::Evidence(e) => evidence.push(e),
@@ -819,6 +821,17 @@ fn carry_out(st: &mut BftState) -> Result<(), bulwark_storage::StorageError> {
     // it covers is written.
     if let Some(d) = drills {
         st.store.put_drills(&d)?;
+    }
+    // Rare too (one per validator change): every epoch after genesis.
+    if epochs {
+        let all: Vec<_> = st
+            .core
+            .epochs()
+            .iter()
+            .skip(1)
+            .map(|e| (**e).clone())
+            .collect();
+        st.store.put_epochs(&all)?;
     }
     if crate::plant::active(crate::plant::Bug::VoteNotDurable) {
         send_all(st, std::mem::take(&mut sends))?;

@@ -64,7 +64,8 @@ pub fn mode_of(op: &Op, emergency: bool) -> Mode {
         | Op::Archive { .. }
         | Op::DropNamespace { .. }
         | Op::Drill { .. }
-        | Op::Checkpoint => Mode::Cp,
+        | Op::Checkpoint
+        | Op::Validator(_) => Mode::Cp,
     }
 }
 

@@ -73,6 +73,9 @@ pub struct ChainHead {
     recent: VecDeque<Hash>,
     /// Each proposer's latest admitted timestamp.
     last_at: BTreeMap<FacilityId, u64>,
+    /// The validator sets in force (see `crate::epoch`).
+    #[serde(default)]
+    in_force: crate::epoch::InForce,
 }
 
 impl ChainHead {
@@ -105,12 +108,23 @@ impl ChainHead {
         height: u64,
         recent: VecDeque<Hash>,
         last_at: BTreeMap<FacilityId, u64>,
+        in_force: crate::epoch::InForce,
     ) -> ChainHead {
         ChainHead {
             height,
             recent,
             last_at,
+            in_force,
         }
+    }
+
+    /// The validator sets in force (None in them: the genesis set).
+    pub fn in_force(&self) -> &crate::epoch::InForce {
+        &self.in_force
+    }
+
+    pub(crate) fn set_in_force(&mut self, v: crate::epoch::InForce) {
+        self.in_force = v;
     }
 
     /// The anchor a proposer signs now.

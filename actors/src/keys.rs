@@ -240,7 +240,9 @@ pub fn generate_secret() -> SigningKey {
 #[derive(Clone)]
 pub struct Keyring {
     me: FacilityId,
-    secret: Arc<SigningKey>,
+    /// The keys this facility holds: its vote key first, then the one it
+    /// rotates to (see `crate::epoch`).
+    secrets: Arc<Vec<SigningKey>>,
     public: Arc<PublicKeys>,
 }
 
@@ -272,21 +274,57 @@ impl Keyring {
         }
         Ok(Keyring {
             me,
-            secret: Arc::new(secret),
+            secrets: Arc::new(vec![secret]),
             public: Arc::new(public),
         })
+    }
+
+    /// A keyring holding `secrets` (at least one: the vote key first) with
+    /// `genesis` as the genesis set, which need not list `me` (a facility
+    /// that joined later, or whose key was rotated).
+    pub fn holding(me: FacilityId, secrets: Vec<SigningKey>, genesis: PublicKeys) -> Keyring {
+        assert!(!secrets.is_empty(), "a keyring holds a key");
+        Keyring {
+            me,
+            secrets: Arc::new(secrets),
+            public: Arc::new(genesis),
+        }
+    }
+
+    /// This keyring also holding `next` (the key it rotates to).
+    pub fn and_next(&self, next: SigningKey) -> Keyring {
+        let mut secrets = (*self.secrets).clone();
+        if !secrets
+            .iter()
+            .any(|s| s.verifying_key() == next.verifying_key())
+        {
+            secrets.push(next);
+        }
+        Keyring {
+            me: self.me.clone(),
+            secrets: Arc::new(secrets),
+            public: self.public.clone(),
+        }
+    }
+
+    /// The public keys of the keys held, the vote key first.
+    pub fn held(&self) -> Vec<VerifyingKey> {
+        self.secrets.iter().map(|s| s.verifying_key()).collect()
+    }
+
+    /// Signs `body` in `domain` with the held key whose public key is
+    /// `key`; None if none is held.
+    pub fn sign_as(&self, key: &VerifyingKey, domain: Domain, body: &[u8]) -> Option<Sig> {
+        self.secrets
+            .iter()
+            .find(|s| s.verifying_key() == *key)
+            .map(|s| Sig(s.sign(&domain.message(body)).to_bytes()))
     }
 
     /// Deterministic keys for tests and the harness: facility `f`'s secret
     /// is blake3 of `seed` and `f`. Never use outside tests.
     pub fn deterministic(members: &[FacilityId], seed: u64) -> BTreeMap<FacilityId, Keyring> {
-        let secret = |f: &FacilityId| {
-            let mut h = blake3::Hasher::new();
-            h.update(b"bulwark test vote key");
-            h.update(&seed.to_le_bytes());
-            h.update(f.as_str().as_bytes());
-            SigningKey::from_bytes(h.finalize().as_bytes())
-        };
+        let secret = |f: &FacilityId| Keyring::deterministic_secret(f, seed);
         let public = PublicKeys::new(
             members
                 .iter()
@@ -302,19 +340,30 @@ impl Keyring {
             .collect()
     }
 
+    /// The secret [`Keyring::deterministic`] gives `f` for `seed`. Never
+    /// use outside tests.
+    pub fn deterministic_secret(f: &FacilityId, seed: u64) -> SigningKey {
+        let mut h = blake3::Hasher::new();
+        h.update(b"bulwark test vote key");
+        h.update(&seed.to_le_bytes());
+        h.update(f.as_str().as_bytes());
+        SigningKey::from_bytes(h.finalize().as_bytes())
+    }
+
     /// This facility.
     pub fn me(&self) -> &FacilityId {
         &self.me
     }
 
-    /// Every facility's public key.
+    /// The genesis set's public keys (the sets after it are in the
+    /// ledger: `crate::epoch`).
     pub fn public(&self) -> &PublicKeys {
         &self.public
     }
 
     /// Signs `body` in `domain` with this facility's key.
     pub fn sign(&self, domain: Domain, body: &[u8]) -> Sig {
-        Sig(self.secret.sign(&domain.message(body)).to_bytes())
+        Sig(self.secrets[0].sign(&domain.message(body)).to_bytes())
     }
 
     /// A keyring that signs as `me` with another facility's listed keys:
@@ -322,7 +371,7 @@ impl Keyring {
     pub fn impostor(&self, claims: FacilityId) -> Keyring {
         Keyring {
             me: claims,
-            secret: self.secret.clone(),
+            secrets: self.secrets.clone(),
             public: self.public.clone(),
         }
     }

@@ -29,9 +29,10 @@ use bulwark_transport::FacilityId;
 use serde::{Deserialize, Serialize};
 
 pub use crate::chain::{Anchor, ChainHead, Hash, LedgerEntry, Link, ANCHOR_WINDOW, GENESIS};
+use crate::epoch::{Epochs, ValidatorSet};
 use crate::keys::{Domain, KeyError, PublicKeys, Sig};
 use crate::schedule::{
-    Applied, Command, Outcome, Rejection, Rule, Schedule, ScheduleState, Tables,
+    Applied, Command, Op, Outcome, Rejection, Rule, Schedule, ScheduleState, Tables,
 };
 
 /// How far a proposer's timestamp may step back from its previous admitted
@@ -74,14 +75,15 @@ pub struct SignedProposal {
 
 impl LedgerEntry {
     /// The proposal's payload, after checking its signature over the bytes
-    /// stored.
-    pub fn verified_payload(&self, keys: &PublicKeys) -> Result<EntryPayload, String> {
+    /// stored, under the set in force right after its anchor (`epochs`).
+    pub fn verified_payload(&self, epochs: &Epochs) -> Result<EntryPayload, String> {
         let signed: SignedProposal = codec::decode_limited(&self.proposal, ENTRY_LEN_MAX)
             .map_err(|e| format!("proposal does not decode: {e}"))?;
-        keys.verify(&self.proposer, Domain::Proposal, &signed.body, &signed.sig)
-            .map_err(|e| format!("FORGED_SIGNATURE: {e}"))?;
         let payload: EntryPayload = codec::decode_limited(&signed.body, ENTRY_LEN_MAX)
             .map_err(|e| format!("payload does not decode: {e}"))?;
+        let keys = epochs.at(payload.anchor.height + 1).keys();
+        keys.verify(&self.proposer, Domain::Proposal, &signed.body, &signed.sig)
+            .map_err(|e| format!("FORGED_SIGNATURE: {e}"))?;
         if payload.proposer != self.proposer || payload.command.at_unix_ms != self.at_unix_ms {
             return Err("entry fields disagree with the signed proposal".into());
         }
@@ -271,6 +273,9 @@ pub struct Admission {
     pub applied: Option<Applied>,
     /// The ledger's verdict.
     pub verdict: Verdict,
+    /// For an admitted entry: the epoch of the set that certifies it, and
+    /// the next set if this entry began an epoch.
+    pub epoch: Option<(u64, Option<ValidatorSet>)>,
 }
 
 /// Decides one committed normal entry: checks it, applies it to `state`
@@ -278,7 +283,7 @@ pub struct Admission {
 /// and the same chain on every facility.
 pub fn admit<T: Tables>(
     state: &mut Schedule<T>,
-    keys: &PublicKeys,
+    genesis: &ValidatorSet,
     index: u64,
     term: u64,
     data: &[u8],
@@ -287,6 +292,7 @@ pub fn admit<T: Tables>(
         payload,
         applied: None,
         verdict: Verdict::Skipped,
+        epoch: None,
     };
     if data.is_empty() {
         return skipped(None);
@@ -313,6 +319,15 @@ pub fn admit<T: Tables>(
         let (bytes, hash) = entry.encode().ok()?;
         Some(Link { entry, bytes, hash })
     };
+    // Signed under the set its proposer saw (the one in force right after
+    // its anchor); an anchor older than the previous epoch is checked
+    // below (CHAIN_BREAK), against the current set here.
+    let in_force = state.chain().in_force().clone();
+    let certifiers = in_force.current(genesis);
+    let keys = in_force
+        .for_anchor(genesis, payload.anchor.height)
+        .unwrap_or(certifiers)
+        .keys();
     let signed_ok = keys
         .verify(&proposer, Domain::Proposal, &signed.body, &signed.sig)
         .is_ok()
@@ -326,11 +341,24 @@ pub fn admit<T: Tables>(
                 proposer,
                 shadow: link(entry),
             },
+            epoch: None,
         };
     }
     let cmd = &payload.command;
-    let pre = if state.is_duplicate(&cmd.key, &cmd.op) {
+    let duplicate = state.is_duplicate(&cmd.key, &cmd.op);
+    let mut pre = if duplicate {
         None
+    } else if in_force
+        .for_anchor(genesis, payload.anchor.height)
+        .is_none()
+    {
+        Some(Rejection {
+            rule: Rule::ChainBreak,
+            detail: format!(
+                "anchor height {} is before the previous validator epoch",
+                payload.anchor.height
+            ),
+        })
     } else if let Err(detail) = state.chain().check_anchor(&payload.anchor) {
         Some(Rejection {
             rule: Rule::ChainBreak,
@@ -351,6 +379,24 @@ pub fn admit<T: Tables>(
                 ),
             })
     };
+    // A validator change: checked against the set in force; the next set
+    // is recorded before the command applies (its answer names it).
+    let mut next = None;
+    if let (None, false, Op::Validator(change)) = (&pre, duplicate, &cmd.op) {
+        match certifiers.change(change, entry.height) {
+            Ok(set) => next = Some(set),
+            Err(detail) => {
+                pre = Some(Rejection {
+                    rule: Rule::InvalidInput,
+                    detail,
+                })
+            }
+        }
+    }
+    let number = certifiers.number;
+    if let Some(set) = &next {
+        state.set_validators(&in_force.advanced(set.clone()));
+    }
     let applied = match pre {
         Some(rejection) => state.reject(index, cmd, rejection),
         None => state.apply(index, cmd),
@@ -374,10 +420,12 @@ pub fn admit<T: Tables>(
             }
         },
     };
+    let epoch = matches!(verdict, Verdict::Admitted(_)).then_some((number, next));
     Admission {
         payload: Some(payload),
         applied: Some(applied),
         verdict,
+        epoch,
     }
 }
 
@@ -586,7 +634,7 @@ pub fn verify_final(
     fin: &FinalEntry,
     height: u64,
     prev: &Hash,
-    keys: &PublicKeys,
+    epochs: &Epochs,
 ) -> Result<(LedgerEntry, Hash, EntryPayload), LedgerFault> {
     let fault = |reason: String| LedgerFault { height, reason };
     let entry: LedgerEntry = codec::decode_limited(&fin.entry, ENTRY_LEN_MAX)
@@ -606,11 +654,33 @@ pub fn verify_final(
     if fin.cert.hash != hash || fin.cert.prev != entry.prev {
         return Err(fault("certificate is for another entry".into()));
     }
+    let set = epochs.at(height);
     fin.cert
-        .verify(keys)
-        .map_err(|e| fault(format!("certificate: {e}")))?;
-    let payload = entry.verified_payload(keys).map_err(fault)?;
+        .verify(set.keys())
+        .map_err(|e| fault(format!("certificate (epoch {}): {e}", set.number)))?;
+    let payload = entry.verified_payload(epochs).map_err(fault)?;
     Ok((entry, hash, payload))
+}
+
+/// The epoch a final entry at `height` with `payload` begins, if it is a
+/// validator change: the set after it, recorded in `epochs`. A change
+/// the set in force does not allow is a fault (it was never admissible).
+pub fn note_epoch(
+    epochs: &mut Epochs,
+    height: u64,
+    payload: &EntryPayload,
+) -> Result<Option<std::sync::Arc<ValidatorSet>>, LedgerFault> {
+    let Op::Validator(change) = &payload.command.op else {
+        return Ok(None);
+    };
+    let fault = |reason: String| LedgerFault { height, reason };
+    let next = epochs
+        .at(height)
+        .change(change, height)
+        .map_err(|e| fault(format!("validator change not allowed: {e}")))?;
+    let next = std::sync::Arc::new(next);
+    epochs.insert(next.clone()).map_err(fault)?;
+    Ok(Some(next))
 }
 
 /// What [`verify_chain`] found.
@@ -620,6 +690,8 @@ pub struct VerifyReport {
     pub entries: u64,
     /// The head's hash.
     pub head: Hash,
+    /// The validator epochs met, genesis first.
+    pub epochs: Vec<std::sync::Arc<ValidatorSet>>,
 }
 
 /// Checks a whole chain of final entries, from height 1, in order: every
@@ -628,8 +700,9 @@ pub struct VerifyReport {
 /// not a violation). Stops at the first bad height.
 pub fn verify_chain(
     finals: impl IntoIterator<Item = (u64, Result<FinalEntry, String>)>,
-    keys: &PublicKeys,
+    genesis: &ValidatorSet,
 ) -> Result<VerifyReport, LedgerFault> {
+    let mut epochs = Epochs::new(genesis.clone());
     let mut prev = GENESIS;
     let mut expected = 1u64;
     let mut replay = ScheduleState::new();
@@ -641,7 +714,8 @@ pub fn verify_chain(
             });
         }
         let fin = fin.map_err(|reason| LedgerFault { height, reason })?;
-        let (entry, hash, payload) = verify_final(&fin, height, &prev, keys)?;
+        let (entry, hash, payload) = verify_final(&fin, height, &prev, &epochs)?;
+        note_epoch(&mut epochs, height, &payload)?;
         match replay.apply(entry.raft_index, &payload.command) {
             Applied::Fresh(Outcome::Rejected(r)) if r.rule != Rule::KeyReused => {
                 return Err(LedgerFault {
@@ -657,6 +731,7 @@ pub fn verify_chain(
     Ok(VerifyReport {
         entries: expected - 1,
         head: prev,
+        epochs: epochs.iter().cloned().collect(),
     })
 }
 
@@ -717,7 +792,8 @@ mod tests {
             let sig = self.rings[&ids()[signer]].sign(Domain::Proposal, &body);
             let data = codec::encode(&SignedProposal { body, sig }).unwrap();
             let keys = self.rings[&ids()[0]].public().clone();
-            admit(&mut self.state, &keys, self.index, 1, &data).verdict
+            let genesis = crate::epoch::ValidatorSet::genesis(keys);
+            admit(&mut self.state, &genesis, self.index, 1, &data).verdict
         }
 
         fn admit(&mut self, op: Op) -> Verdict {

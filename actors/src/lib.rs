@@ -6,6 +6,7 @@ pub mod cap;
 pub mod chain;
 pub mod chaos;
 pub mod detect;
+pub mod epoch;
 pub mod flow;
 pub mod heatmap;
 pub mod hlc;

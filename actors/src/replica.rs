@@ -45,6 +45,9 @@ pub(crate) const META_KEY: &[u8] = b"meta";
 /// The key of the last archived day in `sched_meta` (a row of its own, so
 /// a store written before archiving existed reads as it was).
 pub(crate) const ARCHIVED_KEY: &[u8] = b"archived";
+/// The key of the validator sets in force in `sched_meta` (a row of its
+/// own, written only when an epoch begins; absent: the genesis set).
+pub(crate) const VALIDATORS_KEY: &[u8] = b"validators";
 
 /// The replica's scalars, one row.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -301,8 +304,13 @@ fn load(store: &Store) -> Result<(Meta, ChainHead), StorageError> {
         reason,
     };
     let tx = store.database().begin_read().map_err(|e| store.redb(e))?;
+    let mut in_force = crate::epoch::InForce::default();
     let meta = match tx.open_table(SCHED_META) {
         Ok(t) => {
+            if let Some(v) = t.get(VALIDATORS_KEY).map_err(|e| store.redb(e))? {
+                in_force = codec::decode(v.value())
+                    .map_err(|e| store.codec_error("sched_meta", "validators", e))?;
+            }
             let mut meta = match t.get(META_KEY).map_err(|e| store.redb(e))? {
                 Some(v) => codec::decode::<Meta>(v.value())
                     .map_err(|e| store.codec_error("sched_meta", "meta", e))?,
@@ -343,7 +351,7 @@ fn load(store: &Store) -> Result<(Meta, ChainHead), StorageError> {
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(store.redb(e)),
     }
-    let chain = ChainHead::from_parts(meta.chain_height, recent, meta.last_at.clone());
+    let chain = ChainHead::from_parts(meta.chain_height, recent, meta.last_at.clone(), in_force);
     chain.check().map_err(corrupt)?;
     if chain.recent().count() as u64 != meta.chain_height.min(ANCHOR_WINDOW) {
         return Err(corrupt("sched_chain misses recent hashes".into()));

@@ -79,7 +79,8 @@ fn check_ledgers(c: &Cluster, honest: &[usize], height: u64) {
             .into_iter()
             .enumerate()
             .map(|(k, f)| (k as u64 + 1, Ok::<FinalEntry, String>(f)));
-        let report = verify_chain(rows, &public(c)).expect("every final entry verifies");
+        let genesis = bulwark_actors::epoch::ValidatorSet::genesis(public(c));
+        let report = verify_chain(rows, &genesis).expect("every final entry verifies");
         assert_eq!(report.entries, l.len() as u64);
     }
 }
@@ -413,5 +414,149 @@ async fn unanswered_fetches_open_a_peers_breaker_and_move_to_another_peer() {
     assert!(c.h.net().faults().remove(rule));
     wait_final(&c, &all, height).await;
     check_ledgers(&c, &all, height);
+    c.shutdown().await;
+}
+
+/// Validator-set epochs: a facility outside the genesis set joins it, one
+/// facility's key is rotated to a key it already holds, another facility
+/// leaves. Each change is a ledger entry certified by the set before it;
+/// every ledger verifies from height 1 with the genesis keys alone, meets
+/// the four epochs, and nobody is blamed.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_validator_set_grows_rotates_and_shrinks_and_every_ledger_verifies_from_genesis() {
+    use bulwark_actors::epoch::{ValidatorChange, ValidatorSet, VoteKey};
+    use bulwark_actors::keys::Keyring;
+    use bulwark_actors::raft::ProposeOutcome;
+    let n = 4;
+    let all = [0, 1, 2, 3];
+    let ids: Vec<_> = (0..n).map(support::harness_id).collect();
+    let secret = |i: usize, seed: u64| Keyring::deterministic_secret(&ids[i], seed);
+    let genesis =
+        PublicKeys::new((0..3).map(|i| (ids[i].clone(), secret(i, SEED).verifying_key())));
+    let rings: Vec<Keyring> = (0..n)
+        .map(|i| {
+            let mut held = vec![secret(i, SEED)];
+            if i == 0 {
+                held.push(secret(0, SEED + 1)); // the key it rotates to
+            }
+            Keyring::holding(ids[i].clone(), held, genesis.clone())
+        })
+        .collect();
+    let mut c = Cluster::start_bft_rings(n, SEED, plan(n, None), rings).await;
+    let mut height = workload(&mut c, &[0, 1, 2], 4).await;
+    // Facility 3 is no validator yet: it proposes nothing (it holds no key
+    // of the set), and follows the ledger by fetching final entries.
+    let cmd = c.command(
+        3,
+        Op::AddPerson(bulwark_actors::schedule::Person {
+            id: "early".parse().unwrap(),
+            name: "Early".into(),
+            role: bulwark_actors::schedule::Role::Faculty,
+        }),
+    );
+    match c.propose(3, cmd).await {
+        ProposeOutcome::Rejected { reason } => {
+            assert!(reason.contains("holds no vote key"), "{reason}")
+        }
+        other => panic!("a facility outside the validator set proposed: {other:?}"),
+    }
+    wait_final(&c, &all, height).await;
+    let change = |facility: usize, key: Option<VoteKey>| {
+        Op::Validator(ValidatorChange {
+            facility: ids[facility].clone(),
+            key,
+        })
+    };
+    let writes = |c: &mut Cluster, via: &'static [usize], from: usize| {
+        let cmds: Vec<_> = (0..4)
+            .map(|k| {
+                let at = via[k % via.len()];
+                (
+                    at,
+                    c.command(
+                        at,
+                        Op::AddPerson(bulwark_actors::schedule::Person {
+                            id: format!("joiner-{}", from + k).parse().unwrap(),
+                            name: "Joiner".into(),
+                            role: bulwark_actors::schedule::Role::Faculty,
+                        }),
+                    ),
+                )
+            })
+            .collect();
+        cmds
+    };
+    let mut epochs_expected = 1;
+    let steps: [(usize, Option<VoteKey>, &'static [usize]); 3] = [
+        // Facility 3 joins with its key.
+        (
+            3,
+            Some(VoteKey::from(&secret(3, SEED).verifying_key())),
+            &[0, 3],
+        ),
+        // Facility 0 rotates to the key it holds beside its first.
+        (
+            0,
+            Some(VoteKey::from(&secret(0, SEED + 1).verifying_key())),
+            &[0, 2, 3],
+        ),
+        // Facility 1 leaves the set.
+        (1, None, &[0, 2, 3]),
+    ];
+    let mut block_at = 4;
+    for (facility, key, via) in steps {
+        let cmd = c.command(0, change(facility, key));
+        match c.propose(0, cmd).await {
+            ProposeOutcome::Committed {
+                outcome: bulwark_actors::schedule::Outcome::Applied(_),
+                ..
+            } => {}
+            other => panic!("validator change not applied: {other:?}"),
+        }
+        height += 1;
+        epochs_expected += 1;
+        // Writes proposed under the new set, through its members.
+        for (at, cmd) in writes(&mut c, via, block_at) {
+            committed(&c.propose(at, cmd).await);
+            height += 1;
+        }
+        block_at += 4;
+        wait_final(&c, &all, height).await;
+    }
+    c.h.step(Duration::from_secs(3)).await;
+    check_ledgers(&c, &all, height);
+    for i in all {
+        let finals = LedgerStore::new(c.h.node(i).ctx().store.clone())
+            .finals(1, u32::MAX)
+            .expect("ledger reads");
+        let rows = finals
+            .into_iter()
+            .enumerate()
+            .map(|(k, f)| (k as u64 + 1, Ok::<FinalEntry, String>(f)));
+        let report = verify_chain(rows, &ValidatorSet::genesis(genesis.clone())).unwrap();
+        let sizes: Vec<usize> = report.epochs.iter().map(|e| e.keys().len()).collect();
+        assert_eq!(report.epochs.len(), epochs_expected, "facility {i}");
+        assert_eq!(sizes, vec![3, 4, 4, 3], "facility {i}");
+        let last = report.epochs.last().unwrap();
+        assert!(last.keys().get(&ids[1]).is_none());
+        assert_eq!(
+            last.keys().get(&ids[0]),
+            Some(&secret(0, SEED + 1).verifying_key())
+        );
+        assert!(evidence(&c, i).await.is_empty(), "evidence at {i}");
+        let trust = trust_of(&validator(c.h.node(i)).unwrap()).await.unwrap();
+        assert!(trust.values().all(|t| *t == 1.0), "{trust:?}");
+    }
+    // A change the set does not allow is refused, with why, and changes
+    // nothing: removing a facility that is not a validator.
+    let cmd = c.command(0, change(1, None));
+    match c.propose(0, cmd).await {
+        ProposeOutcome::Committed {
+            outcome: bulwark_actors::schedule::Outcome::Rejected(r),
+            height: None,
+            ..
+        } => assert!(r.detail.contains("not a validator"), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
     c.shutdown().await;
 }

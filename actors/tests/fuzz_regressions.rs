@@ -72,7 +72,10 @@ fn ledger_verify_on_the_damaged_files_is_a_typed_error() {
     for name in FIXTURES {
         let path = fixture(dir.path(), name);
         let before = std::fs::read(&path).unwrap();
-        let verdict = std::panic::catch_unwind(|| verify_file(&path, &keys()).map(|r| r.entries));
+        let verdict = std::panic::catch_unwind(|| {
+            verify_file(&path, &bulwark_actors::epoch::ValidatorSet::genesis(keys()))
+                .map(|r| r.entries)
+        });
         let verdict = verdict.unwrap_or_else(|_| panic!("{name}: ledger verify panicked"));
         assert!(
             verdict.is_err(),

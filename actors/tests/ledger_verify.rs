@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use bulwark_actors::bft::{verify_file, LedgerStore, VerifyError};
+use bulwark_actors::epoch::{ValidatorChange, ValidatorSet, VoteKey};
 use bulwark_actors::keys::{Domain, Keyring, PublicKeys};
 use bulwark_actors::ledger::{
     admit, quorum, verify_chain, Certificate, FinalEntry, Link, SignedProposal, Verdict, Vote,
@@ -56,9 +57,9 @@ fn ops(len: usize) -> Vec<Op> {
 
 /// A chain of `len` final entries proposed in turn by 3 facilities, each
 /// certified by the first two signers.
-fn chain(len: usize) -> (Vec<FinalEntry>, PublicKeys) {
+fn chain(len: usize) -> (Vec<FinalEntry>, ValidatorSet) {
     let rings = rings(3);
-    let public = rings[&ids(3)[0]].public().clone();
+    let public = ValidatorSet::genesis(rings[&ids(3)[0]].public().clone());
     let mut state = ScheduleState::new();
     let mut out = Vec::new();
     for (i, op) in ops(len).into_iter().enumerate() {
@@ -363,5 +364,127 @@ fn a_file_left_by_a_crash_is_verified_from_a_repaired_copy() {
         std::fs::read(&crashed).unwrap(),
         before,
         "the file itself is untouched"
+    );
+}
+
+/// One proposal by `proposer`, signed with `key`, admitted to `state`.
+fn admitted(
+    state: &mut ScheduleState,
+    genesis: &ValidatorSet,
+    proposer: &FacilityId,
+    key: &ed25519_dalek::SigningKey,
+    i: u64,
+    op: Op,
+) -> Link {
+    let payload = EntryPayload {
+        proposer: proposer.clone(),
+        seq: i,
+        anchor: state.chain().anchor(),
+        command: Command {
+            key: IdempotencyKey([i as u8; 16]),
+            issued_by: proposer.clone(),
+            at_unix_ms: 1_000 + i,
+            hlc: bulwark_actors::hlc::Hlc::ZERO,
+            op,
+        },
+    };
+    let body = codec::encode(&payload).unwrap();
+    let ring = Keyring::holding(proposer.clone(), vec![key.clone()], genesis.keys().clone());
+    let sig = ring.sign(Domain::Proposal, &body);
+    let data = codec::encode(&SignedProposal { body, sig }).unwrap();
+    match admit(state, genesis, i, 1, &data).verdict {
+        Verdict::Admitted(l) => l,
+        other => panic!("entry {i} not admitted: {other:?}"),
+    }
+}
+
+/// A certificate of `link` signed by `(facility, key)`s.
+fn signed_by(link: &Link, signers: &[(&FacilityId, &ed25519_dalek::SigningKey)]) -> FinalEntry {
+    let votes = signers
+        .iter()
+        .map(|(f, k)| {
+            let body = VoteBody {
+                signer: (*f).clone(),
+                height: link.entry.height,
+                hash: link.hash,
+                prev: link.entry.prev,
+            };
+            let ring = Keyring::holding((*f).clone(), vec![(*k).clone()], PublicKeys::default());
+            Vote::sign(&ring, &body).unwrap()
+        })
+        .collect();
+    FinalEntry {
+        entry: link.bytes.clone(),
+        cert: Certificate {
+            height: link.entry.height,
+            hash: link.hash,
+            prev: link.entry.prev,
+            votes,
+        },
+    }
+}
+
+/// Validator epochs: alpha rotates its key at height 2, charlie leaves at
+/// height 4. The chain verifies from the genesis keys alone, each
+/// certificate under its height's set. A certificate after the rotation
+/// with alpha's old key, or after the removal with charlie's vote, is
+/// refused at its height, though the genesis set alone would take either
+/// (the check that ignores epochs is shown to miss them).
+#[test]
+fn certificates_are_checked_under_their_heights_epoch() {
+    let ids = ids(3);
+    let (a, b, c) = (&ids[0], &ids[1], &ids[2]);
+    let old = |f: &FacilityId| Keyring::deterministic_secret(f, 9);
+    let a2 = Keyring::deterministic_secret(a, 10);
+    let genesis = ValidatorSet::genesis(rings(3)[a].public().clone());
+    let mut state = ScheduleState::new();
+    let ops = ops(3);
+    let h1 = admitted(&mut state, &genesis, a, &old(a), 1, ops[0].clone());
+    let rotate = Op::Validator(ValidatorChange {
+        facility: a.clone(),
+        key: Some(VoteKey::from(&a2.verifying_key())),
+    });
+    let h2 = admitted(&mut state, &genesis, b, &old(b), 2, rotate);
+    // After the rotation alpha proposes with its new key.
+    let h3 = admitted(&mut state, &genesis, a, &a2, 3, ops[1].clone());
+    let remove = Op::Validator(ValidatorChange {
+        facility: c.clone(),
+        key: None,
+    });
+    let h4 = admitted(&mut state, &genesis, a, &a2, 4, remove);
+    let h5 = admitted(&mut state, &genesis, b, &old(b), 5, ops[2].clone());
+    let good = vec![
+        signed_by(&h1, &[(a, &old(a)), (b, &old(b))]),
+        signed_by(&h2, &[(a, &old(a)), (c, &old(c))]),
+        signed_by(&h3, &[(a, &a2), (b, &old(b))]),
+        signed_by(&h4, &[(b, &old(b)), (c, &old(c))]),
+        signed_by(&h5, &[(a, &a2), (b, &old(b))]),
+    ];
+    let report = verify_chain(rows(&good), &genesis).unwrap();
+    assert_eq!(report.entries, 5);
+    let sets: Vec<(u64, u64, usize)> = report
+        .epochs
+        .iter()
+        .map(|e| (e.number, e.from_height, e.keys().len()))
+        .collect();
+    assert_eq!(sets, vec![(0, 1, 3), (1, 3, 3), (2, 5, 2)]);
+    // Alpha's old key after its rotation.
+    let mut stale = good.clone();
+    stale[2] = signed_by(&h3, &[(a, &old(a)), (b, &old(b))]);
+    let fault = verify_chain(rows(&stale), &genesis).unwrap_err();
+    assert_eq!(fault.height, 3, "{fault}");
+    assert!(
+        stale[2].cert.verify(genesis.keys()).is_ok(),
+        "genesis alone takes it"
+    );
+    // Charlie's vote after it left.
+    let mut gone = good.clone();
+    gone[4] = signed_by(&h5, &[(b, &old(b)), (c, &old(c))]);
+    let fault = verify_chain(rows(&gone), &genesis).unwrap_err();
+    assert_eq!(fault.height, 5, "{fault}");
+    assert!(fault.reason.contains("epoch 2"), "{fault}");
+    assert!(
+        gone[4].cert.verify(genesis.keys()).is_ok(),
+        "genesis alone takes it"
     );
 }

@@ -401,6 +401,7 @@ fn the_step_checkers_catch_planted_violations() {
         shown: bulwark_actors::replica::Shown {
             payload: None,
             verdict: bulwark_actors::ledger::Verdict::Skipped,
+            epoch: None,
         },
         leader: None,
     };

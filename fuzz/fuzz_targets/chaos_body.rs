@@ -57,6 +57,7 @@ fn rule_within_limits(rule: &FaultRule) {
             assert!(unit(fraction) && unit(loss), "{rule:?}");
             assert!(delay_ms <= FAULT_DELAY_MS_MAX, "{rule:?}");
         }
+        FaultRule::Corrupt { every, .. } => assert!(every >= 1, "{rule:?}"),
         FaultRule::Partition { .. } => {}
     }
 }

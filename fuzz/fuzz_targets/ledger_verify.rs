@@ -23,7 +23,7 @@ fn path() -> &'static PathBuf {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let keys = keys();
+    let keys = bulwark_actors::epoch::ValidatorSet::genesis(keys());
     let path = path();
     std::fs::write(path, data).expect("write the fuzz file");
     let first = verify_file(path, &keys).map_err(|e| e.to_string());

@@ -90,7 +90,7 @@ fn chain() -> (Vec<Vec<u8>>, Vec<Link>, Vec<FinalEntry>) {
         let body = enc(&payload);
         let sig = rings[&proposer].sign(Domain::Proposal, &body);
         let data = enc(&SignedProposal { body, sig });
-        let Verdict::Admitted(link) = admit(&mut state, &keys, i as u64 + 1, 1, &data).verdict
+        let Verdict::Admitted(link) = admit(&mut state, &bulwark_actors::epoch::ValidatorSet::genesis(keys.clone()), i as u64 + 1, 1, &data).verdict
         else {
             panic!("seed entry {i} not admitted")
         };

@@ -187,6 +187,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(post_retirements))
         .routes(routes!(post_archive))
         .routes(routes!(post_checkpoint))
+        .routes(routes!(get_validators, post_validators))
         .routes(routes!(post_namespace_drop))
         .routes(routes!(post_drill))
         .routes(routes!(get_schedule))
@@ -210,6 +211,52 @@ pub fn routes() -> OpenApiRouter<ApiState> {
 }
 
 // ---------------------------------------------------------------- bodies
+
+/// A change of the validator set.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorBody {
+    /// The facility.
+    pub facility: String,
+    /// Its (new) vote key, `ed25519:<64 hex digits>`: adds it or rotates
+    /// its key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Removes it from the set instead.
+    #[serde(default)]
+    pub remove: bool,
+}
+
+/// The validator epochs known here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ValidatorsAnswer {
+    /// This facility.
+    pub facility: String,
+    /// Every epoch, genesis (0) first.
+    pub epochs: Vec<EpochView>,
+}
+
+/// One validator epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EpochView {
+    /// Its number (genesis: 0).
+    pub epoch: u64,
+    /// The first height its set certifies.
+    pub from_height: u64,
+    /// Votes a certificate needs.
+    pub quorum: usize,
+    /// The set.
+    pub signers: Vec<SignerView>,
+}
+
+/// One validator of an epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SignerView {
+    /// The facility.
+    pub facility: String,
+    /// Its vote key.
+    pub key: String,
+}
 
 /// A person to add.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -764,6 +811,75 @@ write_endpoint!(
     |_: CheckpointBody| Ok((Op::Checkpoint, false))
 );
 
+fn validator_op(b: ValidatorBody) -> Result<(Op, bool), ApiError> {
+    let facility: FacilityId = b
+        .facility
+        .parse()
+        .map_err(|e| ApiError::bad("facility", format!("{e}")))?;
+    let key = match (b.key, b.remove) {
+        (Some(k), false) => {
+            let k = bulwark_actors::keys::parse_public(&k)
+                .map_err(|e| ApiError::bad("key", e.to_string()))?;
+            Some(bulwark_actors::epoch::VoteKey::from(&k))
+        }
+        (None, true) => None,
+        _ => {
+            return Err(ApiError::bad(
+                "key",
+                "give either key (add or rotate) or remove: true",
+            ))
+        }
+    };
+    Ok((
+        Op::Validator(bulwark_actors::epoch::ValidatorChange { facility, key }),
+        false,
+    ))
+}
+
+write_endpoint!(
+    post_validators,
+    "/admin/validators",
+    ValidatorBody,
+    "Changes the validator set through the ledger: `{facility, key}` adds the facility with that vote key or rotates its key; `{facility, remove: true}` removes it. The set in force certifies the change; the next set (effect `validators_changed`, naming the epoch and its first height) certifies every later height. Refused (409 INVALID_INPUT, named) when the set does not allow it: a key another facility holds, no change, removing a facility that is not a validator or the last one, over 64 (CP, operator scope).",
+    validator_op
+);
+
+/// The validator epochs this facility's validator knows, genesis first.
+#[utoipa::path(
+    get,
+    path = "/admin/validators",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every epoch known here", body = ValidatorsAnswer),
+        (status = 503, description = "UNAVAILABLE", body = ErrorBody),
+    )
+)]
+async fn get_validators(State(s): State<ApiState>) -> Result<Json<ValidatorsAnswer>, ApiError> {
+    let svc = service(&s)?;
+    let epochs = LedgerStore::new(svc.ctx.store.clone())
+        .epochs(&svc.keys)
+        .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 1_000))?;
+    Ok(Json(ValidatorsAnswer {
+        facility: svc.ctx.facility.to_string(),
+        epochs: epochs
+            .iter()
+            .map(|e| EpochView {
+                epoch: e.number,
+                from_height: e.from_height,
+                quorum: ledger::quorum(e.keys().len()),
+                signers: e
+                    .keys()
+                    .facilities()
+                    .map(|f| SignerView {
+                        facility: f.to_string(),
+                        key: bulwark_actors::keys::format_public(e.keys().get(f).expect("listed")),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }))
+}
+
 write_endpoint!(
     post_namespace_drop,
     "/admin/chaos/namespace-drops",
@@ -1076,6 +1192,13 @@ fn effect_name(e: &Effect) -> (&'static str, Vec<String>) {
         Effect::NamespaceDropped { more: true, .. } => ("namespace_dropped_partly", vec![]),
         Effect::DrillDeclared => ("drill_declared", vec![]),
         Effect::Checkpointed => ("checkpointed", vec![]),
+        Effect::ValidatorsChanged { epoch, from_height } => (
+            "validators_changed",
+            vec![
+                format!("epoch {epoch}"),
+                format!("from height {from_height}"),
+            ],
+        ),
     }
 }
 
@@ -2123,7 +2246,10 @@ async fn get_ledger(
             ))
         }
     };
-    let checked = ledger::verify_final(fin, height, &prev, &svc.keys);
+    let epochs = store
+        .epochs(&svc.keys)
+        .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 1_000))?;
+    let checked = ledger::verify_final(fin, height, &prev, &epochs);
     let entry: LedgerEntry = match &checked {
         Ok((e, _, _)) => e.clone(),
         Err(f) => {
@@ -2397,6 +2523,7 @@ mod tests {
                 "/v1/admin/members",
                 "/v1/admin/reviews",
                 "/v1/admin/reviews/{id}",
+                "/v1/admin/validators",
                 "/v1/approvals",
                 "/v1/archive",
                 "/v1/assignments",

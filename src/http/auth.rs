@@ -93,7 +93,7 @@ impl Scope {
         }
         match op {
             Op::Approve { .. } | Op::Leave { .. } | Op::EmergencyCoverage { .. } => Scope::Approve,
-            Op::Archive { .. } | Op::Checkpoint => Scope::Operator,
+            Op::Archive { .. } | Op::Checkpoint | Op::Validator(_) => Scope::Operator,
             Op::DropNamespace { .. } | Op::Drill { .. } => Scope::Chaos,
             _ => Scope::Schedule,
         }
@@ -131,7 +131,8 @@ fn op_ids(op: &Op) -> impl Iterator<Item = &str> {
         | Op::Archive { .. }
         | Op::DropNamespace { .. }
         | Op::Drill { .. }
-        | Op::Checkpoint => vec![],
+        | Op::Checkpoint
+        | Op::Validator(_) => vec![],
     };
     ids.into_iter()
 }

@@ -717,6 +717,8 @@ impl RaftObserver {
 #[derive(Debug)]
 pub struct LedgerChecker {
     keys: PublicKeys,
+    /// The genesis set only: the sim draws no validator changes.
+    epochs: bulwark_actors::epoch::Epochs,
     /// The chain as the honest facilities made it final: each entry's
     /// bytes and hash, by height - 1.
     chain: Vec<(Vec<u8>, Hash)>,
@@ -731,6 +733,9 @@ impl LedgerChecker {
     /// A checker verifying signatures against `keys`.
     pub fn new(keys: PublicKeys) -> LedgerChecker {
         LedgerChecker {
+            epochs: bulwark_actors::epoch::Epochs::new(
+                bulwark_actors::epoch::ValidatorSet::genesis(keys.clone()),
+            ),
             keys,
             chain: Vec::new(),
             replay: Model::new(),
@@ -788,7 +793,7 @@ impl LedgerChecker {
             0 => GENESIS,
             _ => self.chain[at - 1].1,
         };
-        let (entry, hash, payload) = ledger::verify_final(fin, height, &prev, &self.keys)
+        let (entry, hash, payload) = ledger::verify_final(fin, height, &prev, &self.epochs)
             .map_err(|e| broken(format!("{f}'s final entry does not verify: {e}")))?;
         if let Some((bytes, _)) = self.chain.get(at) {
             if *bytes != fin.entry {
@@ -1207,6 +1212,7 @@ mod tests {
             shown: bulwark_actors::replica::Shown {
                 payload: None,
                 verdict: Verdict::Skipped,
+                epoch: None,
             },
             leader: None,
         }
@@ -1403,6 +1409,7 @@ mod tests {
                     command,
                 }),
                 verdict,
+                epoch: None,
             },
             leader: None,
         }

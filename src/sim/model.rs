@@ -331,6 +331,7 @@ impl Model {
                             | Op::DropNamespace { .. }
                             | Op::Drill { .. }
                             | Op::Checkpoint
+                            | Op::Validator(_)
                     )
                 });
                 if ops.is_empty() || ops.len() > 1000 || nested {
@@ -401,7 +402,8 @@ impl Model {
                     broken.insert("INVALID_INPUT");
                 }
             }
-            Op::Checkpoint => {}
+            // The sim draws no validator changes: the set stays genesis.
+            Op::Checkpoint | Op::Validator(_) => {}
         }
         broken
     }
@@ -688,7 +690,7 @@ impl Model {
                     }
                 }
             }
-            Op::Drill { .. } | Op::Checkpoint => {}
+            Op::Drill { .. } | Op::Checkpoint | Op::Validator(_) => {}
         }
     }
 

@@ -13,7 +13,8 @@ use super::evidence::{
 };
 use super::wire::{BftWire, FINALS_PER_MSG_MAX, VOTES_PER_MSG_MAX};
 use super::{Behaviour, BftConfig};
-use crate::keys::{Domain, Keyring};
+use crate::epoch::{Epochs, ValidatorSet};
+use crate::keys::{Domain, Keyring, PublicKeys};
 use crate::ledger::{
     quorum, verify_final, Certificate, FinalEntry, Hash, LedgerEntry, Link, Reason, Verdict, Vote,
     VoteBody, ENTRY_LEN_MAX, GENESIS,
@@ -40,6 +41,8 @@ pub enum Output {
     Evidence(Evidence),
     /// A drill was declared: persist every drill kept.
     Drills(Vec<Drill>),
+    /// A validator epoch became known: persist it.
+    Epoch(std::sync::Arc<ValidatorSet>),
     /// Send `to` the stored final entries from height `from`.
     ServeFinals {
         /// The peer.
@@ -62,6 +65,8 @@ pub struct Restored {
     pub evidence: Vec<Evidence>,
     /// Drills declared, oldest first.
     pub drills: Vec<Drill>,
+    /// Validator epochs after genesis known so far.
+    pub epochs: Vec<ValidatorSet>,
 }
 
 /// A validator's view, for status queries.
@@ -93,6 +98,10 @@ type VotesBySigner = BTreeMap<FacilityId, (Hash, Vote)>;
 struct Pending {
     link: Link,
     my_vote: Option<Vote>,
+    /// Whether this validator's history knows the set that certifies it
+    /// (not after a snapshot skipped an epoch: final entries fetched from
+    /// peers fill the history in, and this height is finalized that way).
+    epoch_ok: bool,
 }
 
 /// The core. See the module docs.
@@ -100,8 +109,12 @@ pub struct Core {
     ring: Keyring,
     config: BftConfig,
     behaviour: Behaviour,
+    /// Every facility of any known epoch but this one.
     peers: Vec<FacilityId>,
-    quorum: usize,
+    /// Facilities outside every known set that announced their head (one
+    /// joining): they hear this validator's head too, so they can fetch.
+    listeners: BTreeSet<FacilityId>,
+    epochs: Epochs,
     final_height: u64,
     final_hash: Hash,
     /// Recent final heights: hash and every vote seen for the height.
@@ -151,6 +164,10 @@ pub struct Core {
 
 const SHADOWS_KEPT: usize = 4096;
 
+/// Most non-validators whose heads are answered (the cluster's facilities
+/// are at most a few dozen; the transport authenticated each).
+const LISTENERS_MAX: usize = 256;
+
 impl Core {
     /// A core for `ring`'s facility, resuming from `restored`.
     /// Switches how this validator behaves from now on (chaos: a facility
@@ -165,19 +182,19 @@ impl Core {
     }
 
     pub fn new(ring: Keyring, config: BftConfig, behaviour: Behaviour, restored: Restored) -> Core {
-        let peers: Vec<FacilityId> = ring
-            .public()
-            .facilities()
-            .filter(|f| *f != ring.me())
-            .cloned()
-            .collect();
-        let quorum = quorum(ring.public().len());
+        let mut epochs = Epochs::new(ValidatorSet::genesis(ring.public().clone()));
+        for e in restored.epochs {
+            if let Err(e) = epochs.insert(std::sync::Arc::new(e)) {
+                tracing::error!(error = %e, "a stored validator epoch disagrees; ignored");
+            }
+        }
         let mut core = Core {
             ring,
             config,
             behaviour,
-            peers,
-            quorum,
+            peers: Vec::new(),
+            listeners: BTreeSet::new(),
+            epochs,
             final_height: restored.final_head.0,
             final_hash: restored.final_head.1,
             recent_finals: BTreeMap::new(),
@@ -209,6 +226,7 @@ impl Core {
             out: Vec::new(),
             replay: VecDeque::new(),
         };
+        core.peers = core.others();
         for e in restored.evidence {
             if core.evidence_seen.insert(e.dedup_key()) {
                 core.evidence.push(e);
@@ -230,10 +248,64 @@ impl Core {
                 Pending {
                     link,
                     my_vote: Some(vote),
+                    epoch_ok: true,
                 },
             );
         }
         core
+    }
+
+    /// Every facility of any known epoch but this one.
+    fn others(&self) -> Vec<FacilityId> {
+        self.epochs
+            .everyone()
+            .into_iter()
+            .filter(|f| f != self.ring.me())
+            .collect()
+    }
+
+    /// The keys that certify `height`.
+    fn keys_at(&self, height: u64) -> &PublicKeys {
+        self.epochs.at(height).keys()
+    }
+
+    /// The votes that make `height` final.
+    fn quorum_at(&self, height: u64) -> usize {
+        quorum(self.keys_at(height).len())
+    }
+
+    /// Whether this validator knows for sure which set certifies `h`, so
+    /// that a vote for it that does not verify proves a lie.
+    fn judged(&self, h: u64) -> bool {
+        h <= self.final_height + 1
+            || self
+                .pending
+                .get(&h)
+                .or_else(|| self.pending.get(&(h - 1)))
+                .is_some_and(|p| p.epoch_ok)
+    }
+
+    /// Records a validator epoch learned from an entry; persists it.
+    fn learn_epoch(&mut self, set: std::sync::Arc<ValidatorSet>) {
+        match self.epochs.insert(set.clone()) {
+            Ok(true) => {
+                tracing::info!(
+                    epoch = set.number,
+                    from_height = set.from_height,
+                    signers = set.keys().len(),
+                    "validator epoch"
+                );
+                self.peers = self.others();
+                self.out.push(Output::Epoch(set));
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "validator epoch refused"),
+        }
+    }
+
+    /// The validator epochs known, genesis first.
+    pub fn epochs(&self) -> &Epochs {
+        &self.epochs
     }
 
     /// Takes what the actor must do now, in order.
@@ -284,8 +356,8 @@ impl Core {
             final_height: self.final_height,
             final_hash: self.final_hash,
             pending: self.pending.len(),
-            signers: self.ring.public().len(),
-            quorum: self.quorum,
+            signers: self.keys_at(self.final_height + 1).len(),
+            quorum: self.quorum_at(self.final_height + 1),
             evidence: self.evidence.len(),
             cursor: self.cursor,
             peer_heights: self.peer_final.clone(),
@@ -299,12 +371,12 @@ impl Core {
 
     /// Every facility's trust score at `now_unix_ms`.
     pub fn trust(&self, now_unix_ms: u64) -> BTreeMap<FacilityId, f64> {
-        self.ring
-            .public()
-            .facilities()
+        self.epochs
+            .everyone()
+            .into_iter()
             .map(|f| {
-                let t = trust_score(f, &self.evidence, &self.drills, now_unix_ms);
-                (f.clone(), t)
+                let t = trust_score(&f, &self.evidence, &self.drills, now_unix_ms);
+                (f, t)
             })
             .collect()
     }
@@ -446,7 +518,19 @@ impl Core {
                         now_unix_ms,
                     );
                 }
-                self.on_admitted(link.clone(), now_unix_ms);
+                // The set that certifies it, as the replica admitted it;
+                // and the next one, if it began an epoch.
+                let epoch_ok = match &e.shown.epoch {
+                    Some((number, next)) => {
+                        let ok = self.epochs.at(link.entry.height).number == *number;
+                        if let (true, Some(next)) = (ok, next) {
+                            self.learn_epoch(std::sync::Arc::new(next.clone()));
+                        }
+                        ok
+                    }
+                    None => true,
+                };
+                self.on_admitted(link.clone(), epoch_ok, now_unix_ms);
             }
             Verdict::Rejected {
                 reason,
@@ -538,7 +622,7 @@ impl Core {
         }
     }
 
-    fn on_admitted(&mut self, link: Link, now_unix_ms: u64) {
+    fn on_admitted(&mut self, link: Link, epoch_ok: bool, now_unix_ms: u64) {
         let h = link.entry.height;
         if h <= self.final_height {
             return;
@@ -570,6 +654,7 @@ impl Core {
         }
         let my_vote = match self.my_votes.get(&h) {
             Some(hash) if *hash != link.hash => None, // never sign two entries at one height
+            _ if !epoch_ok => None,
             _ => self.sign_vote(&link),
         };
         if let Some(v) = &my_vote {
@@ -586,6 +671,7 @@ impl Core {
             Pending {
                 link: link.clone(),
                 my_vote,
+                epoch_ok,
             },
         );
         // Votes that arrived before the entry: check them against it.
@@ -605,6 +691,9 @@ impl Core {
         self.try_finalize(now_unix_ms);
     }
 
+    /// Signs with this facility's key in the set that certifies the
+    /// entry's height; None if it is no validator there or holds no such
+    /// key (a rotation it was not given the key for).
     fn sign_vote(&self, link: &Link) -> Option<Vote> {
         let body = VoteBody {
             signer: self.ring.me().clone(),
@@ -612,7 +701,10 @@ impl Core {
             hash: link.hash,
             prev: link.entry.prev,
         };
-        Vote::sign(&self.ring, &body).ok()
+        let key = self.keys_at(body.height).get(self.ring.me())?;
+        let bytes = codec::encode(&body).ok()?;
+        let sig = self.ring.sign_as(key, Domain::Vote, &bytes)?;
+        Some(Vote { body: bytes, sig })
     }
 
     /// Sends this validator's vote the way its behaviour says.
@@ -667,13 +759,20 @@ impl Core {
     /// A message from a peer's validator. `from` is the authenticated
     /// sender.
     pub fn on_wire(&mut self, from: &FacilityId, msg: BftWire, now_unix_ms: u64) {
-        if !self.peers.contains(from) {
+        // Any facility of the cluster (the transport authenticated it) may
+        // announce its head and fetch final entries: one that joins is no
+        // validator yet. Votes and entries come from validators only.
+        let open = matches!(msg, BftWire::Head { .. } | BftWire::Fetch { .. });
+        if !open && !self.peers.contains(from) {
             metrics::counter!("bulwark_bft_unknown_peer_total").increment(1);
             return;
         }
         match msg {
             BftWire::Votes(votes) => self.on_votes(from, votes, now_unix_ms),
             BftWire::Head { height } => {
+                if !self.peers.contains(from) && self.listeners.len() < LISTENERS_MAX {
+                    self.listeners.insert(from.clone());
+                }
                 self.heard.insert(from.clone(), self.ticks);
                 self.peer_final.insert(from.clone(), height);
                 let shunned = self.shunned.get(from).is_some_and(|t| *t > self.ticks);
@@ -726,7 +825,7 @@ impl Core {
         }
         for v in votes {
             match v.decode() {
-                Ok(b) if self.ring.public().get(&b.signer).is_some() => {
+                Ok(b) if self.keys_at(b.height).get(&b.signer).is_some() => {
                     self.accept_vote(from, b, v, now_unix_ms)
                 }
                 _ => metrics::counter!("bulwark_bft_malformed_total").increment(1),
@@ -738,13 +837,18 @@ impl Core {
     /// `verify_strict` over the bytes received.
     fn strict(&self, body: &VoteBody, vote: &Vote) -> bool {
         metrics::counter!("bulwark_bft_votes_verified_total", "how" => "strict").increment(1);
-        self.ring
-            .public()
+        self.keys_at(body.height)
             .verify(&body.signer, Domain::Vote, &vote.body, &vote.sig)
             .is_ok()
     }
 
     fn bad_signature(&mut self, from: &FacilityId, body: &VoteBody, vote: Vote, now_unix_ms: u64) {
+        if !self.judged(body.height) {
+            // Checked against a set this validator is not sure of (an
+            // epoch it has not seen yet): dropped, proves nothing.
+            metrics::counter!("bulwark_bft_votes_unjudged_total").increment(1);
+            return;
+        }
         self.record(
             from.clone(),
             Kind::BadVoteSignature {
@@ -978,6 +1082,9 @@ impl Core {
         loop {
             let h = self.final_height + 1;
             let Some(p) = self.pending.get(&h) else { break };
+            if !p.epoch_ok {
+                break; // finalized by final entries fetched from peers
+            }
             if p.link.entry.prev != self.final_hash {
                 metrics::counter!("bulwark_bft_divergence_total").increment(1);
                 tracing::error!(height = h, "pending entry does not link to the final head");
@@ -993,7 +1100,7 @@ impl Core {
                         .collect()
                 })
                 .unwrap_or_default();
-            if for_it.len() < self.quorum {
+            if for_it.len() < self.quorum_at(h) {
                 break;
             }
             let cert = Certificate {
@@ -1004,7 +1111,7 @@ impl Core {
             };
             metrics::counter!("bulwark_bft_votes_verified_total", "how" => "batch")
                 .increment(cert.votes.len() as u64);
-            if cert.verify(self.ring.public()).is_err() {
+            if cert.verify(self.keys_at(h)).is_err() {
                 // Some vote is bad: check the unverified ones one by one,
                 // drop the bad, and try again with what is left.
                 if self.evict_bad_votes(h, now_unix_ms) == 0 {
@@ -1103,7 +1210,14 @@ impl Core {
 
     fn advance(&mut self, h: u64, hash: Hash, now_unix_ms: u64) {
         let seen = self.votes.remove(&h).unwrap_or_default();
-        for peer in &self.peers {
+        let me = self.ring.me().clone();
+        let signers: Vec<FacilityId> = self
+            .keys_at(h)
+            .facilities()
+            .filter(|f| **f != me)
+            .cloned()
+            .collect();
+        for peer in &signers {
             let voted = seen.get(peer).is_some_and(|(vh, _)| *vh == hash);
             // A miss from a peer that is behind (its announced head far
             // from `h`) proves nothing: it cannot vote for what it has not
@@ -1159,8 +1273,28 @@ impl Core {
             if fin.cert.height < h {
                 continue;
             }
-            match verify_final(&fin, h, &self.final_hash, self.ring.public()) {
-                Ok((_, hash, _)) => {
+            let checked =
+                verify_final(&fin, h, &self.final_hash, &self.epochs).and_then(|(_, hash, p)| {
+                    let next = match &p.command.op {
+                        Op::Validator(change) => Some(
+                            self.epochs
+                                .at(h)
+                                .change(change, h)
+                                .map(std::sync::Arc::new)
+                                .map_err(|reason| crate::ledger::LedgerFault {
+                                    height: h,
+                                    reason: format!("validator change not allowed: {reason}"),
+                                })?,
+                        ),
+                        _ => None,
+                    };
+                    Ok((hash, next))
+                });
+            match checked {
+                Ok((hash, next)) => {
+                    if let Some(next) = next {
+                        self.learn_epoch(next);
+                    }
                     if let Some(p) = self.pending.get(&h) {
                         if p.link.hash != hash {
                             metrics::counter!("bulwark_bft_divergence_total").increment(1);
@@ -1215,7 +1349,7 @@ impl Core {
             .pending
             .get(&(h + 1))
             .is_some_and(|next| next.link.entry.prev == hash);
-        let f = (self.ring.public().len().saturating_sub(1)) / 3;
+        let f = (self.keys_at(h).len().saturating_sub(1)) / 3;
         let voted = self.votes.get(&h).map_or(0, |m| {
             m.iter()
                 .filter(|(s, (vh, _))| {
@@ -1226,11 +1360,14 @@ impl Core {
         if !linked && voted < f + 1 {
             return;
         }
-        if entry.verified_payload(self.ring.public()).is_err() {
+        if entry.verified_payload(&self.epochs).is_err() {
             return;
         }
         metrics::counter!("bulwark_bft_entries_fetched_total").increment(1);
-        self.on_admitted(Link { entry, bytes, hash }, now_unix_ms);
+        // Authentic (linked, or f+1 voted for it); its set is the one this
+        // history holds for its height only if the history reaches it.
+        let epoch_ok = self.judged(h);
+        self.on_admitted(Link { entry, bytes, hash }, epoch_ok, now_unix_ms);
     }
 
     /// Heights above the final one this validator has no entry for, but
@@ -1281,7 +1418,9 @@ impl Core {
                     });
                 }
             }
-            for p in self.peers.clone() {
+            let peers = self.peers.clone();
+            self.listeners.retain(|l| !peers.contains(l));
+            for p in peers.into_iter().chain(self.listeners.iter().cloned()) {
                 self.out.push(Output::Send {
                     to: p,
                     msg: BftWire::Head {

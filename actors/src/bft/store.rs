@@ -10,7 +10,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableError};
 
 use super::core::Restored;
 use super::evidence::{Drill, Evidence, DRILLS_KEPT};
-use crate::keys::PublicKeys;
+use crate::epoch::{Epochs, ValidatorSet, EPOCHS_MAX};
 use crate::ledger::{
     verify_chain, Certificate, FinalEntry, LedgerEntry, LedgerFault, Link, VerifyReport, Vote,
     CERTIFICATE_LEN_MAX, ENTRY_LEN_MAX, GENESIS,
@@ -21,6 +21,9 @@ pub const EVIDENCE_ROWS_MAX: u64 = 10_000;
 
 /// The `state` row the drills are kept in.
 const DRILLS_ROW: &str = "bft_drills";
+
+/// The `state` row the validator epochs after genesis are kept in.
+const EPOCHS_ROW: &str = "bft_epochs";
 
 /// The validator's view of the store.
 #[derive(Clone, Debug)]
@@ -102,6 +105,7 @@ impl LedgerStore {
             Err(TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(s.redb(e)),
         }
+        r.epochs = self.restore_epochs()?;
         Ok(r)
     }
 
@@ -114,6 +118,56 @@ impl LedgerStore {
         {
             let mut t = tx.open_table(STATE).map_err(|e| s.redb(e))?;
             t.insert(DRILLS_ROW, bytes.as_slice())
+                .map_err(|e| s.redb(e))?;
+        }
+        tx.commit().map_err(|e| s.redb(e))
+    }
+
+    /// The validator epochs this facility's validator recorded, after
+    /// `genesis` (the keyring's public keys).
+    pub fn epochs(&self, genesis: &crate::keys::PublicKeys) -> Result<Epochs, StorageError> {
+        let mut epochs = Epochs::new(ValidatorSet::genesis(genesis.clone()));
+        for e in self.restore_epochs()? {
+            let _ = epochs.insert(std::sync::Arc::new(e));
+        }
+        Ok(epochs)
+    }
+
+    fn restore_epochs(&self) -> Result<Vec<ValidatorSet>, StorageError> {
+        let s = &self.store;
+        let tx = s.database().begin_read().map_err(|e| s.redb(e))?;
+        let t = match tx.open_table(STATE) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(s.redb(e)),
+        };
+        let Some(v) = t.get(EPOCHS_ROW).map_err(|e| s.redb(e))? else {
+            return Ok(Vec::new());
+        };
+        let epochs: Vec<ValidatorSet> =
+            codec::decode(v.value()).map_err(|e| s.codec_error("state", EPOCHS_ROW, e))?;
+        if epochs.len() > EPOCHS_MAX {
+            return Err(s.codec_error(
+                "state",
+                EPOCHS_ROW,
+                bulwark_storage::CodecError::Malformed(format!(
+                    "{} epochs, over {EPOCHS_MAX}",
+                    epochs.len()
+                )),
+            ));
+        }
+        Ok(epochs)
+    }
+
+    /// Replaces the validator epochs kept (after genesis), durably.
+    pub fn put_epochs(&self, epochs: &[ValidatorSet]) -> Result<(), StorageError> {
+        let s = &self.store;
+        let bytes =
+            codec::encode(&epochs.to_vec()).map_err(|e| s.codec_error("state", EPOCHS_ROW, e))?;
+        let tx = s.begin_write()?;
+        {
+            let mut t = tx.open_table(STATE).map_err(|e| s.redb(e))?;
+            t.insert(EPOCHS_ROW, bytes.as_slice())
                 .map_err(|e| s.redb(e))?;
         }
         tx.commit().map_err(|e| s.redb(e))
@@ -237,13 +291,15 @@ pub enum VerifyError {
 }
 
 /// Verifies the ledger in the redb file at `path` (opened read-only) from
-/// the facilities' public keys alone: every link, certificate, proposal
-/// signature and rule, from height 1. Names the first bad height.
+/// the genesis set's public keys alone: every link, certificate (under its
+/// height's validator epoch, each named by the epoch entries met on the
+/// way), proposal signature and rule, from height 1. Names the first bad
+/// height.
 ///
 /// A file left by a crash needs redb's repair, which a read-only open
 /// cannot do: then a copy is repaired and verified, and the file itself is
 /// never written.
-pub fn verify_file(path: &Path, keys: &PublicKeys) -> Result<VerifyReport, VerifyError> {
+pub fn verify_file(path: &Path, genesis: &ValidatorSet) -> Result<VerifyReport, VerifyError> {
     // The file is never trusted as it is: redb reads a damaged file with
     // `unreachable!` panics (fuzzing found two), so a copy is opened with
     // redb's integrity check first (which also repairs a file a crash left
@@ -260,18 +316,19 @@ pub fn verify_file(path: &Path, keys: &PublicKeys) -> Result<VerifyReport, Verif
         .open(&copy)
         .map(drop)
         .map_err(|e| open(format!("integrity check: {e}")))
-        .and_then(|()| verify_open(&copy, keys));
+        .and_then(|()| verify_open(&copy, genesis));
     let _ = std::fs::remove_file(&copy);
     checked
 }
 
-fn verify_open(path: &Path, keys: &PublicKeys) -> Result<VerifyReport, VerifyError> {
+fn verify_open(path: &Path, genesis: &ValidatorSet) -> Result<VerifyReport, VerifyError> {
     let open = |e: String| VerifyError::Open(format!("{}: {e}", path.display()));
     let db = redb::ReadOnlyDatabase::open(path).map_err(|e| open(e.to_string()))?;
     let tx = db.begin_read().map_err(|e| open(e.to_string()))?;
     let empty = VerifyReport {
         entries: 0,
         head: GENESIS,
+        epochs: vec![std::sync::Arc::new(genesis.clone())],
     };
     let table = match tx.open_table(LEDGER) {
         Ok(t) => t,
@@ -305,5 +362,5 @@ fn verify_open(path: &Path, keys: &PublicKeys) -> Result<VerifyReport, VerifyErr
         }
         Err(e) => (u64::MAX, Err(format!("read failed: {e}"))),
     });
-    Ok(verify_chain(rows, keys)?)
+    Ok(verify_chain(rows, genesis)?)
 }

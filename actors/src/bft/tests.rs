@@ -63,7 +63,8 @@ fn entries_of(ops: Vec<Op>) -> Vec<AppliedEntry> {
             let body = codec::encode(&payload).unwrap();
             let sig = alpha.sign(Domain::Proposal, &body);
             let data = codec::encode(&SignedProposal { body, sig }).unwrap();
-            let adm = admit(&mut state, alpha.public(), i, 1, &data);
+            let genesis = crate::epoch::ValidatorSet::genesis(alpha.public().clone());
+            let adm = admit(&mut state, &genesis, i, 1, &data);
             assert!(matches!(adm.verdict, Verdict::Admitted(_)));
             AppliedEntry {
                 index: i,
@@ -72,6 +73,7 @@ fn entries_of(ops: Vec<Op>) -> Vec<AppliedEntry> {
                 shown: crate::replica::Shown {
                     payload: adm.payload,
                     verdict: adm.verdict,
+                    epoch: adm.epoch,
                 },
                 leader: Some(ids()[0].clone()),
             }
@@ -178,6 +180,7 @@ fn a_validator_never_signs_two_entries_at_one_height() {
             pending: vec![(other, mine)],
             evidence: Vec::new(),
             drills: Vec::new(),
+            epochs: Vec::new(),
         },
     );
     c.on_applied(&e[0], NOW);

@@ -18,6 +18,7 @@ use raft::eraftpb::{Entry, EntryType};
 use redb::{ReadTransaction, ReadableDatabase, WriteTransaction};
 
 use super::{snapshot, Replica, ScheduleView};
+use crate::epoch::ValidatorSet;
 use crate::keys::{Domain, Keyring};
 use crate::ledger::{self, EntryPayload, SignedProposal, Verdict};
 use crate::machine::{Answer, Batch, Decided, ForwardRefused, Forwarded, Origin, StateMachine};
@@ -28,6 +29,8 @@ use crate::schedule::{Applied, Command, IdempotencyKey, Op, Outcome};
 pub struct ScheduleMachine {
     replica: Replica,
     keyring: Keyring,
+    /// The genesis validator set (the keyring's public keys).
+    genesis: ValidatorSet,
     checkpoints: Option<CheckpointSink>,
 }
 
@@ -98,6 +101,10 @@ pub struct Shown {
     pub payload: Option<EntryPayload>,
     /// The ledger's verdict.
     pub verdict: Verdict,
+    /// For an entry admitted now: the epoch whose set certifies it, and
+    /// the next set if it began one (None when shown again after a
+    /// restart: the validator's own history answers then).
+    pub epoch: Option<(u64, Option<ValidatorSet>)>,
 }
 
 impl Shown {
@@ -105,6 +112,7 @@ impl Shown {
         Shown {
             payload: None,
             verdict: Verdict::Skipped,
+            epoch: None,
         }
     }
 }
@@ -121,7 +129,7 @@ impl ScheduleMachine {
         conf: &mut dyn FnMut(&WriteTransaction, &Entry) -> Result<(), E>,
         decided: &mut Vec<Decided<Self>>,
     ) -> Result<(usize, Option<(u64, u64, u64)>), E> {
-        let keys = self.keyring.public();
+        let genesis = &self.genesis;
         let r = &mut self.replica;
         let tx = r.begin()?;
         let mut sched = r.schedule(&tx);
@@ -146,7 +154,19 @@ impl ScheduleMachine {
                             Some(rec) => {
                                 let (payload, verdict) =
                                     ledger::relink(sched.chain(), e.index, e.term, &e.data, &rec);
-                                Some(Shown { payload, verdict })
+                                let epoch = match &verdict {
+                                    Verdict::Admitted(l) => sched.chain().in_force().shown_again(
+                                        genesis,
+                                        l.entry.height,
+                                        payload.as_ref().map(|p| &p.command.op),
+                                    ),
+                                    _ => None,
+                                };
+                                Some(Shown {
+                                    payload,
+                                    verdict,
+                                    epoch,
+                                })
                             }
                             None if !e.data.is_empty() => None,
                             None => Some(Shown::skipped()),
@@ -159,7 +179,7 @@ impl ScheduleMachine {
             }
             match e.entry_type {
                 EntryType::EntryNormal => {
-                    let adm = ledger::admit(&mut sched, keys, e.index, e.term, &e.data);
+                    let adm = ledger::admit(&mut sched, genesis, e.index, e.term, &e.data);
                     if let (Some(p), Some(Applied::Fresh(Outcome::Applied(_)))) =
                         (&adm.payload, &adm.applied)
                     {
@@ -221,6 +241,7 @@ impl ScheduleMachine {
                         d.shown = Some(Shown {
                             payload: adm.payload,
                             verdict: adm.verdict,
+                            epoch: adm.epoch,
                         });
                     }
                 }
@@ -269,6 +290,7 @@ impl StateMachine for ScheduleMachine {
         Ok(ScheduleMachine {
             replica: Replica::open(store)?,
             keyring: cx.keyring.clone(),
+            genesis: ValidatorSet::genesis(cx.keyring.public().clone()),
             checkpoints: cx.checkpoints.clone(),
         })
     }
@@ -277,6 +299,7 @@ impl StateMachine for ScheduleMachine {
         Ok(ScheduleMachine {
             replica: Replica::reset(store)?,
             keyring: cx.keyring.clone(),
+            genesis: ValidatorSet::genesis(cx.keyring.public().clone()),
             checkpoints: cx.checkpoints.clone(),
         })
     }
@@ -320,7 +343,19 @@ impl StateMachine for ScheduleMachine {
             command,
         };
         let body = codec::encode(&payload).map_err(|e| format!("cannot encode: {e}"))?;
-        let sig = self.keyring.sign(Domain::Proposal, &body);
+        // Signed with this facility's key in the set in force.
+        let set = self.replica.chain().in_force().current(&self.genesis);
+        let sig = set
+            .keys()
+            .get(me)
+            .and_then(|k| self.keyring.sign_as(k, Domain::Proposal, &body))
+            .ok_or_else(|| {
+                format!(
+                    "{me} holds no vote key of validator epoch {}: it proposes again once \
+                     it is a validator with a key it holds",
+                    set.number
+                )
+            })?;
         codec::encode(&SignedProposal { body, sig }).map_err(|e| format!("cannot encode: {e}"))
     }
 
@@ -333,12 +368,16 @@ impl StateMachine for ScheduleMachine {
         let (signed, payload) = codec::decode_limited::<SignedProposal>(bytes, limit)
             .and_then(|sp| codec::decode_limited::<EntryPayload>(&sp.body, limit).map(|p| (sp, p)))
             .map_err(|e| ForwardRefused::Malformed(e.to_string()))?;
-        // The proposer is bound to the authenticated sender, and signed it.
-        let signed_ok = self
-            .keyring
-            .public()
-            .verify(from, Domain::Proposal, &signed.body, &signed.sig)
-            .is_ok();
+        // The proposer is bound to the authenticated sender, and signed it
+        // (under the set after its anchor, as the ledger will check it).
+        let in_force = self.replica.chain().in_force();
+        let signed_ok = in_force
+            .for_anchor(&self.genesis, payload.anchor.height)
+            .is_some_and(|set| {
+                set.keys()
+                    .verify(from, Domain::Proposal, &signed.body, &signed.sig)
+                    .is_ok()
+            });
         if payload.proposer != *from || payload.command.issued_by != *from || !signed_ok {
             return Err(ForwardRefused::Forged);
         }

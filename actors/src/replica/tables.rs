@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bulwark_storage::schema::{
     SCHED_ARCHIVE, SCHED_ARCHIVED_IDS, SCHED_ASSIGN, SCHED_BLOCKS, SCHED_CHAIN, SCHED_DAYS,
-    SCHED_DUTY, SCHED_KEYS, SCHED_KEY_ORDER, SCHED_LEAVE, SCHED_OPEN, SCHED_PEOPLE,
+    SCHED_DUTY, SCHED_KEYS, SCHED_KEY_ORDER, SCHED_LEAVE, SCHED_META, SCHED_OPEN, SCHED_PEOPLE,
     SCHED_REJECTIONS, SCHED_RETIRED,
 };
 use bulwark_storage::{codec, StorageError, Store};
@@ -602,6 +602,11 @@ impl Tables for RedbTables<'_> {
 
     fn set_approved_through(&mut self, day: u32) {
         self.meta.approved_through = Some(day);
+    }
+
+    fn set_validators(&mut self, v: &crate::epoch::InForce) {
+        self.chain.set_in_force(v.clone());
+        self.put(SCHED_META, "sched_meta", super::VALIDATORS_KEY, v);
     }
 
     fn push_link(&mut self, link: &Link) {

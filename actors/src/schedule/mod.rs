@@ -380,6 +380,12 @@ pub enum Op {
     /// cluster backup; `bulwark restore` rewinds each to it). Changes
     /// nothing in the schedule.
     Checkpoint,
+    /// A change of the validator set (docs: `crate::epoch`): adds
+    /// `facility` with `key`, rotates its key, or (`key` None) removes it.
+    /// The ledger admits it only if the set in force allows the change;
+    /// the next set certifies from the next height. Changes nothing in
+    /// the schedule.
+    Validator(crate::epoch::ValidatorChange),
 }
 
 /// The id prefix of every namespace: an id `chaos:<ns>:…` belongs to
@@ -437,6 +443,7 @@ impl Op {
             Op::DropNamespace { .. } => "drop_namespace",
             Op::Drill { .. } => "drill",
             Op::Checkpoint => "checkpoint",
+            Op::Validator(_) => "validator",
         }
     }
 }
@@ -501,6 +508,13 @@ pub enum Effect {
     DrillDeclared,
     /// A cluster backup point was set.
     Checkpointed,
+    /// The validator set changed: this epoch certifies from `from_height`.
+    ValidatorsChanged {
+        /// The new epoch's number.
+        epoch: u64,
+        /// The first height it certifies.
+        from_height: u64,
+    },
 }
 
 /// Why a command was rejected.
@@ -729,6 +743,10 @@ impl<T: Tables> Schedule<T> {
 
     pub(crate) fn push_link(&mut self, link: &crate::chain::Link) {
         self.t.push_link(link);
+    }
+
+    pub(crate) fn set_validators(&mut self, v: &crate::epoch::InForce) {
+        self.t.set_validators(v);
     }
 
     fn bump(&mut self, index: u64) {
@@ -971,11 +989,12 @@ impl<T: Tables> Schedule<T> {
                             | Op::DropNamespace { .. }
                             | Op::Drill { .. }
                             | Op::Checkpoint
+                            | Op::Validator(_)
                     )
                 }) {
                     return Err(reject(
                         Rule::InvalidInput,
-                        "a batch holds no batch, emergency coverage, archive, namespace drop, drill or checkpoint".into(),
+                        "a batch holds no batch, emergency coverage, archive, namespace drop, drill, checkpoint or validator change".into(),
                     ));
                 }
                 let outcomes = ops
@@ -1038,6 +1057,15 @@ impl<T: Tables> Schedule<T> {
                 Ok(Effect::DrillDeclared)
             }
             Op::Checkpoint => Ok(Effect::Checkpointed),
+            // The ledger checked the change against the set in force and
+            // recorded the next set before applying (`ledger::admit`).
+            Op::Validator(_) => {
+                let next = self.t.chain().in_force().current.as_ref();
+                Ok(Effect::ValidatorsChanged {
+                    epoch: next.map_or(0, |s| s.number),
+                    from_height: next.map_or(1, |s| s.from_height),
+                })
+            }
             Op::Archive { through_day } => {
                 let approved = self.t.approved_through();
                 // The archive stays ARCHIVE_MARGIN_DAYS behind the last

@@ -352,6 +352,12 @@ impl<B: TablesRead> Tables for Overlay<'_, B> {
         self.chain = Some(chain);
     }
 
+    fn set_validators(&mut self, v: &crate::epoch::InForce) {
+        let mut chain = self.chain().clone();
+        chain.set_in_force(v.clone());
+        self.chain = Some(chain);
+    }
+
     fn put_person(&mut self, person: &Person) {
         self.people.insert(person.id.clone(), person.clone());
     }

@@ -108,6 +108,8 @@ pub trait Tables: TablesRead {
     fn set_approved_through(&mut self, day: u32);
     /// Appends `link` to the chain.
     fn push_link(&mut self, link: &Link);
+    /// Records the validator sets in force (an epoch began).
+    fn set_validators(&mut self, v: &crate::epoch::InForce);
     /// Adds (or replaces) a person.
     fn put_person(&mut self, person: &Person);
     /// Adds a block (it has nobody yet).
@@ -384,6 +386,10 @@ impl Tables for MemTables {
 
     fn push_link(&mut self, link: &Link) {
         self.chain.push(link);
+    }
+
+    fn set_validators(&mut self, v: &crate::epoch::InForce) {
+        self.chain.set_in_force(v.clone());
     }
 
     fn put_person(&mut self, person: &Person) {

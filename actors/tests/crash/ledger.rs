@@ -104,7 +104,14 @@ fn chain() -> &'static Chain {
             let body = codec::encode(&payload).unwrap();
             let sig = rings[&proposer].sign(Domain::Proposal, &body);
             let data = codec::encode(&SignedProposal { body, sig }).unwrap();
-            let Verdict::Admitted(link) = admit(&mut state, &keys, i as u64 + 1, 1, &data).verdict
+            let Verdict::Admitted(link) = admit(
+                &mut state,
+                &bulwark_actors::epoch::ValidatorSet::genesis(keys.clone()),
+                i as u64 + 1,
+                1,
+                &data,
+            )
+            .verdict
             else {
                 panic!("chain entry {i} not admitted")
             };
@@ -278,8 +285,11 @@ impl Subject for Ledger {
     /// (each must be the chain's, byte for byte) and `restore`.
     fn read_back(path: &Path, ctx: &str) -> Model {
         let c = chain();
-        let report =
-            verify_file(path, &c.keys).unwrap_or_else(|e| panic!("{ctx}: ledger verify: {e}"));
+        let report = verify_file(
+            path,
+            &bulwark_actors::epoch::ValidatorSet::genesis(c.keys.clone()),
+        )
+        .unwrap_or_else(|e| panic!("{ctx}: ledger verify: {e}"));
         let store = open_store(path, ctx);
         let model = rows_of(&store, ctx);
         assert_eq!(

@@ -118,6 +118,12 @@ pub struct CapPlan {
     pub leadership: bool,
 }
 
+thread_local! {
+    /// Keyrings the next cluster started on this thread takes
+    /// ([`Cluster::start_bft_rings`]).
+    static RINGS: std::cell::RefCell<Option<Vec<Keyring>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Validators to run beside the RaftPeers: settings and each facility's
 /// behaviour.
 #[derive(Clone)]
@@ -180,6 +186,18 @@ impl Cluster {
         Self::start_full(n, seed, configs_for(n, seed), |_, s| s, Some(plan), None).await
     }
 
+    /// Like [`Cluster::start_bft`], with `rings` as the facilities'
+    /// keyrings (a genesis set of some of them, next keys held).
+    pub async fn start_bft_rings(
+        n: usize,
+        seed: u64,
+        plan: BftPlan,
+        rings: Vec<Keyring>,
+    ) -> Cluster {
+        RINGS.with(|r| *r.borrow_mut() = Some(rings));
+        Self::start_bft(n, seed, plan).await
+    }
+
     pub async fn start_full(
         n: usize,
         seed: u64,
@@ -193,7 +211,9 @@ impl Cluster {
         let cfgs = configs.clone();
         let members: Vec<FacilityId> = (0..n).map(harness_id).collect();
         let by_id = Keyring::deterministic(&members, seed);
-        let rings: Vec<Keyring> = members.iter().map(|f| by_id[f].clone()).collect();
+        let rings: Vec<Keyring> = RINGS
+            .with(|r| r.borrow_mut().take())
+            .unwrap_or_else(|| members.iter().map(|f| by_id[f].clone()).collect());
         let rings2 = rings.clone();
         // Feeds outlive restarts of the actors (as in the binary).
         let feeds: Vec<AppliedFeed> = (0..n)

@@ -342,7 +342,8 @@ impl Run<'_> {
                 .into_iter()
                 .enumerate()
                 .map(|(k, fin)| (k as u64 + 1, Ok::<FinalEntry, String>(fin)));
-            ledger::verify_chain(chain, self.c.keys()).map_err(|e| {
+            let genesis = bulwark_actors::epoch::ValidatorSet::genesis(self.c.keys().clone());
+            ledger::verify_chain(chain, &genesis).map_err(|e| {
                 self.fail(Violation::new(Invariant::FinalLedger, format!("{f}: {e}")))
             })?;
             let raw = LedgerStore::new(self.c.harness().node(i).ctx().store.clone())

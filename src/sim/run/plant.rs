@@ -27,6 +27,7 @@ impl Run<'_> {
                     shown: bulwark_actors::replica::Shown {
                         payload: None,
                         verdict: ledger::Verdict::Skipped,
+                        epoch: None,
                     },
                     leader: None,
                 };
