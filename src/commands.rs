@@ -718,6 +718,17 @@ pub enum MemberCmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Remove a facility from the cluster for good: every identity of it,
+    /// voter or learner (take it out of the validator set first, `bulwark
+    /// validator remove`; then stop it). Refused for the leader (transfer
+    /// first) and when the voters left could not commit.
+    Remove {
+        /// The facility.
+        #[arg(long)]
+        facility: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Make a replaced (or added) facility's learner a voter, once it has
     /// caught up, and remove its old identity (joint consensus).
     Promote {
@@ -781,6 +792,10 @@ pub async fn member(cmd: MemberCmd) -> Result<ExitCode, String> {
             let body = json!({ "facility": facility, "action": "add" });
             once(&target, "/v1/admin/members", Some(body), change).await
         }
+        MemberCmd::Remove { facility, target } => {
+            let body = json!({ "facility": facility, "action": "remove" });
+            once(&target, "/v1/admin/members", Some(body), change).await
+        }
         MemberCmd::Promote { facility, target } => {
             let body = json!({ "facility": facility, "action": "promote" });
             once(&target, "/v1/admin/members", Some(body), change).await
@@ -806,20 +821,20 @@ pub enum ValidatorCmd {
         facility: String,
         /// Its vote key, `ed25519:<64 hex digits>`.
         #[arg(long)]
-        key: String,
+        vote_key: String,
         #[command(flatten)]
         write: WriteArgs,
     },
     /// Rotate a facility's vote key. With `--config`, the facility's own
     /// `vote_key_next` (which it already holds: it signs with it from the
-    /// new epoch on) is read from its config; else give `--key`.
+    /// new epoch on) is read from its config; else give `--vote-key`.
     Rotate {
         /// The facility.
         #[arg(long)]
         facility: String,
         /// The new key, `ed25519:<64 hex digits>`.
         #[arg(long, conflicts_with = "config")]
-        key: Option<String>,
+        vote_key: Option<String>,
         /// The facility's config: its `facility.vote_key_next` is the new key.
         #[arg(long)]
         config: Option<std::path::PathBuf>,
@@ -861,19 +876,19 @@ pub async fn validator(cmd: ValidatorCmd) -> Result<ExitCode, String> {
         }
         ValidatorCmd::Add {
             facility,
-            key,
+            vote_key,
             write: w,
         } => {
-            let body = json!({ "facility": facility, "key": key });
+            let body = json!({ "facility": facility, "key": vote_key });
             write(&w, "/v1/admin/validators", body).await
         }
         ValidatorCmd::Rotate {
             facility,
-            key,
+            vote_key,
             config,
             write: w,
         } => {
-            let key = match (key, config) {
+            let key = match (vote_key, config) {
                 (Some(k), _) => k,
                 (None, Some(c)) => {
                     let cfg = crate::config::FacilityConfig::load(&c).map_err(|e| e.to_string())?;
@@ -894,7 +909,7 @@ pub async fn validator(cmd: ValidatorCmd) -> Result<ExitCode, String> {
                     })?;
                     bulwark_actors::keys::format_public(next)
                 }
-                (None, None) => return Err("give --key or --config".into()),
+                (None, None) => return Err("give --vote-key or --config".into()),
             };
             let body = json!({ "facility": facility, "key": key });
             write(&w, "/v1/admin/validators", body).await

@@ -125,6 +125,7 @@ fn in_force(before: &MembersAnswer, m: &MembersAnswer, f: &str, change: MemberCh
             now.iter()
                 .any(|x| x.role == "learner" && top.is_none_or(|t| x.incarnation > t))
         }
+        MemberChange::Remove => now.is_empty(),
         MemberChange::Promote => {
             let Some(k) = was
                 .iter()

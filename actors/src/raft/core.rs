@@ -254,6 +254,11 @@ pub enum MemberChange {
     /// started with `initial_cluster_state = "existing"`) as a learner: it
     /// reads locally and forwards writes; `Promote` makes it a voter.
     Add,
+    /// Remove every identity of the facility, voter or learner: it leaves
+    /// the cluster for good (take it out of the validator set first).
+    /// Refused for the leader itself, and when the voters left could not
+    /// commit.
+    Remove,
 }
 
 /// Chunks of the digest pass over an outgoing snapshot per tick.
@@ -1954,6 +1959,44 @@ impl<M: StateMachine> RaftCore<M> {
                 // Never a member (removal is not built): its first identity.
                 let id = raft_id_at(f, 0);
                 (id, vec![single(id, ConfChangeType::AddLearnerNode)])
+            }
+            MemberChange::Remove => {
+                if *f == self.me {
+                    return Err(format!(
+                        "{f} leads: move leadership to another voter first (bulwark leader transfer)"
+                    ));
+                }
+                let ids: Vec<u64> = voters.iter().chain(&learners).copied().collect();
+                let Some(&first) = ids.first() else {
+                    return Err(format!("{f} is in no configuration"));
+                };
+                // The voters left must be a live majority of themselves.
+                let prs = self.node.raft.prs();
+                let left: Vec<u64> = cs
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|v| !voters.contains(v))
+                    .collect();
+                if left.is_empty() {
+                    return Err(format!("{f} is the last voter"));
+                }
+                let live = left
+                    .iter()
+                    .filter(|v| **v == self.my_id || prs.get(**v).is_some_and(|p| p.recent_active))
+                    .count();
+                if 2 * live <= left.len() {
+                    return Err(format!(
+                        "only {live} of the {} voters left without {f} are reachable: they could \
+                         not commit; bring them back first",
+                        left.len()
+                    ));
+                }
+                let changes = ids
+                    .iter()
+                    .map(|&id| single(id, ConfChangeType::RemoveNode))
+                    .collect();
+                (first, changes)
             }
             MemberChange::Promote => {
                 let Some(&id) = learners.iter().max_by_key(|id| self.incarnations[*id]) else {

@@ -353,7 +353,7 @@ impl Run<'_> {
             match change {
                 MemberChange::Replace => self.member_changes.0 += 1,
                 MemberChange::Promote => self.member_changes.1 += 1,
-                MemberChange::Add => {}
+                MemberChange::Add | MemberChange::Remove => {}
             }
         }
         let via = &self.c.ids()[via];

@@ -1,0 +1,382 @@
+//! The cluster grows from three facilities to five and shrinks back to
+//! three under continuous writes, over real processes, and one vote key is
+//! rotated on the way; every step through the CLI as docs/OPERATIONS.md
+//! gives it:
+//!
+//! 1. alpha, bravo and charlie run; their configs name only each other,
+//!    with the genesis vote keys written out (`[consensus]
+//!    genesis_vote_keys`, as `bulwark init` writes them).
+//! 2. delta and echo are added to the three configs (a rolling restart,
+//!    SIGTERM then start, one at a time) and started with
+//!    `initial_cluster_state = "existing"`.
+//! 3. `bulwark member add` + `promote`, then `bulwark validator add`: delta
+//!    joins (4), then echo (5).
+//! 4. alpha rotates its vote key: the new one goes in `vote_key_next`,
+//!    alpha restarts holding both, `bulwark validator rotate --config`.
+//! 5. `bulwark validator remove`, then `bulwark member remove`: echo
+//!    leaves, then delta (3 again).
+//!
+//! A writer adds people all along, through every facility that is a
+//! validator at the time, and keeps its own record of acknowledged writes.
+//! At the end every acknowledged write is on each of the three, nobody
+//! holds evidence, and every facility's ledger (the two that left
+//! included) verifies from height 1 with the genesis public keys alone,
+//! meeting the six epochs.
+
+#[path = "support/procs.rs"]
+mod procs;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use procs::*;
+use serde_json::json;
+
+const NAMES: [&str; 5] = ["alpha", "bravo", "charlie", "delta", "echo"];
+const CLUSTER: &str = "0123456789abcdef0123456789abcdef";
+
+struct Member {
+    pin: String,
+    vote: String,
+    quic: SocketAddr,
+}
+
+fn quoted(out: &str, key: &str) -> String {
+    let line = out.lines().find(|l| l.starts_with(key)).unwrap();
+    line.split('"').nth(1).unwrap().to_string()
+}
+
+fn free(udp: bool) -> SocketAddr {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+}
+
+/// `name`'s config naming `peers`, with the genesis keys of the first
+/// three; `existing` for a facility that joins; `next` its next vote key.
+fn write_config(site: &Site, m: &[Member], peers: &[usize], existing: bool, next: Option<&str>) {
+    let i = NAMES.iter().position(|n| *n == site.id).unwrap();
+    let mut text = format!(
+        "[facility]\nid = \"{}\"\ndata_dir = \"data\"\nquic_listen = \"{}\"\nhttp_listen = \"{}\"\n\
+         key = \"facility.key\"\ncert = \"facility.crt\"\nvote_key = \"vote.key\"\ncluster_id = \"{CLUSTER}\"\n",
+        site.id, m[i].quic, site.http
+    );
+    if let Some(n) = next {
+        text += &format!("vote_key_next = \"{n}\"\n");
+    }
+    text += "\n";
+    for &j in peers.iter().filter(|j| **j != i) {
+        text += &format!(
+            "[[peer]]\nid = \"{}\"\naddr = \"{}\"\npin = \"{}\"\nvote_key = \"{}\"\n\n",
+            NAMES[j], m[j].quic, m[j].pin, m[j].vote
+        );
+    }
+    text += &format!(
+        "[api]\ntoken = \"{TOKEN}\"\n\n[backup]\nevery_s = 0\n\n[consensus]\ninitial_cluster_state = \"{}\"\n\n\
+         [consensus.genesis_vote_keys]\n",
+        if existing { "existing" } else { "new" }
+    );
+    for j in 0..3 {
+        text += &format!("{} = \"{}\"\n", NAMES[j], m[j].vote);
+    }
+    std::fs::write(&site.config, text).unwrap();
+}
+
+/// Runs the CLI at `site` until it exits 0 (a refusal while a learner
+/// catches up, a change in progress, a moment without a leader).
+async fn cli_until(site: &Site, args: &[&str], what: &str) -> String {
+    until(Duration::from_secs(90), what, || async {
+        let (code, out, _) = cli(site, TOKEN, args);
+        (code == 0).then_some(out)
+    })
+    .await
+}
+
+async fn ready(c: &reqwest::Client, site: &Site) {
+    until(Duration::from_secs(60), "ready", || async {
+        let (st, _) = get(c, &site.url("/health/ready")).await;
+        (st == 200).then_some(())
+    })
+    .await;
+}
+
+/// Restarts `site` with a planned stop.
+async fn restart(c: &reqwest::Client, site: &mut Site) {
+    site.terminate();
+    site.start();
+    ready(c, site).await;
+}
+
+/// Adds `f` as a learner through `at`, waits until it caught up, promotes
+/// it and makes it a validator with its key.
+async fn join(c: &reqwest::Client, at: &Site, f: &Site, vote: &str) {
+    let id = f.id.as_str();
+    cli_until(at, &["member", "add", "--facility", id], "member add").await;
+    let out = cli_until(
+        at,
+        &["member", "promote", "--facility", id],
+        "promotion once caught up",
+    )
+    .await;
+    assert!(out.contains("in force") || out.contains("passed"), "{out}");
+    let out = cli_until(
+        at,
+        &[
+            "validator",
+            "add",
+            "--facility",
+            id,
+            "--vote-key",
+            vote,
+            "--key",
+            &format!("validator-add-{id}"),
+        ],
+        "validator add",
+    )
+    .await;
+    assert!(out.contains("validators_changed"), "{out}");
+    ready(c, f).await;
+}
+
+/// Takes `f` out of the validator set, then out of the cluster, through
+/// `at` (moving leadership off it first), and stops it.
+async fn leave(c: &reqwest::Client, at: &Site, f: &mut Site) {
+    let id = f.id.clone();
+    let out = cli_until(
+        at,
+        &[
+            "validator",
+            "remove",
+            "--facility",
+            &id,
+            "--key",
+            &format!("validator-remove-{id}"),
+        ],
+        "validator remove",
+    )
+    .await;
+    assert!(out.contains("validators_changed"), "{out}");
+    if leader(c, at).await == id {
+        cli_until(
+            at,
+            &["leader", "transfer", "--to", &at.id],
+            "leader transfer",
+        )
+        .await;
+    }
+    cli_until(
+        at,
+        &["member", "remove", "--facility", &id],
+        "member remove",
+    )
+    .await;
+    f.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let mut members = Vec::new();
+    let mut s = Vec::new();
+    for n in NAMES {
+        let dir = root.path().join(n);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = run(&["keygen", "--id", n, "--out", dir.to_str().unwrap()]);
+        members.push(Member {
+            pin: quoted(&out, "pin"),
+            vote: quoted(&out, "vote_key"),
+            quic: free(true),
+        });
+        s.push(Site {
+            id: n.to_string(),
+            config: dir.join("facility.toml"),
+            dir,
+            http: free(false),
+            quic: members.last().unwrap().quic,
+            proc: None,
+        });
+    }
+    for site in &s[..3] {
+        write_config(site, &members, &[0, 1, 2], false, None);
+    }
+    let c = client();
+    let li = start_all(&c, &mut s[..3]).await;
+
+    // The writer: a person at a time through the facilities in `via`,
+    // each write retried under its key until answered.
+    let via: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(
+        s[..3].iter().map(|x| x.url("/v1/people")).collect(),
+    ));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (via, acked, stop, c) = (via.clone(), acked.clone(), stop.clone(), c.clone());
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("w{n}");
+                let body = json!({"id": id, "name": "Dr Written", "role": "faculty"});
+                for attempt in 0..200usize {
+                    let url = {
+                        let v = via.lock().unwrap();
+                        v[(n + attempt) % v.len()].clone()
+                    };
+                    let (st, v) = post(&c, &url, &id, &body).await;
+                    if st == 200 {
+                        acked.lock().unwrap().push(id.clone());
+                        break;
+                    }
+                    assert!(matches!(st, 0 | 429 | 500 | 503), "{id} at {url}: {st} {v}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                n += 1;
+            }
+        })
+    };
+    let written = |k: usize| {
+        let acked = acked.clone();
+        async move {
+            let start = acked.lock().unwrap().len();
+            until(Duration::from_secs(60), "writes go on", || async {
+                (acked.lock().unwrap().len() >= start + k).then_some(())
+            })
+            .await;
+        }
+    };
+    written(10).await;
+
+    // ---- delta and echo go into the three configs: a rolling restart.
+    for i in (0..3).filter(|i| *i != li).chain([li]) {
+        write_config(&s[i], &members, &[0, 1, 2, 3, 4], false, None);
+        restart(&c, &mut s[i]).await;
+        written(3).await;
+    }
+    for i in [3, 4] {
+        write_config(&s[i], &members, &[0, 1, 2, 3, 4], true, None);
+        s[i].start();
+    }
+
+    // ---- 3 -> 4 -> 5.
+    let at = s[0].id.clone();
+    let at_site = s.iter().position(|x| x.id == at).unwrap();
+    for i in [3, 4] {
+        join(&c, &s[at_site], &s[i], &members[i].vote).await;
+        via.lock().unwrap().push(s[i].url("/v1/people"));
+        written(5).await;
+    }
+    let (code, list, _) = cli(&s[0], TOKEN, &["validator", "list"]);
+    assert_eq!(code, 0, "{list}");
+    assert!(list.contains("epoch 2") && list.contains("echo"), "{list}");
+
+    // ---- alpha rotates its vote key.
+    let next_dir = s[0].dir.join("next");
+    std::fs::create_dir_all(&next_dir).unwrap();
+    let out = run(&[
+        "keygen",
+        "--id",
+        "alpha",
+        "--out",
+        next_dir.to_str().unwrap(),
+    ]);
+    let new_key = quoted(&out, "vote_key");
+    std::fs::copy(next_dir.join("vote.key"), s[0].dir.join("vote-next.key")).unwrap();
+    write_config(
+        &s[0],
+        &members,
+        &[0, 1, 2, 3, 4],
+        false,
+        Some("vote-next.key"),
+    );
+    restart(&c, &mut s[0]).await;
+    let cfg = s[0].config.to_str().unwrap().to_string();
+    let out = cli_until(
+        &s[0],
+        &[
+            "validator",
+            "rotate",
+            "--facility",
+            "alpha",
+            "--config",
+            &cfg,
+            "--key",
+            "validator-rotate-alpha",
+        ],
+        "rotation",
+    )
+    .await;
+    assert!(out.contains("validators_changed"), "{out}");
+    written(10).await;
+
+    // ---- 5 -> 4 -> 3: echo leaves, then delta.
+    for i in [4, 3] {
+        let url = s[i].url("/v1/people");
+        via.lock().unwrap().retain(|u| *u != url);
+        let (head, tail) = s.split_at_mut(i);
+        leave(&c, &head[0], &mut tail[0]).await;
+        written(5).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 50, "{} writes", acked.len());
+    eprintln!("{} writes acknowledged", acked.len());
+
+    // ---- every acknowledged write is on each of the three.
+    for site in &s[..3] {
+        for id in &acked {
+            let url = site.url(&format!("/v1/people/{id}?consistency=linearizable"));
+            until(Duration::from_secs(60), "the write read back", || async {
+                let (st, _) = get(&c, &url).await;
+                (st == 200).then_some(())
+            })
+            .await;
+        }
+    }
+    no_evidence(&c, &s[..3]).await;
+    let (code, list, _) = cli(&s[1], TOKEN, &["validator", "list"]);
+    assert_eq!(code, 0, "{list}");
+    assert!(
+        list.contains("epoch 5") && list.contains(&new_key),
+        "{list}"
+    );
+
+    // ---- every ledger verifies from height 1 with the genesis keys.
+    let keys = root.path().join("genesis.toml");
+    let mut text = "[vote_keys]\n".to_string();
+    for m in &members[..3] {
+        let i = members.iter().position(|x| x.vote == m.vote).unwrap();
+        text += &format!("{} = \"{}\"\n", NAMES[i], m.vote);
+    }
+    std::fs::write(&keys, text).unwrap();
+    for site in s.iter_mut() {
+        site.terminate();
+        let db = site.dir.join("data").join("bulwark.redb");
+        let out = run(&[
+            "ledger",
+            "verify",
+            "--db",
+            db.to_str().unwrap(),
+            "--keys",
+            keys.to_str().unwrap(),
+        ]);
+        assert!(out.starts_with("ok: "), "{}: {out}", site.id);
+        eprintln!("{}: {out}", site.id);
+        // The three met every epoch; delta and echo those before they left.
+        let met = if ["delta", "echo"].contains(&site.id.as_str()) {
+            "epoch 3 from height"
+        } else {
+            "epoch 5 from height"
+        };
+        assert!(out.contains(met), "{}: {out}", site.id);
+    }
+}
