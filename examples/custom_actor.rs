@@ -137,6 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 id: ids[j].clone(),
                 addr: addrs[j],
                 pin: idents[j].pin(),
+                pin_next: None,
                 host: None,
             }],
             supervision: SupervisionConfig::default(),

@@ -433,6 +433,10 @@ pub struct PeerSection {
     pub addr: String,
     /// blake3 hash of the peer's certificate (`bulwark keygen` prints it).
     pub pin: Pin,
+    /// The pin of the certificate the peer rotates to, accepted beside
+    /// `pin` (docs/OPERATIONS.md, "Rotating a TLS certificate").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_next: Option<Pin>,
     /// The peer's vote-signing public key, `ed25519:<64 hex digits>`
     /// (`bulwark keygen` prints it).
     pub vote_key: String,
@@ -534,6 +538,7 @@ impl FacilityConfig {
                     id: p.id.clone(),
                     addr,
                     pin: p.pin,
+                    pin_next: p.pin_next,
                     host,
                 }
             })

@@ -415,6 +415,7 @@ pub async fn start_loopback_cluster_with(
                 id: ids[j].clone(),
                 addr: addrs[j],
                 pin: identities[j].pin(),
+                pin_next: None,
                 host: None,
             })
             .collect();

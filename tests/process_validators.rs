@@ -13,7 +13,11 @@
 //!    joins (4), then echo (5).
 //! 4. alpha rotates its vote key: the new one goes in `vote_key_next`,
 //!    alpha restarts holding both, `bulwark validator rotate --config`.
-//! 5. `bulwark validator remove`, then `bulwark member remove`: echo
+//! 5. bravo rotates its TLS certificate: the new pin goes into every
+//!    other config as `pin_next` (a rolling restart), then bravo restarts
+//!    with the new certificate; its links come back and it serves
+//!    linearizable reads.
+//! 6. `bulwark validator remove`, then `bulwark member remove`: echo
 //!    leaves, then delta (3 again).
 //!
 //! A writer adds people all along, through every facility that is a
@@ -39,7 +43,11 @@ const CLUSTER: &str = "0123456789abcdef0123456789abcdef";
 
 struct Member {
     pin: String,
+    /// The pin of the certificate it rotates to.
+    pin_next: Option<String>,
     vote: String,
+    /// Its `vote_key_next` file.
+    vote_next: Option<String>,
     quic: SocketAddr,
 }
 
@@ -63,23 +71,27 @@ fn free(udp: bool) -> SocketAddr {
 }
 
 /// `name`'s config naming `peers`, with the genesis keys of the first
-/// three; `existing` for a facility that joins; `next` its next vote key.
-fn write_config(site: &Site, m: &[Member], peers: &[usize], existing: bool, next: Option<&str>) {
+/// three; `existing` for a facility that joins.
+fn write_config(site: &Site, m: &[Member], peers: &[usize], existing: bool) {
     let i = NAMES.iter().position(|n| *n == site.id).unwrap();
     let mut text = format!(
         "[facility]\nid = \"{}\"\ndata_dir = \"data\"\nquic_listen = \"{}\"\nhttp_listen = \"{}\"\n\
          key = \"facility.key\"\ncert = \"facility.crt\"\nvote_key = \"vote.key\"\ncluster_id = \"{CLUSTER}\"\n",
         site.id, m[i].quic, site.http
     );
-    if let Some(n) = next {
+    if let Some(n) = &m[i].vote_next {
         text += &format!("vote_key_next = \"{n}\"\n");
     }
     text += "\n";
     for &j in peers.iter().filter(|j| **j != i) {
         text += &format!(
-            "[[peer]]\nid = \"{}\"\naddr = \"{}\"\npin = \"{}\"\nvote_key = \"{}\"\n\n",
+            "[[peer]]\nid = \"{}\"\naddr = \"{}\"\npin = \"{}\"\nvote_key = \"{}\"\n",
             NAMES[j], m[j].quic, m[j].pin, m[j].vote
         );
+        if let Some(p) = &m[j].pin_next {
+            text += &format!("pin_next = \"{p}\"\n");
+        }
+        text += "\n";
     }
     text += &format!(
         "[api]\ntoken = \"{TOKEN}\"\n\n[backup]\nevery_s = 0\n\n[consensus]\ninitial_cluster_state = \"{}\"\n\n\
@@ -194,7 +206,9 @@ async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
         let out = run(&["keygen", "--id", n, "--out", dir.to_str().unwrap()]);
         members.push(Member {
             pin: quoted(&out, "pin"),
+            pin_next: None,
             vote: quoted(&out, "vote_key"),
+            vote_next: None,
             quic: free(true),
         });
         s.push(Site {
@@ -207,7 +221,7 @@ async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
         });
     }
     for site in &s[..3] {
-        write_config(site, &members, &[0, 1, 2], false, None);
+        write_config(site, &members, &[0, 1, 2], false);
     }
     let c = client();
     let li = start_all(&c, &mut s[..3]).await;
@@ -243,29 +257,44 @@ async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
             }
         })
     };
+    let logs: Vec<std::path::PathBuf> = s.iter().map(|x| x.dir.join("node.log")).collect();
     let written = |k: usize| {
         let acked = acked.clone();
+        let logs = logs.clone();
         async move {
             let start = acked.lock().unwrap().len();
-            until(Duration::from_secs(60), "writes go on", || async {
-                (acked.lock().unwrap().len() >= start + k).then_some(())
-            })
-            .await;
+            for _ in 0..600 {
+                if acked.lock().unwrap().len() >= start + k {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for l in &logs {
+                let text = std::fs::read_to_string(l).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                eprintln!(
+                    "---- {}\n{}",
+                    l.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            panic!("writes stopped at {}", acked.lock().unwrap().len());
         }
     };
     written(10).await;
 
     // ---- delta and echo go into the three configs: a rolling restart.
     for i in (0..3).filter(|i| *i != li).chain([li]) {
-        write_config(&s[i], &members, &[0, 1, 2, 3, 4], false, None);
+        write_config(&s[i], &members, &[0, 1, 2, 3, 4], false);
         restart(&c, &mut s[i]).await;
         written(3).await;
     }
     for i in [3, 4] {
-        write_config(&s[i], &members, &[0, 1, 2, 3, 4], true, None);
+        write_config(&s[i], &members, &[0, 1, 2, 3, 4], true);
         s[i].start();
     }
 
+    eprintln!("phase: 3 -> 4 -> 5");
     // ---- 3 -> 4 -> 5.
     let at = s[0].id.clone();
     let at_site = s.iter().position(|x| x.id == at).unwrap();
@@ -278,6 +307,7 @@ async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
     assert_eq!(code, 0, "{list}");
     assert!(list.contains("epoch 2") && list.contains("echo"), "{list}");
 
+    eprintln!("phase: vote key rotation");
     // ---- alpha rotates its vote key.
     let next_dir = s[0].dir.join("next");
     std::fs::create_dir_all(&next_dir).unwrap();
@@ -290,13 +320,8 @@ async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
     ]);
     let new_key = quoted(&out, "vote_key");
     std::fs::copy(next_dir.join("vote.key"), s[0].dir.join("vote-next.key")).unwrap();
-    write_config(
-        &s[0],
-        &members,
-        &[0, 1, 2, 3, 4],
-        false,
-        Some("vote-next.key"),
-    );
+    members[0].vote_next = Some("vote-next.key".into());
+    write_config(&s[0], &members, &[0, 1, 2, 3, 4], false);
     restart(&c, &mut s[0]).await;
     let cfg = s[0].config.to_str().unwrap().to_string();
     let out = cli_until(
@@ -317,6 +342,30 @@ async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
     assert!(out.contains("validators_changed"), "{out}");
     written(10).await;
 
+    eprintln!("phase: TLS rotation");
+    // ---- bravo rotates its TLS certificate: every other facility accepts
+    // the new pin beside the old (a rolling restart), then bravo switches.
+    let tls_dir = s[1].dir.join("next-tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let out = run(&[
+        "keygen",
+        "--id",
+        "bravo",
+        "--out",
+        tls_dir.to_str().unwrap(),
+    ]);
+    members[1].pin_next = Some(quoted(&out, "pin"));
+    for i in [0, 2, 3, 4] {
+        write_config(&s[i], &members, &[0, 1, 2, 3, 4], i >= 3);
+        restart(&c, &mut s[i]).await;
+    }
+    for f in ["facility.key", "facility.crt"] {
+        std::fs::copy(tls_dir.join(f), s[1].dir.join(f)).unwrap();
+    }
+    restart(&c, &mut s[1]).await;
+    written(5).await;
+
+    eprintln!("phase: 5 -> 3");
     // ---- 5 -> 4 -> 3: echo leaves, then delta.
     for i in [4, 3] {
         let url = s[i].url("/v1/people");
@@ -335,6 +384,10 @@ async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
     for site in &s[..3] {
         for id in &acked {
             let url = site.url(&format!("/v1/people/{id}?consistency=linearizable"));
+            let (st, v) = get(&c, &url).await;
+            if st != 200 {
+                eprintln!("{} {id}: {st} {v}", site.id);
+            }
             until(Duration::from_secs(60), "the write read back", || async {
                 let (st, _) = get(&c, &url).await;
                 (st == 200).then_some(())

@@ -102,6 +102,10 @@ pub struct PeerSpec {
     pub addr: SocketAddr,
     /// Its certificate's pin.
     pub pin: Pin,
+    /// The pin of the certificate it rotates to, accepted as its own
+    /// beside `pin` (a rotation without downtime: docs/OPERATIONS.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_next: Option<Pin>,
     /// A DNS name and port (`bravo.example.org:7402`) resolved again
     /// before every dial, so a peer whose address changes is found on
     /// the next reconnect; `None`: `addr` as it is.
@@ -183,8 +187,10 @@ impl QuicConfig {
             if !ids.insert(&p.id) {
                 return bad(format!("peer {} is listed twice", p.id));
             }
-            if !pins.insert(p.pin) {
-                return bad(format!("peer {} reuses another peer's pin", p.id));
+            for pin in std::iter::once(p.pin).chain(p.pin_next) {
+                if !pins.insert(pin) {
+                    return bad(format!("peer {} reuses another peer's pin", p.id));
+                }
             }
         }
         if self.send_queue_len == 0 || self.inbound_len == 0 {
@@ -464,8 +470,17 @@ impl QuicTransport {
     ) -> Result<(QuicTransport, mpsc::Receiver<Inbound>), QuicError> {
         config.validate(&identity.id)?;
         let stats = Arc::new(QuicStats::default());
-        let by_pin: Arc<HashMap<Pin, FacilityId>> =
-            Arc::new(config.peers.iter().map(|p| (p.pin, p.id.clone())).collect());
+        let by_pin: Arc<HashMap<Pin, FacilityId>> = Arc::new(
+            config
+                .peers
+                .iter()
+                .flat_map(|p| {
+                    std::iter::once(p.pin)
+                        .chain(p.pin_next)
+                        .map(|pin| (pin, p.id.clone()))
+                })
+                .collect(),
+        );
         let verifier = Arc::new(PinVerifier::new(by_pin.clone(), stats.clone()));
         let transport_config = Arc::new(transport_config(&config)?);
         let mut client =
@@ -747,7 +762,8 @@ impl Inner {
         };
         // The verifier checked the pin against the name we dialled; check
         // again that the certificate is this peer's.
-        if peer_pin(&conn) != Some(spec.pin) {
+        let pin = peer_pin(&conn);
+        if pin != Some(spec.pin) && (pin.is_none() || pin != spec.pin_next) {
             conn.close(VarInt::from_u32(CLOSE_BAD_HELLO), b"unexpected certificate");
             return Err(DialError::Failed(
                 "peer presented another certificate".into(),

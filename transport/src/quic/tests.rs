@@ -60,6 +60,7 @@ fn mesh(names: &[&str]) -> (Vec<Identity>, Vec<UdpSocket>, Vec<QuicConfig>) {
                     id: ids[j].id.clone(),
                     addr: sockets[j].local_addr().unwrap(),
                     pin: ids[j].pin(),
+                    pin_next: None,
                     host: None,
                 })
                 .collect(),
@@ -194,6 +195,7 @@ async fn unknown_certificate_is_refused_during_the_handshake() {
             id: id("alpha"),
             addr: alpha.t.local_addr().unwrap(),
             pin: ids[0].pin(),
+            pin_next: None,
             host: None,
         }],
         ..test_config()
@@ -620,6 +622,7 @@ fn config_validation_names_the_problem() {
         id: id(name),
         addr: "127.0.0.1:1".parse().unwrap(),
         pin,
+        pin_next: None,
         host: None,
     };
     let cfg = |peers| QuicConfig {
@@ -675,4 +678,59 @@ fn backoff_is_capped_and_jittered() {
         seen.insert(d);
     }
     assert!(seen.len() > 20, "jitter spreads the delays");
+}
+
+/// A peer that rotated its certificate is dialled and accepted under the
+/// new pin while the config lists it as `pin_next` (the old one still as
+/// `pin`): a certificate rotation without downtime. A certificate under
+/// neither pin is refused.
+#[tokio::test]
+async fn a_peer_is_dialled_under_its_next_pin_during_a_certificate_rotation() {
+    let (ids, sockets, mut configs) = mesh(&["alpha", "bravo"]);
+    let rotated = Identity::generate(id("bravo")).unwrap();
+    configs[0].peers[0].pin_next = Some(rotated.pin());
+    let mut it = ids.into_iter().zip(sockets).zip(configs);
+    let ((alpha, sa), ca) = it.next().unwrap();
+    let ((_, sb), cb) = it.next().unwrap();
+    let (ta, rxa) = QuicTransport::bind(alpha, ca, Some(sa)).unwrap();
+    let a = Node::start(ta, rxa);
+    // bravo only accepts: every connection is alpha's dial.
+    let (tb, rxb) = QuicTransport::bind(rotated, cb, Some(sb)).unwrap();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(tb.accept_driver().unwrap());
+    let mut b = Node {
+        t: tb,
+        rx: rxb,
+        tasks,
+    };
+    a.t.send(&id("bravo"), TrafficClass::Control, b"rotated".to_vec())
+        .unwrap();
+    let got = b.recv().await;
+    assert_eq!((got.from, got.payload), (id("alpha"), b"rotated".to_vec()));
+
+    // Under neither pin: refused, nothing arrives.
+    let (ids, sockets, configs) = mesh(&["alpha", "bravo"]);
+    let stranger = Identity::generate(id("bravo")).unwrap();
+    let mut it = ids.into_iter().zip(sockets).zip(configs);
+    let ((alpha, sa), ca) = it.next().unwrap();
+    let ((_, sb), cb) = it.next().unwrap();
+    let (ta, rxa) = QuicTransport::bind(alpha, ca, Some(sa)).unwrap();
+    let a = Node::start(ta, rxa);
+    let (tb, rxb) = QuicTransport::bind(stranger, cb, Some(sb)).unwrap();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(tb.accept_driver().unwrap());
+    let mut b = Node {
+        t: tb,
+        rx: rxb,
+        tasks,
+    };
+    a.t.send(&id("bravo"), TrafficClass::Control, b"no".to_vec())
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), b.rx.recv())
+            .await
+            .is_err(),
+        "a certificate under neither pin was accepted"
+    );
+    drop(b);
 }
