@@ -228,7 +228,13 @@ pub fn init(spec: &InitSpec) -> Result<Initialized, InitError> {
                 addrs[j].0, keys[j].pin, keys[j].vote
             );
         }
-        text += "[api]\n\n[api.tls]\ncert = \"api.crt\"\nkey = \"api.key\"\n\n";
+        // The genesis validator set, written out: it stays the anchor of
+        // the ledger whatever keys are rotated or facilities added later.
+        text += "[consensus.genesis_vote_keys]\n";
+        for (j, m) in spec.facilities.iter().enumerate() {
+            text += &format!("{m} = \"{}\"\n", keys[j].vote);
+        }
+        text += "\n[api]\n\n[api.tls]\ncert = \"api.crt\"\nkey = \"api.key\"\n\n";
         for (name, scopes, token) in &tokens {
             let names: Vec<String> = scopes.iter().map(|s| format!("\"{}\"", s.name())).collect();
             text += &format!(

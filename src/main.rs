@@ -850,6 +850,32 @@ async fn node(path: PathBuf) -> AnyResult {
         cluster = %bulwark_transport::quic::cluster_text(&cluster),
         "cluster"
     );
+    // The genesis validator set anchors the ledger: the one this store's
+    // history was admitted under, stamped at its first start; a config
+    // that now gives another (an edited key, a rotated key moved into
+    // `vote_key` without `genesis_vote_keys`) would admit differently.
+    let ring = cfg.keyring()?;
+    let genesis = bulwark_actors::epoch::ValidatorSet::genesis(ring.public().clone());
+    let stamp = *blake3::hash(&bulwark_storage::codec::encode(&genesis)?).as_bytes();
+    if let Some(held) = bulwark_storage::Store::claim_stamp(
+        &cfg.facility.data_dir.join(bulwark_runtime::STORE_FILE),
+        cfg.facility.id.as_str(),
+        "genesis_vote_keys",
+        &stamp,
+    )? {
+        let shown: Vec<String> = genesis
+            .entries()
+            .map(|(f, k)| format!("{f} = {}", hex::encode(k.0)))
+            .collect();
+        return Err(format!(
+            "the genesis vote keys this config gives ({}) are not the ones this store started \
+             with (stamp {}): set [consensus] genesis_vote_keys to the cluster's genesis set \
+             (bulwark validator list, epoch 0, at any facility) and start again",
+            shown.join(", "),
+            hex::encode(&held[..held.len().min(8)])
+        )
+        .into());
+    }
     let peers = cfg.peer_specs();
     // Every /v1 request passes the admission controller and the API's
     // bulkheads (flow zone).

@@ -403,6 +403,36 @@ async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
         "{list}"
     );
 
+    // ---- a config whose genesis set is not the one the store started
+    // with (genesis_vote_keys dropped: the configured set is then five
+    // keys) is refused at start, naming why.
+    s[2].terminate();
+    let text = std::fs::read_to_string(&s[2].config).unwrap();
+    let cut = text.split("[consensus.genesis_vote_keys]").next().unwrap();
+    std::fs::write(&s[2].config, cut).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["node", "--config"])
+        .arg(&s[2].config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exited = None;
+    for _ in 0..300 {
+        if let Some(st) = child.try_wait().unwrap() {
+            exited = Some(st);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(st) = exited else {
+        let _ = child.kill();
+        panic!("a node with another genesis set started");
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!st.success() && err.contains("genesis vote keys"), "{err}");
+
     // ---- every ledger verifies from height 1 with the genesis keys.
     let keys = root.path().join("genesis.toml");
     let mut text = "[vote_keys]\n".to_string();

@@ -466,6 +466,42 @@ impl Store {
         Ok(v.and_then(|v| v.value().try_into().ok()))
     }
 
+    /// Stamps `key` in the meta table of the store at `path` with `value`
+    /// if it holds none (durably); answers the value it holds if that is
+    /// another (nothing written then). No store at `path` yet: nothing is
+    /// done (the next start stamps it).
+    pub fn claim_stamp(
+        path: &Path,
+        facility: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let opened = Store::open(path, facility)?;
+        let s = &opened.store;
+        let held = {
+            let tx = s.inner.db.begin_read().map_err(|e| s.redb(e))?;
+            let meta = tx.open_table(META).map_err(|e| s.redb(e))?;
+            let v = meta.get(key).map_err(|e| s.redb(e))?;
+            v.map(|v| v.value().to_vec())
+        };
+        match held {
+            Some(h) if h == value => Ok(None),
+            Some(h) => Ok(Some(h)),
+            None => {
+                let tx = s.begin_write()?;
+                {
+                    let mut meta = tx.open_table(META).map_err(|e| s.redb(e))?;
+                    meta.insert(key, value).map_err(|e| s.redb(e))?;
+                }
+                tx.commit().map_err(|e| s.redb(e))?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Claims this store for `cluster`: a store that names none is stamped
     /// with it (durably); one that names another is refused
     /// ([`StorageError::WrongCluster`]) and nothing changes.
