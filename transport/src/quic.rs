@@ -73,7 +73,11 @@ pub const ALPN: &[u8] = b"bulwark/1";
 /// 3: the hello carries the sender's cluster id.
 /// 4: a facility's Raft identity may be a later incarnation (a replaced
 /// store), and RaftPeers pass membership changes to the leader.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: Raft entries may carry validator-set changes (`Op::Validator`), a
+/// membership change may remove a facility, and a facility outside the
+/// validator set exchanges ledger heads: a version-4 build would skip
+/// such entries and diverge, so it is refused.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Which cluster a facility belongs to: drawn by `bulwark init` (or
 /// derived from the first members' ids and pins), stored with the
