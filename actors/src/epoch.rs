@@ -110,6 +110,16 @@ impl<'de> Deserialize<'de> for ValidatorSet {
 }
 
 impl ValidatorSet {
+    /// Epoch `number` of `keys`, certifying from `from_height` (a checker
+    /// that keeps its own account of the epochs builds them so).
+    pub fn new(number: u64, from_height: u64, keys: PublicKeys) -> ValidatorSet {
+        ValidatorSet {
+            number,
+            from_height,
+            keys,
+        }
+    }
+
     /// The genesis set: `keys`, epoch 0, from height 1.
     pub fn genesis(keys: PublicKeys) -> ValidatorSet {
         ValidatorSet {

@@ -49,10 +49,13 @@ pub enum Bug {
     /// A checkpoint's backup is read after its whole batch, not right
     /// after its entry.
     CheckpointAfterBatch,
+    /// A validator signs every vote with its first key, whatever key its
+    /// height's validator set names.
+    VoteUnderFirstKey,
 }
 
 /// Every planted bug, in a stable order.
-pub const ALL: [Bug; 17] = [
+pub const ALL: [Bug; 18] = [
     Bug::SendBeforePersist,
     Bug::QuorumMinusOne,
     Bug::RetryAppliedTwice,
@@ -70,6 +73,7 @@ pub const ALL: [Bug; 17] = [
     Bug::VoteTwicePerTerm,
     Bug::LogNotSynced,
     Bug::CheckpointAfterBatch,
+    Bug::VoteUnderFirstKey,
 ];
 
 impl Bug {
@@ -93,6 +97,7 @@ impl Bug {
             Bug::VoteTwicePerTerm => "vote-twice-per-term",
             Bug::LogNotSynced => "log-not-synced",
             Bug::CheckpointAfterBatch => "checkpoint-after-batch",
+            Bug::VoteUnderFirstKey => "vote-under-first-key",
         }
     }
 
@@ -154,6 +159,9 @@ impl Bug {
             }
             Bug::CheckpointAfterBatch => {
                 "replica/machine.rs apply: a checkpoint does not end its batch's transaction, so its backup holds the entries applied after it in the same batch"
+            }
+            Bug::VoteUnderFirstKey => {
+                "bft/core.rs sign_vote: a validator signs every vote with its first key, not the one its height's validator set names, so after a rotation its votes do not verify"
             }
         }
     }

@@ -294,6 +294,11 @@ pub struct RaftObserver {
 }
 
 impl RaftObserver {
+    /// The genesis validator set, for the reference model.
+    pub fn set_genesis(&mut self, keys: &PublicKeys) {
+        self.model.set_validators(keys);
+    }
+
     /// An entry applied by `f`: the same entry as every other facility
     /// applied at that index, right after the previous one (or, once per
     /// RaftPeer restart, again from its snapshot).
@@ -716,8 +721,14 @@ impl RaftObserver {
 /// Checks every honest facility's final ledger entries as they appear.
 #[derive(Debug)]
 pub struct LedgerChecker {
+    /// The validator set in force at the next height, by this checker's
+    /// own account: the genesis set changed by each final validator-change
+    /// entry (a key set or a facility removed), applied here by hand.
     keys: PublicKeys,
-    /// The genesis set only: the sim draws no validator changes.
+    /// Its epoch number.
+    epoch: u64,
+    /// The same account as epochs, for the entry checks
+    /// (`ledger::verify_final`).
     epochs: bulwark_actors::epoch::Epochs,
     /// The chain as the honest facilities made it final: each entry's
     /// bytes and hash, by height - 1.
@@ -736,6 +747,7 @@ impl LedgerChecker {
             epochs: bulwark_actors::epoch::Epochs::new(
                 bulwark_actors::epoch::ValidatorSet::genesis(keys.clone()),
             ),
+            epoch: 0,
             keys,
             chain: Vec::new(),
             replay: Model::new(),
@@ -824,7 +836,39 @@ impl LedgerChecker {
                 )
             })?;
         self.chain.push((fin.entry.clone(), hash));
+        if let bulwark_actors::schedule::Op::Validator(c) = &payload.command.op {
+            let mut next: BTreeMap<FacilityId, ed25519_dalek::VerifyingKey> = self
+                .keys
+                .facilities()
+                .map(|g| (g.clone(), *self.keys.get(g).expect("listed")))
+                .collect();
+            match &c.key {
+                Some(k) => {
+                    let key = ed25519_dalek::VerifyingKey::from_bytes(&k.0).map_err(|e| {
+                        broken(format!(
+                            "final validator change at {height} names no key: {e}"
+                        ))
+                    })?;
+                    next.insert(c.facility.clone(), key);
+                }
+                None => {
+                    next.remove(&c.facility);
+                }
+            }
+            self.keys = PublicKeys::new(next);
+            self.epoch += 1;
+            let set =
+                bulwark_actors::epoch::ValidatorSet::new(self.epoch, height + 1, self.keys.clone());
+            self.epochs
+                .insert(std::sync::Arc::new(set))
+                .map_err(|e| broken(format!("epoch at {height}: {e}")))?;
+        }
         Ok(())
+    }
+
+    /// Validator-set changes seen final so far.
+    pub fn epochs_seen(&self) -> u64 {
+        self.epoch
     }
 }
 
@@ -1656,5 +1700,128 @@ mod tests {
         obs.on_wire(&f("alpha"), &grant(5, 2, false));
         assert_eq!(obs.violations().len(), 3);
         assert_eq!(obs.grants_checked(), 5);
+    }
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    //! The ledger checker follows validator epochs by its own account: a
+    //! chain where alpha rotates its key passes, and one whose later
+    //! certificate still carries alpha's old key is caught.
+
+    use super::*;
+    use bulwark_actors::epoch::{ValidatorChange, ValidatorSet, VoteKey};
+    use bulwark_actors::keys::Keyring;
+    use bulwark_actors::ledger::{admit, Certificate, Link, SignedProposal, Verdict};
+    use bulwark_actors::raft::EntryPayload;
+    use bulwark_actors::schedule::{
+        Command, IdempotencyKey, Person, PersonId, Role, ScheduleState,
+    };
+    use ed25519_dalek::SigningKey;
+
+    fn ids() -> Vec<FacilityId> {
+        ["alpha", "bravo", "charlie"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect()
+    }
+
+    fn old(f: &FacilityId) -> SigningKey {
+        Keyring::deterministic_secret(f, 5)
+    }
+
+    fn genesis() -> PublicKeys {
+        PublicKeys::new(ids().iter().map(|f| (f.clone(), old(f).verifying_key())))
+    }
+
+    fn entry(
+        state: &mut ScheduleState,
+        by: &FacilityId,
+        key: &SigningKey,
+        i: u64,
+        op: bulwark_actors::schedule::Op,
+    ) -> Link {
+        let payload = EntryPayload {
+            proposer: by.clone(),
+            seq: i,
+            anchor: state.chain().anchor(),
+            command: Command {
+                key: IdempotencyKey([i as u8; 16]),
+                issued_by: by.clone(),
+                at_unix_ms: 1_000 + i,
+                hlc: bulwark_actors::hlc::Hlc::ZERO,
+                op,
+            },
+        };
+        let body = codec::encode(&payload).unwrap();
+        let ring = Keyring::holding(by.clone(), vec![key.clone()], genesis());
+        let sig = ring.sign(Domain::Proposal, &body);
+        let data = codec::encode(&SignedProposal { body, sig }).unwrap();
+        match admit(state, &ValidatorSet::genesis(genesis()), i, 1, &data).verdict {
+            Verdict::Admitted(l) => l,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn cert(l: &Link, by: &[(&FacilityId, &SigningKey)]) -> FinalEntry {
+        let votes = by
+            .iter()
+            .map(|(f, k)| {
+                let body = VoteBody {
+                    signer: (*f).clone(),
+                    height: l.entry.height,
+                    hash: l.hash,
+                    prev: l.entry.prev,
+                };
+                let ring = Keyring::holding((*f).clone(), vec![(*k).clone()], genesis());
+                ledger::Vote::sign(&ring, &body).unwrap()
+            })
+            .collect();
+        FinalEntry {
+            entry: l.bytes.clone(),
+            cert: Certificate {
+                height: l.entry.height,
+                hash: l.hash,
+                prev: l.entry.prev,
+                votes,
+            },
+        }
+    }
+
+    fn person(i: u64) -> bulwark_actors::schedule::Op {
+        bulwark_actors::schedule::Op::AddPerson(Person {
+            id: format!("p{i}").parse::<PersonId>().unwrap(),
+            name: "P".into(),
+            role: Role::Faculty,
+        })
+    }
+
+    #[test]
+    fn a_rotation_is_followed_and_a_stale_key_after_it_is_caught() {
+        let ids = ids();
+        let (a, b) = (&ids[0], &ids[1]);
+        let new_a = Keyring::deterministic_secret(a, 6);
+        let mut state = ScheduleState::new();
+        let l1 = entry(&mut state, a, &old(a), 1, person(1));
+        let rotate = bulwark_actors::schedule::Op::Validator(ValidatorChange {
+            facility: a.clone(),
+            key: Some(VoteKey::from(&new_a.verifying_key())),
+        });
+        let l2 = entry(&mut state, b, &old(b), 2, rotate);
+        let l3 = entry(&mut state, a, &new_a, 3, person(3));
+        let good = [
+            cert(&l1, &[(a, &old(a)), (b, &old(b))]),
+            cert(&l2, &[(a, &old(a)), (b, &old(b))]),
+            cert(&l3, &[(a, &new_a), (b, &old(b))]),
+        ];
+        let mut ok = LedgerChecker::new(genesis());
+        ok.observe(a, &good).unwrap();
+        assert_eq!(ok.epochs_seen(), 1);
+        // The planted fault: height 3 certified with alpha's old key.
+        let mut stale = good.clone();
+        stale[2] = cert(&l3, &[(a, &old(a)), (b, &old(b))]);
+        let mut c = LedgerChecker::new(genesis());
+        let v = c.observe(a, &stale).unwrap_err();
+        assert_eq!(v.invariant, Invariant::FinalLedger, "{v:?}");
     }
 }

@@ -273,6 +273,7 @@ struct Totals {
     grants_checked: u64,
     forwards_checked: u64,
     checkpoints_checked: u64,
+    rotations: u64,
     replaced: u64,
     promoted: u64,
 }
@@ -505,6 +506,7 @@ impl<'a> Parent<'a> {
                 t.grants_checked += r.grants_checked;
                 t.forwards_checked += r.forwards_checked;
                 t.checkpoints_checked += r.checkpoints_checked;
+                t.rotations += r.rotations;
                 t.replaced += r.replaced;
                 t.promoted += r.promoted;
                 *t.by_size.entry(r.facilities).or_insert(0) += 1;
@@ -590,7 +592,7 @@ impl<'a> Parent<'a> {
             t.long.1
         );
         println!(
-            "per seed: {:.1} requests, {:.1} committed, {:.1} provisional, final height {:.1}, {:.2} snapshot installs, checked on the wire: {:.1} own BFT votes, {:.1} Raft vote grants, {:.1} forward deadlines; {:.2} checkpoint backups; membership: {} replaced, {} promoted (by the leader asked)",
+            "per seed: {:.1} requests, {:.1} committed, {:.1} provisional, final height {:.1}, {:.2} snapshot installs, checked on the wire: {:.1} own BFT votes, {:.1} Raft vote grants, {:.1} forward deadlines; {:.2} checkpoint backups; {:.2} vote-key rotations final; membership: {} replaced, {} promoted (by the leader asked)",
             t.ops as f64 / ok,
             t.committed as f64 / ok,
             t.provisional as f64 / ok,
@@ -600,6 +602,7 @@ impl<'a> Parent<'a> {
             t.grants_checked as f64 / ok,
             t.forwards_checked as f64 / ok,
             t.checkpoints_checked as f64 / ok,
+            t.rotations as f64 / ok,
             t.replaced,
             t.promoted
         );

@@ -25,6 +25,7 @@
 //! current-thread tokio runtime with paused time, and one seed replays
 //! one run. Shutdown: [`SimCluster::shutdown`] stops every facility.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +41,7 @@ use bulwark_actors::raft::{raft_peer, AppliedEntry, RaftConfig, RaftMsg, RaftSet
 use bulwark_actors::replica::{Checkpoint, CheckpointSink};
 use bulwark_runtime::{Harness, NodeError, SupervisionConfig, Zone};
 use bulwark_transport::FacilityId;
+use ed25519_dalek::VerifyingKey;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -313,6 +315,9 @@ impl SimApi {
 /// children closure makes a new one at every start).
 type Detections = Arc<Mutex<Vec<Option<Detection>>>>;
 
+/// Salt of the seed each facility's next vote key derives from.
+const NEXT_KEY_SALT: u64 = 0x6e65_7874_6b65_7921;
+
 /// N facilities in one process. See the module docs.
 pub struct SimCluster {
     harness: Harness,
@@ -331,9 +336,18 @@ impl SimCluster {
             .iter()
             .map(|s| s.parse().expect("simulation names are valid ids"))
             .collect();
-        let rings = Keyring::deterministic(&ids, opts.seed);
+        // Each facility also holds the key it may rotate to (the workload
+        // draws rotations between the two).
+        let rings: BTreeMap<FacilityId, Keyring> = Keyring::deterministic(&ids, opts.seed)
+            .into_iter()
+            .map(|(f, r)| {
+                let next = Keyring::deterministic_secret(&f, opts.seed ^ NEXT_KEY_SALT);
+                (f, r.and_next(next))
+            })
+            .collect();
         let keys = rings[&ids[0]].public().clone();
         let observer = Arc::new(Mutex::new(RaftObserver::default()));
+        observer.lock().expect("observer lock").set_genesis(&keys);
         let detections: Detections = Arc::new(Mutex::new(vec![None; opts.n]));
         let children = children_fn(&opts, &ids, &rings, &observer, &detections);
         let harness = Harness::builder(opts.n, opts.seed)
@@ -465,9 +479,24 @@ impl SimCluster {
         &self.opts
     }
 
-    /// Every facility's vote key.
+    /// Every facility's vote key in the genesis set.
     pub fn keys(&self) -> &PublicKeys {
         &self.keys
+    }
+
+    /// Each facility's two vote keys (genesis, next): what a rotation
+    /// moves between.
+    pub fn rotation_keys(&self) -> Vec<(FacilityId, [VerifyingKey; 2])> {
+        self.keys
+            .facilities()
+            .map(|f| {
+                let next = Keyring::deterministic_secret(f, self.opts.seed ^ NEXT_KEY_SALT);
+                (
+                    f.clone(),
+                    [*self.keys.get(f).expect("listed"), next.verifying_key()],
+                )
+            })
+            .collect()
     }
 
     /// The bearer token writes need.

@@ -127,12 +127,25 @@ pub struct Model {
     archived_ids: BTreeSet<String>,
     /// The last index of a command the model decided.
     last_index: u64,
+    /// The validator set, facility -> vote key bytes, once told the
+    /// genesis set (None: validator changes are not judged).
+    validators: Option<BTreeMap<String, [u8; 32]>>,
 }
 
 impl Model {
     /// An empty schedule.
     pub fn new() -> Model {
         Model::default()
+    }
+
+    /// Starts the validator set at `genesis`.
+    pub fn set_validators(&mut self, genesis: &bulwark_actors::keys::PublicKeys) {
+        self.validators = Some(
+            genesis
+                .facilities()
+                .map(|f| (f.to_string(), *genesis.get(f).expect("listed").as_bytes()))
+                .collect(),
+        );
     }
 
     /// The index of the last command decided.
@@ -402,8 +415,29 @@ impl Model {
                     broken.insert("INVALID_INPUT");
                 }
             }
-            // The sim draws no validator changes: the set stays genesis.
-            Op::Checkpoint | Op::Validator(_) => {}
+            Op::Checkpoint => {}
+            // Written out here: one facility per change; a key is a valid,
+            // non-weak point held by nobody else; no change that changes
+            // nothing; never the last validator removed; at most 64.
+            Op::Validator(c) => {
+                if let Some(set) = &self.validators {
+                    let f = c.facility.to_string();
+                    let bad = match &c.key {
+                        Some(k) => {
+                            let point = ed25519_dalek::VerifyingKey::from_bytes(&k.0)
+                                .is_ok_and(|v| !v.is_weak());
+                            let held_by_other = set.iter().any(|(g, v)| *v == k.0 && *g != f);
+                            let same = set.get(&f) == Some(&k.0);
+                            let over = !set.contains_key(&f) && set.len() >= 64;
+                            !point || held_by_other || same || over
+                        }
+                        None => !set.contains_key(&f) || set.len() == 1,
+                    };
+                    if bad {
+                        broken.insert("INVALID_INPUT");
+                    }
+                }
+            }
         }
         broken
     }
@@ -690,7 +724,19 @@ impl Model {
                     }
                 }
             }
-            Op::Drill { .. } | Op::Checkpoint | Op::Validator(_) => {}
+            Op::Validator(c) => {
+                if let Some(set) = &mut self.validators {
+                    match &c.key {
+                        Some(k) => {
+                            set.insert(c.facility.to_string(), k.0);
+                        }
+                        None => {
+                            set.remove(c.facility.as_str());
+                        }
+                    }
+                }
+            }
+            Op::Drill { .. } | Op::Checkpoint => {}
         }
     }
 

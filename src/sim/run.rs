@@ -277,6 +277,10 @@ pub struct SeedReport {
     /// (`CHECKPOINT_STATE`).
     #[serde(default)]
     pub checkpoints_checked: u64,
+    /// Vote-key rotations final in the ledger (validator epochs the
+    /// ledger checker followed by its own account).
+    #[serde(default)]
+    pub rotations: u64,
     /// Replacements the leader took (a facility's next Raft incarnation
     /// added as a learner; `Member` faults).
     #[serde(default)]
@@ -467,7 +471,24 @@ impl<'p> Run<'p> {
             schedules: ScheduleChecker::default(),
             reads: ReadChecker::default(),
             retries: RetryChecker::default(),
-            work: Workload::new(seed, shape),
+            // Key rotations where no validator lies (a liar's votes under
+            // a changing set are the BFT runs' concern).
+            work: Workload::new(seed, shape).rotating(if liar.is_none() {
+                c.rotation_keys()
+                    .into_iter()
+                    .map(|(f, [a, b])| {
+                        (
+                            f.to_string(),
+                            [
+                                bulwark_actors::keys::format_public(&a),
+                                bulwark_actors::keys::format_public(&b),
+                            ],
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            }),
             shape,
             snapshot_every: snapshot_every.unwrap_or(super::cluster::SNAPSHOT_EVERY),
             clients: JoinSet::new(),
@@ -889,6 +910,7 @@ impl<'p> Run<'p> {
             grants_checked,
             forwards_checked,
             checkpoints_checked,
+            rotations: self.ledger.epochs_seen(),
             replaced: self.member_changes.0,
             promoted: self.member_changes.1,
             trace_events: trace.len() as u64,

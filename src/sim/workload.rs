@@ -169,6 +169,9 @@ pub struct Workload {
     acked: Vec<(Write, Ack)>,
     /// Final writes made so far (each adds a new person).
     finals: usize,
+    /// Each facility's two vote keys (`ed25519:…`): a rotation sets one of
+    /// them (empty: no rotations drawn).
+    rotations: Vec<(String, [String; 2])>,
 }
 
 impl Workload {
@@ -183,7 +186,14 @@ impl Workload {
             pending: Vec::new(),
             acked: Vec::new(),
             finals: 0,
+            rotations: Vec::new(),
         }
+    }
+
+    /// Draws vote-key rotations among `keys` (each facility's two).
+    pub fn rotating(mut self, keys: Vec<(String, [String; 2])>) -> Workload {
+        self.rotations = keys;
+        self
     }
 
     fn write(&mut self, path: &'static str, body: Value) -> Write {
@@ -191,11 +201,20 @@ impl Workload {
         Write::new(format!("{}-w{}", self.prefix, self.next_key), path, body)
     }
 
-    /// The writes that set the schedule up: people, then blocks (with a
+    /// The writes that set the schedule up: people (with a vote-key
+    /// rotation amid them, when rotations are drawn), then blocks (with a
     /// checkpoint amid them).
     pub fn setup(&mut self) -> Vec<Write> {
         let mut out = Vec::new();
         for p in 0..PEOPLE {
+            if p == PEOPLE / 2 && !self.rotations.is_empty() {
+                // A vote-key rotation amid the people: the facility that
+                // rotates signs under its next key from the next height.
+                let pick = self.prefix.bytes().map(usize::from).sum::<usize>();
+                let (f, keys) = &self.rotations[pick % self.rotations.len()];
+                let body = json!({"facility": f, "key": keys[1]});
+                out.push(self.write("/v1/admin/validators", body));
+            }
             out.push(self.write("/v1/people", person_body(p)));
         }
         let blocks = self.first_blocks();
@@ -307,11 +326,19 @@ impl Workload {
                 }
                 _ => self.write("/v1/retirements", json!({"block": b})),
             },
-            // Or a cluster checkpoint (every facility backs up at it).
-            84 => match rng.random_range(0..2) {
+            // Or a cluster checkpoint (every facility backs up at it), or
+            // a facility's vote key rotated to one of its two (the same
+            // as now: refused, INVALID_INPUT).
+            84 => match rng.random_range(0..3) {
                 0 => {
                     let day = rng.random_range(0..4u32);
                     self.write("/v1/archive", json!({"through_day": day}))
+                }
+                1 if !self.rotations.is_empty() => {
+                    let (f, keys) = &self.rotations[rng.random_range(0..self.rotations.len())];
+                    let key = keys[rng.random_range(0..2)].clone();
+                    let body = json!({"facility": f, "key": key});
+                    self.write("/v1/admin/validators", body)
                 }
                 _ => self.write("/v1/admin/checkpoints", json!({})),
             },

@@ -703,6 +703,10 @@ impl Core {
         };
         let key = self.keys_at(body.height).get(self.ring.me())?;
         let bytes = codec::encode(&body).ok()?;
+        if crate::plant::active(crate::plant::Bug::VoteUnderFirstKey) {
+            let sig = self.ring.sign(Domain::Vote, &bytes);
+            return Some(Vote { body: bytes, sig });
+        }
         let sig = self.ring.sign_as(key, Domain::Vote, &bytes)?;
         Some(Vote { body: bytes, sig })
     }
