@@ -750,6 +750,19 @@ impl FacilityConfig {
                 format!("at most {}", bulwark_actors::ledger::SIGNERS_MAX),
             ));
         }
+        // A facility that joins a running cluster cannot derive the genesis
+        // set from its own config: it lists itself, whose key the genesis
+        // never held.
+        if self.consensus.initial_cluster_state == ClusterState::Existing
+            && self.consensus.genesis_vote_keys.is_empty()
+        {
+            return Err(invalid(
+                "consensus.genesis_vote_keys",
+                "a facility joining a running cluster (initial_cluster_state = \"existing\") needs \
+                 the cluster's genesis vote keys: copy epoch 0 of `bulwark validator list`"
+                    .into(),
+            ));
+        }
         for (id, k) in &self.consensus.genesis_vote_keys {
             id.parse::<FacilityId>().map_err(|e| {
                 invalid(&format!("consensus.genesis_vote_keys.{id}"), e.to_string())
@@ -997,8 +1010,12 @@ vote_key = "{VOTE}"
     fn consensus_settings_are_checked() {
         let cfg = FacilityConfig::parse(&text(""), Path::new("a.toml")).unwrap();
         assert_eq!(cfg.consensus, ConsensusSection::default());
-        let ok = "[consensus]\ninitial_cluster_state = \"existing\"\ntick_ms = 20\n";
-        let cfg = FacilityConfig::parse(&text(ok), Path::new("a.toml")).unwrap();
+        // Joining needs the genesis set written out.
+        let joining = "[consensus]\ninitial_cluster_state = \"existing\"\ntick_ms = 20\n";
+        let err = FacilityConfig::parse(&text(joining), Path::new("a.toml")).unwrap_err();
+        assert!(err.to_string().contains("genesis_vote_keys"), "{err}");
+        let ok = format!("{joining}\n[consensus.genesis_vote_keys]\nbravo = \"{VOTE}\"\n");
+        let cfg = FacilityConfig::parse(&text(&ok), Path::new("a.toml")).unwrap();
         assert_eq!(cfg.consensus.initial_cluster_state, ClusterState::Existing);
         assert_eq!(cfg.consensus.raft_config().tick_ms, 20);
         let bad = "[consensus]\nheartbeat_ticks = 10\n";

@@ -923,6 +923,15 @@ async fn node(path: PathBuf) -> AnyResult {
     // A skewable system clock: `[chaos] enabled` lets an experiment shift
     // this facility's wall time (zero otherwise, and always released).
     let mut f = facility::start(spec, Arc::new(SkewableClock::new())).await?;
+    // A store created by this start is stamped now (one that existed was
+    // checked above, before anything ran on it).
+    if let Some(held) = f.node.ctx().store.claim_meta("genesis_vote_keys", &stamp)? {
+        return Err(format!(
+            "this store names other genesis vote keys (stamp {})",
+            hex::encode(&held[..held.len().min(8)])
+        )
+        .into());
+    }
     let running = Arc::new(AtomicBool::new(true));
     let members: Vec<FacilityId> = std::iter::once(cfg.facility.id.clone())
         .chain(cfg.peers.iter().map(|p| p.id.clone()))

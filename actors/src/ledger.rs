@@ -320,18 +320,26 @@ pub fn admit<T: Tables>(
         Some(Link { entry, bytes, hash })
     };
     // Signed under the set its proposer saw (the one in force right after
-    // its anchor); an anchor older than the previous epoch is checked
-    // below (CHAIN_BREAK), against the current set here.
+    // its anchor). An anchor older than the previous epoch (two changes
+    // while the proposal was in flight) is checked against every set kept,
+    // and refused as stale input, not as a lie (below).
     let in_force = state.chain().in_force().clone();
     let certifiers = in_force.current(genesis);
-    let keys = in_force
-        .for_anchor(genesis, payload.anchor.height)
-        .unwrap_or(certifiers)
-        .keys();
-    let signed_ok = keys
-        .verify(&proposer, Domain::Proposal, &signed.body, &signed.sig)
-        .is_ok()
-        && payload.command.issued_by == proposer;
+    let signer_set = in_force.for_anchor(genesis, payload.anchor.height);
+    let signed_by = |set: &ValidatorSet| {
+        set.keys()
+            .verify(&proposer, Domain::Proposal, &signed.body, &signed.sig)
+            .is_ok()
+    };
+    let signed_ok = payload.command.issued_by == proposer
+        && match signer_set {
+            Some(set) => signed_by(set),
+            None => {
+                signed_by(certifiers)
+                    || signed_by(in_force.prior.as_ref().unwrap_or(genesis))
+                    || signed_by(genesis)
+            }
+        };
     if !signed_ok {
         return Admission {
             payload: Some(payload),
@@ -348,14 +356,11 @@ pub fn admit<T: Tables>(
     let duplicate = state.is_duplicate(&cmd.key, &cmd.op);
     let mut pre = if duplicate {
         None
-    } else if in_force
-        .for_anchor(genesis, payload.anchor.height)
-        .is_none()
-    {
+    } else if signer_set.is_none() {
         Some(Rejection {
-            rule: Rule::ChainBreak,
+            rule: Rule::InvalidInput,
             detail: format!(
-                "anchor height {} is before the previous validator epoch",
+                "anchored at height {}, before the previous validator epoch: propose it again",
                 payload.anchor.height
             ),
         })
@@ -381,8 +386,11 @@ pub fn admit<T: Tables>(
     };
     // A validator change: checked against the set in force; the next set
     // is recorded before the command applies (its answer names it).
+    // Only a command that will apply changes the set: not a retry, not a
+    // key used before for another command (KEY_REUSED).
     let mut next = None;
-    if let (None, false, Op::Validator(change)) = (&pre, duplicate, &cmd.op) {
+    let fresh_key = !state.key_known(&cmd.key);
+    if let (None, true, Op::Validator(change)) = (&pre, fresh_key, &cmd.op) {
         match certifiers.change(change, entry.height) {
             Ok(set) => next = Some(set),
             Err(detail) => {

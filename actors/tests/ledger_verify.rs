@@ -488,3 +488,46 @@ fn certificates_are_checked_under_their_heights_epoch() {
         "genesis alone takes it"
     );
 }
+
+/// A validator change under an idempotency key that decided another
+/// command is refused (KEY_REUSED) and changes no set: found by review,
+/// where the set changed with no ledger entry for it and finality stopped.
+#[test]
+fn a_validator_change_under_a_reused_key_changes_nothing() {
+    let ids = ids(3);
+    let a = &ids[0];
+    let old = Keyring::deterministic_secret(a, 9);
+    let genesis = ValidatorSet::genesis(rings(3)[a].public().clone());
+    let mut state = ScheduleState::new();
+    admitted(&mut state, &genesis, a, &old, 1, ops(1)[0].clone());
+    // The same key (entry 1's) for a rotation.
+    let payload = EntryPayload {
+        proposer: a.clone(),
+        seq: 2,
+        anchor: state.chain().anchor(),
+        command: Command {
+            key: IdempotencyKey([1; 16]),
+            issued_by: a.clone(),
+            at_unix_ms: 1_002,
+            hlc: bulwark_actors::hlc::Hlc::ZERO,
+            op: Op::Validator(ValidatorChange {
+                facility: a.clone(),
+                key: Some(VoteKey::from(
+                    &Keyring::deterministic_secret(a, 10).verifying_key(),
+                )),
+            }),
+        },
+    };
+    let body = codec::encode(&payload).unwrap();
+    let ring = Keyring::holding(a.clone(), vec![old], genesis.keys().clone());
+    let sig = ring.sign(Domain::Proposal, &body);
+    let data = codec::encode(&SignedProposal { body, sig }).unwrap();
+    let adm = admit(&mut state, &genesis, 2, 1, &data);
+    assert!(
+        matches!(&adm.verdict, Verdict::Rejected { reason, .. } if reason.code() == "KEY_REUSED"),
+        "{:?}",
+        adm.verdict
+    );
+    assert_eq!(state.chain().in_force().current, None, "the set changed");
+    assert!(adm.epoch.is_none());
+}

@@ -189,6 +189,24 @@ pub(crate) async fn post_members(
         .ctx
         .find::<RaftMsg>(Zone::Consensus, RAFT)
         .ok_or_else(no_raft)?;
+    // A facility leaves the validator set before it leaves for good: a
+    // removed facility that still counts toward the quorum would never
+    // vote again.
+    if action == MemberChange::Remove {
+        let epochs = bulwark_actors::bft::LedgerStore::new(svc.ctx.store.clone())
+            .epochs(&svc.keys)
+            .map_err(|e| ApiError::unavailable("UNAVAILABLE", e.to_string(), 1_000))?;
+        if epochs.newest().keys().get(&f).is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "MEMBER_CHANGE_REFUSED",
+                format!(
+                    "{f} is still a validator (epoch {}): bulwark validator remove --facility {f} first",
+                    epochs.newest().number
+                ),
+            ));
+        }
+    }
     tracing::warn!(facility = %f, ?action, "membership change asked by an operator");
     let before = members_of(&raft).await?;
     let taken = ractor::call!(raft, |reply| RaftMsg::ChangeMember {

@@ -480,7 +480,12 @@ impl Store {
             return Ok(None);
         }
         let opened = Store::open(path, facility)?;
-        let s = &opened.store;
+        opened.store.claim_meta(key, value)
+    }
+
+    /// [`Store::claim_stamp`] on this open store.
+    pub fn claim_meta(&self, key: &str, value: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let s = self;
         let held = {
             let tx = s.inner.db.begin_read().map_err(|e| s.redb(e))?;
             let meta = tx.open_table(META).map_err(|e| s.redb(e))?;

@@ -102,6 +102,8 @@ struct Pending {
     /// (not after a snapshot skipped an epoch: final entries fetched from
     /// peers fill the history in, and this height is finalized that way).
     epoch_ok: bool,
+    /// The epoch the replica said certifies it (None: not said).
+    epoch: Option<u64>,
 }
 
 /// The core. See the module docs.
@@ -226,6 +228,23 @@ impl Core {
             out: Vec::new(),
             replay: VecDeque::new(),
         };
+        // Validator changes among the restored pending entries name their
+        // next sets (the row that records learned epochs may have missed
+        // one a refused write took with it).
+        let mut changes: Vec<(u64, Vec<u8>)> = restored
+            .pending
+            .iter()
+            .map(|(l, _)| (l.entry.height, l.entry.proposal.clone()))
+            .collect();
+        changes.sort_by_key(|(h, _)| *h);
+        for (h, proposal) in changes {
+            let Some(change) = validator_change(&proposal) else {
+                continue;
+            };
+            if let Ok(next) = core.epochs.at(h).change(&change, h) {
+                let _ = core.epochs.insert(std::sync::Arc::new(next));
+            }
+        }
         core.peers = core.others();
         for e in restored.evidence {
             if core.evidence_seen.insert(e.dedup_key()) {
@@ -249,6 +268,7 @@ impl Core {
                     link,
                     my_vote: Some(vote),
                     epoch_ok: true,
+                    epoch: None,
                 },
             );
         }
@@ -301,6 +321,56 @@ impl Core {
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e, "validator epoch refused"),
         }
+    }
+
+    /// Pending entries whose set this history did not know when they came
+    /// (a snapshot skipped an epoch): once the history names the epoch the
+    /// replica said, this validator votes for them too.
+    fn recheck_epochs(&mut self) -> bool {
+        let unsure: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !p.epoch_ok)
+            .map(|(h, _)| *h)
+            .collect();
+        let mut any = false;
+        for h in unsure {
+            let number = self.epochs.at(h).number;
+            // Said by the replica: that epoch. Fetched from a peer: once
+            // the height before it is sure.
+            let sure_before = h <= self.final_height + 1
+                || self.pending.get(&(h - 1)).is_some_and(|p| p.epoch_ok);
+            let Some(p) = self.pending.get_mut(&h) else {
+                continue;
+            };
+            let sure = match p.epoch {
+                Some(n) => n == number,
+                None => sure_before,
+            };
+            if !sure {
+                continue;
+            }
+            p.epoch_ok = true;
+            any = true;
+            let link = p.link.clone();
+            let voted_other = self.my_votes.get(&h).is_some_and(|x| *x != link.hash);
+            if p.my_vote.is_some() || voted_other {
+                continue;
+            }
+            if let Some(v) = self.sign_vote(&link) {
+                self.my_votes.insert(h, link.hash);
+                self.persist.push((link.clone(), v.clone()));
+                self.votes
+                    .entry(h)
+                    .or_default()
+                    .insert(self.ring.me().clone(), (link.hash, v.clone()));
+                if let Some(p) = self.pending.get_mut(&h) {
+                    p.my_vote = Some(v.clone());
+                }
+                self.send_own(h, &v, &link);
+            }
+        }
+        any
     }
 
     /// The validator epochs known, genesis first.
@@ -530,7 +600,8 @@ impl Core {
                     }
                     None => true,
                 };
-                self.on_admitted(link.clone(), epoch_ok, now_unix_ms);
+                let epoch = e.shown.epoch.as_ref().map(|(n, _)| *n);
+                self.on_admitted(link.clone(), epoch_ok, epoch, now_unix_ms);
             }
             Verdict::Rejected {
                 reason,
@@ -622,7 +693,7 @@ impl Core {
         }
     }
 
-    fn on_admitted(&mut self, link: Link, epoch_ok: bool, now_unix_ms: u64) {
+    fn on_admitted(&mut self, link: Link, epoch_ok: bool, epoch: Option<u64>, now_unix_ms: u64) {
         let h = link.entry.height;
         if h <= self.final_height {
             return;
@@ -672,6 +743,7 @@ impl Core {
                 link: link.clone(),
                 my_vote,
                 epoch_ok,
+                epoch,
             },
         );
         // Votes that arrived before the entry: check them against it.
@@ -766,7 +838,8 @@ impl Core {
         // Any facility of the cluster (the transport authenticated it) may
         // announce its head and fetch final entries: one that joins is no
         // validator yet. Votes and entries come from validators only.
-        let open = matches!(msg, BftWire::Head { .. } | BftWire::Fetch { .. });
+        // Final entries and entries are verified before they are taken.
+        let open = !matches!(msg, BftWire::Votes(_));
         if !open && !self.peers.contains(from) {
             metrics::counter!("bulwark_bft_unknown_peer_total").increment(1);
             return;
@@ -1083,11 +1156,15 @@ impl Core {
     /// Appends every final entry that is now certified, in height order.
     fn try_finalize(&mut self, now_unix_ms: u64) {
         let mut finals = Vec::new();
+        self.recheck_epochs();
         loop {
             let h = self.final_height + 1;
+            if self.pending.get(&h).is_some_and(|p| !p.epoch_ok) && !self.recheck_epochs() {
+                break; // finalized by final entries fetched from peers
+            }
             let Some(p) = self.pending.get(&h) else { break };
             if !p.epoch_ok {
-                break; // finalized by final entries fetched from peers
+                break;
             }
             if p.link.entry.prev != self.final_hash {
                 metrics::counter!("bulwark_bft_divergence_total").increment(1);
@@ -1364,14 +1441,21 @@ impl Core {
         if !linked && voted < f + 1 {
             return;
         }
-        if entry.verified_payload(&self.epochs).is_err() {
+        let Ok(payload) = entry.verified_payload(&self.epochs) else {
             return;
-        }
+        };
         metrics::counter!("bulwark_bft_entries_fetched_total").increment(1);
         // Authentic (linked, or f+1 voted for it); its set is the one this
-        // history holds for its height only if the history reaches it.
+        // history holds for its height only if the history reaches it. A
+        // validator change there names the next set.
         let epoch_ok = self.judged(h);
-        self.on_admitted(Link { entry, bytes, hash }, epoch_ok, now_unix_ms);
+        if let (true, Op::Validator(change)) = (epoch_ok, &payload.command.op) {
+            match self.epochs.at(h).change(change, h) {
+                Ok(next) => self.learn_epoch(std::sync::Arc::new(next)),
+                Err(_) => return, // never admissible: not this chain's entry
+            }
+        }
+        self.on_admitted(Link { entry, bytes, hash }, epoch_ok, None, now_unix_ms);
     }
 
     /// Heights above the final one this validator has no entry for, but
@@ -1466,6 +1550,19 @@ impl Core {
                 self.outbox.push((None, v));
             }
         }
+    }
+}
+
+/// The validator change a stored proposal carries, if any (decoded, not
+/// verified: the replica admitted it).
+fn validator_change(proposal: &[u8]) -> Option<crate::epoch::ValidatorChange> {
+    let signed: crate::ledger::SignedProposal =
+        codec::decode_limited(proposal, ENTRY_LEN_MAX).ok()?;
+    let payload: crate::ledger::EntryPayload =
+        codec::decode_limited(&signed.body, ENTRY_LEN_MAX).ok()?;
+    match payload.command.op {
+        Op::Validator(c) => Some(c),
+        _ => None,
     }
 }
 

@@ -721,6 +721,11 @@ impl<T: Tables> Schedule<T> {
         Applied::Fresh(outcome)
     }
 
+    /// Whether `key` decided a command already (any command).
+    pub fn key_known(&self, key: &IdempotencyKey) -> bool {
+        self.t.key(key).is_some()
+    }
+
     /// Whether `key` was applied before to the same `op` (a retry).
     pub fn is_duplicate(&self, key: &IdempotencyKey, op: &Op) -> bool {
         self.t.key(key).is_some_and(|r| r.op_hash == op_hash(op))
