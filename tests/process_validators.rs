@@ -51,25 +51,6 @@ struct Member {
     quic: SocketAddr,
 }
 
-fn quoted(out: &str, key: &str) -> String {
-    let line = out.lines().find(|l| l.starts_with(key)).unwrap();
-    line.split('"').nth(1).unwrap().to_string()
-}
-
-fn free(udp: bool) -> SocketAddr {
-    if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    }
-}
-
 /// `name`'s config naming `peers`, with the genesis keys of the first
 /// three; `existing` for a facility that joins.
 fn write_config(site: &Site, m: &[Member], peers: &[usize], existing: bool) {
@@ -209,13 +190,13 @@ async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
             pin_next: None,
             vote: quoted(&out, "vote_key"),
             vote_next: None,
-            quic: free(true),
+            quic: free_addr(true),
         });
         s.push(Site {
             id: n.to_string(),
             config: dir.join("facility.toml"),
             dir,
-            http: free(false),
+            http: free_addr(false),
             quic: members.last().unwrap().quic,
             proc: None,
         });

@@ -94,7 +94,8 @@ impl Drop for Site {
     }
 }
 
-fn free_addr(udp: bool) -> SocketAddr {
+/// A free loopback address (UDP or TCP).
+pub fn free_addr(udp: bool) -> SocketAddr {
     if udp {
         std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
@@ -120,7 +121,8 @@ pub fn run(args: &[&str]) -> String {
     text
 }
 
-fn quoted(out: &str, key: &str) -> String {
+/// The quoted value of the line of `out` starting with `key`.
+pub fn quoted(out: &str, key: &str) -> String {
     let line = out
         .lines()
         .find(|l| l.starts_with(key))

@@ -358,16 +358,10 @@ impl Core {
                 continue;
             }
             if let Some(v) = self.sign_vote(&link) {
-                self.my_votes.insert(h, link.hash);
-                self.persist.push((link.clone(), v.clone()));
-                self.votes
-                    .entry(h)
-                    .or_default()
-                    .insert(self.ring.me().clone(), (link.hash, v.clone()));
+                self.cast_own(&link, &v);
                 if let Some(p) = self.pending.get_mut(&h) {
-                    p.my_vote = Some(v.clone());
+                    p.my_vote = Some(v);
                 }
-                self.send_own(h, &v, &link);
             }
         }
         any
@@ -729,13 +723,7 @@ impl Core {
             _ => self.sign_vote(&link),
         };
         if let Some(v) = &my_vote {
-            self.my_votes.insert(h, link.hash);
-            self.persist.push((link.clone(), v.clone()));
-            self.votes
-                .entry(h)
-                .or_default()
-                .insert(self.ring.me().clone(), (link.hash, v.clone()));
-            self.send_own(h, v, &link);
+            self.cast_own(&link, v);
         }
         self.pending.insert(
             h,
@@ -761,6 +749,19 @@ impl Core {
             self.conflicting(None, &signer, h, &hash, &vote, now_unix_ms);
         }
         self.try_finalize(now_unix_ms);
+    }
+
+    /// Records this validator's own vote `v` for `link` (persisted before
+    /// it is sent) and sends it as its behaviour says.
+    fn cast_own(&mut self, link: &Link, v: &Vote) {
+        let h = link.entry.height;
+        self.my_votes.insert(h, link.hash);
+        self.persist.push((link.clone(), v.clone()));
+        self.votes
+            .entry(h)
+            .or_default()
+            .insert(self.ring.me().clone(), (link.hash, v.clone()));
+        self.send_own(h, v, link);
     }
 
     /// Signs with this facility's key in the set that certifies the

@@ -680,50 +680,46 @@ fn backoff_is_capped_and_jittered() {
     assert!(seen.len() > 20, "jitter spreads the delays");
 }
 
-/// A peer that rotated its certificate is dialled and accepted under the
-/// new pin while the config lists it as `pin_next` (the old one still as
-/// `pin`): a certificate rotation without downtime. A certificate under
-/// neither pin is refused.
-#[tokio::test]
-async fn a_peer_is_dialled_under_its_next_pin_during_a_certificate_rotation() {
+/// alpha, dialling bravo (which only accepts) whose certificate is
+/// `bravo_as`, with `pin_next` in alpha's spec for it.
+fn dial_rotated(bravo_as: Identity, pin_next: Option<Pin>) -> (Node, Node) {
     let (ids, sockets, mut configs) = mesh(&["alpha", "bravo"]);
-    let rotated = Identity::generate(id("bravo")).unwrap();
-    configs[0].peers[0].pin_next = Some(rotated.pin());
+    configs[0].peers[0].pin_next = pin_next;
     let mut it = ids.into_iter().zip(sockets).zip(configs);
     let ((alpha, sa), ca) = it.next().unwrap();
     let ((_, sb), cb) = it.next().unwrap();
     let (ta, rxa) = QuicTransport::bind(alpha, ca, Some(sa)).unwrap();
     let a = Node::start(ta, rxa);
     // bravo only accepts: every connection is alpha's dial.
-    let (tb, rxb) = QuicTransport::bind(rotated, cb, Some(sb)).unwrap();
+    let (tb, rxb) = QuicTransport::bind(bravo_as, cb, Some(sb)).unwrap();
     let mut tasks = JoinSet::new();
     tasks.spawn(tb.accept_driver().unwrap());
-    let mut b = Node {
-        t: tb,
-        rx: rxb,
-        tasks,
-    };
+    (
+        a,
+        Node {
+            t: tb,
+            rx: rxb,
+            tasks,
+        },
+    )
+}
+
+/// A peer that rotated its certificate is dialled and accepted under the
+/// new pin while the config lists it as `pin_next` (the old one still as
+/// `pin`): a certificate rotation without downtime. A certificate under
+/// neither pin is refused.
+#[tokio::test]
+async fn a_peer_is_dialled_under_its_next_pin_during_a_certificate_rotation() {
+    let rotated = Identity::generate(id("bravo")).unwrap();
+    let pin = rotated.pin();
+    let (a, mut b) = dial_rotated(rotated, Some(pin));
     a.t.send(&id("bravo"), TrafficClass::Control, b"rotated".to_vec())
         .unwrap();
     let got = b.recv().await;
     assert_eq!((got.from, got.payload), (id("alpha"), b"rotated".to_vec()));
 
     // Under neither pin: refused, nothing arrives.
-    let (ids, sockets, configs) = mesh(&["alpha", "bravo"]);
-    let stranger = Identity::generate(id("bravo")).unwrap();
-    let mut it = ids.into_iter().zip(sockets).zip(configs);
-    let ((alpha, sa), ca) = it.next().unwrap();
-    let ((_, sb), cb) = it.next().unwrap();
-    let (ta, rxa) = QuicTransport::bind(alpha, ca, Some(sa)).unwrap();
-    let a = Node::start(ta, rxa);
-    let (tb, rxb) = QuicTransport::bind(stranger, cb, Some(sb)).unwrap();
-    let mut tasks = JoinSet::new();
-    tasks.spawn(tb.accept_driver().unwrap());
-    let mut b = Node {
-        t: tb,
-        rx: rxb,
-        tasks,
-    };
+    let (a, mut b) = dial_rotated(Identity::generate(id("bravo")).unwrap(), None);
     a.t.send(&id("bravo"), TrafficClass::Control, b"no".to_vec())
         .unwrap();
     assert!(
@@ -732,5 +728,4 @@ async fn a_peer_is_dialled_under_its_next_pin_during_a_certificate_rotation() {
             .is_err(),
         "a certificate under neither pin was accepted"
     );
-    drop(b);
 }
