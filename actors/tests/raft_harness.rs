@@ -463,6 +463,66 @@ async fn a_damaged_snapshot_chunk_is_refused_and_fetched_again() {
     c.shutdown().await;
 }
 
+/// A snapshot that takes longer to stream than the log takes to pass the
+/// compaction point still arrives: a follower far behind fetches it over a
+/// slow link (its asks held 1.5 s each) while the leader commits 50 writes a
+/// second, more than the harness's 40-entry compaction interval per ask.
+/// The leader keeps the log after the snapshot being streamed, so the
+/// follower takes one snapshot and goes on from the log. Before that, each
+/// compaction made raft-rs want a newer snapshot, the follower started the
+/// transfer over, and it never caught up.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_slow_snapshot_transfer_under_steady_writes_completes_once() {
+    use bulwark_actors::schedule::{Person, Role};
+    use bulwark_transport::{FaultRule, Selector};
+    let mut c = Cluster::start(3, 5).await;
+    let (leader, _, _) = c
+        .wait_leader(&[0, 1, 2], 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let lag = (leader + 1) % 3;
+    c.crash(lag).await;
+    c.seed_schedule(leader, 4, 120).await;
+    c.h.net()
+        .faults()
+        .add(FaultRule::Delay {
+            from: Selector::one(&c.h.id(lag)),
+            to: Selector::Any,
+            delay_ms: 1_500,
+        })
+        .unwrap();
+    c.restart(lag).await;
+    let mut installed = false;
+    for k in 0..1_500 {
+        let op = Op::AddPerson(Person {
+            id: person(100 + k),
+            name: format!("Late {k}"),
+            role: Role::Resident { pgy: 2 },
+        });
+        let cmd = c.command(leader, op);
+        committed(&c.propose(leader, cmd).await);
+        c.h.step(Duration::from_millis(20)).await;
+        if c.local_read(lag, |s| s.blocks().count()).await == Some(120) {
+            installed = true;
+            break;
+        }
+    }
+    let started =
+        c.h.counter(lag, "bulwark_snapshot_fetches_started_total", &[]);
+    assert!(
+        installed,
+        "the follower never took the snapshot ({started} transfers started)"
+    );
+    assert_eq!(c.h.counter(lag, "bulwark_snapshot_installed_total", &[]), 1);
+    assert!(started <= 2, "{started} transfers started for one snapshot");
+    assert!(
+        c.h.counter(leader, "bulwark_raft_compaction_held_total", &[]) >= 1,
+        "the log was never held for the transfer"
+    );
+    assert_eq!(c.violations(), Vec::<String>::new());
+    c.shutdown().await;
+}
+
 /// A voter that forgot its vote in a restart could elect a second leader in
 /// its term. The leader A is cut off; X wins the next term with Y's vote
 /// (their messages slowed by half a tick); Y crashes before X's first

@@ -271,6 +271,10 @@ const DIGEST_CHUNKS_PER_TICK: usize = 8;
 /// follower's cursor) and is asked for again.
 pub const FETCH_WINDOW: u32 = 4;
 
+/// While a snapshot is streamed, the log is kept (not compacted) up to this
+/// many times `snapshot_every_bytes`.
+const TRANSFER_HOLD_LOG_FACTOR: u64 = 4;
+
 /// A snapshot this leader holds to send: one read of its machine's state,
 /// at one applied index.
 struct Outgoing<S> {
@@ -1118,6 +1122,8 @@ impl<M: StateMachine> RaftCore<M> {
             }
         }
         self.machine.clear_staging()?;
+        metrics::counter!("bulwark_snapshot_fetches_started_total", "facility" => self.me.to_string())
+            .increment(1);
         tracing::info!(%from, index = desc.index, rows = desc.rows, bytes = desc.bytes,
             "receiving a snapshot");
         let cursor = snap::Cursor::default();
@@ -2459,6 +2465,20 @@ impl<M: StateMachine> RaftCore<M> {
             || self.node.store().log_bytes() >= self.config.snapshot_every_bytes)
             && applied > snap_index;
         if !due && applied < snap_index + self.config.snapshot_every_entries {
+            return Ok(());
+        }
+        // A snapshot being made or streamed to a follower keeps the log
+        // after its index until the transfer ends, so the follower goes on
+        // from the log once the snapshot is in. Compacting past it made
+        // raft-rs want a newer snapshot and the follower start over: under
+        // steady writes, a snapshot that took longer to stream than the log
+        // took to pass `snapshot_every_entries` never arrived (seen growing
+        // a schedule past 100,000 writes). Held up to a bound of log bytes
+        // (past it the transfer starts over), never for a membership change.
+        let held = TRANSFER_HOLD_LOG_FACTOR.saturating_mul(self.config.snapshot_every_bytes);
+        if self.outgoing.is_some() && !self.snapshot_due && self.node.store().log_bytes() < held {
+            metrics::counter!("bulwark_raft_compaction_held_total", "facility" => self.me.to_string())
+                .increment(1);
             return Ok(());
         }
         self.snapshot_due = false;
