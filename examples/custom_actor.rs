@@ -146,6 +146,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             bft: None,
             detection: None,
             cluster: None,
+            protocol_max: None,
         };
         fs.push(facility::start(spec, Arc::new(RealClock)).await?);
     }

@@ -399,6 +399,13 @@ pub struct FacilitySection {
     /// start: a peer or a store of another cluster is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
+    /// The newest wire protocol version this facility offers its peers
+    /// (default: the newest this build speaks). Every link runs at the
+    /// newest version both ends speak, so a rolling upgrade needs no
+    /// setting; lower it only to hold a facility at an older version
+    /// (docs/OPERATIONS.md, "Upgrading").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire_protocol_max: Option<u32>,
 }
 
 /// Whether `addr` is `IP:port` or `name:port` (a DNS name of letters,

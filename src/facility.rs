@@ -59,6 +59,8 @@ pub struct FacilitySpec {
     /// and stamped into the store (a store of another refuses to start);
     /// `None`: unchecked (demos, in-process runs).
     pub cluster: Option<ClusterId>,
+    /// The newest wire version offered to peers (`None`: this build's).
+    pub protocol_max: Option<u32>,
 }
 
 /// Settings of the detection zone and the healer.
@@ -125,6 +127,7 @@ impl FacilitySpec {
             }),
             detection: self.detection.clone(),
             cluster: self.cluster,
+            protocol_max: self.protocol_max,
         }
     }
 }
@@ -137,6 +140,9 @@ pub async fn start(spec: FacilitySpec, clock: Arc<dyn Clock>) -> Result<Facility
         listen: spec.listen,
         peers: spec.peers,
         cluster: spec.cluster.unwrap_or_default(),
+        protocol_max: spec
+            .protocol_max
+            .unwrap_or(QuicConfig::default().protocol_max),
         ..QuicConfig::default()
     };
     let (transport, inbound) = QuicTransport::bind(spec.identity, quic, spec.socket)?;
@@ -431,6 +437,7 @@ pub async fn start_loopback_cluster_with(
             bft: None,
             detection: None,
             cluster: None,
+            protocol_max: None,
         };
         let ring = Keyring::new(ids[i].clone(), secrets[i].clone(), public.clone())?;
         let spec = with_consensus(spec, ids.clone(), ring, raft.clone());

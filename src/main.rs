@@ -895,6 +895,7 @@ async fn node(path: PathBuf) -> AnyResult {
         bft: None,
         detection: None,
         cluster: Some(cluster),
+        protocol_max: cfg.facility.wire_protocol_max,
     };
     let members: Vec<FacilityId> = std::iter::once(cfg.facility.id.clone())
         .chain(cfg.peers.iter().map(|p| p.id.clone()))

@@ -215,7 +215,10 @@ async fn a_schedule_past_the_old_snapshot_ceiling_streams_and_survives_kill_9_of
         "charlie caught up without a snapshot install:\n{text}"
     );
     let received = metric(&text, "bulwark_snapshot_received_bytes_total");
-    eprintln!("charlie received {received} bytes of snapshot chunks");
+    eprintln!(
+        "charlie received {received} bytes of snapshot chunks in {} transfers",
+        metric(&text, "bulwark_snapshot_fetches_started_total")
+    );
     assert!(
         received > 4.0 * 1024.0 * 1024.0,
         "the snapshot ({received} bytes) was not past the old 4 MiB ceiling"
@@ -247,6 +250,10 @@ async fn a_schedule_past_the_old_snapshot_ceiling_streams_and_survives_kill_9_of
         after, digest,
         "the schedule changed across kill -9 of every process"
     );
+    // charlie was down through the load and caught up after it: nobody
+    // blames it (a head near the others' while its replica held nothing
+    // new once drew WITHHOLDING here).
+    no_evidence(&c, &s).await;
     for x in &s {
         assert!(!x.log().contains("panicked"), "{}: {}", x.id, x.log());
     }

@@ -889,6 +889,16 @@ fn send_all(st: &mut BftState, sends: Vec<Output>) -> Result<(), bulwark_storage
 }
 
 fn send(st: &BftState, to: FacilityId, msg: &BftWire) {
+    // A peer linked at an older wire version gets the form it knows.
+    let version = st.ctx.router.transport().peer_protocol(&to);
+    let older;
+    let msg = match msg {
+        BftWire::HeadOf { .. } if version < wire::HEAD_OF_SINCE => {
+            older = msg.clone().for_version(version);
+            &older
+        }
+        _ => msg,
+    };
     match codec::encode(msg) {
         Ok(body) => {
             if let Err(e) = st.ctx.router.send(Address::new(to, BFT), body, None) {

@@ -1971,6 +1971,12 @@ pub struct PeerStatus {
     pub phi: f64,
     /// up, suspect or down.
     pub liveness: String,
+    /// The wire protocol version the link runs at: the newest both
+    /// facilities speak (the oldest this build speaks until a link came
+    /// up). During a rolling upgrade, links to facilities not yet upgraded
+    /// run at the older version. (Absent from an older node's answer: 0.)
+    #[serde(default)]
+    pub wire: u32,
 }
 
 /// A circuit breaker.
@@ -2081,6 +2087,7 @@ pub async fn cluster_status(s: &ApiState) -> Result<ClusterStatus, ApiError> {
                 liveness: pv.map_or("unknown".into(), |p| {
                     format!("{:?}", p.liveness).to_lowercase()
                 }),
+                wire: s.transport.peer_protocol(m),
             }
         })
         .collect();

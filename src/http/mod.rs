@@ -877,8 +877,8 @@ pub fn render_status(c: &api::ClusterStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<12} {:<8} {:<10} {:<9} {:>8}",
-        "FACILITY", "ROLE", "LINK", "LIVENESS", "PHI"
+        "{:<12} {:<8} {:<10} {:<9} {:>8} {:>5}",
+        "FACILITY", "ROLE", "LINK", "LIVENESS", "PHI", "WIRE"
     );
     let role = |id: &str| {
         if c.leader.as_deref() == Some(id) {
@@ -889,11 +889,12 @@ pub fn render_status(c: &api::ClusterStatus) -> String {
     };
     let _ = writeln!(
         out,
-        "{:<12} {:<8} {:<10} {:<9} {:>8}",
+        "{:<12} {:<8} {:<10} {:<9} {:>8} {:>5}",
         c.facility,
         role(&c.facility),
         "self",
         "up",
+        "-",
         "-"
     );
     for p in &c.peers {
@@ -902,14 +903,20 @@ pub fn render_status(c: &api::ClusterStatus) -> String {
         } else {
             format!("{:.2}", if p.phi > 0.0 { p.phi } else { 0.0 })
         };
+        // 0: a node from before version 6 does not report it.
+        let wire = match p.wire {
+            0 => "-".to_string(),
+            w => w.to_string(),
+        };
         let _ = writeln!(
             out,
-            "{:<12} {:<8} {:<10} {:<9} {:>8}",
+            "{:<12} {:<8} {:<10} {:<9} {:>8} {:>5}",
             p.id,
             role(&p.id),
             p.link,
             p.liveness,
-            phi
+            phi,
+            wire
         );
     }
     if let Some(l) = &c.ledger {
@@ -1015,5 +1022,31 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("forward@bravo"), "{text}");
+    }
+
+    /// Each peer's wire version shows in `bulwark status`; an answer from a
+    /// node older than version 6 has none and still reads.
+    #[test]
+    fn status_text_shows_each_links_wire_version_and_reads_older_answers() {
+        let c: super::api::ClusterStatus = serde_json::from_value(serde_json::json!({
+            "facility": "alpha", "members": [], "leader": "alpha", "term": 2, "commit": 5,
+            "applied": 5, "partition": "CONNECTED",
+            "peers": [
+                {"id": "bravo", "link": "up", "phi": 0.5, "liveness": "up", "wire": 6},
+                {"id": "charlie", "link": "up", "phi": 0.5, "liveness": "up"}
+            ],
+            "breakers": [], "bulkheads": [], "admission_pressure": 0.0, "ledger": null
+        }))
+        .unwrap();
+        let text = super::render_status(&c);
+        let row = |id: &str| {
+            text.lines()
+                .find(|l| l.starts_with(id))
+                .unwrap()
+                .to_string()
+        };
+        assert!(row("bravo").ends_with(" 6"), "{text}");
+        assert!(row("charlie").ends_with(" -"), "{text}");
+        assert!(text.contains("WIRE"), "{text}");
     }
 }

@@ -30,13 +30,18 @@ impl Site {
 
     /// Starts `bulwark node --config` (stderr to `<dir>/node.log`).
     pub fn start(&mut self) {
+        self.start_bin(BIN);
+    }
+
+    /// Starts `bin node --config` (another build of bulwark).
+    pub fn start_bin(&mut self, bin: &str) {
         assert!(self.proc.is_none(), "{} already runs", self.id);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("node.log"))
             .unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(bin)
             .args(["node", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "warn")

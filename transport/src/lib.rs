@@ -108,6 +108,12 @@ pub trait Transport: Send + Sync + 'static {
         -> Result<(), SendError>;
     /// The link's state as last observed.
     fn link_status(&self, peer: &FacilityId) -> LinkStatus;
+    /// The wire version to write for `peer`: the one its link negotiated,
+    /// the oldest this build speaks before any did. A message that only a
+    /// newer version knows is sent only where this is high enough.
+    fn peer_protocol(&self, _peer: &FacilityId) -> u32 {
+        quic::PROTOCOL_VERSION
+    }
     /// The faults this transport obeys; shared, changeable at run time.
     fn faults(&self) -> &FaultPlan;
     /// The task that owns the connection to `peer` (dial, hello, pump,

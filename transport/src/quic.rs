@@ -39,7 +39,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,9 +66,15 @@ use crate::{
     Transport, Verdict, DATAGRAM_LEN_MAX,
 };
 
-/// The ALPN protocol id; a peer speaking anything else is refused.
+/// The ALPN protocol id of wire versions 1 to 5 (builds before version
+/// negotiation offered this one id).
 pub const ALPN: &[u8] = b"bulwark/1";
-/// Version carried in the hello; a peer with another is refused.
+/// The newest wire version this build speaks. Both ends offer every version
+/// they speak as ALPN ids (newest first, [`alpn_of`]); the TLS handshake
+/// settles on the newest both speak, and the hello must carry that version.
+/// So version N and N+1 interoperate in a rolling upgrade, and a peer that
+/// shares no version with this build fails its handshake.
+/// 1: the first.
 /// 2: both ends send a hello, and it carries the sender's boot id.
 /// 3: the hello carries the sender's cluster id.
 /// 4: a facility's Raft identity may be a later incarnation (a replaced
@@ -77,7 +83,35 @@ pub const ALPN: &[u8] = b"bulwark/1";
 /// membership change may remove a facility, and a facility outside the
 /// validator set exchanges ledger heads: a version-4 build would skip
 /// such entries and diverge, so it is refused.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: versions are negotiated (ALPN `bulwark/6`, falling back to
+/// `bulwark/1` for a version-5 peer), and a validator's ledger head
+/// announcement also carries the newest ledger height its replica holds
+/// (`BftWire::HeadOf`), sent only over a link at version 6 or later.
+pub const PROTOCOL_VERSION: u32 = 6;
+/// The oldest wire version this build still speaks.
+pub const PROTOCOL_MIN: u32 = 5;
+
+/// The ALPN id of wire `version`: `bulwark/1` up to 5 (the id those builds
+/// offered), `bulwark/<version>` from 6 on.
+pub fn alpn_of(version: u32) -> Vec<u8> {
+    if version <= 5 {
+        ALPN.to_vec()
+    } else {
+        format!("bulwark/{version}").into_bytes()
+    }
+}
+
+/// The wire version an ALPN id names, if this build speaks it.
+pub fn version_of_alpn(alpn: &[u8]) -> Option<u32> {
+    (PROTOCOL_MIN..=PROTOCOL_VERSION)
+        .rev()
+        .find(|v| alpn_of(*v) == alpn)
+}
+
+/// The ALPN ids offered by a build speaking up to `max`, newest first.
+fn alpn_offer(max: u32) -> Vec<Vec<u8>> {
+    (PROTOCOL_MIN..=max).rev().map(alpn_of).collect()
+}
 
 /// Which cluster a facility belongs to: drawn by `bulwark init` (or
 /// derived from the first members' ids and pins), stored with the
@@ -152,6 +186,10 @@ pub struct QuicConfig {
     pub seed: Option<u64>,
     /// This facility's cluster; a hello naming another is refused.
     pub cluster: ClusterId,
+    /// The newest wire version offered, between [`PROTOCOL_MIN`] and
+    /// [`PROTOCOL_VERSION`] (default). Lower only to stage an upgrade or to
+    /// stand in for an older build in a test.
+    pub protocol_max: u32,
 }
 
 impl Default for QuicConfig {
@@ -174,6 +212,7 @@ impl Default for QuicConfig {
             incoming_max: 64,
             seed: None,
             cluster: [0; 16],
+            protocol_max: PROTOCOL_VERSION,
         }
     }
 }
@@ -208,6 +247,12 @@ impl QuicConfig {
         }
         if self.keep_alive >= self.idle_timeout {
             return bad("keep_alive must be shorter than idle_timeout".into());
+        }
+        if !(PROTOCOL_MIN..=PROTOCOL_VERSION).contains(&self.protocol_max) {
+            return bad(format!(
+                "protocol_max {} is outside the versions this build speaks ({PROTOCOL_MIN} to {PROTOCOL_VERSION})",
+                self.protocol_max
+            ));
         }
         Ok(())
     }
@@ -306,7 +351,8 @@ impl QuicStats {
 
 /// The first frame each end sends on a connection: the sender's facility,
 /// protocol version and boot id. Each end accepts only the facility whose
-/// pinned certificate the handshake checked, at [`PROTOCOL_VERSION`].
+/// pinned certificate the handshake checked, at the version the handshake
+/// negotiated (its ALPN id). Its layout is the same at every version.
 ///
 /// The boot id is drawn at random when a transport starts. A facility that
 /// receives a hello on a new incoming connection with another boot id than
@@ -326,24 +372,26 @@ pub struct Hello {
 }
 
 impl Hello {
-    /// This build's hello from `facility` of `cluster`, booted as `boot`.
-    pub fn booted(facility: FacilityId, boot: u64, cluster: ClusterId) -> Self {
+    /// The hello from `facility` of `cluster`, booted as `boot`, on a
+    /// connection at wire `version`.
+    pub fn booted(facility: FacilityId, version: u32, boot: u64, cluster: ClusterId) -> Self {
         Hello {
             facility,
-            protocol: PROTOCOL_VERSION,
+            protocol: version,
             boot,
             cluster,
         }
     }
 
     /// Decodes a hello frame's body (at most [`HELLO_LEN_MAX`] bytes,
-    /// nothing trailing) and accepts it only from `expected`, at this
-    /// build's protocol version, of `cluster`. A refusal names what
-    /// differs.
+    /// nothing trailing) and accepts it only from `expected`, at the
+    /// connection's negotiated `version`, of `cluster`. A refusal names
+    /// what differs.
     pub fn accept(
         body: &[u8],
         expected: &FacilityId,
         cluster: &ClusterId,
+        version: u32,
     ) -> Result<Hello, DialError> {
         let refuse = |reason: &'static str, detail: String| {
             metrics::counter!("bulwark_quic_hello_refused_total", "reason" => reason).increment(1);
@@ -363,11 +411,11 @@ impl Hello {
                 ),
             );
         }
-        if hello.protocol != PROTOCOL_VERSION {
+        if hello.protocol != version {
             return refuse(
                 "protocol",
                 format!(
-                    "{expected} speaks protocol {}, this build {PROTOCOL_VERSION}",
+                    "{expected} sent a hello at protocol {}, the connection's is {version} (this build speaks {PROTOCOL_MIN} to {PROTOCOL_VERSION})",
                     hello.protocol
                 ),
             );
@@ -419,6 +467,8 @@ struct Peer {
     linked_boot: AtomicU64,
     /// The boot id in the hello of the newest incoming connection.
     heard_boot: AtomicU64,
+    /// The wire version last negotiated with this peer (0: none yet).
+    protocol: AtomicU32,
     /// Wakes the outgoing link when `heard_boot` changes.
     restarted: tokio::sync::Notify,
 }
@@ -487,11 +537,17 @@ impl QuicTransport {
         );
         let verifier = Arc::new(PinVerifier::new(by_pin.clone(), stats.clone()));
         let transport_config = Arc::new(transport_config(&config)?);
-        let mut client =
-            quinn::ClientConfig::new(Arc::new(client_crypto(&identity, verifier.clone())?));
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto(
+            &identity,
+            verifier.clone(),
+            config.protocol_max,
+        )?));
         client.transport_config(transport_config.clone());
-        let mut server =
-            quinn::ServerConfig::with_crypto(Arc::new(server_crypto(&identity, verifier)?));
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto(
+            &identity,
+            verifier,
+            config.protocol_max,
+        )?));
         server
             .transport_config(transport_config)
             .max_incoming(config.incoming_max)
@@ -531,6 +587,7 @@ impl QuicTransport {
                     status,
                     linked_boot: AtomicU64::new(0),
                     heard_boot: AtomicU64::new(0),
+                    protocol: AtomicU32::new(0),
                     restarted: tokio::sync::Notify::new(),
                 };
                 (spec.id.clone(), peer)
@@ -680,6 +737,16 @@ impl Transport for QuicTransport {
             .map_or(LinkStatus::Down, |p| *p.status.borrow())
     }
 
+    fn peer_protocol(&self, peer: &FacilityId) -> u32 {
+        match self.inner.peers.get(peer) {
+            Some(p) => match p.protocol.load(Ordering::Relaxed) {
+                0 => PROTOCOL_MIN,
+                v => v,
+            },
+            None => PROTOCOL_MIN,
+        }
+    }
+
     fn faults(&self) -> &FaultPlan {
         &self.inner.faults
     }
@@ -751,6 +818,17 @@ impl Inner {
         Ok(spec.addr)
     }
 
+    /// Notes the wire `version` negotiated with `peer`.
+    fn negotiated(&self, peer: &FacilityId, version: u32) {
+        if let Some(p) = self.peers.get(peer) {
+            if p.protocol.swap(version, Ordering::Relaxed) != version {
+                tracing::info!(%peer, version, "wire version negotiated");
+            }
+        }
+        metrics::gauge!("bulwark_quic_peer_protocol", "peer" => peer.to_string())
+            .set(version as f64);
+    }
+
     /// Connects to `spec`, waits for its hello and sends ours. Returns the
     /// connection and the peer's boot id.
     async fn dial(&self, spec: &PeerSpec) -> Result<(quinn::Connection, u64), DialError> {
@@ -786,16 +864,18 @@ impl Inner {
             }
             Ok(r) => r?,
         };
-        let hello = match Hello::accept(&body, &spec.id, &self.config.cluster) {
+        let version = negotiated_version(&conn);
+        let hello = match Hello::accept(&body, &spec.id, &self.config.cluster, version) {
             Ok(h) => h,
             Err(e) => {
                 conn.close(VarInt::from_u32(CLOSE_BAD_HELLO), b"bad hello");
                 return Err(e);
             }
         };
-        if send_hello(self, &conn).await.is_err() {
+        if send_hello(self, &conn, version).await.is_err() {
             return Err(DialError::Failed("our hello could not be sent".into()));
         }
+        self.negotiated(&spec.id, version);
         Ok((conn, hello.boot))
     }
 
@@ -1038,7 +1118,8 @@ async fn serve_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     {
         old.close(VarInt::from_u32(CLOSE_REPLACED), b"replaced");
     }
-    if send_hello(&inner, &conn).await.is_err() {
+    let version = negotiated_version(&conn);
+    if send_hello(&inner, &conn, version).await.is_err() {
         return;
     }
     // The dialler's hello comes first, on its first stream.
@@ -1047,7 +1128,7 @@ async fn serve_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         let body = read_frame(&mut recv, HELLO_LEN_MAX)
             .await
             .map_err(|e| DialError::BadHello(e.to_string()))?;
-        Hello::accept(&body, &peer, &inner.config.cluster)
+        Hello::accept(&body, &peer, &inner.config.cluster, version)
     };
     let boot = match tokio::time::timeout(inner.config.hello_timeout, hello).await {
         Ok(Ok(h)) => h.boot,
@@ -1056,6 +1137,7 @@ async fn serve_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
             return;
         }
     };
+    inner.negotiated(&peer, version);
     if let Some(p) = inner.peers.get(&peer) {
         if boot != 0 && p.heard_boot.swap(boot, Ordering::Relaxed) != boot {
             p.restarted.notify_one();
@@ -1091,8 +1173,18 @@ async fn serve_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     }
 }
 
-async fn send_hello(inner: &Inner, conn: &quinn::Connection) -> Result<(), ()> {
-    let hello = Hello::booted(inner.id.clone(), inner.boot, inner.config.cluster);
+/// The wire version a connection's handshake settled on (its ALPN id).
+/// Both ends offer only versions they speak, so an id this build does not
+/// know cannot come out of a handshake; [`PROTOCOL_MIN`] stands in.
+fn negotiated_version(conn: &quinn::Connection) -> u32 {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol.as_deref().and_then(version_of_alpn))
+        .unwrap_or(PROTOCOL_MIN)
+}
+
+async fn send_hello(inner: &Inner, conn: &quinn::Connection, version: u32) -> Result<(), ()> {
+    let hello = Hello::booted(inner.id.clone(), version, inner.boot, inner.config.cluster);
     let body = codec::encode(&hello).map_err(|_| ())?;
     let frame = frame::encode(&body).map_err(|_| ())?;
     let mut s = conn.open_uni().await.map_err(|_| ())?;
@@ -1183,6 +1275,7 @@ fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, QuicE
 fn client_crypto(
     identity: &Identity,
     verifier: Arc<PinVerifier>,
+    protocol_max: u32,
 ) -> Result<QuicClientConfig, QuicError> {
     let tls = |e: rustls::Error| QuicError::Tls(e.to_string());
     let mut c = rustls::ClientConfig::builder_with_provider(provider())
@@ -1192,7 +1285,7 @@ fn client_crypto(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![identity.cert_der().clone()], identity.key_der())
         .map_err(tls)?;
-    c.alpn_protocols = vec![ALPN.to_vec()];
+    c.alpn_protocols = alpn_offer(protocol_max);
     c.enable_early_data = false;
     QuicClientConfig::try_from(c).map_err(|e| QuicError::Tls(e.to_string()))
 }
@@ -1200,6 +1293,7 @@ fn client_crypto(
 fn server_crypto(
     identity: &Identity,
     verifier: Arc<PinVerifier>,
+    protocol_max: u32,
 ) -> Result<QuicServerConfig, QuicError> {
     let tls = |e: rustls::Error| QuicError::Tls(e.to_string());
     let mut s = rustls::ServerConfig::builder_with_provider(provider())
@@ -1208,7 +1302,8 @@ fn server_crypto(
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![identity.cert_der().clone()], identity.key_der())
         .map_err(tls)?;
-    s.alpn_protocols = vec![ALPN.to_vec()];
+    // The server's order decides: the newest version both speak.
+    s.alpn_protocols = alpn_offer(protocol_max);
     s.max_early_data_size = 0; // no 0-RTT: replayable data has no place here
     QuicServerConfig::try_from(s).map_err(|e| QuicError::Tls(e.to_string()))
 }

@@ -154,6 +154,12 @@ pub struct Core {
     /// Per peer: the tick its current streak without a vote began.
     streak_tick: BTreeMap<FacilityId, u64>,
     heard: BTreeMap<FacilityId, u64>,
+    /// The newest height each peer announced it holds an entry for
+    /// ([`BftWire::HeadOf`]; absent for a peer that sent only heads).
+    peer_holds: BTreeMap<FacilityId, u64>,
+    /// The newest height this validator took an entry for (from its
+    /// replica or fetched) since it started.
+    holds: u64,
     fetch_tick: u64,
     cursor: u64,
     ticks: u64,
@@ -220,6 +226,8 @@ impl Core {
             missed: BTreeMap::new(),
             streak_tick: BTreeMap::new(),
             heard: BTreeMap::new(),
+            peer_holds: BTreeMap::new(),
+            holds: 0,
             fetch_tick: 0,
             cursor: 0,
             ticks: 0,
@@ -689,6 +697,7 @@ impl Core {
 
     fn on_admitted(&mut self, link: Link, epoch_ok: bool, epoch: Option<u64>, now_unix_ms: u64) {
         let h = link.entry.height;
+        self.holds = self.holds.max(h);
         if h <= self.final_height {
             return;
         }
@@ -847,6 +856,10 @@ impl Core {
         }
         match msg {
             BftWire::Votes(votes) => self.on_votes(from, votes, now_unix_ms),
+            BftWire::HeadOf { height, holds } => {
+                self.peer_holds.insert(from.clone(), holds);
+                self.on_wire(from, BftWire::Head { height }, now_unix_ms);
+            }
             BftWire::Head { height } => {
                 if !self.peers.contains(from) && self.listeners.len() < LISTENERS_MAX {
                     self.listeners.insert(from.clone());
@@ -1290,6 +1303,24 @@ impl Core {
         }
     }
 
+    /// Whether `peer` is near height `h`, as it announced: the newest
+    /// entry it holds (from a version-6 peer), else its final head, within
+    /// `withhold_heights` of `h`. Unknown: near. A facility that restarted
+    /// behind learns final entries from its peers long before its replica
+    /// holds the entries after them: its head is near while it cannot vote
+    /// (a growth run over real processes drew WITHHOLDING against such a
+    /// facility), so the entries it holds are what count.
+    fn near(&self, peer: &FacilityId, h: u64) -> bool {
+        let w = self.config.withhold_heights;
+        match self.peer_holds.get(peer) {
+            Some(held) => held.saturating_add(w) >= h,
+            None => self
+                .peer_final
+                .get(peer)
+                .is_none_or(|f| f.saturating_add(w) >= h),
+        }
+    }
+
     fn advance(&mut self, h: u64, hash: Hash, now_unix_ms: u64) {
         let seen = self.votes.remove(&h).unwrap_or_default();
         let me = self.ring.me().clone();
@@ -1301,14 +1332,12 @@ impl Core {
             .collect();
         for peer in &signers {
             let voted = seen.get(peer).is_some_and(|(vh, _)| *vh == hash);
-            // A miss from a peer that is behind (its announced head far
-            // from `h`) proves nothing: it cannot vote for what it has not
-            // seen. A peer not heard from at all is counted, and judged
-            // when it is heard (the suspects below).
-            let near = self
-                .peer_final
-                .get(peer)
-                .is_none_or(|f| f.saturating_add(self.config.withhold_heights) >= h);
+            // A miss from a peer that is behind (its announced head, or
+            // the newest entry it announced it holds, far from `h`) proves
+            // nothing: it cannot vote for what it has not seen. A peer not
+            // heard from at all is counted, and judged when it is heard
+            // (the suspects below).
+            let near = self.near(peer, h);
             let m = self.missed.entry(peer.clone()).or_insert((h, 0));
             if voted || !near {
                 *m = (h + 1, 0);
@@ -1512,8 +1541,9 @@ impl Core {
             for p in peers.into_iter().chain(self.listeners.iter().cloned()) {
                 self.out.push(Output::Send {
                     to: p,
-                    msg: BftWire::Head {
+                    msg: BftWire::HeadOf {
                         height: self.final_height,
+                        holds: self.holds,
                     },
                 });
             }
@@ -1531,9 +1561,7 @@ impl Core {
             .filter(|(p, (_, n))| {
                 let heard = self.heard.get(*p).copied();
                 let began = self.streak_tick.get(*p).copied().unwrap_or(0);
-                let caught_up = self.peer_final.get(*p).is_some_and(|f| {
-                    f.saturating_add(self.config.withhold_heights) >= self.final_height
-                });
+                let caught_up = self.peer_final.contains_key(*p) && self.near(p, self.final_height);
                 *n >= self.config.withhold_heights
                     && heard.is_some_and(|t| {
                         self.ticks <= t + 3 * head_ticks && t >= began + 2 * head_ticks

@@ -436,3 +436,76 @@ fn a_drill_ends() {
     let late = [at(NOW + 10 * 60_000)];
     assert!(trust_score(&ids()[1], &late, &[d], NOW + 10 * 60_000) < 1.0);
 }
+
+/// Alpha finalizes 40 heights with bravo's and charlie's votes while delta,
+/// which never votes, is down for the first 20, then sends
+/// `announce(alpha's final height)` every head interval: how many
+/// WITHHOLDING records alpha holds against delta.
+fn withholding_against_delta(announce: impl Fn(u64) -> BftWire) -> usize {
+    let mut c = core(0);
+    let head_ticks = BftConfig::default().head_ticks;
+    for e in entries(40) {
+        c.on_applied(&e, NOW);
+        let l = link(&e);
+        for who in [1, 2] {
+            c.on_wire(&ids()[who], BftWire::Votes(vec![vote(who, &l)]), NOW);
+        }
+        if c.final_height() >= 20 {
+            c.on_wire(&ids()[3], announce(c.final_height()), NOW);
+        }
+        for _ in 0..head_ticks {
+            c.on_tick(NOW);
+        }
+    }
+    assert_eq!(c.final_height(), 40);
+    c.evidence()
+        .iter()
+        .filter(|e| e.offender == ids()[3] && matches!(e.kind, Kind::Withholding { .. }))
+        .count()
+}
+
+/// A facility that restarted behind learns final entries from its peers
+/// (its head is near) long before its replica holds the entries after
+/// them: it cannot vote, and it says so (`HeadOf` with what it holds), so
+/// it is not blamed for WITHHOLDING. One that holds the entries and does
+/// not vote still is; and a version-5 peer, which announces only its head,
+/// is judged by its head as before (a growth run over real processes drew
+/// WITHHOLDING against a restarted facility that way).
+#[test]
+fn a_facility_catching_up_is_not_blamed_for_withholding_and_one_that_holds_the_entries_is() {
+    let behind = withholding_against_delta(|h| BftWire::HeadOf {
+        height: h,
+        holds: 3,
+    });
+    assert_eq!(
+        behind, 0,
+        "a facility holding nothing past height 3 was blamed"
+    );
+    let holding = withholding_against_delta(|h| BftWire::HeadOf {
+        height: h,
+        holds: h,
+    });
+    assert!(
+        holding >= 1,
+        "a facility holding every entry and voting none was not blamed"
+    );
+    let head_only = withholding_against_delta(|h| BftWire::Head { height: h });
+    assert!(
+        head_only >= 1,
+        "a head-only announcement is judged by the head"
+    );
+}
+
+/// A `HeadOf` goes to a version-5 peer as the `Head` it knows; every other
+/// message, and any message to a version-6 peer, is unchanged.
+#[test]
+fn head_of_is_sent_as_head_below_version_6() {
+    let m = BftWire::HeadOf {
+        height: 9,
+        holds: 4,
+    };
+    assert_eq!(m.clone().for_version(5), BftWire::Head { height: 9 });
+    assert_eq!(m.clone().for_version(6), m);
+    let f = BftWire::Fetch { from: 3, max: 8 };
+    assert_eq!(f.clone().for_version(5), f);
+}

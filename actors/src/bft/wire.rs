@@ -42,4 +42,30 @@ pub enum BftWire {
     /// only if its hash is the previous hash of the receiver's next entry,
     /// or the hash f+1 signers voted for.
     Entry(Vec<u8>),
+    /// [`BftWire::Head`] with the newest ledger height the sender holds an
+    /// entry for (its replica applied it, or it fetched it): a peer's vote
+    /// is missed only at heights it holds, so a facility catching up after
+    /// a restart is not taken for one withholding votes. Wire version 6 and
+    /// later; a peer linked at version 5 is sent [`BftWire::Head`].
+    /// (New variants go last: a variant's place is its encoding.)
+    HeadOf {
+        /// Final height.
+        height: u64,
+        /// Newest height held.
+        holds: u64,
+    },
+}
+
+/// The wire version that first knows [`BftWire::HeadOf`].
+pub const HEAD_OF_SINCE: u32 = 6;
+
+impl BftWire {
+    /// This message as a peer speaking wire `version` reads it: a
+    /// [`BftWire::HeadOf`] becomes a [`BftWire::Head`] before version 6.
+    pub fn for_version(self, version: u32) -> BftWire {
+        match self {
+            BftWire::HeadOf { height, .. } if version < HEAD_OF_SINCE => BftWire::Head { height },
+            other => other,
+        }
+    }
 }

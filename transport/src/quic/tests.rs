@@ -315,9 +315,12 @@ async fn bad_frames_and_datagrams_stop_only_their_stream() {
     let body = read_frame(&mut hello, HELLO_LEN_MAX).await.unwrap();
     let hello: Hello = codec::decode(&body).unwrap();
     assert_eq!(hello.facility, id("alpha"));
+    // The raw client offers only the id of version 5 and before: alpha
+    // answers at version 5, as it would a version-5 build.
+    assert_eq!(hello.protocol, PROTOCOL_MIN);
     // The dialler's hello comes first.
     let mut s = conn.open_uni().await.unwrap();
-    let ours = codec::encode(&Hello::booted(id("bravo"), 9, [0; 16])).unwrap();
+    let ours = codec::encode(&Hello::booted(id("bravo"), PROTOCOL_MIN, 9, [0; 16])).unwrap();
     s.write_all(&crate::frame::encode(&ours).unwrap())
         .await
         .unwrap();
@@ -557,17 +560,18 @@ async fn partial_fault_rule_loses_and_delays_on_a_real_link() {
 fn a_hello_is_accepted_only_from_the_dialled_facility_at_this_version_and_cluster() {
     let alpha = id("alpha");
     let ours = [7u8; 16];
-    let hello = |f: FacilityId| Hello::booted(f, 0, ours);
+    let hello = |f: FacilityId| Hello::booted(f, PROTOCOL_VERSION, 0, ours);
     let good = codec::encode(&hello(alpha.clone())).unwrap();
     assert_eq!(
-        Hello::accept(&good, &alpha, &ours).unwrap(),
+        Hello::accept(&good, &alpha, &ours, PROTOCOL_VERSION).unwrap(),
         hello(alpha.clone())
     );
 
-    let bad_hello = |body: &[u8], why: &str| match Hello::accept(body, &alpha, &ours) {
-        Err(DialError::BadHello(msg)) => msg,
-        other => panic!("{why}: {other:?}"),
-    };
+    let bad_hello =
+        |body: &[u8], why: &str| match Hello::accept(body, &alpha, &ours, PROTOCOL_VERSION) {
+            Err(DialError::BadHello(msg)) => msg,
+            other => panic!("{why}: {other:?}"),
+        };
     // Another facility (its certificate would have failed first; the
     // hello is checked all the same).
     let other = codec::encode(&hello(id("bravo"))).unwrap();
@@ -581,8 +585,13 @@ fn a_hello_is_accepted_only_from_the_dialled_facility_at_this_version_and_cluste
     })
     .unwrap();
     bad_hello(&newer, "another version");
+    // A version this build speaks, but not the one the connection
+    // negotiated.
+    let older = codec::encode(&Hello::booted(alpha.clone(), PROTOCOL_MIN, 0, ours)).unwrap();
+    assert!(bad_hello(&older, "not the negotiated version").contains("connection's is"));
     // Another cluster: named, both ids shown.
-    let foreign = codec::encode(&Hello::booted(alpha.clone(), 0, [9; 16])).unwrap();
+    let foreign =
+        codec::encode(&Hello::booted(alpha.clone(), PROTOCOL_VERSION, 0, [9; 16])).unwrap();
     let msg = bad_hello(&foreign, "another cluster");
     assert!(
         msg.contains(&cluster_text(&[9; 16])) && msg.contains(&cluster_text(&ours)),
@@ -728,4 +737,73 @@ async fn a_peer_is_dialled_under_its_next_pin_during_a_certificate_rotation() {
             .is_err(),
         "a certificate under neither pin was accepted"
     );
+}
+
+/// A rolling upgrade's mixed cluster: alpha speaks up to version 5 (as a
+/// version-5 build does: it offers only `bulwark/1`), bravo and charlie up
+/// to this build's version. Every pair links, payloads flow both ways, and
+/// each link runs at the newest version both ends speak: 5 with alpha, the
+/// newest between bravo and charlie.
+#[tokio::test]
+async fn links_run_at_the_newest_version_both_ends_speak() {
+    let names = ["alpha", "bravo", "charlie"];
+    let (ids, sockets, mut configs) = mesh(&names);
+    configs[0].protocol_max = PROTOCOL_MIN;
+    let mut nodes: Vec<Node> = ids
+        .into_iter()
+        .zip(sockets)
+        .zip(configs)
+        .map(|((ident, sock), cfg)| {
+            let (t, rx) = QuicTransport::bind(ident, cfg, Some(sock)).unwrap();
+            Node::start(t, rx)
+        })
+        .collect();
+    let fids: Vec<FacilityId> = names.iter().map(|n| id(n)).collect();
+    for (i, node) in nodes.iter().enumerate() {
+        for (j, to) in fids.iter().enumerate() {
+            if i != j {
+                node.t
+                    .send(to, TrafficClass::Control, vec![i as u8, j as u8])
+                    .unwrap();
+            }
+        }
+    }
+    for (j, node) in nodes.iter_mut().enumerate() {
+        let mut got: Vec<Vec<u8>> = vec![node.recv().await.payload, node.recv().await.payload];
+        got.sort();
+        let want: Vec<Vec<u8>> = (0..3)
+            .filter(|i| *i != j)
+            .map(|i| vec![i as u8, j as u8])
+            .collect();
+        assert_eq!(got, want, "{} heard from both others", fids[j]);
+    }
+    let version = |a: usize, b: usize| nodes[a].t.peer_protocol(&fids[b]);
+    assert_eq!((version(0, 1), version(1, 0)), (PROTOCOL_MIN, PROTOCOL_MIN));
+    assert_eq!((version(0, 2), version(2, 0)), (PROTOCOL_MIN, PROTOCOL_MIN));
+    assert_eq!(
+        (version(1, 2), version(2, 1)),
+        (PROTOCOL_VERSION, PROTOCOL_VERSION)
+    );
+    assert_eq!(nodes[1].t.peer_protocol(&id("nobody")), PROTOCOL_MIN);
+}
+
+#[test]
+fn a_protocol_max_outside_the_spoken_versions_is_refused() {
+    let local = id("alpha");
+    for bad in [PROTOCOL_MIN - 1, PROTOCOL_VERSION + 1] {
+        let c = QuicConfig {
+            protocol_max: bad,
+            ..test_config()
+        };
+        assert!(
+            matches!(c.validate(&local), Err(QuicError::Config(m)) if m.contains("protocol_max")),
+            "{bad}"
+        );
+    }
+    assert_eq!(version_of_alpn(b"bulwark/1"), Some(5));
+    assert_eq!(
+        version_of_alpn(&alpn_of(PROTOCOL_VERSION)),
+        Some(PROTOCOL_VERSION)
+    );
+    assert_eq!(version_of_alpn(b"bulwark/99"), None);
 }
