@@ -90,9 +90,13 @@ async fn links_settle(c: &reqwest::Client, s: &[Site], i: usize, upgraded: &[boo
     .await;
 }
 
+/// `site`'s final ledger height, once it answers.
 async fn ledger_height(c: &reqwest::Client, site: &Site) -> u64 {
-    let (_, v) = get(c, &site.url("/v1/cluster")).await;
-    v["ledger"]["height"].as_u64().unwrap_or(0)
+    until(Duration::from_secs(60), "a ledger height", || async {
+        let (_, v) = get(c, &site.url("/v1/cluster")).await;
+        v["ledger"]["height"].as_u64()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,11 +156,15 @@ async fn a_rolling_upgrade_from_wire_5_to_6_loses_nothing() {
         })
     };
     let acked_now = || acked.lock().unwrap().len();
+    let writer_alive = || assert!(!writer.is_finished(), "the writer stopped early");
     let wait_writes = |from: usize| {
         until(
             Duration::from_secs(60),
             "writes acknowledged",
-            move || async move { (acked_now() >= from + WRITES_PER_STEP).then_some(()) },
+            move || async move {
+                writer_alive();
+                (acked_now() >= from + WRITES_PER_STEP).then_some(())
+            },
         )
     };
     wait_writes(0).await;
@@ -215,8 +223,17 @@ async fn a_rolling_upgrade_from_wire_5_to_6_loses_nothing() {
     }
     eprintln!("{} acknowledged writes, all at every facility", acked.len());
     no_evidence(&c, &s).await;
+    // Nobody was sent a message it could not read, nor refused a hello.
     for x in &s {
-        assert!(!x.log().contains("panicked"), "{}: {}", x.id, x.log());
+        for m in [
+            "bulwark_bft_malformed_total",
+            "bulwark_quic_hello_refused_total",
+        ] {
+            assert_eq!(metric(&c, x, m).await, 0.0, "{}: {m}", x.id);
+        }
+        let log = x.log();
+        assert!(!log.contains("panicked"), "{}: {log}", x.id);
+        assert!(!log.contains("malformed"), "{}: {log}", x.id);
     }
 }
 

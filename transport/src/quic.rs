@@ -961,6 +961,10 @@ async fn run_link(inner: Arc<Inner>, peer_id: FacilityId) {
                 peer.status.send_replace(LinkStatus::Down);
                 metrics::gauge!("bulwark_quic_link_up", "peer" => label.clone()).set(0.0);
                 tracing::info!(peer = %peer_id, %why, "link down");
+                // Unknown until the next handshake: the peer may come back
+                // on an older build (what is sent meanwhile is written for
+                // the oldest version this build speaks).
+                peer.protocol.store(0, Ordering::Relaxed);
                 conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"link reset");
                 match why {
                     PumpEnd::QueueClosed => return,

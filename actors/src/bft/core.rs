@@ -157,8 +157,8 @@ pub struct Core {
     /// The newest height each peer announced it holds an entry for
     /// ([`BftWire::HeadOf`]; absent for a peer that sent only heads).
     peer_holds: BTreeMap<FacilityId, u64>,
-    /// The newest height this validator took an entry for (from its
-    /// replica or fetched) since it started.
+    /// The newest height of an entry this validator's replica applied
+    /// since it started (announced in [`BftWire::HeadOf`]).
     holds: u64,
     fetch_tick: u64,
     cursor: u64,
@@ -603,6 +603,10 @@ impl Core {
                     None => true,
                 };
                 let epoch = e.shown.epoch.as_ref().map(|(n, _)| *n);
+                // What the replica applied, in order (an entry fetched
+                // past a gap does not count: the ones before it are not
+                // held).
+                self.holds = self.holds.max(link.entry.height);
                 self.on_admitted(link.clone(), epoch_ok, epoch, now_unix_ms);
             }
             Verdict::Rejected {
@@ -697,7 +701,6 @@ impl Core {
 
     fn on_admitted(&mut self, link: Link, epoch_ok: bool, epoch: Option<u64>, now_unix_ms: u64) {
         let h = link.entry.height;
-        self.holds = self.holds.max(h);
         if h <= self.final_height {
             return;
         }
@@ -857,10 +860,13 @@ impl Core {
         match msg {
             BftWire::Votes(votes) => self.on_votes(from, votes, now_unix_ms),
             BftWire::HeadOf { height, holds } => {
-                self.peer_holds.insert(from.clone(), holds);
                 self.on_wire(from, BftWire::Head { height }, now_unix_ms);
+                self.peer_holds.insert(from.clone(), holds);
             }
             BftWire::Head { height } => {
+                // A peer that announces only its head (held back to
+                // version 5 again) is judged by its head from now on.
+                self.peer_holds.remove(from);
                 if !self.peers.contains(from) && self.listeners.len() < LISTENERS_MAX {
                     self.listeners.insert(from.clone());
                 }

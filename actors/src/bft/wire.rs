@@ -42,10 +42,10 @@ pub enum BftWire {
     /// only if its hash is the previous hash of the receiver's next entry,
     /// or the hash f+1 signers voted for.
     Entry(Vec<u8>),
-    /// [`BftWire::Head`] with the newest ledger height the sender holds an
-    /// entry for (its replica applied it, or it fetched it): a peer's vote
-    /// is missed only at heights it holds, so a facility catching up after
-    /// a restart is not taken for one withholding votes. Wire version 6 and
+    /// [`BftWire::Head`] with the newest ledger height whose entry the
+    /// sender's replica applied since it started: a peer's vote is missed
+    /// only near heights it holds, so a facility catching up after a
+    /// restart is not taken for one withholding votes. Wire version 6 and
     /// later; a peer linked at version 5 is sent [`BftWire::Head`].
     /// (New variants go last: a variant's place is its encoding.)
     HeadOf {
