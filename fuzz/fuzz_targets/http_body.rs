@@ -5,8 +5,7 @@
 #![no_main]
 
 use bulwark::http::api::{
-    decode_json, ApprovalBody, AssignBody, BlockBody, LeaveBody, PersonBody, SwapBody,
-    BODY_LEN_MAX,
+    decode_json, ApprovalBody, AssignBody, BlockBody, LeaveBody, PersonBody, SwapBody, BODY_LEN_MAX,
 };
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;

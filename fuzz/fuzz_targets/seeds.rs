@@ -28,7 +28,7 @@ use bulwark_actors::raft::wire::{
     WireConfChangeSingle, WireConfChangeV2, WireConfState, WireEntry, WireEntryData, WireMessage,
     WireSnapshot,
 };
-use bulwark_actors::raft::{EntryPayload, ProposeOutcome, RaftWire};
+use bulwark_actors::raft::{EntryPayload, RaftWire, Refusal};
 use bulwark_actors::schedule::{
     Block, BlockId, Command, IdempotencyKey, Op, Person, PersonId, Pool, Role, ScheduleState,
 };
@@ -36,7 +36,7 @@ use bulwark_fuzz::{ids, keys, rings};
 use bulwark_runtime::builtin::ProbeWire;
 use bulwark_runtime::{Address, Envelope, Kind};
 use bulwark_storage::{codec, DiskFaultSpec, Store};
-use bulwark_transport::quic::{Hello, PROTOCOL_VERSION};
+use bulwark_transport::quic::{Hello, PROTOCOL_MIN, PROTOCOL_VERSION};
 use bulwark_transport::simnet::LinkSpec;
 use bulwark_transport::{frame, FaultRule, Selector};
 use serde_json::json;
@@ -90,7 +90,14 @@ fn chain() -> (Vec<Vec<u8>>, Vec<Link>, Vec<FinalEntry>) {
         let body = enc(&payload);
         let sig = rings[&proposer].sign(Domain::Proposal, &body);
         let data = enc(&SignedProposal { body, sig });
-        let Verdict::Admitted(link) = admit(&mut state, &bulwark_actors::epoch::ValidatorSet::genesis(keys.clone()), i as u64 + 1, 1, &data).verdict
+        let Verdict::Admitted(link) = admit(
+            &mut state,
+            &bulwark_actors::epoch::ValidatorSet::genesis(keys.clone()),
+            i as u64 + 1,
+            1,
+            &data,
+        )
+        .verdict
         else {
             panic!("seed entry {i} not admitted")
         };
@@ -475,7 +482,9 @@ fn write_all() {
         "refused",
         &enc(&RaftWire::ForwardRefused {
             seq: 3,
-            outcome: ProposeOutcome::TimedOut,
+            refusal: Refusal::NotLeader {
+                hint: Some(ids()[1].clone()),
+            },
         }),
     );
     write("raft_wire", "proposal", &proposals[1]);
@@ -488,6 +497,14 @@ fn write_all() {
     );
     write("bft_wire", "finals", &enc(&BftWire::Finals(finals.clone())));
     write("bft_wire", "head", &enc(&BftWire::Head { height: 2 }));
+    write(
+        "bft_wire",
+        "head_of",
+        &enc(&BftWire::HeadOf {
+            height: 2,
+            holds: 2,
+        }),
+    );
     write(
         "bft_wire",
         "fetch",
@@ -514,14 +531,25 @@ fn write_all() {
     };
     write("heartbeat", "suspects", &enc(&hb));
     for id in ids() {
-        write("hello", id.as_str(), &enc(&Hello::new(id.clone())));
+        write(
+            "hello",
+            id.as_str(),
+            &enc(&Hello::booted(id.clone(), PROTOCOL_VERSION, 7, [7; 16])),
+        );
     }
+    write(
+        "hello",
+        "oldest-version",
+        &enc(&Hello::booted(ids()[0].clone(), PROTOCOL_MIN, 7, [7; 16])),
+    );
     write(
         "hello",
         "newer-version",
         &enc(&Hello {
             facility: ids()[0].clone(),
             protocol: PROTOCOL_VERSION + 1,
+            boot: 7,
+            cluster: [7; 16],
         }),
     );
     write(
