@@ -19,8 +19,6 @@
 #[path = "support/procs.rs"]
 mod procs;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use procs::*;
@@ -124,50 +122,10 @@ async fn a_rolling_upgrade_from_wire_5_to_6_loses_nothing() {
         }
     }
 
-    // The client: writes people one by one through the first facility that
-    // answers, retrying a write under its key until it is acknowledged.
-    let urls = urls_of(&s);
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (c, acked, stop, urls) = (c.clone(), acked.clone(), stop.clone(), urls.clone());
-        tokio::spawn(async move {
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("u{n}");
-                let body = json!({"id": id, "name": format!("Dr Upgrade {n}"), "role": "faculty"});
-                'write: for round in 0..200 {
-                    for url in &urls {
-                        let (st, v) = post(&c, url, &id, &body).await;
-                        match st {
-                            200 => {
-                                acked.lock().unwrap().push(id.clone());
-                                break 'write;
-                            }
-                            0 | 429 | 503 => {}
-                            _ => panic!("write {id} refused: {st} {v}"),
-                        }
-                    }
-                    assert!(round < 199, "write {id} never acknowledged");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                n += 1;
-            }
-        })
-    };
-    let acked_now = || acked.lock().unwrap().len();
-    let writer_alive = || assert!(!writer.is_finished(), "the writer stopped early");
-    let wait_writes = |from: usize| {
-        until(
-            Duration::from_secs(60),
-            "writes acknowledged",
-            move || async move {
-                writer_alive();
-                (acked_now() >= from + WRITES_PER_STEP).then_some(())
-            },
-        )
-    };
-    wait_writes(0).await;
+    // The client: writes people one by one through the facilities in
+    // turn, each write retried under its key until acknowledged.
+    let writer = Writer::spawn(&c, urls_of(&s), "u");
+    writer.more(WRITES_PER_STEP, "writes acknowledged").await;
 
     // One facility at a time: a planned stop, then version 6.
     for i in 0..3 {
@@ -186,8 +144,7 @@ async fn a_rolling_upgrade_from_wire_5_to_6_loses_nothing() {
                 links_settle(&c, &s, j, &upgraded).await;
             }
         }
-        let from = acked_now();
-        wait_writes(from).await;
+        writer.more(WRITES_PER_STEP, "writes acknowledged").await;
         // The mixed cluster's ledger goes on finalizing, at every facility.
         for x in &s {
             until(Duration::from_secs(60), "the ledger finalizing", || async {
@@ -198,17 +155,15 @@ async fn a_rolling_upgrade_from_wire_5_to_6_loses_nothing() {
         eprintln!(
             "{} upgraded: {} writes acknowledged so far",
             s[i].id,
-            acked_now()
+            writer.acked()
         );
     }
 
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
-    let acked = acked.lock().unwrap().clone();
+    let acked = writer.stop().await;
     // A marker after the last write: once a facility holds it, it holds
     // everything acknowledged before it.
     let marker = json!({"id": "marker", "name": "Dr Last", "role": "faculty"});
-    let (st, v) = write_until_final(&c, &urls[0], "marker", &marker).await;
+    let (st, v) = write_until_final(&c, &s[0].url("/v1/people"), "marker", &marker).await;
     assert_eq!(st, 200, "{v}");
     for x in &s {
         until(Duration::from_secs(60), "the marker", || async {

@@ -31,12 +31,9 @@
 mod procs;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use procs::*;
-use serde_json::json;
 
 const NAMES: [&str; 5] = ["alpha", "bravo", "charlie", "delta", "echo"];
 const CLUSTER: &str = "0123456789abcdef0123456789abcdef";
@@ -207,45 +204,21 @@ async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
     let c = client();
     let li = start_all(&c, &mut s[..3]).await;
 
-    // The writer: a person at a time through the facilities in `via`,
+    // The writer: a person at a time through the facilities in its `via`,
     // each write retried under its key until answered.
-    let via: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(
+    let writer = Writer::spawn(
+        &c,
         s[..3].iter().map(|x| x.url("/v1/people")).collect(),
-    ));
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (via, acked, stop, c) = (via.clone(), acked.clone(), stop.clone(), c.clone());
-        tokio::spawn(async move {
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("w{n}");
-                let body = json!({"id": id, "name": "Dr Written", "role": "faculty"});
-                for attempt in 0..200usize {
-                    let url = {
-                        let v = via.lock().unwrap();
-                        v[(n + attempt) % v.len()].clone()
-                    };
-                    let (st, v) = post(&c, &url, &id, &body).await;
-                    if st == 200 {
-                        acked.lock().unwrap().push(id.clone());
-                        break;
-                    }
-                    assert!(matches!(st, 0 | 429 | 500 | 503), "{id} at {url}: {st} {v}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                n += 1;
-            }
-        })
-    };
+        "w",
+    );
     let logs: Vec<std::path::PathBuf> = s.iter().map(|x| x.dir.join("node.log")).collect();
     let written = |k: usize| {
-        let acked = acked.clone();
         let logs = logs.clone();
+        let writer = &writer;
         async move {
-            let start = acked.lock().unwrap().len();
+            let start = writer.acked();
             for _ in 0..600 {
-                if acked.lock().unwrap().len() >= start + k {
+                if writer.acked() >= start + k {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -259,7 +232,7 @@ async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
-            panic!("writes stopped at {}", acked.lock().unwrap().len());
+            panic!("writes stopped at {}", writer.acked());
         }
     };
     written(10).await;
@@ -281,7 +254,7 @@ async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
     let at_site = s.iter().position(|x| x.id == at).unwrap();
     for i in [3, 4] {
         join(&c, &s[at_site], &s[i], &members[i].vote).await;
-        via.lock().unwrap().push(s[i].url("/v1/people"));
+        writer.via.lock().unwrap().push(s[i].url("/v1/people"));
         written(5).await;
     }
     let (code, list, _) = cli(&s[0], TOKEN, &["validator", "list"]);
@@ -350,14 +323,12 @@ async fn grow_to_five_rotate_a_key_and_shrink_to_three_under_writes() {
     // ---- 5 -> 4 -> 3: echo leaves, then delta.
     for i in [4, 3] {
         let url = s[i].url("/v1/people");
-        via.lock().unwrap().retain(|u| *u != url);
+        writer.via.lock().unwrap().retain(|u| *u != url);
         let (head, tail) = s.split_at_mut(i);
         leave(&c, &head[0], &mut tail[0]).await;
         written(5).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    writer.await.unwrap();
-    let acked = acked.lock().unwrap().clone();
+    let acked = writer.stop().await;
     assert!(acked.len() >= 50, "{} writes", acked.len());
     eprintln!("{} writes acknowledged", acked.len());
 

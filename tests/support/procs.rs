@@ -367,3 +367,80 @@ pub async fn metric(c: &reqwest::Client, site: &Site, name: &str) -> f64 {
         .and_then(|l| l.split_whitespace().last()?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// A client that writes people one at a time through the URLs in `via`
+/// (which may change while it runs), each write retried under its key
+/// (another URL each attempt, up to 200) until acknowledged, keeping its
+/// own record of acknowledged writes.
+pub struct Writer {
+    pub via: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts writing people `<prefix>0`, `<prefix>1`, … through `via`.
+    pub fn spawn(c: &reqwest::Client, via: Vec<String>, prefix: &str) -> Writer {
+        use std::sync::atomic::Ordering;
+        let via = std::sync::Arc::new(std::sync::Mutex::new(via));
+        let acked: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let stop: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
+        let task = {
+            let (via, acked, stop, c) = (via.clone(), acked.clone(), stop.clone(), c.clone());
+            let prefix = prefix.to_string();
+            tokio::spawn(async move {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("{prefix}{n}");
+                    let body =
+                        json!({"id": id, "name": format!("Dr Written {n}"), "role": "faculty"});
+                    for attempt in 0..200usize {
+                        let url = {
+                            let v = via.lock().unwrap();
+                            v[(n + attempt) % v.len()].clone()
+                        };
+                        let (st, v) = post(&c, &url, &id, &body).await;
+                        if st == 200 {
+                            acked.lock().unwrap().push(id.clone());
+                            break;
+                        }
+                        assert!(matches!(st, 0 | 429 | 500 | 503), "{id} at {url}: {st} {v}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    n += 1;
+                }
+            })
+        };
+        Writer {
+            via,
+            acked,
+            stop,
+            task,
+        }
+    }
+
+    /// Writes acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `k` more writes are acknowledged (at most 60 s; the
+    /// writer must keep running).
+    pub async fn more(&self, k: usize, what: &str) {
+        let from = self.acked();
+        until(Duration::from_secs(60), what, || async {
+            assert!(!self.task.is_finished(), "the writer stopped");
+            (self.acked() >= from + k).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops the writer; the writes it saw acknowledged, in order.
+    pub async fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+        let acked = self.acked.lock().unwrap().clone();
+        acked
+    }
+}
