@@ -261,7 +261,9 @@ pub struct RaftObserver {
     snapshot_installs: u64,
     /// index -> the command and how the first facility applying it
     /// decided it (none: not a command).
-    decided: BTreeMap<u64, Option<(Command, Decision)>>,
+    /// Each index's command, the ledger height its proposal was anchored
+    /// at, and its decision.
+    decided: BTreeMap<u64, Option<(Command, u64, Decision)>>,
     /// The reference schedule, fed the committed commands in index order.
     model: Model,
     /// The next index the model takes (set by the first entry seen).
@@ -359,10 +361,11 @@ impl RaftObserver {
             .payload
             .as_ref()
             .zip(decision)
-            .map(|(p, d)| (p.command.clone(), d));
+            .map(|(p, d)| (p.command.clone(), p.anchor.height, d));
         match self.decided.get(&e.index) {
             Some(first) => {
-                let decision = |d: &Option<(Command, Decision)>| d.as_ref().map(|(_, d)| d.clone());
+                let decision =
+                    |d: &Option<(Command, u64, Decision)>| d.as_ref().map(|(_, _, d)| d.clone());
                 if decision(first) != decision(&seen) {
                     self.violations.push(Violation::new(
                         Invariant::CommittedEntries,
@@ -382,8 +385,8 @@ impl RaftObserver {
         }
         let mut next = *self.model_next.get_or_insert(e.index);
         while let Some(d) = self.decided.get(&next) {
-            if let Some((cmd, decision)) = d {
-                if let Err(e) = self.model.step(next, cmd, decision) {
+            if let Some((cmd, anchor, decision)) = d {
+                if let Err(e) = self.model.step_at(next, cmd, Some(*anchor), decision) {
                     self.violations
                         .push(Violation::new(Invariant::ReferenceModel, e));
                 }

@@ -130,6 +130,12 @@ pub struct Model {
     /// The validator set, facility -> vote key bytes, once told the
     /// genesis set (None: validator changes are not judged).
     validators: Option<BTreeMap<String, [u8; 32]>>,
+    /// Ledger entries so far, by the model's own count: one per command
+    /// it expected to apply.
+    height: u64,
+    /// The first height of each validator epoch after genesis (a change
+    /// applied at height h certifies from h + 1), oldest first.
+    epochs: Vec<u64>,
 }
 
 impl Model {
@@ -155,8 +161,26 @@ impl Model {
 
     /// What `cmd` should do now.
     pub fn expect(&self, cmd: &Command) -> Expect {
+        self.expect_at(cmd, None)
+    }
+
+    /// Whether a proposal anchored at ledger height `anchor` comes too
+    /// late: two validator changes took effect since its anchor, so the
+    /// set its proposer signed under is no longer kept (INVALID_INPUT, the
+    /// proposer is asked to propose again).
+    fn stale(&self, anchor: Option<u64>) -> bool {
+        match (anchor, self.epochs.len()) {
+            (Some(a), n) if n >= 2 => a + 1 < self.epochs[n - 2],
+            _ => false,
+        }
+    }
+
+    /// What `cmd`, proposed at ledger anchor `anchor` (`None`: not known,
+    /// taken as current), should do now.
+    pub fn expect_at(&self, cmd: &Command, anchor: Option<u64>) -> Expect {
         match self.keys.get(&cmd.key.0) {
             Some(op) if *op == cmd.op => Expect::Duplicate,
+            _ if self.stale(anchor) => Expect::Reject(BTreeSet::from(["INVALID_INPUT"])),
             Some(_) => Expect::Reject(BTreeSet::from(["KEY_REUSED"])),
             None => {
                 let mut broken = self.evaluate(&cmd.op);
@@ -177,6 +201,17 @@ impl Model {
     /// `Err` says how that disagrees with the model. Either way the model
     /// moves on as the rules say (not as the implementation did).
     pub fn step(&mut self, index: u64, cmd: &Command, seen: &Decision) -> Result<(), String> {
+        self.step_at(index, cmd, None, seen)
+    }
+
+    /// [`Model::step`] for a command proposed at ledger anchor `anchor`.
+    pub fn step_at(
+        &mut self,
+        index: u64,
+        cmd: &Command,
+        anchor: Option<u64>,
+        seen: &Decision,
+    ) -> Result<(), String> {
         if let Decision::Refused(code) = seen {
             match code.as_str() {
                 // Signatures are the ledger checker's: no key is decided.
@@ -191,7 +226,7 @@ impl Model {
                 _ => {}
             }
         }
-        let expect = self.expect(cmd);
+        let expect = self.expect_at(cmd, anchor);
         self.last_index = index;
         let agrees = match (&expect, seen) {
             (Expect::Accept, Decision::Applied) => true,
@@ -207,6 +242,10 @@ impl Model {
         self.keys.entry(cmd.key.0).or_insert_with(|| cmd.op.clone());
         if expect == Expect::Accept {
             self.apply(&cmd.op);
+            self.height += 1;
+            if matches!(cmd.op, Op::Validator(_)) {
+                self.epochs.push(self.height + 1);
+            }
         }
         if agrees {
             Ok(())

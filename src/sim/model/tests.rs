@@ -551,3 +551,56 @@ fn the_model_and_the_schedule_agree_through_archives() {
     use bulwark_actors::schedule::TablesRead;
     assert_eq!(st.tables().archived_through(), Some(9));
 }
+
+/// A proposal anchored before two validator changes took effect is stale
+/// input (INVALID_INPUT), judged by the model's own count of heights and
+/// epochs: the model agrees with that refusal, disagrees with an
+/// implementation that applies it, and takes a retry under the same key
+/// as a retry; one anchored after the first change is judged by the rules.
+#[test]
+fn a_proposal_anchored_before_two_validator_changes_is_stale_input() {
+    use bulwark_actors::epoch::{ValidatorChange, VoteKey};
+    let rotate = |k: u8| {
+        Op::Validator(ValidatorChange {
+            facility: "alpha".parse().unwrap(),
+            key: Some(VoteKey([k; 32])),
+        })
+    };
+    let mut m = Model::new();
+    // Heights 1 and 2: people; 3: a change (epoch from 4); 4: a person;
+    // 5: a change (epoch from 6).
+    let ops = [
+        person("p1"),
+        person("p2"),
+        rotate(1),
+        person("p3"),
+        rotate(2),
+    ];
+    for (i, op) in ops.into_iter().enumerate() {
+        let n = i as u64 + 1;
+        m.step_at(n, &cmd(n, op), Some(n - 1), &Decision::Applied)
+            .unwrap();
+    }
+    // Anchored at 2 (its next height, 3, is before the prior epoch's
+    // first, 4): stale.
+    let late = cmd(6, person("p4"));
+    let stale = m.expect_at(&late, Some(2));
+    assert!(rejects(&stale, "INVALID_INPUT"), "{stale:?}");
+    // Anchored at 3: under the prior epoch, judged by the rules.
+    assert_eq!(m.expect_at(&late, Some(3)), Expect::Accept);
+    // The implementation applying the stale one disagrees with the model.
+    let mut wrong = m.clone();
+    assert!(wrong
+        .step_at(6, &late, Some(2), &Decision::Applied)
+        .unwrap_err()
+        .contains("INVALID_INPUT"));
+    m.step_at(
+        6,
+        &late,
+        Some(2),
+        &Decision::Refused("INVALID_INPUT".into()),
+    )
+    .unwrap();
+    // Its retry under the same key is a retry.
+    assert_eq!(m.expect_at(&late, Some(6)), Expect::Duplicate);
+}
