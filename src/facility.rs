@@ -336,7 +336,7 @@ pub async fn probe(ctx: NodeCtx) -> http::Probes {
         Err(e) => Err(format!("the RaftPeer does not answer: {e}")),
     };
     let replica = match &status {
-        Ok(s) => match &s.fault {
+        Ok(s) => match s.fault.as_ref().or(s.vote_fence.as_ref()) {
             Some(why) => Err(why.clone()),
             None => Ok(()),
         },

@@ -394,6 +394,11 @@ pub struct RaftStatus {
     /// Why this facility is out of consensus with an unusable replica
     /// (quarantined), if it is.
     pub fault: Option<String>,
+    /// Why this facility does not vote yet, if it does not (its store's
+    /// vote fence: a new store waiting for the members' answers or
+    /// catching up with the cluster's history). Not ready meanwhile: with
+    /// one more member down, a cluster of three would have no quorum.
+    pub vote_fence: Option<String>,
 }
 
 /// How a facility with no Raft state joins (etcd's `initial-cluster-state`).

@@ -386,6 +386,7 @@ fn the_step_checkers_catch_planted_violations() {
         voters: vec![],
         joint: false,
         fault: None,
+        vote_fence: None,
     };
     let mut o = Observed::default();
     o.on_status(&status("alpha", 3));

@@ -1248,6 +1248,7 @@ mod tests {
             voters: vec![],
             joint: false,
             fault: None,
+            vote_fence: None,
         }
     }
 

@@ -44,7 +44,10 @@ impl Site {
         let child = Command::new(bin)
             .args(["node", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BULWARK_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -524,6 +524,17 @@ impl<M: StateMachine> RaftPeerState<M> {
                 Some(super::Fence::Refused(reason)) => Some(reason.clone()),
                 _ => None,
             }),
+            vote_fence: match c.fence() {
+                Some(super::Fence::Awaiting) => {
+                    Some("vote-fenced: a new store waiting for the members' answers".into())
+                }
+                Some(super::Fence::UntilCommit(t)) => Some(format!(
+                    "vote-fenced: a new store catching up with the cluster's history (until \
+                     it has committed index {t} under a live leader)"
+                )),
+                Some(super::Fence::Refused(reason)) => Some(reason.clone()),
+                None => None,
+            },
         }
     }
 
@@ -739,6 +750,7 @@ fn handle_quarantined<M: StateMachine>(ctx: &NodeCtx, reason: &str, msg: RaftMsg
                 fault: Some(format!(
                     "quarantined: {reason}; restore the store from a backup (bulwark restore)"
                 )),
+                vote_fence: None,
             });
         }
         RaftMsg::ChangeVoters { reply, .. } => {
