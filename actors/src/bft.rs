@@ -41,16 +41,23 @@
 //!   evidence gathered in memory are gathered again or fetched as final
 //!   entries. Any other storage error stops the actor, as before.
 //!
-//! Durable writes: a batch with an own vote or evidence is one durable
-//! commit, written before any of the batch's sends. Final entries alone do
-//! not get a commit of their own: they are held in memory and written with
-//! the next batch that writes anyway (the next own vote, usually) or at the
-//! next tick, whichever comes first, so a validator under a steady write
-//! load costs one fsync per batch rather than two. Held entries are not
-//! served and not visible in the ledger until written; a crash loses them
-//! from memory only, and the votes they settled are still on disk, so the
-//! heights are finalized again (from the peers' votes, or fetched as final
-//! entries).
+//! Durable writes (group commit with the Raft peer): a batch's writes (own
+//! votes, final entries, evidence) are staged on the store
+//! ([`bulwark_storage::Store::stage`]) and written inside its next durable
+//! commit, which is usually the Raft peer's next persist of log entries:
+//! one transaction and one fsync for both, and the rows become visible
+//! only as they become durable. A batch that staged an own vote holds its
+//! sends, and every send after them, in order, until its ticket is
+//! durable: a vote is on disk before it leaves. Final entries count as
+//! final here (status, waiters, what is served) once written. The Raft
+//! peer's durable commits wake the validator (`Synced`); if none has
+//! covered the oldest waiting vote within [`VOTE_SYNC_WAIT`] (an idle
+//! cluster), the validator makes one itself. Under a steady load the Raft
+//! peer persists well within it, so a vote costs no fsync of its own; an
+//! idle cluster's last votes leave within it. A crash loses only staged writes whose votes never
+//! left: the same applied entries get the same votes again after the
+//! restart, and final entries are finalized again (from the peers' votes,
+//! or fetched).
 //!
 //! What it does not do: a lying Raft leader can stall or censor (it decides
 //! what enters the log), but cannot make an entry final without a quorum of
@@ -78,7 +85,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::flow::breaker::{BreakerConfig, Outcome as BreakerOutcome, Permit, Window};
 use crate::flow::mesh::Breakers;
 use crate::keys::Keyring;
-use crate::ledger::FinalEntry;
 use crate::raft::{AppliedEntry, AppliedTap};
 use evidence::Evidence;
 use wire::BftWire;
@@ -355,6 +361,12 @@ pub enum BftMsg {
     /// Carry out what the core asked for (self-sent behind the messages
     /// already queued, so they share one redb commit).
     Flush,
+    /// The store made a durable commit: sends held behind deferred votes
+    /// that it covers may leave.
+    Synced,
+    /// The oldest send held behind a staged vote may have waited
+    /// [`VOTE_SYNC_WAIT`]: make it durable now if nobody else has.
+    SyncDue,
     /// From now on behave as `behaviour` (chaos: a facility that starts
     /// lying, or stops); answers the behaviour before. A restarted
     /// validator behaves as its setup says again.
@@ -395,6 +407,11 @@ impl FinalNotice {
     }
 }
 
+/// How long a send held behind a staged vote waits for the Raft peer's
+/// next durable commit before the validator makes one of its own (module
+/// docs): what an idle cluster adds to the finality of its last write.
+pub const VOTE_SYNC_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Waiters for finality kept at most (more are refused by dropping the
 /// reply port).
 pub const FINAL_WAITERS_MAX: usize = 65_536;
@@ -418,11 +435,20 @@ pub struct BftState {
     setup: BftSetup,
     /// The core was rebuilt: read the feed again on the next tick.
     rewake: bool,
-    /// Final entries computed and not yet written (module docs), in height
-    /// order.
-    held: Vec<(u64, FinalEntry)>,
-    /// A tick passed while entries were held: the next flush writes them.
-    held_ticked: bool,
+    /// What waits for staged writes to be durable (module docs), in order,
+    /// each with the ticket it waits on (0: none, only its turn) and when
+    /// it began to wait.
+    behind: VecDeque<(u64, tokio::time::Instant, Behind)>,
+    /// The store's staged-write drops seen: a new one means what this
+    /// validator staged may be gone.
+    drops_seen: u64,
+    /// Set while `behind` holds anything: the store watcher wakes the
+    /// validator only then.
+    behind_flag: Arc<std::sync::atomic::AtomicBool>,
+    /// A `SyncDue` is scheduled.
+    sync_armed: bool,
+    /// Casts `Synced` on the store's durable commits.
+    watcher: tokio::task::JoinHandle<()>,
     /// "Now" that a step back of this facility's wall clock cannot move
     /// back: honest proposers' timestamps must not then look like the
     /// future (FUTURE_TIMESTAMP evidence).
@@ -576,6 +602,21 @@ impl Actor for BftValidator {
         let tick = std::time::Duration::from_millis(setup.config.tick_ms);
         let ticker = myself.send_interval(tick, || BftMsg::Tick);
         let floor = crate::hlc::TimeFloor::new(setup.config.clock_skew_max_ms);
+        let behind_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drops_seen = args.ctx.store.staged_drops();
+        let watcher = {
+            let mut durable = args.ctx.store.watch_staged();
+            let (me, flag) = (myself.clone(), behind_flag.clone());
+            tokio::spawn(async move {
+                while durable.changed().await.is_ok() {
+                    if flag.load(std::sync::atomic::Ordering::Relaxed)
+                        && me.cast(BftMsg::Synced).is_err()
+                    {
+                        break;
+                    }
+                }
+            })
+        };
         if let Some(b) = &setup.breakers {
             let me = args.ctx.facility.clone();
             for peer in setup.keyring.public().facilities().filter(|f| **f != me) {
@@ -600,8 +641,11 @@ impl Actor for BftValidator {
             flush_queued: false,
             setup,
             rewake: false,
-            held: Vec::new(),
-            held_ticked: false,
+            behind: VecDeque::new(),
+            drops_seen,
+            behind_flag,
+            sync_armed: false,
+            watcher,
             floor,
             fetch_calls: BTreeMap::new(),
         })
@@ -619,6 +663,23 @@ impl Actor for BftValidator {
         let flush = matches!(msg, BftMsg::Flush);
         match msg {
             BftMsg::Flush => {}
+            BftMsg::Synced => {
+                if let Err(e) = release(&myself, st) {
+                    if !e.is_injected() {
+                        return Err(e.into());
+                    }
+                    rebuild(st, &e)?;
+                }
+            }
+            BftMsg::SyncDue => {
+                st.sync_armed = false;
+                if let Err(e) = sync_behind(&myself, st).await {
+                    if !e.is_injected() {
+                        return Err(e.into());
+                    }
+                    rebuild(st, &e)?;
+                }
+            }
             BftMsg::Wake => {
                 let batch = st.feed.since(st.core.cursor(), FEED_BATCH_MAX);
                 let more = batch.len() == FEED_BATCH_MAX;
@@ -635,12 +696,6 @@ impl Actor for BftValidator {
                 }
                 st.core.on_tick(now);
                 st.expire_fetch();
-                st.held_ticked = !st.held.is_empty();
-                if st.held_ticked && !st.flush_queued {
-                    // Held final entries are written by the next flush.
-                    st.flush_queued = true;
-                    myself.cast(BftMsg::Flush)?;
-                }
             }
             BftMsg::Remote(d) => {
                 let from = d.envelope.from.clone();
@@ -672,10 +727,14 @@ impl Actor for BftValidator {
             }
             BftMsg::Status(reply) => {
                 let mut status = st.core.status();
-                if let Some((h, fin)) = st.held.first() {
-                    // Final is what is written: held entries are not yet.
+                let staged = st.behind.iter().find_map(|(_, _, b)| match b {
+                    Behind::Finals(f) => f.first(),
+                    Behind::Send(_) => None,
+                });
+                if let Some((h, prev, _)) = staged {
+                    // Final is what is written: staged entries are not yet.
                     status.final_height = h - 1;
-                    status.final_hash = fin.cert.prev;
+                    status.final_hash = *prev;
                 }
                 let _ = reply.send(status);
             }
@@ -726,7 +785,7 @@ impl Actor for BftValidator {
                     tokio::time::sleep(latency).await;
                 }
             }
-            match carry_out(st) {
+            match carry_out(&myself, st) {
                 Ok(()) => {}
                 Err(e) if e.is_injected() => rebuild(st, &e)?,
                 Err(e) => return Err(e.into()),
@@ -744,13 +803,14 @@ impl Actor for BftValidator {
         st: &mut BftState,
     ) -> Result<(), ActorProcessingErr> {
         st.ticker.abort();
+        st.watcher.abort();
         st.ctx.router.unregister(BFT, myself.get_id());
-        if !st.held.is_empty() {
-            // A planned stop writes what it holds (a crash would not: the
-            // heights are finalized again after the restart).
-            if let Err(e) = st.store.write_batch(&[], &st.held, &[]) {
+        if !st.behind.is_empty() {
+            // A planned stop writes what it staged (a crash would not: the
+            // heights are voted and finalized again after the restart).
+            if let Err(e) = st.store.sync() {
                 tracing::warn!(facility = %st.ctx.facility, error = %e,
-                    "held final entries not written at stop; they are finalized again after the restart");
+                    "staged validator writes not written at stop; they are made again after the restart");
             }
         }
         Ok(())
@@ -786,20 +846,37 @@ fn rebuild(
         restored,
     );
     st.outputs.clear();
-    st.held.clear();
-    st.held_ticked = false;
+    // Nothing held leaves; what was staged is dropped (the rebuilt core,
+    // which reads only what is written, makes it again).
+    st.behind.clear();
+    st.ctx.store.drop_staged();
+    st.drops_seen = st.ctx.store.staged_drops();
+    st.behind_flag
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     st.rewake = true;
     Ok(())
 }
 
+/// What waits for staged writes to be durable (module docs).
+#[derive(Debug)]
+enum Behind {
+    /// A send (or a serve of final entries), in order.
+    Send(Output),
+    /// Final entries staged: `(height, previous hash, notice)` each, for
+    /// the status and the waiters once written.
+    Finals(Vec<(u64, crate::ledger::Hash, FinalNotice)>),
+}
+
 /// Carries out the outputs gathered since the last flush: every write
-/// (own votes, final entries, evidence) in one durable redb commit, then
-/// the sends, so a vote is on disk before it leaves. Final entries alone
-/// are held for the next write unless a tick passed while they were held
-/// (module docs). On a failed write nothing is sent; the caller rebuilds the core
-/// (an injected fault) or stops the actor (its supervisor restarts it from
-/// redb).
-fn carry_out(st: &mut BftState) -> Result<(), bulwark_storage::StorageError> {
+/// (own votes, final entries, evidence) staged as one batch on the store,
+/// then the sends, which wait behind it until it is durable if it holds
+/// an own vote (module docs). On a failed write nothing is sent; the caller
+/// rebuilds the core (an injected fault) or stops the actor (its
+/// supervisor restarts it from redb).
+fn carry_out(
+    myself: &ActorRef<BftMsg>,
+    st: &mut BftState,
+) -> Result<(), bulwark_storage::StorageError> {
     let outputs = std::mem::take(&mut st.outputs);
     let mut votes = Vec::new();
     let mut finals = Vec::new();
@@ -836,22 +913,98 @@ fn carry_out(st: &mut BftState) -> Result<(), bulwark_storage::StorageError> {
     if crate::plant::active(crate::plant::Bug::VoteNotDurable) {
         send_all(st, std::mem::take(&mut sends))?;
     }
-    st.held.append(&mut finals);
-    if votes.is_empty() && evidence.is_empty() && !st.held_ticked {
-        return send_all(st, sends);
+    let ticket = st.store.stage_batch(&votes, &finals, &evidence)?;
+    let now = st.ctx.clock.now();
+    if let Some(t) = ticket.filter(|_| !finals.is_empty()) {
+        let staged = finals
+            .iter()
+            .map(|(h, fin)| (*h, fin.cert.prev, FinalNotice::of(*h, fin)))
+            .collect();
+        st.behind.push_back((t, now, Behind::Finals(staged)));
     }
-    let finals = std::mem::take(&mut st.held);
-    st.held_ticked = false;
-    st.store.write_batch(&votes, &finals, &evidence)?;
-    for (h, fin) in &finals {
-        if let Some(ws) = st.waiters.remove(h) {
-            st.waiting -= ws.len();
-            for w in ws {
-                let _ = w.send(FinalNotice::of(*h, fin));
+    let wait = ticket
+        .filter(|_| !votes.is_empty() && !crate::plant::active(crate::plant::Bug::VoteNotSynced));
+    match wait {
+        Some(t) => st
+            .behind
+            .extend(sends.into_iter().map(|o| (t, now, Behind::Send(o)))),
+        None if st.behind.is_empty() => send_all(st, sends)?,
+        // Behind earlier held sends, in order: they wait for nothing more.
+        None => st
+            .behind
+            .extend(sends.into_iter().map(|o| (0, now, Behind::Send(o)))),
+    }
+    release(myself, st)
+}
+
+/// Carries out what waits behind staged writes that are now durable, in
+/// order; arms the fallback sync while anything still waits. If the store
+/// dropped staged writes since they were staged, fails as a refused write
+/// would (the caller rebuilds the core).
+fn release(
+    myself: &ActorRef<BftMsg>,
+    st: &mut BftState,
+) -> Result<(), bulwark_storage::StorageError> {
+    let store = &st.ctx.store;
+    let durable = st
+        .behind
+        .iter()
+        .take_while(|(t, _, _)| *t == 0 || store.is_staged_durable(*t))
+        .count();
+    if store.staged_drops() != st.drops_seen {
+        return Err(bulwark_storage::StorageError::Injected {
+            path: store.path().to_path_buf(),
+        });
+    }
+    let mut ready = Vec::new();
+    for (_, _, b) in st.behind.drain(..durable) {
+        match b {
+            Behind::Send(o) => ready.push(o),
+            Behind::Finals(f) => {
+                for (h, _, notice) in f {
+                    if let Some(ws) = st.waiters.remove(&h) {
+                        st.waiting -= ws.len();
+                        for w in ws {
+                            let _ = w.send(notice);
+                        }
+                    }
+                }
             }
         }
     }
-    send_all(st, sends)
+    let waits = !st.behind.is_empty();
+    st.behind_flag
+        .store(waits, std::sync::atomic::Ordering::Relaxed);
+    if let Some((_, since, _)) = st.behind.front().filter(|_| !st.sync_armed) {
+        st.sync_armed = true;
+        let waited = st.ctx.clock.now().saturating_duration_since(*since);
+        myself.send_after(VOTE_SYNC_WAIT.saturating_sub(waited), || BftMsg::SyncDue);
+    }
+    send_all(st, ready)
+}
+
+/// The fallback: one durable commit of what is staged (after the injected
+/// disk latency) if what waits is not durable yet, then [`release`].
+async fn sync_behind(
+    myself: &ActorRef<BftMsg>,
+    st: &mut BftState,
+) -> Result<(), bulwark_storage::StorageError> {
+    let now = st.ctx.clock.now();
+    let waits = st.behind.front().is_some_and(|(t, since, _)| {
+        *t != 0
+            && !st.ctx.store.is_staged_durable(*t)
+            && now.saturating_duration_since(*since) >= VOTE_SYNC_WAIT
+    });
+    if waits {
+        let latency = st.ctx.store.disk_faults().latency();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        bulwark_runtime::blocking(|| st.store.sync())?;
+        metrics::counter!("bulwark_bft_vote_syncs_total", "facility" => st.ctx.facility.to_string())
+            .increment(1);
+    }
+    release(myself, st)
 }
 
 /// Carries out the sends of a batch, in order.

@@ -52,10 +52,13 @@ pub enum Bug {
     /// A validator signs every vote with its first key, whatever key its
     /// height's validator set names.
     VoteUnderFirstKey,
+    /// A validator's held sends leave once its deferred commit returns,
+    /// before any durable commit covers the votes in it.
+    VoteNotSynced,
 }
 
 /// Every planted bug, in a stable order.
-pub const ALL: [Bug; 18] = [
+pub const ALL: [Bug; 19] = [
     Bug::SendBeforePersist,
     Bug::QuorumMinusOne,
     Bug::RetryAppliedTwice,
@@ -74,6 +77,7 @@ pub const ALL: [Bug; 18] = [
     Bug::LogNotSynced,
     Bug::CheckpointAfterBatch,
     Bug::VoteUnderFirstKey,
+    Bug::VoteNotSynced,
 ];
 
 impl Bug {
@@ -98,6 +102,7 @@ impl Bug {
             Bug::LogNotSynced => "log-not-synced",
             Bug::CheckpointAfterBatch => "checkpoint-after-batch",
             Bug::VoteUnderFirstKey => "vote-under-first-key",
+            Bug::VoteNotSynced => "vote-not-synced",
         }
     }
 
@@ -162,6 +167,9 @@ impl Bug {
             }
             Bug::VoteUnderFirstKey => {
                 "bft/core.rs sign_vote: a validator signs every vote with its first key, not the one its height's validator set names, so after a rotation its votes do not verify"
+            }
+            Bug::VoteNotSynced => {
+                "bft.rs carry_out: a batch's sends wait for nothing after its deferred commit, so a vote leaves before any fsync has put it on disk"
             }
         }
     }

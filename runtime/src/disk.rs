@@ -89,6 +89,19 @@ impl SimDisk {
         }
     }
 
+    /// What a power loss now would leave, on a new disk; this one goes on
+    /// (for a checker that reads what is durable without crashing).
+    pub fn durable_image(&self) -> SimDisk {
+        let durable = self.lock().durable.clone();
+        SimDisk {
+            state: Arc::new(Mutex::new(State {
+                live: durable.clone(),
+                durable,
+                ..State::default()
+            })),
+        }
+    }
+
     /// Bytes written but not yet synced.
     pub fn unsynced(&self) -> usize {
         self.lock()

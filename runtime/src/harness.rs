@@ -251,6 +251,11 @@ impl Harness {
         node.stop().await;
     }
 
+    /// Facility `i`'s disk, when power loss is on.
+    pub fn disk(&self, i: usize) -> Option<SimDisk> {
+        self.slots[i].disk.clone()
+    }
+
     /// Crashes that lost what was not synced, so far.
     pub fn power_losses(&self) -> u64 {
         self.power_losses

@@ -36,3 +36,15 @@ pub use harness::Harness;
 pub use node::{ChildDef, Node, NodeConfig, NodeCtx, NodeError, STORE_FILE};
 pub use router::{Delivery, RouteError, Router, RouterConfig};
 pub use supervision::{SpawnLedger, Strategy, SupervisionConfig, Zone, ZoneConfig};
+
+/// Runs `f`, which blocks on the disk (an fsync), without holding up an
+/// async worker: in place on a multi-threaded runtime (a node; tokio hands
+/// this worker's other tasks to another thread while `f` runs), inline on
+/// a current-thread runtime (the simulation and the harness, whose
+/// schedule of events stays deterministic).
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}

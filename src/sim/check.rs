@@ -50,6 +50,7 @@ use bulwark_actors::raft::wire::{WireHardState, WireSnapshot};
 use bulwark_actors::raft::{AppliedEntry, EntryPayload, RaftStatus, RaftWire, RAFT};
 use bulwark_actors::replica::Meta as ReplicaMeta;
 use bulwark_actors::schedule::{Command, IdempotencyKey};
+use bulwark_runtime::disk::SimDisk;
 use bulwark_runtime::{Clock, Envelope, VirtualClock};
 use bulwark_storage::codec;
 use bulwark_storage::schema::{
@@ -193,9 +194,9 @@ const MSG_REQUEST_VOTE_RESPONSE: u8 = 6;
 /// The key of the hard state in [`RAFT_META`] (the RaftStore's).
 const RAFT_HARD_STATE_KEY: &str = "hard_state";
 
-/// The Raft hard state in `store`, read from the table directly.
-fn hard_state_on_disk(store: &Store) -> Option<WireHardState> {
-    let tx = store.database().begin_read().ok()?;
+/// The Raft hard state in `db`, read from the table directly.
+fn hard_state_on_disk(db: &redb::Database) -> Option<WireHardState> {
+    let tx = db.begin_read().ok()?;
     let meta = tx.open_table(RAFT_META).ok()?;
     let row = meta.get(RAFT_HARD_STATE_KEY).ok()??;
     codec::decode::<WireHardState>(row.value()).ok()
@@ -220,10 +221,10 @@ fn provisional_on_disk(store: &Store, key: &IdempotencyKey) -> bool {
     found
 }
 
-/// True if `store` holds the vote `body` (as `bytes`) in its vote table, or
+/// True if `db` holds the vote `body` (as `bytes`) in its vote table, or
 /// a final entry at its height with the voted hash.
-fn vote_on_disk(store: &Store, body: &VoteBody, bytes: &[u8]) -> bool {
-    let Ok(tx) = store.database().begin_read() else {
+fn vote_on_disk(db: &redb::Database, body: &VoteBody, bytes: &[u8]) -> bool {
+    let Ok(tx) = db.begin_read() else {
         return false;
     };
     let voted = tx.open_table(BFT_VOTES).ok().and_then(|t| {
@@ -257,6 +258,11 @@ pub struct RaftObserver {
     /// Each running facility's store, to tell a snapshot install from
     /// skipped entries.
     stores: BTreeMap<FacilityId, Store>,
+    /// Each running facility's simulated disk (power loss on), with the
+    /// database over its durable bytes as of a count of syncs: the wire
+    /// checkers judge what a power loss would leave, not what the page
+    /// cache holds.
+    disks: BTreeMap<FacilityId, (SimDisk, Option<(u64, redb::Database)>)>,
     /// Snapshots installed from a leader, seen as gaps in applied indices.
     snapshot_installs: u64,
     /// index -> the command and how the first facility applying it
@@ -507,7 +513,7 @@ impl RaftObserver {
             }
             if let Ok(RaftWire::Raft(m)) = wire {
                 if m.msg_type == MSG_REQUEST_VOTE_RESPONSE && !m.reject {
-                    let hs = self.stores.get(from).and_then(hard_state_on_disk);
+                    let hs = self.durable_db(from).and_then(hard_state_on_disk);
                     self.grants_checked += 1;
                     // A later term on disk is a later Ready, persisted in order.
                     let held = hs.is_some_and(|hs| {
@@ -540,9 +546,8 @@ impl RaftObserver {
                 continue; // a relayed vote of another signer
             }
             let held = self
-                .stores
-                .get(from)
-                .is_some_and(|store| vote_on_disk(store, &body, &vote.body));
+                .durable_db(from)
+                .is_some_and(|db| vote_on_disk(db, &body, &vote.body));
             self.votes_checked += 1;
             if !held {
                 self.violations.push(Violation::new(
@@ -649,9 +654,34 @@ impl RaftObserver {
         self.stores.insert(f.clone(), store);
     }
 
+    /// Facility `f`'s node runs on `disk`: the wire checkers read what its
+    /// last sync made durable.
+    pub fn on_disk(&mut self, f: &FacilityId, disk: SimDisk) {
+        self.disks.insert(f.clone(), (disk, None));
+    }
+
     /// Facility `f`'s node stopped: its store must be let go.
     pub fn forget_store(&mut self, f: &FacilityId) {
         self.stores.remove(f);
+        self.disks.remove(f);
+    }
+
+    /// What `f`'s disk holds durably: the image of its last sync when it
+    /// runs on a simulated disk (opened again only after a new sync), else
+    /// its live store.
+    fn durable_db(&mut self, f: &FacilityId) -> Option<&redb::Database> {
+        let Some((disk, image)) = self.disks.get_mut(f) else {
+            return self.stores.get(f).map(|s| s.database());
+        };
+        let syncs = disk.syncs();
+        if image.as_ref().is_none_or(|(at, _)| *at != syncs) {
+            // A crash image: redb repairs it as a restart would.
+            *image = redb::Database::builder()
+                .create_with_backend(disk.durable_image())
+                .ok()
+                .map(|db| (syncs, db));
+        }
+        image.as_ref().map(|(_, db)| db)
     }
 
     /// Snapshots installed from a leader so far.
@@ -1624,6 +1654,54 @@ mod tests {
         .unwrap();
         obs.on_wire(&ids[0], &wire(&ids[0], vec![other]));
         assert_eq!(obs.violations().len(), 2);
+    }
+
+    /// On a simulated disk, VOTE_DURABLE judges what a power loss would
+    /// leave: a vote committed without an fsync (visible in the store) is
+    /// a violation until a durable commit covers it.
+    #[test]
+    fn a_vote_committed_but_not_synced_is_a_violation() {
+        use bulwark_actors::keys::Keyring;
+        use bulwark_runtime::{Address, Kind as EnvKind};
+        let alpha = f("alpha");
+        let rings = Keyring::deterministic(std::slice::from_ref(&alpha), 7);
+        let disk = SimDisk::new();
+        let store = Store::open_backend(disk.clone(), std::path::Path::new("sim"), "alpha")
+            .unwrap()
+            .store;
+        let body = VoteBody {
+            signer: alpha.clone(),
+            height: 3,
+            hash: [9; 32],
+            prev: [8; 32],
+        };
+        let vote = Vote::sign(&rings[&alpha], &body).unwrap();
+        let wire = codec::encode(&Envelope {
+            from: alpha.clone(),
+            to: Address::new(f("bravo"), BFT),
+            trace_id: 1,
+            deadline_unix_ms: None,
+            kind: EnvKind::OneWay,
+            body: codec::encode(&BftWire::Votes(vec![vote.clone()])).unwrap(),
+        })
+        .unwrap();
+        let mut obs = RaftObserver::default();
+        obs.on_store(&alpha, store.clone());
+        obs.on_disk(&alpha, disk.clone());
+        let tx = store.begin_write_deferred().unwrap();
+        {
+            let mut t = tx.open_table(BFT_VOTES).unwrap();
+            t.insert(3, codec::encode(&vote).unwrap().as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        obs.on_wire(&alpha, &wire);
+        assert_eq!(obs.violations().len(), 1, "visible but not synced");
+        assert_eq!(obs.violations()[0].invariant, Invariant::VoteDurable);
+        store.sync().unwrap();
+        obs.on_wire(&alpha, &wire);
+        assert_eq!(obs.violations().len(), 1, "synced: held");
+        assert_eq!(obs.votes_checked(), 2);
     }
 
     /// RAFT_VOTE_DURABLE fails for a grant the voter's hard state does not

@@ -411,10 +411,13 @@ impl SimCluster {
     /// Serves facility `i`'s API from its running node.
     fn open_api(&mut self, i: usize) {
         let node = self.harness.node(i);
-        self.observer
-            .lock()
-            .expect("observer lock")
-            .on_store(&self.api.ids[i], node.ctx().store.clone());
+        {
+            let mut observer = self.observer.lock().expect("observer lock");
+            observer.on_store(&self.api.ids[i], node.ctx().store.clone());
+            if let Some(disk) = self.harness.disk(i) {
+                observer.on_disk(&self.api.ids[i], disk);
+            }
+        }
         let running = Arc::new(AtomicBool::new(true));
         let detection = self.detections.lock().expect("detections lock")[i].clone();
         let state = facility::api_state(

@@ -27,4 +27,4 @@ pub mod stream;
 
 pub use error::{CodecError, StorageError};
 pub use faults::{DiskFaultError, DiskFaultSpec, DiskFaults, DISK_LATENCY_MS_MAX};
-pub use store::{creating_path, BackupInfo, Opened, Store};
+pub use store::{creating_path, BackupInfo, Opened, StagedWrite, Store};

@@ -32,7 +32,23 @@ struct Inner {
     faults: DiskFaults,
     /// Durable write transactions begun.
     durable_writes: std::sync::atomic::AtomicU64,
+    /// Writes waiting for the next durable commit ([`Store::stage`]).
+    staged: std::sync::Mutex<std::collections::VecDeque<(u64, StagedWrite)>>,
+    /// The last ticket handed out.
+    staged_next: std::sync::atomic::AtomicU64,
+    /// The highest ticket committed durably, watched by the writers that
+    /// staged them.
+    staged_through: tokio::sync::watch::Sender<u64>,
+    /// Times staged writes were dropped unwritten.
+    staged_drops: std::sync::atomic::AtomicU64,
 }
+
+/// A write staged to ride the next durable commit ([`Store::stage`]).
+/// It is handed the store it was staged on: a staged write that held a
+/// clone of the store would keep the file open after its last user let
+/// go.
+pub type StagedWrite =
+    Arc<dyn Fn(&Store, &redb::WriteTransaction) -> Result<(), StorageError> + Send + Sync>;
 
 /// The result of [`Store::open`].
 #[derive(Debug)]
@@ -200,6 +216,10 @@ impl Store {
                 facility: facility.to_string(),
                 faults: DiskFaults::default(),
                 durable_writes: std::sync::atomic::AtomicU64::new(0),
+                staged: std::sync::Mutex::new(std::collections::VecDeque::new()),
+                staged_next: std::sync::atomic::AtomicU64::new(0),
+                staged_through: tokio::sync::watch::Sender::new(0),
+                staged_drops: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -269,6 +289,108 @@ impl Store {
         self.inner
             .durable_writes
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stages `write` to ride the next durable commit of this store
+    /// ([`Store::commit_durable`]): it is run inside that transaction, just
+    /// before it commits, so what it writes becomes visible and durable at
+    /// once, in the same fsync as that commit's own rows. Staged writes run
+    /// in staging order. Returns the write's ticket, durable once
+    /// [`Store::is_staged_durable`] says so. A write must only insert or
+    /// remove rows it owns; it may be run again (when a commit that ran it
+    /// failed), so it must not consume what it writes.
+    pub fn stage(&self, write: StagedWrite) -> u64 {
+        let mut q = self.staged();
+        let ticket = self
+            .inner
+            .staged_next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        q.push_back((ticket, write));
+        ticket
+    }
+
+    fn staged(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, StagedWrite)>> {
+        self.inner.staged.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commits `tx`, a durable transaction ([`Store::begin_write`]), with
+    /// every staged write run into it first (one fsync for all). On
+    /// success the staged writes' tickets are durable; if the commit
+    /// fails, they go back to the front of the queue for the next durable
+    /// commit. A staged write that fails is dropped with every write
+    /// staged with it (the transaction is aborted, and the drop counted by
+    /// [`Store::staged_drops`]): a bad staged write must not fail every
+    /// later commit of the store.
+    pub fn commit_durable(&self, tx: redb::WriteTransaction) -> Result<(), StorageError> {
+        let taken: Vec<(u64, StagedWrite)> = self.staged().drain(..).collect();
+        for (_, write) in &taken {
+            if let Err(e) = write(self, &tx) {
+                self.inner
+                    .staged_drops
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                metrics::counter!("bulwark_store_staged_dropped_total", "facility" => self.inner.facility.clone())
+                    .increment(taken.len() as u64);
+                return Err(e);
+            }
+        }
+        if let Err(e) = tx.commit() {
+            let mut q = self.staged();
+            for item in taken.into_iter().rev() {
+                q.push_front(item);
+            }
+            return Err(self.redb(e));
+        }
+        if let Some((last, _)) = taken.last() {
+            let last = *last;
+            self.inner.staged_through.send_if_modified(|through| {
+                let newer = last > *through;
+                if newer {
+                    *through = last;
+                }
+                newer
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the staged write `ticket` is on disk, provided no staged
+    /// write was dropped since it was staged: read this before
+    /// [`Store::staged_drops`] (a drop is counted before any later commit
+    /// can make a higher ticket durable).
+    pub fn is_staged_durable(&self, ticket: u64) -> bool {
+        *self.inner.staged_through.borrow() >= ticket
+    }
+
+    /// How many times staged writes were dropped unwritten (a staged write
+    /// failed, or [`Store::drop_staged`]). A writer that sees this change
+    /// must assume its pending staged writes are gone.
+    pub fn staged_drops(&self) -> u64 {
+        self.inner
+            .staged_drops
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Drops every write still staged (a writer rebuilding its state from
+    /// the store, which will stage them again).
+    pub fn drop_staged(&self) {
+        let mut q = self.staged();
+        q.clear();
+        self.inner
+            .staged_drops
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Changes whenever staged writes reach the disk.
+    pub fn watch_staged(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.staged_through.subscribe()
+    }
+
+    /// One durable commit of the staged writes alone (one fsync), for a
+    /// writer whose staged writes no other durable commit took in time.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        let tx = self.begin_write()?;
+        self.commit_durable(tx)
     }
 
     /// Begins a write transaction that commits without an fsync: visible

@@ -3,6 +3,7 @@
 //! Every write is one durable transaction.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bulwark_storage::schema::{BFT_PENDING, BFT_VOTES, EVIDENCE, LEDGER, LEDGER_CERTS, STATE};
 use bulwark_storage::{codec, StorageError, Store};
@@ -180,64 +181,69 @@ impl LedgerStore {
     }
 
     /// Own votes, final entries (in height order) and evidence in one
-    /// durable transaction: the validator's writes for a batch of messages
-    /// cost one fsync.
+    /// durable transaction, after whatever is staged on the store.
     pub fn write_batch(
         &self,
         votes: &[(Link, Vote)],
         finals: &[(u64, FinalEntry)],
         evidence: &[Evidence],
     ) -> Result<(), StorageError> {
-        if votes.is_empty() && finals.is_empty() && evidence.is_empty() {
-            return Ok(());
+        // Staged, so that it is written after what is staged before it.
+        if self.stage_batch(votes, finals, evidence)?.is_some() {
+            self.store.sync()?;
         }
+        Ok(())
+    }
+
+    /// [`LedgerStore::write_batch`] staged to ride the store's next durable
+    /// commit (the Raft peer's next persist, usually: one fsync for both;
+    /// [`Store::stage`]). Not visible until then. Returns its ticket (`None`
+    /// for an empty batch): nothing that depends on the batch (an own vote)
+    /// may leave before [`Store::is_staged_durable`] says so of it.
+    pub fn stage_batch(
+        &self,
+        votes: &[(Link, Vote)],
+        finals: &[(u64, FinalEntry)],
+        evidence: &[Evidence],
+    ) -> Result<Option<u64>, StorageError> {
+        let batch = self.encode(votes, finals, evidence)?;
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let batch = Arc::new(batch);
+        Ok(Some(
+            self.store.stage(Arc::new(move |s, tx| batch.put(s, tx))),
+        ))
+    }
+
+    /// One durable commit of what is staged on the store.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.store.sync()
+    }
+
+    fn encode(
+        &self,
+        votes: &[(Link, Vote)],
+        finals: &[(u64, FinalEntry)],
+        evidence: &[Evidence],
+    ) -> Result<Encoded, StorageError> {
         let s = &self.store;
-        let tx = s.begin_write()?;
-        {
-            let mut vt = tx.open_table(BFT_VOTES).map_err(|e| s.redb(e))?;
-            let mut pt = tx.open_table(BFT_PENDING).map_err(|e| s.redb(e))?;
-            for (link, vote) in votes {
-                let h = link.entry.height;
-                let vb = codec::encode(vote).map_err(|e| s.codec_error("bft_votes", h, e))?;
-                vt.insert(h, vb.as_slice()).map_err(|e| s.redb(e))?;
-                pt.insert(h, link.bytes.as_slice()).map_err(|e| s.redb(e))?;
-            }
-            if let Some(last) = finals.last().map(|f| f.0) {
-                let mut lt = tx.open_table(LEDGER).map_err(|e| s.redb(e))?;
-                let mut ct = tx.open_table(LEDGER_CERTS).map_err(|e| s.redb(e))?;
-                let head = lt
-                    .last()
-                    .map_err(|e| s.redb(e))?
-                    .map_or(0, |(k, _)| k.value());
-                assert_eq!(head + 1, finals[0].0, "ledger appends must be contiguous");
-                for (h, fin) in finals {
-                    let cert = codec::encode(&fin.cert)
-                        .map_err(|e| s.codec_error("ledger_certs", h, e))?;
-                    lt.insert(*h, fin.entry.as_slice()).map_err(|e| s.redb(e))?;
-                    ct.insert(*h, cert.as_slice()).map_err(|e| s.redb(e))?;
-                }
-                vt.retain_in(..=last, |_, _| false).map_err(|e| s.redb(e))?;
-                pt.retain_in(..=last, |_, _| false).map_err(|e| s.redb(e))?;
-            }
-            if !evidence.is_empty() {
-                let mut t = tx.open_table(EVIDENCE).map_err(|e| s.redb(e))?;
-                let mut next = t
-                    .last()
-                    .map_err(|e| s.redb(e))?
-                    .map_or(0, |(k, _)| k.value() + 1);
-                for e in evidence {
-                    let b = codec::encode(e).map_err(|err| s.codec_error("evidence", next, err))?;
-                    t.insert(next, b.as_slice()).map_err(|e| s.redb(e))?;
-                    next += 1;
-                }
-                if t.len().map_err(|e| s.redb(e))? > EVIDENCE_ROWS_MAX {
-                    let keep_from = next.saturating_sub(EVIDENCE_ROWS_MAX);
-                    t.retain_in(..keep_from, |_, _| false)
-                        .map_err(|e| s.redb(e))?;
-                }
-            }
+        let mut out = Encoded::default();
+        for (link, vote) in votes {
+            let h = link.entry.height;
+            let vb = codec::encode(vote).map_err(|e| s.codec_error("bft_votes", h, e))?;
+            out.votes.push((h, vb, link.bytes.clone()));
         }
-        tx.commit().map_err(|e| s.redb(e))
+        for (h, fin) in finals {
+            let cert =
+                codec::encode(&fin.cert).map_err(|e| s.codec_error("ledger_certs", *h, e))?;
+            out.finals.push((*h, fin.entry.clone(), cert));
+        }
+        for (i, e) in evidence.iter().enumerate() {
+            let b = codec::encode(e).map_err(|err| s.codec_error("evidence", i as u64, err))?;
+            out.evidence.push(b);
+        }
+        Ok(out)
     }
 
     /// Final entries from `from`, at most `max`.
@@ -363,4 +369,74 @@ fn verify_open(path: &Path, genesis: &ValidatorSet) -> Result<VerifyReport, Veri
         Err(e) => (u64::MAX, Err(format!("read failed: {e}"))),
     });
     Ok(verify_chain(rows, genesis)?)
+}
+
+/// A validator batch, encoded: own votes `(height, vote, pending entry)`,
+/// final entries `(height, entry, certificate)` in height order, evidence.
+#[derive(Default)]
+struct Encoded {
+    votes: Vec<(u64, Vec<u8>, Vec<u8>)>,
+    finals: Vec<(u64, Vec<u8>, Vec<u8>)>,
+    evidence: Vec<Vec<u8>>,
+}
+
+impl Encoded {
+    fn is_empty(&self) -> bool {
+        self.votes.is_empty() && self.finals.is_empty() && self.evidence.is_empty()
+    }
+
+    /// Writes the batch in `tx`: final entries drop the votes and pending
+    /// entries they settle; evidence beyond [`EVIDENCE_ROWS_MAX`] drops the
+    /// oldest. Final entries that do not extend the ledger by one are
+    /// refused (nothing of the transaction may then be committed).
+    fn put(&self, s: &Store, tx: &redb::WriteTransaction) -> Result<(), StorageError> {
+        let mut vt = tx.open_table(BFT_VOTES).map_err(|e| s.redb(e))?;
+        let mut pt = tx.open_table(BFT_PENDING).map_err(|e| s.redb(e))?;
+        for (h, vote, pending) in &self.votes {
+            vt.insert(*h, vote.as_slice()).map_err(|e| s.redb(e))?;
+            pt.insert(*h, pending.as_slice()).map_err(|e| s.redb(e))?;
+        }
+        if let (Some(first), Some(last)) = (self.finals.first(), self.finals.last()) {
+            let mut lt = tx.open_table(LEDGER).map_err(|e| s.redb(e))?;
+            let mut ct = tx.open_table(LEDGER_CERTS).map_err(|e| s.redb(e))?;
+            let head = lt
+                .last()
+                .map_err(|e| s.redb(e))?
+                .map_or(0, |(k, _)| k.value());
+            if head + 1 != first.0 {
+                return Err(StorageError::Corrupt {
+                    path: s.path().to_path_buf(),
+                    reason: format!(
+                        "final entries from height {} do not extend the ledger at {head}",
+                        first.0
+                    ),
+                });
+            }
+            for (h, entry, cert) in &self.finals {
+                lt.insert(*h, entry.as_slice()).map_err(|e| s.redb(e))?;
+                ct.insert(*h, cert.as_slice()).map_err(|e| s.redb(e))?;
+            }
+            vt.retain_in(..=last.0, |_, _| false)
+                .map_err(|e| s.redb(e))?;
+            pt.retain_in(..=last.0, |_, _| false)
+                .map_err(|e| s.redb(e))?;
+        }
+        if !self.evidence.is_empty() {
+            let mut t = tx.open_table(EVIDENCE).map_err(|e| s.redb(e))?;
+            let mut next = t
+                .last()
+                .map_err(|e| s.redb(e))?
+                .map_or(0, |(k, _)| k.value() + 1);
+            for b in &self.evidence {
+                t.insert(next, b.as_slice()).map_err(|e| s.redb(e))?;
+                next += 1;
+            }
+            if t.len().map_err(|e| s.redb(e))? > EVIDENCE_ROWS_MAX {
+                let keep_from = next.saturating_sub(EVIDENCE_ROWS_MAX);
+                t.retain_in(..keep_from, |_, _| false)
+                    .map_err(|e| s.redb(e))?;
+            }
+        }
+        Ok(())
+    }
 }

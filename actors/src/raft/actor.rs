@@ -1022,7 +1022,8 @@ async fn ready<M: StateMachine>(
             send_via(router, to, &msg, None);
         }
     };
-    let handled = st.core.on_ready_sending(Some(&mut send_now));
+    // The fsync blocks this thread, not an async worker.
+    let handled = bulwark_runtime::blocking(|| st.core.on_ready_sending(Some(&mut send_now)));
     if writes {
         st.disk.observe(started.elapsed());
     }

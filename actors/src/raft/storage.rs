@@ -463,7 +463,15 @@ impl RaftStore {
                     .map_err(|e| s.redb(e))?;
             }
         }
-        tx.commit().map_err(|e| s.redb(e))?;
+        if durable && !crate::plant::active(Bug::LogNotSynced) {
+            // The validator's staged writes (its votes, final entries)
+            // ride this fsync.
+            s.commit_durable(tx)?;
+            metrics::counter!("bulwark_raft_durable_persists_total", "facility" => s.facility().to_string())
+                .increment(1);
+        } else {
+            tx.commit().map_err(|e| s.redb(e))?;
+        }
         if let Some(first) = entries.first() {
             let keep = (first.index - self.first()) as usize;
             self.entries.truncate(keep);

@@ -143,14 +143,20 @@ pub struct Model {
 
 #[derive(Debug, Clone)]
 pub enum Op {
-    /// `write_batch`: own votes for chain heights, final entries (the
-    /// chain's next heights) and evidence, in one transaction.
+    /// `write_batch` (durable) or `stage_batch` (the validator's group
+    /// commit: written by the store's next durable commit): own votes for
+    /// chain heights, final entries (the chain's next heights) and
+    /// evidence, in one transaction.
     Batch {
         votes: Vec<u64>,
         finals: Vec<u64>,
         evidence: Vec<Evidence>,
+        durable: bool,
     },
-    /// A clean restart.
+    /// `sync`: the durable commit (the Raft peer's, or the validator's
+    /// fallback) that writes the staged batches.
+    Sync,
+    /// A clean restart (the validator's stop writes what it staged).
     Reopen,
 }
 
@@ -194,6 +200,9 @@ fn random_op(rng: &mut ChaCha8Rng, m: &Model) -> Op {
     } else {
         Vec::new()
     };
+    if rng.random_bool(0.1) {
+        return Op::Sync;
+    }
     if rng.random_bool(0.15) || (votes.is_empty() && finals.is_empty() && evidence.is_empty()) {
         return Op::Reopen;
     }
@@ -201,6 +210,7 @@ fn random_op(rng: &mut ChaCha8Rng, m: &Model) -> Op {
         votes,
         finals,
         evidence,
+        durable: rng.random_bool(0.3),
     }
 }
 
@@ -209,6 +219,7 @@ fn apply_model(m: &mut Model, op: &Op) {
         votes,
         finals,
         evidence,
+        ..
     } = op
     else {
         return;
@@ -258,6 +269,14 @@ impl Subject for Ledger {
         random_op(rng, model)
     }
 
+    /// A staged batch is on disk only with the next durable commit.
+    fn durable(op: &Op, _before: &Model) -> bool {
+        match op {
+            Op::Batch { durable, .. } => *durable,
+            Op::Sync | Op::Reopen => true,
+        }
+    }
+
     fn apply_model(model: &mut Model, op: &Op) {
         apply_model(model, op)
     }
@@ -268,13 +287,24 @@ impl Subject for Ledger {
                 votes,
                 finals,
                 evidence,
+                durable,
             } => {
                 let (votes, finals) = batch(votes, finals);
-                s.write_batch(&votes, &finals, evidence)
-                    .unwrap_or_else(|e| panic!("write_batch: {e}"));
+                if *durable {
+                    s.write_batch(&votes, &finals, evidence)
+                        .unwrap_or_else(|e| panic!("write_batch: {e}"));
+                } else {
+                    s.stage_batch(&votes, &finals, evidence)
+                        .unwrap_or_else(|e| panic!("stage_batch: {e}"));
+                }
+                s
+            }
+            Op::Sync => {
+                s.sync().unwrap_or_else(|e| panic!("sync: {e}"));
                 s
             }
             Op::Reopen => {
+                s.sync().unwrap_or_else(|e| panic!("sync at stop: {e}"));
                 drop(s);
                 reopen::<Ledger>(backend)
             }

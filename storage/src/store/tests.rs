@@ -354,3 +354,72 @@ proptest! {
         }
     }
 }
+
+/// A staged write inserting `value` under `key` in the state table.
+fn staged_row(key: &'static str, value: &'static [u8]) -> StagedWrite {
+    Arc::new(move |s: &Store, tx: &redb::WriteTransaction| {
+        let mut t = tx.open_table(schema::STATE).map_err(|e| s.redb(e))?;
+        t.insert(key, value).map_err(|e| s.redb(e))?;
+        Ok(())
+    })
+}
+
+fn state_row(store: &Store, key: &str) -> Option<Vec<u8>> {
+    let tx = store.database().begin_read().unwrap();
+    let t = tx.open_table(schema::STATE).unwrap();
+    t.get(key).unwrap().map(|v| v.value().to_vec())
+}
+
+/// A staged write is invisible until a durable commit takes it, in
+/// staging order, and its ticket is durable only then; a deferred commit
+/// does not take it.
+#[test]
+fn staged_writes_ride_the_next_durable_commit_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = fresh(&dir);
+    let first = store.stage(staged_row("k", b"first"));
+    let second = store.stage(staged_row("k", b"second"));
+    assert!(second > first);
+    assert_eq!(state_row(&store, "k"), None);
+    let deferred = store.begin_write_deferred().unwrap();
+    deferred.commit().unwrap();
+    assert_eq!(state_row(&store, "k"), None, "a deferred commit takes none");
+    assert!(!store.is_staged_durable(first));
+    let mut watch = store.watch_staged();
+    let tx = store.begin_write().unwrap();
+    store.commit_durable(tx).unwrap();
+    assert_eq!(state_row(&store, "k").as_deref(), Some(&b"second"[..]));
+    assert!(store.is_staged_durable(first) && store.is_staged_durable(second));
+    assert!(watch.has_changed().unwrap());
+    assert_eq!(*watch.borrow_and_update(), second);
+    assert_eq!(store.staged_drops(), 0);
+}
+
+/// A staged write that fails aborts the commit that ran it and is dropped
+/// with everything staged beside it (counted), so the next commit works.
+#[test]
+fn a_failing_staged_write_is_dropped_and_does_not_block_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, store) = fresh(&dir);
+    let good = store.stage(staged_row("k", b"v"));
+    store.stage(Arc::new(|s: &Store, _tx: &redb::WriteTransaction| {
+        Err(StorageError::Corrupt {
+            path: s.path().to_path_buf(),
+            reason: "planted".into(),
+        })
+    }));
+    let tx = store.begin_write().unwrap();
+    assert!(store.commit_durable(tx).is_err());
+    assert_eq!(store.staged_drops(), 1);
+    assert_eq!(state_row(&store, "k"), None, "aborted: nothing written");
+    assert!(!store.is_staged_durable(good));
+    store.sync().unwrap();
+    assert_eq!(state_row(&store, "k"), None, "dropped, not written later");
+    let later = store.stage(staged_row("k", b"later"));
+    store.sync().unwrap();
+    assert!(store.is_staged_durable(later));
+    assert_eq!(state_row(&store, "k").as_deref(), Some(&b"later"[..]));
+    store.stage(staged_row("x", b"y"));
+    store.drop_staged();
+    assert_eq!(store.staged_drops(), 2);
+}
