@@ -1022,8 +1022,14 @@ async fn ready<M: StateMachine>(
             send_via(router, to, &msg, None);
         }
     };
-    // The fsync blocks this thread, not an async worker.
-    let handled = bulwark_runtime::blocking(|| st.core.on_ready_sending(Some(&mut send_now)));
+    // A Ready that writes blocks this thread on its fsync, not an async
+    // worker; one that does not (reads, heartbeats) runs in place (handing
+    // the worker over costs more than such a Ready).
+    let handled = if st.core.ready_syncs() {
+        bulwark_runtime::blocking(|| st.core.on_ready_sending(Some(&mut send_now)))
+    } else {
+        st.core.on_ready_sending(Some(&mut send_now))
+    };
     if writes {
         st.disk.observe(started.elapsed());
     }

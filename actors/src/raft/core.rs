@@ -2096,10 +2096,22 @@ impl<M: StateMachine> RaftCore<M> {
         !self.node.store().conf_state().voters_outgoing.is_empty()
     }
 
-    /// True when the next [`RaftCore::on_ready`] makes a durable write:
-    /// new log entries, a snapshot to install, or a hard state (term, vote,
-    /// commit) that differs from the stored one. The actor awaits an
-    /// injected disk latency only then.
+    /// True when the next [`RaftCore::on_ready`] makes a durable commit (an
+    /// fsync): new log entries, a snapshot to install, or a new term or
+    /// vote.
+    pub fn ready_syncs(&self) -> bool {
+        let raft = &self.node.raft;
+        let (hs, stored) = (raft.hard_state(), self.node.store().hard_state());
+        !raft.raft_log.unstable_entries().is_empty()
+            || raft.raft_log.unstable.snapshot.is_some()
+            || hs.term != stored.term
+            || hs.vote != stored.vote
+    }
+
+    /// True when the next [`RaftCore::on_ready`] writes to the store: what
+    /// [`RaftCore::ready_syncs`] covers, or a new commit index alone (a
+    /// deferred commit). The actor awaits an injected disk latency only
+    /// then.
     pub fn ready_writes(&self) -> bool {
         let raft = &self.node.raft;
         !raft.raft_log.unstable_entries().is_empty()
