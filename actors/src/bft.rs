@@ -587,6 +587,10 @@ impl Actor for BftValidator {
         let setup = args.setup;
         setup.config.validate()?;
         let store = LedgerStore::new(args.ctx.store.clone());
+        // What an earlier validator of this store staged and did not see
+        // written (it was killed) is dropped before the ledger is read:
+        // none of its votes left, and this one makes them again.
+        args.ctx.store.drop_staged();
         let restored = store.restore()?;
         let core = Core::new(
             setup.keyring.clone(),
@@ -609,7 +613,12 @@ impl Actor for BftValidator {
             let (me, flag) = (myself.clone(), behind_flag.clone());
             tokio::spawn(async move {
                 while durable.changed().await.is_ok() {
-                    if flag.load(std::sync::atomic::Ordering::Relaxed)
+                    // Gone with the validator's state (a kill skips
+                    // post_stop, which aborts this task).
+                    if Arc::strong_count(&flag) == 1 {
+                        break;
+                    }
+                    if flag.load(std::sync::atomic::Ordering::SeqCst)
                         && me.cast(BftMsg::Synced).is_err()
                     {
                         break;
@@ -665,7 +674,7 @@ impl Actor for BftValidator {
             BftMsg::Flush => {}
             BftMsg::Synced => {
                 if let Err(e) = release(&myself, st) {
-                    if !e.is_injected() {
+                    if !rebuilds(&e) {
                         return Err(e.into());
                     }
                     rebuild(st, &e)?;
@@ -674,7 +683,7 @@ impl Actor for BftValidator {
             BftMsg::SyncDue => {
                 st.sync_armed = false;
                 if let Err(e) = sync_behind(&myself, st).await {
-                    if !e.is_injected() {
+                    if !rebuilds(&e) {
                         return Err(e.into());
                     }
                     rebuild(st, &e)?;
@@ -729,7 +738,7 @@ impl Actor for BftValidator {
                 let mut status = st.core.status();
                 let staged = st.behind.iter().find_map(|(_, _, b)| match b {
                     Behind::Finals(f) => f.first(),
-                    Behind::Send(_) => None,
+                    Behind::Send(_) | Behind::Mark => None,
                 });
                 if let Some((h, prev, _)) = staged {
                     // Final is what is written: staged entries are not yet.
@@ -787,7 +796,7 @@ impl Actor for BftValidator {
             }
             match carry_out(&myself, st) {
                 Ok(()) => {}
-                Err(e) if e.is_injected() => rebuild(st, &e)?,
+                Err(e) if rebuilds(&e) => rebuild(st, &e)?,
                 Err(e) => return Err(e.into()),
             }
         } else if !st.outputs.is_empty() && !st.flush_queued {
@@ -808,7 +817,7 @@ impl Actor for BftValidator {
         if !st.behind.is_empty() {
             // A planned stop writes what it staged (a crash would not: the
             // heights are voted and finalized again after the restart).
-            if let Err(e) = st.store.sync() {
+            if let Err(e) = bulwark_runtime::blocking(|| st.store.sync()) {
                 tracing::warn!(facility = %st.ctx.facility, error = %e,
                     "staged validator writes not written at stop; they are made again after the restart");
             }
@@ -838,6 +847,14 @@ fn rebuild(
     metrics::counter!("bulwark_bft_rebuilds_total",
         "facility" => st.ctx.facility.to_string(), "reason" => "write_refused")
     .increment(1);
+    // Nothing held leaves; what was staged is dropped first (after any
+    // commit that took some of it), so the rebuilt core reads every row
+    // that will ever be written of it, and makes the rest again.
+    st.behind.clear();
+    st.ctx.store.drop_staged();
+    st.drops_seen = st.ctx.store.staged_drops();
+    st.behind_flag
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     let restored = st.store.restore()?;
     st.core = Core::new(
         st.setup.keyring.clone(),
@@ -846,13 +863,22 @@ fn rebuild(
         restored,
     );
     st.outputs.clear();
-    // Nothing held leaves; what was staged is dropped (the rebuilt core,
-    // which reads only what is written, makes it again).
-    st.behind.clear();
-    st.ctx.store.drop_staged();
-    st.drops_seen = st.ctx.store.staged_drops();
-    st.behind_flag
-        .store(false, std::sync::atomic::Ordering::Relaxed);
+    // Waiters for heights written while their notice was queued: the
+    // rebuilt core will not finalize those again.
+    let written = st.core.status().final_height;
+    let due: Vec<u64> = st.waiters.range(..=written).map(|(h, _)| *h).collect();
+    for h in due {
+        let Some(ws) = st.waiters.remove(&h) else {
+            continue;
+        };
+        st.waiting -= ws.len();
+        if let Some(fin) = st.store.finals(h, 1)?.into_iter().next() {
+            let notice = FinalNotice::of(h, &fin);
+            for w in ws {
+                let _ = w.send(notice);
+            }
+        }
+    }
     st.rewake = true;
     Ok(())
 }
@@ -865,6 +891,17 @@ enum Behind {
     /// Final entries staged: `(height, previous hash, notice)` each, for
     /// the status and the waiters once written.
     Finals(Vec<(u64, crate::ledger::Hash, FinalNotice)>),
+    /// Own votes or evidence staged: whatever is sent after waits for
+    /// them (a later batch may send a vote again), and the fallback sync
+    /// is armed even when their own batch sends nothing.
+    Mark,
+}
+
+/// Whether a failed write is one the validator recovers from by
+/// rebuilding its core from the store: an injected refusal, or staged
+/// writes dropped unwritten.
+fn rebuilds(e: &bulwark_storage::StorageError) -> bool {
+    e.is_injected() || matches!(e, bulwark_storage::StorageError::StagedDropped { .. })
 }
 
 /// Carries out the outputs gathered since the last flush: every write
@@ -877,6 +914,12 @@ fn carry_out(
     myself: &ActorRef<BftMsg>,
     st: &mut BftState,
 ) -> Result<(), bulwark_storage::StorageError> {
+    if st.ctx.store.staged_drops() != st.drops_seen {
+        // What this batch builds on may be gone.
+        return Err(bulwark_storage::StorageError::StagedDropped {
+            path: st.ctx.store.path().to_path_buf(),
+        });
+    }
     let outputs = std::mem::take(&mut st.outputs);
     let mut votes = Vec::new();
     let mut finals = Vec::new();
@@ -922,8 +965,13 @@ fn carry_out(
             .collect();
         st.behind.push_back((t, now, Behind::Finals(staged)));
     }
-    let wait = ticket
-        .filter(|_| !votes.is_empty() && !crate::plant::active(crate::plant::Bug::VoteNotSynced));
+    let wait = ticket.filter(|_| {
+        let needs_disk = !votes.is_empty() || !evidence.is_empty();
+        needs_disk && !crate::plant::active(crate::plant::Bug::VoteNotSynced)
+    });
+    if let Some(t) = wait {
+        st.behind.push_back((t, now, Behind::Mark));
+    }
     match wait {
         Some(t) => st
             .behind
@@ -946,13 +994,18 @@ fn release(
     st: &mut BftState,
 ) -> Result<(), bulwark_storage::StorageError> {
     let store = &st.ctx.store;
+    if !st.behind.is_empty() {
+        // Before the durability read: a commit after it wakes us.
+        st.behind_flag
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     let durable = st
         .behind
         .iter()
         .take_while(|(t, _, _)| *t == 0 || store.is_staged_durable(*t))
         .count();
     if store.staged_drops() != st.drops_seen {
-        return Err(bulwark_storage::StorageError::Injected {
+        return Err(bulwark_storage::StorageError::StagedDropped {
             path: store.path().to_path_buf(),
         });
     }
@@ -960,6 +1013,7 @@ fn release(
     for (_, _, b) in st.behind.drain(..durable) {
         match b {
             Behind::Send(o) => ready.push(o),
+            Behind::Mark => {}
             Behind::Finals(f) => {
                 for (h, _, notice) in f {
                     if let Some(ws) = st.waiters.remove(&h) {
@@ -974,7 +1028,7 @@ fn release(
     }
     let waits = !st.behind.is_empty();
     st.behind_flag
-        .store(waits, std::sync::atomic::Ordering::Relaxed);
+        .store(waits, std::sync::atomic::Ordering::SeqCst);
     if let Some((_, since, _)) = st.behind.front().filter(|_| !st.sync_armed) {
         st.sync_armed = true;
         let waited = st.ctx.clock.now().saturating_duration_since(*since);

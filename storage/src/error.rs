@@ -102,6 +102,14 @@ pub enum StorageError {
         /// The file.
         path: PathBuf,
     },
+    /// Writes staged on the store ([`crate::Store::stage`]) were dropped
+    /// unwritten (one was refused, or the store was told to drop them):
+    /// their writer must rebuild its state from what is written.
+    #[error("{path}: staged writes were dropped unwritten")]
+    StagedDropped {
+        /// The file.
+        path: PathBuf,
+    },
     /// A stored value did not decode.
     #[error("{path}: value at {table}/{key} does not decode: {source}")]
     Codec {

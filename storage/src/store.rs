@@ -41,14 +41,23 @@ struct Inner {
     staged_through: tokio::sync::watch::Sender<u64>,
     /// Times staged writes were dropped unwritten.
     staged_drops: std::sync::atomic::AtomicU64,
+    /// Held from the moment a durable commit takes the staged writes until
+    /// their fate is published, so that [`Store::drop_staged`] never races
+    /// a commit that holds some of them.
+    staged_commit: std::sync::Mutex<()>,
 }
 
 /// A write staged to ride the next durable commit ([`Store::stage`]).
-/// It is handed the store it was staged on: a staged write that held a
+/// It is handed the store it was staged on (a staged write that held a
 /// clone of the store would keep the file open after its last user let
-/// go.
-pub type StagedWrite =
-    Arc<dyn Fn(&Store, &redb::WriteTransaction) -> Result<(), StorageError> + Send + Sync>;
+/// go) and answers `Ok(Ok(()))` when written, `Ok(Err(reason))` when it
+/// refuses before writing anything (it is dropped, and the commit goes
+/// on without it), or `Err` for a failure of the transaction itself.
+pub type StagedWrite = Arc<
+    dyn Fn(&Store, &redb::WriteTransaction) -> Result<Result<(), String>, StorageError>
+        + Send
+        + Sync,
+>;
 
 /// The result of [`Store::open`].
 #[derive(Debug)]
@@ -220,6 +229,7 @@ impl Store {
                 staged_next: std::sync::atomic::AtomicU64::new(0),
                 staged_through: tokio::sync::watch::Sender::new(0),
                 staged_drops: std::sync::atomic::AtomicU64::new(0),
+                staged_commit: std::sync::Mutex::new(()),
             }),
         }
     }
@@ -314,32 +324,49 @@ impl Store {
         self.inner.staged.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Commits `tx`, a durable transaction ([`Store::begin_write`]), with
-    /// every staged write run into it first (one fsync for all). On
-    /// success the staged writes' tickets are durable; if the commit
-    /// fails, they go back to the front of the queue for the next durable
-    /// commit. A staged write that fails is dropped with every write
-    /// staged with it (the transaction is aborted, and the drop counted by
-    /// [`Store::staged_drops`]): a bad staged write must not fail every
-    /// later commit of the store.
+    /// Commits `tx`, which must be a durable transaction
+    /// ([`Store::begin_write`]), with every staged write run into it first
+    /// (one fsync for all). On success the staged writes' tickets are
+    /// durable. A staged write that refuses (before writing anything) is
+    /// dropped, counted by [`Store::staged_drops`] and
+    /// `bulwark_store_staged_dropped_total`, and the commit goes on: a bad
+    /// staged write never fails the caller's own rows. If the transaction
+    /// itself fails, the staged writes go back to the front of the queue
+    /// for the next durable commit.
     pub fn commit_durable(&self, tx: redb::WriteTransaction) -> Result<(), StorageError> {
+        let _fate = self
+            .inner
+            .staged_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let taken: Vec<(u64, StagedWrite)> = self.staged().drain(..).collect();
-        for (_, write) in &taken {
-            if let Err(e) = write(self, &tx) {
-                self.inner
-                    .staged_drops
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                metrics::counter!("bulwark_store_staged_dropped_total", "facility" => self.inner.facility.clone())
-                    .increment(taken.len() as u64);
-                return Err(e);
-            }
-        }
-        if let Err(e) = tx.commit() {
+        let requeue = |taken: Vec<(u64, StagedWrite)>| {
             let mut q = self.staged();
             for item in taken.into_iter().rev() {
                 q.push_front(item);
             }
+        };
+        let mut refused = 0u64;
+        for (_, write) in &taken {
+            match write(self, &tx) {
+                Ok(Ok(())) => {}
+                Ok(Err(_reason)) => refused += 1,
+                Err(e) => {
+                    requeue(taken);
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = tx.commit() {
+            requeue(taken);
             return Err(self.redb(e));
+        }
+        if refused > 0 {
+            self.inner
+                .staged_drops
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            metrics::counter!("bulwark_store_staged_dropped_total", "facility" => self.inner.facility.clone())
+                .increment(refused);
         }
         if let Some((last, _)) = taken.last() {
             let last = *last;
@@ -372,10 +399,16 @@ impl Store {
     }
 
     /// Drops every write still staged (a writer rebuilding its state from
-    /// the store, which will stage them again).
+    /// the store, which will stage them again), after any commit that took
+    /// some of them has published their fate: once it returns, nothing
+    /// staged before it will be written.
     pub fn drop_staged(&self) {
-        let mut q = self.staged();
-        q.clear();
+        let _fate = self
+            .inner
+            .staged_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.staged().clear();
         self.inner
             .staged_drops
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -189,8 +189,14 @@ impl LedgerStore {
         evidence: &[Evidence],
     ) -> Result<(), StorageError> {
         // Staged, so that it is written after what is staged before it.
-        if self.stage_batch(votes, finals, evidence)?.is_some() {
+        let drops = self.store.staged_drops();
+        if let Some(ticket) = self.stage_batch(votes, finals, evidence)? {
             self.store.sync()?;
+            if !self.store.is_staged_durable(ticket) || self.store.staged_drops() != drops {
+                return Err(StorageError::StagedDropped {
+                    path: self.store.path().to_path_buf(),
+                });
+            }
         }
         Ok(())
     }
@@ -388,30 +394,33 @@ impl Encoded {
     /// Writes the batch in `tx`: final entries drop the votes and pending
     /// entries they settle; evidence beyond [`EVIDENCE_ROWS_MAX`] drops the
     /// oldest. Final entries that do not extend the ledger by one are
-    /// refused (nothing of the transaction may then be committed).
-    fn put(&self, s: &Store, tx: &redb::WriteTransaction) -> Result<(), StorageError> {
+    /// refused before anything is written (`Ok(Err(reason))`).
+    fn put(
+        &self,
+        s: &Store,
+        tx: &redb::WriteTransaction,
+    ) -> Result<Result<(), String>, StorageError> {
+        let mut lt = tx.open_table(LEDGER).map_err(|e| s.redb(e))?;
+        if let Some(first) = self.finals.first() {
+            let head = lt
+                .last()
+                .map_err(|e| s.redb(e))?
+                .map_or(0, |(k, _)| k.value());
+            if head + 1 != first.0 {
+                return Ok(Err(format!(
+                    "final entries from height {} do not extend the ledger at {head}",
+                    first.0
+                )));
+            }
+        }
         let mut vt = tx.open_table(BFT_VOTES).map_err(|e| s.redb(e))?;
         let mut pt = tx.open_table(BFT_PENDING).map_err(|e| s.redb(e))?;
         for (h, vote, pending) in &self.votes {
             vt.insert(*h, vote.as_slice()).map_err(|e| s.redb(e))?;
             pt.insert(*h, pending.as_slice()).map_err(|e| s.redb(e))?;
         }
-        if let (Some(first), Some(last)) = (self.finals.first(), self.finals.last()) {
-            let mut lt = tx.open_table(LEDGER).map_err(|e| s.redb(e))?;
+        if let Some(last) = self.finals.last() {
             let mut ct = tx.open_table(LEDGER_CERTS).map_err(|e| s.redb(e))?;
-            let head = lt
-                .last()
-                .map_err(|e| s.redb(e))?
-                .map_or(0, |(k, _)| k.value());
-            if head + 1 != first.0 {
-                return Err(StorageError::Corrupt {
-                    path: s.path().to_path_buf(),
-                    reason: format!(
-                        "final entries from height {} do not extend the ledger at {head}",
-                        first.0
-                    ),
-                });
-            }
             for (h, entry, cert) in &self.finals {
                 lt.insert(*h, entry.as_slice()).map_err(|e| s.redb(e))?;
                 ct.insert(*h, cert.as_slice()).map_err(|e| s.redb(e))?;
@@ -437,6 +446,6 @@ impl Encoded {
                     .map_err(|e| s.redb(e))?;
             }
         }
-        Ok(())
+        Ok(Ok(()))
     }
 }
