@@ -52,8 +52,8 @@ pub enum Bug {
     /// A validator signs every vote with its first key, whatever key its
     /// height's validator set names.
     VoteUnderFirstKey,
-    /// A validator's held sends leave once its deferred commit returns,
-    /// before any durable commit covers the votes in it.
+    /// A validator's sends leave as soon as its votes are staged, before
+    /// the durable commit that writes them.
     VoteNotSynced,
 }
 
@@ -169,7 +169,7 @@ impl Bug {
                 "bft/core.rs sign_vote: a validator signs every vote with its first key, not the one its height's validator set names, so after a rotation its votes do not verify"
             }
             Bug::VoteNotSynced => {
-                "bft.rs carry_out: a batch's sends wait for nothing after its deferred commit, so a vote leaves before any fsync has put it on disk"
+                "bft.rs carry_out: a batch's sends wait for nothing after its votes are staged, so a vote leaves before the durable commit that writes it"
             }
         }
     }
