@@ -407,6 +407,15 @@ impl FinalNotice {
     }
 }
 
+/// Whether the validator's staged writes wait for the Raft peer's next
+/// persist (the group commit) or are synced at once, one durable commit
+/// per batch as before. Off: with it on, the simulation found two seeds
+/// (754 and 1625 of the first 1,750) where an honest proposer was blamed
+/// for a bad proposal and a facility never caught up, which syncing at
+/// once does not show; until that is understood, each batch pays its own
+/// fsync (docs/DECISIONS.md).
+pub const GROUP_COMMIT: bool = false;
+
 /// How long a send held behind a staged vote waits for the Raft peer's
 /// next durable commit before the validator makes one of its own (module
 /// docs): what an idle cluster adds to the finality of its last write.
@@ -957,6 +966,11 @@ fn carry_out(
         send_all(st, std::mem::take(&mut sends))?;
     }
     let ticket = st.store.stage_batch(&votes, &finals, &evidence)?;
+    if ticket.is_some() && !GROUP_COMMIT && !crate::plant::active(crate::plant::Bug::VoteNotSynced)
+    {
+        // The batch's own durable commit, at once (module docs).
+        bulwark_runtime::blocking(|| st.store.sync())?;
+    }
     let now = st.ctx.clock.now();
     if let Some(t) = ticket.filter(|_| !finals.is_empty()) {
         let staged = finals
