@@ -45,7 +45,6 @@ async fn counts(c: &reqwest::Client, site: &Site) -> (f64, f64, f64, f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the group commit is off (bulwark_actors::bft::GROUP_COMMIT): the simulation's seeds 754 and 1625 fail with it on"]
 async fn under_load_the_validators_writes_ride_the_raft_persists() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = sites(dir.path(), &NAMES, "");

@@ -22,6 +22,20 @@ async fn seeds_3474_and_8003_serve_no_stale_linearizable_read() {
     }
 }
 
+/// A configuration change in an entry an installed snapshot carried
+/// reaches raft-rs (`bulwark sim` seed 754, with the group commit on):
+/// alpha, sent a snapshot at the index of charlie's replacement that its
+/// log already held, applied past the change without taking it, later led
+/// without charlie's new identity, and charlie never applied again. The
+/// case built by hand: `a_configuration_change_in_an_entry_a_snapshot_carried_still_takes_effect`
+/// in `actors/tests/machine.rs`.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn seed_754_a_replaced_facility_keeps_applying() {
+    if let Err(e) = run_seed(754, &SimPlan::default()).await {
+        panic!("SEED=754: {e}\n{}", e.recent_faults.join("\n"));
+    }
+}
+
 /// A supervised restart of the BackpressureController leaves the API
 /// admitting requests (`bulwark sim --known-bugs`, seed 0): the API held
 /// the ActorRef it was built with and refused every `/v1` request with 429

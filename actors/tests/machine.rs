@@ -170,6 +170,12 @@ impl StateMachine for Kv {
                 answer: None,
                 shown: None,
             };
+            if e.entry_type == EntryType::EntryConfChangeV2
+                && e.index <= held
+                && e.index > batch.conf_through
+            {
+                conf(&tx, e)?;
+            }
             if e.index > held {
                 match e.entry_type {
                     EntryType::EntryNormal if !e.data.is_empty() => {
@@ -195,7 +201,7 @@ impl StateMachine for Kv {
                             height: None,
                         });
                     }
-                    EntryType::EntryConfChangeV2 => conf(&tx, e)?,
+                    EntryType::EntryConfChangeV2 if e.index > batch.conf_through => conf(&tx, e)?,
                     _ => {}
                 }
             }
@@ -332,6 +338,9 @@ impl StateMachine for Kv {
 }
 
 /// Three cores and the messages between them, delivered in order.
+/// Which messages a link loses: `(from, to, msg) -> lost`.
+type Loses = dyn Fn(&FacilityId, &FacilityId, &RaftWire) -> bool;
+
 struct Cluster {
     cores: BTreeMap<FacilityId, RaftCore<Kv>>,
     queue: VecDeque<(FacilityId, FacilityId, RaftWire)>,
@@ -342,6 +351,8 @@ struct Cluster {
     members: Vec<FacilityId>,
     /// Facilities not running (no ticks, no messages).
     down: Vec<FacilityId>,
+    /// Messages lost besides: `(from, to, msg) -> lost`.
+    lose: Option<Box<Loses>>,
     dir: tempfile::TempDir,
 }
 
@@ -360,6 +371,7 @@ impl Cluster {
             now_ms: 1_000_000,
             members: members.clone(),
             down: Vec::new(),
+            lose: None,
             dir: tempfile::tempdir().unwrap(),
         };
         for me in &members {
@@ -440,6 +452,7 @@ impl Cluster {
             if self.cut.as_ref().is_some_and(|c| *c == from || *c == to)
                 || self.down.contains(&from)
                 || self.down.contains(&to)
+                || self.lose.as_ref().is_some_and(|l| l(&from, &to, &msg))
             {
                 continue;
             }
@@ -749,4 +762,119 @@ fn a_store_lost_twice_comes_back_each_time_under_a_new_identity() {
     settle(&mut c);
     settle(&mut c);
     assert!(c.leader().is_some(), "no leader without {leader}");
+}
+
+/// A follower whose log already holds a configuration change it has not
+/// seen committed is sent a snapshot at that very index (its
+/// acknowledgements were lost, and the leader compacted right after the
+/// change). It installs the machine's rows, and raft-rs, whose log holds
+/// the snapshot's index and term, only moves its commit index there and
+/// hands the entries out as committed: the change, in an entry the
+/// machine now holds, must still reach raft-rs and the stored
+/// configuration. Found by the whole-stack simulation (seed 754): the
+/// follower later led without the new learner, which never applied again.
+#[test]
+fn a_configuration_change_in_an_entry_a_snapshot_carried_still_takes_effect() {
+    use bulwark_actors::raft::wire::WireMessage;
+    use bulwark_actors::raft::MemberChange;
+    use raft::eraftpb::MessageType;
+    let mut c = Cluster::new();
+    elect(&mut c);
+    let (a, b, ch) = (f("alpha"), f("bravo"), f("charlie"));
+    assert_eq!(c.leader(), Some(a.clone()));
+    for id in 0..10 {
+        c.put(&a, id);
+        c.tick();
+    }
+    settle(&mut c);
+    // From here bravo's acknowledgements are lost, and so is every
+    // message telling it of a commit past this one.
+    let c0 = c.cores[&a].commit_index();
+    c.lose = Some(Box::new(move |from, to, msg| match msg {
+        RaftWire::Raft(w) => {
+            let (append, ack) = (
+                [
+                    MessageType::MsgAppend as u8,
+                    MessageType::MsgHeartbeat as u8,
+                ]
+                .contains(&w.msg_type),
+                w.msg_type == MessageType::MsgAppendResponse as u8 && !w.reject,
+            );
+            (*from == f("alpha") && *to == f("bravo") && append && w.commit > c0)
+                || (*from == f("bravo") && *to == f("alpha") && ack)
+        }
+        _ => false,
+    }));
+    let raft_id = c
+        .cores
+        .get_mut(&a)
+        .unwrap()
+        .change_member(&ch, MemberChange::Replace)
+        .expect("charlie's replacement");
+    c.collect(&a);
+    for _ in 0..5 {
+        c.tick();
+    }
+    let n = c.cores[&a].commit_index();
+    assert!(n > c0, "the change committed with charlie");
+    assert_eq!(
+        c.cores[&ch].incarnation(),
+        1,
+        "charlie took its new identity"
+    );
+    assert!(
+        c.cores[&b].commit_index() <= c0,
+        "bravo must not know the change committed"
+    );
+    let learner = |c: &Cluster, at: &FacilityId| {
+        c.cores[at]
+            .members_view()
+            .iter()
+            .any(|m| m.raft_id == raft_id && m.role == "learner")
+    };
+    assert!(learner(&c, &a));
+    assert!(!learner(&c, &b));
+    // bravo rejects an append past what the leader knows it holds: the
+    // leader probes from there, finds the log compacted, and sends its
+    // snapshot, whose index bravo's log holds.
+    let reject = WireMessage {
+        msg_type: MessageType::MsgAppendResponse as u8,
+        to: bulwark_actors::raft::raft_id(&a),
+        from: bulwark_actors::raft::raft_id(&b),
+        term: c.cores[&a].term(),
+        log_term: 0,
+        index: n,
+        entries: Vec::new(),
+        commit: 0,
+        commit_term: 0,
+        snapshot: None,
+        request_snapshot: 0,
+        reject: true,
+        reject_hint: c0,
+        context: Vec::new(),
+        priority: 0,
+    };
+    c.queue
+        .push_back((b.clone(), a.clone(), RaftWire::Raft(Box::new(reject))));
+    for _ in 0..20 {
+        c.tick();
+    }
+    assert!(
+        c.cores[&b].snapshot_chunks().0 > 0,
+        "bravo took no snapshot: the scenario did not happen"
+    );
+    assert!(c.cores[&b].replica_applied() >= n);
+    assert!(
+        learner(&c, &b),
+        "bravo applied past the change without taking it: {:?}",
+        c.cores[&b].members_view()
+    );
+    // The same after a restart: the stored configuration holds it.
+    c.lose = None;
+    c.cores.remove(&b);
+    c.start(&b);
+    assert!(learner(&c, &b));
+    settle(&mut c);
+    let views: Vec<_> = c.cores.values().map(|k| k.view().unwrap()).collect();
+    assert!(views.iter().all(|v| *v == views[0]));
 }

@@ -2289,11 +2289,6 @@ impl<M: StateMachine> RaftCore<M> {
         if entries.is_empty() {
             return Ok(());
         }
-        if self.recovering.is_some() {
-            // The snapshot asked for starts at this follower's last log
-            // index or later: it carries these entries.
-            return Ok(());
-        }
         for e in &entries {
             // Guard for tikv/raft-rs#543/#561: nothing beyond the commit index
             // (and, in 0.7.0, beyond what is persisted) is ever applied.
@@ -2304,12 +2299,23 @@ impl<M: StateMachine> RaftCore<M> {
                 self.commit_index()
             );
         }
+        // raft-rs takes every configuration change it hands out as applied
+        // (unless it took a snapshot's configuration instead): each one
+        // after those the stored configuration holds goes to it, even in
+        // an entry the replica holds already (seed 754: an installed
+        // snapshot carried the replica past a change raft-rs's log also
+        // held, raft-rs kept its own configuration, and the leader it
+        // became never knew the new learner).
+        let conf_through = self.node.store().conf_index().unwrap_or(self.skip_through);
         let batch = Batch {
             entries: &entries,
             held_through: self.skip_through,
+            conf_through,
             compacted: self.node.store().latest_snapshot().get_metadata().index,
             show: self.emit_applied,
         };
+        let recovering = self.recovering.is_some();
+        let store = self.node.store().store().clone();
         let (node, snapshot_due) = (&mut self.node, &mut self.snapshot_due);
         let (members, incarnations, me) = (&self.members, &self.incarnations, &self.me);
         let (my_id, store_id) = (self.my_id, self.store_id);
@@ -2322,7 +2328,7 @@ impl<M: StateMachine> RaftCore<M> {
                 RaftCoreError::Snapshot(format!("conf change at {}: {err}", e.index))
             })?;
             let cs = node.apply_conf_change(&cc)?;
-            node.store().stage_conf_state(tx, &cs)?;
+            node.store().stage_conf_state(tx, &cs, e.index)?;
             // A replacement made for this very store (its context names the
             // store id the leader heard from it): its new identity never
             // voted, so the old one's fence goes with it, in this commit.
@@ -2344,10 +2350,34 @@ impl<M: StateMachine> RaftCore<M> {
                     );
                 }
             }
-            conf = Some(cs);
+            conf = Some((cs, e.index));
             *snapshot_due = true;
             Ok(())
         };
+        if recovering {
+            // The snapshot asked for starts at this follower's last log
+            // index or later: it carries these entries' rows. Their
+            // configuration changes still go to raft-rs, one commit each.
+            for e in entries.iter().filter(|e| {
+                e.entry_type == raft::eraftpb::EntryType::EntryConfChangeV2
+                    && e.index > conf_through
+            }) {
+                let tx = store.begin_write()?;
+                on_conf(&tx, e)?;
+                tx.commit().map_err(|err| store.redb(err))?;
+            }
+            if let Some((cs, index)) = conf {
+                self.node.mut_store().note_conf_state(&cs, index);
+            }
+            if let Some(id) = adopted {
+                tracing::warn!(
+                    incarnation = self.incarnations[&id],
+                    "replaced: rebuilding under the new Raft identity (its vote fence lifted)"
+                );
+                self.reincarnated = true;
+            }
+            return Ok(());
+        }
         let decided = self.machine.apply(batch, &mut on_conf)?;
         metrics::counter!("bulwark_raft_applied_batches_total", "facility" => self.me.to_string())
             .increment(1);
@@ -2356,8 +2386,8 @@ impl<M: StateMachine> RaftCore<M> {
             entries.len(),
             "the state machine decides every entry of a batch, in order"
         );
-        if let Some(cs) = conf {
-            self.node.mut_store().note_conf_state(&cs);
+        if let Some((cs, index)) = conf {
+            self.node.mut_store().note_conf_state(&cs, index);
         }
         if let Some(id) = adopted {
             tracing::warn!(

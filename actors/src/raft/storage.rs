@@ -27,6 +27,9 @@ use crate::plant::Bug;
 
 const KEY_HARD_STATE: &str = "hard_state";
 const KEY_CONF_STATE: &str = "conf_state";
+/// The log index of the last configuration change the stored
+/// configuration holds (absent in stores written before it was kept).
+const KEY_CONF_INDEX: &str = "conf_index";
 const KEY_SNAPSHOT: &str = "snapshot";
 const KEY_INCARNATION: &str = "incarnation";
 const KEY_FENCE: &str = "vote_fence";
@@ -68,6 +71,8 @@ pub struct RaftStore {
     store: Store,
     hard_state: HardState,
     conf_state: ConfState,
+    /// See [`RaftStore::conf_index`].
+    conf_index: Option<u64>,
     snapshot: Snapshot,
     /// Entries after the snapshot, contiguous: `entries[i].index ==
     /// snapshot index + 1 + i`.
@@ -105,7 +110,7 @@ impl RaftStore {
             path: store.path().to_path_buf(),
             reason,
         };
-        let (hs, cs, snap, log) = {
+        let (hs, cs, conf_index, snap, log) = {
             let tx = store.database().begin_read().map_err(|e| store.redb(e))?;
             let meta = tx.open_table(RAFT_META).map_err(|e| store.redb(e))?;
             let read = |key: &'static str| -> Result<Option<Vec<u8>>, StorageError> {
@@ -122,6 +127,11 @@ impl RaftStore {
             let cs: Option<WireConfState> = read(KEY_CONF_STATE)?
                 .map(|b| {
                     codec::decode(&b).map_err(|e| store.codec_error("raft_meta", KEY_CONF_STATE, e))
+                })
+                .transpose()?;
+            let conf_index: Option<u64> = read(KEY_CONF_INDEX)?
+                .map(|b| {
+                    codec::decode(&b).map_err(|e| store.codec_error("raft_meta", KEY_CONF_INDEX, e))
                 })
                 .transpose()?;
             let snap: Option<WireSnapshot> = read(KEY_SNAPSHOT)?
@@ -144,7 +154,7 @@ impl RaftStore {
                 }
                 log.push(w);
             }
-            (hs, cs, snap, log)
+            (hs, cs, conf_index, snap, log)
         };
         let empty = hs.is_none() && cs.is_none() && snap.is_none() && log.is_empty();
         let snapshot = match &snap {
@@ -177,6 +187,7 @@ impl RaftStore {
                     .map_err(|e| corrupt(format!("conf state: {e}")))?,
                 None => snapshot.get_metadata().get_conf_state().clone(),
             },
+            conf_index,
             snapshot,
             entries,
             store,
@@ -196,7 +207,7 @@ impl RaftStore {
                 }
                 let mut cs = ConfState::default();
                 cs.voters = voters.to_vec();
-                rs.set_conf_state(&cs)?;
+                rs.set_conf_state(&cs, 0)?;
             }
         }
         rs.check()?;
@@ -533,35 +544,51 @@ impl RaftStore {
         self.persist(&[], Some(&hs))
     }
 
-    /// Durably records the configuration.
-    pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StorageError> {
+    /// Durably records the configuration, as it stands after the
+    /// configuration change at log index `index` (0: the bootstrap set).
+    pub fn set_conf_state(&mut self, cs: &ConfState, index: u64) -> Result<(), StorageError> {
         let tx = self.store.begin_write()?;
-        self.stage_conf_state(&tx, cs)?;
+        self.stage_conf_state(&tx, cs, index)?;
         tx.commit().map_err(|e| self.store.redb(e))?;
-        self.conf_state = cs.clone();
+        self.note_conf_state(cs, index);
         Ok(())
     }
 
-    /// Writes the configuration in `tx` (the replica's batch that applies
-    /// the change); [`RaftStore::note_conf_state`] after it commits.
+    /// Writes the configuration as the change at log index `index` left
+    /// it, in `tx` (the replica's batch that applies the change);
+    /// [`RaftStore::note_conf_state`] after it commits.
     pub fn stage_conf_state(
         &self,
         tx: &redb::WriteTransaction,
         cs: &ConfState,
+        index: u64,
     ) -> Result<(), StorageError> {
         let s = &self.store;
         let bytes = codec::encode(&WireConfState::from_raft(cs))
             .map_err(|err| s.codec_error("raft_meta", KEY_CONF_STATE, err))?;
+        let at =
+            codec::encode(&index).map_err(|err| s.codec_error("raft_meta", KEY_CONF_INDEX, err))?;
         let mut meta = tx.open_table(RAFT_META).map_err(|e| s.redb(e))?;
         meta.insert(KEY_CONF_STATE, bytes.as_slice())
+            .map_err(|e| s.redb(e))?;
+        meta.insert(KEY_CONF_INDEX, at.as_slice())
             .map_err(|e| s.redb(e))?;
         Ok(())
     }
 
     /// The configuration staged by [`RaftStore::stage_conf_state`] is
     /// committed.
-    pub fn note_conf_state(&mut self, cs: &ConfState) {
+    pub fn note_conf_state(&mut self, cs: &ConfState, index: u64) {
         self.conf_state = cs.clone();
+        self.conf_index = Some(index);
+    }
+
+    /// The log index of the last configuration change the configuration
+    /// holds: raft-rs took every change up to it (a later one, even in an
+    /// entry the replica already holds, still has to reach raft-rs).
+    /// `None` for a store written before this was kept.
+    pub fn conf_index(&self) -> Option<u64> {
+        self.conf_index
     }
 
     /// The index raft-rs last asked a snapshot for and was not given.
@@ -593,7 +620,7 @@ impl RaftStore {
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(m.index);
         hs.term = hs.term.max(m.term);
-        self.write_snapshot(snap, .., &hs)?;
+        self.write_snapshot(snap, .., &hs, Some(m.index))?;
         self.entries.clear();
         self.log_bytes = 0;
         self.hard_state = hs;
@@ -624,7 +651,7 @@ impl RaftStore {
         let hs = self.hard_state.clone();
         // Counted before the snapshot moves `first()`.
         let drop_n = (index + 1 - self.first()) as usize;
-        self.write_snapshot(&snap, ..=index, &hs)?;
+        self.write_snapshot(&snap, ..=index, &hs, None)?;
         self.entries.drain(..drop_n);
         self.recount();
         Ok(())
@@ -635,6 +662,7 @@ impl RaftStore {
         snap: &Snapshot,
         delete: impl std::ops::RangeBounds<u64> + 'static,
         hs: &HardState,
+        conf_index: Option<u64>,
     ) -> Result<(), StorageError> {
         let s = &self.store;
         let wire = WireSnapshot::from_raft(snap);
@@ -656,10 +684,19 @@ impl RaftStore {
                 .map_err(|e| s.redb(e))?;
             meta.insert(KEY_HARD_STATE, hs_bytes.as_slice())
                 .map_err(|e| s.redb(e))?;
+            if let Some(at) = conf_index {
+                let at = codec::encode(&at)
+                    .map_err(|err| s.codec_error("raft_meta", KEY_CONF_INDEX, err))?;
+                meta.insert(KEY_CONF_INDEX, at.as_slice())
+                    .map_err(|e| s.redb(e))?;
+            }
         }
         tx.commit().map_err(|e| s.redb(e))?;
         self.snapshot = snap.clone();
         self.conf_state = snap.get_metadata().get_conf_state().clone();
+        if conf_index.is_some() {
+            self.conf_index = conf_index;
+        }
         Ok(())
     }
 }

@@ -148,6 +148,9 @@ impl ScheduleMachine {
                 // an entry an installed snapshot carried, with no verdict
                 // recorded here, is not shown (as raft-rs shows none of
                 // the entries a snapshot replaces).
+                if e.entry_type == EntryType::EntryConfChangeV2 && e.index > batch.conf_through {
+                    conf(&tx, e)?;
+                }
                 if batch.show {
                     d.shown = match e.entry_type {
                         EntryType::EntryNormal => match r.verdict_at(e.index)? {
@@ -246,7 +249,9 @@ impl ScheduleMachine {
                     }
                 }
                 EntryType::EntryConfChangeV2 => {
-                    conf(&tx, e)?;
+                    if e.index > batch.conf_through {
+                        conf(&tx, e)?;
+                    }
                     d.shown = batch.show.then(Shown::skipped);
                 }
                 EntryType::EntryConfChange => {

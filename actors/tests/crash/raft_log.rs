@@ -25,6 +25,8 @@ type Hs = (u64, u64, u64);
 pub struct Model {
     hard_state: Hs,
     voters: Vec<u64>,
+    /// The index of the change the configuration holds.
+    conf_index: Option<u64>,
     /// (index, term, voters, data).
     snapshot: (u64, u64, Vec<u64>, Vec<u8>),
     /// (index, term, data), contiguous after the snapshot.
@@ -60,8 +62,8 @@ pub enum Op {
     },
     /// `set_commit`, with the hard state it writes.
     SetCommit { hard_state: Hs },
-    /// `set_conf_state`.
-    SetConfState { voters: Vec<u64> },
+    /// `set_conf_state`, as the change at `index` left it.
+    SetConfState { voters: Vec<u64>, index: u64 },
     /// `compact_to(index, cs)` (`data` stays empty).
     CompactTo {
         index: u64,
@@ -139,6 +141,7 @@ fn random_op(rng: &mut ChaCha8Rng, m: &Model) -> Op {
         },
         12..=13 => Op::SetConfState {
             voters: voters(rng),
+            index: m.last(),
         },
         14..=15 if commit > m.snapshot.0 => {
             let index = rng.random_range(m.snapshot.0 + 1..=commit);
@@ -180,7 +183,10 @@ fn apply_model(m: &mut Model, op: &Op) {
             }
         }
         Op::SetCommit { hard_state } => m.hard_state = *hard_state,
-        Op::SetConfState { voters } => m.voters = voters.clone(),
+        Op::SetConfState { voters, index } => {
+            m.voters = voters.clone();
+            m.conf_index = Some(*index);
+        }
         Op::CompactTo {
             index,
             term,
@@ -204,6 +210,7 @@ fn apply_model(m: &mut Model, op: &Op) {
             m.entries.clear();
             m.snapshot = (*index, *term, voters.clone(), data.clone());
             m.voters = voters.clone();
+            m.conf_index = Some(*index);
             m.hard_state = *hard_state;
         }
         Op::Reopen => m.incarnation += 1,
@@ -261,6 +268,7 @@ impl Subject for RaftLog {
         Model {
             hard_state: (0, 0, 0),
             voters: BOOTSTRAP.to_vec(),
+            conf_index: Some(0),
             snapshot: (0, 0, Vec::new(), Vec::new()),
             entries: Vec::new(),
             incarnation: 1,
@@ -300,7 +308,7 @@ impl Subject for RaftLog {
                 rs.persist(&ents, hs.as_ref().map(hard_state).as_ref())
             }
             Op::SetCommit { hard_state } => rs.set_commit(hard_state.2),
-            Op::SetConfState { voters } => rs.set_conf_state(&conf_state(voters)),
+            Op::SetConfState { voters, index } => rs.set_conf_state(&conf_state(voters), *index),
             Op::CompactTo { index, voters, .. } => rs.compact_to(*index, &conf_state(voters)),
             Op::ApplySnapshot {
                 index,
@@ -344,6 +352,7 @@ fn model_of(rs: &RaftStore) -> Model {
     Model {
         hard_state: (hs.term, hs.vote, hs.commit),
         voters: rs.conf_state().voters.clone(),
+        conf_index: rs.conf_index(),
         snapshot: (
             meta.index,
             meta.term,

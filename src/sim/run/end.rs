@@ -262,6 +262,10 @@ impl Run<'_> {
         for _ in 0..self.plan.converge_ms / POLL_MS {
             match self.final_reads(&acked).await {
                 Ok(seen) if seen.iter().all(|s| s.1 == seen[0].1) => {
+                    // What that log chained is final everywhere before the
+                    // ledgers are compared (entries applied since the last
+                    // wait, a reconciliation's, may still be certifying).
+                    self.wait_final().await?;
                     return self.judge_end(&seen);
                 }
                 Ok(seen) => {
@@ -353,7 +357,12 @@ impl Run<'_> {
                 Some(r) if *r != raw => {
                     return Err(self.fail(Violation::new(
                         Invariant::FinalLedger,
-                        format!("honest ledgers differ at the end ({f})"),
+                        format!(
+                            "honest ledgers differ at the end ({f}: {} rows, the first honest {}; first difference at height {:?})",
+                            raw.len(),
+                            r.len(),
+                            r.iter().zip(&raw).position(|(a, b)| a != b).map(|k| k + 1)
+                        ),
                     )))
                 }
                 Some(_) => {}
