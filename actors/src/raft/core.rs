@@ -405,7 +405,8 @@ impl<M: StateMachine> RaftCore<M> {
             Err(e) if e.is_injected() => return Err(e.into()),
             Err(e) => Err(e.to_string()),
         };
-        let (rs, empty) = RaftStore::open(store.clone(), bootstrap.then_some(voters.as_slice()))?;
+        let (mut rs, empty) =
+            RaftStore::open(store.clone(), bootstrap.then_some(voters.as_slice()))?;
         let incarnation = rs.incarnation();
         if empty && start == ClusterState::Existing && fresh_store {
             // Joining with a store made by this start: it may be a lost one.
@@ -499,6 +500,14 @@ impl<M: StateMachine> RaftCore<M> {
         let mut skip_through = machine.applied();
         if skip_through > 0 && crate::plant::active(Bug::SnapshotIndexPlusOne) {
             skip_through += 1;
+        }
+        // A store from before the configuration's index was kept: its
+        // configuration holds every change the replica applied (both were
+        // written in one transaction). Unknown when the replica was emptied:
+        // then changes reach raft-rs as they did before (`apply`).
+        if rs.conf_index().is_none() && recovering.is_none() && machine.applied() > 0 {
+            let cs = rs.conf_state().clone();
+            rs.set_conf_state(&cs, machine.applied())?;
         }
         let cfg = config.to_raft(my_id, snap_index);
         let node = RawNode::new(&cfg, rs, logger)?;
@@ -1299,9 +1308,9 @@ impl<M: StateMachine> RaftCore<M> {
                 return Ok(());
             }
         }
-        if let Some(r) = self.recovering.take() {
+        let recovered = self.recovering.take().inspect(|r| {
             tracing::warn!(index = inc.desc.index, reason = %r.reason, "replica taken again from the leader's snapshot");
-        }
+        }).is_some();
         let secs = inc.started.elapsed().as_secs_f64();
         metrics::counter!("bulwark_snapshot_installed_total", "facility" => self.me.to_string())
             .increment(1);
@@ -1310,6 +1319,27 @@ impl<M: StateMachine> RaftCore<M> {
         match self.node.step(inc.msg) {
             Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => {}
             Err(e) => tracing::debug!(%from, error = %e, "step refused"),
+        }
+        // Entries raft-rs handed out while the replica waited (it forgets
+        // the request for a snapshot when this facility campaigns, and then
+        // takes appends; `apply` skipped them): those past the snapshot are
+        // applied now, from the log (not compacted while recovering), or
+        // the replica would lack them for good.
+        let (next, handed) = (self.machine.applied() + 1, self.node.raft.raft_log.applied);
+        if recovered && handed >= next {
+            let entries = raft::Storage::entries(
+                self.node.store(),
+                next,
+                handed + 1,
+                None,
+                raft::GetEntriesContext::empty(false),
+            )?;
+            tracing::warn!(
+                from = next,
+                through = handed,
+                "applying the entries handed out while the replica waited for its snapshot"
+            );
+            self.apply(entries)?;
         }
         Ok(())
     }
@@ -2314,7 +2344,12 @@ impl<M: StateMachine> RaftCore<M> {
             compacted: self.node.store().latest_snapshot().get_metadata().index,
             show: self.emit_applied,
         };
-        let recovering = self.recovering.is_some();
+        // While the replica waits for a snapshot, only changes past a known
+        // point (a store from before it was kept skips them, as before).
+        let recovering = self
+            .recovering
+            .is_some()
+            .then(|| self.node.store().conf_index());
         let store = self.node.store().store().clone();
         let (node, snapshot_due) = (&mut self.node, &mut self.snapshot_due);
         let (members, incarnations, me) = (&self.members, &self.incarnations, &self.me);
@@ -2354,13 +2389,13 @@ impl<M: StateMachine> RaftCore<M> {
             *snapshot_due = true;
             Ok(())
         };
-        if recovering {
-            // The snapshot asked for starts at this follower's last log
-            // index or later: it carries these entries' rows. Their
-            // configuration changes still go to raft-rs, one commit each.
+        if let Some(known) = recovering {
+            // The replica takes these entries' rows from the snapshot it
+            // waits for, or from the log once it is in (`on_chunk`). Their
+            // configuration changes go to raft-rs now, one commit each.
             for e in entries.iter().filter(|e| {
                 e.entry_type == raft::eraftpb::EntryType::EntryConfChangeV2
-                    && e.index > conf_through
+                    && known.is_some_and(|k| e.index > k)
             }) {
                 let tx = store.begin_write()?;
                 on_conf(&tx, e)?;
