@@ -884,8 +884,9 @@ fn a_configuration_change_in_an_entry_a_snapshot_carried_still_takes_effect() {
 /// (raft-rs does when it campaigns) and take appends, which raft-rs hands
 /// out while the replica skips them; it still ends with every entry. (Here
 /// the fetch starts over, and the snapshot taken is newer than what raft-rs
-/// handed out. Had it been older, `RaftCore::on_chunk` applies the entries
-/// between from the log; this run does not reach that case.)
+/// handed out: the source dropped the one first fetched. Had it been
+/// older, `RaftCore::on_chunk` applies the entries between from the log;
+/// this run does not reach that case.)
 #[test]
 fn entries_handed_out_while_a_replica_waits_for_its_snapshot_are_applied_after_it() {
     let mut c = Cluster::new();
@@ -950,16 +951,27 @@ fn entries_handed_out_while_a_replica_waits_for_its_snapshot_are_applied_after_i
                 _ => false,
             }
     }));
+    let term = c.cores[&ch].term();
     for _ in 0..60 {
+        if c.cores[&ch].term() > term && c.leader().is_some() {
+            break;
+        }
         c.tick();
     }
+    assert!(c.cores[&ch].term() > term, "charlie never campaigned");
     c.down.clear();
     // Everything but the chunks comes through again: appends go on.
     c.lose = Some(Box::new(|_, to, msg| {
         *to == f("charlie") && matches!(msg, RaftWire::SnapshotChunk { .. })
     }));
-    elect(&mut c);
-    for _ in 0..30 {
+    // (Elected while recovering, charlie hands leadership over.)
+    for _ in 0..100 {
+        if c.leader().is_some_and(|l| l != ch) {
+            break;
+        }
+        c.tick();
+    }
+    for _ in 0..10 {
         let at = c.leader().unwrap();
         c.put(&at, id);
         id += 1;
