@@ -51,7 +51,7 @@
 //! durable: a vote is on disk before it leaves. Final entries count as
 //! final here (status, waiters, what is served) once written. The Raft
 //! peer's durable commits wake the validator (`Synced`); if none has
-//! covered the oldest waiting vote within [`VOTE_SYNC_WAIT`] (an idle
+//! covered the oldest staged write still waiting within [`VOTE_SYNC_WAIT`] (an idle
 //! cluster), the validator makes one itself. Under a steady load the Raft
 //! peer persists well within it, so a vote costs no fsync of its own; an
 //! idle cluster's last votes leave within it. A crash loses only staged writes whose votes never
