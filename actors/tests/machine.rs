@@ -1000,3 +1000,67 @@ fn entries_handed_out_while_a_replica_waits_for_its_snapshot_are_applied_after_i
         views[0].len()
     );
 }
+
+/// A facility replaced twice in a row keeps the first replacement while
+/// its store takes it: the second is refused a moment after the first
+/// (the store may hold the change in its log, about to learn it
+/// committed), and refused once the store runs it (it is catching up).
+/// Replacing it then would cut the store off before it learned of its
+/// own removal, and it would never take the second (simulation seed
+/// 4560).
+#[test]
+fn a_replacement_being_taken_is_not_replaced_again() {
+    use bulwark_actors::raft::MemberChange;
+    let mut c = Cluster::new();
+    elect(&mut c);
+    let (a, ch) = (f("alpha"), f("charlie"));
+    for id in 0..10 {
+        c.put(&a, id);
+        c.tick();
+    }
+    settle(&mut c);
+    let replace = |c: &mut Cluster| {
+        let r = c
+            .cores
+            .get_mut(&a)
+            .unwrap()
+            .change_member(&ch, MemberChange::Replace);
+        c.collect(&a);
+        r
+    };
+    replace(&mut c).expect("the first replacement");
+    c.tick();
+    let again = replace(&mut c).expect_err("replaced again a moment later");
+    assert!(again.contains("a moment ago"), "{again}");
+    for _ in 0..40 {
+        c.tick();
+    }
+    assert_eq!(
+        c.cores[&ch].incarnation(),
+        1,
+        "charlie took its new identity"
+    );
+    let again = replace(&mut c).expect_err("replaced again while catching up");
+    assert!(again.contains("catching up"), "{again}");
+    // Promoted, it is a voter under its new identity.
+    for _ in 0..100 {
+        let l = c.leader().unwrap();
+        let r = c
+            .cores
+            .get_mut(&l)
+            .unwrap()
+            .change_member(&ch, MemberChange::Promote);
+        c.collect(&l);
+        if r.is_ok() {
+            break;
+        }
+        c.tick();
+    }
+    settle(&mut c);
+    let view = c.cores[&c.leader().unwrap()].members_view();
+    assert!(
+        view.iter()
+            .any(|m| m.facility == ch && m.incarnation == 1 && m.role == "voter"),
+        "{view:?}"
+    );
+}

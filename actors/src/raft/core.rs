@@ -151,6 +151,8 @@ pub struct RaftCore<M: StateMachine> {
     /// An applied configuration names a newer incarnation of this
     /// facility: the actor rebuilds the core under it.
     reincarnated: bool,
+    /// This core's tick when it last applied a configuration change.
+    conf_applied_tick: u64,
     machine: M,
     /// Entries at or before this index are not applied again (the machine
     /// holds them); see [`RaftCore::open`].
@@ -518,6 +520,7 @@ impl<M: StateMachine> RaftCore<M> {
             members,
             incarnations,
             reincarnated: false,
+            conf_applied_tick: 0,
             machine,
             skip_through,
             recovering,
@@ -1905,6 +1908,29 @@ impl<M: StateMachine> RaftCore<M> {
                 let again = replacing
                     .filter(|l| self.members.get(*l) == Some(f))
                     .copied();
+                // Unless the store it was made for took it (it announces
+                // itself under it): that one is catching up, and replacing
+                // it would cut it off before it learned of its own removal
+                // (seed 4560: asked twice, the second replacement removed
+                // the first after the store had taken it, and the store,
+                // no longer sent anything, never took the second).
+                if let Some(l) = again.filter(|l| self.peers.announced.contains_key(l)) {
+                    return Err(format!(
+                        "{f}'s replacement (incarnation {}) runs and is catching up: promote it \
+                         once caught up (bulwark member list)",
+                        self.incarnations.get(&l).copied().unwrap_or(0)
+                    ));
+                }
+                // Nor one made a moment ago: its store may have it in its
+                // log and be about to learn it committed (asked twice in a
+                // row, the second would cut the store off mid-way).
+                let grace = 2 * self.config.election_ticks as u64;
+                if again.is_some() && self.ticks < self.conf_applied_tick + grace {
+                    return Err(format!(
+                        "{f} was replaced a moment ago; its store is taking the new identity: \
+                         try again shortly (bulwark member list)"
+                    ));
+                }
                 if let Some(l) = replacing.filter(|_| again.is_none()) {
                     let who = self
                         .members
@@ -2403,6 +2429,7 @@ impl<M: StateMachine> RaftCore<M> {
             }
             if let Some((cs, index)) = conf {
                 self.node.mut_store().note_conf_state(&cs, index);
+                self.conf_applied_tick = self.ticks;
             }
             if let Some(id) = adopted {
                 tracing::warn!(
@@ -2423,6 +2450,7 @@ impl<M: StateMachine> RaftCore<M> {
         );
         if let Some((cs, index)) = conf {
             self.node.mut_store().note_conf_state(&cs, index);
+            self.conf_applied_tick = self.ticks;
         }
         if let Some(id) = adopted {
             tracing::warn!(
