@@ -2427,17 +2427,7 @@ impl<M: StateMachine> RaftCore<M> {
                 on_conf(&tx, e)?;
                 tx.commit().map_err(|err| store.redb(err))?;
             }
-            if let Some((cs, index)) = conf {
-                self.node.mut_store().note_conf_state(&cs, index);
-                self.conf_applied_tick = self.ticks;
-            }
-            if let Some(id) = adopted {
-                tracing::warn!(
-                    incarnation = self.incarnations[&id],
-                    "replaced: rebuilding under the new Raft identity (its vote fence lifted)"
-                );
-                self.reincarnated = true;
-            }
+            self.took_conf(conf, adopted);
             return Ok(());
         }
         let decided = self.machine.apply(batch, &mut on_conf)?;
@@ -2448,17 +2438,7 @@ impl<M: StateMachine> RaftCore<M> {
             entries.len(),
             "the state machine decides every entry of a batch, in order"
         );
-        if let Some((cs, index)) = conf {
-            self.node.mut_store().note_conf_state(&cs, index);
-            self.conf_applied_tick = self.ticks;
-        }
-        if let Some(id) = adopted {
-            tracing::warn!(
-                incarnation = self.incarnations[&id],
-                "replaced: rebuilding under the new Raft identity (its vote fence lifted)"
-            );
-            self.reincarnated = true;
-        }
+        self.took_conf(conf, adopted);
         for (e, d) in entries.iter().zip(decided) {
             self.answer(e.index, &d);
             let Some(shown) = d.shown else {
@@ -2481,6 +2461,23 @@ impl<M: StateMachine> RaftCore<M> {
             })));
         }
         Ok(())
+    }
+
+    /// After a commit that applied configuration changes: the configuration
+    /// as it now stands (and the index of its last change), and the new
+    /// identity if one was made for this store.
+    fn took_conf(&mut self, conf: Option<(raft::eraftpb::ConfState, u64)>, adopted: Option<u64>) {
+        if let Some((cs, index)) = conf {
+            self.node.mut_store().note_conf_state(&cs, index);
+            self.conf_applied_tick = self.ticks;
+        }
+        if let Some(id) = adopted {
+            tracing::warn!(
+                incarnation = self.incarnations[&id],
+                "replaced: rebuilding under the new Raft identity (its vote fence lifted)"
+            );
+            self.reincarnated = true;
+        }
     }
 
     /// Answers our own proposal that `d` decided. Ours if the origin, the
