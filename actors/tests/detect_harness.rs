@@ -97,8 +97,27 @@ async fn measure(suspect_phi: f64, down_phi: f64, pause_ms: f64, hours: u64, see
     }
 }
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn detection_time_and_false_suspicions_by_threshold() {
+/// `measure` on its own thread and its own paused runtime: the thresholds
+/// run side by side (each run is as deterministic as alone).
+fn measure_apart(
+    suspect_phi: f64,
+    down_phi: f64,
+    pause_ms: f64,
+    hours: u64,
+    seed: u64,
+) -> std::thread::JoinHandle<Figures> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+            .block_on(measure(suspect_phi, down_phi, pause_ms, hours, seed))
+    })
+}
+
+#[test]
+fn detection_time_and_false_suspicions_by_threshold() {
     let hours = std::env::var("BULWARK_DETECT_HOURS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -110,9 +129,14 @@ async fn detection_time_and_false_suspicions_by_threshold() {
         .map(|s| s.split(',').filter_map(|p| p.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![PhiConfig::default().acceptable_pause_ms]);
     for pause in pauses {
+        let thresholds = [(4.0, 8.0), (8.0, 16.0), (12.0, 24.0)];
+        let runs: Vec<_> = thresholds
+            .iter()
+            .map(|&(s, d)| measure_apart(s, d, pause, hours, 17))
+            .collect();
         let mut rows = Vec::new();
-        for (s, d) in [(4.0, 8.0), (8.0, 16.0), (12.0, 24.0)] {
-            let f = measure(s, d, pause, hours, 17).await;
+        for ((s, d), run) in thresholds.into_iter().zip(runs) {
+            let f = run.join().expect("measure");
             eprintln!(
                 "pause {pause:>5} ms, suspect φ {s:>4} / down φ {d:>4}: crash to suspect {:>5} ms, to down {:>5} ms; false suspicions {:.1}/hour over {hours} h",
                 f.crash_to_suspect.as_millis(),
