@@ -99,74 +99,108 @@ fn every_finding_is_measured(r: &Report) {
     }
 }
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn every_experiment_runs_in_the_harness_and_reports_from_measurements() {
+/// Runs the future `make` builds on a thread of its own, on a
+/// current-thread runtime with paused (virtual) time: independent harness
+/// runs side by side, each as deterministic as alone.
+fn on_paused_thread<F, M>(make: M) -> std::thread::JoinHandle<F::Output>
+where
+    M: FnOnce() -> F + Send + 'static,
+    F: std::future::Future,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a current-thread runtime")
+            .block_on(make())
+    })
+}
+
+/// The experiments run side by side, each on its own paused runtime.
+#[test]
+fn every_experiment_runs_in_the_harness_and_reports_from_measurements() {
     // CHAOS_EXPERIMENT=<part of a file name> runs only the matching ones.
     let only = std::env::var("CHAOS_EXPERIMENT").ok();
-    for (k, file) in experiments().into_iter().enumerate() {
-        if only
-            .as_deref()
-            .is_some_and(|o| !file.to_string_lossy().contains(o))
-        {
-            continue;
-        }
-        let exp = load_experiment(&file).unwrap();
-        let (c, t) = cluster(100 + k as u64, |_| {}).await;
-        staff(&t, true).await;
-        let report = Agent::new(t.clone(), exp.clone(), format!("run{k}"))
-            .run()
-            .await;
-        println!("{}\n{}", file.display(), report.render_text());
-        assert!(
-            !matches!(report.verdict, Verdict::Refused(_)),
-            "{}: {:?}",
-            exp.name,
-            report.verdict
-        );
-        for phase in Phase::ALL {
-            let m = report.phase(phase).expect("every phase measured");
-            assert!(m.probes > 0, "{} {phase:?}: no probes", exp.name);
-        }
-        assert!(report.heatmap.samples.len() >= 10, "{}", exp.name);
-        assert!(
-            report.observations.iter().any(|o| o.contains("started")),
-            "{}",
-            exp.name
-        );
-        assert_eq!(
-            report.rollback.confirmed.len(),
-            3,
-            "{}: rollback {:?}",
-            exp.name,
-            report.rollback
-        );
-        every_finding_is_measured(&report);
-        let svg = report.heatmap.render_svg(&exp.name);
-        assert!(
-            svg.starts_with("<svg") && svg.contains("/api"),
-            "{}",
-            exp.name
-        );
-        // Nothing is held anywhere after the run.
-        for i in 0..3 {
-            let r = t
-                .call(
-                    i,
-                    ChaosCall {
-                        method: axum::http::Method::GET,
-                        path: "/v1/admin/chaos".into(),
-                        body: None,
-                        key: None,
-                    },
-                )
-                .await;
-            assert_eq!(r.status, 200);
-            assert_eq!(r.body["rules"], json!([]), "{}", exp.name);
-            assert_eq!(r.body["skew_ms"], json!(0), "{}", exp.name);
-            assert_eq!(r.body["disk_latency_ms"], json!(0), "{}", exp.name);
-        }
-        c.shutdown().await;
+    let runs: Vec<_> = experiments()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, file)| {
+            only.as_deref()
+                .is_none_or(|o| file.to_string_lossy().contains(o))
+        })
+        .map(|(k, file)| on_paused_thread(move || run_experiment(k, file)))
+        .collect();
+    let failed = runs
+        .into_iter()
+        .map(|r| r.join())
+        .filter(Result::is_err)
+        .count();
+    assert_eq!(
+        failed, 0,
+        "{failed} experiments failed (their panics above)"
+    );
+}
+
+/// Runs the `k`th experiment and checks its report.
+async fn run_experiment(k: usize, file: PathBuf) {
+    let exp = load_experiment(&file).unwrap();
+    let (c, t) = cluster(100 + k as u64, |_| {}).await;
+    staff(&t, true).await;
+    let report = Agent::new(t.clone(), exp.clone(), format!("run{k}"))
+        .run()
+        .await;
+    println!("{}\n{}", file.display(), report.render_text());
+    assert!(
+        !matches!(report.verdict, Verdict::Refused(_)),
+        "{}: {:?}",
+        exp.name,
+        report.verdict
+    );
+    for phase in Phase::ALL {
+        let m = report.phase(phase).expect("every phase measured");
+        assert!(m.probes > 0, "{} {phase:?}: no probes", exp.name);
     }
+    assert!(report.heatmap.samples.len() >= 10, "{}", exp.name);
+    assert!(
+        report.observations.iter().any(|o| o.contains("started")),
+        "{}",
+        exp.name
+    );
+    assert_eq!(
+        report.rollback.confirmed.len(),
+        3,
+        "{}: rollback {:?}",
+        exp.name,
+        report.rollback
+    );
+    every_finding_is_measured(&report);
+    let svg = report.heatmap.render_svg(&exp.name);
+    assert!(
+        svg.starts_with("<svg") && svg.contains("/api"),
+        "{}",
+        exp.name
+    );
+    // Nothing is held anywhere after the run.
+    for i in 0..3 {
+        let r = t
+            .call(
+                i,
+                ChaosCall {
+                    method: axum::http::Method::GET,
+                    path: "/v1/admin/chaos".into(),
+                    body: None,
+                    key: None,
+                },
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body["rules"], json!([]), "{}", exp.name);
+        assert_eq!(r.body["skew_ms"], json!(0), "{}", exp.name);
+        assert_eq!(r.body["disk_latency_ms"], json!(0), "{}", exp.name);
+    }
+    c.shutdown().await;
 }
 
 fn operator_without_reserve(concurrency: u32) -> Pools {

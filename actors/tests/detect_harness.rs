@@ -14,7 +14,7 @@ use bulwark_actors::detect::{
 };
 use bulwark_runtime::Harness;
 use bulwark_transport::{FacilityId, FaultRule, Selector, TrafficClass};
-use support::harness_id;
+use support::{harness_id, on_paused_thread};
 use tokio::sync::broadcast::error::TryRecvError;
 
 struct Figures {
@@ -97,25 +97,6 @@ async fn measure(suspect_phi: f64, down_phi: f64, pause_ms: f64, hours: u64, see
     }
 }
 
-/// `measure` on its own thread and its own paused runtime: the thresholds
-/// run side by side (each run is as deterministic as alone).
-fn measure_apart(
-    suspect_phi: f64,
-    down_phi: f64,
-    pause_ms: f64,
-    hours: u64,
-    seed: u64,
-) -> std::thread::JoinHandle<Figures> {
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("runtime")
-            .block_on(measure(suspect_phi, down_phi, pause_ms, hours, seed))
-    })
-}
-
 #[test]
 fn detection_time_and_false_suspicions_by_threshold() {
     let hours = std::env::var("BULWARK_DETECT_HOURS")
@@ -132,7 +113,7 @@ fn detection_time_and_false_suspicions_by_threshold() {
         let thresholds = [(4.0, 8.0), (8.0, 16.0), (12.0, 24.0)];
         let runs: Vec<_> = thresholds
             .iter()
-            .map(|&(s, d)| measure_apart(s, d, pause, hours, 17))
+            .map(|&(s, d)| on_paused_thread(move || measure(s, d, pause, hours, 17)))
             .collect();
         let mut rows = Vec::new();
         for ((s, d), run) in thresholds.into_iter().zip(runs) {

@@ -584,3 +584,23 @@ pub fn committed(o: &ProposeOutcome) -> u64 {
         other => panic!("expected a commit, got {other:?}"),
     }
 }
+
+/// Runs the future `make` builds on a thread of its own, on a
+/// current-thread runtime with paused (virtual) time: independent harness
+/// runs side by side, each as deterministic as alone. Join the handle for
+/// the output (a panic inside comes back as `Err`).
+pub fn on_paused_thread<F, M>(make: M) -> std::thread::JoinHandle<F::Output>
+where
+    M: FnOnce() -> F + Send + 'static,
+    F: std::future::Future,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a current-thread runtime")
+            .block_on(make())
+    })
+}
