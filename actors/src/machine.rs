@@ -212,6 +212,16 @@ pub trait StateMachine: Sized + Send + Sync + 'static {
         now_unix_ms: u64,
     ) -> Result<Vec<u8>, String>;
 
+    /// Whether `f` may propose under the applied state (a machine whose
+    /// proposals are signed: `f` holds a key of the set in force; with
+    /// `f` this facility, one its keyring holds). A leader that may not
+    /// hands leadership to a voter that may, so client writes through it
+    /// are taken. Default: every facility may.
+    fn proposes(&self, f: &FacilityId) -> bool {
+        let _ = f;
+        true
+    }
+
     /// Checks `bytes`, a proposal `from` forwarded (at most `limit` bytes
     /// decoded): the proposer must be the authenticated sender, and signed.
     fn check_forwarded(

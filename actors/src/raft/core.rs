@@ -610,6 +610,31 @@ impl<M: StateMachine> RaftCore<M> {
         }
     }
 
+    /// A leader that may not propose (its facility is no validator of the
+    /// set in force, or holds no key of it) hands leadership to the voter
+    /// furthest along that may: a write sent to the leader, as clients
+    /// do, would otherwise be refused until the set changes again. None
+    /// such (every validator down, or none a voter): it keeps leading and
+    /// the writes it forwards from validators still commit.
+    fn drive_proposer(&mut self) {
+        if !self.is_leader()
+            || self.node.raft.lead_transferee.is_some()
+            || self.recovering.is_some()
+            || self.machine.proposes(&self.me)
+        {
+            return;
+        }
+        let to = self
+            .voters_by_progress()
+            .into_iter()
+            .find(|f| self.machine.proposes(f));
+        if let Some(to) = to {
+            tracing::info!(%to, "this leader is no validator of the set in force; handing leadership to one");
+            metrics::counter!("bulwark_raft_transfers_to_a_validator_total").increment(1);
+            self.node.transfer_leader(self.voter_id_of(&to));
+        }
+    }
+
     /// The replica's applied index (at least [`RaftCore::applied_index`]
     /// once a restart has replayed).
     pub fn replica_applied(&self) -> u64 {
@@ -686,6 +711,7 @@ impl<M: StateMachine> RaftCore<M> {
         });
         self.retry_reads();
         self.drive_recovery();
+        self.drive_proposer();
         self.drive_snapshots();
         if let Err(e) = self.drive_fence() {
             tracing::error!(error = %e, "the vote fence could not be written; retried next tick");

@@ -364,6 +364,15 @@ impl StateMachine for ScheduleMachine {
         codec::encode(&SignedProposal { body, sig }).map_err(|e| format!("cannot encode: {e}"))
     }
 
+    fn proposes(&self, f: &FacilityId) -> bool {
+        let set = self.replica.chain().in_force().current(&self.genesis);
+        match set.keys().get(f) {
+            Some(k) if f == self.keyring.me() => self.keyring.held().contains(k),
+            Some(_) => true,
+            None => false,
+        }
+    }
+
     fn check_forwarded(
         &self,
         from: &FacilityId,
