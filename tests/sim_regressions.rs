@@ -7,6 +7,16 @@ use bulwark::sim::client::{get, json};
 use bulwark::sim::{run_seed, SimCluster, SimOptions, SimPlan};
 
 /// A linearizable read must reflect every write acknowledged before it.
+/// The plan the seeds below were found under: the standard plan before
+/// runs drew validator removals and additions (a seed replays its run
+/// only under the draws it was found with).
+fn found_under() -> SimPlan {
+    SimPlan {
+        validator_changes_pct: 0,
+        ..SimPlan::default()
+    }
+}
+
 /// `bulwark sim` seeds 3474 and 8003 (of 10,000): a refused disk write
 /// fenced the RaftPeer between the read's confirmation and its inspect;
 /// the core was rebuilt from its store (schedule back at its last
@@ -16,7 +26,7 @@ use bulwark::sim::{run_seed, SimCluster, SimOptions, SimPlan};
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn seeds_3474_and_8003_serve_no_stale_linearizable_read() {
     for seed in [3474, 8003] {
-        if let Err(e) = run_seed(seed, &SimPlan::default()).await {
+        if let Err(e) = run_seed(seed, &found_under()).await {
             panic!("SEED={seed}: {e}\n{}", e.recent_faults.join("\n"));
         }
     }
@@ -31,7 +41,7 @@ async fn seeds_3474_and_8003_serve_no_stale_linearizable_read() {
 /// in `actors/tests/machine.rs`.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn seed_754_a_replaced_facility_keeps_applying() {
-    if let Err(e) = run_seed(754, &SimPlan::default()).await {
+    if let Err(e) = run_seed(754, &found_under()).await {
         panic!("SEED=754: {e}\n{}", e.recent_faults.join("\n"));
     }
 }

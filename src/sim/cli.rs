@@ -592,7 +592,7 @@ impl<'a> Parent<'a> {
             t.long.1
         );
         println!(
-            "per seed: {:.1} requests, {:.1} committed, {:.1} provisional, final height {:.1}, {:.2} snapshot installs, checked on the wire: {:.1} own BFT votes, {:.1} Raft vote grants, {:.1} forward deadlines; {:.2} checkpoint backups; {:.2} vote-key rotations final; membership: {} replaced, {} promoted (by the leader asked)",
+            "per seed: {:.1} requests, {:.1} committed, {:.1} provisional, final height {:.1}, {:.2} snapshot installs, checked on the wire: {:.1} own BFT votes, {:.1} Raft vote grants, {:.1} forward deadlines; {:.2} checkpoint backups; {:.2} validator epochs final (key rotations, removals, additions); membership: {} replaced, {} promoted (by the leader asked)",
             t.ops as f64 / ok,
             t.committed as f64 / ok,
             t.provisional as f64 / ok,

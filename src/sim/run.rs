@@ -76,7 +76,19 @@ pub const LIES: [Behaviour; 5] = [
 /// True if seed `seed` runs long (`pct` percent of seeds), from a hash
 /// of the seed apart from its random stream.
 pub fn is_long(seed: u64, pct: u32) -> bool {
-    let h = blake3::hash(&[b"long".as_slice(), &seed.to_le_bytes()].concat());
+    drawn_apart(b"long", seed, pct)
+}
+
+/// Whether the run of `seed` draws validator removals and additions
+/// ([`SimPlan::validator_changes_pct`]); apart from its other draws.
+pub fn changes_validators(seed: u64, pct: u32) -> bool {
+    drawn_apart(b"validators", seed, pct)
+}
+
+/// A `pct` chance for `seed`, from its hash under `tag`: it takes no
+/// draw from the run's generator.
+fn drawn_apart(tag: &[u8], seed: u64, pct: u32) -> bool {
+    let h = blake3::hash(&[tag, &seed.to_le_bytes()].concat());
     u32::from(h.as_bytes()[0]) * 100 / 256 < pct
 }
 
@@ -112,6 +124,11 @@ pub struct SimPlan {
     /// times the steps (minutes of virtual time). Drawn from the seed's
     /// own hash, so the other draws of every seed stay as they were.
     pub long_pct: u32,
+    /// Chance, in percent, that a run without a liar also draws validator
+    /// removals and additions amid its writes (each facility's key set by
+    /// an addition is one of its two). Drawn from the seed's own hash, so
+    /// the other runs draw as they did before.
+    pub validator_changes_pct: u32,
     /// How many times the steps a long run takes.
     pub long_factor: usize,
     /// Requests each facility's API serves at once (small, so that the
@@ -139,6 +156,7 @@ impl Default for SimPlan {
             duty_edge_pct: 40,
             long_pct: 2,
             long_factor: 10,
+            validator_changes_pct: 30,
             small_snapshot_pct: 30,
             lopsided_pools_pct: 30,
             judge_liar: std::env::var_os("BULWARK_SIM_SKIP_LIAR").is_none(),
@@ -277,8 +295,8 @@ pub struct SeedReport {
     /// (`CHECKPOINT_STATE`).
     #[serde(default)]
     pub checkpoints_checked: u64,
-    /// Vote-key rotations final in the ledger (validator epochs the
-    /// ledger checker followed by its own account).
+    /// Validator epochs final in the ledger (key rotations, removals,
+    /// additions: the epochs the ledger checker followed by its own account).
     #[serde(default)]
     pub rotations: u64,
     /// Replacements the leader took (a facility's next Raft incarnation
@@ -473,22 +491,24 @@ impl<'p> Run<'p> {
             retries: RetryChecker::default(),
             // Key rotations where no validator lies (a liar's votes under
             // a changing set are the BFT runs' concern).
-            work: Workload::new(seed, shape).rotating(if liar.is_none() {
-                c.rotation_keys()
-                    .into_iter()
-                    .map(|(f, [a, b])| {
-                        (
-                            f.to_string(),
-                            [
-                                bulwark_actors::keys::format_public(&a),
-                                bulwark_actors::keys::format_public(&b),
-                            ],
-                        )
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            }),
+            work: Workload::new(seed, shape)
+                .rotating(if liar.is_none() {
+                    c.rotation_keys()
+                        .into_iter()
+                        .map(|(f, [a, b])| {
+                            (
+                                f.to_string(),
+                                [
+                                    bulwark_actors::keys::format_public(&a),
+                                    bulwark_actors::keys::format_public(&b),
+                                ],
+                            )
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                })
+                .changing_validators(changes_validators(seed, plan.validator_changes_pct)),
             shape,
             snapshot_every: snapshot_every.unwrap_or(super::cluster::SNAPSHOT_EVERY),
             clients: JoinSet::new(),

@@ -172,6 +172,9 @@ pub struct Workload {
     /// Each facility's two vote keys (`ed25519:…`): a rotation sets one of
     /// them (empty: no rotations drawn).
     rotations: Vec<(String, [String; 2])>,
+    /// Whether validator removals and additions are drawn too (among the
+    /// facilities of `rotations`).
+    changing_validators: bool,
 }
 
 impl Workload {
@@ -187,7 +190,14 @@ impl Workload {
             acked: Vec::new(),
             finals: 0,
             rotations: Vec::new(),
+            changing_validators: false,
         }
+    }
+
+    /// Also draws validator removals and additions (with rotations drawn).
+    pub fn changing_validators(mut self, on: bool) -> Workload {
+        self.changing_validators = on;
+        self
     }
 
     /// Draws vote-key rotations among `keys` (each facility's two).
@@ -285,6 +295,18 @@ impl Workload {
 
     /// A random new write.
     pub fn next_write(&mut self, rng: &mut ChaCha8Rng) -> Write {
+        if self.changing_validators && !self.rotations.is_empty() && rng.random_ratio(1, 12) {
+            // A facility removed from the validators, or added (back) with
+            // one of its keys; refused (INVALID_INPUT) when the set does
+            // not allow it (the last validator, no change).
+            let (f, keys) = &self.rotations[rng.random_range(0..self.rotations.len())];
+            let body = if rng.random_bool(0.5) {
+                json!({"facility": f, "remove": true})
+            } else {
+                json!({"facility": f, "key": keys[rng.random_range(0..2)]})
+            };
+            return self.write("/v1/admin/validators", body);
+        }
         let (p, b) = self.pick(rng);
         let r = match self.shape {
             Shape::Daily => rng.random_range(0..100),
