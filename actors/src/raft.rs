@@ -399,6 +399,10 @@ pub struct RaftStatus {
     /// catching up with the cluster's history). Not ready meanwhile: with
     /// one more member down, a cluster of three would have no quorum.
     pub vote_fence: Option<String>,
+    /// Whether this facility may propose under the applied state (a
+    /// validator of the set in force holding its key): one that may not
+    /// takes no provisional writes, which it could not replay.
+    pub proposes: bool,
 }
 
 /// How a facility with no Raft state joins (etcd's `initial-cluster-state`).

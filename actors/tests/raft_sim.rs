@@ -387,6 +387,7 @@ fn the_step_checkers_catch_planted_violations() {
         joint: false,
         fault: None,
         vote_fence: None,
+        proposes: true,
     };
     let mut o = Observed::default();
     o.on_status(&status("alpha", 3));

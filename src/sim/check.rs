@@ -1279,6 +1279,7 @@ mod tests {
             joint: false,
             fault: None,
             vote_fence: None,
+            proposes: true,
         }
     }
 

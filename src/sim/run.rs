@@ -29,7 +29,7 @@
 //! A run is exact on a current-thread runtime with paused time: the same
 //! seed gives the same SimNet trace and the same [`SeedReport`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -597,8 +597,22 @@ impl<'p> Run<'p> {
     ) -> Result<(StatusCode, Value), SimFailure> {
         let token = self.c.token().to_string();
         let mut last = String::new();
+        // Facilities that answered they are no validator (a leader handing
+        // over, or a follower): the next tries go to the others, the
+        // leader first (all refused: each again).
+        let mut not_validators = BTreeSet::new();
         for attempt in 0..150usize {
-            let via = self.c.leader().await.unwrap_or(attempt % self.c.n());
+            let n = self.c.n();
+            if not_validators.len() >= n {
+                not_validators.clear();
+            }
+            let via = match self.c.leader().await {
+                Some(l) if !not_validators.contains(&l) => l,
+                _ => (0..n)
+                    .map(|k| (attempt + k) % n)
+                    .find(|i| !not_validators.contains(i))
+                    .unwrap_or(attempt % n),
+            };
             self.ops += 1;
             self.note_budget(w, via);
             let (st, v) = client::json(self.c.call(via, w.request(&token)).await).await;
@@ -609,6 +623,13 @@ impl<'p> Run<'p> {
                 .map_err(|e| self.fail(e))?;
             if done(st) {
                 return Ok((st, v));
+            }
+            if st == StatusCode::SERVICE_UNAVAILABLE
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("holds no vote key"))
+            {
+                not_validators.insert(via);
             }
             last = format!("{st} {v}");
             self.c.step(Duration::from_millis(200)).await;

@@ -401,6 +401,25 @@ impl Workload {
         }
     }
 
+    /// In a run that draws validator removals: each facility added back
+    /// (or its key set) with its first key, so that every facility can
+    /// replay the provisional changes it took while it was a validator
+    /// (refused, INVALID_INPUT, where nothing would change). Empty in the
+    /// other runs.
+    pub fn validators_back(&mut self) -> Vec<Write> {
+        if !self.changing_validators {
+            return Vec::new();
+        }
+        let back: Vec<Value> = self
+            .rotations
+            .iter()
+            .map(|(f, keys)| json!({"facility": f, "key": keys[0]}))
+            .collect();
+        back.into_iter()
+            .map(|body| self.write("/v1/admin/validators", body))
+            .collect()
+    }
+
     /// The write that shows the healed cluster commits: a new person.
     pub fn next_final_write(&mut self) -> Write {
         self.finals += 1;

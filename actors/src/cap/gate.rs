@@ -215,6 +215,15 @@ impl GateState {
             ));
         }
         if let Some(raft) = self.raft() {
+            // A facility outside the validator set could never replay it.
+            let proposes = ractor::call_t!(raft, RaftMsg::Status, 1_000).map(|s| s.proposes);
+            if matches!(proposes, Ok(false)) {
+                return refused(
+                    "this facility is no validator of the set in force: it takes no provisional \
+                     writes (it could not replay them); write through a validator"
+                        .into(),
+                );
+            }
             let cmd = command.clone();
             let verdict = inspect(&raft, move |s: &ScheduleView| {
                 // A trial run over the view: writes stay in memory.

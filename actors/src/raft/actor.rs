@@ -535,6 +535,7 @@ impl<M: StateMachine> RaftPeerState<M> {
                 Some(super::Fence::Refused(reason)) => Some(reason.clone()),
                 None => None,
             },
+            proposes: c.proposes(),
         }
     }
 
@@ -751,6 +752,7 @@ fn handle_quarantined<M: StateMachine>(ctx: &NodeCtx, reason: &str, msg: RaftMsg
                     "quarantined: {reason}; restore the store from a backup (bulwark restore)"
                 )),
                 vote_fence: None,
+                proposes: false,
             });
         }
         RaftMsg::ChangeVoters { reply, .. } => {

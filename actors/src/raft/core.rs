@@ -153,6 +153,9 @@ pub struct RaftCore<M: StateMachine> {
     reincarnated: bool,
     /// This core's tick when it last applied a configuration change.
     conf_applied_tick: u64,
+    /// No leadership handoff to a validator is asked before this tick
+    /// ([`RaftCore::drive_proposer`]).
+    handoff_tick: u64,
     machine: M,
     /// Entries at or before this index are not applied again (the machine
     /// holds them); see [`RaftCore::open`].
@@ -521,6 +524,7 @@ impl<M: StateMachine> RaftCore<M> {
             incarnations,
             reincarnated: false,
             conf_applied_tick: 0,
+            handoff_tick: 0,
             machine,
             skip_through,
             recovering,
@@ -610,28 +614,55 @@ impl<M: StateMachine> RaftCore<M> {
         }
     }
 
+    /// Whether this facility may propose under the applied state
+    /// ([`StateMachine::proposes`]).
+    pub fn proposes(&self) -> bool {
+        self.machine.proposes(&self.me)
+    }
+
     /// A leader that may not propose (its facility is no validator of the
     /// set in force, or holds no key of it) hands leadership to the voter
-    /// furthest along that may: a write sent to the leader, as clients
-    /// do, would otherwise be refused until the set changes again. None
-    /// such (every validator down, or none a voter): it keeps leading and
-    /// the writes it forwards from validators still commit.
+    /// furthest along that may, among those that answer and hold every
+    /// committed entry: a write sent to the leader, as clients do, would
+    /// otherwise be refused until the set changes again. None such (every
+    /// validator down, behind, or no voter): it keeps leading, and writes
+    /// that validators forward to it still commit.
     fn drive_proposer(&mut self) {
         if !self.is_leader()
             || self.node.raft.lead_transferee.is_some()
             || self.recovering.is_some()
+            || self.ticks < self.handoff_tick
             || self.machine.proposes(&self.me)
         {
             return;
         }
-        let to = self
-            .voters_by_progress()
-            .into_iter()
-            .find(|f| self.machine.proposes(f));
-        if let Some(to) = to {
+        // Once per election timeout: a target raft-rs ignores (an identity
+        // no store runs any more) is not asked every tick.
+        self.handoff_tick = self.ticks + self.config.election_ticks as u64;
+        // Only to a voter that answers and holds every committed entry: a
+        // transfer under way drops proposals, so one to an identity no
+        // store runs (a replaced facility's old one) would stop writes.
+        let raft = &self.node.raft;
+        let committed = raft.raft_log.committed;
+        let voters = raft.prs().conf().voters().ids();
+        let mut ready: Vec<(u64, u64, &FacilityId)> = raft
+            .prs()
+            .iter()
+            .filter(|(id, pr)| {
+                **id != raft.id
+                    && voters.contains(**id)
+                    && !self.fenced_peers.contains(id)
+                    && pr.recent_active
+                    && pr.matched >= committed
+            })
+            .filter_map(|(id, pr)| self.members.get(id).map(|f| (pr.matched, *id, f)))
+            .filter(|(_, _, f)| self.machine.proposes(f))
+            .collect();
+        ready.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(b.2)));
+        if let Some(&(_, id, to)) = ready.first() {
             tracing::info!(%to, "this leader is no validator of the set in force; handing leadership to one");
             metrics::counter!("bulwark_raft_transfers_to_a_validator_total").increment(1);
-            self.node.transfer_leader(self.voter_id_of(&to));
+            self.node.transfer_leader(id);
         }
     }
 

@@ -45,6 +45,11 @@ impl Run<'_> {
             let done = done.map_err(|e| self.stuck(format!("a client task failed: {e}")))?;
             self.on_done(done)?;
         }
+        // A facility removed from the validators replays its provisional
+        // changes once it is one again (docs/OPERATIONS.md).
+        for w in self.work.validators_back() {
+            self.write_until_decided(w).await?;
+        }
         self.wait_provisional().await?;
         let w = self.work.next_final_write();
         let index = self.write_until_committed(w).await?;
