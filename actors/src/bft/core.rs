@@ -621,7 +621,27 @@ impl Core {
                 match reason {
                     Reason::ForgedSignature => {
                         // Not signed by its claimed proposer: the term's
-                        // leader put it in the log.
+                        // leader put it in the log. Unless it verifies
+                        // under the set in force after its anchor as this
+                        // validator's full epoch history has it: the
+                        // replica keeps two sets, so a proposal that saw
+                        // two changes while in flight (a key rotated, its
+                        // proposer removed and added back) is refused
+                        // there without being a lie.
+                        let signed = shadow.as_ref().is_some_and(|s| {
+                            s.entry
+                                .verified_payload(&self.epochs)
+                                .is_ok_and(|p| p.command.issued_by == p.proposer)
+                        });
+                        if signed {
+                            metrics::counter!("bulwark_bft_stale_signatures_total").increment(1);
+                            tracing::info!(
+                                raft_index = e.index,
+                                %proposer,
+                                "a proposal signed under an older validator set: refused, no evidence"
+                            );
+                            return;
+                        }
                         if let Some(leader) = &e.leader {
                             self.record(
                                 leader.clone(),

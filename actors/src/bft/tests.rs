@@ -509,3 +509,67 @@ fn head_of_is_sent_as_head_below_version_6() {
     let f = BftWire::Fetch { from: 3, max: 8 };
     assert_eq!(f.clone().for_version(5), f);
 }
+
+/// A committed entry the replica refused as FORGED_SIGNATURE, proposed in
+/// alpha's name and signed by `signer` (under its genesis key); bravo led.
+fn refused_as_forged(signer: usize) -> AppliedEntry {
+    let rings = rings();
+    let payload = EntryPayload {
+        proposer: ids()[0].clone(),
+        seq: 1,
+        anchor: ScheduleState::new().chain().anchor(),
+        command: Command {
+            key: IdempotencyKey([9; 16]),
+            issued_by: ids()[0].clone(),
+            at_unix_ms: NOW,
+            hlc: crate::hlc::Hlc::ZERO,
+            op: Op::Approve { through_day: 1 },
+        },
+    };
+    let body = codec::encode(&payload).unwrap();
+    let sig = rings[&ids()[signer]].sign(Domain::Proposal, &body);
+    let proposal = codec::encode(&SignedProposal { body, sig }).unwrap();
+    let entry = crate::chain::LedgerEntry {
+        height: 1,
+        prev: GENESIS,
+        raft_index: 1,
+        raft_term: 1,
+        proposer: ids()[0].clone(),
+        at_unix_ms: NOW,
+        proposal,
+    };
+    let (bytes, hash) = entry.encode().unwrap();
+    AppliedEntry {
+        index: 1,
+        term: 1,
+        hash: [0; 32],
+        shown: crate::replica::Shown {
+            payload: Some(payload),
+            verdict: Verdict::Rejected {
+                reason: crate::ledger::Reason::ForgedSignature,
+                proposer: ids()[0].clone(),
+                shadow: Some(Link { entry, bytes, hash }),
+            },
+            epoch: None,
+        },
+        leader: Some(ids()[1].clone()),
+    }
+}
+
+/// The replica keeps two validator sets, so a proposal that saw two
+/// changes in flight is refused as FORGED_SIGNATURE there; the validator
+/// blames the leader only when the signature fails under the set its own
+/// epoch history has for the proposal's anchor.
+#[test]
+fn a_refused_signature_is_blamed_only_when_it_fails_under_its_epoch() {
+    let mut c = core(2);
+    c.on_applied(&refused_as_forged(0), NOW);
+    assert_eq!(evidence(&c.drain()), Vec::new(), "signed by alpha: no lie");
+    let mut c = core(2);
+    c.on_applied(&refused_as_forged(3), NOW);
+    let ev = evidence(&c.drain());
+    assert!(
+        matches!(ev.as_slice(), [(f, Kind::BadProposal { reason, .. })] if *f == ids()[1] && reason == "FORGED_SIGNATURE"),
+        "{ev:?}"
+    );
+}
