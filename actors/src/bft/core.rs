@@ -1383,6 +1383,24 @@ impl Core {
                 }
             }
         }
+        // A validator change made final here begins the next epoch, as a
+        // final entry fetched from a peer does (`on_finals`): the replica
+        // says so when it applies the entry, but not after a restart that
+        // replayed it past two later changes (it keeps two sets).
+        let change = self
+            .pending
+            .get(&h)
+            .and_then(|p| validator_change(&p.link.entry.proposal));
+        if let Some(change) = change {
+            if self.epochs.at(h + 1).from_height != h + 1 {
+                match self.epochs.at(h).change(&change, h) {
+                    Ok(next) => self.learn_epoch(std::sync::Arc::new(next)),
+                    Err(e) => {
+                        tracing::error!(height = h, error = %e, "a final validator change does not apply")
+                    }
+                }
+            }
+        }
         self.recent_finals.insert(h, (hash, seen));
         while self.recent_finals.len() as u64 > self.config.final_votes_kept {
             self.recent_finals.pop_first();

@@ -573,3 +573,37 @@ fn a_refused_signature_is_blamed_only_when_it_fails_under_its_epoch() {
         "{ev:?}"
     );
 }
+
+/// A validator change made final by this validator's own quorum begins
+/// the next epoch even when the replica did not say so (after a restart
+/// that replayed the entry past two later changes, it cannot): without
+/// it, every later height was checked under the old set and the
+/// validator stopped finalizing (simulation seeds 1072, 1100, with
+/// validator changes drawn).
+#[test]
+fn a_final_validator_change_begins_the_next_epoch_without_the_replica_saying_so() {
+    let delta = ids()[3].clone();
+    let mut es = entries_of(vec![
+        Op::Approve { through_day: 1 },
+        Op::Validator(crate::epoch::ValidatorChange {
+            facility: delta,
+            key: None,
+        }),
+        Op::Approve { through_day: 2 },
+    ]);
+    for e in &mut es {
+        e.shown.epoch = None;
+    }
+    let mut c = core(0);
+    for e in &es {
+        c.on_applied(e, NOW);
+    }
+    for e in &es[..2] {
+        let l = link(e);
+        let votes = vec![vote(1, &l), vote(2, &l)];
+        c.on_wire(&ids()[1], BftWire::Votes(votes), NOW);
+    }
+    assert_eq!(c.final_height(), 2);
+    let next = c.epochs().at(3);
+    assert_eq!((next.from_height, next.keys().len()), (3, 3), "{next:?}");
+}
