@@ -312,6 +312,11 @@ impl Keyring {
         self.secrets.iter().map(|s| s.verifying_key()).collect()
     }
 
+    /// Whether the secret of `key` is held.
+    pub fn holds(&self, key: &VerifyingKey) -> bool {
+        self.secrets.iter().any(|s| s.verifying_key() == *key)
+    }
+
     /// Signs `body` in `domain` with the held key whose public key is
     /// `key`; None if none is held.
     pub fn sign_as(&self, key: &VerifyingKey, domain: Domain, body: &[u8]) -> Option<Sig> {

@@ -1428,14 +1428,6 @@ impl Core {
             if fin.cert.height < h {
                 continue;
             }
-            if fin.cert.height > h {
-                // Served from the head this validator last announced, above
-                // its final height now (a restart took it back to what its
-                // store holds): a gap, not a fault. The peer's next head
-                // fetches from `h`.
-                tracing::debug!(%from, first = fin.cert.height, want = h, "final entries past a gap: not taken");
-                break;
-            }
             let checked =
                 verify_final(&fin, h, &self.final_hash, &self.epochs).and_then(|(_, hash, p)| {
                     let next = match &p.command.op {

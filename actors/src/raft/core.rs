@@ -636,9 +636,16 @@ impl<M: StateMachine> RaftCore<M> {
         {
             return;
         }
-        // Once per election timeout: a target raft-rs ignores (an identity
-        // no store runs any more) is not asked every tick.
-        self.handoff_tick = self.ticks + self.config.election_ticks as u64;
+        // Judged on what this leader has applied: a new leader that has
+        // not applied its term's first entry may not know yet that it was
+        // added back.
+        let raft = &self.node.raft;
+        let committed = raft.raft_log.committed;
+        if raft.raft_log.term(committed).ok() != Some(raft.term)
+            || self.machine.applied() < committed
+        {
+            return;
+        }
         // Only to a voter that answers and holds every committed entry: a
         // transfer under way drops proposals, so one to an identity no
         // store runs (a replaced facility's old one) would stop writes.
@@ -653,6 +660,7 @@ impl<M: StateMachine> RaftCore<M> {
                     && voters.contains(**id)
                     && !self.fenced_peers.contains(id)
                     && pr.recent_active
+                    && pr.state == raft::ProgressState::Replicate
                     && pr.matched >= committed
             })
             .filter_map(|(id, pr)| self.members.get(id).map(|f| (pr.matched, *id, f)))
@@ -660,6 +668,9 @@ impl<M: StateMachine> RaftCore<M> {
             .collect();
         ready.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(b.2)));
         if let Some(&(_, id, to)) = ready.first() {
+            // Once per election timeout: a transfer under way drops
+            // proposals until it ends or raft-rs gives it up.
+            self.handoff_tick = self.ticks + self.config.election_ticks as u64;
             tracing::info!(%to, "this leader is no validator of the set in force; handing leadership to one");
             metrics::counter!("bulwark_raft_transfers_to_a_validator_total").increment(1);
             self.node.transfer_leader(id);
@@ -1783,7 +1794,12 @@ impl<M: StateMachine> RaftCore<M> {
             .filter(|(id, _)| !self.fenced_peers.contains(id))
             .filter_map(|(id, pr)| self.members.get(id).map(|f| (pr.matched, f)))
             .collect();
-        peers.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+        // Voters that may propose first: one that may not would hand
+        // leadership straight back (`drive_proposer`).
+        peers.sort_by(|a, b| {
+            let (pa, pb) = (self.machine.proposes(a.1), self.machine.proposes(b.1));
+            pb.cmp(&pa).then(b.0.cmp(&a.0)).then(a.1.cmp(b.1))
+        });
         peers.into_iter().map(|(_, f)| f.clone()).collect()
     }
 

@@ -367,7 +367,7 @@ impl StateMachine for ScheduleMachine {
     fn proposes(&self, f: &FacilityId) -> bool {
         let set = self.replica.chain().in_force().current(&self.genesis);
         match set.keys().get(f) {
-            Some(k) if f == self.keyring.me() => self.keyring.held().contains(k),
+            Some(k) if f == self.keyring.me() => self.keyring.holds(k),
             Some(_) => true,
             None => false,
         }
