@@ -649,8 +649,6 @@ impl<M: StateMachine> RaftCore<M> {
         // Only to a voter that answers and holds every committed entry: a
         // transfer under way drops proposals, so one to an identity no
         // store runs (a replaced facility's old one) would stop writes.
-        let raft = &self.node.raft;
-        let committed = raft.raft_log.committed;
         let voters = raft.prs().conf().voters().ids();
         let mut ready: Vec<(u64, u64, &FacilityId)> = raft
             .prs()
